@@ -1,0 +1,311 @@
+//! Types shared by the rpz-guard XDP program (`guard-ebpf`) and userspace
+//! (`guard-user`): map names, map keys and values, class and service bits,
+//! counter indices and event records.
+//!
+//! Every type is `#[repr(C)]` with explicit padding so both sides agree on the
+//! layout; sizes are checked at compile time. The `user` feature adds
+//! `aya::Pod` impls so userspace can read and write the maps.
+#![no_std]
+
+/// Allow-set class: a legitimate name server (RPZ answer `127.0.0.1`).
+pub const CLASS_DNS: u32 = 1 << 0;
+/// Allow-set class: a legitimate mail exchanger (RPZ answer `127.0.0.25`).
+pub const CLASS_SMTP: u32 = 1 << 1;
+/// All class bits this version knows.
+pub const CLASS_ALL: u32 = CLASS_DNS | CLASS_SMTP;
+
+/// Protected service: DNS (udp/tcp 53 by default). Passes with any class.
+pub const SERVICE_DNS: u32 = 1;
+/// Protected service: SMTP (tcp 25/465/587 by default). Passes only with [`CLASS_SMTP`].
+pub const SERVICE_SMTP: u32 = 2;
+
+/// The classes a destination must hold (any of them) for `service` to pass.
+///
+/// DNS passes toward any registered destination (paper, Table 1: a
+/// `127.0.0.25` host also passes DNS); SMTP only toward mail exchangers.
+#[inline(always)]
+pub const fn classes_required(service: u32) -> u32 {
+    match service {
+        SERVICE_SMTP => CLASS_SMTP,
+        SERVICE_DNS => CLASS_ALL,
+        _ => 0,
+    }
+}
+
+/// Map: per-CPU counters, `PerCpuArray<u64>` indexed by [`Stat`].
+pub const MAP_STATS: &str = "STATS";
+/// Map: protected ports, `HashMap<PortKey, u32>` (value: service number).
+pub const MAP_PORTS: &str = "PORTS";
+/// Map: IPv4 host allow entries, `HashMap<[u8; 4], u32>` (value: class bits).
+pub const MAP_ALLOW_V4: &str = "ALLOW_V4";
+/// Map: IPv6 host allow entries, `HashMap<[u8; 16], u32>` (value: class bits).
+pub const MAP_ALLOW_V6: &str = "ALLOW_V6";
+/// Map: IPv4 prefix allow entries, `LpmTrie<[u8; 4], u32>`.
+pub const MAP_ALLOW_PFX_V4: &str = "ALLOW_PFX_V4";
+/// Map: IPv6 prefix allow entries, `LpmTrie<[u8; 16], u32>`.
+pub const MAP_ALLOW_PFX_V6: &str = "ALLOW_PFX_V6";
+/// Map: exempt sources (own resolvers, relays), `LpmTrie<[u8; 4], u32>`.
+pub const MAP_EXEMPT_V4: &str = "EXEMPT_V4";
+/// Map: exempt sources, `LpmTrie<[u8; 16], u32>`.
+pub const MAP_EXEMPT_V6: &str = "EXEMPT_V6";
+/// Map: internal destinations (never checked), `LpmTrie<[u8; 4], u32>`.
+pub const MAP_INTERNAL_V4: &str = "INTERNAL_V4";
+/// Map: internal destinations, `LpmTrie<[u8; 16], u32>`.
+pub const MAP_INTERNAL_V6: &str = "INTERNAL_V6";
+/// Map: verdict cache filled by the miss path, `LruHashMap<[u8; 16], CacheEntry>`
+/// (IPv4 as v4-mapped IPv6).
+pub const MAP_CACHE: &str = "VERDICT_CACHE";
+/// Map: per-source event budget, `LruHashMap<[u8; 16], RateState>`.
+pub const MAP_RATE: &str = "EVENT_RATE";
+/// Map: drop and miss events, `RingBuf` of [`Event`].
+pub const MAP_EVENTS: &str = "EVENTS";
+/// Map: runtime settings, `Array<Settings>` with one element.
+pub const MAP_SETTINGS: &str = "SETTINGS";
+
+/// Key of [`MAP_PORTS`]: IP protocol number and destination port (host order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortKey {
+    /// IP protocol (6 = TCP, 17 = UDP).
+    pub proto: u8,
+    /// Explicit padding; always zero.
+    pub pad: u8,
+    /// Destination port in host byte order.
+    pub port: u16,
+}
+
+/// Value of [`MAP_CACHE`]: the miss path's verdict for one destination.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheEntry {
+    /// Class bits the RPZ gave the destination; 0 = not registered (negative).
+    pub classes: u32,
+    /// Explicit padding; always zero.
+    pub pad: u32,
+    /// `bpf_ktime_get_ns()` after which the entry is stale (treated as a miss).
+    pub expires_ns: u64,
+}
+
+/// Value of [`MAP_RATE`]: a token bucket of events per source host.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateState {
+    /// Start of the current one-second window (`bpf_ktime_get_ns`).
+    pub window_start_ns: u64,
+    /// Events emitted in the current window.
+    pub sent: u32,
+    /// Events suppressed in the current window.
+    pub suppressed: u32,
+}
+
+/// Element of [`MAP_SETTINGS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// [`MODE_COUNT`] or [`MODE_ENFORCE`].
+    pub mode: u32,
+    /// Events per source host per second; further ones are counted, not sent.
+    pub events_per_source_per_sec: u32,
+}
+
+/// Settings mode: observe and count only, never drop.
+pub const MODE_COUNT: u32 = 0;
+/// Settings mode: drop checked packets that the policy denies.
+pub const MODE_ENFORCE: u32 = 1;
+
+/// Event kind: a checked packet was dropped.
+pub const EVENT_DROP: u32 = 1;
+/// Event kind: a checked packet's destination is unknown (userspace must ask the RPZ).
+pub const EVENT_MISS: u32 = 2;
+
+/// Why a packet was dropped (the `reason` of an [`Event`]).
+pub mod reason {
+    /// Destination has no allow entry (RPZ said not registered).
+    pub const NOT_REGISTERED: u32 = 1;
+    /// Destination is registered, but not with a class the service needs
+    /// (e.g. SMTP toward a `127.0.0.1` name server).
+    pub const WRONG_CLASS: u32 = 2;
+    /// Destination unknown; dropped until the miss path decides.
+    pub const PENDING: u32 = 3;
+    /// Headers on a protected path could not be parsed (fail closed).
+    pub const MALFORMED: u32 = 4;
+}
+
+/// A drop or miss event sent to userspace on [`MAP_EVENTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()` when the packet was seen.
+    pub ts_ns: u64,
+    /// [`EVENT_DROP`] or [`EVENT_MISS`].
+    pub kind: u32,
+    /// One of [`reason`].
+    pub reason: u32,
+    /// Source address; IPv4 as v4-mapped IPv6.
+    pub src: [u8; 16],
+    /// Destination address; IPv4 as v4-mapped IPv6.
+    pub dst: [u8; 16],
+    /// 4 or 6.
+    pub family: u8,
+    /// IP protocol (6 = TCP, 17 = UDP).
+    pub proto: u8,
+    /// Destination port, host order.
+    pub dport: u16,
+    /// Service number ([`SERVICE_DNS`], [`SERVICE_SMTP`]).
+    pub service: u32,
+    /// Outer VLAN id (0 = untagged).
+    pub vlan: u32,
+    /// Events suppressed for this source since the previous one was sent.
+    pub suppressed: u32,
+}
+
+/// Per-CPU counter indices of [`MAP_STATS`].
+///
+/// Discriminants are stable: userspace and metrics names depend on them.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    /// Every frame the program saw.
+    Packets = 0,
+    /// Bytes of every frame the program saw.
+    Bytes = 1,
+    /// Frames carrying IPv4.
+    Ipv4 = 2,
+    /// Frames carrying IPv6.
+    Ipv6 = 3,
+    /// Frames that are not IP (ARP, LLDP, ...): passed untouched.
+    NonIp = 4,
+    /// Frames with at least one VLAN tag.
+    Vlan = 5,
+    /// IP packets that are not a protected service: passed untouched.
+    Unprotected = 6,
+    /// Protected packets from an exempt source: passed.
+    ExemptSource = 7,
+    /// Protected packets toward an internal destination: passed.
+    InternalDest = 8,
+    /// Protected packets passed by an allow-map entry.
+    PassAllowed = 9,
+    /// Protected packets passed by a positive verdict-cache entry.
+    PassCached = 10,
+    /// Protected packets dropped: destination not registered (negative cache).
+    DropNotRegistered = 11,
+    /// Protected packets dropped: destination registered with the wrong class.
+    DropWrongClass = 12,
+    /// Protected packets with an unknown destination (miss path): dropped while pending.
+    Miss = 13,
+    /// Frames whose headers were truncated or malformed where a verdict needed them: dropped.
+    DropMalformed = 14,
+    /// Non-first IPv4/IPv6 fragments (no L4 header): passed, see the fragment policy.
+    Fragment = 15,
+    /// IPv6 packets whose extension chain exceeds the parse bound: dropped.
+    DropExtChain = 16,
+    /// Events written to the ring buffer.
+    EventsSent = 17,
+    /// Events suppressed by the per-source rate limit.
+    EventsRateLimited = 18,
+    /// Events lost because the ring buffer was full.
+    EventsLost = 19,
+    /// Count-only mode: packets that enforcement would have dropped.
+    WouldDrop = 20,
+}
+
+/// Number of entries of [`MAP_STATS`].
+pub const STAT_COUNT: u32 = 21;
+
+impl Stat {
+    /// Every counter, in index order.
+    pub const ALL: [Stat; STAT_COUNT as usize] = [
+        Stat::Packets,
+        Stat::Bytes,
+        Stat::Ipv4,
+        Stat::Ipv6,
+        Stat::NonIp,
+        Stat::Vlan,
+        Stat::Unprotected,
+        Stat::ExemptSource,
+        Stat::InternalDest,
+        Stat::PassAllowed,
+        Stat::PassCached,
+        Stat::DropNotRegistered,
+        Stat::DropWrongClass,
+        Stat::Miss,
+        Stat::DropMalformed,
+        Stat::Fragment,
+        Stat::DropExtChain,
+        Stat::EventsSent,
+        Stat::EventsRateLimited,
+        Stat::EventsLost,
+        Stat::WouldDrop,
+    ];
+
+    /// The snake_case name used in status output and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Stat::Packets => "packets",
+            Stat::Bytes => "bytes",
+            Stat::Ipv4 => "ipv4",
+            Stat::Ipv6 => "ipv6",
+            Stat::NonIp => "non_ip",
+            Stat::Vlan => "vlan",
+            Stat::Unprotected => "unprotected",
+            Stat::ExemptSource => "exempt_source",
+            Stat::InternalDest => "internal_dest",
+            Stat::PassAllowed => "pass_allowed",
+            Stat::PassCached => "pass_cached",
+            Stat::DropNotRegistered => "drop_not_registered",
+            Stat::DropWrongClass => "drop_wrong_class",
+            Stat::Miss => "miss",
+            Stat::DropMalformed => "drop_malformed",
+            Stat::Fragment => "fragment",
+            Stat::DropExtChain => "drop_ext_chain",
+            Stat::EventsSent => "events_sent",
+            Stat::EventsRateLimited => "events_rate_limited",
+            Stat::EventsLost => "events_lost",
+            Stat::WouldDrop => "would_drop",
+        }
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<PortKey>() == 4);
+const _: () = assert!(core::mem::size_of::<CacheEntry>() == 16);
+const _: () = assert!(core::mem::size_of::<RateState>() == 16);
+const _: () = assert!(core::mem::size_of::<Settings>() == 8);
+const _: () = assert!(core::mem::size_of::<Event>() == 64);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::{CacheEntry, Event, PortKey, RateState, Settings};
+    // SAFETY: all are repr(C), Copy, with explicit padding and no invalid bit patterns.
+    unsafe impl aya::Pod for PortKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for CacheEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for RateState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Settings {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Event {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_indices_are_dense_and_named_uniquely() {
+        for (i, s) in Stat::ALL.iter().enumerate() {
+            assert_eq!(*s as usize, i);
+            for t in &Stat::ALL[..i] {
+                assert_ne!(s.name(), t.name());
+            }
+        }
+    }
+
+    #[test]
+    fn smtp_needs_smtp_class_dns_takes_any() {
+        assert_eq!(classes_required(SERVICE_SMTP) & CLASS_DNS, 0);
+        assert_ne!(classes_required(SERVICE_SMTP) & CLASS_SMTP, 0);
+        assert_eq!(classes_required(SERVICE_DNS), CLASS_DNS | CLASS_SMTP);
+        assert_eq!(classes_required(99), 0);
+    }
+}

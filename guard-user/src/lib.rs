@@ -1,0 +1,6 @@
+//! rpz-guard: stop hosts from talking to external DNS and SMTP servers that
+//! the organization's resolver never learned, using a BIND Response Policy
+//! Zone as the allow list and XDP (or OpenFlow) for enforcement.
+#![warn(missing_docs)]
+
+pub mod xdp;

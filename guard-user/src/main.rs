@@ -1,0 +1,4 @@
+//! The `rpz-guard` command line.
+fn main() {
+    println!("rpz-guard");
+}

@@ -1,0 +1,1 @@
+//! Lab support for integration tests.
