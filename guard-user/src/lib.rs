@@ -3,4 +3,6 @@
 //! Zone as the allow list and XDP (or OpenFlow) for enforcement.
 #![warn(missing_docs)]
 
+pub mod policy;
+pub mod rpz;
 pub mod xdp;

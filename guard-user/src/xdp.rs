@@ -106,7 +106,8 @@ impl Attached {
             PerCpuArray::try_from(map).map_err(|source| XdpError::Map { name: MAP_STATS, source })?;
         let mut out = [0u64; STAT_COUNT as usize];
         for s in Stat::ALL {
-            let per_cpu = arr.get(&(s as u32), 0).map_err(|source| XdpError::Map { name: MAP_STATS, source })?;
+            let per_cpu =
+                arr.get(&(s as u32), 0).map_err(|source| XdpError::Map { name: MAP_STATS, source })?;
             out[s as usize] = per_cpu.iter().sum();
         }
         Ok(out)

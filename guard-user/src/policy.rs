@@ -1,0 +1,503 @@
+//! The allow set and the verdict rules shared by every enforcement mode.
+//!
+//! An entry maps an IP prefix (a host is a /32 or /128) to a set of
+//! [`Classes`]. A *checked* packet (protected service, source not exempt,
+//! destination not internal) passes when the destination's classes include
+//! one that the service requires: DNS passes with any class, SMTP only with
+//! [`Classes::SMTP`] (paper, Table 1).
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    str::FromStr,
+};
+
+use serde::{Deserialize, Serialize};
+
+/// A set of allow-set classes (bit set, same bits as `guard_common::CLASS_*`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Classes(u32);
+
+impl Classes {
+    /// No class: not registered.
+    pub const NONE: Classes = Classes(0);
+    /// Legitimate name server, RPZ answer `127.0.0.1`.
+    pub const DNS: Classes = Classes(guard_common::CLASS_DNS);
+    /// Legitimate mail exchanger, RPZ answer `127.0.0.25`.
+    pub const SMTP: Classes = Classes(guard_common::CLASS_SMTP);
+
+    /// Builds a set from raw bits, keeping only known classes.
+    pub const fn from_bits(bits: u32) -> Self {
+        Classes(bits & guard_common::CLASS_ALL)
+    }
+
+    /// The raw bits (as stored in the eBPF maps).
+    pub const fn bits(self) -> u32 {
+        self.0
+    }
+
+    /// True when no class is set.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// True when every class of `other` is in `self`.
+    pub const fn contains(self, other: Classes) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// Union of two sets.
+    #[must_use]
+    pub const fn union(self, other: Classes) -> Classes {
+        Classes(self.0 | other.0)
+    }
+
+    /// Set difference `self - other`.
+    #[must_use]
+    pub const fn without(self, other: Classes) -> Classes {
+        Classes(self.0 & !other.0)
+    }
+
+    /// The class an RPZ `A` answer stands for: `127.0.0.1` → DNS,
+    /// `127.0.0.25` → SMTP; anything else is not ours.
+    pub fn from_rpz_answer(a: Ipv4Addr) -> Option<Classes> {
+        match a.octets() {
+            [127, 0, 0, 1] => Some(Classes::DNS),
+            [127, 0, 0, 25] => Some(Classes::SMTP),
+            _ => None,
+        }
+    }
+
+    /// The RPZ `A` answers that encode this set, one per class.
+    pub fn rpz_answers(self) -> Vec<Ipv4Addr> {
+        let mut out = Vec::with_capacity(2);
+        if self.contains(Classes::DNS) {
+            out.push(Ipv4Addr::new(127, 0, 0, 1));
+        }
+        if self.contains(Classes::SMTP) {
+            out.push(Ipv4Addr::new(127, 0, 0, 25));
+        }
+        out
+    }
+}
+
+impl fmt::Display for Classes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.contains(Classes::DNS), self.contains(Classes::SMTP)) {
+            (false, false) => f.write_str("none"),
+            (true, false) => f.write_str("dns"),
+            (false, true) => f.write_str("smtp"),
+            (true, true) => f.write_str("dns+smtp"),
+        }
+    }
+}
+
+/// A protected service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Service {
+    /// DNS (udp/tcp 53 by default).
+    Dns,
+    /// SMTP (tcp 25/465/587 by default).
+    Smtp,
+}
+
+impl Service {
+    /// The service number shared with the XDP program.
+    pub const fn number(self) -> u32 {
+        match self {
+            Service::Dns => guard_common::SERVICE_DNS,
+            Service::Smtp => guard_common::SERVICE_SMTP,
+        }
+    }
+
+    /// The service for a number from the XDP program.
+    pub const fn from_number(n: u32) -> Option<Service> {
+        match n {
+            guard_common::SERVICE_DNS => Some(Service::Dns),
+            guard_common::SERVICE_SMTP => Some(Service::Smtp),
+            _ => None,
+        }
+    }
+
+    /// Whether a destination holding `classes` may receive this service.
+    pub const fn allows(self, classes: Classes) -> bool {
+        classes.0 & guard_common::classes_required(self.number()) != 0
+    }
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Service::Dns => "dns",
+            Service::Smtp => "smtp",
+        })
+    }
+}
+
+/// The decision for one checked packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// The destination holds a class the service needs.
+    Allow,
+    /// The destination is not registered at all.
+    DenyNotRegistered,
+    /// The destination is registered, but not for this service.
+    DenyWrongClass,
+}
+
+impl Verdict {
+    /// The verdict for `service` toward a destination with `classes`.
+    pub const fn decide(service: Service, classes: Classes) -> Verdict {
+        if service.allows(classes) {
+            Verdict::Allow
+        } else if classes.is_empty() {
+            Verdict::DenyNotRegistered
+        } else {
+            Verdict::DenyWrongClass
+        }
+    }
+
+    /// True for [`Verdict::Allow`].
+    pub const fn is_allow(self) -> bool {
+        matches!(self, Verdict::Allow)
+    }
+}
+
+/// An IP prefix with its host bits cleared; a host is a full-length prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Prefix {
+    addr: IpAddr,
+    len: u8,
+}
+
+/// A prefix that could not be built or parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid prefix {value:?}: {why}")]
+pub struct PrefixError {
+    /// The offending text.
+    pub value: String,
+    /// What is wrong with it.
+    pub why: &'static str,
+}
+
+impl Prefix {
+    /// A prefix of `len` bits; host bits of `addr` are cleared.
+    pub fn new(addr: IpAddr, len: u8) -> Result<Prefix, PrefixError> {
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if len > max {
+            return Err(PrefixError {
+                value: format!("{addr}/{len}"),
+                why: "length exceeds the address size",
+            });
+        }
+        let addr = match addr {
+            IpAddr::V4(a) => {
+                let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+                IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
+            }
+            IpAddr::V6(a) => {
+                let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+                IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
+            }
+        };
+        Ok(Prefix { addr, len })
+    }
+
+    /// A single host (/32 or /128). IPv4-mapped IPv6 addresses become IPv4.
+    pub fn host(addr: IpAddr) -> Prefix {
+        let addr = match addr {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+            v4 => v4,
+        };
+        let len = if addr.is_ipv4() { 32 } else { 128 };
+        Prefix { addr, len }
+    }
+
+    /// The network address.
+    pub const fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    /// The prefix length in bits.
+    pub const fn len(&self) -> u8 {
+        self.len
+    }
+
+    /// True for a zero-length prefix (everything).
+    pub const fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// True for a single host.
+    pub const fn is_host(&self) -> bool {
+        match self.addr {
+            IpAddr::V4(_) => self.len == 32,
+            IpAddr::V6(_) => self.len == 128,
+        }
+    }
+
+    /// True when `ip` lies inside this prefix.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => {
+                Prefix::new(ip, self.len).is_ok_and(|p| p.addr == self.addr)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_host() { write!(f, "{}", self.addr) } else { write!(f, "{}/{}", self.addr, self.len) }
+    }
+}
+
+impl FromStr for Prefix {
+    type Err = PrefixError;
+
+    /// Parses `192.0.2.1`, `192.0.2.0/24`, `2001:db8::/32`.
+    fn from_str(s: &str) -> Result<Prefix, PrefixError> {
+        let bad = |why| PrefixError { value: s.to_owned(), why };
+        match s.split_once('/') {
+            None => s.parse::<IpAddr>().map(Prefix::host).map_err(|_| bad("not an IP address")),
+            Some((a, l)) => {
+                let addr = a.parse::<IpAddr>().map_err(|_| bad("not an IP address"))?;
+                let len = l.parse::<u8>().map_err(|_| bad("prefix length is not a number"))?;
+                Prefix::new(addr, len)
+            }
+        }
+    }
+}
+
+impl Serialize for Prefix {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Prefix {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Prefix, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Changes that turn one [`AllowSet`] into another.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AllowDiff {
+    /// Entries to insert or overwrite, with their new classes.
+    pub upsert: Vec<(Prefix, Classes)>,
+    /// Entries to delete.
+    pub remove: Vec<Prefix>,
+}
+
+impl AllowDiff {
+    /// True when nothing changes.
+    pub fn is_empty(&self) -> bool {
+        self.upsert.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// The allow set: prefix → classes. Ordered, so diffs and output are stable.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AllowSet {
+    entries: BTreeMap<Prefix, Classes>,
+}
+
+impl AllowSet {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Adds `classes` to the entry for `prefix`; returns true if the set changed.
+    pub fn add(&mut self, prefix: Prefix, classes: Classes) -> bool {
+        if classes.is_empty() {
+            return false;
+        }
+        let e = self.entries.entry(prefix).or_default();
+        let before = *e;
+        *e = e.union(classes);
+        before != *e
+    }
+
+    /// Removes `classes` from the entry for `prefix` (the entry goes when empty);
+    /// returns true if the set changed.
+    pub fn remove(&mut self, prefix: &Prefix, classes: Classes) -> bool {
+        let Some(e) = self.entries.get_mut(prefix) else { return false };
+        let before = *e;
+        *e = e.without(classes);
+        let changed = before != *e;
+        if e.is_empty() {
+            self.entries.remove(prefix);
+        }
+        changed
+    }
+
+    /// The classes stored for exactly `prefix`.
+    pub fn get(&self, prefix: &Prefix) -> Classes {
+        self.entries.get(prefix).copied().unwrap_or_default()
+    }
+
+    /// The classes that apply to a destination: the union over every entry
+    /// containing `ip` (host entry and any covering prefix).
+    pub fn lookup(&self, ip: IpAddr) -> Classes {
+        let host = Prefix::host(ip);
+        let mut c = self.get(&host);
+        for (p, classes) in &self.entries {
+            if !p.is_host() && p.contains(host.addr()) {
+                c = c.union(*classes);
+            }
+        }
+        c
+    }
+
+    /// Iterates over the entries in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Prefix, &Classes)> {
+        self.entries.iter()
+    }
+
+    /// Number of entries holding each class: `(dns, smtp)`.
+    pub fn class_counts(&self) -> (usize, usize) {
+        self.entries.values().fold((0, 0), |(d, s), c| {
+            (d + usize::from(c.contains(Classes::DNS)), s + usize::from(c.contains(Classes::SMTP)))
+        })
+    }
+
+    /// What must change to turn `self` into `target`.
+    pub fn diff(&self, target: &AllowSet) -> AllowDiff {
+        let mut d = AllowDiff::default();
+        for (p, c) in &target.entries {
+            if self.entries.get(p) != Some(c) {
+                d.upsert.push((*p, *c));
+            }
+        }
+        for p in self.entries.keys() {
+            if !target.entries.contains_key(p) {
+                d.remove.push(*p);
+            }
+        }
+        d
+    }
+
+    /// Applies a diff produced by [`AllowSet::diff`].
+    pub fn apply(&mut self, diff: &AllowDiff) {
+        for p in &diff.remove {
+            self.entries.remove(p);
+        }
+        for (p, c) in &diff.upsert {
+            if c.is_empty() {
+                self.entries.remove(p);
+            } else {
+                self.entries.insert(*p, *c);
+            }
+        }
+    }
+}
+
+impl FromIterator<(Prefix, Classes)> for AllowSet {
+    fn from_iter<I: IntoIterator<Item = (Prefix, Classes)>>(iter: I) -> Self {
+        let mut s = AllowSet::new();
+        for (p, c) in iter {
+            s.add(p, c);
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Prefix {
+        s.parse().expect("test prefix")
+    }
+
+    #[test]
+    fn verdicts_follow_paper_table_1() {
+        assert_eq!(Verdict::decide(Service::Dns, Classes::DNS), Verdict::Allow);
+        assert_eq!(Verdict::decide(Service::Dns, Classes::SMTP), Verdict::Allow);
+        assert_eq!(Verdict::decide(Service::Dns, Classes::NONE), Verdict::DenyNotRegistered);
+        assert_eq!(Verdict::decide(Service::Smtp, Classes::SMTP), Verdict::Allow);
+        assert_eq!(Verdict::decide(Service::Smtp, Classes::DNS), Verdict::DenyWrongClass);
+        assert_eq!(Verdict::decide(Service::Smtp, Classes::NONE), Verdict::DenyNotRegistered);
+    }
+
+    #[test]
+    fn rpz_answers_round_trip() {
+        let both = Classes::DNS.union(Classes::SMTP);
+        let back = both
+            .rpz_answers()
+            .into_iter()
+            .filter_map(Classes::from_rpz_answer)
+            .fold(Classes::NONE, Classes::union);
+        assert_eq!(back, both);
+        assert_eq!(Classes::from_rpz_answer(Ipv4Addr::new(127, 0, 0, 2)), None);
+    }
+
+    #[test]
+    fn prefixes_normalise_and_parse() {
+        assert_eq!(p("192.0.2.77/24").to_string(), "192.0.2.0/24");
+        assert_eq!(p("2001:db8::1").to_string(), "2001:db8::1");
+        assert!(p("2001:db8::1").is_host());
+        assert_eq!(Prefix::host("::ffff:192.0.2.1".parse().expect("ip")), p("192.0.2.1"));
+        assert!("192.0.2.0/33".parse::<Prefix>().is_err());
+        assert!("nonsense".parse::<Prefix>().is_err());
+        assert!(p("10.0.0.0/8").contains("10.9.8.7".parse().expect("ip")));
+        assert!(!p("10.0.0.0/8").contains("11.0.0.1".parse().expect("ip")));
+        assert!(!p("10.0.0.0/8").contains("::1".parse().expect("ip")));
+    }
+
+    #[test]
+    fn lookup_unions_host_and_prefix_entries() {
+        let mut s = AllowSet::new();
+        s.add(p("198.51.100.7"), Classes::DNS);
+        s.add(p("198.51.100.0/24"), Classes::SMTP);
+        assert_eq!(s.lookup("198.51.100.7".parse().expect("ip")), Classes::DNS.union(Classes::SMTP));
+        assert_eq!(s.lookup("198.51.100.8".parse().expect("ip")), Classes::SMTP);
+        assert_eq!(s.lookup("203.0.113.1".parse().expect("ip")), Classes::NONE);
+    }
+
+    #[test]
+    fn diff_then_apply_reaches_target() {
+        let a: AllowSet =
+            [(p("192.0.2.1"), Classes::DNS), (p("192.0.2.2"), Classes::SMTP)].into_iter().collect();
+        let b: AllowSet =
+            [(p("192.0.2.2"), Classes::SMTP.union(Classes::DNS)), (p("2001:db8::5"), Classes::SMTP)]
+                .into_iter()
+                .collect();
+        let d = a.diff(&b);
+        assert_eq!(d.remove, vec![p("192.0.2.1")]);
+        assert_eq!(d.upsert.len(), 2);
+        let mut c = a.clone();
+        c.apply(&d);
+        assert_eq!(c, b);
+        assert!(b.diff(&b).is_empty());
+    }
+
+    #[test]
+    fn remove_drops_empty_entries() {
+        let mut s = AllowSet::new();
+        s.add(p("192.0.2.1"), Classes::DNS.union(Classes::SMTP));
+        assert!(s.remove(&p("192.0.2.1"), Classes::SMTP));
+        assert_eq!(s.get(&p("192.0.2.1")), Classes::DNS);
+        assert!(s.remove(&p("192.0.2.1"), Classes::DNS));
+        assert!(s.is_empty());
+        assert!(!s.remove(&p("192.0.2.1"), Classes::DNS));
+    }
+}

@@ -1,0 +1,229 @@
+//! The Response Policy Zone: how allow entries are written as RPZ records.
+//!
+//! # Owner encoding
+//!
+//! * IPv4 hosts use the paper's encoding: the address literal in normal order
+//!   under the policy zone, `131.112.12.18.rpz.example.com. A 127.0.0.25`.
+//!   BIND treats it as a QNAME trigger, so the paper's check (a query for the
+//!   IP literal at BIND) and a direct query of the zone both see it.
+//! * IPv6 hosts and all prefixes use BIND's standard `rpz-ip` form:
+//!   `<prefix length>.<address labels reversed>.rpz-ip.<zone>`, IPv6 groups in
+//!   hex with `zz` for the longest run of zero groups (BIND ARM, "Response
+//!   Policy Zone (RPZ) Rewriting"). Decoding accepts IPv4 hosts in either form.
+//!
+//! The record data holds the classes: `A 127.0.0.1` (DNS), `A 127.0.0.25` (SMTP).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::policy::Prefix;
+
+/// Why an owner name is not an allow entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OwnerError {
+    /// The name is not below the policy zone.
+    #[error("{owner} is not inside zone {zone}")]
+    OutsideZone {
+        /// The owner name.
+        owner: String,
+        /// The policy zone origin.
+        zone: String,
+    },
+    /// The name is a trigger of a kind we do not use (QNAME of a domain,
+    /// `rpz-nsip`, `rpz-client-ip`, ...).
+    #[error("{owner} is not an IP trigger")]
+    NotIpTrigger {
+        /// The owner name.
+        owner: String,
+    },
+    /// The name looks like an IP trigger but its labels are invalid.
+    #[error("{owner} is a malformed IP trigger: {why}")]
+    Malformed {
+        /// The owner name.
+        owner: String,
+        /// What is wrong.
+        why: &'static str,
+    },
+}
+
+/// Lower-cases `name` and strips one trailing dot.
+fn canonical(name: &str) -> String {
+    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
+}
+
+/// The owner name (fully qualified, with trailing dot) for `prefix` in `zone`.
+pub fn encode_owner(prefix: &Prefix, zone: &str) -> String {
+    let zone = canonical(zone);
+    match prefix.addr() {
+        IpAddr::V4(a) if prefix.is_host() => format!("{a}.{zone}."),
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            format!("{}.{}.{}.{}.{}.rpz-ip.{zone}.", prefix.len(), o[3], o[2], o[1], o[0])
+        }
+        IpAddr::V6(a) => format!("{}.{}.rpz-ip.{zone}.", prefix.len(), v6_labels_reversed(a)),
+    }
+}
+
+/// IPv6 groups, least significant first, with `zz` for the longest zero run.
+fn v6_labels_reversed(a: Ipv6Addr) -> String {
+    let g = a.segments();
+    // Longest run of zero groups (length >= 2, like RFC 5952's `::`).
+    let (mut best, mut best_len, mut i) = (0usize, 0usize, 0usize);
+    while i < 8 {
+        if g[i] == 0 {
+            let start = i;
+            while i < 8 && g[i] == 0 {
+                i += 1;
+            }
+            if i - start > best_len {
+                (best, best_len) = (start, i - start);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    let mut labels: Vec<String> = Vec::with_capacity(8);
+    let mut j = 0;
+    while j < 8 {
+        if best_len >= 2 && j == best {
+            labels.push("zz".into());
+            j += best_len;
+        } else {
+            labels.push(format!("{:x}", g[j]));
+            j += 1;
+        }
+    }
+    labels.reverse();
+    labels.join(".")
+}
+
+/// The allow-entry prefix an owner name in `zone` stands for.
+pub fn decode_owner(owner: &str, zone: &str) -> Result<Prefix, OwnerError> {
+    let name = canonical(owner);
+    let zone_c = canonical(zone);
+    let rel = if zone_c.is_empty() {
+        name.as_str()
+    } else {
+        name.strip_suffix(zone_c.as_str())
+            .and_then(|r| r.strip_suffix('.'))
+            .ok_or_else(|| OwnerError::OutsideZone { owner: owner.to_owned(), zone: zone.to_owned() })?
+    };
+    let labels: Vec<&str> = rel.split('.').collect();
+    let malformed = |why| OwnerError::Malformed { owner: owner.to_owned(), why };
+    match labels.split_last() {
+        Some((&"rpz-ip", rest)) => decode_rpz_ip(rest).map_err(malformed),
+        _ if labels.len() == 4
+            && labels.iter().all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit())) =>
+        {
+            rel.parse::<Ipv4Addr>()
+                .map(|a| Prefix::host(IpAddr::V4(a)))
+                .map_err(|_| malformed("octet out of range"))
+        }
+        _ => Err(OwnerError::NotIpTrigger { owner: owner.to_owned() }),
+    }
+}
+
+/// Decodes the labels before `rpz-ip`: `<len>.<reversed address labels>`.
+fn decode_rpz_ip(labels: &[&str]) -> Result<Prefix, &'static str> {
+    let (len, addr) = labels.split_first().ok_or("missing prefix length")?;
+    let len: u8 = len.parse().map_err(|_| "prefix length is not a number")?;
+    let mut parts: Vec<&str> = addr.to_vec();
+    parts.reverse();
+    let ip = if parts.len() == 4 && parts.iter().all(|p| p.bytes().all(|b| b.is_ascii_digit())) {
+        IpAddr::V4(parts.join(".").parse::<Ipv4Addr>().map_err(|_| "bad IPv4 octet")?)
+    } else {
+        let mut groups: Vec<u16> = Vec::with_capacity(8);
+        let mut zz_at = None;
+        for p in &parts {
+            if *p == "zz" {
+                if zz_at.is_some() {
+                    return Err("more than one zz");
+                }
+                zz_at = Some(groups.len());
+            } else {
+                if p.is_empty() || p.len() > 4 {
+                    return Err("bad IPv6 group");
+                }
+                groups.push(u16::from_str_radix(p, 16).map_err(|_| "bad IPv6 group")?);
+            }
+        }
+        if let Some(at) = zz_at {
+            if groups.len() > 6 {
+                return Err("zz stands for no groups");
+            }
+            let fill = 8 - groups.len();
+            groups.splice(at..at, std::iter::repeat_n(0, fill));
+        }
+        let g: [u16; 8] = groups.try_into().map_err(|_| "IPv6 address needs 8 groups")?;
+        IpAddr::V6(Ipv6Addr::new(g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]))
+    };
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    if len > max || len == 0 {
+        return Err("prefix length out of range");
+    }
+    let prefix = Prefix::new(ip, len).map_err(|_| "prefix length out of range")?;
+    if prefix.addr() != ip {
+        return Err("host bits set beyond the prefix length");
+    }
+    Ok(prefix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const Z: &str = "rpz.example.com";
+
+    fn p(s: &str) -> Prefix {
+        s.parse().expect("test prefix")
+    }
+
+    #[test]
+    fn ipv4_host_uses_paper_encoding() {
+        assert_eq!(encode_owner(&p("131.112.12.18"), Z), "131.112.12.18.rpz.example.com.");
+        assert_eq!(decode_owner("131.112.12.18.rpz.example.com.", Z), Ok(p("131.112.12.18")));
+        assert_eq!(decode_owner("131.112.12.18.RPZ.Example.COM", "rpz.example.com."), Ok(p("131.112.12.18")));
+    }
+
+    #[test]
+    fn ipv4_rpz_ip_forms() {
+        assert_eq!(encode_owner(&p("192.0.2.0/24"), Z), "24.0.2.0.192.rpz-ip.rpz.example.com.");
+        assert_eq!(decode_owner("24.0.2.0.192.rpz-ip.rpz.example.com", Z), Ok(p("192.0.2.0/24")));
+        assert_eq!(decode_owner("32.1.2.0.192.rpz-ip.rpz.example.com", Z), Ok(p("192.0.2.1")));
+    }
+
+    #[test]
+    fn ipv6_rpz_ip_forms() {
+        let cases = [
+            ("2001:db8::1", "128.1.zz.db8.2001.rpz-ip.rpz.example.com."),
+            ("2001:db8::/32", "32.zz.db8.2001.rpz-ip.rpz.example.com."),
+            ("2001:db8:0:1:0:0:0:5", "128.5.zz.1.0.db8.2001.rpz-ip.rpz.example.com."),
+            ("2001:db8:1:2:3:4:5:6", "128.6.5.4.3.2.1.db8.2001.rpz-ip.rpz.example.com."),
+        ];
+        for (prefix, owner) in cases {
+            assert_eq!(encode_owner(&p(prefix), Z), owner, "encode {prefix}");
+            assert_eq!(decode_owner(owner, Z), Ok(p(prefix)), "decode {owner}");
+        }
+    }
+
+    #[test]
+    fn other_names_are_not_entries() {
+        assert!(matches!(
+            decode_owner("www.example.net.rpz.example.com", Z),
+            Err(OwnerError::NotIpTrigger { .. })
+        ));
+        assert!(matches!(decode_owner("1.2.3.4.other.zone", Z), Err(OwnerError::OutsideZone { .. })));
+        assert!(matches!(decode_owner("1.2.3.999.rpz.example.com", Z), Err(OwnerError::Malformed { .. })));
+        assert!(matches!(
+            decode_owner("24.1.2.0.192.rpz-ip.rpz.example.com", Z),
+            Err(OwnerError::Malformed { .. })
+        ));
+        assert!(matches!(
+            decode_owner("129.zz.rpz-ip.rpz.example.com", Z),
+            Err(OwnerError::Malformed { .. })
+        ));
+        assert!(matches!(
+            decode_owner("128.zz.1.zz.rpz-ip.rpz.example.com", Z),
+            Err(OwnerError::Malformed { .. })
+        ));
+    }
+}
