@@ -279,7 +279,8 @@ fn truncated_file_is_counted_and_earlier_packets_count() {
     let p = dir.join("cut.pcap");
     early.write_pcap(&p, decode::LINKTYPE_ETHERNET, false);
     let mut bytes = std::fs::read(&p).expect("read");
-    bytes.extend_from_slice(&bytes[24..40].to_vec());
+    let record_header = bytes[24..40].to_vec();
+    bytes.extend_from_slice(&record_header);
     bytes.extend_from_slice(&[1, 2, 3]);
     std::fs::write(&p, &bytes).expect("write");
     let out = run_files(vec![p]).expect("learn");

@@ -495,3 +495,18 @@ fn new_entries_stream_out_incrementally() {
     assert_eq!(p.take_new_entries(), vec![entry(TLD, DNS), entry(TLD6, DNS)]);
     assert!(p.take_new_entries().is_empty());
 }
+
+#[test]
+fn unanswered_queries_expire_so_memory_stays_bounded() {
+    // 20,000 unanswered queries over 200 s of capture time, window 10 s.
+    let mut p = guard_user::learn::Pipeline::new(&Hints::root(), 10_000_000_000);
+    for i in 0..20_000u32 {
+        let q = query(i as u16, &format!("q{i}.example.com."), RecordType::A);
+        let f = eth_udp(ip(RESOLVER), ip(ROOT_A), 1024 + (i % 60000) as u16, 53, &q);
+        p.packet(u64::from(i) * 10_000_000, LINKTYPE_ETHERNET, &f);
+    }
+    let (_, s) = p.finish();
+    assert_eq!(s.queries, 20_000);
+    assert!(s.pending_at_end <= 1_600, "pending {}", s.pending_at_end);
+    assert!(s.expired_queries >= 18_000, "expired {}", s.expired_queries);
+}

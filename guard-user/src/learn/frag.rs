@@ -16,6 +16,8 @@ use super::{
 pub const FRAG_TIMEOUT_NS: u64 = 30_000_000_000;
 /// Most datagrams reassembled at once.
 pub const MAX_DATAGRAMS: usize = 4096;
+/// Most fragment bytes held over all datagrams together.
+pub const MAX_TOTAL_BYTES: usize = 32 << 20;
 /// Largest reassembled payload.
 const MAX_DATAGRAM_LEN: usize = 65_535;
 
@@ -41,6 +43,8 @@ struct Partial {
 pub struct Reassembler {
     table: HashMap<Key, Partial>,
     last_sweep_ns: u64,
+    /// Fragment bytes held.
+    held: usize,
 }
 
 impl Reassembler {
@@ -52,6 +56,17 @@ impl Reassembler {
     /// Datagrams in progress.
     pub fn in_progress(&self) -> usize {
         self.table.len()
+    }
+
+    /// Fragment bytes held.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<Partial> {
+        let p = self.table.remove(key)?;
+        self.held -= p.bytes;
+        Some(p)
     }
 
     /// Adds a fragment; returns the whole transport payload once complete.
@@ -68,11 +83,12 @@ impl Reassembler {
         let key = Key { src: ip.src, dst: ip.dst, proto: ip.proto, id: frag.id };
         let end = frag.offset + data.len();
         if end > MAX_DATAGRAM_LEN || (frag.more && !data.len().is_multiple_of(8)) {
-            self.table.remove(&key);
+            self.remove(&key);
             drop(Drop::BadFragment);
             return None;
         }
-        if !self.table.contains_key(&key) && self.table.len() >= MAX_DATAGRAMS {
+        let full = self.table.len() >= MAX_DATAGRAMS || self.held + data.len() > MAX_TOTAL_BYTES;
+        if full && !self.table.contains_key(&key) {
             drop(Drop::FragmentTableFull);
             return None;
         }
@@ -89,8 +105,8 @@ impl Reassembler {
             (true, Some(t)) => end > t,
             (true, None) => false,
         };
-        if overlaps || bad_total {
-            self.table.remove(&key);
+        if overlaps || bad_total || self.held + data.len() > MAX_TOTAL_BYTES {
+            self.remove(&key);
             drop(Drop::BadFragment);
             return None;
         }
@@ -99,10 +115,11 @@ impl Reassembler {
         }
         p.bytes += data.len();
         p.parts.push((frag.offset, data.to_vec()));
+        self.held += data.len();
         match p.total {
             // No overlaps, so covering `total` bytes means complete.
             Some(t) if p.bytes == t => {
-                let mut p = self.table.remove(&key)?;
+                let mut p = self.remove(&key)?;
                 p.parts.sort_unstable_by_key(|(o, _)| *o);
                 let mut out = Vec::with_capacity(t);
                 for (_, d) in p.parts {
@@ -121,7 +138,15 @@ impl Reassembler {
         }
         self.last_sweep_ns = now_ns;
         let before = self.table.len();
-        self.table.retain(|_, p| now_ns.saturating_sub(p.first_ns) < FRAG_TIMEOUT_NS);
+        let mut freed = 0;
+        self.table.retain(|_, p| {
+            let keep = now_ns.saturating_sub(p.first_ns) < FRAG_TIMEOUT_NS;
+            if !keep {
+                freed += p.bytes;
+            }
+            keep
+        });
+        self.held -= freed;
         for _ in self.table.len()..before {
             drop(Drop::FragmentTimeout);
         }
@@ -168,6 +193,6 @@ mod tests {
         assert!(r.push(1_000_000_000, &ip(&[0; 8]), f(0, true), &mut d).is_none());
         r.expire(FRAG_TIMEOUT_NS + 2_000_000_000, &mut d);
         assert_eq!(drops, vec![Drop::FragmentTimeout]);
-        assert_eq!(r.in_progress(), 0);
+        assert_eq!((r.in_progress(), r.held()), (0, 0));
     }
 }

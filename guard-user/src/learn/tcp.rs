@@ -17,6 +17,8 @@ pub const MAX_FLOWS: usize = 65_536;
 pub const MAX_BUFFER: usize = 2 * (65_535 + 2);
 /// Most out-of-order segments held per direction.
 pub const MAX_OOO: usize = 16;
+/// Most bytes buffered over all flows together.
+pub const MAX_TOTAL_BYTES: usize = 64 << 20;
 /// Idle flows are forgotten after this long (capture time).
 pub const FLOW_IDLE_NS: u64 = 120_000_000_000;
 
@@ -46,6 +48,8 @@ struct Stream {
 pub struct TcpReassembler {
     flows: HashMap<FlowKey, Stream>,
     last_sweep_ns: u64,
+    /// Bytes held in all streams.
+    buffered: usize,
 }
 
 impl TcpReassembler {
@@ -59,6 +63,17 @@ impl TcpReassembler {
         self.flows.len()
     }
 
+    /// Bytes buffered over all flows.
+    pub fn buffered(&self) -> usize {
+        self.buffered
+    }
+
+    fn remove(&mut self, key: &FlowKey) {
+        if let Some(s) = self.flows.remove(key) {
+            self.buffered -= s.size();
+        }
+    }
+
     /// Feeds one segment; calls `msg` for every complete DNS message.
     pub fn push(
         &mut self,
@@ -70,7 +85,7 @@ impl TcpReassembler {
     ) {
         self.sweep(now_ns);
         if seg.rst {
-            self.flows.remove(&key);
+            self.remove(&key);
             return;
         }
         if seg.syn {
@@ -80,6 +95,7 @@ impl TcpReassembler {
                 drop(Drop::TcpFlowTableFull);
                 return;
             }
+            self.remove(&key);
             self.flows.insert(key, s);
             if seg.data.is_empty() {
                 return;
@@ -87,7 +103,7 @@ impl TcpReassembler {
         }
         if seg.data.is_empty() {
             if seg.fin {
-                self.flows.remove(&key);
+                self.remove(&key);
             }
             return;
         }
@@ -100,6 +116,7 @@ impl TcpReassembler {
             self.flows.insert(key, Stream { next_seq: seg.seq, ..Stream::default() });
         }
         let Some(s) = self.flows.get_mut(&key) else { return };
+        let before = s.size();
         s.last_ns = now_ns;
         let seq = if seg.syn { seg.seq.wrapping_add(1) } else { seg.seq };
         s.accept(seq, seg.data, drop);
@@ -113,8 +130,18 @@ impl TcpReassembler {
         }
         s.ooo.retain(|(q, d)| (q.wrapping_add(d.len() as u32).wrapping_sub(s.next_seq) as i32) > 0);
         s.frame(drop, msg);
+        let after = s.size();
+        if self.buffered - before + after > MAX_TOTAL_BYTES {
+            // Over the global budget: this flow loses what it holds.
+            drop(Drop::TcpStreamLoss);
+            s.buf = Vec::new();
+            s.ooo = Vec::new();
+            self.buffered -= before;
+        } else {
+            self.buffered = self.buffered - before + after;
+        }
         if seg.fin {
-            self.flows.remove(&key);
+            self.remove(&key);
         }
     }
 
@@ -123,11 +150,23 @@ impl TcpReassembler {
             return;
         }
         self.last_sweep_ns = now_ns;
-        self.flows.retain(|_, s| now_ns.saturating_sub(s.last_ns) < FLOW_IDLE_NS);
+        let mut freed = 0;
+        self.flows.retain(|_, s| {
+            let keep = now_ns.saturating_sub(s.last_ns) < FLOW_IDLE_NS;
+            if !keep {
+                freed += s.size();
+            }
+            keep
+        });
+        self.buffered -= freed;
     }
 }
 
 impl Stream {
+    fn size(&self) -> usize {
+        self.buf.len() + self.ooo.iter().map(|(_, d)| d.len()).sum::<usize>()
+    }
+
     fn accept(&mut self, seq: u32, data: &[u8], drop: &mut impl FnMut(Drop)) {
         let rel = seq.wrapping_sub(self.next_seq) as i32;
         if rel > 0 {
@@ -197,6 +236,13 @@ mod tests {
         t.push(0, key, &seg(107, false, &[2, 2]), &mut d, &mut |m| got.push(m.to_vec()));
         t.push(0, key, &seg(107, false, &[2, 2]), &mut d, &mut |m| got.push(m.to_vec()));
         assert_eq!(got, vec![vec![1, 1], vec![2, 2, 2], vec![3]]);
+        assert_eq!(t.buffered(), 0);
+        // A half message stays buffered until FIN drops the flow.
+        t.push(0, key, &seg(112, false, &[0, 9, 1]), &mut d, &mut |m| got.push(m.to_vec()));
+        assert_eq!(t.buffered(), 3);
+        let fin = TcpSeg { fin: true, ..seg(115, false, &[]) };
+        t.push(0, key, &fin, &mut d, &mut |m| got.push(m.to_vec()));
+        assert_eq!((t.buffered(), t.flows()), (0, 0));
         assert!(drops.is_empty());
     }
 }
