@@ -3,6 +3,9 @@
 //! Zone as the allow list and XDP (or OpenFlow) for enforcement.
 #![warn(missing_docs)]
 
+pub mod events;
+pub mod metrics;
+pub mod miss;
 pub mod policy;
 pub mod rpz;
 pub mod xdp;
