@@ -87,7 +87,7 @@ struct State {
 }
 
 /// Counters of the miss path.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MissStats {
     /// Questions sent to the source.
     pub lookups: u64,
