@@ -146,6 +146,13 @@ pub fn rpz_guard(ctx: XdpContext) -> u32 {
     }
 }
 
+/// Reference program for benchmarks: passes everything, touches nothing.
+/// Its `BPF_PROG_TEST_RUN` time is the baseline the real program is compared to.
+#[xdp]
+pub fn pass_all(_ctx: XdpContext) -> u32 {
+    XDP_PASS
+}
+
 enum Parsed {
     /// Not ours to judge: pass, counting `Stat`.
     Pass(Stat),

@@ -39,6 +39,9 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 /// Name of the XDP program function in [`EBPF_OBJECT`].
 pub const PROGRAM_NAME: &str = "rpz_guard";
 
+/// The pass-everything reference program in [`EBPF_OBJECT`], for benchmarks.
+pub const REFERENCE_PROGRAM: &str = "pass_all";
+
 /// Every map the program defines; all are pinned with `--pin`.
 pub const MAP_NAMES: [&str; 14] = [
     MAP_STATS,
@@ -466,16 +469,27 @@ impl Enforcer {
     /// Runs the program once per repetition over `frame` with
     /// `BPF_PROG_TEST_RUN`; returns the XDP action and the mean time per run.
     pub fn test_run(&mut self, frame: &[u8], repeat: u32) -> Result<(u32, Duration), XdpError> {
+        self.test_run_program(PROGRAM_NAME, frame, repeat)
+    }
+
+    /// As [`Enforcer::test_run`], for any program of the object (e.g.
+    /// [`REFERENCE_PROGRAM`]), loading it on first use.
+    pub fn test_run_program(&mut self, name: &str, frame: &[u8], repeat: u32) -> Result<(u32, Duration), XdpError> {
         use aya::programs::{TestRun, TestRunOptions};
-        let prog = program(&mut self.ebpf, "-")?;
+        let perr = |what, source| XdpError::Program { what, iface: "-".into(), source };
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(perr("lookup", aya::programs::ProgramError::NotLoaded))?
+            .try_into()
+            .map_err(|e| perr("lookup", e))?;
+        if prog.fd().is_err() {
+            prog.load().map_err(|e| perr("load", e))?;
+        }
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.repeat = repeat.max(1);
-        let r = prog.test_run(opts).map_err(|source| XdpError::Program {
-            what: "test run",
-            iface: "-".into(),
-            source,
-        })?;
+        let r = prog.test_run(opts).map_err(|e| perr("test run", e))?;
         Ok((r.return_value, r.duration))
     }
 
