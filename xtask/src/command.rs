@@ -38,14 +38,28 @@ pub fn describe(cmd: &Command) -> String {
 
 /// Runs `cmd` as step `step`; failure names the step and shows stderr.
 pub fn run_step(step: &str, cmd: &mut Command) -> Result<()> {
+    run_step_with(step, cmd, None)
+}
+
+/// Like [`run_step`], but reads cargo test's `test result:` lines from
+/// stdout and returns the totals (passed, failed).
+pub fn run_step_counting_tests(step: &str, cmd: &mut Command) -> Result<(u64, u64)> {
+    let mut totals = (0, 0);
+    run_step_with(step, cmd, Some(&mut totals))?;
+    Ok(totals)
+}
+
+fn run_step_with(step: &str, cmd: &mut Command, totals: Option<&mut (u64, u64)>) -> Result<()> {
     let line = describe(cmd);
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("step `{step}`: cannot start `{line}`"))?;
-    let mut tail = VecDeque::with_capacity(STDERR_TAIL);
-    if let Some(stderr) = child.stderr.take() {
+    cmd.stdin(Stdio::null()).stderr(Stdio::piped());
+    if totals.is_some() {
+        cmd.stdout(Stdio::piped());
+    }
+    let mut child = cmd.spawn().with_context(|| format!("step `{step}`: cannot start `{line}`"))?;
+    let stderr = child.stderr.take();
+    let tail_reader = std::thread::spawn(move || {
+        let mut tail = VecDeque::with_capacity(STDERR_TAIL);
+        let Some(stderr) = stderr else { return tail };
         let mut err = std::io::stderr();
         for l in BufReader::new(stderr).lines().map_while(Result::ok) {
             let _ = writeln!(err, "{l}");
@@ -54,13 +68,40 @@ pub fn run_step(step: &str, cmd: &mut Command) -> Result<()> {
             }
             tail.push_back(l);
         }
+        tail
+    });
+    if let (Some(totals), Some(stdout)) = (totals, child.stdout.take()) {
+        let mut out = std::io::stdout();
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = writeln!(out, "{l}");
+            if let Some((passed, failed)) = parse_test_result(&l) {
+                totals.0 += passed;
+                totals.1 += failed;
+            }
+        }
     }
     let status = child.wait().with_context(|| format!("step `{step}`: waiting for `{line}`"))?;
+    let tail: Vec<String> = tail_reader.join().map(Vec::from).unwrap_or_default();
     if !status.success() {
-        let tail: Vec<String> = tail.into_iter().collect();
         bail!("step `{step}` failed: `{line}` exited with {status}\n{}", tail.join("\n"));
     }
     Ok(())
+}
+
+/// Parses `test result: ok. 12 passed; 0 failed; …`.
+fn parse_test_result(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix("test result: ")?;
+    let count = |word: &str| {
+        rest.split(';').find_map(|part| {
+            part.trim()
+                .trim_start_matches(|c: char| !c.is_ascii_digit())
+                .strip_suffix(word)?
+                .trim()
+                .parse()
+                .ok()
+        })
+    };
+    Some((count("passed")?, count("failed")?))
 }
 
 /// Runs `cmd` quietly and returns its output (whatever the status).
@@ -80,4 +121,21 @@ pub fn require_root(task: &str) -> Result<()> {
         bail!("`cargo xtask {task}` must run as root");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_test_result;
+
+    #[test]
+    fn test_result_lines_are_counted() {
+        assert_eq!(
+            parse_test_result(
+                "test result: ok. 12 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s"
+            ),
+            Some((12, 0))
+        );
+        assert_eq!(parse_test_result("test result: FAILED. 2 passed; 1 failed; 0 ignored"), Some((2, 1)));
+        assert_eq!(parse_test_result("running 3 tests"), None);
+    }
 }

@@ -64,9 +64,9 @@ pub fn run(args: Args) -> Result<()> {
         Action::Status { prefix } => {
             let all = Lab::status(prefix.as_deref());
             if all.iter().all(|s| s.namespaces.is_empty() && s.state_dir.is_none()) {
-                println!("no lab {}", prefix.map(|p| format!("with prefix {p}")).unwrap_or_default());
+                println!("no lab{}", prefix.map(|p| format!(" with prefix {p}")).unwrap_or_default());
             }
-            for s in all {
+            for s in all.iter().filter(|s| !s.namespaces.is_empty() || s.state_dir.is_some()) {
                 print!("{s}");
             }
             Ok(())

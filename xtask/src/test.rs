@@ -6,7 +6,7 @@ use std::{process::Command, time::Instant};
 use anyhow::{Context, Result};
 
 use crate::{
-    command::{cargo, repo_root, run_step},
+    command::{cargo, repo_root, run_step, run_step_counting_tests},
     setup,
 };
 
@@ -73,17 +73,22 @@ pub fn run(args: &Args) -> Result<()> {
         ]);
         run_step("clippy-ebpf", &mut cmd)
     })?;
+    let mut totals = (0, 0);
     step("tests", &mut || {
         let mut cmd = cargo();
         cmd.args(["test", "--workspace", "--exclude", "guard-ebpf"]);
         if !args.test_args.is_empty() {
             cmd.arg("--").args(&args.test_args);
         }
-        run_step("tests", &mut cmd)
+        totals = run_step_counting_tests("tests", &mut cmd)?;
+        Ok(())
     })?;
     println!("test: all steps passed in {:.1} s", started.elapsed().as_secs_f64());
     for (name, secs) in times {
         println!("  {name:<12} {secs:>7.1} s");
     }
+    // One closing line over all test binaries (cargo's last line is often
+    // an empty doc-test run).
+    println!("tests: {} passed, {} failed", totals.0, totals.1);
     Ok(())
 }
