@@ -110,6 +110,12 @@ pub struct LabConfig {
     pub responder: ResponderMode,
 }
 
+impl Default for LabConfig {
+    fn default() -> Self {
+        Self::for_test("lab")
+    }
+}
+
 impl LabConfig {
     /// A config with a fresh prefix derived from `test_name`, the process id
     /// and a counter, so concurrent tests never share a lab.
@@ -673,6 +679,21 @@ impl Lab {
     /// Runs `f` on a thread inside `role`'s namespace (sockets made there stay there).
     pub fn run_in<T: Send, F: FnOnce() -> T + Send>(&self, role: Role, f: F) -> Result<T> {
         netns::run_in_netns(&self.ns(role), f)
+    }
+
+    /// Opens a TCP connection from `role` to `addr`.
+    pub fn tcp_connect(
+        &self,
+        role: Role,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<std::net::TcpStream> {
+        netns::tcp_connect_in(&self.ns(role), addr, timeout)
+    }
+
+    /// Waits until a TCP connection from `role` to `addr` succeeds.
+    pub fn wait_for_tcp(&self, role: Role, addr: SocketAddr, timeout: Duration) -> Result<()> {
+        netns::wait_for_tcp(&self.ns(role), addr, timeout)
     }
 
     /// Runs `args` in `role`'s namespace (`ip netns exec`); returns the output
