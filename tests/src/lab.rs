@@ -101,7 +101,7 @@ pub enum ResponderMode {
 pub struct LabConfig {
     /// Namespace prefix: 1–8 of `[a-z0-9]`, starting with a letter.
     pub prefix: String,
-    /// `<n>` of the 10.<n>.0.0/16 and fd00:<n>::/… addresses; derived from
+    /// `n` of the `10.n.0.0/16` and `fd00:n::/…` addresses; derived from
     /// the prefix when `None`.
     pub subnet: Option<u8>,
     /// Start BIND in the `dns` namespace.

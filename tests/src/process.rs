@@ -108,7 +108,7 @@ fn signal(pid: u32, sig: libc::c_int) -> bool {
     unsafe { libc::kill(pid, sig) == 0 }
 }
 
-/// Start time of `pid` in clock ticks since boot (field 22 of /proc/<pid>/stat).
+/// Start time of `pid` in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
 pub fn start_time(pid: u32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces; fields resume after ')'.
