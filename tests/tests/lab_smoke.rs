@@ -217,3 +217,39 @@ fn down_prefix_cleans_a_lab_whose_owner_vanished() {
     std::thread::sleep(Duration::from_millis(100));
     assert!(is_zombie_or_gone(pid), "sleep {pid} survived down");
 }
+
+#[test]
+fn bind_notifies_the_router_and_allows_it_to_transfer() {
+    let lab = up("notify");
+    let a = lab.addrs().clone();
+    let listen = SocketAddr::from((a.router_in_v4, lab.notify_port()));
+    let socket =
+        lab.run_in(Role::Router, || std::net::UdpSocket::bind(listen)).expect("enter router").expect("bind");
+    socket.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    lab.rpz_add_v4(LabAddrs::inet_v4(53), Ipv4Addr::new(127, 0, 0, 1)).expect("update");
+    let mut buf = [0u8; 1500];
+    let (n, from) = socket.recv_from(&mut buf).expect("NOTIFY from BIND within 5 s");
+    assert_eq!(from.ip(), IpAddr::from(a.dns_v4));
+    assert!(n >= 12);
+    assert_eq!((buf[2] >> 3) & 0x0f, 4, "opcode NOTIFY");
+
+    // AXFR: the router may transfer the zone, the pc may not.
+    let xfr = lab.dig(Role::Router, &[&format!("@{}", a.dns_v4), lab.rpz_zone(), "AXFR"]).expect("dig axfr");
+    let text = String::from_utf8_lossy(&xfr.stdout);
+    assert!(text.contains("53.100.51.198") || text.contains("198.51.100.53.rpz.example.com"), "{text}");
+    let denied = lab.dig(Role::Pc, &[&format!("@{}", a.dns_v4), lab.rpz_zone(), "AXFR"]).expect("dig axfr");
+    let text = String::from_utf8_lossy(&denied.stdout);
+    assert!(text.contains("Transfer failed") && !text.contains("127.0.0.1"), "{text}");
+
+    // IPv6 to BIND works too, and the lab has no way out: inet has no default route.
+    lab.wait_for_answer(Role::Bot, "198.51.100.53", "127.0.0.1", Duration::from_secs(5))
+        .expect("rewrite served");
+    let v6 = lab.dig_query(Role::Bot, IpAddr::from(a.dns_v6), "198.51.100.53", "A").expect("dig v6");
+    assert_eq!(v6.answers, vec!["127.0.0.1".to_owned()], "{}", v6.raw);
+    let route = lab.exec(Role::Inet, &["ip", "route", "get", "192.0.2.1"]).expect("ip route get");
+    assert!(
+        !route.status.success(),
+        "inet routes outside the lab: {}",
+        String::from_utf8_lossy(&route.stdout)
+    );
+}
