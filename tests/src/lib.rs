@@ -13,6 +13,23 @@
 //! fixed names inside them, so labs never collide as long as prefixes differ.
 //! See [`Lab`] for the addresses and helpers.
 //!
+//! # Example
+//!
+//! ```no_run
+//! use std::{net::{Ipv4Addr, SocketAddr}, time::Duration};
+//! use guard_tests::{Lab, LabAddrs, LabConfig, Role};
+//!
+//! // Unique prefix per test; everything is removed when `lab` drops.
+//! let lab = Lab::up(LabConfig::for_test("my_test")).expect("lab up");
+//! let mx = LabAddrs::inet_v4(25);
+//! lab.rpz_add_v4(mx, Ipv4Addr::new(127, 0, 0, 25)).expect("nsupdate");
+//! lab.wait_for_answer(Role::Pc, &mx.to_string(), "127.0.0.25", Duration::from_secs(5)).expect("rewrite");
+//! // Start the daemon under test on the router (ended when `guard` drops):
+//! let guard = lab.spawn(Role::Router, &["sleep", "60"]).expect("spawn");
+//! lab.tcp_connect(Role::Pc, SocketAddr::from((mx, 25)), Duration::from_secs(2)).expect("smtp");
+//! # drop(guard);
+//! ```
+//!
 //! Pinning note: `ip netns exec` gives the command a fresh `/sys`, so a
 //! process that pins BPF objects inside a lab namespace must mount bpffs
 //! itself (`mount -t bpf bpf /sys/fs/bpf`); the lab does not do that.
