@@ -474,7 +474,12 @@ impl Enforcer {
 
     /// As [`Enforcer::test_run`], for any program of the object (e.g.
     /// [`REFERENCE_PROGRAM`]), loading it on first use.
-    pub fn test_run_program(&mut self, name: &str, frame: &[u8], repeat: u32) -> Result<(u32, Duration), XdpError> {
+    pub fn test_run_program(
+        &mut self,
+        name: &str,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, Duration), XdpError> {
         use aya::programs::{TestRun, TestRunOptions};
         let perr = |what, source| XdpError::Program { what, iface: "-".into(), source };
         let prog: &mut Xdp = self
