@@ -86,6 +86,8 @@ zone "{RPZ_ZONE}" {{
     allow-update {{ key "{TSIG_KEY_NAME}"; }};
     allow-transfer {{ {transfer}key "{TSIG_KEY_NAME}"; }};
     notify yes;
+    // BIND waits 5 s before notifying by default; enforcement lag would follow.
+    notify-delay 0;
     also-notify {{ {notify} port {NOTIFY_PORT}; }};
 }};
 "#,

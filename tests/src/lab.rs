@@ -482,6 +482,17 @@ impl Lab {
             "0",
         ])?;
         ip(&["-n", &lan, "link", "set", LAN_BRIDGE, "up"])?;
+        // A plain L2 switch: with br_netfilter the bridge would validate IP
+        // headers and drop the malformed frames tests send to the router.
+        let plain = [
+            "sysctl",
+            "-q",
+            "-w",
+            "net.bridge.bridge-nf-call-iptables=0",
+            "net.bridge.bridge-nf-call-ip6tables=0",
+            "net.bridge.bridge-nf-call-arptables=0",
+        ];
+        netns::check(&netns::command(&lan, &plain), netns::exec(&lan, &plain)?)?;
         let ports = [
             (Role::Pc, "pc", HOST_IFACE),
             (Role::Bot, "bot", HOST_IFACE),
