@@ -3,6 +3,7 @@
 //! Each task lives in its own module with an `Args` struct and a `run`
 //! function; adding a task is one enum variant and one match arm.
 mod command;
+mod demo;
 mod lab;
 mod setup;
 mod test;
@@ -12,7 +13,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "rpz-guard tasks: setup, lab, test")]
+#[command(name = "cargo xtask", about = "rpz-guard tasks: demo, setup, lab, test")]
 struct Cli {
     #[command(subcommand)]
     task: Task,
@@ -20,6 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
+    /// See rpz-guard work on the built-in lab: mail passes, a bot is blocked and reported.
+    Demo(demo::Args),
     /// Install what rpz-guard needs on a Debian 12 machine (idempotent, as root).
     Setup(setup::Args),
     /// Bring the network lab up or down, or show what exists.
@@ -33,6 +36,7 @@ enum Task {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
+        Task::Demo(args) => demo::run(&args),
         Task::Setup(args) => setup::run(&args),
         Task::Lab(args) => lab::run(args),
         Task::Test(args) => test::run(&args),
