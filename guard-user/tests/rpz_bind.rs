@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Named, NamedConfig, ZONE, free_port};
+use common::{Named, NamedConfig, Netns, ZONE, free_port};
 use guard_user::{
     policy::{AllowSet, Classes, Prefix},
     rpz::{
@@ -259,4 +259,22 @@ async fn futures_join(client: &RpzClient, addrs: &[&str]) -> Vec<Classes> {
         client.classes(ip(addrs[3])),
     );
     [a, b, c, d].into_iter().map(|r| r.expect("concurrent lookup")).collect()
+}
+
+#[test]
+fn named_runs_inside_a_test_namespace() {
+    let ns = Netns::new(&format!("rpzb{}", std::process::id() % 100_000));
+    let named = Named::start(&NamedConfig {
+        initial: set(&[("192.0.2.53", Classes::DNS)]),
+        netns: Some(ns.name.clone()),
+        port: Some(53),
+        ..Default::default()
+    });
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, "dig", "@127.0.0.1", "+short", "+norec", "A"])
+        .arg(format!("192.0.2.53.{ZONE}"))
+        .output()
+        .expect("run dig in the namespace");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "127.0.0.1", "{}", named.log());
+    drop(named);
 }

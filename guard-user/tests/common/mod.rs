@@ -31,6 +31,13 @@ pub struct NamedConfig {
     pub serial: Option<u32>,
     /// Send NOTIFY for the policy zone to `127.0.0.1` on this UDP port.
     pub notify_port: Option<u16>,
+    /// Run inside this network namespace (made by the test) via
+    /// `ip netns exec`; readiness is then read from the log only.
+    pub netns: Option<String>,
+    /// Address to listen on (default `127.0.0.1`).
+    pub listen: Option<std::net::Ipv4Addr>,
+    /// Port to listen on (default: a free loopback port; use 53 in a namespace).
+    pub port: Option<u16>,
     /// Replaces `allow-update { key "rpz-key"; };` (e.g. an `update-policy`).
     pub update_rule: Option<String>,
 }
@@ -92,9 +99,10 @@ impl Named {
         )
         .expect("write root zone");
 
-        let port = free_port();
+        let port = cfg.port.unwrap_or_else(free_port);
+        let listen = cfg.listen.unwrap_or(std::net::Ipv4Addr::LOCALHOST);
         let notify = match cfg.notify_port {
-            Some(p) => format!("notify explicit; also-notify {{ 127.0.0.1 port {p}; }};"),
+            Some(p) => format!("notify explicit; also-notify {{ {listen} port {p}; }};"),
             None => "notify no;".to_owned(),
         };
         let update_rule =
@@ -105,10 +113,10 @@ impl Named {
     pid-file "{dir}/named.pid";
     session-keyfile "{dir}/session.key";
     managed-keys-directory "{dir}";
-    listen-on port {port} {{ 127.0.0.1; }};
+    listen-on port {port} {{ {listen}; }};
     listen-on-v6 {{ none; }};
     recursion yes;
-    allow-recursion {{ 127.0.0.1; }};
+    allow-recursion {{ any; }};
     dnssec-validation no;
     notify no;
     response-policy {{ zone "{ZONE}" min-update-interval 0; }} qname-wait-recurse no;
@@ -131,7 +139,16 @@ zone "{ZONE}" {{
         );
         std::fs::write(d.join("named.conf"), conf).expect("write named.conf");
         let log = std::fs::File::create(d.join("named.log")).expect("create log");
-        let child = Command::new("named")
+        let mut cmd = match &cfg.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                // `ip netns exec` execs named, so the child pid is named's.
+                c.args(["netns", "exec", ns, "named"]);
+                c
+            }
+            None => Command::new("named"),
+        };
+        let child = cmd
             .args(["-g", "-n", "1", "-c"])
             .arg(d.join("named.conf"))
             .stdin(Stdio::null())
@@ -139,8 +156,8 @@ zone "{ZONE}" {{
             .stderr(log)
             .spawn()
             .expect("start named (package bind9)");
-        let mut named = Named { dir, addr: SocketAddr::from(([127, 0, 0, 1], port)), key, key_file, child };
-        named.wait_ready();
+        let mut named = Named { dir, addr: SocketAddr::from((listen, port)), key, key_file, child };
+        named.wait_ready(cfg.netns.is_none());
         named
     }
 
@@ -149,22 +166,34 @@ zone "{ZONE}" {{
         std::fs::read_to_string(self.dir.path().join("named.log")).unwrap_or_default()
     }
 
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self, probe: bool) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("named exited with {status} before serving:\n{}", self.log());
             }
+            let log = self.log();
+            if let Some(line) =
+                log.lines().find(|l| l.contains("loading configuration") && l.contains("failed"))
+            {
+                panic!("named rejected its configuration: {line}\n{log}");
+            }
+            if !probe && log.lines().any(|l| l.ends_with(" running")) {
+                return;
+            }
             // On a thread of its own, so async tests may call `start` too.
-            let ready = std::thread::scope(|s| {
-                s.spawn(|| {
-                    let rt =
-                        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-                    rt.block_on(transfer::soa_serial(self.addr, ZONE, Some(&self.key))).is_ok()
-                })
-                .join()
-                .expect("readiness probe thread")
-            });
+            let ready = probe
+                && std::thread::scope(|s| {
+                    s.spawn(|| {
+                        let rt = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .expect("runtime");
+                        rt.block_on(transfer::soa_serial(self.addr, ZONE, Some(&self.key))).is_ok()
+                    })
+                    .join()
+                    .expect("readiness probe thread")
+                });
             if ready {
                 return;
             }
@@ -207,5 +236,31 @@ impl Drop for Named {
         // Child::kill signals exactly our child's pid.
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A network namespace made by a test; deleted on drop.
+pub struct Netns {
+    /// Its name.
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates namespace `name` with `lo` up.
+    pub fn new(name: &str) -> Netns {
+        let run = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().expect("run ip");
+            assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        run(&["netns", "add", name]);
+        let ns = Netns { name: name.to_owned() };
+        run(&["-n", name, "link", "set", "lo", "up"]);
+        ns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
     }
 }
