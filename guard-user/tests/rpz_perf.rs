@@ -36,10 +36,13 @@ async fn time_axfr(n: u32) -> Duration {
     let took = t.elapsed();
     assert_eq!(snap.set.len(), initial.len());
     assert_eq!(snap.set, initial);
+    let log = named.log();
+    let bind_says = log.lines().rev().find(|l| l.contains("AXFR ended")).unwrap_or("no AXFR log line");
     eprintln!(
-        "AXFR {n} entries: {took:.2?} ({} messages, {:.0} records/s)",
+        "AXFR {n} entries: {took:.2?} ({} messages, {:.0} records/s); BIND: {}",
         snap.messages,
-        f64::from(n) / took.as_secs_f64()
+        f64::from(n) / took.as_secs_f64(),
+        bind_says.rsplit_once("AXFR ended: ").map_or(bind_says, |(_, r)| r)
     );
     took
 }

@@ -11,7 +11,18 @@
 //!   hex with `zz` for the longest run of zero groups (BIND ARM, "Response
 //!   Policy Zone (RPZ) Rewriting"). Decoding accepts IPv4 hosts in either form.
 //!
-//! The record data holds the classes: `A 127.0.0.1` (DNS), `A 127.0.0.25` (SMTP).
+//! The record data holds the classes: `A 127.0.0.1` (DNS), `A 127.0.0.25` (SMTP),
+//! one record per class. Any other record (e.g. `CNAME .`, the NXDOMAIN
+//! policy, or local data) is counted as ignored, never read as an allow.
+//!
+//! # Modules
+//!
+//! * [`zonefile`]: write the allow set as a zone file, parse zone files.
+//! * [`tsig`]: BIND key files → [`tsig::TsigKey`].
+//! * [`transfer`]: AXFR, IXFR (deltas applied to a copy) and SOA serial.
+//! * [`update`]: TSIG-signed RFC 2136 UPDATE pushes, batched.
+//! * [`notify`]: a NOTIFY listener that tells the daemon to run IXFR.
+//! * [`lookup`]: [`lookup::RpzClient`], the miss path's per-IP question.
 
 use std::{
     fmt,

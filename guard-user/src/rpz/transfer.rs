@@ -225,6 +225,11 @@ fn soa_serial_of(r: &Record) -> Option<u32> {
     }
 }
 
+/// RFC 1982 serial arithmetic: is `a` newer than `b`?
+pub fn serial_newer(a: u32, b: u32) -> bool {
+    a != b && a.wrapping_sub(b) < 0x8000_0000
+}
+
 /// Where the transfer state machine is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -253,12 +258,14 @@ struct Xfr<'a> {
     full: AllowSet,
     /// Copy of the current set for deltas (IXFR only).
     delta: Option<AllowSet>,
+    /// The serial an IXFR starts from.
+    from_serial: Option<u32>,
     touched: BTreeSet<Prefix>,
     ignored: Ignored,
 }
 
 impl<'a> Xfr<'a> {
-    fn new(zone: &'a str, current: Option<&AllowSet>) -> Self {
+    fn new(zone: &'a str, current: Option<&AllowSet>, from_serial: Option<u32>) -> Self {
         Xfr {
             zone,
             phase: Phase::Start,
@@ -267,6 +274,7 @@ impl<'a> Xfr<'a> {
             versions: 0,
             full: AllowSet::new(),
             delta: current.cloned(),
+            from_serial,
             touched: BTreeSet::new(),
             ignored: Ignored::default(),
         }
@@ -365,7 +373,9 @@ async fn run_xfr(ctx: &Ctx<'_>, msg: Message, xfr: &mut Xfr<'_>) -> Result<usize
         match xfr.phase {
             Phase::Done => return Ok(messages),
             // A lone SOA: the IXFR client is up to date (RFC 1995 section 4).
-            Phase::AfterFirst if xfr.delta.is_some() && messages == 1 => return Ok(messages),
+            Phase::AfterFirst if xfr.from_serial.is_some_and(|f| !serial_newer(xfr.serial, f)) => {
+                return Ok(messages);
+            }
             _ if answers.is_empty() => return Err(ctx.bad("empty answer before the closing SOA")),
             _ => {}
         }
@@ -376,7 +386,7 @@ async fn run_xfr(ctx: &Ctx<'_>, msg: Message, xfr: &mut Xfr<'_>) -> Result<usize
 pub async fn axfr(server: SocketAddr, zone: &str, key: Option<&TsigKey>) -> Result<ZoneSnapshot, SyncError> {
     let ctx = Ctx { server, zone, op: "AXFR", key };
     let name = wire::zone_name(zone).map_err(|why| ctx.bad(why))?;
-    let mut xfr = Xfr::new(zone, None);
+    let mut xfr = Xfr::new(zone, None, None);
     let messages = run_xfr(&ctx, query(&name, RecordType::AXFR), &mut xfr).await?;
     tracing::debug!(%server, zone, serial = xfr.serial, entries = xfr.full.len(), messages, "AXFR done");
     Ok(ZoneSnapshot {
@@ -405,7 +415,7 @@ pub async fn ixfr(
     let root = Name::root();
     let soa = SOA::new(root.clone(), root, from_serial, 0, 0, 0, 0);
     msg.add_name_server(Record::from_rdata(name, 0, RData::SOA(soa)));
-    let mut xfr = Xfr::new(zone, Some(current));
+    let mut xfr = Xfr::new(zone, Some(current), Some(from_serial));
     let messages = match run_xfr(&ctx, msg, &mut xfr).await {
         Ok(m) => m,
         Err(SyncError::Rejected { answer, .. }) if answer == "NOTIMP" || answer == "FORMERR" => {
@@ -491,7 +501,7 @@ mod tests {
 
     #[test]
     fn axfr_sequence_builds_set() {
-        let mut x = Xfr::new(Z, None);
+        let mut x = Xfr::new(Z, None, None);
         let cname = Record::from_rdata(
             Name::from_ascii(format!("9.9.9.9.{Z}")).expect("name"),
             60,
@@ -511,7 +521,7 @@ mod tests {
     fn ixfr_sequence_applies_deltas() {
         let current: AllowSet =
             [(p("192.0.2.1"), Classes::DNS), (p("192.0.2.2"), Classes::SMTP)].into_iter().collect();
-        let mut x = Xfr::new(Z, Some(&current));
+        let mut x = Xfr::new(Z, Some(&current), Some(5));
         let seq = [
             soa(7),
             soa(5),
@@ -538,10 +548,21 @@ mod tests {
     }
 
     #[test]
+    fn serial_arithmetic() {
+        assert!(serial_newer(2, 1));
+        assert!(serial_newer(0, u32::MAX));
+        assert!(!serial_newer(1, 1));
+        assert!(!serial_newer(1, 2));
+        assert!(serial_newer(0x7fff_ffff, 0));
+        // Exactly half the space apart: undefined, so neither is newer.
+        assert!(!serial_newer(0x8000_0001, 1) && !serial_newer(1, 0x8000_0001));
+    }
+
+    #[test]
     fn transfer_must_start_with_soa() {
-        let mut x = Xfr::new(Z, None);
+        let mut x = Xfr::new(Z, None, None);
         assert!(x.record(&a("192.0.2.1", 1)).is_err());
-        let mut x = Xfr::new(Z, None);
+        let mut x = Xfr::new(Z, None, None);
         for r in [soa(5), a("192.0.2.1", 1)] {
             x.record(&r).expect("record");
         }
