@@ -230,7 +230,62 @@ impl Conn {
 
 #[cfg(test)]
 mod tests {
+    use hickory_proto::{
+        dnssec::rdata::tsig::{TSIG, make_tsig_record, message_tbs},
+        op::{MessageType, Query},
+        rr::RecordType,
+    };
+
     use super::*;
+    use crate::rpz::tsig::TsigAlgo;
+
+    fn key(secret: &[u8]) -> TsigKey {
+        TsigKey { name: "test-key".into(), algorithm: TsigAlgo::HmacSha256, secret: secret.to_vec() }
+    }
+
+    /// A response signed the way a server does: MAC over the request MAC,
+    /// the message and the TSIG variables (RFC 8945 5.3).
+    fn signed_response(server_key: &TsigKey, req: &Request, req_mac: &[u8]) -> Vec<u8> {
+        let signer = server_key.signer().expect("signer");
+        let mut resp = Message::new();
+        resp.set_id(req.id).set_message_type(MessageType::Response);
+        resp.add_query(Query::query(zone_name("rpz.example.com").expect("zone"), RecordType::SOA));
+        let pre = TSIG::new(signer.algorithm().clone(), now_secs(), 300, Vec::new(), req.id, 0, Vec::new());
+        let tbs = message_tbs(Some(req_mac), &resp, &pre, signer.signer_name()).expect("tbs");
+        let mac = signer.sign(&tbs).expect("mac");
+        resp.add_tsig(make_tsig_record(signer.signer_name().clone(), pre.set_mac(mac)));
+        resp.to_vec().expect("encode")
+    }
+
+    #[test]
+    fn responses_are_verified_and_tampering_is_caught() {
+        let k = key(b"0123456789abcdef0123456789abcdef");
+        let mut m = Message::new();
+        m.set_id(77);
+        m.add_query(Query::query(zone_name("rpz.example.com").expect("zone"), RecordType::SOA));
+        let req = encode_request(m.clone(), Some(&k)).expect("sign");
+        let req_msg = Message::from_vec(&req.bytes).expect("decode request");
+        let req_mac = match req_msg.signature()[0].data() {
+            RData::DNSSEC(DNSSECRData::TSIG(t)) => t.mac().to_vec(),
+            other => panic!("no TSIG in request: {other:?}"),
+        };
+        let good = signed_response(&k, &req, &req_mac);
+        let forged = signed_response(&key(b"another secret of the same size!"), &req, &req_mac);
+        let mut v = encode_request(m.clone(), Some(&k)).expect("sign").verifier.expect("verifier");
+        // A fresh request has a different MAC; use the one this response chains to.
+        v.prev_mac = req_mac.clone();
+        v.verify(&good).expect("valid response verifies");
+
+        let mut tampered = good.clone();
+        tampered[13] ^= 0x20; // a bit of the question name
+        let mut v2 = req.verifier.expect("verifier");
+        assert!(v2.verify(&tampered).is_err(), "tampered response accepted");
+
+        let mut v3 = encode_request(m, Some(&k)).expect("sign").verifier.expect("verifier");
+        v3.prev_mac = req_mac;
+        let e = v3.verify(&forged).expect_err("wrong key accepted");
+        assert!(e.contains("TSIG"), "{e}");
+    }
 
     #[test]
     fn names_of_codes() {
