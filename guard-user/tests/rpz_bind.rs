@@ -108,7 +108,15 @@ async fn update_then_axfr_ixfr_and_notify() {
     assert_eq!(versions, 1);
     assert_eq!(diff.remove, vec![p("192.0.2.2")]);
     assert_eq!(diff.upsert, vec![(p("192.0.2.9"), Classes::DNS)]);
-    assert_eq!(new_set, transfer::axfr(named.addr, ZONE, Some(key)).await.expect("AXFR").set);
+    let now = transfer::axfr(named.addr, ZONE, Some(key)).await.expect("AXFR");
+    assert_eq!(new_set, now.set);
+    // From the loaded serial, the deltas span both versions.
+    match transfer::ixfr(named.addr, ZONE, Some(key), 10, &initial).await.expect("IXFR from 10") {
+        IxfrOutcome::Incremental { serial, set, versions, .. } => {
+            assert_eq!((serial, versions, &set), (now.serial, 2, &now.set));
+        }
+        other => panic!("expected an incremental IXFR, got {other:?}"),
+    }
 
     // Removals push only what is there.
     let unwanted = set(&[("198.51.100.7", Classes::SMTP), ("192.0.2.200", Classes::DNS)]);

@@ -29,8 +29,10 @@ pub struct NamedConfig {
     pub initial: AllowSet,
     /// Initial SOA serial (default 1).
     pub serial: Option<u32>,
-    /// Send NOTIFY for the policy zone to `127.0.0.1` on this UDP port.
+    /// Send NOTIFY for the policy zone to this UDP port (at `notify_addr`).
     pub notify_port: Option<u16>,
+    /// Where NOTIFYs go (default: the listen address).
+    pub notify_addr: Option<std::net::Ipv4Addr>,
     /// Run inside this network namespace (made by the test) via
     /// `ip netns exec`; readiness is then read from the log only.
     pub netns: Option<String>,
@@ -102,7 +104,10 @@ impl Named {
         let port = cfg.port.unwrap_or_else(free_port);
         let listen = cfg.listen.unwrap_or(std::net::Ipv4Addr::LOCALHOST);
         let notify = match cfg.notify_port {
-            Some(p) => format!("notify explicit; also-notify {{ {listen} port {p}; }};"),
+            Some(p) => {
+                let to = cfg.notify_addr.unwrap_or(listen);
+                format!("notify explicit; also-notify {{ {to} port {p}; }};")
+            }
             None => "notify no;".to_owned(),
         };
         let update_rule =
