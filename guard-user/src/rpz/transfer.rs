@@ -17,7 +17,7 @@ use super::{
     tsig::{TsigKey, TsigKeyError},
     wire::{self, Conn, RequestError},
 };
-use crate::policy::{AllowDiff, AllowSet, Prefix};
+use crate::policy::{AllowDiff, AllowSet, Classes, Prefix};
 
 /// The policy zone as transferred: serial and allow set.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -196,7 +196,7 @@ impl Ctx<'_> {
             });
         }
         if let Some(v) = verifier {
-            v.verify(bytes).map_err(|why| SyncError::Tsig {
+            v.verify(bytes, &msg).map_err(|why| SyncError::Tsig {
                 server: self.server,
                 zone: self.zone.to_owned(),
                 op: self.op,
@@ -223,6 +223,14 @@ fn soa_serial_of(r: &Record) -> Option<u32> {
         RData::SOA(soa) => Some(soa.serial()),
         _ => None,
     }
+}
+
+/// A decimal octet label as `Ipv4Addr` parsing accepts it (no leading zeros).
+fn decimal_octet(l: &[u8]) -> Option<u8> {
+    if l.is_empty() || l.len() > 3 || (l.len() > 1 && l[0] == b'0') || !l.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    l.iter().try_fold(0u16, |acc, d| Some(acc * 10 + u16::from(d - b'0'))).and_then(|v| u8::try_from(v).ok())
 }
 
 /// RFC 1982 serial arithmetic: is `a` newer than `b`?
@@ -262,6 +270,8 @@ struct Xfr<'a> {
     from_serial: Option<u32>,
     touched: BTreeSet<Prefix>,
     ignored: Ignored,
+    /// The zone's labels, lower case, for the fast IPv4-host path.
+    zone_labels: Vec<Vec<u8>>,
 }
 
 impl<'a> Xfr<'a> {
@@ -277,10 +287,38 @@ impl<'a> Xfr<'a> {
             from_serial,
             touched: BTreeSet::new(),
             ignored: Ignored::default(),
+            zone_labels: super::canonical(zone)
+                .split('.')
+                .filter(|l| !l.is_empty())
+                .map(|l| l.as_bytes().to_vec())
+                .collect(),
         }
     }
 
+    /// The paper's encoding, read straight from the labels without building
+    /// strings: `a.b.c.d.<zone>` with `A 127.0.0.1/25`. `None` = take the
+    /// general path (same result, slower).
+    fn fast_host(&self, r: &Record) -> Option<(Prefix, Classes)> {
+        let RData::A(a) = r.data() else { return None };
+        let class = Classes::from_rpz_answer(a.0)?;
+        let mut labels = r.name().iter();
+        let mut octets = [0u8; 4];
+        for o in &mut octets {
+            *o = decimal_octet(labels.next()?)?;
+        }
+        let rest: Vec<&[u8]> = labels.collect();
+        if rest.len() != self.zone_labels.len()
+            || !rest.iter().zip(&self.zone_labels).all(|(l, z)| l.eq_ignore_ascii_case(z))
+        {
+            return None;
+        }
+        Some((Prefix::host(std::net::IpAddr::V4(octets.into())), class))
+    }
+
     fn classify(&self, r: &Record) -> (String, Classified) {
+        if let Some((p, c)) = self.fast_host(r) {
+            return (String::new(), Classified::Entry(p, c));
+        }
         let owner = r.name().to_ascii();
         let data = match r.data() {
             RData::A(a) => RecordData::A(a.0),
@@ -481,7 +519,6 @@ mod tests {
     use hickory_proto::rr::rdata::{A, CNAME};
 
     use super::*;
-    use crate::policy::Classes;
 
     const Z: &str = "rpz.example.com.";
 
@@ -545,6 +582,46 @@ mod tests {
                 .collect();
         assert_eq!(set, want);
         assert_eq!(x.touched.len(), 3);
+    }
+
+    #[test]
+    fn fast_path_agrees_with_decode_owner() {
+        let x = Xfr::new(Z, None, None);
+        let owners = [
+            "192.0.2.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "256.1.1.1",
+            "01.2.3.4",
+            "1.2.3",
+            "1.2.3.4.5",
+            "a.b.c.d",
+            "1.2.3.4.RPZ",
+            "24.0.2.0.192.rpz-ip",
+            "*.1.2.3",
+        ];
+        for o in owners {
+            let Ok(n) = Name::from_ascii(format!("{o}.{Z}")) else { continue };
+            let r = Record::from_rdata(n, 60, RData::A(A(Ipv4Addr::new(127, 0, 0, 1))));
+            let fast = x.fast_host(&r).map(|(p, _)| p);
+            let slow = crate::rpz::decode_owner(&r.name().to_ascii(), Z)
+                .ok()
+                .filter(|p| p.is_host() && p.addr().is_ipv4());
+            if fast.is_some() {
+                assert_eq!(fast, slow, "{o}");
+            }
+            let (_, c) = x.classify(&r);
+            match crate::rpz::decode_owner(&r.name().to_ascii(), Z) {
+                Ok(p) => assert_eq!(c, Classified::Entry(p, Classes::DNS), "{o}"),
+                Err(_) => assert!(matches!(c, Classified::Ignored(_)), "{o}"),
+            }
+        }
+        let other = Record::from_rdata(
+            Name::from_ascii("1.2.3.4.other.test.").expect("name"),
+            60,
+            RData::A(A(Ipv4Addr::new(127, 0, 0, 1))),
+        );
+        assert_eq!(x.fast_host(&other), None);
     }
 
     #[test]
