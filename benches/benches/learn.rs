@@ -9,7 +9,6 @@ use guard_user::learn::{
     capture::{Input, read_capture},
     decode,
     dns::Parser,
-    output::write_zone_file_interim,
     synth,
 };
 
@@ -56,7 +55,7 @@ fn bench(c: &mut Criterion) {
             })
             .expect("learn");
             let mut zone = Vec::with_capacity(1 << 20);
-            write_zone_file_interim(&out.allow, "rpz.example.com", 1, &mut zone).expect("zone");
+            guard_user::rpz::zonefile::write_zone(&out.allow, "rpz.example.com", 1, &mut zone).expect("zone");
             black_box(zone.len())
         })
     });

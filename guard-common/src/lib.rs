@@ -34,8 +34,16 @@ pub const fn classes_required(service: u32) -> u32 {
 
 /// Map: per-CPU counters, `PerCpuArray<u64>` indexed by [`Stat`].
 pub const MAP_STATS: &str = "STATS";
-/// Map: protected ports, `HashMap<PortKey, u32>` (value: service number).
+/// Map: protected ports, `Array<u32>` indexed by destination port (host
+/// order): bits 0..8 hold the TCP service number, bits 8..16 the UDP one
+/// (0 = not protected). An array lookup keeps unprotected traffic cheap.
 pub const MAP_PORTS: &str = "PORTS";
+/// Entries of [`MAP_PORTS`].
+pub const PORTS_LEN: u32 = 65536;
+/// Shift of the TCP service in a [`MAP_PORTS`] value.
+pub const PORT_TCP_SHIFT: u32 = 0;
+/// Shift of the UDP service in a [`MAP_PORTS`] value.
+pub const PORT_UDP_SHIFT: u32 = 8;
 /// Map: IPv4 host allow entries, `HashMap<[u8; 4], u32>` (value: class bits).
 pub const MAP_ALLOW_V4: &str = "ALLOW_V4";
 /// Map: IPv6 host allow entries, `HashMap<[u8; 16], u32>` (value: class bits).
@@ -62,29 +70,21 @@ pub const MAP_EVENTS: &str = "EVENTS";
 /// Map: runtime settings, `Array<Settings>` with one element.
 pub const MAP_SETTINGS: &str = "SETTINGS";
 
-/// Key of [`MAP_PORTS`]: IP protocol number and destination port (host order).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct PortKey {
-    /// IP protocol (6 = TCP, 17 = UDP).
-    pub proto: u8,
-    /// Explicit padding; always zero.
-    pub pad: u8,
-    /// Destination port in host byte order.
-    pub port: u16,
-}
-
 /// Value of [`MAP_CACHE`]: the miss path's verdict for one destination.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheEntry {
     /// Class bits the RPZ gave the destination; 0 = not registered (negative).
     pub classes: u32,
-    /// Explicit padding; always zero.
-    pub pad: u32,
+    /// [`CACHE_PENDING`] while userspace is still asking the RPZ.
+    pub flags: u32,
     /// `bpf_ktime_get_ns()` after which the entry is stale (treated as a miss).
     pub expires_ns: u64,
 }
+
+/// [`CacheEntry::flags`]: the kernel saw a miss and is waiting for userspace;
+/// packets are dropped (reason pending) without a new miss event until expiry.
+pub const CACHE_PENDING: u32 = 1;
 
 /// Value of [`MAP_RATE`]: a token bucket of events per source host.
 #[repr(C)]
@@ -102,16 +102,26 @@ pub struct RateState {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Settings {
-    /// [`MODE_COUNT`] or [`MODE_ENFORCE`].
+    /// [`MODE_ENFORCE`] or [`MODE_COUNT`]. Zero (the state of a fresh map)
+    /// enforces, so a program whose settings were never written fails closed.
     pub mode: u32,
     /// Events per source host per second; further ones are counted, not sent.
+    /// Zero means [`DEFAULT_EVENTS_PER_SOURCE`].
     pub events_per_source_per_sec: u32,
+    /// How long a pending miss holds, in milliseconds (zero: [`DEFAULT_PENDING_MS`]).
+    pub pending_ms: u32,
+    /// Explicit padding; always zero.
+    pub pad: u32,
 }
 
-/// Settings mode: observe and count only, never drop.
-pub const MODE_COUNT: u32 = 0;
 /// Settings mode: drop checked packets that the policy denies.
-pub const MODE_ENFORCE: u32 = 1;
+pub const MODE_ENFORCE: u32 = 0;
+/// Settings mode: observe and count only, never drop.
+pub const MODE_COUNT: u32 = 1;
+/// Default event budget per source per second.
+pub const DEFAULT_EVENTS_PER_SOURCE: u32 = 20;
+/// Default lifetime of a pending miss.
+pub const DEFAULT_PENDING_MS: u32 = 1000;
 
 /// Event kind: a checked packet was dropped.
 pub const EVENT_DROP: u32 = 1;
@@ -266,18 +276,15 @@ impl Stat {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<PortKey>() == 4);
 const _: () = assert!(core::mem::size_of::<CacheEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<RateState>() == 16);
-const _: () = assert!(core::mem::size_of::<Settings>() == 8);
+const _: () = assert!(core::mem::size_of::<Settings>() == 16);
 const _: () = assert!(core::mem::size_of::<Event>() == 64);
 
 #[cfg(feature = "user")]
 mod pod {
-    use super::{CacheEntry, Event, PortKey, RateState, Settings};
+    use super::{CacheEntry, Event, RateState, Settings};
     // SAFETY: all are repr(C), Copy, with explicit padding and no invalid bit patterns.
-    unsafe impl aya::Pod for PortKey {}
-    // SAFETY: as above.
     unsafe impl aya::Pod for CacheEntry {}
     // SAFETY: as above.
     unsafe impl aya::Pod for RateState {}

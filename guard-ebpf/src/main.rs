@@ -1,61 +1,28 @@
-//! The rpz-guard XDP program.
+//! The rpz-guard XDP program: DNS and SMTP egress only toward destinations the
+//! organization's resolver learned (mirrored from the BIND RPZ into maps).
 //!
-//! Stage 1 (workspace proof): passes every frame and counts what it sees in
-//! per-CPU counters shared with userspace through `guard-common`.
-#![no_std]
-#![no_main]
+//! Per packet: parse Ethernet, up to two VLAN tags, IPv4 (options) or IPv6
+//! (bounded extension chain), then TCP/UDP. A packet is *checked* when its
+//! destination port is protected ([`PORTS`]), its source is not exempt and its
+//! destination is not internal. A checked packet passes when the destination's
+//! classes include one the service needs (allow maps, then the verdict cache);
+//! an unknown destination is a *miss*: dropped while userspace asks the RPZ.
+//!
+//! Awkward cases, decided here and tested from userspace:
+//! * Non-first fragments carry no ports and pass: without their first
+//!   fragment, which is checked, they cannot be reassembled (RFC 1858). A
+//!   first fragment too short to hold the ports is dropped as malformed.
+//! * Truncated IP or L4 headers are dropped as malformed (fail closed).
+//! * An IPv6 extension chain longer than [`MAX_EXT_HEADERS`] is dropped.
+//! * Frames that are not IP, and IP that is not TCP/UDP, pass untouched.
+#![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
-use aya_ebpf::{
-    bindings::xdp_action,
-    macros::{map, xdp},
-    maps::PerCpuArray,
-    programs::XdpContext,
-};
-use guard_common::{STAT_COUNT, Stat};
+#[cfg(target_arch = "bpf")]
+mod prog;
 
-#[map(name = "STATS")]
-static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
-
-const ETH_HDR_LEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
-
-/// Adds `n` to counter `stat` of this CPU.
-#[inline(always)]
-fn bump(stat: Stat, n: u64) {
-    if let Some(p) = STATS.get_ptr_mut(stat as u32) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-        unsafe { *p += n };
-    }
+/// On the host this crate is only a placeholder; `guard-user/build.rs`
+/// builds the real object for `bpfel-unknown-none`.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {
+    eprintln!("guard-ebpf is an eBPF program: it is built for bpfel-unknown-none by guard-user's build.rs");
 }
-
-/// XDP entry point.
-#[xdp]
-pub fn rpz_guard(ctx: XdpContext) -> u32 {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    bump(Stat::Packets, 1);
-    bump(Stat::Bytes, (end - start) as u64);
-    if start + ETH_HDR_LEN > end {
-        bump(Stat::NonIp, 1);
-        return xdp_action::XDP_PASS;
-    }
-    // SAFETY: bounds checked above.
-    let ethertype = u16::from_be(unsafe { *((start + 12) as *const u16) });
-    match ethertype {
-        ETH_P_IP => bump(Stat::Ipv4, 1),
-        ETH_P_IPV6 => bump(Stat::Ipv6, 1),
-        _ => bump(Stat::NonIp, 1),
-    }
-    xdp_action::XDP_PASS
-}
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

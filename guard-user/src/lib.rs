@@ -3,7 +3,13 @@
 //! Zone as the allow list and XDP (or OpenFlow) for enforcement.
 #![warn(missing_docs)]
 
+pub mod config;
+pub mod daemon;
+pub mod events;
 pub mod learn;
+pub mod metrics;
+pub mod miss;
 pub mod policy;
 pub mod rpz;
+pub mod sync;
 pub mod xdp;

@@ -1,23 +1,125 @@
-//! The `rpz-guard` command line: argument parsing, then the library.
-use std::{path::PathBuf, time::Duration};
+//! The `rpz-guard` command line: argument parsing and logging setup; the work
+//! is in the library.
 
-use anyhow::Context;
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use guard_user::learn;
+use guard_user::{
+    config::{Config, Mode},
+    daemon,
+    policy::Prefix,
+    xdp::AttachMode,
+};
+use tokio_util::sync::CancellationToken;
 
-/// rpz-guard: allow DNS and SMTP only toward servers the organisation's
-/// resolver legitimately learned, kept in a BIND Response Policy Zone.
-#[derive(Debug, Parser)]
-#[command(name = "rpz-guard", version, about)]
+/// Stop hosts from talking to external DNS and SMTP servers that the
+/// organization's resolver never learned.
+///
+/// The allow set lives in a BIND Response Policy Zone: name servers as
+/// `A 127.0.0.1`, mail exchangers as `A 127.0.0.25`. `run` enforces it at the
+/// border (XDP on a Linux router, or as an OpenFlow 1.3 controller for Open
+/// vSwitch); `status` asks a running daemon how it is doing.
+#[derive(Parser, Debug)]
+#[command(name = "rpz-guard", version, about, long_about)]
 struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Subcommand, Debug)]
 enum Command {
+    /// Enforce the RPZ allow set (runs until SIGINT/SIGTERM).
+    ///
+    /// Settings come from --config (TOML); flags override the file. With no
+    /// config file, --iface and one of --zone-file or --server are needed.
+    Run(Box<RunArgs>),
+    /// Show counters, entries, sync state and top offending hosts of a running daemon.
+    Status(StatusArgs),
+    /// Validate a config file and print it with every default filled in.
+    CheckConfig {
+        /// The TOML file.
+        file: PathBuf,
+    },
     /// Learn the allow set from border DNS captures (pcap/pcapng).
-    Learn(LearnArgs),
+    Learn(Box<LearnArgs>),
+    /// Remove the program and maps pinned by `run --pin DIR` (stops enforcement).
+    Unpin {
+        /// The pin directory given to `run --pin`.
+        dir: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// TOML config file (see README for every key).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Enforcement point: xdp (Linux router) or openflow (OVS controller).
+    #[arg(long)]
+    mode: Option<Mode>,
+    /// Interface to attach XDP to: the router's inside interface.
+    #[arg(long)]
+    iface: Option<String>,
+    /// XDP attach mode: native, generic or auto (native, else generic).
+    #[arg(long)]
+    xdp_mode: Option<AttachMode>,
+    /// Only count what would be dropped; drop nothing.
+    #[arg(long)]
+    count_only: bool,
+    /// Pin program and maps in DIR (on a bpffs) so enforcement continues while
+    /// the daemon is down; a restart adopts them with no gap.
+    #[arg(long = "pin", value_name = "DIR")]
+    pin_dir: Option<PathBuf>,
+    /// Policy zone origin.
+    #[arg(long)]
+    zone: Option<String>,
+    /// Local RPZ zone file as the source (re-read when it changes).
+    #[arg(long)]
+    zone_file: Option<PathBuf>,
+    /// BIND server (ADDR:PORT) to transfer the RPZ from (AXFR, then IXFR).
+    #[arg(long)]
+    server: Option<SocketAddr>,
+    /// TSIG key file (BIND `key` syntax) for transfers.
+    #[arg(long)]
+    tsig_key: Option<PathBuf>,
+    /// Listen for NOTIFY from the server on ADDR:PORT.
+    #[arg(long)]
+    notify_listen: Option<SocketAddr>,
+    /// Exempt source prefix (repeatable): the organization's resolvers and relays.
+    #[arg(long = "exempt", value_name = "PREFIX")]
+    exempt: Vec<Prefix>,
+    /// Internal destination prefix (repeatable); replaces the defaults.
+    #[arg(long = "internal", value_name = "PREFIX")]
+    internal: Vec<Prefix>,
+    /// Detection events: stdout, none, or a file (JSON lines).
+    #[arg(long)]
+    events: Option<String>,
+    /// Status socket path.
+    #[arg(long)]
+    status_socket: Option<PathBuf>,
+    /// Serve Prometheus metrics on ADDR:PORT (/metrics).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    /// OpenFlow listen address (openflow mode).
+    #[arg(long)]
+    openflow_listen: Option<SocketAddr>,
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    /// Status socket of the daemon.
+    #[arg(long, default_value = "/run/rpz-guard/rpz-guard.sock")]
+    socket: PathBuf,
+    /// Print the raw JSON report.
+    #[arg(long, conflicts_with = "metrics")]
+    json: bool,
+    /// Print Prometheus metrics instead.
+    #[arg(long)]
+    metrics: bool,
 }
 
 /// Learn legitimate name servers (class DNS, RPZ 127.0.0.1) and mail
@@ -30,10 +132,10 @@ enum Command {
 /// exchanges mail hosts, whose addresses (additional section or later matched
 /// answers, following CNAMEs) get class SMTP. Nothing else teaches anything:
 /// unmatched responses, untrusted servers, negative answers.
-#[derive(Debug, Args)]
+#[derive(Args, Debug)]
 #[command(after_help = "Examples:\n  rpz-guard learn border.pcap --zone-file rpz.db\n  \
 tcpdump -w - port 53 | rpz-guard learn - --summary-json -\n  \
-rpz-guard learn captures/ --zone rpz.corp.example --zone-file rpz.db --summary-json summary.json")]
+rpz-guard learn captures/ --update 192.0.2.53:53 --tsig-key rpz.key --zone rpz.corp.example")]
 struct LearnArgs {
     /// Capture files (pcap or pcapng), directories (every file in them), or
     /// `-` for standard input. Files are read in the order of their first
@@ -47,6 +149,13 @@ struct LearnArgs {
     /// Origin of the policy zone.
     #[arg(long, value_name = "NAME", default_value = "rpz.example.com")]
     zone: String,
+    /// Add the entries the zone lacks to the RPZ primary at ADDR:PORT by
+    /// TSIG-signed dynamic UPDATE (the zone is read by AXFR first).
+    #[arg(long, value_name = "ADDR:PORT", requires = "tsig_key")]
+    update: Option<SocketAddr>,
+    /// BIND key file (`tsig-keygen` output) for --update.
+    #[arg(long, value_name = "FILE")]
+    tsig_key: Option<PathBuf>,
     /// Write a JSON summary (counters, malformed input by reason, entries per
     /// class, elapsed time, MB/s) to PATH, or `-` for standard output.
     #[arg(long, value_name = "PATH|-")]
@@ -62,37 +171,125 @@ struct LearnArgs {
     /// Seconds a query waits for its response; older queries expire.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     window: f64,
-    /// Never show a progress bar.
+    /// Never show a progress bar (it shows only when stderr is a terminal).
     #[arg(long)]
     quiet: bool,
 }
 
-fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal as _;
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Learn(args) => run_learn(args),
+        .with_ansi(std::io::stderr().is_terminal());
+    if format == "json" {
+        b.json().init();
+    } else {
+        b.init();
     }
 }
 
-fn run_learn(args: LearnArgs) -> anyhow::Result<()> {
+/// File settings overridden by flags.
+fn merge(args: RunArgs) -> anyhow::Result<Config> {
+    let mut cfg = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    let e = &mut cfg.enforce;
+    if let Some(m) = args.mode {
+        e.mode = m;
+    }
+    if args.iface.is_some() {
+        e.iface = args.iface;
+    }
+    if let Some(m) = args.xdp_mode {
+        e.xdp_mode = m;
+    }
+    e.count_only |= args.count_only;
+    if args.pin_dir.is_some() {
+        e.pin_dir = args.pin_dir;
+    }
+    let r = &mut cfg.rpz;
+    if let Some(z) = args.zone {
+        r.zone = z;
+    }
+    if args.zone_file.is_some() {
+        r.zone_file = args.zone_file;
+        r.server = None;
+    }
+    if args.server.is_some() {
+        r.server = args.server;
+        r.zone_file = None;
+    }
+    if args.tsig_key.is_some() {
+        r.tsig_key = args.tsig_key;
+    }
+    if args.notify_listen.is_some() {
+        r.notify_listen = args.notify_listen;
+    }
+    if !args.exempt.is_empty() {
+        cfg.policy.exempt_sources = args.exempt;
+    }
+    if !args.internal.is_empty() {
+        cfg.policy.internal_networks = args.internal;
+    }
+    if let Some(ev) = args.events {
+        cfg.events.output = ev;
+    }
+    if let Some(s) = args.status_socket {
+        cfg.status.socket = s;
+    }
+    if args.metrics_listen.is_some() {
+        cfg.status.metrics_listen = args.metrics_listen;
+    }
+    if let Some(l) = args.openflow_listen {
+        cfg.openflow.listen = l;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let cfg = merge(args)?;
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+        else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        c.cancel();
+    });
+    daemon::run(cfg, cancel).await?;
+    Ok(())
+}
+
+async fn learn(args: LearnArgs) -> anyhow::Result<()> {
+    use guard_user::{learn, rpz};
     if !(args.window.is_finite() && args.window > 0.0) {
         anyhow::bail!("--window must be a positive number of seconds, got {}", args.window);
     }
+    let key = match (&args.update, &args.tsig_key) {
+        (Some(_), Some(path)) => Some(rpz::tsig::TsigKey::from_file(path)?),
+        _ => None,
+    };
     let hints = learn::load_hints(args.root_hints.as_deref(), &args.trust_initial)?;
     let opts = learn::LearnOptions {
         inputs: args.inputs,
         hints,
-        window: Duration::from_secs_f64(args.window),
+        window: std::time::Duration::from_secs_f64(args.window),
         progress: !args.quiet && learn::stderr_is_terminal(),
     };
-    let outcome = learn::run(&opts)?;
+    // The pipeline is CPU-bound and synchronous.
+    let outcome = tokio::task::spawn_blocking(move || learn::run(&opts)).await??;
     if let Some(path) = &args.zone_file {
         learn::output::write_zone_to_path(&outcome.allow, &args.zone, path)
             .context("writing the zone file")?;
@@ -101,17 +298,73 @@ fn run_learn(args: LearnArgs) -> anyhow::Result<()> {
         learn::output::write_summary(&outcome.summary, path).context("writing the summary")?;
     }
     let s = &outcome.summary;
-    if args.summary_json.as_deref().is_none_or(|p| p.as_os_str() != "-") {
+    eprintln!(
+        "learned {} entries ({} dns, {} smtp) from {} packets, {} matched responses, {} malformed, {:.1} MB/s",
+        s.entries.total,
+        s.entries.dns,
+        s.entries.smtp,
+        s.packets,
+        s.matched,
+        s.malformed_total(),
+        s.mb_per_s
+    );
+    if let (Some(server), Some(key)) = (args.update, key) {
+        let r = rpz::update::push_additions(server, &args.zone, &key, &outcome.allow)
+            .await
+            .with_context(|| format!("updating zone {} at {server}", args.zone))?;
         eprintln!(
-            "learned {} entries ({} dns, {} smtp) from {} packets, {} matched responses, {} malformed, {:.1} MB/s",
-            s.entries.total,
-            s.entries.dns,
-            s.entries.smtp,
-            s.packets,
-            s.matched,
-            s.malformed_total(),
-            s.mb_per_s
+            "update {}: added {} records in {} batches, {} already present (serial before {})",
+            args.zone, r.added, r.batches, r.existing, r.serial_before
         );
     }
     Ok(())
+}
+
+async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let what = if args.metrics { "metrics" } else { "status" };
+    let text = daemon::query_status(&args.socket, what).await?;
+    if args.metrics || args.json {
+        println!("{text}");
+    } else {
+        let report: daemon::StatusReport =
+            serde_json::from_str(&text).context("daemon sent a malformed report")?;
+        print!("{}", daemon::render_status(&report));
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Run(a) => run(*a).await,
+            Command::Status(a) => status(a).await,
+            Command::Learn(a) => learn(*a).await,
+            Command::CheckConfig { file } => {
+                let cfg = Config::load(&file)?;
+                print!("{}", toml::to_string_pretty(&cfg)?);
+                Ok(())
+            }
+            Command::Unpin { dir } => {
+                guard_user::xdp::remove_pins(&dir)?;
+                println!("removed pinned rpz-guard state in {}", dir.display());
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

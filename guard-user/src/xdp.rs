@@ -1,11 +1,37 @@
-//! Loading, attaching and reading the XDP program.
+//! Loading, attaching, configuring and reading the XDP program, and
+//! mirroring the allow set into its maps.
+//!
+//! # Minimum kernel version
+//!
+//! Needs BPF ring buffers and XDP links (Linux 5.9 or later); tested on 6.18.
+
+use std::{
+    collections::HashSet,
+    net::IpAddr,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use aya::{
-    Ebpf,
-    maps::PerCpuArray,
-    programs::{Xdp, XdpMode as AyaMode},
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::{
+        Xdp, XdpMode as AyaMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
 };
-use guard_common::{MAP_STATS, STAT_COUNT, Stat};
+use guard_common::{
+    CacheEntry, MAP_ALLOW_PFX_V4, MAP_ALLOW_PFX_V6, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_CACHE, MAP_EVENTS,
+    MAP_EXEMPT_V4, MAP_EXEMPT_V6, MAP_INTERNAL_V4, MAP_INTERNAL_V6, MAP_PORTS, MAP_RATE, MAP_SETTINGS,
+    MAP_STATS, PORT_TCP_SHIFT, PORT_UDP_SHIFT, STAT_COUNT, Settings, Stat,
+};
+
+use crate::{
+    metrics::StatSnapshot,
+    policy::{AllowDiff, Classes, Prefix, Service},
+};
 
 /// The XDP object built from `guard-ebpf`, embedded at compile time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard-ebpf"));
@@ -13,42 +39,79 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 /// Name of the XDP program function in [`EBPF_OBJECT`].
 pub const PROGRAM_NAME: &str = "rpz_guard";
 
+/// The pass-everything reference program in [`EBPF_OBJECT`], for benchmarks.
+pub const REFERENCE_PROGRAM: &str = "pass_all";
+
+/// Every map the program defines; all are pinned with `--pin`.
+pub const MAP_NAMES: [&str; 14] = [
+    MAP_STATS,
+    MAP_PORTS,
+    MAP_ALLOW_V4,
+    MAP_ALLOW_V6,
+    MAP_ALLOW_PFX_V4,
+    MAP_ALLOW_PFX_V6,
+    MAP_EXEMPT_V4,
+    MAP_EXEMPT_V6,
+    MAP_INTERNAL_V4,
+    MAP_INTERNAL_V6,
+    MAP_CACHE,
+    MAP_RATE,
+    MAP_EVENTS,
+    MAP_SETTINGS,
+];
+
+/// File name of the pinned XDP link inside the pin directory.
+pub const LINK_PIN_NAME: &str = "link";
+
 /// Errors of the XDP loader.
 #[derive(Debug, thiserror::Error)]
 pub enum XdpError {
-    /// The object failed to load (the verifier log is part of the source).
+    /// The object failed to load.
     #[error("loading the XDP object failed: {source}")]
     Load {
-        /// Underlying aya error, with the verifier log when there is one.
+        /// Underlying aya error.
         #[source]
         source: aya::EbpfError,
     },
-    /// A program operation failed.
+    /// A program operation failed (for `load`, the message holds the verifier log).
     #[error("XDP program {what} failed on {iface}: {source}")]
     Program {
-        /// What was being done (load, attach).
+        /// What was being done.
         what: &'static str,
-        /// Interface name.
+        /// Interface name (or `-` when not attached).
         iface: String,
-        /// Underlying error, with the verifier log for `load`.
+        /// Underlying error.
         #[source]
         source: aya::programs::ProgramError,
     },
-    /// A map the program must define is missing or has the wrong type.
+    /// A map is missing, has the wrong type, or an operation on it failed.
     #[error("map {name}: {source}")]
     Map {
         /// Map name.
         name: &'static str,
         /// Underlying error.
         #[source]
-        source: aya::maps::MapError,
+        source: MapError,
+    },
+    /// Pinning or adopting pinned state failed.
+    #[error("pinning in {dir}: {why}")]
+    Pin {
+        /// The pin directory.
+        dir: PathBuf,
+        /// What failed.
+        why: String,
     },
 }
 
-/// How to attach: driver (native), skb (generic), or native with generic fallback.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+fn map_err(name: &'static str) -> impl Fn(MapError) -> XdpError {
+    move |source| XdpError::Map { name, source }
+}
+
+/// How to attach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AttachMode {
-    /// Try native, fall back to generic.
+    /// Try native (driver) mode, fall back to generic.
     #[default]
     Auto,
     /// Native (driver) mode only.
@@ -57,59 +120,489 @@ pub enum AttachMode {
     Generic,
 }
 
-/// A loaded and attached program.
-pub struct Attached {
-    ebpf: Ebpf,
-    /// The mode the program actually attached in.
-    pub mode: AttachMode,
+impl std::str::FromStr for AttachMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(AttachMode::Auto),
+            "native" => Ok(AttachMode::Native),
+            "generic" => Ok(AttachMode::Generic),
+            other => Err(format!("xdp mode {other:?} is not one of native, generic, auto")),
+        }
+    }
 }
 
-impl Attached {
-    /// Loads [`EBPF_OBJECT`] and attaches it to `iface`.
-    pub fn attach(iface: &str, mode: AttachMode) -> Result<Self, XdpError> {
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|source| XdpError::Load { source })?;
-        let prog_err = |what, source| XdpError::Program { what, iface: iface.to_owned(), source };
-        let prog: &mut Xdp = ebpf
-            .program_mut(PROGRAM_NAME)
-            .ok_or_else(|| prog_err("lookup", aya::programs::ProgramError::NotLoaded))?
-            .try_into()
-            .map_err(|e| prog_err("lookup", e))?;
-        prog.load().map_err(|e| prog_err("load", e))?;
-        let used = match mode {
-            AttachMode::Native => {
-                prog.attach(iface, AyaMode::Driver).map_err(|e| prog_err("attach", e))?;
-                AttachMode::Native
+impl std::fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AttachMode::Auto => "auto",
+            AttachMode::Native => "native",
+            AttachMode::Generic => "generic",
+        })
+    }
+}
+
+/// A protected port: protocol, port, service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProtectedPort {
+    /// IP protocol: 6 (TCP) or 17 (UDP).
+    pub proto: u8,
+    /// Destination port.
+    pub port: u16,
+    /// The service it belongs to.
+    pub service: Service,
+}
+
+/// The program's static configuration, written at start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProgramConfig {
+    /// Protected destination ports.
+    pub ports: Vec<ProtectedPort>,
+    /// Sources never checked (own resolvers, relays).
+    pub exempt_sources: Vec<Prefix>,
+    /// Destinations never checked.
+    pub internal_networks: Vec<Prefix>,
+    /// Kernel settings (mode, event budget, pending hold).
+    pub settings: Settings,
+}
+
+/// The loaded program and its maps.
+pub struct Enforcer {
+    ebpf: Ebpf,
+    attached: Option<(String, AttachMode)>,
+    pinned_link: Option<PinnedLink>,
+    pin_dir: Option<PathBuf>,
+    adopted: bool,
+}
+
+impl Enforcer {
+    /// Loads [`EBPF_OBJECT`] and the program (not attached). With `pin_dir`,
+    /// maps already pinned there are reused (their contents survive), others
+    /// are created and pinned.
+    pub fn load(pin_dir: Option<&Path>) -> Result<Self, XdpError> {
+        let mut loader = EbpfLoader::new();
+        let mut adopted = false;
+        let paths: Vec<(&str, PathBuf)> = match pin_dir {
+            Some(dir) => {
+                check_bpffs(dir)?;
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| XdpError::Pin { dir: dir.into(), why: format!("create directory: {e}") })?;
+                adopted = dir.join(MAP_STATS).exists();
+                MAP_NAMES.iter().map(|n| (*n, dir.join(n))).collect()
             }
-            AttachMode::Generic => {
-                prog.attach(iface, AyaMode::Skb).map_err(|e| prog_err("attach", e))?;
-                AttachMode::Generic
-            }
+            None => Vec::new(),
+        };
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(|source| XdpError::Load { source })?;
+        let prog = program(&mut ebpf, "-")?;
+        prog.load().map_err(|source| XdpError::Program { what: "load", iface: "-".into(), source })?;
+        Ok(Enforcer {
+            ebpf,
+            attached: None,
+            pinned_link: None,
+            pin_dir: pin_dir.map(Path::to_owned),
+            adopted,
+        })
+    }
+
+    /// True when the maps were adopted from an earlier (pinned) run.
+    pub fn adopted_maps(&self) -> bool {
+        self.adopted
+    }
+
+    /// Attaches to `iface`. With a pin directory holding a link from an
+    /// earlier run, the new program replaces the old one inside that link
+    /// atomically (no gap in enforcement); otherwise a new link is made and,
+    /// with a pin directory, pinned.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<AttachMode, XdpError> {
+        let pin_dir = self.pin_dir.clone();
+        let link_path = pin_dir.as_ref().map(|d| d.join(LINK_PIN_NAME));
+        let prog = program(&mut self.ebpf, iface)?;
+        let perr = |what, source| XdpError::Program { what, iface: iface.to_owned(), source };
+        if let Some(path) = link_path.as_ref().filter(|p| p.exists()) {
+            let pin_err = |why: String| XdpError::Pin { dir: path.clone(), why };
+            let pinned = PinnedLink::from_pin(path).map_err(|e| pin_err(format!("open pinned link: {e}")))?;
+            let link = XdpLink::try_from(FdLink::from(pinned))
+                .map_err(|e| pin_err(format!("pinned link is not an XDP link: {e}")))?;
+            prog.attach_to_link(link).map_err(|e| perr("replace program in pinned link", e))?;
+            self.attached = Some((iface.to_owned(), mode));
+            tracing::info!(iface, link = %path.display(), "replaced the program inside the pinned XDP link");
+            return Ok(mode);
+        }
+        let (id, used) = match mode {
+            AttachMode::Native => (prog.attach(iface, AyaMode::Driver).map_err(|e| perr("attach", e))?, mode),
+            AttachMode::Generic => (prog.attach(iface, AyaMode::Skb).map_err(|e| perr("attach", e))?, mode),
             AttachMode::Auto => match prog.attach(iface, AyaMode::Driver) {
-                Ok(_) => AttachMode::Native,
+                Ok(id) => (id, AttachMode::Native),
                 Err(e) => {
                     tracing::warn!(iface, error = %e, "native XDP attach failed; using generic mode");
-                    prog.attach(iface, AyaMode::Skb).map_err(|e| prog_err("attach", e))?;
-                    AttachMode::Generic
+                    (prog.attach(iface, AyaMode::Skb).map_err(|e| perr("attach", e))?, AttachMode::Generic)
                 }
             },
         };
-        Ok(Self { ebpf, mode: used })
+        if let Some(path) = link_path {
+            let link = prog.take_link(id).map_err(|e| perr("take link", e))?;
+            let fd_link = FdLink::try_from(link).map_err(|e| XdpError::Pin {
+                dir: path.clone(),
+                why: format!("link is not fd-based: {e}"),
+            })?;
+            let pinned = fd_link
+                .pin(&path)
+                .map_err(|e| XdpError::Pin { dir: path.clone(), why: format!("pin link: {e}") })?;
+            self.pinned_link = Some(pinned);
+        }
+        self.attached = Some((iface.to_owned(), used));
+        Ok(used)
+    }
+
+    /// The interface and mode, once attached.
+    pub fn attached(&self) -> Option<(&str, AttachMode)> {
+        self.attached.as_ref().map(|(i, m)| (i.as_str(), *m))
+    }
+
+    /// Removes pinned state (maps and link): the program detaches when this
+    /// value is dropped. Used on a normal shutdown without `--pin`, or by
+    /// `--unpin` cleanup.
+    pub fn unpin(&mut self) -> Result<(), XdpError> {
+        let Some(dir) = self.pin_dir.take() else { return Ok(()) };
+        if let Some(link) = self.pinned_link.take() {
+            let _ = link.unpin();
+        }
+        remove_pins(&dir)
+    }
+
+    /// Writes ports, exempt and internal prefixes, and settings.
+    pub fn configure(&mut self, cfg: &ProgramConfig) -> Result<(), XdpError> {
+        {
+            let mut ports: Array<&mut MapData, u32> = self.array(MAP_PORTS)?;
+            let mut want = std::collections::HashMap::<u16, u32>::new();
+            for p in &cfg.ports {
+                let shift = if p.proto == 6 { PORT_TCP_SHIFT } else { PORT_UDP_SHIFT };
+                *want.entry(p.port).or_default() |= p.service.number() << shift;
+            }
+            // Clear ports from an earlier (adopted) configuration first.
+            for port in 0..u32::from(u16::MAX) + 1 {
+                let cur = ports.get(&port, 0).map_err(map_err(MAP_PORTS))?;
+                let new = u16::try_from(port).ok().and_then(|p| want.get(&p)).copied().unwrap_or(0);
+                if cur != new {
+                    ports.set(port, new, 0).map_err(map_err(MAP_PORTS))?;
+                }
+            }
+        }
+        for (v4, v6, list) in [
+            (MAP_EXEMPT_V4, MAP_EXEMPT_V6, &cfg.exempt_sources),
+            (MAP_INTERNAL_V4, MAP_INTERNAL_V6, &cfg.internal_networks),
+        ] {
+            self.replace_lpm(v4, v6, list)?;
+        }
+        let mut settings: Array<&mut MapData, Settings> = self.array(MAP_SETTINGS)?;
+        settings.set(0, cfg.settings, 0).map_err(map_err(MAP_SETTINGS))?;
+        Ok(())
+    }
+
+    fn replace_lpm(&mut self, v4: &'static str, v6: &'static str, list: &[Prefix]) -> Result<(), XdpError> {
+        let mut t4: LpmTrie<&mut MapData, [u8; 4], u32> = self.typed(v4)?;
+        let old: Vec<Key<[u8; 4]>> = t4.keys().filter_map(Result::ok).collect();
+        for k in old {
+            t4.remove(&k).map_err(map_err(v4))?;
+        }
+        for p in list {
+            if let IpAddr::V4(a) = p.addr() {
+                t4.insert(&Key::new(u32::from(p.len()), a.octets()), 1, 0).map_err(map_err(v4))?;
+            }
+        }
+        let mut t6: LpmTrie<&mut MapData, [u8; 16], u32> = self.typed(v6)?;
+        let old: Vec<Key<[u8; 16]>> = t6.keys().filter_map(Result::ok).collect();
+        for k in old {
+            t6.remove(&k).map_err(map_err(v6))?;
+        }
+        for p in list {
+            if let IpAddr::V6(a) = p.addr() {
+                t6.insert(&Key::new(u32::from(p.len()), a.octets()), 1, 0).map_err(map_err(v6))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies allow-set changes to the maps, and forgets cached verdicts
+    /// the change could contradict (so a revoked entry stops at once).
+    pub fn apply_diff(&mut self, diff: &AllowDiff) -> Result<(), XdpError> {
+        let mut touched_prefixes: Vec<Prefix> = Vec::new();
+        let mut touched_hosts: HashSet<[u8; 16]> = HashSet::new();
+        {
+            let [a4, a6, p4, p6] =
+                self.ebpf.maps_disjoint_mut([MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_ALLOW_PFX_V4, MAP_ALLOW_PFX_V6]);
+            let mut a4: HashMap<&mut MapData, [u8; 4], u32> = typed_map(a4, MAP_ALLOW_V4)?;
+            let mut a6: HashMap<&mut MapData, [u8; 16], u32> = typed_map(a6, MAP_ALLOW_V6)?;
+            let mut p4: LpmTrie<&mut MapData, [u8; 4], u32> = typed_map(p4, MAP_ALLOW_PFX_V4)?;
+            let mut p6: LpmTrie<&mut MapData, [u8; 16], u32> = typed_map(p6, MAP_ALLOW_PFX_V6)?;
+            let removals = diff.remove.iter().map(|p| (p, Classes::NONE));
+            let upserts = diff.upsert.iter().map(|(p, c)| (p, *c));
+            for (p, c) in removals.chain(upserts) {
+                let bits = c.bits();
+                let len = u32::from(p.len());
+                match (p.addr(), p.is_host()) {
+                    (IpAddr::V4(a), true) => {
+                        if bits == 0 {
+                            ignore_missing(a4.remove(&a.octets())).map_err(map_err(MAP_ALLOW_V4))?;
+                        } else {
+                            a4.insert(a.octets(), bits, 0).map_err(map_err(MAP_ALLOW_V4))?;
+                        }
+                        touched_hosts.insert(a.to_ipv6_mapped().octets());
+                    }
+                    (IpAddr::V6(a), true) => {
+                        if bits == 0 {
+                            ignore_missing(a6.remove(&a.octets())).map_err(map_err(MAP_ALLOW_V6))?;
+                        } else {
+                            a6.insert(a.octets(), bits, 0).map_err(map_err(MAP_ALLOW_V6))?;
+                        }
+                        touched_hosts.insert(a.octets());
+                    }
+                    (IpAddr::V4(a), false) => {
+                        let k = Key::new(len, a.octets());
+                        if bits == 0 {
+                            ignore_missing(p4.remove(&k)).map_err(map_err(MAP_ALLOW_PFX_V4))?;
+                        } else {
+                            p4.insert(&k, bits, 0).map_err(map_err(MAP_ALLOW_PFX_V4))?;
+                        }
+                        touched_prefixes.push(*p);
+                    }
+                    (IpAddr::V6(a), false) => {
+                        let k = Key::new(len, a.octets());
+                        if bits == 0 {
+                            ignore_missing(p6.remove(&k)).map_err(map_err(MAP_ALLOW_PFX_V6))?;
+                        } else {
+                            p6.insert(&k, bits, 0).map_err(map_err(MAP_ALLOW_PFX_V6))?;
+                        }
+                        touched_prefixes.push(*p);
+                    }
+                }
+            }
+        }
+        let mut cache: HashMap<&mut MapData, [u8; 16], CacheEntry> = self.typed(MAP_CACHE)?;
+        if !touched_prefixes.is_empty() {
+            for k in cache.keys().filter_map(Result::ok).collect::<Vec<_>>() {
+                let ip = Prefix::host(IpAddr::from(k)).addr();
+                if touched_prefixes.iter().any(|p| p.contains(ip)) {
+                    touched_hosts.insert(k);
+                }
+            }
+        }
+        for k in touched_hosts {
+            ignore_missing(cache.remove(&k)).map_err(map_err(MAP_CACHE))?;
+        }
+        Ok(())
+    }
+
+    /// Reads the allow maps back (to adopt pinned state, and for tests).
+    pub fn read_allow(&self) -> Result<crate::policy::AllowSet, XdpError> {
+        let mut set = crate::policy::AllowSet::new();
+        let a4: HashMap<&MapData, [u8; 4], u32> = self.typed_ref(MAP_ALLOW_V4)?;
+        for kv in a4.iter() {
+            let (k, v) = kv.map_err(map_err(MAP_ALLOW_V4))?;
+            set.add(Prefix::host(IpAddr::from(k)), Classes::from_bits(v));
+        }
+        let a6: HashMap<&MapData, [u8; 16], u32> = self.typed_ref(MAP_ALLOW_V6)?;
+        for kv in a6.iter() {
+            let (k, v) = kv.map_err(map_err(MAP_ALLOW_V6))?;
+            set.add(Prefix::host(IpAddr::from(k)), Classes::from_bits(v));
+        }
+        let p4: LpmTrie<&MapData, [u8; 4], u32> = self.typed_ref(MAP_ALLOW_PFX_V4)?;
+        for kv in p4.iter() {
+            let (k, v) = kv.map_err(map_err(MAP_ALLOW_PFX_V4))?;
+            if let Ok(p) = Prefix::new(IpAddr::from(k.data()), k.prefix_len() as u8) {
+                set.add(p, Classes::from_bits(v));
+            }
+        }
+        let p6: LpmTrie<&MapData, [u8; 16], u32> = self.typed_ref(MAP_ALLOW_PFX_V6)?;
+        for kv in p6.iter() {
+            let (k, v) = kv.map_err(map_err(MAP_ALLOW_PFX_V6))?;
+            if let Ok(p) = Prefix::new(IpAddr::from(k.data()), k.prefix_len() as u8) {
+                set.add(p, Classes::from_bits(v));
+            }
+        }
+        Ok(set)
+    }
+
+    /// Stores the miss path's verdict for `ip` for `ttl`.
+    pub fn cache_verdict(&mut self, ip: IpAddr, classes: Classes, ttl: Duration) -> Result<(), XdpError> {
+        let key = match ip {
+            IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+            IpAddr::V6(a) => a.octets(),
+        };
+        let expires_ns = monotonic_ns().saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX));
+        let entry = CacheEntry { classes: classes.bits(), flags: 0, expires_ns };
+        let mut cache: HashMap<&mut MapData, [u8; 16], CacheEntry> = self.typed(MAP_CACHE)?;
+        cache.insert(key, entry, 0).map_err(map_err(MAP_CACHE))
+    }
+
+    /// Empties the verdict cache.
+    pub fn clear_cache(&mut self) -> Result<(), XdpError> {
+        let mut cache: HashMap<&mut MapData, [u8; 16], CacheEntry> = self.typed(MAP_CACHE)?;
+        for k in cache.keys().filter_map(Result::ok).collect::<Vec<_>>() {
+            ignore_missing(cache.remove(&k)).map_err(map_err(MAP_CACHE))?;
+        }
+        Ok(())
     }
 
     /// Sums the per-CPU counters.
-    pub fn stats(&self) -> Result<[u64; STAT_COUNT as usize], XdpError> {
-        let map = self.ebpf.map(MAP_STATS).ok_or(XdpError::Map {
-            name: MAP_STATS,
-            source: aya::maps::MapError::InvalidName { name: MAP_STATS.into() },
-        })?;
-        let arr: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(map).map_err(|source| XdpError::Map { name: MAP_STATS, source })?;
+    pub fn stats(&self) -> Result<StatSnapshot, XdpError> {
+        let map = self.ebpf.map(MAP_STATS).ok_or_else(|| missing(MAP_STATS))?;
+        let arr: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(map_err(MAP_STATS))?;
         let mut out = [0u64; STAT_COUNT as usize];
         for s in Stat::ALL {
-            let per_cpu =
-                arr.get(&(s as u32), 0).map_err(|source| XdpError::Map { name: MAP_STATS, source })?;
+            let per_cpu = arr.get(&(s as u32), 0).map_err(map_err(MAP_STATS))?;
             out[s as usize] = per_cpu.iter().sum();
         }
         Ok(out)
     }
+
+    /// Takes the event ring buffer (once) for an async reader.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, XdpError> {
+        let map = self.ebpf.take_map(MAP_EVENTS).ok_or_else(|| missing(MAP_EVENTS))?;
+        RingBuf::try_from(map).map_err(map_err(MAP_EVENTS))
+    }
+
+    /// Runs the program once per repetition over `frame` with
+    /// `BPF_PROG_TEST_RUN`; returns the XDP action and the mean time per run.
+    pub fn test_run(&mut self, frame: &[u8], repeat: u32) -> Result<(u32, Duration), XdpError> {
+        self.test_run_program(PROGRAM_NAME, frame, repeat)
+    }
+
+    /// As [`Enforcer::test_run`], for any program of the object (e.g.
+    /// [`REFERENCE_PROGRAM`]), loading it on first use.
+    pub fn test_run_program(
+        &mut self,
+        name: &str,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, Duration), XdpError> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let perr = |what, source| XdpError::Program { what, iface: "-".into(), source };
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(perr("lookup", aya::programs::ProgramError::NotLoaded))?
+            .try_into()
+            .map_err(|e| perr("lookup", e))?;
+        if prog.fd().is_err() {
+            prog.load().map_err(|e| perr("load", e))?;
+        }
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.repeat = repeat.max(1);
+        let r = prog.test_run(opts).map_err(|e| perr("test run", e))?;
+        Ok((r.return_value, r.duration))
+    }
+
+    fn typed<'a, T>(&'a mut self, name: &'static str) -> Result<T, XdpError>
+    where
+        T: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
+    {
+        typed_map(self.ebpf.map_mut(name), name)
+    }
+
+    fn typed_ref<'a, T>(&'a self, name: &'static str) -> Result<T, XdpError>
+    where
+        T: TryFrom<&'a aya::maps::Map, Error = MapError>,
+    {
+        let m = self.ebpf.map(name).ok_or_else(|| missing(name))?;
+        T::try_from(m).map_err(map_err(name))
+    }
+
+    fn array<'a, V: aya::Pod>(
+        &'a mut self,
+        name: &'static str,
+    ) -> Result<Array<&'a mut MapData, V>, XdpError> {
+        self.typed(name)
+    }
+}
+
+fn typed_map<'a, T>(m: Option<&'a mut aya::maps::Map>, name: &'static str) -> Result<T, XdpError>
+where
+    T: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
+{
+    let m = m.ok_or_else(|| missing(name))?;
+    T::try_from(m).map_err(map_err(name))
+}
+
+fn missing(name: &'static str) -> XdpError {
+    XdpError::Map { name, source: MapError::InvalidName { name: name.into() } }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, iface: &str) -> Result<&'a mut Xdp, XdpError> {
+    let perr = |source| XdpError::Program { what: "lookup", iface: iface.to_owned(), source };
+    ebpf.program_mut(PROGRAM_NAME)
+        .ok_or(perr(aya::programs::ProgramError::NotLoaded))?
+        .try_into()
+        .map_err(perr)
+}
+
+/// A remove of a key that is not there is not an error for a mirror.
+fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Fails unless `dir` (or its nearest existing ancestor) is on a bpffs.
+fn check_bpffs(dir: &Path) -> Result<(), XdpError> {
+    let mut probe = dir.to_path_buf();
+    while !probe.exists() {
+        if !probe.pop() {
+            break;
+        }
+    }
+    let c = std::ffi::CString::new(probe.as_os_str().as_encoded_bytes())
+        .map_err(|_| XdpError::Pin { dir: dir.into(), why: "path contains NUL".into() })?;
+    // SAFETY: zeroed statfs is a valid out-parameter.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and out pointer.
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    #[allow(clippy::unnecessary_cast, reason = "f_type's width differs between libc targets")]
+    if rc != 0 || st.f_type as i64 != BPF_FS_MAGIC {
+        return Err(XdpError::Pin {
+            dir: dir.into(),
+            why: format!(
+                "{} is not on a bpf filesystem; mount one first (mount -t bpf bpf /sys/fs/bpf)",
+                probe.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Removes every pin rpz-guard makes in `dir`, and the directory if empty.
+pub fn remove_pins(dir: &Path) -> Result<(), XdpError> {
+    for name in MAP_NAMES.iter().copied().chain([LINK_PIN_NAME]) {
+        let p = dir.join(name);
+        if p.exists() {
+            std::fs::remove_file(&p).map_err(|e| XdpError::Pin {
+                dir: dir.into(),
+                why: format!("remove {}: {e}", p.display()),
+            })?;
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+    Ok(())
+}
+
+/// A fd-bearing map is needed by tokio's `AsyncFd`; re-exported for the daemon.
+pub fn ring_fd(rb: &RingBuf<MapData>) -> std::os::fd::BorrowedFd<'_> {
+    rb.as_fd()
 }

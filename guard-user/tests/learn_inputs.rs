@@ -246,7 +246,12 @@ fn stdin_input_through_the_binary() {
     assert_eq!(json["matched"], 1);
     assert_eq!(json["entries"]["dns"], 27);
     let zone_text = std::fs::read_to_string(&zone).expect("zone");
-    assert!(zone_text.contains(&format!("{TLD}.rpz.example.com. IN A 127.0.0.1")));
+    assert!(
+        zone_text
+            .lines()
+            .any(|l| l.starts_with(&format!("{TLD}.rpz.example.com. ")) && l.ends_with(" IN A 127.0.0.1")),
+        "{zone_text}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 

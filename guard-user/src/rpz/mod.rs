@@ -11,11 +11,128 @@
 //!   hex with `zz` for the longest run of zero groups (BIND ARM, "Response
 //!   Policy Zone (RPZ) Rewriting"). Decoding accepts IPv4 hosts in either form.
 //!
-//! The record data holds the classes: `A 127.0.0.1` (DNS), `A 127.0.0.25` (SMTP).
+//! The record data holds the classes: `A 127.0.0.1` (DNS), `A 127.0.0.25` (SMTP),
+//! one record per class. Any other record (e.g. `CNAME .`, the NXDOMAIN
+//! policy, or local data) is counted as ignored, never read as an allow.
+//!
+//! # Modules
+//!
+//! * [`zonefile`]: write the allow set as a zone file, parse zone files.
+//! * [`tsig`]: BIND key files → [`tsig::TsigKey`].
+//! * [`transfer`]: AXFR, IXFR (deltas applied to a copy) and SOA serial.
+//! * [`update`]: TSIG-signed RFC 2136 UPDATE pushes, batched.
+//! * [`notify`]: a NOTIFY listener that tells the daemon to run IXFR.
+//! * [`lookup`]: [`lookup::RpzClient`], the miss path's per-IP question.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
-use crate::policy::Prefix;
+use crate::policy::{Classes, Prefix};
+
+pub mod lookup;
+pub mod notify;
+pub mod transfer;
+pub mod tsig;
+pub mod update;
+mod wire;
+pub mod zonefile;
+
+/// TTL of the records we write (zone file and UPDATE). Short, so resolvers
+/// and caches follow removals quickly.
+pub const RECORD_TTL: u32 = 60;
+
+/// How many ignored records are kept as examples in [`Ignored::samples`].
+pub const IGNORED_SAMPLES: usize = 32;
+
+/// Why a record of the policy zone is not an allow entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IgnoreReason {
+    /// The owner is not an IP trigger we understand.
+    Owner(OwnerError),
+    /// The type is not `A` (e.g. `CNAME .` = the NXDOMAIN policy).
+    OtherType(String),
+    /// An `A` record whose address is neither `127.0.0.1` nor `127.0.0.25`.
+    OtherAddress(Ipv4Addr),
+}
+
+impl fmt::Display for IgnoreReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IgnoreReason::Owner(e) => write!(f, "{e}"),
+            IgnoreReason::OtherType(t) => write!(f, "type {t} is not an allow answer"),
+            IgnoreReason::OtherAddress(a) => write!(f, "A {a} is neither 127.0.0.1 nor 127.0.0.25"),
+        }
+    }
+}
+
+/// One record that was not taken into the allow set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IgnoredRecord {
+    /// The owner name as found.
+    pub owner: String,
+    /// Why it was ignored.
+    pub reason: IgnoreReason,
+}
+
+/// Records that were not allow entries: how many, and the first few.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ignored {
+    /// Number of ignored records.
+    pub count: usize,
+    /// The first [`IGNORED_SAMPLES`] of them.
+    pub samples: Vec<IgnoredRecord>,
+}
+
+impl Ignored {
+    /// Counts one ignored record, keeping it as a sample while there is room.
+    pub fn push(&mut self, owner: &str, reason: IgnoreReason) {
+        self.count += 1;
+        if self.samples.len() < IGNORED_SAMPLES {
+            self.samples.push(IgnoredRecord { owner: owner.to_owned(), reason });
+        }
+    }
+}
+
+/// The data of a zone record, as far as the allow set cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RecordData<'a> {
+    /// An `A` record.
+    A(Ipv4Addr),
+    /// Any other type, by mnemonic.
+    Other(&'a str),
+}
+
+/// What one zone record means for the allow set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Classified {
+    /// An allow entry: this prefix holds this class.
+    Entry(Prefix, Classes),
+    /// A record at the zone apex (SOA, NS, ...): structure, not policy.
+    Apex,
+    /// Anything else.
+    Ignored(IgnoreReason),
+}
+
+/// Classifies one record of the policy zone `zone`. Never guesses: only an
+/// IP trigger with `A 127.0.0.1` / `A 127.0.0.25` is an entry.
+pub(crate) fn classify(owner: &str, zone: &str, data: RecordData<'_>) -> Classified {
+    if canonical(owner) == canonical(zone) {
+        return Classified::Apex;
+    }
+    let class = match data {
+        RecordData::Other(t) => return Classified::Ignored(IgnoreReason::OtherType(t.to_owned())),
+        RecordData::A(a) => match Classes::from_rpz_answer(a) {
+            Some(c) => c,
+            None => return Classified::Ignored(IgnoreReason::OtherAddress(a)),
+        },
+    };
+    match decode_owner(owner, zone) {
+        Ok(p) => Classified::Entry(p, class),
+        Err(e) => Classified::Ignored(IgnoreReason::Owner(e)),
+    }
+}
 
 /// Why an owner name is not an allow entry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -170,6 +287,56 @@ fn decode_rpz_ip(labels: &[&str]) -> Result<Prefix, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Deterministic pseudo-random bytes (xorshift) for no-panic checks.
+    pub(crate) fn junk(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x & 0xff) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn junk_never_panics_the_parsers() {
+        let z = "rpz.example.com";
+        let pieces: &[&str] = &[
+            "(",
+            ")",
+            "\"",
+            ";",
+            "\n",
+            " ",
+            "\t",
+            "$ORIGIN",
+            "@",
+            "A",
+            "SOA",
+            "127.0.0.1",
+            "\\",
+            "1.2.3.4",
+            "{",
+            "}",
+            "key",
+            "*",
+        ];
+        for seed in 0..2000u64 {
+            let bytes = junk(seed, (seed % 200) as usize);
+            let text = String::from_utf8_lossy(&bytes);
+            let _ = zonefile::parse_zone(&text, z);
+            let _ = tsig::TsigKey::parse_all(&text);
+            let _ = decode_owner(&text, z);
+            // Token soup: syntactically closer to real input.
+            let soup: String =
+                bytes.iter().map(|b| pieces[usize::from(*b) % pieces.len()]).collect::<Vec<_>>().join(" ");
+            let _ = zonefile::parse_zone(&soup, z);
+            let _ = tsig::TsigKey::parse_all(&soup);
+        }
+    }
 
     const Z: &str = "rpz.example.com";
 

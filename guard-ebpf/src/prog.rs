@@ -1,0 +1,439 @@
+//! The program proper (compiled only for the BPF target).
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    helpers::bpf_ktime_get_ns,
+    macros::{map, xdp},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::XdpContext,
+};
+use guard_common::{
+    CACHE_PENDING, CacheEntry, DEFAULT_EVENTS_PER_SOURCE, DEFAULT_PENDING_MS, EVENT_DROP, EVENT_MISS, Event,
+    MODE_COUNT, PORT_TCP_SHIFT, PORT_UDP_SHIFT, PORTS_LEN, RateState, STAT_COUNT, Settings, Stat,
+    classes_required, reason,
+};
+
+/// Bound on IPv6 extension headers walked before giving up (and dropping).
+pub const MAX_EXT_HEADERS: usize = 6;
+/// Bound on the L4 offset, so the verifier sees a bounded packet pointer.
+const MAX_L4_OFFSET: usize = 512;
+
+const ETH_HDR_LEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+const MAX_ALLOW_V4: u32 = 1 << 21;
+const MAX_ALLOW_V6: u32 = 1 << 18;
+const MAX_PREFIXES: u32 = 1 << 16;
+const MAX_LPM_SMALL: u32 = 4096;
+const MAX_CACHE: u32 = 1 << 16;
+const MAX_RATE: u32 = 1 << 14;
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+#[map(name = "STATS")]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+#[map(name = "PORTS")]
+static PORTS: Array<u32> = Array::with_max_entries(PORTS_LEN, 0);
+#[map(name = "ALLOW_V4")]
+static ALLOW_V4: HashMap<[u8; 4], u32> = HashMap::with_max_entries(MAX_ALLOW_V4, BPF_F_NO_PREALLOC);
+#[map(name = "ALLOW_V6")]
+static ALLOW_V6: HashMap<[u8; 16], u32> = HashMap::with_max_entries(MAX_ALLOW_V6, BPF_F_NO_PREALLOC);
+#[map(name = "ALLOW_PFX_V4")]
+static ALLOW_PFX_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_PREFIXES, BPF_F_NO_PREALLOC);
+#[map(name = "ALLOW_PFX_V6")]
+static ALLOW_PFX_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_PREFIXES, BPF_F_NO_PREALLOC);
+#[map(name = "EXEMPT_V4")]
+static EXEMPT_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_LPM_SMALL, BPF_F_NO_PREALLOC);
+#[map(name = "EXEMPT_V6")]
+static EXEMPT_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_LPM_SMALL, BPF_F_NO_PREALLOC);
+#[map(name = "INTERNAL_V4")]
+static INTERNAL_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_LPM_SMALL, BPF_F_NO_PREALLOC);
+#[map(name = "INTERNAL_V6")]
+static INTERNAL_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_LPM_SMALL, BPF_F_NO_PREALLOC);
+#[map(name = "VERDICT_CACHE")]
+static VERDICT_CACHE: LruHashMap<[u8; 16], CacheEntry> = LruHashMap::with_max_entries(MAX_CACHE, 0);
+#[map(name = "EVENT_RATE")]
+static EVENT_RATE: LruHashMap<[u8; 16], RateState> = LruHashMap::with_max_entries(MAX_RATE, 0);
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+#[map(name = "SETTINGS")]
+static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+/// What the parser found out about a packet that may need a verdict.
+struct Pkt {
+    src: [u8; 16],
+    dst: [u8; 16],
+    v4: bool,
+    proto: u8,
+    dport: u16,
+    vlan: u32,
+}
+
+/// Adds `n` to counter `stat` of this CPU.
+#[inline(always)]
+fn bump(stat: Stat, n: u64) {
+    if let Some(p) = STATS.get_ptr_mut(stat as u32) {
+        // SAFETY: a per-CPU slot; XDP does not preempt itself on one CPU.
+        unsafe { *p += n };
+    }
+}
+
+/// A bounds-checked pointer to a `T` at `off` bytes into the packet.
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + off) as *const T)
+}
+
+/// Reads a big-endian u16 at `off`.
+#[inline(always)]
+fn be16_at(ctx: &XdpContext, off: usize) -> Option<u16> {
+    let p = ptr_at::<[u8; 2]>(ctx, off)?;
+    // SAFETY: bounds checked by ptr_at.
+    let b = unsafe { *p };
+    Some(u16::from_be_bytes(b))
+}
+
+/// Reads `N` bytes at `off`.
+#[inline(always)]
+fn bytes_at<const N: usize>(ctx: &XdpContext, off: usize) -> Option<[u8; N]> {
+    let p = ptr_at::<[u8; N]>(ctx, off)?;
+    // SAFETY: bounds checked by ptr_at.
+    Some(unsafe { *p })
+}
+
+fn settings() -> Settings {
+    SETTINGS.get(0).copied().unwrap_or_default()
+}
+
+/// Final action for a packet the policy refuses: drop, or count and pass in
+/// count-only mode.
+#[inline(always)]
+fn refuse(mode: u32) -> u32 {
+    if mode == MODE_COUNT {
+        bump(Stat::WouldDrop, 1);
+        XDP_PASS
+    } else {
+        XDP_DROP
+    }
+}
+
+/// XDP entry point.
+#[xdp]
+pub fn rpz_guard(ctx: XdpContext) -> u32 {
+    bump(Stat::Packets, 1);
+    bump(Stat::Bytes, (ctx.data_end() - ctx.data()) as u64);
+    let mode = settings().mode;
+    match parse(&ctx) {
+        Parsed::Pass(stat) => {
+            bump(stat, 1);
+            XDP_PASS
+        }
+        Parsed::Drop(stat) => {
+            bump(stat, 1);
+            refuse(mode)
+        }
+        Parsed::Check(pkt, service) => check(&pkt, service, mode),
+    }
+}
+
+/// Reference program for benchmarks: passes everything, touches nothing.
+/// Its `BPF_PROG_TEST_RUN` time is the baseline the real program is compared to.
+#[xdp]
+pub fn pass_all(_ctx: XdpContext) -> u32 {
+    XDP_PASS
+}
+
+enum Parsed {
+    /// Not ours to judge: pass, counting `Stat`.
+    Pass(Stat),
+    /// Unparseable where a verdict was needed: drop, counting `Stat`.
+    Drop(Stat),
+    /// A protected packet with its service number.
+    Check(Pkt, u32),
+}
+
+#[inline(always)]
+fn parse(ctx: &XdpContext) -> Parsed {
+    let Some(mut ethertype) = be16_at(ctx, 12) else {
+        return Parsed::Pass(Stat::NonIp);
+    };
+    let mut off = ETH_HDR_LEN;
+    let mut vlan = 0u32;
+    let mut tagged = false;
+    // Up to two tags (802.1ad outer + 802.1Q inner); a third is refused.
+    for _ in 0..2 {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        let Some(tci) = be16_at(ctx, off) else { return Parsed::Drop(Stat::DropMalformed) };
+        let Some(inner) = be16_at(ctx, off + 2) else { return Parsed::Drop(Stat::DropMalformed) };
+        if !tagged {
+            vlan = u32::from(tci & 0x0fff);
+            tagged = true;
+        }
+        ethertype = inner;
+        off += 4;
+    }
+    if tagged {
+        bump(Stat::Vlan, 1);
+    }
+    let mut pkt = Pkt { src: [0; 16], dst: [0; 16], v4: false, proto: 0, dport: 0, vlan };
+    let l4off;
+    match ethertype {
+        ETH_P_IP => {
+            bump(Stat::Ipv4, 1);
+            let Some(h) = bytes_at::<20>(ctx, off) else { return Parsed::Drop(Stat::DropMalformed) };
+            let ihl = usize::from(h[0] & 0x0f) * 4;
+            if h[0] >> 4 != 4 || ihl < 20 {
+                return Parsed::Drop(Stat::DropMalformed);
+            }
+            pkt.v4 = true;
+            pkt.proto = h[9];
+            pkt.src[10] = 0xff;
+            pkt.src[11] = 0xff;
+            pkt.dst[10] = 0xff;
+            pkt.dst[11] = 0xff;
+            pkt.src[12..16].copy_from_slice(&h[12..16]);
+            pkt.dst[12..16].copy_from_slice(&h[16..20]);
+            if pkt.proto != IPPROTO_TCP && pkt.proto != IPPROTO_UDP {
+                return Parsed::Pass(Stat::Unprotected);
+            }
+            if u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
+                return Parsed::Pass(Stat::Fragment);
+            }
+            l4off = off + ihl;
+        }
+        ETH_P_IPV6 => {
+            bump(Stat::Ipv6, 1);
+            let Some(h) = bytes_at::<8>(ctx, off) else { return Parsed::Drop(Stat::DropMalformed) };
+            let Some(src) = bytes_at::<16>(ctx, off + 8) else { return Parsed::Drop(Stat::DropMalformed) };
+            let Some(dst) = bytes_at::<16>(ctx, off + 24) else { return Parsed::Drop(Stat::DropMalformed) };
+            if h[0] >> 4 != 6 {
+                return Parsed::Drop(Stat::DropMalformed);
+            }
+            pkt.src = src;
+            pkt.dst = dst;
+            let mut next = h[6];
+            let mut o = off + 40;
+            let mut found = false;
+            for _ in 0..MAX_EXT_HEADERS + 1 {
+                match next {
+                    IPPROTO_TCP | IPPROTO_UDP => {
+                        found = true;
+                        break;
+                    }
+                    // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
+                    0 | 43 | 60 => {
+                        let Some(e) = bytes_at::<2>(ctx, o) else { return Parsed::Drop(Stat::DropMalformed) };
+                        next = e[0];
+                        o += (usize::from(e[1]) + 1) * 8;
+                    }
+                    // Authentication header: (len + 2) * 4 bytes.
+                    51 => {
+                        let Some(e) = bytes_at::<2>(ctx, o) else { return Parsed::Drop(Stat::DropMalformed) };
+                        next = e[0];
+                        o += (usize::from(e[1]) + 2) * 4;
+                    }
+                    // Fragment header: 8 bytes; a non-first fragment has no L4 header.
+                    44 => {
+                        let Some(e) = bytes_at::<4>(ctx, o) else { return Parsed::Drop(Stat::DropMalformed) };
+                        if u16::from_be_bytes([e[2], e[3]]) >> 3 != 0 {
+                            return Parsed::Pass(Stat::Fragment);
+                        }
+                        next = e[0];
+                        o += 8;
+                    }
+                    // ICMPv6, ESP, no-next-header, ...: not a protected service.
+                    _ => return Parsed::Pass(Stat::Unprotected),
+                }
+                if o > MAX_L4_OFFSET {
+                    return Parsed::Drop(Stat::DropExtChain);
+                }
+            }
+            if !found {
+                return Parsed::Drop(Stat::DropExtChain);
+            }
+            pkt.proto = next;
+            l4off = o;
+        }
+        _ => return Parsed::Pass(Stat::NonIp),
+    }
+    if l4off > MAX_L4_OFFSET {
+        return Parsed::Drop(Stat::DropMalformed);
+    }
+    // The destination port is bytes 2..4 of both TCP and UDP headers.
+    let Some(dport) = be16_at(ctx, l4off + 2) else { return Parsed::Drop(Stat::DropMalformed) };
+    pkt.dport = dport;
+    let services = PORTS.get(u32::from(dport)).copied().unwrap_or(0);
+    let shift = if pkt.proto == IPPROTO_TCP { PORT_TCP_SHIFT } else { PORT_UDP_SHIFT };
+    let service = (services >> shift) & 0xff;
+    if service == 0 {
+        return Parsed::Pass(Stat::Unprotected);
+    }
+    Parsed::Check(pkt, service)
+}
+
+#[inline(always)]
+fn v4(a: &[u8; 16]) -> [u8; 4] {
+    [a[12], a[13], a[14], a[15]]
+}
+
+/// The verdict for a protected packet.
+#[inline(always)]
+fn check(pkt: &Pkt, service: u32, mode: u32) -> u32 {
+    let exempt = if pkt.v4 {
+        EXEMPT_V4.get(Key::new(32, v4(&pkt.src))).is_some()
+    } else {
+        EXEMPT_V6.get(Key::new(128, pkt.src)).is_some()
+    };
+    if exempt {
+        bump(Stat::ExemptSource, 1);
+        return XDP_PASS;
+    }
+    let internal = if pkt.v4 {
+        INTERNAL_V4.get(Key::new(32, v4(&pkt.dst))).is_some()
+    } else {
+        INTERNAL_V6.get(Key::new(128, pkt.dst)).is_some()
+    };
+    if internal {
+        bump(Stat::InternalDest, 1);
+        return XDP_PASS;
+    }
+    let required = classes_required(service);
+    let classes = allow_classes(pkt);
+    if classes != 0 {
+        if classes & required != 0 {
+            bump(Stat::PassAllowed, 1);
+            return XDP_PASS;
+        }
+        bump(Stat::DropWrongClass, 1);
+        emit(EVENT_DROP, reason::WRONG_CLASS, pkt, service);
+        return refuse(mode);
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: the value is copied out at once; a concurrent update at worst
+    // gives an older verdict, which the TTL bounds anyway.
+    if let Some(e) = unsafe { VERDICT_CACHE.get(pkt.dst) }.copied()
+        && now < e.expires_ns
+    {
+        if e.flags & CACHE_PENDING != 0 {
+            bump(Stat::Miss, 1);
+            return refuse(mode);
+        }
+        if e.classes & required != 0 {
+            bump(Stat::PassCached, 1);
+            return XDP_PASS;
+        }
+        let (stat, why) = if e.classes == 0 {
+            (Stat::DropNotRegistered, reason::NOT_REGISTERED)
+        } else {
+            (Stat::DropWrongClass, reason::WRONG_CLASS)
+        };
+        bump(stat, 1);
+        emit(EVENT_DROP, why, pkt, service);
+        return refuse(mode);
+    }
+    bump(Stat::Miss, 1);
+    if emit(EVENT_MISS, reason::PENDING, pkt, service) {
+        let s = settings();
+        let hold = if s.pending_ms == 0 { DEFAULT_PENDING_MS } else { s.pending_ms };
+        let pending =
+            CacheEntry { classes: 0, flags: CACHE_PENDING, expires_ns: now + u64::from(hold) * 1_000_000 };
+        let _ = VERDICT_CACHE.insert(pkt.dst, pending, 0);
+    }
+    refuse(mode)
+}
+
+/// Union of the host entry and the longest covering prefix entry.
+#[inline(always)]
+fn allow_classes(pkt: &Pkt) -> u32 {
+    if pkt.v4 {
+        let d = v4(&pkt.dst);
+        // SAFETY: value copied out immediately.
+        let host = unsafe { ALLOW_V4.get(d) }.copied().unwrap_or(0);
+        let pfx = ALLOW_PFX_V4.get(Key::new(32, d)).copied().unwrap_or(0);
+        host | pfx
+    } else {
+        // SAFETY: value copied out immediately.
+        let host = unsafe { ALLOW_V6.get(pkt.dst) }.copied().unwrap_or(0);
+        let pfx = ALLOW_PFX_V6.get(Key::new(128, pkt.dst)).copied().unwrap_or(0);
+        host | pfx
+    }
+}
+
+/// Sends an event unless the source is over its per-second budget.
+/// Returns true when the event was written.
+#[inline(always)]
+fn emit(kind: u32, why: u32, pkt: &Pkt, service: u32) -> bool {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let s = settings();
+    let budget = if s.events_per_source_per_sec == 0 {
+        DEFAULT_EVENTS_PER_SOURCE
+    } else {
+        s.events_per_source_per_sec
+    };
+    let mut carried = 0u32;
+    match EVENT_RATE.get_ptr_mut(pkt.src) {
+        Some(st) => {
+            // SAFETY: the pointer is valid for this program run; races between
+            // CPUs only blur the count, which is a budget, not an invariant.
+            let st = unsafe { &mut *st };
+            if now.wrapping_sub(st.window_start_ns) >= NS_PER_SEC {
+                carried = st.suppressed;
+                st.window_start_ns = now;
+                st.sent = 0;
+                st.suppressed = 0;
+            }
+            if st.sent >= budget {
+                st.suppressed += 1;
+                bump(Stat::EventsRateLimited, 1);
+                return false;
+            }
+            st.sent += 1;
+        }
+        None => {
+            let st = RateState { window_start_ns: now, sent: 1, suppressed: 0 };
+            let _ = EVENT_RATE.insert(pkt.src, st, 0);
+        }
+    }
+    let Some(mut slot) = EVENTS.reserve::<Event>(0) else {
+        bump(Stat::EventsLost, 1);
+        return false;
+    };
+    slot.write(Event {
+        ts_ns: now,
+        kind,
+        reason: why,
+        src: pkt.src,
+        dst: pkt.dst,
+        family: if pkt.v4 { 4 } else { 6 },
+        proto: pkt.proto,
+        dport: pkt.dport,
+        service,
+        vlan: pkt.vlan,
+        suppressed: carried,
+    });
+    slot.submit(0);
+    bump(Stat::EventsSent, 1);
+    true
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,486 @@
+//! The daemon's configuration file (TOML), its defaults and its validation.
+//!
+//! Every key has a default (one place: the `Default` impls below), unknown
+//! keys are errors, and validation errors name the key and the bad value.
+//! Command-line flags override the file (see `main.rs`).
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    events::EventOutput,
+    miss::CacheTtl,
+    policy::{Prefix, Service},
+    xdp::{AttachMode, ProtectedPort},
+};
+
+/// A configuration problem, naming the key and the value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (the message names the key).
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and key.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("config key `{key}` = {value}: {why}")]
+    Invalid {
+        /// Dotted key, e.g. `policy.smtp_ports`.
+        key: &'static str,
+        /// The offending value as written.
+        value: String,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+fn invalid(key: &'static str, value: impl std::fmt::Display, why: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, value: value.to_string(), why: why.into() }
+}
+
+/// Which enforcement point to drive.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The XDP program on a Linux router interface.
+    #[default]
+    Xdp,
+    /// An OpenFlow 1.3 controller for Open vSwitch.
+    Openflow,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "xdp" => Ok(Mode::Xdp),
+            "openflow" => Ok(Mode::Openflow),
+            other => Err(format!("mode {other:?} is not one of xdp, openflow")),
+        }
+    }
+}
+
+/// How the miss path asks the RPZ about an unknown destination.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MissQuery {
+    /// Query the owner name inside the policy zone (authoritative; default).
+    #[default]
+    Zone,
+    /// The paper's check: ask the recursive BIND for the IP literal and read
+    /// the RPZ rewrite (`127.0.0.1` / `127.0.0.25`).
+    Paper,
+}
+
+/// The whole file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Enforcement point.
+    pub enforce: Enforce,
+    /// What is checked.
+    pub policy: Policy,
+    /// Where the allow set comes from.
+    pub rpz: Rpz,
+    /// The miss path's verdict cache.
+    pub cache: Cache,
+    /// Detection events.
+    pub events: Events,
+    /// Status socket and metrics.
+    pub status: Status,
+    /// OpenFlow controller mode.
+    pub openflow: Openflow,
+}
+
+/// `[enforce]`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Enforce {
+    /// `xdp` or `openflow`.
+    pub mode: Mode,
+    /// Interface to attach XDP to (the router's inside interface).
+    pub iface: Option<String>,
+    /// `native`, `generic` or `auto`.
+    pub xdp_mode: AttachMode,
+    /// Count what would be dropped, drop nothing.
+    pub count_only: bool,
+    /// Pin program and maps here so enforcement survives the daemon.
+    pub pin_dir: Option<PathBuf>,
+}
+
+impl Default for Enforce {
+    fn default() -> Self {
+        Enforce { mode: Mode::Xdp, iface: None, xdp_mode: AttachMode::Auto, count_only: false, pin_dir: None }
+    }
+}
+
+/// `[policy]`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    /// TCP ports of SMTP.
+    pub smtp_ports: Vec<u16>,
+    /// UDP and TCP ports of DNS.
+    pub dns_ports: Vec<u16>,
+    /// Sources never checked: the organization's resolvers and mail relays.
+    pub exempt_sources: Vec<Prefix>,
+    /// Destinations never checked.
+    pub internal_networks: Vec<Prefix>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            smtp_ports: vec![25, 465, 587],
+            dns_ports: vec![53],
+            exempt_sources: Vec::new(),
+            internal_networks: ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7", "fe80::/10"]
+                .iter()
+                .filter_map(|s| s.parse().ok())
+                .collect(),
+        }
+    }
+}
+
+impl Policy {
+    /// The protected ports as the XDP program wants them.
+    pub fn protected_ports(&self) -> Vec<ProtectedPort> {
+        let smtp =
+            self.smtp_ports.iter().map(|&port| ProtectedPort { proto: 6, port, service: Service::Smtp });
+        let dns = self
+            .dns_ports
+            .iter()
+            .flat_map(|&port| [6, 17].map(|proto| ProtectedPort { proto, port, service: Service::Dns }));
+        smtp.chain(dns).collect()
+    }
+}
+
+/// `[rpz]`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Rpz {
+    /// The policy zone's origin.
+    pub zone: String,
+    /// BIND server to transfer the zone from (`addr:port`). Unset: use `zone_file`.
+    pub server: Option<SocketAddr>,
+    /// TSIG key file (BIND `key` syntax) for transfers and queries.
+    pub tsig_key: Option<PathBuf>,
+    /// Local zone file, the source when no server is set (watched for changes).
+    pub zone_file: Option<PathBuf>,
+    /// Where to listen for NOTIFY from the server.
+    pub notify_listen: Option<SocketAddr>,
+    /// SOA poll interval, the fallback when NOTIFY is missed.
+    pub poll_interval_secs: u64,
+    /// How the miss path asks.
+    pub miss_query: MissQuery,
+    /// Recursive BIND for `miss_query = "paper"` (defaults to `server`).
+    pub resolver: Option<SocketAddr>,
+    /// Per-question timeout of the miss path, in milliseconds.
+    pub query_timeout_ms: u64,
+}
+
+impl Default for Rpz {
+    fn default() -> Self {
+        Rpz {
+            zone: "rpz.example.com".into(),
+            server: None,
+            tsig_key: None,
+            zone_file: None,
+            notify_listen: None,
+            poll_interval_secs: 30,
+            miss_query: MissQuery::Zone,
+            resolver: None,
+            query_timeout_ms: 500,
+        }
+    }
+}
+
+/// `[cache]`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cache {
+    /// How long a registered answer is trusted, seconds.
+    pub positive_ttl_secs: u64,
+    /// How long a not-registered answer is trusted, seconds.
+    pub negative_ttl_secs: u64,
+    /// How long a pending miss holds packets before asking again, milliseconds.
+    pub pending_ms: u32,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache { positive_ttl_secs: 300, negative_ttl_secs: 5, pending_ms: 1000 }
+    }
+}
+
+impl Cache {
+    /// The lifetimes as the miss resolver wants them.
+    pub fn ttl(&self) -> CacheTtl {
+        CacheTtl {
+            positive: Duration::from_secs(self.positive_ttl_secs),
+            negative: Duration::from_secs(self.negative_ttl_secs),
+            error: Duration::from_secs(1),
+        }
+    }
+}
+
+/// `[events]`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Events {
+    /// `stdout`, `none`, or a file path (JSON lines, appended).
+    pub output: String,
+    /// Events per source host per second sent by the kernel.
+    pub per_source_per_sec: u32,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Events { output: "stdout".into(), per_source_per_sec: guard_common::DEFAULT_EVENTS_PER_SOURCE }
+    }
+}
+
+impl Events {
+    /// The output as the event sink wants it.
+    pub fn output(&self) -> EventOutput {
+        match self.output.as_str() {
+            "stdout" | "-" => EventOutput::Stdout,
+            "none" => EventOutput::None,
+            path => EventOutput::File(PathBuf::from(path)),
+        }
+    }
+}
+
+/// `[status]`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Status {
+    /// Unix socket answering `rpz-guard status`.
+    pub socket: PathBuf,
+    /// Prometheus text metrics at `http://<addr>/metrics` (unset: off).
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Status { socket: PathBuf::from("/run/rpz-guard/rpz-guard.sock"), metrics_listen: None }
+    }
+}
+
+/// `[openflow]`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Openflow {
+    /// Where switches connect.
+    pub listen: SocketAddr,
+    /// Most proactive allow flows installed per switch.
+    pub flow_budget: usize,
+    /// Packet-ins per second allowed by the meter.
+    pub packet_in_rate: u32,
+    /// Idle timeout of verdict flows, seconds.
+    pub idle_timeout_secs: u16,
+    /// Hard timeout of verdict flows, seconds.
+    pub hard_timeout_secs: u16,
+}
+
+impl Default for Openflow {
+    fn default() -> Self {
+        Openflow {
+            listen: SocketAddr::from(([0, 0, 0, 0], 6653)),
+            flow_budget: 100_000,
+            packet_in_rate: 2000,
+            idle_timeout_secs: 60,
+            hard_timeout_secs: 300,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates TOML text (`path` is only for messages).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges and consistency; call again after applying flags.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.enforce.mode == Mode::Xdp && self.enforce.iface.as_deref().is_none_or(str::is_empty) {
+            return Err(invalid("enforce.iface", "(unset)", "XDP mode needs an interface (--iface)"));
+        }
+        if let Some(i) = &self.enforce.iface
+            && (i.len() > 15 || i.contains('/') || i.contains(char::is_whitespace))
+        {
+            return Err(invalid("enforce.iface", format!("{i:?}"), "not a valid interface name"));
+        }
+        for (key, ports) in
+            [("policy.smtp_ports", &self.policy.smtp_ports), ("policy.dns_ports", &self.policy.dns_ports)]
+        {
+            if let Some(p) = ports.iter().find(|p| **p == 0) {
+                return Err(invalid(key, p, "port 0 cannot be protected"));
+            }
+        }
+        if let Some(p) = self.policy.smtp_ports.iter().find(|p| self.policy.dns_ports.contains(p)) {
+            return Err(invalid("policy.smtp_ports", p, "port is also in policy.dns_ports"));
+        }
+        if self.rpz.zone.trim_end_matches('.').is_empty()
+            || self.rpz.zone.split('.').any(|l| l.len() > 63)
+            || self.rpz.zone.contains(char::is_whitespace)
+        {
+            return Err(invalid("rpz.zone", format!("{:?}", self.rpz.zone), "not a valid zone name"));
+        }
+        if self.rpz.server.is_none() && self.rpz.zone_file.is_none() {
+            return Err(invalid(
+                "rpz.server",
+                "(unset)",
+                "set rpz.server (BIND to transfer the zone from) or rpz.zone_file (a local zone)",
+            ));
+        }
+        if self.rpz.server.is_some() && self.rpz.zone_file.is_some() {
+            return Err(invalid("rpz.zone_file", "(set)", "set only one of rpz.server and rpz.zone_file"));
+        }
+        if self.rpz.poll_interval_secs == 0 {
+            return Err(invalid("rpz.poll_interval_secs", 0, "must be at least 1"));
+        }
+        if !(10..=60_000).contains(&self.rpz.query_timeout_ms) {
+            return Err(invalid("rpz.query_timeout_ms", self.rpz.query_timeout_ms, "must be 10..=60000"));
+        }
+        if self.rpz.miss_query == MissQuery::Paper && self.rpz.resolver.or(self.rpz.server).is_none() {
+            return Err(invalid("rpz.miss_query", "\"paper\"", "needs rpz.resolver or rpz.server"));
+        }
+        if self.cache.negative_ttl_secs > 3600 {
+            return Err(invalid("cache.negative_ttl_secs", self.cache.negative_ttl_secs, "at most 3600"));
+        }
+        if !(10..=60_000).contains(&self.cache.pending_ms) {
+            return Err(invalid("cache.pending_ms", self.cache.pending_ms, "must be 10..=60000"));
+        }
+        if self.events.output.is_empty() {
+            return Err(invalid("events.output", "\"\"", "use stdout, none or a file path"));
+        }
+        if self.openflow.packet_in_rate == 0 {
+            return Err(invalid("openflow.packet_in_rate", 0, "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let c = parse("[enforce]\niface = \"eth1\"\n[rpz]\nzone_file = \"/tmp/z\"\n").expect("valid");
+        assert_eq!(c.policy.smtp_ports, vec![25, 465, 587]);
+        assert_eq!(c.enforce.xdp_mode, AttachMode::Auto);
+        assert_eq!(c.rpz.zone, "rpz.example.com");
+        assert_eq!(c.policy.protected_ports().len(), 5);
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let c = parse(
+            r#"
+            [enforce]
+            mode = "xdp"
+            iface = "in0"
+            xdp_mode = "native"
+            pin_dir = "/sys/fs/bpf/rpz-guard"
+            [policy]
+            smtp_ports = [25]
+            dns_ports = [53, 5353]
+            exempt_sources = ["10.0.0.53", "fd00::53"]
+            internal_networks = ["10.0.0.0/8"]
+            [rpz]
+            zone = "rpz.campus.example"
+            server = "10.0.0.53:53"
+            tsig_key = "/etc/rpz-guard/key"
+            notify_listen = "0.0.0.0:10053"
+            miss_query = "paper"
+            [cache]
+            negative_ttl_secs = 2
+            [events]
+            output = "/var/log/rpz-guard/events.jsonl"
+            [status]
+            metrics_listen = "127.0.0.1:9466"
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(c.enforce.xdp_mode, AttachMode::Native);
+        assert_eq!(c.policy.exempt_sources.len(), 2);
+        assert_eq!(c.rpz.miss_query, MissQuery::Paper);
+        assert_eq!(c.events.output(), EventOutput::File("/var/log/rpz-guard/events.jsonl".into()));
+    }
+
+    #[test]
+    fn shipped_example_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rpz-guard.example.toml");
+        let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.enforce.iface.as_deref(), Some("eth1"));
+        assert_eq!(c.status.metrics_listen, Some("127.0.0.1:9466".parse().expect("addr")));
+    }
+
+    #[test]
+    fn errors_name_key_and_value() {
+        let cases = [
+            ("[enforce]\niface = \"eth1\"\nbogus = 1\n[rpz]\nzone_file = \"z\"", "bogus"),
+            ("[enforce]\niface = \"eth1\"\nxdp_mode = \"turbo\"\n[rpz]\nzone_file = \"z\"", "turbo"),
+            ("[rpz]\nzone_file = \"z\"", "enforce.iface"),
+            (
+                "[enforce]\niface = \"eth1\"\n[rpz]\nzone_file = \"z\"\n[policy]\nsmtp_ports = [0]",
+                "policy.smtp_ports",
+            ),
+            (
+                "[enforce]\niface = \"eth1\"\n[rpz]\nzone_file = \"z\"\n[policy]\nsmtp_ports = [70000]",
+                "70000",
+            ),
+            (
+                "[enforce]\niface = \"eth1\"\n[rpz]\nzone_file = \"z\"\n[policy]\nexempt_sources = [\"10.0.0.300\"]",
+                "10.0.0.300",
+            ),
+            ("[enforce]\niface = \"eth1\"", "rpz.server"),
+            (
+                "[enforce]\niface = \"eth1\"\n[rpz]\nzone_file = \"z\"\n[cache]\npending_ms = 1",
+                "cache.pending_ms",
+            ),
+            (
+                "[enforce]\niface = \"eth1\"\n[rpz]\nzone_file = \"z\"\nserver = \"not-an-addr\"",
+                "not-an-addr",
+            ),
+        ];
+        for (text, needle) in cases {
+            let e = parse(text).expect_err(text).to_string();
+            assert!(e.contains(needle), "error for {text:?} should name {needle:?}: {e}");
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! Detection events: every blocked attempt, written as JSON lines and
+//! aggregated per source host (suspected infected PCs) and per destination.
+
+use std::{
+    collections::HashMap,
+    fs::{File, OpenOptions},
+    io::{self, Write},
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::Mutex,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::{Service, Verdict};
+
+/// Why a packet was blocked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// The destination is not in the RPZ.
+    NotRegistered,
+    /// The destination is in the RPZ, but not for this service (SMTP to a name server).
+    WrongClass,
+    /// The destination was unknown and the RPZ had not answered yet.
+    Pending,
+    /// The headers could not be parsed on a protected path (fail closed).
+    Malformed,
+}
+
+impl Reason {
+    /// The reason for a deny verdict (`None` for allow).
+    pub const fn from_verdict(v: Verdict) -> Option<Reason> {
+        match v {
+            Verdict::Allow => None,
+            Verdict::DenyNotRegistered => Some(Reason::NotRegistered),
+            Verdict::DenyWrongClass => Some(Reason::WrongClass),
+        }
+    }
+
+    /// The reason for a `guard_common::reason` code.
+    pub const fn from_code(code: u32) -> Option<Reason> {
+        match code {
+            guard_common::reason::NOT_REGISTERED => Some(Reason::NotRegistered),
+            guard_common::reason::WRONG_CLASS => Some(Reason::WrongClass),
+            guard_common::reason::PENDING => Some(Reason::Pending),
+            guard_common::reason::MALFORMED => Some(Reason::Malformed),
+            _ => None,
+        }
+    }
+}
+
+/// One blocked attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DetectionEvent {
+    /// Wall-clock time, milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// The internal host that sent the packet.
+    pub src: IpAddr,
+    /// The external destination.
+    pub dst: IpAddr,
+    /// `tcp` or `udp`.
+    pub proto: String,
+    /// Destination port.
+    pub dport: u16,
+    /// The protected service the port belongs to.
+    pub service: Service,
+    /// Why it was blocked.
+    pub reason: Reason,
+    /// Outer VLAN id, when tagged.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub vlan: Option<u16>,
+    /// Where it was enforced: `xdp:<iface>` or `openflow:<datapath id>`.
+    pub point: String,
+    /// Events for this source suppressed by rate limiting just before this one.
+    #[serde(skip_serializing_if = "is_zero", default)]
+    pub suppressed: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The protocol name for an IP protocol number.
+pub fn proto_name(proto: u8) -> String {
+    match proto {
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        n => n.to_string(),
+    }
+}
+
+/// Where events are written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventOutput {
+    /// Standard output.
+    Stdout,
+    /// Append to a file.
+    File(PathBuf),
+    /// Only aggregate, write nothing.
+    None,
+}
+
+/// Per-host aggregate.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostStats {
+    /// Blocked attempts.
+    pub blocked: u64,
+    /// Time of the last one, ms since the epoch.
+    pub last_ms: u64,
+}
+
+#[derive(Default)]
+struct Aggregate {
+    by_source: HashMap<IpAddr, HostStats>,
+    by_destination: HashMap<IpAddr, HostStats>,
+    total: u64,
+    write_errors: u64,
+}
+
+/// Writes events and keeps the aggregates. Cheap to share behind an `Arc`.
+pub struct EventSink {
+    out: Mutex<Option<Box<dyn Write + Send>>>,
+    agg: Mutex<Aggregate>,
+}
+
+/// Maximum number of distinct hosts tracked per aggregate; beyond it the
+/// least active half is dropped so a scan cannot grow memory without bound.
+const MAX_TRACKED: usize = 100_000;
+
+impl EventSink {
+    /// Opens the output (files are created and appended to).
+    pub fn open(output: &EventOutput) -> io::Result<EventSink> {
+        let out: Option<Box<dyn Write + Send>> = match output {
+            EventOutput::Stdout => Some(Box::new(io::stdout())),
+            EventOutput::File(p) => Some(Box::new(open_append(p)?)),
+            EventOutput::None => None,
+        };
+        Ok(EventSink { out: Mutex::new(out), agg: Mutex::new(Aggregate::default()) })
+    }
+
+    /// Records one event: writes its JSON line, updates the aggregates.
+    pub fn record(&self, ev: &DetectionEvent) {
+        let mut agg = self.agg.lock().unwrap_or_else(|e| e.into_inner());
+        agg.total += 1;
+        let Aggregate { by_source, by_destination, .. } = &mut *agg;
+        for (map, key) in [(by_source, ev.src), (by_destination, ev.dst)] {
+            if map.len() >= MAX_TRACKED && !map.contains_key(&key) {
+                prune(map);
+            }
+            let h = map.entry(key).or_default();
+            h.blocked += 1;
+            h.last_ms = ev.time_ms;
+        }
+        drop(agg);
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = out.as_mut() {
+            let ok =
+                serde_json::to_writer(&mut *w, ev).is_ok() && w.write_all(b"\n").is_ok() && w.flush().is_ok();
+            if !ok {
+                drop(out);
+                self.agg.lock().unwrap_or_else(|e| e.into_inner()).write_errors += 1;
+            }
+        }
+    }
+
+    /// Total events recorded.
+    pub fn total(&self) -> u64 {
+        self.agg.lock().unwrap_or_else(|e| e.into_inner()).total
+    }
+
+    /// Events that could not be written (the aggregates still count them).
+    pub fn write_errors(&self) -> u64 {
+        self.agg.lock().unwrap_or_else(|e| e.into_inner()).write_errors
+    }
+
+    /// The `n` sources with the most blocked attempts, most first.
+    pub fn top_sources(&self, n: usize) -> Vec<(IpAddr, HostStats)> {
+        top(&self.agg.lock().unwrap_or_else(|e| e.into_inner()).by_source, n)
+    }
+
+    /// The `n` destinations with the most blocked attempts, most first.
+    pub fn top_destinations(&self, n: usize) -> Vec<(IpAddr, HostStats)> {
+        top(&self.agg.lock().unwrap_or_else(|e| e.into_inner()).by_destination, n)
+    }
+}
+
+fn open_append(p: &Path) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(p)
+}
+
+fn prune(map: &mut HashMap<IpAddr, HostStats>) {
+    let mut counts: Vec<u64> = map.values().map(|h| h.blocked).collect();
+    let mid = counts.len() / 2;
+    let (_, median, _) = counts.select_nth_unstable(mid);
+    let median = *median;
+    map.retain(|_, h| h.blocked > median);
+}
+
+fn top(map: &HashMap<IpAddr, HostStats>, n: usize) -> Vec<(IpAddr, HostStats)> {
+    let mut v: Vec<_> = map.iter().map(|(k, v)| (*k, v.clone())).collect();
+    v.sort_by(|a, b| b.1.blocked.cmp(&a.1.blocked).then(a.0.cmp(&b.0)));
+    v.truncate(n);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(src: &str, dst: &str) -> DetectionEvent {
+        DetectionEvent {
+            time_ms: 1,
+            src: src.parse().expect("ip"),
+            dst: dst.parse().expect("ip"),
+            proto: "tcp".into(),
+            dport: 25,
+            service: Service::Smtp,
+            reason: Reason::NotRegistered,
+            vlan: None,
+            point: "xdp:test".into(),
+            suppressed: 0,
+        }
+    }
+
+    #[test]
+    fn writes_json_lines_and_aggregates() {
+        let dir = std::env::temp_dir().join(format!("rpz-guard-events-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let path = dir.join("events.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let sink = EventSink::open(&EventOutput::File(path.clone())).expect("open");
+        sink.record(&ev("10.0.0.66", "198.51.100.9"));
+        sink.record(&ev("10.0.0.66", "198.51.100.10"));
+        sink.record(&ev("10.0.0.10", "198.51.100.9"));
+        let text = std::fs::read_to_string(&path).expect("read");
+        let lines: Vec<DetectionEvent> =
+            text.lines().map(|l| serde_json::from_str(l).expect("valid JSON line")).collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0], ev("10.0.0.66", "198.51.100.9"));
+        assert_eq!(sink.total(), 3);
+        let top = sink.top_sources(1);
+        assert_eq!(top[0].0, "10.0.0.66".parse::<IpAddr>().expect("ip"));
+        assert_eq!(top[0].1.blocked, 2);
+        assert_eq!(sink.top_destinations(5).len(), 2);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn aggregates_stay_bounded() {
+        let sink = EventSink::open(&EventOutput::None).expect("open");
+        for i in 0..(MAX_TRACKED as u32 + 10) {
+            let mut e = ev("10.0.0.66", "198.51.100.9");
+            e.src = IpAddr::from(i.to_be_bytes());
+            sink.record(&e);
+        }
+        assert!(sink.agg.lock().expect("lock").by_source.len() <= MAX_TRACKED);
+        assert_eq!(sink.total(), u64::from(MAX_TRACKED as u32 + 10));
+    }
+}

@@ -1,0 +1,494 @@
+//! The XDP program's verdict table, run in the kernel with `BPF_PROG_TEST_RUN`
+//! (no interface needed). Needs root (CAP_BPF); CI runs as root.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
+
+use guard_common::{MODE_COUNT, Settings, Stat};
+use guard_user::{
+    policy::{AllowSet, Classes, Prefix, Service},
+    xdp::{Enforcer, ProgramConfig, ProtectedPort},
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+/// Builds frames by hand so every byte is under the test's control.
+mod frame {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+
+    fn eth(ethertype: u16, vlans: &[(u16, u16)]) -> Vec<u8> {
+        let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+        for (tpid, vid) in vlans {
+            f.extend_from_slice(&tpid.to_be_bytes());
+            f.extend_from_slice(&vid.to_be_bytes());
+        }
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f
+    }
+
+    pub fn l4(proto: u8, dport: u16) -> Vec<u8> {
+        let mut h = vec![0x9c, 0x40];
+        h.extend_from_slice(&dport.to_be_bytes());
+        if proto == TCP {
+            h.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+        } else {
+            h.extend_from_slice(&[0, 8, 0, 0]);
+        }
+        h
+    }
+
+    /// IPv4 with `options` bytes (multiple of 4) and fragment field `frag`.
+    pub fn v4_full(
+        vlans: &[(u16, u16)],
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        proto: u8,
+        options: &[u8],
+        frag: u16,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let mut f = eth(0x0800, vlans);
+        let ihl = 5 + options.len() / 4;
+        let total = (ihl * 4 + payload.len()) as u16;
+        f.push(0x40 | ihl as u8);
+        f.push(0);
+        f.extend_from_slice(&total.to_be_bytes());
+        f.extend_from_slice(&[0, 1]);
+        f.extend_from_slice(&frag.to_be_bytes());
+        f.extend_from_slice(&[64, proto, 0, 0]);
+        f.extend_from_slice(&src.octets());
+        f.extend_from_slice(&dst.octets());
+        f.extend_from_slice(options);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    pub fn v4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, dport: u16) -> Vec<u8> {
+        v4_full(&[], src, dst, proto, &[], 0, &l4(proto, dport))
+    }
+
+    /// IPv6 with extension headers `ext` given as (type, bytes incl. next/len).
+    pub fn v6_full(
+        vlans: &[(u16, u16)],
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        chain: &[u8],
+        ext: &[Vec<u8>],
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let mut f = eth(0x86dd, vlans);
+        let body: Vec<u8> = ext.iter().flatten().copied().chain(payload.iter().copied()).collect();
+        f.extend_from_slice(&[0x60, 0, 0, 0]);
+        f.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        f.push(chain[0]);
+        f.push(64);
+        f.extend_from_slice(&src.octets());
+        f.extend_from_slice(&dst.octets());
+        f.extend_from_slice(&body);
+        f
+    }
+
+    pub fn v6(src: Ipv6Addr, dst: Ipv6Addr, proto: u8, dport: u16) -> Vec<u8> {
+        v6_full(&[], src, dst, &[proto], &[], &l4(proto, dport))
+    }
+
+    /// A destination-options header of 8 bytes with `next` as next header.
+    pub fn dst_opts(next: u8) -> Vec<u8> {
+        vec![next, 0, 1, 4, 0, 0, 0, 0]
+    }
+
+    pub fn vlan(tags: &[(u16, u16)], frame_v4: Vec<u8>) -> Vec<u8> {
+        // Re-wrap an untagged frame with tags.
+        let mut f = frame_v4[..12].to_vec();
+        for (tpid, vid) in tags {
+            f.extend_from_slice(&tpid.to_be_bytes());
+            f.extend_from_slice(&vid.to_be_bytes());
+        }
+        f.extend_from_slice(&frame_v4[12..]);
+        f
+    }
+}
+
+const PC: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 10);
+const RESOLVER: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 53);
+const NS: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 53);
+const MX: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 25);
+const NET_MX: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 77);
+const UNKNOWN: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 99);
+const INTERNAL: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 5);
+
+fn v6(s: &str) -> Ipv6Addr {
+    s.parse().expect("test address")
+}
+
+fn p(s: &str) -> Prefix {
+    s.parse().expect("test prefix")
+}
+
+fn enforcer(settings: Settings) -> Enforcer {
+    let mut e =
+        Enforcer::load(None).unwrap_or_else(|e| panic!("loading the XDP program (needs root): {e:?}"));
+    let ports = [(6, 25, Service::Smtp), (6, 465, Service::Smtp), (6, 587, Service::Smtp)]
+        .into_iter()
+        .chain([(17, 53, Service::Dns), (6, 53, Service::Dns)])
+        .map(|(proto, port, service)| ProtectedPort { proto, port, service })
+        .collect();
+    e.configure(&ProgramConfig {
+        ports,
+        exempt_sources: vec![p("10.1.0.53/32"), p("fd00:1::53/128")],
+        internal_networks: vec![p("10.0.0.0/8"), p("fd00::/8")],
+        settings,
+    })
+    .expect("configure");
+    let set: AllowSet = [
+        (Prefix::host(NS.into()), Classes::DNS),
+        (Prefix::host(MX.into()), Classes::SMTP),
+        (p("203.0.113.0/24"), Classes::SMTP),
+        (p("2001:db8:100::53"), Classes::DNS),
+        (p("2001:db8:100::25"), Classes::SMTP),
+    ]
+    .into_iter()
+    .collect();
+    e.apply_diff(&AllowSet::new().diff(&set)).expect("mirror");
+    e
+}
+
+fn run(e: &mut Enforcer, frame: &[u8]) -> u32 {
+    e.test_run(frame, 1).expect("test run").0
+}
+
+fn delta(e: &Enforcer, before: &[u64], stat: Stat) -> u64 {
+    e.stats().expect("stats")[stat as usize] - before[stat as usize]
+}
+
+#[test]
+fn verdict_table() {
+    let mut e = enforcer(Settings::default());
+    let v6pc = v6("fd00:1::10");
+    let cases: Vec<(&str, Vec<u8>, u32, Stat)> = vec![
+        ("dns to NS-class server", frame::v4(PC, NS, frame::UDP, 53), XDP_PASS, Stat::PassAllowed),
+        (
+            "dns to SMTP-class server (Table 1)",
+            frame::v4(PC, MX, frame::UDP, 53),
+            XDP_PASS,
+            Stat::PassAllowed,
+        ),
+        ("dns over tcp to NS", frame::v4(PC, NS, frame::TCP, 53), XDP_PASS, Stat::PassAllowed),
+        ("smtp 25 to MX", frame::v4(PC, MX, frame::TCP, 25), XDP_PASS, Stat::PassAllowed),
+        ("smtp 465 to MX", frame::v4(PC, MX, frame::TCP, 465), XDP_PASS, Stat::PassAllowed),
+        ("smtp to prefix entry", frame::v4(PC, NET_MX, frame::TCP, 587), XDP_PASS, Stat::PassAllowed),
+        ("smtp to NS-only entry", frame::v4(PC, NS, frame::TCP, 25), XDP_DROP, Stat::DropWrongClass),
+        ("smtp to unknown: miss", frame::v4(PC, UNKNOWN, frame::TCP, 25), XDP_DROP, Stat::Miss),
+        (
+            "exempt resolver to unknown",
+            frame::v4(RESOLVER, UNKNOWN, frame::UDP, 53),
+            XDP_PASS,
+            Stat::ExemptSource,
+        ),
+        ("internal destination", frame::v4(PC, INTERNAL, frame::TCP, 25), XDP_PASS, Stat::InternalDest),
+        ("http untouched", frame::v4(PC, UNKNOWN, frame::TCP, 80), XDP_PASS, Stat::Unprotected),
+        ("udp 25 untouched", frame::v4(PC, UNKNOWN, frame::UDP, 25), XDP_PASS, Stat::Unprotected),
+        (
+            "icmp untouched",
+            frame::v4_full(&[], PC, UNKNOWN, 1, &[], 0, &[8, 0, 0, 0]),
+            XDP_PASS,
+            Stat::Unprotected,
+        ),
+        (
+            "ipv4 options then smtp to MX",
+            frame::v4_full(&[], PC, MX, frame::TCP, &[1, 1, 1, 0], 0, &frame::l4(frame::TCP, 25)),
+            XDP_PASS,
+            Stat::PassAllowed,
+        ),
+        (
+            "ipv4 options then smtp to NS",
+            frame::v4_full(&[], PC, NS, frame::TCP, &[1, 1, 1, 0, 1, 1, 1, 0], 0, &frame::l4(frame::TCP, 25)),
+            XDP_DROP,
+            Stat::DropWrongClass,
+        ),
+        (
+            "vlan smtp to MX",
+            frame::vlan(&[(0x8100, 100)], frame::v4(PC, MX, frame::TCP, 25)),
+            XDP_PASS,
+            Stat::PassAllowed,
+        ),
+        (
+            "qinq smtp to NS",
+            frame::vlan(&[(0x88a8, 7), (0x8100, 100)], frame::v4(PC, NS, frame::TCP, 25)),
+            XDP_DROP,
+            Stat::DropWrongClass,
+        ),
+        (
+            "ipv6 dns to NS",
+            frame::v6(v6pc, v6("2001:db8:100::53"), frame::UDP, 53),
+            XDP_PASS,
+            Stat::PassAllowed,
+        ),
+        (
+            "ipv6 smtp to MX",
+            frame::v6(v6pc, v6("2001:db8:100::25"), frame::TCP, 587),
+            XDP_PASS,
+            Stat::PassAllowed,
+        ),
+        (
+            "ipv6 smtp to NS",
+            frame::v6(v6pc, v6("2001:db8:100::53"), frame::TCP, 25),
+            XDP_DROP,
+            Stat::DropWrongClass,
+        ),
+        (
+            "ipv6 exempt",
+            frame::v6(v6("fd00:1::53"), v6("2001:db8:100::99"), frame::UDP, 53),
+            XDP_PASS,
+            Stat::ExemptSource,
+        ),
+        (
+            "ipv6 dst-opts then smtp to MX",
+            frame::v6_full(
+                &[],
+                v6pc,
+                v6("2001:db8:100::25"),
+                &[60],
+                &[frame::dst_opts(6)],
+                &frame::l4(6, 25),
+            ),
+            XDP_PASS,
+            Stat::PassAllowed,
+        ),
+        (
+            "ipv6 dst-opts then smtp to NS",
+            frame::v6_full(
+                &[],
+                v6pc,
+                v6("2001:db8:100::53"),
+                &[60],
+                &[frame::dst_opts(6)],
+                &frame::l4(6, 25),
+            ),
+            XDP_DROP,
+            Stat::DropWrongClass,
+        ),
+        (
+            "ipv6 over-long extension chain",
+            frame::v6_full(
+                &[],
+                v6pc,
+                v6("2001:db8:100::25"),
+                &[60],
+                &(0..8).map(|i| frame::dst_opts(if i == 7 { 6 } else { 60 })).collect::<Vec<_>>(),
+                &frame::l4(6, 25),
+            ),
+            XDP_DROP,
+            Stat::DropExtChain,
+        ),
+        (
+            "ipv4 non-first fragment passes",
+            frame::v4_full(&[], PC, UNKNOWN, frame::TCP, &[], 0x0010, &[0; 16]),
+            XDP_PASS,
+            Stat::Fragment,
+        ),
+        (
+            "ipv4 first fragment checked",
+            frame::v4_full(&[], PC, NS, frame::TCP, &[], 0x2000, &frame::l4(6, 25)),
+            XDP_DROP,
+            Stat::DropWrongClass,
+        ),
+        (
+            "ipv4 first fragment too short for ports",
+            frame::v4_full(&[], PC, MX, frame::TCP, &[], 0x2000, &[0x9c]),
+            XDP_DROP,
+            Stat::DropMalformed,
+        ),
+        (
+            "ipv6 non-first fragment passes",
+            frame::v6_full(
+                &[],
+                v6pc,
+                v6("2001:db8:100::99"),
+                &[44],
+                &[vec![6, 0, 0, 0x10, 0, 0, 0, 1]],
+                &[0; 16],
+            ),
+            XDP_PASS,
+            Stat::Fragment,
+        ),
+        (
+            "truncated ipv4 header",
+            frame::v4(PC, MX, frame::TCP, 25)[..24].to_vec(),
+            XDP_DROP,
+            Stat::DropMalformed,
+        ),
+        (
+            "truncated tcp header",
+            frame::v4(PC, MX, frame::TCP, 25)[..35].to_vec(),
+            XDP_DROP,
+            Stat::DropMalformed,
+        ),
+        (
+            "ipv4 ihl below 5",
+            {
+                let mut f = frame::v4(PC, MX, frame::TCP, 25);
+                f[14] = 0x44;
+                f
+            },
+            XDP_DROP,
+            Stat::DropMalformed,
+        ),
+        (
+            "vlan tag cut short",
+            {
+                let mut f = frame::v4(PC, MX, frame::TCP, 25)[..14].to_vec();
+                f[12] = 0x81;
+                f[13] = 0x00;
+                f
+            },
+            XDP_DROP,
+            Stat::DropMalformed,
+        ),
+        (
+            "arp",
+            {
+                let mut f = frame::v4(PC, MX, frame::TCP, 25);
+                f[12] = 0x08;
+                f[13] = 0x06;
+                f
+            },
+            XDP_PASS,
+            Stat::NonIp,
+        ),
+    ];
+    for (name, f, want, stat) in cases {
+        let before = e.stats().expect("stats");
+        let got = run(&mut e, &f);
+        assert_eq!(got, want, "{name}: action");
+        assert_eq!(delta(&e, &before, stat), 1, "{name}: counter {}", stat.name());
+        assert_eq!(delta(&e, &before, Stat::Packets), 1, "{name}: packets");
+    }
+}
+
+#[test]
+fn miss_then_cached_verdicts() {
+    let mut e = enforcer(Settings::default());
+    let dst: IpAddr = UNKNOWN.into();
+    let f = frame::v4(PC, UNKNOWN, frame::TCP, 25);
+    let before = e.stats().expect("stats");
+    assert_eq!(run(&mut e, &f), XDP_DROP);
+    // A second packet while pending: dropped, no second miss event.
+    assert_eq!(run(&mut e, &f), XDP_DROP);
+    assert_eq!(delta(&e, &before, Stat::Miss), 2);
+    assert_eq!(delta(&e, &before, Stat::EventsSent), 1, "one miss event per pending destination");
+
+    e.cache_verdict(dst, Classes::SMTP, Duration::from_secs(60)).expect("cache");
+    let before = e.stats().expect("stats");
+    assert_eq!(run(&mut e, &f), XDP_PASS);
+    assert_eq!(delta(&e, &before, Stat::PassCached), 1);
+
+    e.cache_verdict(dst, Classes::NONE, Duration::from_secs(60)).expect("cache");
+    let before = e.stats().expect("stats");
+    assert_eq!(run(&mut e, &f), XDP_DROP);
+    assert_eq!(delta(&e, &before, Stat::DropNotRegistered), 1);
+    assert_eq!(delta(&e, &before, Stat::EventsSent), 1);
+
+    // Expired entries are misses again.
+    e.cache_verdict(dst, Classes::SMTP, Duration::from_nanos(1)).expect("cache");
+    std::thread::sleep(Duration::from_millis(2));
+    let before = e.stats().expect("stats");
+    assert_eq!(run(&mut e, &f), XDP_DROP);
+    assert_eq!(delta(&e, &before, Stat::Miss), 1);
+
+    // Adding the destination to the allow set overrides the cache at once.
+    let set: AllowSet = [(Prefix::host(dst), Classes::SMTP)].into_iter().collect();
+    e.apply_diff(&AllowSet::new().diff(&set)).expect("mirror");
+    assert_eq!(run(&mut e, &f), XDP_PASS);
+    // And removing it revokes it (the cache was cleared for that host).
+    e.apply_diff(&set.diff(&AllowSet::new())).expect("mirror");
+    assert_eq!(run(&mut e, &f), XDP_DROP);
+}
+
+#[test]
+fn events_are_rate_limited_per_source() {
+    let mut e = enforcer(Settings { events_per_source_per_sec: 3, ..Settings::default() });
+    let f = frame::v4(PC, NS, frame::TCP, 25);
+    let before = e.stats().expect("stats");
+    for _ in 0..10 {
+        assert_eq!(run(&mut e, &f), XDP_DROP);
+    }
+    assert_eq!(delta(&e, &before, Stat::DropWrongClass), 10);
+    assert_eq!(delta(&e, &before, Stat::EventsSent), 3);
+    assert_eq!(delta(&e, &before, Stat::EventsRateLimited), 7);
+    // Another source has its own budget.
+    let other = frame::v4(Ipv4Addr::new(10, 1, 0, 11), NS, frame::TCP, 25);
+    let before = e.stats().expect("stats");
+    assert_eq!(run(&mut e, &other), XDP_DROP);
+    assert_eq!(delta(&e, &before, Stat::EventsSent), 1);
+}
+
+#[test]
+fn count_mode_never_drops() {
+    let mut e = enforcer(Settings { mode: MODE_COUNT, ..Settings::default() });
+    let before = e.stats().expect("stats");
+    assert_eq!(run(&mut e, &frame::v4(PC, NS, frame::TCP, 25)), XDP_PASS);
+    assert_eq!(run(&mut e, &frame::v4(PC, MX, frame::TCP, 25)[..30]), XDP_PASS);
+    assert_eq!(delta(&e, &before, Stat::WouldDrop), 2);
+    assert_eq!(delta(&e, &before, Stat::DropWrongClass), 1);
+}
+
+#[test]
+fn allow_maps_read_back_what_was_mirrored() {
+    let e = enforcer(Settings::default());
+    let back = e.read_allow().expect("read");
+    assert_eq!(back.len(), 5);
+    assert_eq!(back.lookup("203.0.113.9".parse().expect("ip")), Classes::SMTP);
+    assert_eq!(back.get(&p("2001:db8:100::53")), Classes::DNS);
+}
+
+/// Random bytes never crash the program and never pass a protected packet
+/// that a parser could not read: every outcome is one of the known actions.
+#[test]
+fn garbage_frames_get_a_verdict() {
+    let mut e = enforcer(Settings::default());
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let base = frame::v4(PC, UNKNOWN, frame::TCP, 25);
+    for i in 0..3000 {
+        let mut f = base.clone();
+        // Mutate a few bytes, and sometimes truncate.
+        for _ in 0..4 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let at = (seed as usize) % f.len();
+            f[at] = (seed >> 32) as u8;
+        }
+        if i % 3 == 0 {
+            // The kernel runs XDP only on frames of at least an Ethernet header.
+            f.truncate(14 + (seed as usize >> 8) % (f.len() - 13));
+        }
+        let act = run(&mut e, &f);
+        assert!(act == XDP_PASS || act == XDP_DROP, "frame {i}: action {act}");
+    }
+    let s = e.stats().expect("stats");
+    let decided: u64 = [
+        Stat::NonIp,
+        Stat::Unprotected,
+        Stat::ExemptSource,
+        Stat::InternalDest,
+        Stat::PassAllowed,
+        Stat::PassCached,
+        Stat::DropNotRegistered,
+        Stat::DropWrongClass,
+        Stat::Miss,
+        Stat::DropMalformed,
+        Stat::Fragment,
+        Stat::DropExtChain,
+    ]
+    .iter()
+    .map(|st| s[*st as usize])
+    .sum();
+    assert_eq!(decided, s[Stat::Packets as usize], "every frame lands in exactly one outcome counter");
+}

@@ -1,0 +1,231 @@
+//! Network namespace primitives: run code or commands inside a named
+//! namespace (`/run/netns/<name>`, as made by `ip netns add`).
+//!
+//! Code runs in a namespace on a short-lived thread that `setns(2)`s itself;
+//! sockets keep the namespace they were created in, so a socket made there
+//! can be used from any thread afterwards.
+use std::{
+    fs::File,
+    io::Write,
+    net::{SocketAddr, TcpStream, UdpSocket},
+    os::fd::{AsRawFd, FromRawFd},
+    path::PathBuf,
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::{LabError, Result, dns};
+
+/// Directory where `ip netns` keeps its namespace handles.
+pub const NETNS_DIR: &str = "/run/netns";
+
+/// Path of the handle of namespace `ns`.
+pub fn netns_path(ns: &str) -> PathBuf {
+    PathBuf::from(NETNS_DIR).join(ns)
+}
+
+/// Whether namespace `ns` exists.
+pub fn exists(ns: &str) -> bool {
+    netns_path(ns).exists()
+}
+
+/// Names of all named network namespaces, sorted.
+pub fn list() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(NETNS_DIR)
+        .map(|dir| dir.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Runs `f` on a thread that has entered network namespace `ns`.
+///
+/// Sockets created by `f` belong to `ns` and may be returned and used from
+/// any thread.
+pub fn run_in_netns<T, F>(ns: &str, f: F) -> Result<T>
+where
+    T: Send,
+    F: FnOnce() -> T + Send,
+{
+    let handle = File::open(netns_path(ns)).map_err(|e| LabError::io(format!("open namespace {ns}"), e))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                // SAFETY: setns on a valid fd; CLONE_NEWNET affects only this thread.
+                let rc = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
+                if rc != 0 {
+                    return Err(LabError::io(format!("setns into {ns}"), std::io::Error::last_os_error()));
+                }
+                Ok(f())
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// A command prefixed with `ip netns exec <ns>`.
+pub fn command(ns: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]).args(args);
+    cmd
+}
+
+/// Runs `args` in `ns` and returns its output, whatever the exit status.
+pub fn exec(ns: &str, args: &[&str]) -> Result<Output> {
+    exec_with_input(ns, args, None)
+}
+
+/// Runs `args` in `ns` with `input` on standard input; returns its output.
+pub fn exec_with_input(ns: &str, args: &[&str], input: Option<&[u8]>) -> Result<Output> {
+    let mut cmd = command(ns, args);
+    output_of(&mut cmd, input)
+}
+
+/// Runs `cmd` to completion, feeding `input` on stdin.
+pub(crate) fn output_of(cmd: &mut Command, input: Option<&[u8]>) -> Result<Output> {
+    let line = describe(cmd);
+    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| LabError::io(format!("spawn `{line}`"), e))?;
+    if let (Some(data), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin.write_all(data).map_err(|e| LabError::io(format!("write stdin of `{line}`"), e))?;
+    }
+    child.wait_with_output().map_err(|e| LabError::io(format!("wait for `{line}`"), e))
+}
+
+/// Runs `cmd`; a non-zero exit becomes [`LabError::Command`]. Returns stdout.
+pub(crate) fn run_ok(cmd: &mut Command) -> Result<String> {
+    let out = output_of(cmd, None)?;
+    check(cmd, out)
+}
+
+/// Turns an unsuccessful `out` of `cmd` into an error; returns stdout.
+pub(crate) fn check(cmd: &Command, out: Output) -> Result<String> {
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(LabError::Command {
+            command: describe(cmd),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
+    }
+}
+
+/// The command line of `cmd`, for messages.
+pub(crate) fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+/// Runs `ip <args>` in the current (root) namespace; non-zero exit is an
+/// error. Returns stdout.
+pub fn exec_ok_root(args: &[&str]) -> Result<String> {
+    let mut cmd = Command::new("ip");
+    cmd.args(args);
+    run_ok(&mut cmd)
+}
+
+/// Sends raw Ethernet `frames` (destination MAC first, no FCS) out of
+/// `iface` in namespace `ns` through an `AF_PACKET` socket.
+pub fn send_frames(ns: &str, iface: &str, frames: &[Vec<u8>]) -> Result<()> {
+    let name = std::ffi::CString::new(iface).map_err(|_| {
+        LabError::io(format!("interface name {iface:?}"), std::io::ErrorKind::InvalidInput.into())
+    })?;
+    run_in_netns(ns, || -> std::io::Result<()> {
+        // SAFETY: if_nametoindex reads a NUL-terminated string; socket/sendto get valid buffers.
+        unsafe {
+            let index = libc::if_nametoindex(name.as_ptr());
+            if index == 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = index as i32;
+            addr.sll_halen = 6;
+            for frame in frames {
+                addr.sll_addr[..6].copy_from_slice(frame.get(..6).unwrap_or(&[0; 6]));
+                let sent = libc::sendto(
+                    fd.as_raw_fd(),
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&raw const addr).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
+                if sent < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        }
+    })?
+    .map_err(|e| LabError::io(format!("send raw frames on {iface} in {ns}"), e))
+}
+
+/// Opens a TCP connection to `addr` from inside namespace `ns`.
+pub fn tcp_connect_in(ns: &str, addr: SocketAddr, timeout: Duration) -> Result<TcpStream> {
+    run_in_netns(ns, || TcpStream::connect_timeout(&addr, timeout))?
+        .map_err(|e| LabError::io(format!("connect to {addr} from {ns}"), e))
+}
+
+/// Waits until a TCP connection from `ns` to `addr` succeeds.
+pub fn wait_for_tcp(ns: &str, addr: SocketAddr, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        let attempt = Duration::from_millis(300).min(timeout);
+        if tcp_connect_in(ns, addr, attempt).is_ok() {
+            return Ok(());
+        }
+        if start.elapsed() >= timeout {
+            return Err(LabError::Timeout { what: format!("tcp {addr} from {ns}"), waited: start.elapsed() });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until the DNS server at `server` answers a UDP query from `ns`
+/// (any response code counts: the server is up).
+pub fn wait_for_udp_dns(ns: &str, server: SocketAddr, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    let bind: SocketAddr = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+        .parse()
+        .map_err(|_| LabError::io("parse wildcard address", std::io::ErrorKind::InvalidInput.into()))?;
+    let socket = run_in_netns(ns, || UdpSocket::bind(bind))?
+        .map_err(|e| LabError::io(format!("bind udp socket in {ns}"), e))?;
+    socket
+        .set_read_timeout(Some(Duration::from_millis(250)))
+        .map_err(|e| LabError::io("set udp read timeout", e))?;
+    let mut id: u16 = 0x4c41;
+    let mut buf = [0u8; 1500];
+    loop {
+        id = id.wrapping_add(1);
+        let query = dns::build_query(id, "lab-probe.invalid.", dns::TYPE_A);
+        // Send errors (e.g. no route yet) are retried like lost packets.
+        let _ = socket.send_to(&query, server);
+        let deadline = Instant::now() + Duration::from_millis(250);
+        while Instant::now() < deadline {
+            match socket.recv_from(&mut buf) {
+                Ok((n, from)) if from == server && dns::response_id(&buf[..n]) == Some(id) => return Ok(()),
+                Ok(_) => continue,
+                Err(_) => break,
+            }
+        }
+        if start.elapsed() >= timeout {
+            return Err(LabError::Timeout {
+                what: format!("dns on udp {server} from {ns}"),
+                waited: start.elapsed(),
+            });
+        }
+    }
+}
