@@ -13,7 +13,7 @@ use std::{
 
 use pcap_parser::{PcapBlockOwned, PcapError, create_reader, pcapng::Block};
 
-use super::stats::Drop;
+use super::stats::Discard;
 
 /// Reader buffer; grows for larger blocks up to [`MAX_BLOCK`].
 const BUFFER: usize = 1 << 20;
@@ -158,7 +158,7 @@ fn to_ns(units: u64, resolution: u64, offset_s: i64) -> u64 {
 pub fn read_capture(
     input: &Input,
     packet: &mut dyn FnMut(u64, u32, &[u8]) -> bool,
-    problem: &mut dyn FnMut(Drop),
+    problem: &mut dyn FnMut(Discard),
     progress: &mut dyn FnMut(u64),
 ) -> Result<(), CaptureError> {
     let name = input.name();
@@ -179,7 +179,8 @@ pub fn read_capture(
             Ok((offset, block)) => {
                 let go_on = match block {
                     PcapBlockOwned::LegacyHeader(h) => {
-                        legacy_link = Some((h.network.0 as u32, h.is_nanosecond_precision()));
+                        // The upper bits may carry FCS information (pcap spec, LinkType field).
+                        legacy_link = Some((h.network.0 as u32 & 0x0fff_ffff, h.is_nanosecond_precision()));
                         true
                     }
                     PcapBlockOwned::Legacy(b) => {
@@ -209,7 +210,7 @@ pub fn read_capture(
                             packet(ts, i.linktype, &epb.data[..len])
                         }
                         None => {
-                            problem(Drop::CorruptCapture);
+                            problem(Discard::CorruptCapture);
                             true
                         }
                     },
@@ -219,7 +220,7 @@ pub fn read_capture(
                             packet(0, i.linktype, &spb.data[..len])
                         }
                         None => {
-                            problem(Drop::CorruptCapture);
+                            problem(Discard::CorruptCapture);
                             true
                         }
                     },
@@ -240,7 +241,7 @@ pub fn read_capture(
             Err(PcapError::BufferTooSmall) => {
                 capacity *= 2;
                 if capacity > MAX_BLOCK || !reader.grow(capacity) {
-                    problem(Drop::CorruptCapture);
+                    problem(Discard::CorruptCapture);
                     return Ok(());
                 }
                 if reader.refill().is_err() {
@@ -248,14 +249,14 @@ pub fn read_capture(
                 }
             }
             Err(PcapError::UnexpectedEof) => {
-                problem(Drop::TruncatedCapture);
+                problem(Discard::TruncatedCapture);
                 return Ok(());
             }
             Err(PcapError::ReadError) => {
                 return Err(CaptureError::Io { name, source: io::Error::other("read failed") });
             }
             Err(_) => {
-                problem(Drop::CorruptCapture);
+                problem(Discard::CorruptCapture);
                 return Ok(());
             }
         }

@@ -6,7 +6,7 @@
 //! platform DLT_RAW values), LINKTYPE_IPV4/IPV6, and BSD null/loopback.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::stats::Drop;
+use super::stats::Discard;
 
 /// LINKTYPE_NULL (BSD loopback, host byte order family).
 pub const LINKTYPE_NULL: u32 = 0;
@@ -79,76 +79,76 @@ fn be32(b: &[u8], at: usize) -> Option<u32> {
 }
 
 /// Strips the link layer; returns the IP packet bytes.
-pub fn link_payload(linktype: u32, frame: &[u8]) -> Result<&[u8], Drop> {
+pub fn link_payload(linktype: u32, frame: &[u8]) -> Result<&[u8], Discard> {
     match linktype {
         LINKTYPE_ETHERNET => {
-            let mut et = be16(frame, 12).ok_or(Drop::TruncatedLink)?;
+            let mut et = be16(frame, 12).ok_or(Discard::TruncatedLink)?;
             let mut at = 14;
             let mut tags = 0;
             while matches!(et, ETH_VLAN | ETH_QINQ | ETH_QINQ_OLD) {
                 tags += 1;
                 if tags > MAX_VLAN_TAGS {
-                    return Err(Drop::TooManyVlanTags);
+                    return Err(Discard::TooManyVlanTags);
                 }
-                et = be16(frame, at + 2).ok_or(Drop::TruncatedLink)?;
+                et = be16(frame, at + 2).ok_or(Discard::TruncatedLink)?;
                 at += 4;
             }
             ip_ethertype(et)?;
-            frame.get(at..).ok_or(Drop::TruncatedLink)
+            frame.get(at..).ok_or(Discard::TruncatedLink)
         }
         LINKTYPE_LINUX_SLL => {
-            let et = be16(frame, 14).ok_or(Drop::TruncatedLink)?;
+            let et = be16(frame, 14).ok_or(Discard::TruncatedLink)?;
             ip_ethertype(et)?;
-            frame.get(16..).ok_or(Drop::TruncatedLink)
+            frame.get(16..).ok_or(Discard::TruncatedLink)
         }
         LINKTYPE_LINUX_SLL2 => {
-            let et = be16(frame, 0).ok_or(Drop::TruncatedLink)?;
+            let et = be16(frame, 0).ok_or(Discard::TruncatedLink)?;
             ip_ethertype(et)?;
-            frame.get(20..).ok_or(Drop::TruncatedLink)
+            frame.get(20..).ok_or(Discard::TruncatedLink)
         }
         LINKTYPE_RAW | DLT_RAW_12 | DLT_RAW_14 | LINKTYPE_IPV4 | LINKTYPE_IPV6 => Ok(frame),
         LINKTYPE_NULL | LINKTYPE_LOOP => {
             // The 4-byte family is in host order for NULL; any of the IPv4/IPv6
             // values in either order is accepted.
-            let fam = frame.get(..4).ok_or(Drop::TruncatedLink)?;
+            let fam = frame.get(..4).ok_or(Discard::TruncatedLink)?;
             let v = u32::from_le_bytes([fam[0], fam[1], fam[2], fam[3]]);
             let w = u32::from_be_bytes([fam[0], fam[1], fam[2], fam[3]]);
             if [v, w].iter().any(|f| matches!(f, 2 | 24 | 28 | 30)) {
                 Ok(&frame[4..])
             } else {
-                Err(Drop::NotIp)
+                Err(Discard::NotIp)
             }
         }
-        _ => Err(Drop::UnknownLinkType),
+        _ => Err(Discard::UnknownLinkType),
     }
 }
 
-fn ip_ethertype(et: u16) -> Result<(), Drop> {
-    if et == ETH_IPV4 || et == ETH_IPV6 { Ok(()) } else { Err(Drop::NotIp) }
+fn ip_ethertype(et: u16) -> Result<(), Discard> {
+    if et == ETH_IPV4 || et == ETH_IPV6 { Ok(()) } else { Err(Discard::NotIp) }
 }
 
 /// Parses an IPv4 or IPv6 header (IPv6 extension headers walked, bounded).
-pub fn ip(packet: &[u8]) -> Result<IpPacket<'_>, Drop> {
+pub fn ip(packet: &[u8]) -> Result<IpPacket<'_>, Discard> {
     match packet.first().map(|b| b >> 4) {
         Some(4) => ipv4(packet),
         Some(6) => ipv6(packet),
-        Some(_) => Err(Drop::NotIp),
-        None => Err(Drop::TruncatedIp),
+        Some(_) => Err(Discard::NotIp),
+        None => Err(Discard::TruncatedIp),
     }
 }
 
-fn ipv4(p: &[u8]) -> Result<IpPacket<'_>, Drop> {
+fn ipv4(p: &[u8]) -> Result<IpPacket<'_>, Discard> {
     let ihl = usize::from(p[0] & 0x0f) * 4;
     if ihl < 20 || p.len() < ihl {
-        return Err(Drop::TruncatedIp);
+        return Err(Discard::TruncatedIp);
     }
-    let total = usize::from(be16(p, 2).ok_or(Drop::TruncatedIp)?);
+    let total = usize::from(be16(p, 2).ok_or(Discard::TruncatedIp)?);
     if total < ihl {
-        return Err(Drop::BadIpHeader);
+        return Err(Discard::BadIpHeader);
     }
     // Ethernet padding after `total` is ignored; a snaplen cut is a truncation.
-    let p = p.get(..total).ok_or(Drop::TruncatedIp)?;
-    let ff = be16(p, 6).ok_or(Drop::TruncatedIp)?;
+    let p = p.get(..total).ok_or(Discard::TruncatedIp)?;
+    let ff = be16(p, 6).ok_or(Discard::TruncatedIp)?;
     let more = ff & 0x2000 != 0;
     let offset = usize::from(ff & 0x1fff) * 8;
     let frag =
@@ -158,13 +158,13 @@ fn ipv4(p: &[u8]) -> Result<IpPacket<'_>, Drop> {
     Ok(IpPacket { src: src.into(), dst: dst.into(), proto: p[9], frag, payload: &p[ihl..] })
 }
 
-fn ipv6(p: &[u8]) -> Result<IpPacket<'_>, Drop> {
+fn ipv6(p: &[u8]) -> Result<IpPacket<'_>, Discard> {
     if p.len() < 40 {
-        return Err(Drop::TruncatedIp);
+        return Err(Discard::TruncatedIp);
     }
-    let plen = usize::from(be16(p, 4).ok_or(Drop::TruncatedIp)?);
+    let plen = usize::from(be16(p, 4).ok_or(Discard::TruncatedIp)?);
     // Jumbograms (payload length 0) are not DNS.
-    let p = p.get(..40 + plen).ok_or(Drop::TruncatedIp)?;
+    let p = p.get(..40 + plen).ok_or(Discard::TruncatedIp)?;
     let mut src = [0u8; 16];
     let mut dst = [0u8; 16];
     src.copy_from_slice(&p[8..24]);
@@ -176,12 +176,12 @@ fn ipv6(p: &[u8]) -> Result<IpPacket<'_>, Drop> {
         match next {
             // Hop-by-hop, routing, destination options.
             0 | 43 | 60 => {
-                let len = usize::from(*p.get(at + 1).ok_or(Drop::TruncatedIp)?) * 8 + 8;
+                let len = usize::from(*p.get(at + 1).ok_or(Discard::TruncatedIp)?) * 8 + 8;
                 next = p[at];
                 at += len;
             }
             44 => {
-                let h = p.get(at..at + 8).ok_or(Drop::TruncatedIp)?;
+                let h = p.get(at..at + 8).ok_or(Discard::TruncatedIp)?;
                 let off_m = u16::from_be_bytes([h[2], h[3]]);
                 let id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
                 frag = Some(Frag { id, offset: usize::from(off_m >> 3) * 8, more: off_m & 1 != 0 });
@@ -189,7 +189,7 @@ fn ipv6(p: &[u8]) -> Result<IpPacket<'_>, Drop> {
                 at += 8;
             }
             _ => {
-                let payload = p.get(at..).ok_or(Drop::TruncatedIp)?;
+                let payload = p.get(at..).ok_or(Discard::TruncatedIp)?;
                 // An atomic fragment (offset 0, no more) is a whole datagram.
                 let frag = frag.filter(|f| f.more || f.offset != 0);
                 return Ok(IpPacket {
@@ -202,18 +202,18 @@ fn ipv6(p: &[u8]) -> Result<IpPacket<'_>, Drop> {
             }
         }
     }
-    Err(Drop::TooManyExtHeaders)
+    Err(Discard::TooManyExtHeaders)
 }
 
 /// A UDP datagram's ports and payload.
-pub fn udp(seg: &[u8]) -> Result<(u16, u16, &[u8]), Drop> {
-    let sport = be16(seg, 0).ok_or(Drop::TruncatedTransport)?;
-    let dport = be16(seg, 2).ok_or(Drop::TruncatedTransport)?;
-    let len = usize::from(be16(seg, 4).ok_or(Drop::TruncatedTransport)?);
+pub fn udp(seg: &[u8]) -> Result<(u16, u16, &[u8]), Discard> {
+    let sport = be16(seg, 0).ok_or(Discard::TruncatedTransport)?;
+    let dport = be16(seg, 2).ok_or(Discard::TruncatedTransport)?;
+    let len = usize::from(be16(seg, 4).ok_or(Discard::TruncatedTransport)?);
     if len < 8 {
-        return Err(Drop::TruncatedTransport);
+        return Err(Discard::TruncatedTransport);
     }
-    let data = seg.get(8..len).ok_or(Drop::TruncatedTransport)?;
+    let data = seg.get(8..len).ok_or(Discard::TruncatedTransport)?;
     Ok((sport, dport, data))
 }
 
@@ -237,16 +237,16 @@ pub struct TcpSeg<'a> {
 }
 
 /// Parses a TCP header (RFC 9293 §3.1).
-pub fn tcp(seg: &[u8]) -> Result<TcpSeg<'_>, Drop> {
-    let sport = be16(seg, 0).ok_or(Drop::TruncatedTransport)?;
-    let dport = be16(seg, 2).ok_or(Drop::TruncatedTransport)?;
-    let seq = be32(seg, 4).ok_or(Drop::TruncatedTransport)?;
-    let off = usize::from(*seg.get(12).ok_or(Drop::TruncatedTransport)? >> 4) * 4;
-    let flags = *seg.get(13).ok_or(Drop::TruncatedTransport)?;
+pub fn tcp(seg: &[u8]) -> Result<TcpSeg<'_>, Discard> {
+    let sport = be16(seg, 0).ok_or(Discard::TruncatedTransport)?;
+    let dport = be16(seg, 2).ok_or(Discard::TruncatedTransport)?;
+    let seq = be32(seg, 4).ok_or(Discard::TruncatedTransport)?;
+    let off = usize::from(*seg.get(12).ok_or(Discard::TruncatedTransport)? >> 4) * 4;
+    let flags = *seg.get(13).ok_or(Discard::TruncatedTransport)?;
     if off < 20 {
-        return Err(Drop::TruncatedTransport);
+        return Err(Discard::TruncatedTransport);
     }
-    let data = seg.get(off..).ok_or(Drop::TruncatedTransport)?;
+    let data = seg.get(off..).ok_or(Discard::TruncatedTransport)?;
     Ok(TcpSeg {
         sport,
         dport,

@@ -9,7 +9,7 @@ use std::{collections::HashMap, net::IpAddr};
 
 use super::{
     decode::{Frag, IpPacket},
-    stats::Drop,
+    stats::Discard,
 };
 
 /// Incomplete datagrams are dropped after this long (capture time).
@@ -70,26 +70,26 @@ impl Reassembler {
     }
 
     /// Adds a fragment; returns the whole transport payload once complete.
-    /// Problems are reported through `drop`.
+    /// Problems are reported through `discard`.
     pub fn push(
         &mut self,
         now_ns: u64,
         ip: &IpPacket<'_>,
         frag: Frag,
-        drop: &mut impl FnMut(Drop),
+        discard: &mut impl FnMut(Discard),
     ) -> Option<Vec<u8>> {
-        self.expire(now_ns, drop);
+        self.expire(now_ns, discard);
         let data = ip.payload;
         let key = Key { src: ip.src, dst: ip.dst, proto: ip.proto, id: frag.id };
         let end = frag.offset + data.len();
         if end > MAX_DATAGRAM_LEN || (frag.more && !data.len().is_multiple_of(8)) {
             self.remove(&key);
-            drop(Drop::BadFragment);
+            discard(Discard::BadFragment);
             return None;
         }
         let full = self.table.len() >= MAX_DATAGRAMS || self.held + data.len() > MAX_TOTAL_BYTES;
         if full && !self.table.contains_key(&key) {
-            drop(Drop::FragmentTableFull);
+            discard(Discard::FragmentTableFull);
             return None;
         }
         let p = self.table.entry(key).or_insert_with(|| Partial {
@@ -107,7 +107,7 @@ impl Reassembler {
         };
         if overlaps || bad_total || self.held + data.len() > MAX_TOTAL_BYTES {
             self.remove(&key);
-            drop(Drop::BadFragment);
+            discard(Discard::BadFragment);
             return None;
         }
         if !frag.more {
@@ -132,7 +132,7 @@ impl Reassembler {
     }
 
     /// Drops datagrams older than the timeout (checked at most once a second).
-    pub fn expire(&mut self, now_ns: u64, drop: &mut impl FnMut(Drop)) {
+    pub fn expire(&mut self, now_ns: u64, discard: &mut impl FnMut(Discard)) {
         if now_ns < self.last_sweep_ns + 1_000_000_000 || self.table.is_empty() {
             return;
         }
@@ -148,7 +148,7 @@ impl Reassembler {
         });
         self.held -= freed;
         for _ in self.table.len()..before {
-            drop(Drop::FragmentTimeout);
+            discard(Discard::FragmentTimeout);
         }
     }
 }
@@ -181,7 +181,7 @@ mod tests {
         assert_eq!(out, [1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2]);
         assert!(r.push(0, &ip(&[1; 16]), f(0, true), &mut d).is_none());
         assert!(r.push(0, &ip(&[1; 8]), f(8, false), &mut d).is_none());
-        assert_eq!(drops, vec![Drop::BadFragment]);
+        assert_eq!(drops, vec![Discard::BadFragment]);
         assert_eq!(r.in_progress(), 0);
     }
 
@@ -192,7 +192,7 @@ mod tests {
         let mut d = |x| drops.push(x);
         assert!(r.push(1_000_000_000, &ip(&[0; 8]), f(0, true), &mut d).is_none());
         r.expire(FRAG_TIMEOUT_NS + 2_000_000_000, &mut d);
-        assert_eq!(drops, vec![Drop::FragmentTimeout]);
+        assert_eq!(drops, vec![Discard::FragmentTimeout]);
         assert_eq!((r.in_progress(), r.held()), (0, 0));
     }
 }

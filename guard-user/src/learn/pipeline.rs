@@ -15,7 +15,7 @@ use super::{
     hints::Hints,
     matcher::{MatchResult, Matcher, QueryKey},
     rules::{Learner, Outcome},
-    stats::{Drop, Summary},
+    stats::{Discard, Summary},
     tcp::{FlowKey, TcpReassembler},
 };
 use crate::policy::{AllowSet, Classes, Prefix};
@@ -81,8 +81,8 @@ impl Pipeline {
     }
 
     /// Counts an input-level problem (truncated or corrupt capture file).
-    pub fn count(&mut self, why: Drop) {
-        self.summary.drop(why);
+    pub fn count(&mut self, why: Discard) {
+        self.summary.count_discard(why);
     }
 
     /// Adds to the byte counter (capture bytes consumed).
@@ -95,16 +95,16 @@ impl Pipeline {
         self.summary.packets += 1;
         let ip = match decode::link_payload(linktype, frame).and_then(decode::ip) {
             Ok(ip) => ip,
-            Err(why) => return self.summary.drop(why),
+            Err(why) => return self.summary.count_discard(why),
         };
         if ip.proto != PROTO_UDP && ip.proto != PROTO_TCP {
-            return self.summary.drop(Drop::NotDns);
+            return self.summary.count_discard(Discard::NotDns);
         }
         match ip.frag {
             None => self.transport(ts_ns, ip.src, ip.dst, ip.proto, ip.payload),
             Some(f) => {
                 let summary = &mut self.summary;
-                let whole = self.frags.push(ts_ns, &ip, f, &mut |d| summary.drop(d));
+                let whole = self.frags.push(ts_ns, &ip, f, &mut |d| summary.count_discard(d));
                 if let Some(data) = whole {
                     self.transport(ts_ns, ip.src, ip.dst, ip.proto, &data);
                 }
@@ -118,22 +118,22 @@ impl Pipeline {
                 Ok((sport, dport, data)) if sport == DNS_PORT || dport == DNS_PORT => {
                     self.message(ts_ns, Endpoints { src, dst, sport, dport }, data);
                 }
-                Ok(_) => self.summary.drop(Drop::NotDns),
-                Err(why) => self.summary.drop(why),
+                Ok(_) => self.summary.count_discard(Discard::NotDns),
+                Err(why) => self.summary.count_discard(why),
             }
             return;
         }
         let t = match decode::tcp(seg) {
             Ok(t) if t.sport == DNS_PORT || t.dport == DNS_PORT => t,
-            Ok(_) => return self.summary.drop(Drop::NotDns),
-            Err(why) => return self.summary.drop(why),
+            Ok(_) => return self.summary.count_discard(Discard::NotDns),
+            Err(why) => return self.summary.count_discard(why),
         };
         let ep = Endpoints { src, dst, sport: t.sport, dport: t.dport };
         let key = FlowKey { src, dst, sport: t.sport, dport: t.dport };
         // Messages are collected first: the reassembler borrows its buffer.
         let mut msgs: Vec<Vec<u8>> = Vec::new();
         let summary = &mut self.summary;
-        self.tcp.push(ts_ns, key, &t, &mut |d| summary.drop(d), &mut |m| msgs.push(m.to_vec()));
+        self.tcp.push(ts_ns, key, &t, &mut |d| summary.count_discard(d), &mut |m| msgs.push(m.to_vec()));
         for m in msgs {
             self.message(ts_ns, ep, &m);
         }
@@ -142,18 +142,18 @@ impl Pipeline {
     fn message(&mut self, ts_ns: u64, ep: Endpoints, data: &[u8]) {
         let msg = match self.parser.parse(data) {
             Ok(m) => m,
-            Err(e) => return self.summary.drop(Drop::Dns(e)),
+            Err(e) => return self.summary.count_discard(Discard::Dns(e)),
         };
         self.summary.dns_messages += 1;
         if msg.header.opcode() != 0 {
-            return self.summary.drop(Drop::NotQuery);
+            return self.summary.count_discard(Discard::NotQuery);
         }
         let (Some(q), 1) = (msg.question, msg.header.qdcount) else {
-            return self.summary.drop(Drop::NotOneQuestion);
+            return self.summary.count_discard(Discard::NotOneQuestion);
         };
         self.qname.clear();
         if let Err(e) = msg.name_into(q.name_at, &mut self.qname) {
-            return self.summary.drop(Drop::Dns(e));
+            return self.summary.count_discard(Discard::Dns(e));
         }
         if !msg.header.is_response() {
             self.summary.queries += 1;
@@ -165,7 +165,7 @@ impl Pipeline {
                 id: msg.header.id,
             };
             if !self.matcher.query(ts_ns, key, &self.qname, q.qtype, q.qclass) {
-                self.summary.drop(Drop::PendingTableFull);
+                self.summary.count_discard(Discard::PendingTableFull);
             }
             return;
         }

@@ -10,7 +10,7 @@ use super::dns::DnsError;
 /// is fine but not DNS).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum Drop {
+pub enum Discard {
     /// Link header cut short.
     TruncatedLink,
     /// More VLAN tags than we unwrap.
@@ -53,42 +53,42 @@ pub enum Drop {
     CorruptCapture,
 }
 
-impl Drop {
+impl Discard {
     /// The counter name used in the summary.
     pub fn as_str(self) -> &'static str {
         match self {
-            Drop::TruncatedLink => "truncated_link_header",
-            Drop::TooManyVlanTags => "too_many_vlan_tags",
-            Drop::UnknownLinkType => "unknown_link_type",
-            Drop::NotIp => "not_ip",
-            Drop::TruncatedIp => "truncated_ip",
-            Drop::BadIpHeader => "bad_ip_header",
-            Drop::TooManyExtHeaders => "too_many_ipv6_extension_headers",
-            Drop::TruncatedTransport => "truncated_transport_header",
-            Drop::NotDns => "not_dns",
-            Drop::BadFragment => "bad_fragment",
-            Drop::FragmentTableFull => "fragment_table_full",
-            Drop::FragmentTimeout => "fragment_timeout",
-            Drop::TcpStreamLoss => "tcp_stream_loss",
-            Drop::TcpFlowTableFull => "tcp_flow_table_full",
-            Drop::NotQuery => "dns_not_query_opcode",
-            Drop::NotOneQuestion => "dns_not_one_question",
-            Drop::Dns(DnsError::ShortHeader) => "dns_short_header",
-            Drop::Dns(DnsError::Truncated) => "dns_truncated",
-            Drop::Dns(DnsError::CompressionLoop) => "dns_compression_loop",
-            Drop::Dns(DnsError::NameTooLong) => "dns_name_too_long",
-            Drop::Dns(DnsError::BadLabel) => "dns_bad_label",
-            Drop::Dns(DnsError::AbsurdCounts) => "dns_absurd_counts",
-            Drop::Dns(DnsError::BadRdata) => "dns_bad_rdata",
-            Drop::PendingTableFull => "pending_table_full",
-            Drop::TruncatedCapture => "truncated_capture_file",
-            Drop::CorruptCapture => "corrupt_capture_block",
+            Discard::TruncatedLink => "truncated_link_header",
+            Discard::TooManyVlanTags => "too_many_vlan_tags",
+            Discard::UnknownLinkType => "unknown_link_type",
+            Discard::NotIp => "not_ip",
+            Discard::TruncatedIp => "truncated_ip",
+            Discard::BadIpHeader => "bad_ip_header",
+            Discard::TooManyExtHeaders => "too_many_ipv6_extension_headers",
+            Discard::TruncatedTransport => "truncated_transport_header",
+            Discard::NotDns => "not_dns",
+            Discard::BadFragment => "bad_fragment",
+            Discard::FragmentTableFull => "fragment_table_full",
+            Discard::FragmentTimeout => "fragment_timeout",
+            Discard::TcpStreamLoss => "tcp_stream_loss",
+            Discard::TcpFlowTableFull => "tcp_flow_table_full",
+            Discard::NotQuery => "dns_not_query_opcode",
+            Discard::NotOneQuestion => "dns_not_one_question",
+            Discard::Dns(DnsError::ShortHeader) => "dns_short_header",
+            Discard::Dns(DnsError::Truncated) => "dns_truncated",
+            Discard::Dns(DnsError::CompressionLoop) => "dns_compression_loop",
+            Discard::Dns(DnsError::NameTooLong) => "dns_name_too_long",
+            Discard::Dns(DnsError::BadLabel) => "dns_bad_label",
+            Discard::Dns(DnsError::AbsurdCounts) => "dns_absurd_counts",
+            Discard::Dns(DnsError::BadRdata) => "dns_bad_rdata",
+            Discard::PendingTableFull => "pending_table_full",
+            Discard::TruncatedCapture => "truncated_capture_file",
+            Discard::CorruptCapture => "corrupt_capture_block",
         }
     }
 
     /// True for input that is well-formed but simply not DNS (not counted as malformed).
     pub fn is_benign(self) -> bool {
-        matches!(self, Drop::NotIp | Drop::NotDns)
+        matches!(self, Discard::NotIp | Discard::NotDns)
     }
 }
 
@@ -142,7 +142,7 @@ pub struct Summary {
 
 impl Summary {
     /// Counts one dropped item.
-    pub fn drop(&mut self, why: Drop) {
+    pub fn count_discard(&mut self, why: Discard) {
         let map = if why.is_benign() { &mut self.skipped } else { &mut self.malformed };
         *map.entry(why.as_str()).or_default() += 1;
     }

@@ -9,7 +9,7 @@
 //! messages then fail to parse and are counted, never learned from).
 use std::{collections::HashMap, net::IpAddr};
 
-use super::{decode::TcpSeg, stats::Drop};
+use super::{decode::TcpSeg, stats::Discard};
 
 /// Most flow directions tracked.
 pub const MAX_FLOWS: usize = 65_536;
@@ -80,7 +80,7 @@ impl TcpReassembler {
         now_ns: u64,
         key: FlowKey,
         seg: &TcpSeg<'_>,
-        drop: &mut impl FnMut(Drop),
+        discard: &mut impl FnMut(Discard),
         msg: &mut impl FnMut(&[u8]),
     ) {
         self.sweep(now_ns);
@@ -92,7 +92,7 @@ impl TcpReassembler {
             // A new connection restarts the stream.
             let s = Stream { next_seq: seg.seq.wrapping_add(1), last_ns: now_ns, ..Stream::default() };
             if self.flows.len() >= MAX_FLOWS && !self.flows.contains_key(&key) {
-                drop(Drop::TcpFlowTableFull);
+                discard(Discard::TcpFlowTableFull);
                 return;
             }
             self.remove(&key);
@@ -109,7 +109,7 @@ impl TcpReassembler {
         }
         if !self.flows.contains_key(&key) {
             if self.flows.len() >= MAX_FLOWS {
-                drop(Drop::TcpFlowTableFull);
+                discard(Discard::TcpFlowTableFull);
                 return;
             }
             // Joined mid-stream: start here.
@@ -119,21 +119,21 @@ impl TcpReassembler {
         let before = s.size();
         s.last_ns = now_ns;
         let seq = if seg.syn { seg.seq.wrapping_add(1) } else { seg.seq };
-        s.accept(seq, seg.data, drop);
+        s.accept(seq, seg.data, discard);
         // Out-of-order segments that now fit.
         while let Some(i) = s.ooo.iter().position(|(q, d)| {
             let rel = q.wrapping_sub(s.next_seq) as i32;
             rel <= 0 && (d.len() as i64) > -i64::from(rel)
         }) {
             let (q, d) = s.ooo.swap_remove(i);
-            s.accept(q, &d, drop);
+            s.accept(q, &d, discard);
         }
         s.ooo.retain(|(q, d)| (q.wrapping_add(d.len() as u32).wrapping_sub(s.next_seq) as i32) > 0);
-        s.frame(drop, msg);
+        s.frame(discard, msg);
         let after = s.size();
         if self.buffered - before + after > MAX_TOTAL_BYTES {
             // Over the global budget: this flow loses what it holds.
-            drop(Drop::TcpStreamLoss);
+            discard(Discard::TcpStreamLoss);
             s.buf = Vec::new();
             s.ooo = Vec::new();
             self.buffered -= before;
@@ -167,11 +167,11 @@ impl Stream {
         self.buf.len() + self.ooo.iter().map(|(_, d)| d.len()).sum::<usize>()
     }
 
-    fn accept(&mut self, seq: u32, data: &[u8], drop: &mut impl FnMut(Drop)) {
+    fn accept(&mut self, seq: u32, data: &[u8], discard: &mut impl FnMut(Discard)) {
         let rel = seq.wrapping_sub(self.next_seq) as i32;
         if rel > 0 {
             if self.ooo.len() >= MAX_OOO || data.len() > MAX_BUFFER {
-                drop(Drop::TcpStreamLoss);
+                discard(Discard::TcpStreamLoss);
                 return;
             }
             self.ooo.push((seq, data.to_vec()));
@@ -181,7 +181,7 @@ impl Stream {
         let skip = usize::try_from(-i64::from(rel)).unwrap_or(usize::MAX);
         let Some(fresh) = data.get(skip..) else { return };
         if self.buf.len() + fresh.len() > MAX_BUFFER {
-            drop(Drop::TcpStreamLoss);
+            discard(Discard::TcpStreamLoss);
             self.buf.clear();
             self.ooo.clear();
             self.next_seq = seq.wrapping_add(data.len() as u32);
@@ -191,12 +191,12 @@ impl Stream {
         self.next_seq = self.next_seq.wrapping_add(fresh.len() as u32);
     }
 
-    fn frame(&mut self, drop: &mut impl FnMut(Drop), msg: &mut impl FnMut(&[u8])) {
+    fn frame(&mut self, discard: &mut impl FnMut(Discard), msg: &mut impl FnMut(&[u8])) {
         let mut at = 0;
         while let Some(len) = self.buf.get(at..at + 2).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
         {
             if len == 0 {
-                drop(Drop::Dns(super::dns::DnsError::ShortHeader));
+                discard(Discard::Dns(super::dns::DnsError::ShortHeader));
                 at += 2;
                 continue;
             }
