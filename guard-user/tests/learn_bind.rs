@@ -5,6 +5,7 @@
 //! captures; the learner must find exactly the servers the zone data says
 //! were used. The expected set comes from the zones this test wrote.
 mod common;
+mod learn_common;
 
 use std::{
     io::{BufRead, BufReader},
@@ -257,6 +258,8 @@ fn learns_exactly_the_servers_a_real_resolver_used() {
         ("A", "smtp.example.org"),
         ("A", "www.example.org"),
         ("A", "nonexistent.example.com"),
+        // Client to resolver over TCP.
+        ("+tcp", "www.example.org"),
     ] {
         dig(&ns.name, &[t, n]);
     }
@@ -283,6 +286,15 @@ fn learns_exactly_the_servers_a_real_resolver_used() {
     assert!(s.packets > 0, "tcpdump captured nothing: {line}{rest}");
     assert!(s.matched >= 10 && s.untrusted_responses >= 10, "{s:?}");
     eprintln!("summary of the real capture: {s:?}");
+    // The zero-copy reader agrees with hickory-proto on every message.
+    let msgs = learn_common::udp_dns_payloads(&pcap);
+    assert!(msgs.len() >= 20);
+    for m in &msgs {
+        let h = hickory_proto::op::Message::from_vec(m).expect("hickory reads BIND's messages");
+        assert_eq!(learn_common::our_facts(m), Some(learn_common::hickory_facts(&h)));
+    }
+    // The client's TCP query and its response were reassembled and counted.
+    assert!(s.dns_messages as usize >= msgs.len() + 2, "{} UDP messages; {s:?}", msgs.len());
     let want = expected();
     let d = out.allow.diff(&want);
     assert!(d.is_empty(), "learned {:?}\nexpected {:?}\nsummary {s:?}", out.allow, want);
