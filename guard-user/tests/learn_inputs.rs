@@ -345,3 +345,16 @@ fn tcp_stream_joined_mid_way_still_frames_from_a_message_start() {
     ];
     assert!(learned_tld(frames, decode::LINKTYPE_ETHERNET));
 }
+
+#[test]
+fn bad_window_values_are_clear_errors() {
+    for w in ["0", "-1", "1e30", "nan"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rpz-guard"))
+            .args(["learn", &format!("--window={w}"), "-"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run");
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--window"), "{w}");
+    }
+}
