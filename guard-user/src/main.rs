@@ -165,7 +165,9 @@ struct LearnArgs {
     #[arg(long, value_name = "FILE")]
     root_hints: Option<PathBuf>,
     /// Also trust the servers in FILE (root-hints format), e.g. TLD servers
-    /// the resolver already knew when a capture starts mid-stream. Repeatable.
+    /// the resolver already knew when a capture starts mid-stream, or the
+    /// upstream resolvers it forwards to. Like the root servers, they become
+    /// class DNS entries themselves. Repeatable.
     #[arg(long, value_name = "FILE")]
     trust_initial: Vec<PathBuf>,
     /// Seconds a query waits for its response; older queries expire.
