@@ -57,6 +57,9 @@ use crate::policy::{AllowSet, Classes, Prefix};
 
 /// Longest CNAME chain followed inside one answer.
 const MAX_CHAIN: usize = 16;
+/// Most NS or MX targets taken from one response (real ones carry at most
+/// 13); bounds the per-response work a hostile trusted server can cause.
+const MAX_TARGETS: usize = 64;
 
 /// What one response taught.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,7 +246,10 @@ impl Learner {
             };
             match (r.rtype, r.section) {
                 (dns::TYPE_NS, Section::Answer | Section::Authority) => {
-                    if !owner_ok(self) || !dns::is_subdomain(&self.arena[qs..qe], &self.owner) {
+                    if self.resp_ns.len() >= MAX_TARGETS
+                        || !owner_ok(self)
+                        || !dns::is_subdomain(&self.arena[qs..qe], &self.owner)
+                    {
                         continue;
                     }
                     if let Some(t) = msg.target_at(r)
@@ -256,7 +262,10 @@ impl Learner {
                     }
                 }
                 (dns::TYPE_MX, Section::Answer) => {
-                    if !owner_ok(self) || !self.in_list(&self.chain, &self.owner) {
+                    if self.resp_mx.len() >= MAX_TARGETS
+                        || !owner_ok(self)
+                        || !self.in_list(&self.chain, &self.owner)
+                    {
                         continue;
                     }
                     if let Some(t) = msg.target_at(r)
