@@ -5,6 +5,7 @@
 mod command;
 mod demo;
 mod lab;
+mod run;
 mod setup;
 mod test;
 
@@ -23,6 +24,8 @@ struct Cli {
 enum Task {
     /// See rpz-guard work on the built-in lab: mail passes, a bot is blocked and reported.
     Demo(demo::Args),
+    /// Build rpz-guard and run `rpz-guard run ARGS` (e.g. `--iface eth1 --server 192.0.2.53:53`).
+    Run(run::Args),
     /// Install what rpz-guard needs on a Debian 12 machine (idempotent, as root).
     Setup(setup::Args),
     /// Bring the network lab up or down, or show what exists.
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Demo(args) => demo::run(&args),
+        Task::Run(args) => run::run(&args),
         Task::Setup(args) => setup::run(&args),
         Task::Lab(args) => lab::run(args),
         Task::Test(args) => test::run(&args),
