@@ -6,6 +6,7 @@
 pub mod events;
 pub mod metrics;
 pub mod miss;
+pub mod openflow;
 pub mod policy;
 pub mod rpz;
 pub mod xdp;
