@@ -343,6 +343,11 @@ impl Framer {
     fn next(&mut self) -> Result<Option<Frame>, SessionEnd> {
         let pending = &self.buf[self.start..];
         let Some(len) = message_len(pending) else { return Ok(None) };
+        // Garbage (not an OpenFlow header at all) is refused at once rather
+        // than waiting for a nonsense length to arrive.
+        if !(1..=6).contains(&pending[0]) {
+            return Err(SessionEnd::Protocol(format!("not OpenFlow (version byte {:#04x})", pending[0])));
+        }
         if len < HEADER_LEN {
             return Err(SessionEnd::Protocol(format!("message length {len} below the header size")));
         }
