@@ -1150,7 +1150,7 @@ fn decode_body(version: u8, typ: u8, r: &mut Reader<'_>) -> Result<Body, DecodeE
                     dp_desc: get_str(r, 256)?,
                 }),
                 mp_type::FLOW => MultipartReplyBody::Flow(decode_flow_stats(r)?),
-                mp_type::PORT_DESC if r.remaining() % PORT_LEN == 0 => {
+                mp_type::PORT_DESC if r.remaining().is_multiple_of(PORT_LEN) => {
                     let mut ps = Vec::new();
                     while r.remaining() > 0 {
                         let port_no = r.u32()?;

@@ -491,33 +491,30 @@ impl Session {
     /// HELLO both ways (1.3 only), then FEATURES; returns the datapath id.
     async fn handshake(&mut self) -> Result<u64, SessionEnd> {
         self.conn.send(Body::Hello { version: OFP_VERSION, bitmap: Some(1 << OFP_VERSION) }).await?;
-        loop {
-            let m = self.next_message().await?;
-            match m.body {
-                Body::Hello { version, bitmap } => {
-                    let ok = match bitmap {
-                        Some(b) => b & (1 << OFP_VERSION) != 0,
-                        None => version >= OFP_VERSION,
-                    };
-                    if !ok {
-                        let text = b"rpz-guard speaks OpenFlow 1.3 only".to_vec();
-                        self.conn.try_send_reply(
-                            m.xid,
-                            Body::Error(ErrorMsg {
-                                err_type: error_type::HELLO_FAILED,
-                                code: error_code::HELLO_INCOMPATIBLE,
-                                data: text,
-                            }),
-                        );
-                        return Err(SessionEnd::Protocol(format!(
-                            "no common version (peer version {version:#04x}, bitmap {bitmap:?})"
-                        )));
-                    }
-                    break;
+        let m = self.next_message().await?;
+        match m.body {
+            Body::Hello { version, bitmap } => {
+                let ok = match bitmap {
+                    Some(b) => b & (1 << OFP_VERSION) != 0,
+                    None => version >= OFP_VERSION,
+                };
+                if !ok {
+                    let text = b"rpz-guard speaks OpenFlow 1.3 only".to_vec();
+                    self.conn.try_send_reply(
+                        m.xid,
+                        Body::Error(ErrorMsg {
+                            err_type: error_type::HELLO_FAILED,
+                            code: error_code::HELLO_INCOMPATIBLE,
+                            data: text,
+                        }),
+                    );
+                    return Err(SessionEnd::Protocol(format!(
+                        "no common version (peer version {version:#04x}, bitmap {bitmap:?})"
+                    )));
                 }
-                Body::Error(e) => return Err(SessionEnd::Protocol(format!("error before HELLO: {e}"))),
-                _ => return Err(SessionEnd::Protocol("message before HELLO".into())),
             }
+            Body::Error(e) => return Err(SessionEnd::Protocol(format!("error before HELLO: {e}"))),
+            _ => return Err(SessionEnd::Protocol("message before HELLO".into())),
         }
         self.conn.send(Body::FeaturesRequest).await?;
         loop {
