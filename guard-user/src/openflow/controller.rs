@@ -235,9 +235,13 @@ impl Conn {
         self.tx.try_send(Message::new(xid, body).encode()).is_ok()
     }
 
-    /// Queues without waiting (packet-in answers); sheds when full.
-    fn try_send(&self, body: Body) -> bool {
-        let ok = self.try_send_reply(self.next_xid(), body);
+    /// Queues a packet-in answer. A full queue pushes back on the reader
+    /// of this switch (we stop reading what we cannot answer); a switch that
+    /// does not drain it within the dead-peer time loses the answer.
+    async fn push(&self, body: Body) -> bool {
+        self.count(&body);
+        let m = Message::new(self.next_xid(), body).encode();
+        let ok = self.tx.send_timeout(m, self.cfg.dead_peer()).await.is_ok();
         if !ok {
             bump(&self.shared.board().packet_ins_dropped);
         }
@@ -259,22 +263,29 @@ impl Conn {
     }
 
     /// Sends the triggering packet on through the switch's normal path.
-    fn forward(&self, in_port: u32, pi: &PacketIn) {
+    async fn forward(&self, in_port: u32, pi: &PacketIn) -> bool {
         let buffered = pi.buffer_id != NO_BUFFER;
-        self.try_send(Body::PacketOut(PacketOut {
+        self.push(Body::PacketOut(PacketOut {
             buffer_id: pi.buffer_id,
             in_port,
             actions: vec![Action::output(OFPP_NORMAL)],
             data: if buffered { Vec::new() } else { pi.data.clone() },
-        }));
+        }))
+        .await
     }
 
-    fn install_verdict(&self, info: &PacketInfo, pp: &ProtectedPort, allow: bool, ttl: Duration) {
+    async fn install_verdict(
+        &self,
+        info: &PacketInfo,
+        pp: &ProtectedPort,
+        allow: bool,
+        ttl: Duration,
+    ) -> bool {
         let ttl_secs = u16::try_from(ttl.as_secs().saturating_add(u64::from(ttl.subsec_nanos() > 0)))
             .unwrap_or(u16::MAX);
         let hard = self.cfg.verdict_hard_secs.min(ttl_secs).max(1);
         let idle = self.cfg.verdict_idle_secs.min(hard);
-        self.try_send(Body::FlowMod(flows::verdict_flow(info.dst, pp, allow, idle, hard, None)));
+        self.push(Body::FlowMod(flows::verdict_flow(info.dst, pp, allow, idle, hard, None))).await
     }
 
     fn record(&self, info: &PacketInfo, pp: &ProtectedPort, reason: Reason) {
@@ -311,8 +322,9 @@ impl Conn {
         match Reason::from_verdict(verdict) {
             None => {
                 counters.inc(Stat::PassCached);
-                self.install_verdict(&info, &pp, true, ttl);
-                self.forward(in_port, &pi);
+                if self.install_verdict(&info, &pp, true, ttl).await {
+                    self.forward(in_port, &pi).await;
+                }
             }
             Some(reason) => {
                 counters.inc(if reason == Reason::WrongClass {
@@ -320,7 +332,7 @@ impl Conn {
                 } else {
                     Stat::DropNotRegistered
                 });
-                self.install_verdict(&info, &pp, false, ttl);
+                let _ = self.install_verdict(&info, &pp, false, ttl).await;
                 self.record(&info, &pp, reason);
             }
         }
@@ -678,7 +690,7 @@ impl Session {
                 () = cancel.cancelled() => return Ok(()),
                 r = self.next_message() => {
                     let m = r?;
-                    self.handle(m)?;
+                    self.handle(m).await?;
                 }
                 _ = echo.tick() => {
                     let dead = self.conn.cfg.dead_peer();
@@ -700,7 +712,7 @@ impl Session {
         }
     }
 
-    fn handle(&mut self, m: Message) -> Result<(), SessionEnd> {
+    async fn handle(&mut self, m: Message) -> Result<(), SessionEnd> {
         let board = self.conn.shared.board();
         match m.body {
             Body::EchoRequest(d) => {
@@ -714,7 +726,9 @@ impl Session {
                 bump(&board.flows_removed);
                 debug!(cookie = f.cookie, reason = f.reason, packets = f.packet_count, "flow removed");
             }
-            Body::PacketIn(pi) => self.packet_in(pi),
+            Body::PacketIn(pi) => {
+                return if self.packet_in(pi).await { Ok(()) } else { Err(SessionEnd::Writer) };
+            }
             Body::Hello { .. } => {
                 return Err(SessionEnd::Protocol("second HELLO".into()));
             }
@@ -723,7 +737,8 @@ impl Session {
         Ok(())
     }
 
-    fn packet_in(&mut self, pi: PacketIn) {
+    /// Decides one packet-in; false when the switch stopped reading.
+    async fn packet_in(&mut self, pi: PacketIn) -> bool {
         let conn = &self.conn;
         let counters = &conn.shared.counters;
         let board = conn.shared.board();
@@ -733,7 +748,7 @@ impl Session {
         counters.add(Stat::Bytes, u64::from(pi.total_len));
         if !self.bucket.take() {
             bump(&board.packet_ins_dropped);
-            return;
+            return true;
         }
         let info = match packet::parse(&pi.data) {
             Ok(i) => i,
@@ -744,7 +759,7 @@ impl Session {
                     Stat::DropMalformed
                 });
                 debug!(error = %e, "packet-in not parsed; dropped");
-                return;
+                return true;
             }
         };
         counters.inc(if info.src.is_ipv4() { Stat::Ipv4 } else { Stat::Ipv6 });
@@ -755,35 +770,31 @@ impl Session {
         let cfg = &conn.cfg;
         let Some((_, dport)) = info.ports else {
             counters.inc(Stat::Fragment);
-            conn.forward(in_port, &pi);
-            return;
+            return conn.forward(in_port, &pi).await;
         };
         let Some(pp) = cfg.protected_port(info.proto, dport).copied() else {
             counters.inc(Stat::Unprotected);
-            conn.forward(in_port, &pi);
-            return;
+            return conn.forward(in_port, &pi).await;
         };
         if in_any(&cfg.exempt_sources, info.src) {
             counters.inc(Stat::ExemptSource);
-            conn.forward(in_port, &pi);
-            return;
+            return conn.forward(in_port, &pi).await;
         }
         if in_any(&cfg.internal_networks, info.dst) {
             counters.inc(Stat::InternalDest);
-            conn.forward(in_port, &pi);
-            return;
+            return conn.forward(in_port, &pi).await;
         }
         let known = self.applied.lookup(info.dst);
         if pp.service.allows(known) {
             counters.inc(Stat::PassAllowed);
-            conn.install_verdict(&info, &pp, true, Duration::from_secs(u64::from(cfg.verdict_hard_secs)));
-            conn.forward(in_port, &pi);
-            return;
+            conn.install_verdict(&info, &pp, true, Duration::from_secs(u64::from(cfg.verdict_hard_secs)))
+                .await;
+            return conn.forward(in_port, &pi).await;
         }
         counters.inc(Stat::Miss);
         let Ok(permit) = conn.decisions.clone().try_acquire_owned() else {
             bump(&board.packet_ins_dropped);
-            return;
+            return true;
         };
         let (task_conn, stop) = (conn.clone(), conn.stop.clone());
         tokio::spawn(
@@ -796,6 +807,7 @@ impl Session {
             }
             .in_current_span(),
         );
+        true
     }
 }
 
