@@ -554,9 +554,40 @@ async fn run_openflow(
     shared: Arc<Shared>,
     cancel: CancellationToken,
 ) -> Result<(), DaemonError> {
-    let _ = (cfg, shared);
-    cancel.cancelled().await;
-    Err(DaemonError::Openflow("OpenFlow mode is not built into this version yet".into()))
+    use crate::openflow::{ControllerConfig, ControllerShared, ProtectedPort, Transport};
+    let of = &cfg.openflow;
+    let protected = cfg
+        .policy
+        .protected_ports()
+        .into_iter()
+        .map(|p| ProtectedPort {
+            proto: if p.proto == 6 { Transport::Tcp } else { Transport::Udp },
+            port: p.port,
+            service: p.service,
+        })
+        .collect();
+    let ccfg = ControllerConfig {
+        listen: of.listen,
+        protected,
+        exempt_sources: cfg.policy.exempt_sources.clone(),
+        internal_networks: cfg.policy.internal_networks.clone(),
+        flow_budget: of.flow_budget,
+        packet_in_rate: of.packet_in_rate,
+        verdict_idle_secs: of.idle_timeout_secs,
+        verdict_hard_secs: of.hard_timeout_secs,
+        ..ControllerConfig::default()
+    };
+    let cshared = ControllerShared::new(
+        shared.allow.clone(),
+        shared.resolver.clone(),
+        shared.events.clone(),
+        shared.counters.clone(),
+    );
+    let view = cshared.clone();
+    *lock(&shared.extra) = Some(Box::new(move || serde_json::to_value(view.status()).unwrap_or_default()));
+    *lock(&shared.point) = format!("openflow:{}", of.listen);
+    tracing::info!(listen = %of.listen, "OpenFlow controller mode");
+    crate::openflow::serve(ccfg, cshared, cancel).await.map_err(|e| DaemonError::Openflow(e.to_string()))
 }
 
 fn bind_status(path: &Path) -> Result<UnixListener, DaemonError> {
