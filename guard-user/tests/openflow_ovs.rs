@@ -654,7 +654,15 @@ fn ovs_flow_budget_and_miss_path() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // Budget 2 flows: only the DNS entry (udp+tcp 53) fits; the SMTP entry is
     // decided by packet-in and gets a verdict flow.
-    let lab = Lab::start("rgo2", base_set(), |c| c.flow_budget = 2);
+    let lab = Lab::start("rgo2", base_set(), |c| {
+        c.flow_budget = 2;
+        c.internal_networks = vec![pfx("10.77.0.102")];
+    });
+    // Internal destinations are never checked (and never reach the controller).
+    let before = lab.status().packet_ins;
+    assert!(smtp(&lab.bot, None, ip("10.77.0.102"), 25, SHORT), "internal destination passes");
+    assert_eq!(lab.status().packet_ins, before);
+    assert!(lab.ovs.dump_flows(&lab.br).contains("priority=39000,ip,nw_dst=10.77.0.102 actions=NORMAL"));
     let st = lab.status();
     assert_eq!(st.switches[0].proactive_flows, 2);
     assert_eq!(st.switches[0].over_budget_entries, 2);
