@@ -667,7 +667,9 @@ fn ovs_flow_budget_and_miss_path() {
     assert_eq!(st.switches[0].proactive_flows, 2);
     assert_eq!(st.switches[0].over_budget_entries, 2);
     let before = lab.status().packet_ins;
+    let t0 = Instant::now();
     assert!(smtp(&lab.client, None, ip("10.77.0.101"), 25, SHORT), "over-budget entry still passes");
+    let via_controller = t0.elapsed();
     assert!(lab.status().packet_ins > before, "decided by packet-in");
     assert!(lab.stat(Stat::PassAllowed) >= 1);
     let flows = lab.ovs.dump_flows(&lab.br);
@@ -679,8 +681,11 @@ fn ovs_flow_budget_and_miss_path() {
     let mid = lab.status().packet_ins;
     thread::sleep(Duration::from_millis(300));
     let mid = lab.status().packet_ins.max(mid);
+    let t0 = Instant::now();
     assert!(smtp(&lab.client, None, ip("10.77.0.101"), 25, SHORT));
+    let via_flow = t0.elapsed();
     assert_eq!(lab.status().packet_ins, mid, "verdict flow answers later connections");
+    eprintln!("connect + banner: first (packet-in) {via_controller:?}, later (verdict flow) {via_flow:?}");
 }
 
 #[test]
