@@ -363,3 +363,35 @@ async fn unknown_and_error_messages_are_counted_not_fatal() {
     assert_eq!(st.switches.len(), 1);
     r.cancel.cancel();
 }
+
+#[tokio::test]
+async fn shutdown_and_listen_errors() {
+    let (_tx, rx) = watch::channel(Arc::new(AllowSet::new()));
+    let resolver = Arc::new(MissResolver::new(Arc::new(SetSource(rx.clone())), CacheTtl::default()));
+    let events = Arc::new(EventSink::open(&EventOutput::None).expect("events"));
+    let shared = ControllerShared::new(rx, resolver, events, Arc::new(Counters::default()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+
+    // A second controller on the same address fails with a clear error.
+    let cfg = ControllerConfig { listen: addr, ..ControllerConfig::default() };
+    let err = guard_user::openflow::serve(cfg, shared.clone(), CancellationToken::new())
+        .await
+        .expect_err("address in use");
+    assert!(err.to_string().contains(&addr.to_string()), "{err}");
+
+    let cancel = CancellationToken::new();
+    let task =
+        tokio::spawn(serve_listener(listener, ControllerConfig::default(), shared.clone(), cancel.clone()));
+    let mut sw = FakeSwitch::connect(addr, 5).await;
+    sw.until_barrier().await;
+    assert_eq!(shared.status().listen, Some(addr));
+    cancel.cancel();
+    timeout(Duration::from_secs(5), task).await.expect("serve returns on cancel").expect("join").expect("ok");
+    let mut chunk = [0u8; 256];
+    let eof =
+        timeout(Duration::from_secs(3), async { while sw.s.read(&mut chunk).await.is_ok_and(|n| n > 0) {} })
+            .await;
+    assert!(eof.is_ok(), "connections are closed on shutdown");
+    assert!(shared.status().switches.is_empty());
+}
