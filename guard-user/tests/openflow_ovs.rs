@@ -208,6 +208,8 @@ impl Net {
     }
 
     fn cleanup(&self) {
+        let br = format!("{}br", self.prefix);
+        let _ = Command::new("ip").args(["link", "del", &br]).stderr(Stdio::null()).status();
         for suffix in ["c", "b", "n"] {
             let ns = format!("{}{suffix}", self.prefix);
             let _ = Command::new("ip").args(["netns", "del", &ns]).stderr(Stdio::null()).status();
@@ -536,6 +538,15 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        // The netdev bridge's internal port is a tap device in the root
+        // namespace; it outlives ovs-vswitchd unless removed.
+        let db = format!("--db=unix:{}/db.sock", self.ovs.dir.display());
+        let _ = self
+            .ovs
+            .cmd("ovs-vsctl")
+            .args([db.as_str(), "--timeout=5", "--if-exists", "del-br", &self.br])
+            .status();
+        let _ = Command::new("ip").args(["link", "del", &self.br]).stderr(Stdio::null()).status();
         self.cancel.cancel();
         if let Some(rt) = self.rt.take() {
             rt.shutdown_timeout(Duration::from_secs(3));
