@@ -280,9 +280,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 async fn learn(args: LearnArgs) -> anyhow::Result<()> {
     use guard_user::{learn, rpz};
-    if !(args.window.is_finite() && args.window > 0.0) {
-        anyhow::bail!("--window must be a positive number of seconds, got {}", args.window);
-    }
+    let window = std::time::Duration::try_from_secs_f64(args.window)
+        .ok()
+        .filter(|w| !w.is_zero())
+        .with_context(|| format!("--window must be a positive number of seconds, got {}", args.window))?;
     let key = match (&args.update, &args.tsig_key) {
         (Some(_), Some(path)) => Some(rpz::tsig::TsigKey::from_file(path)?),
         _ => None,
@@ -291,7 +292,7 @@ async fn learn(args: LearnArgs) -> anyhow::Result<()> {
     let opts = learn::LearnOptions {
         inputs: args.inputs,
         hints,
-        window: std::time::Duration::from_secs_f64(args.window),
+        window,
         progress: !args.quiet && learn::stderr_is_terminal(),
     };
     // The pipeline is CPU-bound and synchronous.

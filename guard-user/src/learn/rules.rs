@@ -33,6 +33,17 @@
 //! days, so servers the resolver already knew are never seen being
 //! delegated, and their answers teach nothing under rule 4. Pass them as
 //! extra hints (`--trust-initial FILE`, root-hints format) when that matters.
+//! The same option serves a resolver that forwards to upstream resolvers:
+//! list the forwarders, and their (recursive) MX and NS answers count.
+//!
+//! What trust means: a delegated server speaks for the names below its
+//! delegation, so the owner of any domain can get its own name servers and
+//! mail hosts registered, exactly as in the paper. The allow set holds what
+//! DNS legitimately resolved, not a judgement of the destinations; it stops
+//! hosts that connect to hard-coded addresses nobody resolved.
+//!
+//! Memory: the state holds the learned names and addresses only (about
+//! 90 MB for 900k entries learned from a generated 1 GB capture).
 use std::{
     collections::HashSet,
     net::{IpAddr, Ipv6Addr},
