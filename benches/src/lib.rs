@@ -14,6 +14,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub mod frame;
+pub mod load;
 
 /// One benchmark's part of the report.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
