@@ -443,6 +443,14 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rpz-guard.example.toml");
+        let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.enforce.iface.as_deref(), Some("eth1"));
+        assert_eq!(c.status.metrics_listen, Some("127.0.0.1:9466".parse().expect("addr")));
+    }
+
+    #[test]
     fn errors_name_key_and_value() {
         let cases = [
             ("[enforce]\niface = \"eth1\"\nbogus = 1\n[rpz]\nzone_file = \"z\"", "bogus"),

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod events;
 pub mod metrics;
 pub mod miss;
+pub mod openflow;
 pub mod policy;
 pub mod rpz;
 pub mod sync;

@@ -41,6 +41,7 @@ pub mod lab;
 pub mod netns;
 pub mod process;
 pub mod responder;
+pub mod smtp;
 
 use std::time::Duration;
 

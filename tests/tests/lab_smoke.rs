@@ -1,6 +1,5 @@
 //! Privileged: the lab topology works end to end (needs root; CI is root).
 use std::{
-    io::{BufRead, BufReader, Write},
     net::{IpAddr, Ipv4Addr, SocketAddr},
     time::Duration,
 };
@@ -15,34 +14,7 @@ fn up(name: &str) -> Lab {
 fn smtp_session(lab: &Lab, addr: SocketAddr) -> String {
     let stream = netns::tcp_connect_in(&lab.ns(Role::Pc), addr, Duration::from_secs(3))
         .unwrap_or_else(|e| panic!("pc cannot reach SMTP {addr}: {e}"));
-    stream.set_read_timeout(Some(Duration::from_secs(3))).expect("set timeout");
-    let mut out = stream.try_clone().expect("clone stream");
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    let mut expect = |code: &str, reader: &mut BufReader<_>| {
-        // Multi-line replies: "250-…" continues, "250 …" ends.
-        loop {
-            line.clear();
-            reader.read_line(&mut line).expect("read SMTP reply");
-            assert!(line.starts_with(code), "expected {code}, got {line:?}");
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return line.clone();
-            }
-        }
-    };
-    let banner = expect("220", &mut reader);
-    for (cmd, code) in [
-        ("EHLO pc.lab\r\n", "250"),
-        ("MAIL FROM:<a@pc.lab>\r\n", "250"),
-        ("RCPT TO:<b@example.net>\r\n", "250"),
-        ("DATA\r\n", "354"),
-        ("Subject: hi\r\n\r\nbody\r\n.\r\n", "250"),
-        ("QUIT\r\n", "221"),
-    ] {
-        out.write_all(cmd.as_bytes()).expect("send SMTP command");
-        expect(code, &mut reader);
-    }
-    banner
+    guard_tests::smtp::deliver(stream).unwrap_or_else(|e| panic!("SMTP with {addr}: {e}"))
 }
 
 #[test]

@@ -4,7 +4,9 @@
 //! function; adding a task is one enum variant and one match arm.
 mod bench;
 mod command;
+mod demo;
 mod lab;
+mod run;
 mod setup;
 mod test;
 
@@ -13,7 +15,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "rpz-guard tasks: setup, lab, test")]
+#[command(name = "cargo xtask", about = "rpz-guard tasks: demo, setup, lab, test")]
 struct Cli {
     #[command(subcommand)]
     task: Task,
@@ -21,6 +23,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
+    /// See rpz-guard work on the built-in lab: mail passes, a bot is blocked and reported.
+    Demo(demo::Args),
+    /// Build rpz-guard and run `rpz-guard run ARGS` (e.g. `--iface eth1 --server 192.0.2.53:53`).
+    Run(run::Args),
     /// Install what rpz-guard needs on a Debian 12 machine (idempotent, as root).
     Setup(setup::Args),
     /// Bring the network lab up or down, or show what exists.
@@ -36,6 +42,8 @@ enum Task {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
+        Task::Demo(args) => demo::run(&args),
+        Task::Run(args) => run::run(&args),
         Task::Setup(args) => setup::run(&args),
         Task::Lab(args) => lab::run(args),
         Task::Test(args) => test::run(&args),

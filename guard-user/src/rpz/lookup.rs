@@ -200,6 +200,23 @@ impl RpzClient {
     }
 }
 
+/// One-off lookup: the classes `server` gives `ip` in policy zone `zone`.
+/// Callers that ask often should hold an [`RpzClient`] instead.
+pub async fn query_classes(
+    server: SocketAddr,
+    zone: &str,
+    ip: IpAddr,
+    style: QueryStyle,
+    timeout: Duration,
+) -> Result<Classes, LookupError> {
+    let client = RpzClient::new(server, zone, style, timeout).await.map_err(|source| LookupError::Io {
+        server,
+        ip,
+        source,
+    })?;
+    client.classes(ip).await
+}
+
 /// Delivers each answer to the query waiting for its id.
 async fn receive(socket: Arc<UdpSocket>, pending: Pending) {
     let mut buf = vec![0u8; 65_535];

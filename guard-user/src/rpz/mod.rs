@@ -11,7 +11,18 @@
 //!   hex with `zz` for the longest run of zero groups (BIND ARM, "Response
 //!   Policy Zone (RPZ) Rewriting"). Decoding accepts IPv4 hosts in either form.
 //!
-//! The record data holds the classes: `A 127.0.0.1` (DNS), `A 127.0.0.25` (SMTP).
+//! The record data holds the classes: `A 127.0.0.1` (DNS), `A 127.0.0.25` (SMTP),
+//! one record per class. Any other record (e.g. `CNAME .`, the NXDOMAIN
+//! policy, or local data) is counted as ignored, never read as an allow.
+//!
+//! # Modules
+//!
+//! * [`zonefile`]: write the allow set as a zone file, parse zone files.
+//! * [`tsig`]: BIND key files → [`tsig::TsigKey`].
+//! * [`transfer`]: AXFR, IXFR (deltas applied to a copy) and SOA serial.
+//! * [`update`]: TSIG-signed RFC 2136 UPDATE pushes, batched.
+//! * [`notify`]: a NOTIFY listener that tells the daemon to run IXFR.
+//! * [`lookup`]: [`lookup::RpzClient`], the miss path's per-IP question.
 
 use std::{
     fmt,
@@ -276,6 +287,56 @@ fn decode_rpz_ip(labels: &[&str]) -> Result<Prefix, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Deterministic pseudo-random bytes (xorshift) for no-panic checks.
+    pub(crate) fn junk(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x & 0xff) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn junk_never_panics_the_parsers() {
+        let z = "rpz.example.com";
+        let pieces: &[&str] = &[
+            "(",
+            ")",
+            "\"",
+            ";",
+            "\n",
+            " ",
+            "\t",
+            "$ORIGIN",
+            "@",
+            "A",
+            "SOA",
+            "127.0.0.1",
+            "\\",
+            "1.2.3.4",
+            "{",
+            "}",
+            "key",
+            "*",
+        ];
+        for seed in 0..2000u64 {
+            let bytes = junk(seed, (seed % 200) as usize);
+            let text = String::from_utf8_lossy(&bytes);
+            let _ = zonefile::parse_zone(&text, z);
+            let _ = tsig::TsigKey::parse_all(&text);
+            let _ = decode_owner(&text, z);
+            // Token soup: syntactically closer to real input.
+            let soup: String =
+                bytes.iter().map(|b| pieces[usize::from(*b) % pieces.len()]).collect::<Vec<_>>().join(" ");
+            let _ = zonefile::parse_zone(&soup, z);
+            let _ = tsig::TsigKey::parse_all(&soup);
+        }
+    }
 
     const Z: &str = "rpz.example.com";
 

@@ -211,5 +211,15 @@ mod tests {
         let (_, ev) = handle(&notify("rpz.example.com.", None), from, &zone).expect("handled");
         assert_eq!(ev.and_then(|e| e.serial), None);
         assert!(handle(b"\x00\x01garbage", from, &zone).is_none());
+        for seed in 0..2000 {
+            let mut d = notify("rpz.example.com.", Some(1));
+            let j = crate::rpz::tests::junk(seed, d.len());
+            // Flip some bytes of a valid NOTIFY, and truncate.
+            for (i, b) in j.iter().enumerate().filter(|(i, _)| i % 7 == (seed as usize) % 7) {
+                d[i] ^= b;
+            }
+            d.truncate(d.len() - (seed as usize % d.len()));
+            let _ = handle(&d, from, &zone);
+        }
     }
 }

@@ -17,7 +17,7 @@ use super::{
     tsig::{TsigKey, TsigKeyError},
     wire::{self, Conn, RequestError},
 };
-use crate::policy::{AllowDiff, AllowSet, Prefix};
+use crate::policy::{AllowDiff, AllowSet, Classes, Prefix};
 
 /// The policy zone as transferred: serial and allow set.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -196,7 +196,7 @@ impl Ctx<'_> {
             });
         }
         if let Some(v) = verifier {
-            v.verify(bytes).map_err(|why| SyncError::Tsig {
+            v.verify(bytes, &msg).map_err(|why| SyncError::Tsig {
                 server: self.server,
                 zone: self.zone.to_owned(),
                 op: self.op,
@@ -223,6 +223,19 @@ fn soa_serial_of(r: &Record) -> Option<u32> {
         RData::SOA(soa) => Some(soa.serial()),
         _ => None,
     }
+}
+
+/// A decimal octet label as `Ipv4Addr` parsing accepts it (no leading zeros).
+fn decimal_octet(l: &[u8]) -> Option<u8> {
+    if l.is_empty() || l.len() > 3 || (l.len() > 1 && l[0] == b'0') || !l.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    l.iter().try_fold(0u16, |acc, d| Some(acc * 10 + u16::from(d - b'0'))).and_then(|v| u8::try_from(v).ok())
+}
+
+/// RFC 1982 serial arithmetic: is `a` newer than `b`?
+pub fn serial_newer(a: u32, b: u32) -> bool {
+    a != b && a.wrapping_sub(b) < 0x8000_0000
 }
 
 /// Where the transfer state machine is.
@@ -253,12 +266,16 @@ struct Xfr<'a> {
     full: AllowSet,
     /// Copy of the current set for deltas (IXFR only).
     delta: Option<AllowSet>,
+    /// The serial an IXFR starts from.
+    from_serial: Option<u32>,
     touched: BTreeSet<Prefix>,
     ignored: Ignored,
+    /// The zone's labels, lower case, for the fast IPv4-host path.
+    zone_labels: Vec<Vec<u8>>,
 }
 
 impl<'a> Xfr<'a> {
-    fn new(zone: &'a str, current: Option<&AllowSet>) -> Self {
+    fn new(zone: &'a str, current: Option<&AllowSet>, from_serial: Option<u32>) -> Self {
         Xfr {
             zone,
             phase: Phase::Start,
@@ -267,12 +284,41 @@ impl<'a> Xfr<'a> {
             versions: 0,
             full: AllowSet::new(),
             delta: current.cloned(),
+            from_serial,
             touched: BTreeSet::new(),
             ignored: Ignored::default(),
+            zone_labels: super::canonical(zone)
+                .split('.')
+                .filter(|l| !l.is_empty())
+                .map(|l| l.as_bytes().to_vec())
+                .collect(),
         }
     }
 
+    /// The paper's encoding, read straight from the labels without building
+    /// strings: `a.b.c.d.<zone>` with `A 127.0.0.1/25`. `None` = take the
+    /// general path (same result, slower).
+    fn fast_host(&self, r: &Record) -> Option<(Prefix, Classes)> {
+        let RData::A(a) = r.data() else { return None };
+        let class = Classes::from_rpz_answer(a.0)?;
+        let mut labels = r.name().iter();
+        let mut octets = [0u8; 4];
+        for o in &mut octets {
+            *o = decimal_octet(labels.next()?)?;
+        }
+        let rest: Vec<&[u8]> = labels.collect();
+        if rest.len() != self.zone_labels.len()
+            || !rest.iter().zip(&self.zone_labels).all(|(l, z)| l.eq_ignore_ascii_case(z))
+        {
+            return None;
+        }
+        Some((Prefix::host(std::net::IpAddr::V4(octets.into())), class))
+    }
+
     fn classify(&self, r: &Record) -> (String, Classified) {
+        if let Some((p, c)) = self.fast_host(r) {
+            return (String::new(), Classified::Entry(p, c));
+        }
         let owner = r.name().to_ascii();
         let data = match r.data() {
             RData::A(a) => RecordData::A(a.0),
@@ -365,7 +411,9 @@ async fn run_xfr(ctx: &Ctx<'_>, msg: Message, xfr: &mut Xfr<'_>) -> Result<usize
         match xfr.phase {
             Phase::Done => return Ok(messages),
             // A lone SOA: the IXFR client is up to date (RFC 1995 section 4).
-            Phase::AfterFirst if xfr.delta.is_some() && messages == 1 => return Ok(messages),
+            Phase::AfterFirst if xfr.from_serial.is_some_and(|f| !serial_newer(xfr.serial, f)) => {
+                return Ok(messages);
+            }
             _ if answers.is_empty() => return Err(ctx.bad("empty answer before the closing SOA")),
             _ => {}
         }
@@ -376,7 +424,7 @@ async fn run_xfr(ctx: &Ctx<'_>, msg: Message, xfr: &mut Xfr<'_>) -> Result<usize
 pub async fn axfr(server: SocketAddr, zone: &str, key: Option<&TsigKey>) -> Result<ZoneSnapshot, SyncError> {
     let ctx = Ctx { server, zone, op: "AXFR", key };
     let name = wire::zone_name(zone).map_err(|why| ctx.bad(why))?;
-    let mut xfr = Xfr::new(zone, None);
+    let mut xfr = Xfr::new(zone, None, None);
     let messages = run_xfr(&ctx, query(&name, RecordType::AXFR), &mut xfr).await?;
     tracing::debug!(%server, zone, serial = xfr.serial, entries = xfr.full.len(), messages, "AXFR done");
     Ok(ZoneSnapshot {
@@ -405,7 +453,7 @@ pub async fn ixfr(
     let root = Name::root();
     let soa = SOA::new(root.clone(), root, from_serial, 0, 0, 0, 0);
     msg.add_name_server(Record::from_rdata(name, 0, RData::SOA(soa)));
-    let mut xfr = Xfr::new(zone, Some(current));
+    let mut xfr = Xfr::new(zone, Some(current), Some(from_serial));
     let messages = match run_xfr(&ctx, msg, &mut xfr).await {
         Ok(m) => m,
         Err(SyncError::Rejected { answer, .. }) if answer == "NOTIMP" || answer == "FORMERR" => {
@@ -471,7 +519,6 @@ mod tests {
     use hickory_proto::rr::rdata::{A, CNAME};
 
     use super::*;
-    use crate::policy::Classes;
 
     const Z: &str = "rpz.example.com.";
 
@@ -491,7 +538,7 @@ mod tests {
 
     #[test]
     fn axfr_sequence_builds_set() {
-        let mut x = Xfr::new(Z, None);
+        let mut x = Xfr::new(Z, None, None);
         let cname = Record::from_rdata(
             Name::from_ascii(format!("9.9.9.9.{Z}")).expect("name"),
             60,
@@ -511,7 +558,7 @@ mod tests {
     fn ixfr_sequence_applies_deltas() {
         let current: AllowSet =
             [(p("192.0.2.1"), Classes::DNS), (p("192.0.2.2"), Classes::SMTP)].into_iter().collect();
-        let mut x = Xfr::new(Z, Some(&current));
+        let mut x = Xfr::new(Z, Some(&current), Some(5));
         let seq = [
             soa(7),
             soa(5),
@@ -538,10 +585,61 @@ mod tests {
     }
 
     #[test]
+    fn fast_path_agrees_with_decode_owner() {
+        let x = Xfr::new(Z, None, None);
+        let owners = [
+            "192.0.2.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "256.1.1.1",
+            "01.2.3.4",
+            "1.2.3",
+            "1.2.3.4.5",
+            "a.b.c.d",
+            "1.2.3.4.RPZ",
+            "24.0.2.0.192.rpz-ip",
+            "*.1.2.3",
+        ];
+        for o in owners {
+            let Ok(n) = Name::from_ascii(format!("{o}.{Z}")) else { continue };
+            let r = Record::from_rdata(n, 60, RData::A(A(Ipv4Addr::new(127, 0, 0, 1))));
+            let fast = x.fast_host(&r).map(|(p, _)| p);
+            let slow = crate::rpz::decode_owner(&r.name().to_ascii(), Z)
+                .ok()
+                .filter(|p| p.is_host() && p.addr().is_ipv4());
+            if fast.is_some() {
+                assert_eq!(fast, slow, "{o}");
+            }
+            let (_, c) = x.classify(&r);
+            match crate::rpz::decode_owner(&r.name().to_ascii(), Z) {
+                Ok(p) => assert_eq!(c, Classified::Entry(p, Classes::DNS), "{o}"),
+                Err(_) => assert!(matches!(c, Classified::Ignored(_)), "{o}"),
+            }
+        }
+        let other = Record::from_rdata(
+            Name::from_ascii("1.2.3.4.other.test.").expect("name"),
+            60,
+            RData::A(A(Ipv4Addr::new(127, 0, 0, 1))),
+        );
+        assert_eq!(x.fast_host(&other), None);
+    }
+
+    #[test]
+    fn serial_arithmetic() {
+        assert!(serial_newer(2, 1));
+        assert!(serial_newer(0, u32::MAX));
+        assert!(!serial_newer(1, 1));
+        assert!(!serial_newer(1, 2));
+        assert!(serial_newer(0x7fff_ffff, 0));
+        // Exactly half the space apart: undefined, so neither is newer.
+        assert!(!serial_newer(0x8000_0001, 1) && !serial_newer(1, 0x8000_0001));
+    }
+
+    #[test]
     fn transfer_must_start_with_soa() {
-        let mut x = Xfr::new(Z, None);
+        let mut x = Xfr::new(Z, None, None);
         assert!(x.record(&a("192.0.2.1", 1)).is_err());
-        let mut x = Xfr::new(Z, None);
+        let mut x = Xfr::new(Z, None, None);
         for r in [soa(5), a("192.0.2.1", 1)] {
             x.record(&r).expect("record");
         }

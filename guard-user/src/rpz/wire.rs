@@ -99,23 +99,93 @@ pub(crate) struct ResponseVerifier {
 }
 
 impl ResponseVerifier {
-    /// Verifies one answer message (every message must be signed; BIND does).
-    pub(crate) fn verify(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let (mac, range, _) = self
-            .signer
-            .verify_message_byte(Some(&self.prev_mac), bytes, self.first)
-            .map_err(|e| format!("answer fails TSIG verification: {e}"))?;
-        let now = now_secs();
-        if !range.contains(&now) {
+    /// Verifies one answer message, already decoded as `msg` (every message
+    /// must be signed; BIND signs each one). Works on the raw bytes so the
+    /// message is not decoded twice (RFC 8945 4.3.1 and 5.3.1).
+    pub(crate) fn verify(&mut self, bytes: &[u8], msg: &Message) -> Result<(), String> {
+        let record = msg
+            .signature()
+            .iter()
+            .find(|r| r.record_type() == hickory_proto::rr::RecordType::TSIG)
+            .ok_or("answer is not signed (no TSIG record)")?;
+        let RData::DNSSEC(DNSSECRData::TSIG(tsig)) = record.data() else {
+            return Err("answer's TSIG record has no TSIG data".into());
+        };
+        if record.name() != self.signer.signer_name() || tsig.algorithm() != self.signer.algorithm() {
             return Err(format!(
-                "answer's TSIG time is outside the allowed window ({}..{}, now {now}): check clocks",
-                range.start, range.end
+                "answer is signed with another key ({} {})",
+                record.name(),
+                tsig.algorithm()
             ));
         }
-        self.prev_mac = mac;
+        let start = tsig_offset(bytes).ok_or("cannot locate the TSIG record in the answer")?;
+        let mut tbv: Vec<u8> = Vec::with_capacity(bytes.len() + 128);
+        let prev_len = u16::try_from(self.prev_mac.len()).map_err(|_| "MAC too long")?;
+        tbv.extend_from_slice(&prev_len.to_be_bytes());
+        tbv.extend_from_slice(&self.prev_mac);
+        // Header with the TSIG taken out of ARCOUNT, then the records before it.
+        tbv.extend_from_slice(&bytes[..10]);
+        let arcount = u16::from_be_bytes([bytes[10], bytes[11]]).saturating_sub(1);
+        tbv.extend_from_slice(&arcount.to_be_bytes());
+        tbv.extend_from_slice(&bytes[12..start]);
+        if self.first {
+            // BinEncoder writes from offset 0 of its buffer: use a fresh one.
+            let mut vars = Vec::with_capacity(96);
+            let mut enc = BinEncoder::new(&mut vars);
+            tsig.emit_tsig_for_mac(&mut enc, record.name()).map_err(|e| format!("TSIG variables: {e}"))?;
+            tbv.extend_from_slice(&vars);
+        } else {
+            // Later messages of a transfer: timers only (RFC 8945 5.3.1).
+            let t = tsig.time();
+            tbv.extend_from_slice(&t.to_be_bytes()[2..]);
+            tbv.extend_from_slice(&tsig.fudge().to_be_bytes());
+        }
+        let want_len = tsig.algorithm().output_len().map_err(|e| e.to_string())?;
+        if tsig.mac().len() < want_len {
+            return Err("answer has a truncated MAC".into());
+        }
+        self.signer.verify(&tbv, tsig.mac()).map_err(|e| format!("answer fails TSIG verification: {e}"))?;
+        let now = now_secs();
+        let (lo, hi) =
+            (tsig.time().saturating_sub(u64::from(tsig.fudge())), tsig.time() + u64::from(tsig.fudge()));
+        if !(lo..=hi).contains(&now) {
+            return Err(format!(
+                "answer's TSIG time is outside the allowed window ({lo}..{hi}, now {now}): check clocks"
+            ));
+        }
+        self.prev_mac = tsig.mac().to_vec();
         self.first = false;
         Ok(())
     }
+}
+
+/// Skips a wire-format name starting at `i` (without following pointers).
+fn skip_name(b: &[u8], mut i: usize) -> Option<usize> {
+    loop {
+        let len = *b.get(i)?;
+        match len & 0xc0 {
+            0xc0 => return Some(i + 2),
+            0x00 if len == 0 => return Some(i + 1),
+            0x00 => i += 1 + usize::from(len),
+            _ => return None,
+        }
+    }
+}
+
+/// Offset of the last record of the message (where a TSIG sits).
+fn tsig_offset(b: &[u8]) -> Option<usize> {
+    let count = |at: usize| Some(usize::from(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?])));
+    let (qd, an, ns, ar) = (count(4)?, count(6)?, count(8)?, count(10)?);
+    let mut i = 12;
+    for _ in 0..qd {
+        i = skip_name(b, i)? + 4;
+    }
+    for _ in 0..(an + ns + ar).checked_sub(1)? {
+        i = skip_name(b, i)?;
+        let rdlen = usize::from(u16::from_be_bytes([*b.get(i + 8)?, *b.get(i + 9)?]));
+        i += 10 + rdlen;
+    }
+    (i < b.len()).then_some(i)
 }
 
 /// The TSIG error field (RFC 8945 4.2) of a message's TSIG record, if any.
@@ -230,7 +300,64 @@ impl Conn {
 
 #[cfg(test)]
 mod tests {
+    use hickory_proto::{
+        dnssec::rdata::tsig::{TSIG, make_tsig_record, message_tbs},
+        op::{MessageType, Query},
+        rr::RecordType,
+    };
+
     use super::*;
+    use crate::rpz::tsig::TsigAlgo;
+
+    fn key(secret: &[u8]) -> TsigKey {
+        TsigKey { name: "test-key".into(), algorithm: TsigAlgo::HmacSha256, secret: secret.to_vec() }
+    }
+
+    /// A response signed the way a server does: MAC over the request MAC,
+    /// the message and the TSIG variables (RFC 8945 5.3).
+    fn signed_response(server_key: &TsigKey, req: &Request, req_mac: &[u8]) -> Vec<u8> {
+        let signer = server_key.signer().expect("signer");
+        let mut resp = Message::new();
+        resp.set_id(req.id).set_message_type(MessageType::Response);
+        resp.add_query(Query::query(zone_name("rpz.example.com").expect("zone"), RecordType::SOA));
+        let pre = TSIG::new(signer.algorithm().clone(), now_secs(), 300, Vec::new(), req.id, 0, Vec::new());
+        let tbs = message_tbs(Some(req_mac), &resp, &pre, signer.signer_name()).expect("tbs");
+        let mac = signer.sign(&tbs).expect("mac");
+        resp.add_tsig(make_tsig_record(signer.signer_name().clone(), pre.set_mac(mac)));
+        resp.to_vec().expect("encode")
+    }
+
+    #[test]
+    fn responses_are_verified_and_tampering_is_caught() {
+        let k = key(b"0123456789abcdef0123456789abcdef");
+        let mut m = Message::new();
+        m.set_id(77);
+        m.add_query(Query::query(zone_name("rpz.example.com").expect("zone"), RecordType::SOA));
+        let req = encode_request(m.clone(), Some(&k)).expect("sign");
+        let req_msg = Message::from_vec(&req.bytes).expect("decode request");
+        let req_mac = match req_msg.signature()[0].data() {
+            RData::DNSSEC(DNSSECRData::TSIG(t)) => t.mac().to_vec(),
+            other => panic!("no TSIG in request: {other:?}"),
+        };
+        let good = signed_response(&k, &req, &req_mac);
+        let forged = signed_response(&key(b"another secret of the same size!"), &req, &req_mac);
+        let mut v = encode_request(m.clone(), Some(&k)).expect("sign").verifier.expect("verifier");
+        // A fresh request has a different MAC; use the one this response chains to.
+        v.prev_mac = req_mac.clone();
+        v.verify(&good, &Message::from_vec(&good).expect("decode")).expect("valid response verifies");
+
+        let mut tampered = good.clone();
+        tampered[13] ^= 0x20; // a bit of the question name
+        let mut v2 = req.verifier.expect("verifier");
+        let tm = Message::from_vec(&tampered).expect("decode");
+        assert!(v2.verify(&tampered, &tm).is_err(), "tampered response accepted");
+
+        let mut v3 = encode_request(m, Some(&k)).expect("sign").verifier.expect("verifier");
+        v3.prev_mac = req_mac;
+        let e =
+            v3.verify(&forged, &Message::from_vec(&forged).expect("decode")).expect_err("wrong key accepted");
+        assert!(e.contains("TSIG"), "{e}");
+    }
 
     #[test]
     fn names_of_codes() {

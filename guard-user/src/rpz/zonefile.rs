@@ -508,9 +508,7 @@ impl Parser {
         let arg = l.tokens.get(1).map(|t| t.text.as_str());
         match (name.as_str(), arg) {
             ("$ORIGIN", Some(o)) if l.tokens.len() == 2 => {
-                if !o.ends_with('.') {
-                    return Err(self.err(l.line, format!("$ORIGIN {o} is not absolute")));
-                }
+                // A relative $ORIGIN is relative to the current one (BIND does this).
                 self.origin = self.absolute(o, l.line)?;
                 Ok(())
             }
@@ -580,7 +578,7 @@ www.evil.test CNAME .            ; NXDOMAIN policy for a name
 192.0.2.11 TXT \"a ; quoted\" \"(b)\"
 1.2.3.4.other.test. A 127.0.0.1  ; outside the zone
 24.0.2.0.192.rpz-ip A 127.0.0.1
-$ORIGIN rpz-ip.rpz.example.com.
+$ORIGIN rpz-ip
 128.1.zz.db8.2001 A 127.0.0.25
 ";
         let z = parse_zone(text, "rpz.example.com.").expect("parse");
