@@ -6,6 +6,7 @@
 pub mod config;
 pub mod daemon;
 pub mod events;
+pub mod learn;
 pub mod metrics;
 pub mod miss;
 pub mod openflow;

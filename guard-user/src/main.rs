@@ -44,6 +44,8 @@ enum Command {
         /// The TOML file.
         file: PathBuf,
     },
+    /// Learn the allow set from border DNS captures (pcap/pcapng).
+    Learn(Box<LearnArgs>),
     /// Remove the program and maps pinned by `run --pin DIR` (stops enforcement).
     Unpin {
         /// The pin directory given to `run --pin`.
@@ -121,6 +123,60 @@ struct StatusArgs {
     /// Print Prometheus metrics instead.
     #[arg(long)]
     metrics: bool,
+}
+
+/// Learn legitimate name servers (class DNS, RPZ 127.0.0.1) and mail
+/// exchangers (class SMTP, RPZ 127.0.0.25) from border DNS captures.
+///
+/// Rules: trust starts at the root servers; a matched response from a trusted
+/// server that delegates (NS records) makes the NS names known and their
+/// addresses (glue, or later matched A/AAAA answers from trusted servers)
+/// trusted name servers; a matched MX answer from a trusted server makes its
+/// exchanges mail hosts, whose addresses (additional section or later matched
+/// answers, following CNAMEs) get class SMTP. Nothing else teaches anything:
+/// unmatched responses, untrusted servers, negative answers.
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  rpz-guard learn border.pcap --zone-file rpz.db\n  \
+tcpdump -w - port 53 | rpz-guard learn - --summary-json -\n  \
+rpz-guard learn captures/ --update 192.0.2.53:53 --tsig-key rpz.key --zone rpz.corp.example")]
+struct LearnArgs {
+    /// Capture files (pcap or pcapng), directories (every file in them), or
+    /// `-` for standard input. Files are read in the order of their first
+    /// packet's timestamp.
+    #[arg(value_name = "INPUT", required = true)]
+    inputs: Vec<PathBuf>,
+    /// Write the allow set as an RPZ zone file (IPv4 hosts as
+    /// `a.b.c.d.<zone>`, IPv6 in `rpz-ip` form).
+    #[arg(long, value_name = "PATH")]
+    zone_file: Option<PathBuf>,
+    /// Origin of the policy zone.
+    #[arg(long, value_name = "NAME", default_value = "rpz.example.com")]
+    zone: String,
+    /// Add the entries the zone lacks to the RPZ primary at ADDR:PORT by
+    /// TSIG-signed dynamic UPDATE (the zone is read by AXFR first).
+    #[arg(long, value_name = "ADDR:PORT", requires = "tsig_key")]
+    update: Option<SocketAddr>,
+    /// BIND key file (`tsig-keygen` output) for --update.
+    #[arg(long, value_name = "FILE")]
+    tsig_key: Option<PathBuf>,
+    /// Write a JSON summary (counters, malformed input by reason, entries per
+    /// class, elapsed time, MB/s) to PATH, or `-` for standard output.
+    #[arg(long, value_name = "PATH|-")]
+    summary_json: Option<PathBuf>,
+    /// Start trust from this hints file (BIND root-hints format) instead of
+    /// the built-in 13 root servers.
+    #[arg(long, value_name = "FILE")]
+    root_hints: Option<PathBuf>,
+    /// Also trust the servers in FILE (root-hints format), e.g. TLD servers
+    /// the resolver already knew when a capture starts mid-stream. Repeatable.
+    #[arg(long, value_name = "FILE")]
+    trust_initial: Vec<PathBuf>,
+    /// Seconds a query waits for its response; older queries expire.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    window: f64,
+    /// Never show a progress bar (it shows only when stderr is a terminal).
+    #[arg(long)]
+    quiet: bool,
 }
 
 fn init_logging(format: &str) {
@@ -222,6 +278,54 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn learn(args: LearnArgs) -> anyhow::Result<()> {
+    use guard_user::{learn, rpz};
+    if !(args.window.is_finite() && args.window > 0.0) {
+        anyhow::bail!("--window must be a positive number of seconds, got {}", args.window);
+    }
+    let key = match (&args.update, &args.tsig_key) {
+        (Some(_), Some(path)) => Some(rpz::tsig::TsigKey::from_file(path)?),
+        _ => None,
+    };
+    let hints = learn::load_hints(args.root_hints.as_deref(), &args.trust_initial)?;
+    let opts = learn::LearnOptions {
+        inputs: args.inputs,
+        hints,
+        window: std::time::Duration::from_secs_f64(args.window),
+        progress: !args.quiet && learn::stderr_is_terminal(),
+    };
+    // The pipeline is CPU-bound and synchronous.
+    let outcome = tokio::task::spawn_blocking(move || learn::run(&opts)).await??;
+    if let Some(path) = &args.zone_file {
+        learn::output::write_zone_to_path(&outcome.allow, &args.zone, path)
+            .context("writing the zone file")?;
+    }
+    if let Some(path) = &args.summary_json {
+        learn::output::write_summary(&outcome.summary, path).context("writing the summary")?;
+    }
+    let s = &outcome.summary;
+    eprintln!(
+        "learned {} entries ({} dns, {} smtp) from {} packets, {} matched responses, {} malformed, {:.1} MB/s",
+        s.entries.total,
+        s.entries.dns,
+        s.entries.smtp,
+        s.packets,
+        s.matched,
+        s.malformed_total(),
+        s.mb_per_s
+    );
+    if let (Some(server), Some(key)) = (args.update, key) {
+        let r = rpz::update::push_additions(server, &args.zone, &key, &outcome.allow)
+            .await
+            .with_context(|| format!("updating zone {} at {server}", args.zone))?;
+        eprintln!(
+            "update {}: added {} records in {} batches, {} already present (serial before {})",
+            args.zone, r.added, r.batches, r.existing, r.serial_before
+        );
+    }
+    Ok(())
+}
+
 async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let what = if args.metrics { "metrics" } else { "status" };
     let text = daemon::query_status(&args.socket, what).await?;
@@ -249,6 +353,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(a) => run(*a).await,
             Command::Status(a) => status(a).await,
+            Command::Learn(a) => learn(*a).await,
             Command::CheckConfig { file } => {
                 let cfg = Config::load(&file)?;
                 print!("{}", toml::to_string_pretty(&cfg)?);

@@ -1,0 +1,319 @@
+//! The learning rules: an incremental state machine fed with matched
+//! responses, producing allow entries.
+//!
+//! 1. **Trust starts at the hints.** The root servers (or a hints file) are
+//!    trusted name servers and class `DNS` entries; their names are known
+//!    name-server names.
+//! 2. **Delegations.** A matched `NOERROR` response from a trusted server with
+//!    NS records (answer or authority section) whose owner encloses the
+//!    question name (bailiwick: a server may only speak for names it was
+//!    asked about) makes the NS target names *known name servers*. Their
+//!    A/AAAA records in the same response (glue, any section but authority)
+//!    become trusted servers with class `DNS`. Names without glue
+//!    (out-of-bailiwick NS) are remembered; a later matched answer from a
+//!    trusted server to a question about such a name (directly or through
+//!    CNAMEs) makes its addresses trusted `DNS` entries.
+//! 3. **Mail.** MX records in the answer section of a matched `NOERROR`
+//!    response from a trusted server, owned by the question name or a CNAME
+//!    target of it, make the exchange names *mail hosts*. Their A/AAAA in the
+//!    same response (additional section), or in later matched answers by
+//!    trusted servers (following CNAMEs), get class `SMTP`.
+//! 4. **Everything else teaches nothing**: responses from servers that are not
+//!    trusted, unmatched responses (never passed here), non-`NOERROR`
+//!    responses, negative answers (NXDOMAIN/NODATA: SOA in authority, no
+//!    data), records about names nobody asked for. Addresses that cannot be a
+//!    remote server (unspecified, loopback, multicast, broadcast, link-local)
+//!    are never entries.
+//!
+//! QNAME minimisation needs nothing special: the resolver asks `com. NS`,
+//! `example.com. NS`, ...; each referral or NS answer is a delegation whose
+//! owner encloses (equals) the question name.
+//!
+//! A capture that starts mid-stream: resolvers cache TLD delegations for
+//! days, so servers the resolver already knew are never seen being
+//! delegated, and their answers teach nothing under rule 4. Pass them as
+//! extra hints (`--trust-initial FILE`, root-hints format) when that matters.
+use std::{
+    collections::HashSet,
+    net::{IpAddr, Ipv6Addr},
+};
+
+use super::{
+    dns::{self, Message, Section},
+    hints::Hints,
+};
+use crate::policy::{AllowSet, Classes, Prefix};
+
+/// Longest CNAME chain followed inside one answer.
+const MAX_CHAIN: usize = 16;
+
+/// What one response taught.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The server is not trusted: nothing learned.
+    Untrusted,
+    /// Trusted, but the response carries no evidence (negative, error, or no
+    /// relevant records).
+    Nothing,
+    /// Trusted: this many entries were added or gained a class.
+    Learned(usize),
+}
+
+/// The learner state. Grows only with what was learned (names of name
+/// servers and mail hosts, trusted addresses, the allow set).
+#[derive(Debug)]
+pub struct Learner {
+    trusted: HashSet<IpAddr>,
+    ns_names: HashSet<Box<[u8]>>,
+    mx_names: HashSet<Box<[u8]>>,
+    allow: AllowSet,
+    new_entries: Option<Vec<(Prefix, Classes)>>,
+    // Scratch space reused between responses.
+    arena: Vec<u8>,
+    chain: Vec<(usize, usize)>,
+    resp_ns: Vec<(usize, usize)>,
+    resp_mx: Vec<(usize, usize)>,
+    owner: Vec<u8>,
+}
+
+/// True for addresses that can be a remote server.
+pub fn is_learnable(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => {
+            !(a.is_unspecified()
+                || a.is_loopback()
+                || a.is_multicast()
+                || a.is_broadcast()
+                || a.is_link_local())
+        }
+        IpAddr::V6(a) => {
+            let link_local = (a.segments()[0] & 0xffc0) == 0xfe80;
+            !(a.is_unspecified() || a.is_loopback() || a.is_multicast() || link_local)
+                && a.to_ipv4_mapped().is_none_or(|v4| is_learnable(v4.into()))
+                && a != Ipv6Addr::UNSPECIFIED
+        }
+    }
+}
+
+impl Learner {
+    /// A learner trusting `hints`; the hint addresses are `DNS` entries.
+    pub fn new(hints: &Hints) -> Learner {
+        let mut l = Learner {
+            trusted: HashSet::new(),
+            ns_names: HashSet::new(),
+            mx_names: HashSet::new(),
+            allow: AllowSet::new(),
+            new_entries: None,
+            arena: Vec::with_capacity(1024),
+            chain: Vec::new(),
+            resp_ns: Vec::new(),
+            resp_mx: Vec::new(),
+            owner: Vec::with_capacity(256),
+        };
+        for n in &hints.names {
+            l.ns_names.insert(n.as_slice().into());
+        }
+        for a in &hints.addrs {
+            l.add(*a, Classes::DNS);
+        }
+        l
+    }
+
+    /// Keep a list of entries added since the last [`Learner::take_new_entries`]
+    /// (for live learning). Off by default to save memory in batch runs.
+    pub fn record_new_entries(&mut self, on: bool) {
+        self.new_entries = on.then(Vec::new);
+    }
+
+    /// Entries added or extended since the last call (empty unless recording).
+    pub fn take_new_entries(&mut self) -> Vec<(Prefix, Classes)> {
+        self.new_entries.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// True when `ip` is a trusted name server.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted.contains(&ip)
+    }
+
+    /// Trusted name servers known so far.
+    pub fn trusted_count(&self) -> usize {
+        self.trusted.len()
+    }
+
+    /// The allow set learned so far.
+    pub fn allow_set(&self) -> &AllowSet {
+        &self.allow
+    }
+
+    /// Consumes the learner, returning the allow set.
+    pub fn into_allow_set(self) -> AllowSet {
+        self.allow
+    }
+
+    fn add(&mut self, ip: IpAddr, classes: Classes) -> bool {
+        if !is_learnable(ip) {
+            return false;
+        }
+        if classes.contains(Classes::DNS) {
+            self.trusted.insert(ip);
+        }
+        let p = Prefix::host(ip);
+        let changed = self.allow.add(p, classes);
+        if changed && let Some(v) = self.new_entries.as_mut() {
+            v.push((p, classes));
+        }
+        changed
+    }
+
+    fn push_name(&mut self, msg: &Message<'_>, at: usize) -> Option<(usize, usize)> {
+        let start = self.arena.len();
+        match msg.name_into(at, &mut self.arena) {
+            Ok(()) => Some((start, self.arena.len())),
+            Err(_) => {
+                self.arena.truncate(start);
+                None
+            }
+        }
+    }
+
+    fn in_list(&self, list: &[(usize, usize)], name: &[u8]) -> bool {
+        list.iter().any(|&(s, e)| &self.arena[s..e] == name)
+    }
+
+    /// Applies the rules to a *matched* response from `server`.
+    pub fn learn(&mut self, server: IpAddr, msg: &Message<'_>) -> Outcome {
+        if !self.trusted.contains(&server) {
+            return Outcome::Untrusted;
+        }
+        let Some(q) = msg.question else { return Outcome::Nothing };
+        if msg.header.rcode() != 0 || !msg.header.is_response() {
+            return Outcome::Nothing;
+        }
+        self.arena.clear();
+        self.chain.clear();
+        self.resp_ns.clear();
+        self.resp_mx.clear();
+        let Some(qname) = self.push_name(msg, q.name_at) else { return Outcome::Nothing };
+        self.chain.push(qname);
+        let records = msg.records();
+        // The question name and its CNAME targets within the answer.
+        for _ in 0..MAX_CHAIN {
+            let mut grew = false;
+            for r in records.iter().filter(|r| r.section == Section::Answer && r.rtype == dns::TYPE_CNAME) {
+                self.owner.clear();
+                if msg.name_into(r.name_at, &mut self.owner).is_err() {
+                    continue;
+                }
+                let owner = std::mem::take(&mut self.owner);
+                let in_chain = self.in_list(&self.chain, &owner);
+                self.owner = owner;
+                if !in_chain {
+                    continue;
+                }
+                let Some(t) = msg.target_at(r) else { continue };
+                let Some(range) = self.push_name(msg, t) else { continue };
+                let (s, e) = range;
+                if self.chain.iter().any(|&(cs, ce)| self.arena[cs..ce] == self.arena[s..e]) {
+                    self.arena.truncate(s);
+                } else {
+                    self.chain.push(range);
+                    grew = true;
+                }
+            }
+            if !grew || self.chain.len() > MAX_CHAIN {
+                break;
+            }
+        }
+        let (qs, qe) = qname;
+        for r in records {
+            let owner_ok = |l: &mut Learner| -> bool {
+                l.owner.clear();
+                msg.name_into(r.name_at, &mut l.owner).is_ok()
+            };
+            match (r.rtype, r.section) {
+                (dns::TYPE_NS, Section::Answer | Section::Authority) => {
+                    if !owner_ok(self) || !dns::is_subdomain(&self.arena[qs..qe], &self.owner) {
+                        continue;
+                    }
+                    if let Some(t) = msg.target_at(r)
+                        && let Some((s, e)) = self.push_name(msg, t)
+                    {
+                        self.resp_ns.push((s, e));
+                        if !self.ns_names.contains(&self.arena[s..e]) {
+                            self.ns_names.insert(self.arena[s..e].into());
+                        }
+                    }
+                }
+                (dns::TYPE_MX, Section::Answer) => {
+                    if !owner_ok(self) || !self.in_list(&self.chain, &self.owner) {
+                        continue;
+                    }
+                    if let Some(t) = msg.target_at(r)
+                        && let Some((s, e)) = self.push_name(msg, t)
+                    {
+                        self.resp_mx.push((s, e));
+                        if !self.mx_names.contains(&self.arena[s..e]) {
+                            self.mx_names.insert(self.arena[s..e].into());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Is the question (or a name it aliases) a known name server or mail host?
+        let chain_dns = self.chain.iter().any(|&(s, e)| self.ns_names.contains(&self.arena[s..e]));
+        let chain_smtp = self.chain.iter().any(|&(s, e)| self.mx_names.contains(&self.arena[s..e]));
+        if chain_dns || chain_smtp {
+            // Later answers for the CNAME targets count too.
+            for i in 0..self.chain.len() {
+                let (s, e) = self.chain[i];
+                if chain_dns && !self.ns_names.contains(&self.arena[s..e]) {
+                    self.ns_names.insert(self.arena[s..e].into());
+                }
+                if chain_smtp && !self.mx_names.contains(&self.arena[s..e]) {
+                    self.mx_names.insert(self.arena[s..e].into());
+                }
+            }
+        }
+        let mut learned = 0;
+        for r in records {
+            let ip: IpAddr = match r.rtype {
+                dns::TYPE_A => match msg.a(r) {
+                    Some(a) => a.into(),
+                    None => continue,
+                },
+                dns::TYPE_AAAA => match msg.aaaa(r) {
+                    Some(a) => a.into(),
+                    None => continue,
+                },
+                _ => continue,
+            };
+            if r.section == Section::Authority {
+                continue;
+            }
+            self.owner.clear();
+            if msg.name_into(r.name_at, &mut self.owner).is_err() {
+                continue;
+            }
+            let mut classes = Classes::NONE;
+            if r.section == Section::Answer && self.in_list(&self.chain, &self.owner) {
+                if chain_dns {
+                    classes = classes.union(Classes::DNS);
+                }
+                if chain_smtp {
+                    classes = classes.union(Classes::SMTP);
+                }
+            }
+            if self.in_list(&self.resp_ns, &self.owner) {
+                classes = classes.union(Classes::DNS);
+            }
+            if self.in_list(&self.resp_mx, &self.owner) {
+                classes = classes.union(Classes::SMTP);
+            }
+            if !classes.is_empty() && self.add(ip, classes) {
+                learned += 1;
+            }
+        }
+        if learned > 0 { Outcome::Learned(learned) } else { Outcome::Nothing }
+    }
+}
