@@ -248,6 +248,23 @@ impl Stat {
         Stat::WouldDrop,
     ];
 
+    /// The outcome counters: every frame the program sees lands in exactly
+    /// one of them, so they sum to [`Stat::Packets`].
+    pub const OUTCOMES: [Stat; 12] = [
+        Stat::NonIp,
+        Stat::Unprotected,
+        Stat::ExemptSource,
+        Stat::InternalDest,
+        Stat::PassAllowed,
+        Stat::PassCached,
+        Stat::DropNotRegistered,
+        Stat::DropWrongClass,
+        Stat::Miss,
+        Stat::DropMalformed,
+        Stat::Fragment,
+        Stat::DropExtChain,
+    ];
+
     /// The snake_case name used in status output and metrics.
     pub const fn name(self) -> &'static str {
         match self {

@@ -227,7 +227,7 @@ pub struct Cache {
 
 impl Default for Cache {
     fn default() -> Self {
-        Cache { positive_ttl_secs: 300, negative_ttl_secs: 5, pending_ms: 1000 }
+        Cache { positive_ttl_secs: 60, negative_ttl_secs: 5, pending_ms: 1000 }
     }
 }
 

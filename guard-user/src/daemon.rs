@@ -554,9 +554,40 @@ async fn run_openflow(
     shared: Arc<Shared>,
     cancel: CancellationToken,
 ) -> Result<(), DaemonError> {
-    let _ = (cfg, shared);
-    cancel.cancelled().await;
-    Err(DaemonError::Openflow("OpenFlow mode is not built into this version yet".into()))
+    use crate::openflow::{ControllerConfig, ControllerShared, ProtectedPort, Transport};
+    let of = &cfg.openflow;
+    let protected = cfg
+        .policy
+        .protected_ports()
+        .into_iter()
+        .map(|p| ProtectedPort {
+            proto: if p.proto == 6 { Transport::Tcp } else { Transport::Udp },
+            port: p.port,
+            service: p.service,
+        })
+        .collect();
+    let ccfg = ControllerConfig {
+        listen: of.listen,
+        protected,
+        exempt_sources: cfg.policy.exempt_sources.clone(),
+        internal_networks: cfg.policy.internal_networks.clone(),
+        flow_budget: of.flow_budget,
+        packet_in_rate: of.packet_in_rate,
+        verdict_idle_secs: of.idle_timeout_secs,
+        verdict_hard_secs: of.hard_timeout_secs,
+        ..ControllerConfig::default()
+    };
+    let cshared = ControllerShared::new(
+        shared.allow.clone(),
+        shared.resolver.clone(),
+        shared.events.clone(),
+        shared.counters.clone(),
+    );
+    let view = cshared.clone();
+    *lock(&shared.extra) = Some(Box::new(move || serde_json::to_value(view.status()).unwrap_or_default()));
+    *lock(&shared.point) = format!("openflow:{}", of.listen);
+    tracing::info!(listen = %of.listen, "OpenFlow controller mode");
+    crate::openflow::serve(ccfg, cshared, cancel).await.map_err(|e| DaemonError::Openflow(e.to_string()))
 }
 
 fn bind_status(path: &Path) -> Result<UnixListener, DaemonError> {
@@ -581,24 +612,34 @@ fn bind_status(path: &Path) -> Result<UnixListener, DaemonError> {
     UnixListener::bind(path).map_err(io)
 }
 
+/// Logs a failed accept and pauses briefly (e.g. out of file descriptors).
+async fn accept_failed(what: &'static str, e: &std::io::Error) {
+    tracing::warn!(error = %e, what, "accept failed");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// Reads a request of at most `N` bytes, waiting at most two seconds.
+async fn read_request<const N: usize>(conn: &mut (impl AsyncReadExt + Unpin)) -> String {
+    let mut buf = [0u8; N];
+    let n = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut buf))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
 /// Status socket protocol: the client writes one line, `status` (JSON reply)
 /// or `metrics` (Prometheus text), and reads to EOF.
 async fn serve_status(listener: UnixListener, shared: Arc<Shared>, cancel: CancellationToken) {
     loop {
-        let (mut conn, _) = tokio::select! {
+        let mut conn = tokio::select! {
             () = cancel.cancelled() => return,
-            c = listener.accept() => match c { Ok(c) => c, Err(e) => { tracing::warn!(error = %e, "status accept failed"); continue; } },
+            c = listener.accept() => match c { Ok(c) => c.0, Err(e) => { accept_failed("status", &e).await; continue; } },
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let mut buf = [0u8; 64];
-            let n = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut buf))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or(0);
-            let req = std::str::from_utf8(&buf[..n]).unwrap_or("").trim();
-            let body = match req {
+            let body = match read_request::<64>(&mut conn).await.trim() {
                 "metrics" => shared.metrics(),
                 _ => serde_json::to_string(&shared.report()).unwrap_or_default(),
             };
@@ -608,24 +649,17 @@ async fn serve_status(listener: UnixListener, shared: Arc<Shared>, cancel: Cance
     }
 }
 
-/// A minimal HTTP/1.0 responder for `GET /metrics`.
+/// A minimal HTTP/1.0 responder for `GET /metrics` (and `/status`).
 async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>, cancel: CancellationToken) {
     loop {
-        let (mut conn, _) = tokio::select! {
+        let mut conn = tokio::select! {
             () = cancel.cancelled() => return,
-            c = listener.accept() => match c { Ok(c) => c, Err(e) => { tracing::warn!(error = %e, "metrics accept failed"); continue; } },
+            c = listener.accept() => match c { Ok(c) => c.0, Err(e) => { accept_failed("metrics", &e).await; continue; } },
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let n = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut buf))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or(0);
-            let req = String::from_utf8_lossy(&buf[..n]);
-            let path = req.split_whitespace().nth(1).unwrap_or("");
-            let (code, body) = match path {
+            let req = read_request::<1024>(&mut conn).await;
+            let (code, body) = match req.split_whitespace().nth(1).unwrap_or("") {
                 "/metrics" => ("200 OK", shared.metrics()),
                 "/status" => ("200 OK", serde_json::to_string(&shared.report()).unwrap_or_default()),
                 _ => ("404 Not Found", "try /metrics or /status\n".to_owned()),

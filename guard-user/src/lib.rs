@@ -9,6 +9,7 @@ pub mod events;
 pub mod learn;
 pub mod metrics;
 pub mod miss;
+pub mod openflow;
 pub mod policy;
 pub mod rpz;
 pub mod sync;

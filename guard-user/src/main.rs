@@ -89,6 +89,9 @@ struct RunArgs {
     /// Listen for NOTIFY from the server on ADDR:PORT.
     #[arg(long)]
     notify_listen: Option<SocketAddr>,
+    /// Seconds between SOA polls of the server (fallback for lost NOTIFYs).
+    #[arg(long, value_name = "SECS")]
+    poll_interval: Option<u64>,
     /// Exempt source prefix (repeatable): the organization's resolvers and relays.
     #[arg(long = "exempt", value_name = "PREFIX")]
     exempt: Vec<Prefix>,
@@ -230,6 +233,9 @@ fn merge(args: RunArgs) -> anyhow::Result<Config> {
     }
     if args.notify_listen.is_some() {
         r.notify_listen = args.notify_listen;
+    }
+    if let Some(p) = args.poll_interval {
+        r.poll_interval_secs = p;
     }
     if !args.exempt.is_empty() {
         cfg.policy.exempt_sources = args.exempt;

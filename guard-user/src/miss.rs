@@ -61,7 +61,7 @@ pub struct CacheTtl {
 impl Default for CacheTtl {
     fn default() -> Self {
         CacheTtl {
-            positive: Duration::from_secs(300),
+            positive: Duration::from_secs(60),
             negative: Duration::from_secs(5),
             error: Duration::from_secs(1),
         }

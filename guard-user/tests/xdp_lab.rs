@@ -430,3 +430,32 @@ impl Drop for BpfMount {
         let _ = Command::new("umount").arg(&self.0).status();
     }
 }
+
+/// BIND lost while running: the current set stays in force, status reports
+/// the sync error (fail closed for unknown destinations).
+#[test]
+fn bind_lost_later_keeps_enforcing() {
+    let lab = up("xdpl");
+    let mx_ip = IpAddr::V4(LabAddrs::inet_v4(25));
+    add(&lab, mx_ip, "127.0.0.25");
+    let d = Daemon::start(&lab, &["--poll-interval", "1"]);
+    let mx = SocketAddr::new(mx_ip, 25);
+    let rogue = SocketAddr::new(IpAddr::V4(LabAddrs::inet_v4(66)), 25);
+    assert_eq!(connect(&lab, Role::Pc, mx, SHORT), Conn::Open);
+    // End the lab's named (a process the lab started; its pid file names it).
+    let pids = lab.state_dir().join("pids");
+    let named_pid = std::fs::read_dir(&pids)
+        .expect("pid dir")
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .find(|l| l.trim_end().ends_with(" named"))
+        .and_then(|l| l.split_whitespace().next()?.parse::<i32>().ok())
+        .expect("named pid recorded by the lab");
+    // SAFETY: kill(2) on a pid the lab started.
+    assert_eq!(unsafe { libc::kill(named_pid, libc::SIGTERM) }, 0);
+    eventually(Duration::from_secs(10), || d.status().sync.last_error.is_some())
+        .expect("status reports the lost source");
+    assert_eq!(connect(&lab, Role::Pc, mx, SHORT), Conn::Open, "known set still enforced: allowed");
+    assert_eq!(connect(&lab, Role::Pc, rogue, SHORT), Conn::TimedOut, "known set still enforced: blocked");
+    assert_eq!(d.status().entries.0, 1);
+    eventually(Duration::from_secs(5), || d.status().miss.errors >= 1).expect("the miss path failed closed");
+}

@@ -473,22 +473,6 @@ fn garbage_frames_get_a_verdict() {
         assert!(act == XDP_PASS || act == XDP_DROP, "frame {i}: action {act}");
     }
     let s = e.stats().expect("stats");
-    let decided: u64 = [
-        Stat::NonIp,
-        Stat::Unprotected,
-        Stat::ExemptSource,
-        Stat::InternalDest,
-        Stat::PassAllowed,
-        Stat::PassCached,
-        Stat::DropNotRegistered,
-        Stat::DropWrongClass,
-        Stat::Miss,
-        Stat::DropMalformed,
-        Stat::Fragment,
-        Stat::DropExtChain,
-    ]
-    .iter()
-    .map(|st| s[*st as usize])
-    .sum();
+    let decided: u64 = Stat::OUTCOMES.iter().map(|st| s[*st as usize]).sum();
     assert_eq!(decided, s[Stat::Packets as usize], "every frame lands in exactly one outcome counter");
 }

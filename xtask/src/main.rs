@@ -2,9 +2,11 @@
 //!
 //! Each task lives in its own module with an `Args` struct and a `run`
 //! function; adding a task is one enum variant and one match arm.
+mod bench;
 mod command;
 mod demo;
 mod lab;
+mod run;
 mod setup;
 mod test;
 
@@ -23,6 +25,8 @@ struct Cli {
 enum Task {
     /// See rpz-guard work on the built-in lab: mail passes, a bot is blocked and reported.
     Demo(demo::Args),
+    /// Build rpz-guard and run `rpz-guard run ARGS` (e.g. `--iface eth1 --server 192.0.2.53:53`).
+    Run(run::Args),
     /// Install what rpz-guard needs on a Debian 12 machine (idempotent, as root).
     Setup(setup::Args),
     /// Bring the network lab up or down, or show what exists.
@@ -31,15 +35,19 @@ enum Task {
     Test(test::Args),
     /// Build rpz-guard with the embedded XDP object.
     BuildEbpf,
+    /// Run the benchmarks and write target/bench-report/REPORT.md.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Demo(args) => demo::run(&args),
+        Task::Run(args) => run::run(&args),
         Task::Setup(args) => setup::run(&args),
         Task::Lab(args) => lab::run(args),
         Task::Test(args) => test::run(&args),
+        Task::Bench(args) => bench::run(&args),
         Task::BuildEbpf => {
             command::run_step("build-ebpf", command::cargo().args(["build", "-p", "guard-user"]))
         }

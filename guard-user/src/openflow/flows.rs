@@ -1,0 +1,172 @@
+//! The flow design: which FLOW_MODs the controller installs (see the module
+//! docs of [`crate::openflow`] for the table layout).
+
+use std::net::IpAddr;
+
+use super::{
+    ControllerConfig, ProtectedPort,
+    codec::{Action, FlowMod, Instruction, NO_BUFFER, OFPP_CONTROLLER, OFPP_NORMAL, flow_cmd, flow_flags},
+    oxm::{FRAG_LATER, Match, Oxm, v4_mask, v6_mask},
+};
+use crate::policy::{Classes, Prefix};
+
+/// Cookie bits shared by every flow this controller installs ("RPG").
+pub const COOKIE_TAG: u64 = 0x5250_4700_0000_0000;
+/// Mask selecting [`COOKIE_TAG`]: deletes with it remove all our flows.
+pub const COOKIE_TAG_MASK: u64 = 0xffff_ff00_0000_0000;
+/// Mask selecting tag and kind.
+pub const COOKIE_KIND_MASK: u64 = 0xffff_ffff_0000_0000;
+/// Kind: static rules (exempt, internal, protected → controller, table-miss).
+pub const COOKIE_BASE: u64 = COOKIE_TAG | (1 << 32);
+/// Kind: proactive allow flows from the allow set.
+pub const COOKIE_PROACTIVE: u64 = COOKIE_TAG | (2 << 32);
+/// Kind: reactive verdict flows installed after a packet-in.
+pub const COOKIE_VERDICT: u64 = COOKIE_TAG | (3 << 32);
+
+/// Priority of exempt-source rules.
+pub const PRIO_EXEMPT: u16 = 40_000;
+/// Priority of internal-destination rules.
+pub const PRIO_INTERNAL: u16 = 39_000;
+/// Priority of proactive allow flows.
+pub const PRIO_ALLOW: u16 = 30_000;
+/// Priority of reactive verdict flows (allow or drop).
+pub const PRIO_VERDICT: u16 = 20_000;
+/// Priority of the non-first-fragment rule.
+pub const PRIO_LATER_FRAG: u16 = 15_000;
+/// Priority of protected traffic → controller.
+pub const PRIO_PROTECTED: u16 = 10_000;
+/// Priority of the table-miss flow.
+pub const PRIO_MISS: u16 = 0;
+
+/// Meter id used to rate-limit packet-ins.
+pub const PACKET_IN_METER: u32 = 1;
+
+const ETH_IPV4: u16 = 0x0800;
+const ETH_IPV6: u16 = 0x86dd;
+
+fn normal() -> Vec<Instruction> {
+    vec![Instruction::ApplyActions(vec![Action::output(OFPP_NORMAL)])]
+}
+
+fn eth_type(ip: &IpAddr) -> u16 {
+    if ip.is_ipv4() { ETH_IPV4 } else { ETH_IPV6 }
+}
+
+/// `eth_type` plus the source or destination prefix.
+fn prefix_fields(p: &Prefix, dst: bool) -> Vec<Oxm> {
+    let addr = p.addr();
+    let mut f = vec![Oxm::EthType(eth_type(&addr))];
+    if p.is_empty() {
+        return f;
+    }
+    f.push(match (addr, dst, p.is_host()) {
+        (IpAddr::V4(a), false, true) => Oxm::Ipv4Src(a, None),
+        (IpAddr::V4(a), false, false) => Oxm::Ipv4Src(a, Some(v4_mask(p.len()))),
+        (IpAddr::V4(a), true, true) => Oxm::Ipv4Dst(a, None),
+        (IpAddr::V4(a), true, false) => Oxm::Ipv4Dst(a, Some(v4_mask(p.len()))),
+        (IpAddr::V6(a), false, true) => Oxm::Ipv6Src(a, None),
+        (IpAddr::V6(a), false, false) => Oxm::Ipv6Src(a, Some(v6_mask(p.len()))),
+        (IpAddr::V6(a), true, true) => Oxm::Ipv6Dst(a, None),
+        (IpAddr::V6(a), true, false) => Oxm::Ipv6Dst(a, Some(v6_mask(p.len()))),
+    });
+    f
+}
+
+fn port_fields(pp: &ProtectedPort) -> [Oxm; 2] {
+    let proto = pp.proto.number();
+    [Oxm::IpProto(proto), if proto == 6 { Oxm::TcpDst(pp.port) } else { Oxm::UdpDst(pp.port) }]
+}
+
+/// The static rules: exempt sources and internal destinations → NORMAL,
+/// non-first fragments → NORMAL, protected ports → meter → CONTROLLER,
+/// table-miss → NORMAL.
+pub fn base_flows(cfg: &ControllerConfig) -> Vec<FlowMod> {
+    let mut out = Vec::new();
+    for p in &cfg.exempt_sources {
+        out.push(FlowMod::add(COOKIE_BASE, PRIO_EXEMPT, Match::new(prefix_fields(p, false)), normal()));
+    }
+    for p in &cfg.internal_networks {
+        out.push(FlowMod::add(COOKIE_BASE, PRIO_INTERNAL, Match::new(prefix_fields(p, true)), normal()));
+    }
+    for et in [ETH_IPV4, ETH_IPV6] {
+        // Later fragments carry no ports; without the first fragment they
+        // cannot be reassembled, so they pass (same policy as XDP mode).
+        out.push(FlowMod::add(
+            COOKIE_BASE,
+            PRIO_LATER_FRAG,
+            Match::new(vec![Oxm::EthType(et), Oxm::IpFrag(FRAG_LATER, Some(FRAG_LATER))]),
+            normal(),
+        ));
+        for pp in &cfg.protected {
+            let mut f = vec![Oxm::EthType(et)];
+            f.extend(port_fields(pp));
+            let mut ins = Vec::with_capacity(2);
+            if cfg.packet_in_rate > 0 {
+                ins.push(Instruction::Meter(PACKET_IN_METER));
+            }
+            ins.push(Instruction::ApplyActions(vec![Action::output(OFPP_CONTROLLER)]));
+            out.push(FlowMod::add(COOKIE_BASE, PRIO_PROTECTED, Match::new(f), ins));
+        }
+    }
+    out.push(FlowMod::add(COOKIE_BASE, PRIO_MISS, Match::default(), normal()));
+    out
+}
+
+/// The protected ports a destination holding `classes` may receive.
+pub fn allowed_ports(cfg: &ControllerConfig, classes: Classes) -> impl Iterator<Item = &ProtectedPort> {
+    cfg.protected.iter().filter(move |pp| pp.service.allows(classes))
+}
+
+/// Proactive allow flows for one allow-set entry (`command` ADD or DELETE_STRICT).
+pub fn allow_flows(cfg: &ControllerConfig, prefix: &Prefix, classes: Classes, command: u8) -> Vec<FlowMod> {
+    allowed_ports(cfg, classes)
+        .map(|pp| {
+            let mut f = prefix_fields(prefix, true);
+            f.extend(port_fields(pp));
+            let mut fm = FlowMod::add(COOKIE_PROACTIVE, PRIO_ALLOW, Match::new(f), normal());
+            fm.command = command;
+            if command != flow_cmd::ADD {
+                fm.cookie_mask = COOKIE_KIND_MASK;
+                fm.instructions.clear();
+            }
+            fm
+        })
+        .collect()
+}
+
+/// Deletes every reactive verdict flow whose destination lies in `prefix`
+/// (non-strict delete: matches flows at least as specific).
+pub fn delete_verdicts_in(prefix: &Prefix) -> FlowMod {
+    FlowMod::delete_by_cookie(COOKIE_VERDICT, COOKIE_KIND_MASK, Match::new(prefix_fields(prefix, true)))
+}
+
+/// Deletes every flow carrying our cookie tag (resynchronisation).
+pub fn delete_all_ours() -> FlowMod {
+    FlowMod::delete_by_cookie(COOKIE_TAG, COOKIE_TAG_MASK, Match::default())
+}
+
+/// A reactive verdict flow for one destination and protected port: allow
+/// (→ NORMAL) or drop (no instructions), with timeouts, reporting removal.
+pub fn verdict_flow(
+    dst: IpAddr,
+    pp: &ProtectedPort,
+    allow: bool,
+    idle_timeout: u16,
+    hard_timeout: u16,
+    buffer_id: Option<u32>,
+) -> FlowMod {
+    let mut f = prefix_fields(&Prefix::host(dst), true);
+    f.extend(port_fields(pp));
+    let mut fm =
+        FlowMod::add(COOKIE_VERDICT, PRIO_VERDICT, Match::new(f), if allow { normal() } else { Vec::new() });
+    fm.idle_timeout = idle_timeout;
+    fm.hard_timeout = hard_timeout;
+    fm.flags = flow_flags::SEND_FLOW_REM;
+    fm.buffer_id = buffer_id.unwrap_or(NO_BUFFER);
+    fm
+}
+
+/// Number of proactive flows an entry needs.
+pub fn allow_flow_count(cfg: &ControllerConfig, classes: Classes) -> usize {
+    allowed_ports(cfg, classes).count()
+}
