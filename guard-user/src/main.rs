@@ -199,7 +199,8 @@ fn init_logging(format: &str) {
 /// File settings overridden by flags.
 fn merge(args: RunArgs) -> anyhow::Result<Config> {
     let mut cfg = match &args.config {
-        Some(p) => Config::load(p)?,
+        // Validated after the flags are applied: a flag may supply what the file lacks.
+        Some(p) => Config::read_unvalidated(p)?,
         None => Config::default(),
     };
     let e = &mut cfg.enforce;

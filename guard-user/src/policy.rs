@@ -355,13 +355,15 @@ impl AllowSet {
     }
 
     /// The classes that apply to a destination: the union over every entry
-    /// containing `ip` (host entry and any covering prefix).
+    /// containing `ip` (host entry and any covering prefix). One map lookup
+    /// per possible prefix length, whatever the size of the set.
     pub fn lookup(&self, ip: IpAddr) -> Classes {
         let host = Prefix::host(ip);
-        let mut c = self.get(&host);
-        for (p, classes) in &self.entries {
-            if !p.is_host() && p.contains(host.addr()) {
-                c = c.union(*classes);
+        let max = if host.addr().is_ipv4() { 32 } else { 128 };
+        let mut c = Classes::NONE;
+        for len in 0..=max {
+            if let Ok(p) = Prefix::new(host.addr(), len) {
+                c = c.union(self.get(&p));
             }
         }
         c
