@@ -447,7 +447,8 @@ async fn mirror(
             continue;
         }
         let started = Instant::now();
-        let res = {
+        // Seconds for a large diff: let the runtime move other tasks away.
+        let res = tokio::task::block_in_place(|| {
             let mut e = lock(&enforcer);
             // Userspace first, under the enforcer lock: a miss answer racing
             // with this change sees a new generation and is not cached.
@@ -458,7 +459,7 @@ async fn mirror(
                 shared.resolver.invalidate(changed.by_ref().map(Prefix::addr));
             }
             e.apply_diff(&diff)
-        };
+        });
         let mut st = lock(&shared.sync);
         match res {
             Ok(()) => {
