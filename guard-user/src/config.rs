@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::{
     events::EventOutput,
     miss::CacheTtl,
-    policy::{Prefix, Service},
-    xdp::{AttachMode, ProtectedPort},
+    policy::{Prefix, ProtectedPort, Service, Transport},
+    xdp::AttachMode,
 };
 
 /// A configuration problem, naming the key and the value.
@@ -163,12 +163,14 @@ impl Default for Policy {
 impl Policy {
     /// The protected ports as the XDP program wants them.
     pub fn protected_ports(&self) -> Vec<ProtectedPort> {
-        let smtp =
-            self.smtp_ports.iter().map(|&port| ProtectedPort { proto: 6, port, service: Service::Smtp });
-        let dns = self
-            .dns_ports
-            .iter()
-            .flat_map(|&port| [6, 17].map(|proto| ProtectedPort { proto, port, service: Service::Dns }));
+        let smtp = self.smtp_ports.iter().map(|&port| ProtectedPort {
+            proto: Transport::Tcp,
+            port,
+            service: Service::Smtp,
+        });
+        let dns = self.dns_ports.iter().flat_map(|&port| {
+            [Transport::Udp, Transport::Tcp].map(|proto| ProtectedPort { proto, port, service: Service::Dns })
+        });
         smtp.chain(dns).collect()
     }
 }

@@ -577,21 +577,11 @@ async fn run_openflow(
     shared: Arc<Shared>,
     cancel: CancellationToken,
 ) -> Result<(), DaemonError> {
-    use crate::openflow::{ControllerConfig, ControllerShared, ProtectedPort, Transport};
+    use crate::openflow::{ControllerConfig, ControllerShared};
     let of = &cfg.openflow;
-    let protected = cfg
-        .policy
-        .protected_ports()
-        .into_iter()
-        .map(|p| ProtectedPort {
-            proto: if p.proto == 6 { Transport::Tcp } else { Transport::Udp },
-            port: p.port,
-            service: p.service,
-        })
-        .collect();
     let ccfg = ControllerConfig {
         listen: of.listen,
-        protected,
+        protected: cfg.policy.protected_ports(),
         exempt_sources: cfg.policy.exempt_sources.clone(),
         internal_networks: cfg.policy.internal_networks.clone(),
         flow_budget: of.flow_budget,

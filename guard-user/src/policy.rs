@@ -137,6 +137,38 @@ impl fmt::Display for Service {
     }
 }
 
+/// A transport protocol of a protected port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// TCP (6).
+    Tcp,
+    /// UDP (17).
+    Udp,
+}
+
+impl Transport {
+    /// The IP protocol number.
+    pub const fn number(self) -> u8 {
+        match self {
+            Transport::Tcp => 6,
+            Transport::Udp => 17,
+        }
+    }
+}
+
+/// One protected destination port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProtectedPort {
+    /// TCP or UDP.
+    pub proto: Transport,
+    /// Destination port.
+    pub port: u16,
+    /// The service it belongs to.
+    pub service: Service,
+}
+
 /// The decision for one checked packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

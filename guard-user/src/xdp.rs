@@ -30,7 +30,7 @@ use guard_common::{
 
 use crate::{
     metrics::StatSnapshot,
-    policy::{AllowDiff, Classes, Prefix, Service},
+    policy::{AllowDiff, Classes, Prefix, Transport},
 };
 
 /// The XDP object built from `guard-ebpf`, embedded at compile time.
@@ -143,16 +143,7 @@ impl std::fmt::Display for AttachMode {
     }
 }
 
-/// A protected port: protocol, port, service.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ProtectedPort {
-    /// IP protocol: 6 (TCP) or 17 (UDP).
-    pub proto: u8,
-    /// Destination port.
-    pub port: u16,
-    /// The service it belongs to.
-    pub service: Service,
-}
+pub use crate::policy::ProtectedPort;
 
 /// The program's static configuration, written at start.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -316,7 +307,7 @@ impl Enforcer {
             let mut ports: Array<&mut MapData, u32> = self.array(MAP_PORTS)?;
             let mut want = std::collections::HashMap::<u16, u32>::new();
             for p in &cfg.ports {
-                let shift = if p.proto == 6 { PORT_TCP_SHIFT } else { PORT_UDP_SHIFT };
+                let shift = if p.proto == Transport::Tcp { PORT_TCP_SHIFT } else { PORT_UDP_SHIFT };
                 *want.entry(p.port).or_default() |= p.service.number() << shift;
             }
             // Clear ports from an earlier (adopted) configuration first.

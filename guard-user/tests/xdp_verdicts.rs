@@ -8,7 +8,10 @@ use std::{
 
 use guard_common::{MODE_COUNT, Settings, Stat};
 use guard_user::{
-    policy::{AllowSet, Classes, Prefix, Service},
+    policy::{
+        AllowSet, Classes, Prefix, Service,
+        Transport::{Tcp, Udp},
+    },
     xdp::{Enforcer, ProgramConfig, ProtectedPort},
 };
 
@@ -134,9 +137,9 @@ fn p(s: &str) -> Prefix {
 fn enforcer(settings: Settings) -> Enforcer {
     let mut e =
         Enforcer::load(None).unwrap_or_else(|e| panic!("loading the XDP program (needs root): {e:?}"));
-    let ports = [(6, 25, Service::Smtp), (6, 465, Service::Smtp), (6, 587, Service::Smtp)]
+    let ports = [(Tcp, 25, Service::Smtp), (Tcp, 465, Service::Smtp), (Tcp, 587, Service::Smtp)]
         .into_iter()
-        .chain([(17, 53, Service::Dns), (6, 53, Service::Dns)])
+        .chain([(Udp, 53, Service::Dns), (Tcp, 53, Service::Dns)])
         .map(|(proto, port, service)| ProtectedPort { proto, port, service })
         .collect();
     e.configure(&ProgramConfig {

@@ -92,40 +92,10 @@ use crate::{
     events::EventSink,
     metrics::Counters,
     miss::MissResolver,
-    policy::{AllowSet, Prefix, Service},
+    policy::{AllowSet, Prefix},
 };
 
-/// A transport protocol of a protected port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    /// TCP (6).
-    Tcp,
-    /// UDP (17).
-    Udp,
-}
-
-impl Transport {
-    /// The IP protocol number.
-    pub const fn number(self) -> u8 {
-        match self {
-            Transport::Tcp => 6,
-            Transport::Udp => 17,
-        }
-    }
-}
-
-/// One protected destination port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProtectedPort {
-    /// TCP or UDP.
-    pub proto: Transport,
-    /// Destination port.
-    pub port: u16,
-    /// The service it belongs to.
-    pub service: Service,
-}
+pub use crate::policy::{ProtectedPort, Transport};
 
 /// Controller settings (`[openflow]` in the daemon's configuration).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -167,16 +137,9 @@ pub struct ControllerConfig {
 
 impl Default for ControllerConfig {
     fn default() -> Self {
-        let p = |proto, port, service| ProtectedPort { proto, port, service };
         ControllerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 6653)),
-            protected: vec![
-                p(Transport::Udp, 53, Service::Dns),
-                p(Transport::Tcp, 53, Service::Dns),
-                p(Transport::Tcp, 25, Service::Smtp),
-                p(Transport::Tcp, 465, Service::Smtp),
-                p(Transport::Tcp, 587, Service::Smtp),
-            ],
+            protected: crate::config::Policy::default().protected_ports(),
             exempt_sources: Vec::new(),
             internal_networks: Vec::new(),
             flow_budget: 50_000,
@@ -356,6 +319,7 @@ impl Board {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::Service;
 
     #[test]
     fn config_defaults_and_toml() {
