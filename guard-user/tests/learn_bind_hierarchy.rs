@@ -168,6 +168,20 @@ fn unsolicited_response(outside_ns: &str, world: &World) {
     guard_tests::netns::send_frames(outside_ns, "b1", &[frame]).expect("send the unsolicited response");
 }
 
+/// Waits until `file` has kept its size for `quiet` (at most `timeout`).
+fn wait_until_stable(file: &Path, quiet: Duration, timeout: Duration) {
+    let size = || std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    let deadline = Instant::now() + timeout;
+    let (mut last, mut since) = (size(), Instant::now());
+    while since.elapsed() < quiet && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = size();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+    }
+}
+
 /// What the RPZ says about `ip`: status and A data.
 fn rpz_lookup(named: &Named, ip: IpAddr) -> Dig {
     let owner = encode_owner(&Prefix::host(ip), ZONE);
@@ -205,7 +219,9 @@ fn scenario(tag: &str, qmin: &str) {
     let mut tcpdump = Proc::spawn(
         "tcpdump",
         &inside,
-        &["tcpdump", "-i", "b0", "-n", "-s", "0", "-U", "-Z", "root", "-w", &pcap_s],
+        // Immediate mode: without it packets wait in the kernel ring for up to
+        // the buffer timeout and those still there at SIGINT are lost.
+        &["tcpdump", "-i", "b0", "-n", "-s", "0", "--immediate-mode", "-U", "-Z", "root", "-w", &pcap_s],
         &topo.dir.path().join("tcpdump.log"),
     );
     tcpdump.wait_log("listening on b0", Duration::from_secs(20));
@@ -233,8 +249,10 @@ fn scenario(tag: &str, qmin: &str) {
     client_traffic(&client, &world);
     bot_traffic(&client);
     unsolicited_response(&topo.outside.name, &world);
-    // Let late answers (the resolver's address fetches for NS names) land.
-    std::thread::sleep(Duration::from_millis(500));
+    // Let late answers (the resolver's address fetches for NS names) land
+    // and tcpdump write them: wait until the capture stops growing.
+    std::thread::sleep(Duration::from_millis(300));
+    wait_until_stable(&pcap, Duration::from_millis(300), Duration::from_secs(10));
     let status = tcpdump.interrupt(Duration::from_secs(10));
     assert!(status.success() || status.code() == Some(0), "tcpdump: {status}\n{}", tcpdump.log_text());
     let traffic_done = started.elapsed();
