@@ -27,6 +27,9 @@ pub const RESOLVER: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 1);
 /// The client's address.
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 10);
 
+/// MX records of `bulk.net`.
+pub const BULK_MX: usize = 12;
+
 /// A zone of the world.
 #[derive(Debug, Clone)]
 pub struct Zone {
@@ -87,6 +90,7 @@ impl World {
             Zone { origin: "hosting.test", ns: vec!["ns.hosting.test"], mx: vec![] },
             Zone { origin: "dnshost.net", ns: vec!["ns.dnshost.net"], mx: vec![] },
             Zone { origin: "oob.org", ns: vec!["dns2.dnshost.net"], mx: vec![(10, "mx.oob.org")] },
+            Zone { origin: "bulk.net", ns: vec!["ns.bulk.net"], mx: Vec::new() },
         ];
         let hosts = [
             ("a.root-servers.net", vec!["198.18.0.1", "2001:db8:53::1"]),
@@ -113,7 +117,25 @@ impl World {
         let cnames = [("mx2.example.net", "mail.example.net"), ("mx.shop.org", "relay.hosting.test")]
             .into_iter()
             .collect();
-        World { zones, hosts, cnames }
+        let mut w = World { zones, hosts, cnames };
+        w.hosts.insert("ns.bulk.net", vec![ip("198.18.50.1")]);
+        // A large MX answer (about 2.5 KB with its additional section): over
+        // 1232 bytes it comes truncated and is asked again over TCP; with a
+        // 4096-byte EDNS size it comes as IPv4 fragments. Long names rather
+        // than many records: BIND adds no additional data for an RRset of
+        // more than 13 records (CVE-2024-11187 fix).
+        for i in 1..=BULK_MX {
+            let n = u8::try_from(i).expect("few bulk hosts");
+            let name =
+                format!("mail-exchanger-{i:02}-{}.relay-{i:02}-{}.bulk.net", "q".repeat(45), "z".repeat(54));
+            // Leaked: the world's names are 'static, a test process is short.
+            let host: &'static str = Box::leak(name.into());
+            let v6 = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x25, 1, 0, 0, 0, n.into());
+            w.hosts.insert(host, vec![Ipv4Addr::new(198, 51, 100, n).into(), v6.into()]);
+            let bulk = w.zones.iter_mut().find(|z| z.origin == "bulk.net").expect("bulk.net zone");
+            bulk.mx.push((u16::from(n), host));
+        }
+        w
     }
 
     /// The rogue world the bot talks to: a server never delegated to,
@@ -446,6 +468,11 @@ impl Topology {
         ip_cmd(&["-n", i, "-6", "route", "add", "default", "via", "2001:db8:ff::2"]);
         ip_cmd(&["-n", o, "route", "add", "198.19.0.0/16", "via", "198.19.255.1"]);
         ip_cmd(&["-n", o, "-6", "route", "add", "2001:db8:c::/64", "via", "2001:db8:ff::1"]);
+        // Wire-sized TCP segments on the border (veth would otherwise pass
+        // 64 KB GSO packets that tcpdump sees as one), as on a real link.
+        for (ns, dev) in [(i, "b0"), (o, "b1")] {
+            ns_cmd(ns, &["ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off"]);
+        }
         ns_cmd(i, &["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"]);
         for a in outside_addrs {
             let cidr = if a.is_ipv4() { format!("{a}/32") } else { format!("{a}/128") };
