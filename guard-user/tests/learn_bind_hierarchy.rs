@@ -34,7 +34,7 @@ use guard_user::{
     policy::{AllowSet, Classes, Prefix},
     rpz::{encode_owner, transfer, zonefile},
 };
-use learn_hierarchy::{CLIENT, Dig, Proc, RESOLVER, Topology, World, dig, port53};
+use learn_hierarchy::{CLIENT, Dig, Proc, RESOLVER, Topology, World, Zone, dig, port53};
 
 /// The rogue server the bot asks directly (never delegated to).
 const ROGUE: &str = "198.18.66.6";
@@ -110,14 +110,14 @@ fn start_authoritative(topo: &mut Topology, world: &World, rogue: &World, extra:
     }
 }
 
-/// The queries a mail client makes: MX of each mail domain, then A and AAAA
-/// of each exchange (the resolver follows CNAMEs), plus a web host.
-fn client_traffic(client_ns: &str, world: &World) {
+/// The queries a mail client makes: MX of each mail domain of `zones`, then
+/// A and AAAA of each exchange (the resolver follows CNAMEs).
+fn client_traffic(client_ns: &str, world: &World, zones: &[&Zone]) {
     let resolver = port53(RESOLVER.into());
     let check = |d: &Dig, what: &str| {
         assert_eq!(d.status, "NOERROR", "{what} through the resolver:\n{}", d.raw);
     };
-    for z in world.zones.iter().filter(|z| !z.mx.is_empty()) {
+    for z in zones.iter().filter(|z| !z.mx.is_empty()) {
         let d = dig(Some(client_ns), resolver, z.origin, "MX", &[]);
         check(&d, &format!("{} MX", z.origin));
         let got: BTreeSet<String> = d.data("MX").into_iter().collect();
@@ -137,8 +137,14 @@ fn client_traffic(client_ns: &str, world: &World) {
             }
         }
     }
+}
+
+/// A web client: an address that is neither name server nor mail host, and
+/// a name that does not exist.
+fn web_traffic(client_ns: &str) {
+    let resolver = port53(RESOLVER.into());
     let d = dig(Some(client_ns), resolver, "www.example.net", "A", &[]);
-    check(&d, "www.example.net A");
+    assert_eq!(d.status, "NOERROR", "www.example.net A:\n{}", d.raw);
     assert_eq!(d.data("A"), vec!["203.0.113.80".to_owned()]);
     let d = dig(Some(client_ns), resolver, "nothing-here.example.net", "A", &[]);
     assert_eq!(d.status, "NXDOMAIN", "{}", d.raw);
@@ -178,6 +184,58 @@ fn unsolicited_response(outside_ns: &str, world: &World) {
     );
     let frame = learn_common::eth_udp(server, addr("198.19.255.1"), 53, 40053, &msg);
     guard_tests::netns::send_frames(outside_ns, "b1", &[frame]).expect("send the unsolicited response");
+}
+
+/// Starts tcpdump on the border link (inside end) writing `pcap`; returns
+/// once it listens.
+fn start_capture(inside_ns: &str, pcap: &Path, log: &Path) -> Proc {
+    let pcap_s = pcap.display().to_string();
+    let mut tcpdump = Proc::spawn(
+        "tcpdump",
+        inside_ns,
+        // Immediate mode: without it packets wait in the kernel ring for up to
+        // the buffer timeout and those still there at SIGINT are lost.
+        &["tcpdump", "-i", "b0", "-n", "-s", "0", "--immediate-mode", "-U", "-Z", "root", "-w", &pcap_s],
+        log,
+    );
+    tcpdump.wait_log("listening on b0", Duration::from_secs(20));
+    tcpdump
+}
+
+/// Lets late answers (the resolver's address fetches for NS names) land and
+/// tcpdump write them, then stops it with SIGINT so it flushes.
+fn stop_capture(mut tcpdump: Proc, pcap: &Path) {
+    std::thread::sleep(Duration::from_millis(300));
+    wait_until_stable(pcap, Duration::from_millis(300), Duration::from_secs(10));
+    let status = tcpdump.interrupt(Duration::from_secs(10));
+    assert!(status.success(), "tcpdump: {status}\n{}", tcpdump.log_text());
+}
+
+/// Destinations of the DNS queries the resolver sent (its border
+/// addresses), read from the capture by tshark.
+fn servers_queried(pcap: &Path) -> BTreeSet<IpAddr> {
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(pcap)
+        .args([
+            "-n",
+            "-Y",
+            "dns.flags.response == 0 && (ip.src == 198.19.255.1 || ipv6.src == 2001:db8:ff::1)",
+        ])
+        .args(["-T", "fields", "-e", "ip.dst", "-e", "ipv6.dst"])
+        .output()
+        .expect("run tshark (package tshark)");
+    assert!(out.status.success(), "tshark: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).split_whitespace().map(addr).collect()
+}
+
+/// Copies `pcap` to `$LEARN_HIER_KEEP_PCAP/<name>.pcap` when that is set
+/// (for inspecting a capture by hand with `tshark -r`).
+fn keep_capture(pcap: &Path, name: &str) {
+    if let Some(dir) = std::env::var_os("LEARN_HIER_KEEP_PCAP") {
+        let to = Path::new(&dir).join(format!("{name}.pcap"));
+        std::fs::copy(pcap, &to).unwrap_or_else(|e| panic!("copy the capture to {}: {e}", to.display()));
+    }
 }
 
 /// Packets of `pcap` that match the display `filter` (tshark).
@@ -222,6 +280,52 @@ fn learn(args: &[&str], pcap: &Path) -> std::process::Output {
         .expect("run rpz-guard learn")
 }
 
+/// Learns from `pcap` with the extra `args`; returns the learned set (zone
+/// file output read back).
+fn learn_set(topo: &Topology, pcap: &Path, name: &str, args: &[&str]) -> AllowSet {
+    let zone_out = topo.dir.path().join(name);
+    let mut all = vec!["--zone", ZONE, "--zone-file", zone_out.to_str().expect("utf-8 path")];
+    all.extend_from_slice(args);
+    let out = learn(&all, pcap);
+    assert!(out.status.success(), "learn {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&zone_out).expect("read learned zone");
+    zonefile::parse_zone(&text, ZONE).expect("learned zone parses").set
+}
+
+/// A capture that starts mid-stream: the resolver already knows the TLD
+/// servers (from the first round), so a new domain's referral comes from a
+/// server never seen being delegated. With only the root as hints nothing is
+/// learned; passing the TLD servers with `--trust-initial` learns the domain.
+fn mid_stream(topo: &Topology, world: &World, hints: &Path) {
+    let pcap = topo.dir.path().join("mid.pcap");
+    let tcpdump = start_capture(&topo.inside.name, &pcap, &topo.dir.path().join("tcpdump-mid.log"));
+    let late = world.late_zones();
+    client_traffic(&topo.client.name, world, &late);
+    stop_capture(tcpdump, &pcap);
+    keep_capture(&pcap, "mid");
+
+    let roots: AllowSet =
+        world.ns_addrs(&[world.zone("")]).into_iter().map(|ip| (Prefix::host(ip), Classes::DNS)).collect();
+    let hints_s = hints.to_str().expect("utf-8 path");
+    let set = learn_set(topo, &pcap, "mid-roots.db", &["--root-hints", hints_s]);
+    assert_eq!(set, roots, "mid-stream, trusting only the root: nothing learned");
+
+    let tld = topo.dir.path().join("org.hints");
+    std::fs::write(&tld, world.hints_for(&["org"])).expect("write TLD hints");
+    let set = learn_set(
+        topo,
+        &pcap,
+        "mid-tld.db",
+        &["--root-hints", hints_s, "--trust-initial", tld.to_str().expect("utf-8 path")],
+    );
+    let dns = world.ns_addrs(&[world.zone(""), world.zone("org")]).into_iter().chain(world.ns_addrs(&late));
+    let expected: AllowSet = dns
+        .map(|ip| (Prefix::host(ip), Classes::DNS))
+        .chain(world.mx_addrs(&late).into_iter().map(|ip| (Prefix::host(ip), Classes::SMTP)))
+        .collect();
+    assert_eq!(set, expected, "mid-stream with the TLD servers trusted");
+}
+
 /// One full run. `qmin` is the resolver's `qname-minimization` setting;
 /// `udp_size` sets the EDNS UDP size of resolver and servers (BIND's
 /// default 1232 makes large answers come over TCP; 4096 makes them come as
@@ -242,18 +346,9 @@ fn scenario(tag: &str, qmin: &str, udp_size: u16) {
 
     // Capture the border from before the resolver starts (its priming too).
     let pcap = topo.dir.path().join("border.pcap");
-    let pcap_s = pcap.display().to_string();
     let inside = topo.inside.name.clone();
     let client = topo.client.name.clone();
-    let mut tcpdump = Proc::spawn(
-        "tcpdump",
-        &inside,
-        // Immediate mode: without it packets wait in the kernel ring for up to
-        // the buffer timeout and those still there at SIGINT are lost.
-        &["tcpdump", "-i", "b0", "-n", "-s", "0", "--immediate-mode", "-U", "-Z", "root", "-w", &pcap_s],
-        &topo.dir.path().join("tcpdump.log"),
-    );
-    tcpdump.wait_log("listening on b0", Duration::from_secs(20));
+    let tcpdump = start_capture(&inside, &pcap, &topo.dir.path().join("tcpdump.log"));
 
     let hints = topo.dir.path().join("root.hints");
     std::fs::write(&hints, world.root_hints()).expect("write root hints");
@@ -275,21 +370,13 @@ fn scenario(tag: &str, qmin: &str, udp_size: u16) {
         panic!("resolver does not answer:\n{}", topo.procs[r].log_text());
     }
 
-    client_traffic(&client, &world);
+    client_traffic(&client, &world, &world.early_zones());
+    web_traffic(&client);
     bot_traffic(&client);
     unsolicited_response(&topo.outside.name, &world);
-    // Let late answers (the resolver's address fetches for NS names) land
-    // and tcpdump write them: wait until the capture stops growing.
-    std::thread::sleep(Duration::from_millis(300));
-    wait_until_stable(&pcap, Duration::from_millis(300), Duration::from_secs(10));
-    let status = tcpdump.interrupt(Duration::from_secs(10));
-    assert!(status.success(), "tcpdump: {status}\n{}", tcpdump.log_text());
+    stop_capture(tcpdump, &pcap);
     let traffic_done = started.elapsed();
-    // For inspecting the capture by hand (tshark -r).
-    if let Some(dir) = std::env::var_os("LEARN_HIER_KEEP_PCAP") {
-        let to = Path::new(&dir).join(format!("border-{tag}.pcap"));
-        std::fs::copy(&pcap, &to).unwrap_or_else(|e| panic!("copy the capture to {}: {e}", to.display()));
-    }
+    keep_capture(&pcap, &format!("border-{tag}"));
     // The large answer took the path this scenario is about.
     let (filter, least, what) = if udp_size > 1232 {
         ("ip.dst == 198.19.255.1 && ip.flags.mf == 1", 1, "IPv4 fragments of a UDP answer")
@@ -370,12 +457,24 @@ fn scenario(tag: &str, qmin: &str, udp_size: u16) {
             d.raw
         );
     }
+    // Cross-check with the wire: every server the resolver asked is one of
+    // the world's name servers, and the RPZ has it (tshark, not the learner).
+    let used = servers_queried(&pcap);
+    assert!(used.len() >= 10, "the resolver asked {used:?}");
+    assert!(used.is_subset(&dns), "servers asked {used:?} are not all name servers of the world {dns:?}");
+    for ip in &used {
+        let d = rpz_lookup(&rpz, *ip);
+        assert_eq!(d.data("A"), vec!["127.0.0.1".to_owned()], "server used {ip}:\n{}", d.raw);
+    }
     // The bot's destinations, what the rogue claimed, and hosts that are
     // neither name servers nor mail exchangers: not in the zone.
     let mut absent: BTreeSet<IpAddr> = [ROGUE, BOT_SMTP].into_iter().map(addr).collect();
     absent.extend(rogue.all_addresses());
     absent.extend(UNSOLICITED.map(addr));
     absent.extend(world.hosts["www.example.net"].iter().copied());
+    // Zones nobody asked about yet.
+    absent.extend(world.ns_addrs(&world.late_zones()));
+    absent.extend(world.mx_addrs(&world.late_zones()));
     absent.extend([CLIENT.into(), RESOLVER.into(), addr("198.19.255.1"), addr("198.19.255.2")]);
     for ip in &absent {
         let d = rpz_lookup(&rpz, *ip);
@@ -397,6 +496,8 @@ fn scenario(tag: &str, qmin: &str, udp_size: u16) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "second learn: {stderr}");
     assert!(stderr.contains("added 0 records"), "{stderr}");
+
+    mid_stream(&topo, &world, &hints);
 
     eprintln!(
         "scenario {tag} (qname-minimization {qmin}, EDNS {udp_size}): traffic {traffic_done:?}, total {:?}; summary {summary}",

@@ -50,6 +50,8 @@ pub struct World {
     pub hosts: BTreeMap<&'static str, Vec<IpAddr>>,
     /// Alias → canonical name.
     pub cnames: BTreeMap<&'static str, &'static str>,
+    /// Zones the client asks about only in a later, mid-stream capture.
+    pub late: BTreeSet<&'static str>,
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -91,6 +93,7 @@ impl World {
             Zone { origin: "dnshost.net", ns: vec!["ns.dnshost.net"], mx: vec![] },
             Zone { origin: "oob.org", ns: vec!["dns2.dnshost.net"], mx: vec![(10, "mx.oob.org")] },
             Zone { origin: "bulk.net", ns: vec!["ns.bulk.net"], mx: Vec::new() },
+            Zone { origin: "late.org", ns: vec!["ns.late.org"], mx: vec![(10, "mail.late.org")] },
         ];
         let hosts = [
             ("a.root-servers.net", vec!["198.18.0.1", "2001:db8:53::1"]),
@@ -110,6 +113,8 @@ impl World {
             ("mail.shop.org", vec!["203.0.113.20"]),
             ("relay.hosting.test", vec!["203.0.113.30", "2001:db8:25::30"]),
             ("mx.oob.org", vec!["203.0.113.40", "2001:db8:25::40"]),
+            ("ns.late.org", vec!["198.18.60.1", "2001:db8:53:60::1"]),
+            ("mail.late.org", vec!["203.0.113.60", "2001:db8:25::60"]),
         ]
         .into_iter()
         .map(|(h, a)| (h, a.into_iter().map(ip).collect()))
@@ -117,7 +122,8 @@ impl World {
         let cnames = [("mx2.example.net", "mail.example.net"), ("mx.shop.org", "relay.hosting.test")]
             .into_iter()
             .collect();
-        let mut w = World { zones, hosts, cnames };
+        let late = ["late.org"].into_iter().collect();
+        let mut w = World { zones, hosts, cnames, late };
         w.hosts.insert("ns.bulk.net", vec![ip("198.18.50.1")]);
         // A large MX answer (about 2.5 KB with its additional section): over
         // 1232 bytes it comes truncated and is asked again over TCP; with a
@@ -150,10 +156,11 @@ impl World {
         .into_iter()
         .map(|(h, a)| (h, a.into_iter().map(ip).collect()))
         .collect();
-        World { zones, hosts, cnames: BTreeMap::new() }
+        World { zones, hosts, cnames: BTreeMap::new(), late: BTreeSet::new() }
     }
 
-    fn zone(&self, origin: &str) -> &Zone {
+    /// The zone `origin` (panics when the world has none).
+    pub fn zone(&self, origin: &str) -> &Zone {
         self.zones.iter().find(|z| z.origin == origin).expect("zone of the world")
     }
 
@@ -231,9 +238,39 @@ impl World {
         m
     }
 
-    /// Addresses of every name server of every zone: class DNS.
+    /// Zones the client asks about in the first capture (not `late`).
+    pub fn early_zones(&self) -> Vec<&Zone> {
+        self.zones.iter().filter(|z| !self.late.contains(z.origin)).collect()
+    }
+
+    /// Zones the client asks about only in the mid-stream capture.
+    pub fn late_zones(&self) -> Vec<&Zone> {
+        self.zones.iter().filter(|z| self.late.contains(z.origin)).collect()
+    }
+
+    /// Addresses of the name servers of `zones`.
+    pub fn ns_addrs(&self, zones: &[&Zone]) -> BTreeSet<IpAddr> {
+        zones.iter().flat_map(|z| z.ns.iter()).flat_map(|n| self.hosts[n].iter().copied()).collect()
+    }
+
+    /// Addresses of the mail exchangers of `zones` (CNAMEs followed).
+    pub fn mx_addrs(&self, zones: &[&Zone]) -> BTreeSet<IpAddr> {
+        zones
+            .iter()
+            .flat_map(|z| z.mx.iter())
+            .flat_map(|(_, ex)| self.hosts[self.canonical(ex)].iter().copied())
+            .collect()
+    }
+
+    /// Class DNS after the first capture: the name servers of every zone
+    /// the resolution walks through.
     pub fn expected_dns(&self) -> BTreeSet<IpAddr> {
-        self.zones.iter().flat_map(|z| z.ns.iter()).flat_map(|n| self.hosts[n].iter().copied()).collect()
+        self.ns_addrs(&self.early_zones())
+    }
+
+    /// Class SMTP after the first capture: every mail exchanger asked for.
+    pub fn expected_smtp(&self) -> BTreeSet<IpAddr> {
+        self.mx_addrs(&self.early_zones())
     }
 
     /// `name` with CNAMEs followed.
@@ -248,15 +285,6 @@ impl World {
         n
     }
 
-    /// Addresses of every mail exchanger (CNAMEs followed): class SMTP.
-    pub fn expected_smtp(&self) -> BTreeSet<IpAddr> {
-        self.zones
-            .iter()
-            .flat_map(|z| z.mx.iter())
-            .flat_map(|(_, ex)| self.hosts[self.canonical(ex)].iter().copied())
-            .collect()
-    }
-
     /// Every address of the world.
     pub fn all_addresses(&self) -> BTreeSet<IpAddr> {
         self.hosts.values().flatten().copied().collect()
@@ -264,15 +292,22 @@ impl World {
 
     /// The hints file (BIND root-hints format) naming the root servers.
     pub fn root_hints(&self) -> String {
-        let root = self.zone("");
+        self.hints_for(&[""])
+    }
+
+    /// A root-hints-format file naming the servers of zones `origins`.
+    pub fn hints_for(&self, origins: &[&str]) -> String {
         let mut out = String::new();
-        for n in &root.ns {
-            writeln!(out, ". 3600000 NS {}", fqdn(n)).expect("write to string");
-        }
-        for n in &root.ns {
-            for a in &self.hosts[n] {
-                let t = if a.is_ipv4() { "A" } else { "AAAA" };
-                writeln!(out, "{} 3600000 {t} {a}", fqdn(n)).expect("write to string");
+        for o in origins {
+            let z = self.zone(o);
+            for n in &z.ns {
+                writeln!(out, "{}. 3600000 NS {}", z.origin, fqdn(n)).expect("write to string");
+            }
+            for n in &z.ns {
+                for a in &self.hosts[n] {
+                    let t = if a.is_ipv4() { "A" } else { "AAAA" };
+                    writeln!(out, "{} 3600000 {t} {a}", fqdn(n)).expect("write to string");
+                }
             }
         }
         out
