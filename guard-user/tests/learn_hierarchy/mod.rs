@@ -72,7 +72,9 @@ impl World {
     /// servers), `test` (IPv6 only); domains with glue, an out-of-bailiwick
     /// NS (`oob.org` served by `dns2.dnshost.net`, whose address only the
     /// `dnshost.net` zone knows), MX hosts with A and AAAA, an MX target that
-    /// is a CNAME in the same zone and one that is a CNAME into another TLD.
+    /// is a CNAME in the same zone and one that is a CNAME into another TLD;
+    /// `bulk.net` with a large MX answer; `late.org`, asked about only in the
+    /// mid-stream capture.
     pub fn standard() -> World {
         let zones = vec![
             Zone { origin: "", ns: vec!["a.root-servers.net"], mx: vec![] },
