@@ -1,1 +1,216 @@
-//! Benchmarks live in `benches/`; see `cargo xtask bench`.
+//! Measurement support for `cargo xtask bench`.
+//!
+//! Each measurement program (`src/bin/*.rs`) writes one [`Section`] as JSON
+//! to the path given by `--out`; xtask renders all sections into
+//! `target/bench-report/REPORT.md` with SVG charts. Criterion benchmarks of
+//! hot code live in `benches/`.
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+
+pub mod frame;
+pub mod load;
+
+/// One benchmark's part of the report.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Section {
+    /// Short name (the `--only` name).
+    pub name: String,
+    /// Heading.
+    pub title: String,
+    /// Paragraphs of text (method, caveats, verdict on the aims).
+    pub notes: Vec<String>,
+    /// Tables.
+    pub tables: Vec<Table>,
+    /// Bar charts.
+    pub charts: Vec<Chart>,
+}
+
+/// A table: header and rows of already formatted cells.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Table {
+    /// Caption above the table.
+    pub caption: String,
+    /// Column names.
+    pub header: Vec<String>,
+    /// Rows.
+    pub rows: Vec<Vec<String>>,
+}
+
+/// A horizontal bar chart with spread whiskers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Chart {
+    /// Title.
+    pub title: String,
+    /// Unit of the values.
+    pub unit: String,
+    /// Bars.
+    pub bars: Vec<Bar>,
+}
+
+/// One bar: median and spread.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Bar {
+    /// Label.
+    pub label: String,
+    /// Median.
+    pub value: f64,
+    /// Low end of the spread.
+    pub lo: f64,
+    /// High end of the spread.
+    pub hi: f64,
+}
+
+/// Median, min and max of repeated trials.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Median.
+    pub median: f64,
+    /// Smallest.
+    pub min: f64,
+    /// Largest.
+    pub max: f64,
+    /// Number of trials.
+    pub n: usize,
+}
+
+impl Summary {
+    /// Summarises `xs` (empty gives NaN values and `n == 0`).
+    pub fn of(xs: &[f64]) -> Summary {
+        if xs.is_empty() {
+            return Summary { median: f64::NAN, min: f64::NAN, max: f64::NAN, n: 0 };
+        }
+        let mut v = xs.to_vec();
+        v.sort_by(f64::total_cmp);
+        Summary { median: percentile_sorted(&v, 50.0), min: v[0], max: v[v.len() - 1], n: v.len() }
+    }
+
+    /// "median (min–max)" with `prec` decimals.
+    pub fn fmt(&self, prec: usize) -> String {
+        format!("{:.p$} ({:.p$}–{:.p$})", self.median, self.min, self.max, p = prec)
+    }
+
+    /// As a chart bar.
+    pub fn bar(&self, label: impl Into<String>) -> Bar {
+        Bar { label: label.into(), value: self.median, lo: self.min, hi: self.max }
+    }
+}
+
+/// Percentile `p` (0–100) of sorted values, nearest rank.
+pub fn percentile_sorted(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// Percentile `p` of unsorted values.
+pub fn percentile(xs: &[f64], p: f64) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    percentile_sorted(&v, p)
+}
+
+/// Common command-line options of the measurement programs:
+/// `--out FILE` and `--quick`.
+#[derive(Debug, Clone)]
+pub struct Opts {
+    /// Where the JSON section goes.
+    pub out: PathBuf,
+    /// Shorter run.
+    pub quick: bool,
+    /// Remaining arguments.
+    pub rest: Vec<String>,
+}
+
+impl Opts {
+    /// Parses `std::env::args`.
+    pub fn from_env() -> Opts {
+        let mut out = PathBuf::from("bench.json");
+        let mut quick = false;
+        let mut rest = Vec::new();
+        let mut it = std::env::args().skip(1);
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "--out" => out = it.next().map(PathBuf::from).unwrap_or(out),
+                "--quick" => quick = true,
+                _ => rest.push(a),
+            }
+        }
+        Opts { out, quick, rest }
+    }
+
+    /// The value after `--flag` in the remaining arguments.
+    pub fn value(&self, flag: &str) -> Option<&str> {
+        self.rest.iter().position(|a| a == flag).and_then(|i| self.rest.get(i + 1)).map(String::as_str)
+    }
+}
+
+/// Writes `section` as JSON to `path`.
+pub fn write_section(path: &Path, section: &Section) -> anyhow::Result<()> {
+    let mut f = std::fs::File::create(path)?;
+    serde_json::to_writer_pretty(&mut f, section)?;
+    f.write_all(b"\n")?;
+    Ok(())
+}
+
+/// Runs `f` and returns its value and the wall time taken.
+pub fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let t = Instant::now();
+    let v = f();
+    (v, t.elapsed())
+}
+
+/// CPU time (user + system) of process `pid` in seconds, from `/proc/<pid>/stat`.
+pub fn proc_cpu_seconds(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the `)` that ends the command name; utime is field 14.
+    let rest = &text[text.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some((utime + stime) / hz)
+}
+
+/// Whole-machine CPU time spent in system + irq + softirq, in seconds, from `/proc/stat`.
+pub fn kernel_cpu_seconds() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().next()?;
+    let f: Vec<f64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    // user nice system idle iowait irq softirq
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some((f.get(2)? + f.get(5)? + f.get(6)?) / hz)
+}
+
+/// Formats a ratio like `1.23×`.
+pub fn ratio(x: f64, base: f64) -> String {
+    if base == 0.0 || !x.is_finite() || !base.is_finite() {
+        return "n/a".into();
+    }
+    format!("{:.2}×", x / base)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_of_trials() {
+        let s = Summary::of(&[3.0, 1.0, 2.0, 10.0, 4.0]);
+        assert_eq!(s.median, 3.0);
+        assert_eq!(s.min, 1.0);
+        assert_eq!(s.max, 10.0);
+        assert_eq!(s.n, 5);
+        assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 100.0), 4.0);
+        assert_eq!(ratio(2.0, 4.0), "0.50×");
+    }
+}

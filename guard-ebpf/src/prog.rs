@@ -8,7 +8,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use guard_common::{
-    CACHE_PENDING, CacheEntry, DEFAULT_EVENTS_PER_SOURCE, DEFAULT_PENDING_MS, EVENT_DROP, EVENT_MISS, Event,
+    CACHE_PENDING, CacheEntry, DEFAULT_EVENTS_PER_SOURCE, DEFAULT_PENDING_MS, EVENT_DROP, EVENT_MISS,
+    EVENTS_BYTES, Event, MAX_ALLOW_V4, MAX_ALLOW_V6, MAX_CACHE, MAX_LPM_SMALL, MAX_PREFIXES, MAX_RATE,
     MODE_COUNT, PORT_TCP_SHIFT, PORT_UDP_SHIFT, PORTS_LEN, RateState, STAT_COUNT, Settings, Stat,
     classes_required, reason,
 };
@@ -27,12 +28,6 @@ const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const NS_PER_SEC: u64 = 1_000_000_000;
 
-const MAX_ALLOW_V4: u32 = 1 << 21;
-const MAX_ALLOW_V6: u32 = 1 << 18;
-const MAX_PREFIXES: u32 = 1 << 16;
-const MAX_LPM_SMALL: u32 = 4096;
-const MAX_CACHE: u32 = 1 << 16;
-const MAX_RATE: u32 = 1 << 14;
 const BPF_F_NO_PREALLOC: u32 = 1;
 
 #[map(name = "STATS")]
@@ -60,7 +55,7 @@ static VERDICT_CACHE: LruHashMap<[u8; 16], CacheEntry> = LruHashMap::with_max_en
 #[map(name = "EVENT_RATE")]
 static EVENT_RATE: LruHashMap<[u8; 16], RateState> = LruHashMap::with_max_entries(MAX_RATE, 0);
 #[map(name = "EVENTS")]
-static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 #[map(name = "SETTINGS")]
 static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 
@@ -183,6 +178,10 @@ fn parse(ctx: &XdpContext) -> Parsed {
         }
         ethertype = inner;
         off += 4;
+    }
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        // A third tag: more than we inspect, so refused rather than passed.
+        return Parsed::Drop(Stat::DropMalformed);
     }
     if tagged {
         bump(Stat::Vlan, 1);
@@ -344,12 +343,15 @@ fn check(pkt: &Pkt, service: u32, mode: u32) -> u32 {
         return refuse(mode);
     }
     bump(Stat::Miss, 1);
-    if emit(EVENT_MISS, reason::PENDING, pkt, service) {
-        let s = settings();
-        let hold = if s.pending_ms == 0 { DEFAULT_PENDING_MS } else { s.pending_ms };
-        let pending =
-            CacheEntry { classes: 0, flags: CACHE_PENDING, expires_ns: now + u64::from(hold) * 1_000_000 };
-        let _ = VERDICT_CACHE.insert(pkt.dst, pending, 0);
+    // Pending first, so a fast userspace answer cannot be overwritten by it;
+    // withdrawn when no event reached userspace (the next packet asks again).
+    let s = settings();
+    let hold = if s.pending_ms == 0 { DEFAULT_PENDING_MS } else { s.pending_ms };
+    let pending =
+        CacheEntry { classes: 0, flags: CACHE_PENDING, expires_ns: now + u64::from(hold) * 1_000_000 };
+    let _ = VERDICT_CACHE.insert(pkt.dst, pending, 0);
+    if !emit(EVENT_MISS, reason::PENDING, pkt, service) {
+        let _ = VERDICT_CACHE.remove(pkt.dst);
     }
     refuse(mode)
 }

@@ -227,7 +227,7 @@ pub struct Cache {
 
 impl Default for Cache {
     fn default() -> Self {
-        Cache { positive_ttl_secs: 300, negative_ttl_secs: 5, pending_ms: 1000 }
+        Cache { positive_ttl_secs: 60, negative_ttl_secs: 5, pending_ms: 1000 }
     }
 }
 
@@ -316,17 +316,29 @@ impl Default for Openflow {
 impl Config {
     /// Reads and validates a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        Config::parse(&text, path)
+        let cfg = Config::read_unvalidated(path)?;
+        cfg.validate()?;
+        Ok(cfg)
     }
 
     /// Parses and validates TOML text (`path` is only for messages).
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        let cfg = Config::load_unvalidated(text, path)?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Parses TOML text without the consistency checks, for callers that
+    /// apply command-line flags first and then call [`Config::validate`].
+    pub fn load_unvalidated(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
+    }
+
+    /// Reads a file without the consistency checks (see [`Config::load_unvalidated`]).
+    pub fn read_unvalidated(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Config::load_unvalidated(&text, path)
     }
 
     /// Checks ranges and consistency; call again after applying flags.
@@ -373,6 +385,28 @@ impl Config {
         }
         if self.rpz.miss_query == MissQuery::Paper && self.rpz.resolver.or(self.rpz.server).is_none() {
             return Err(invalid("rpz.miss_query", "\"paper\"", "needs rpz.resolver or rpz.server"));
+        }
+        for (key, list) in [
+            ("policy.exempt_sources", &self.policy.exempt_sources),
+            ("policy.internal_networks", &self.policy.internal_networks),
+        ] {
+            if let Some(p) = list.iter().find(|p| p.is_empty()) {
+                return Err(invalid(
+                    key,
+                    p,
+                    "a zero-length prefix would switch enforcement off for everyone",
+                ));
+            }
+            if list.len() > guard_common::MAX_LPM_SMALL as usize {
+                return Err(invalid(
+                    key,
+                    list.len(),
+                    format!("at most {} prefixes", guard_common::MAX_LPM_SMALL),
+                ));
+            }
+        }
+        if !(1..=3600).contains(&self.cache.positive_ttl_secs) {
+            return Err(invalid("cache.positive_ttl_secs", self.cache.positive_ttl_secs, "must be 1..=3600"));
         }
         if self.cache.negative_ttl_secs > 3600 {
             return Err(invalid("cache.negative_ttl_secs", self.cache.negative_ttl_secs, "at most 3600"));
@@ -476,6 +510,14 @@ mod tests {
             (
                 "[enforce]\niface = \"eth1\"\n[rpz]\nzone_file = \"z\"\nserver = \"not-an-addr\"",
                 "not-an-addr",
+            ),
+            (
+                "[enforce]\niface = \"eth1\"\n[rpz]\nzone_file = \"z\"\n[policy]\ninternal_networks = [\"0.0.0.0/0\"]",
+                "policy.internal_networks",
+            ),
+            (
+                "[enforce]\niface = \"eth1\"\n[rpz]\nzone_file = \"z\"\n[cache]\npositive_ttl_secs = 0",
+                "positive_ttl_secs",
             ),
         ];
         for (text, needle) in cases {

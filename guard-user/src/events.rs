@@ -197,12 +197,13 @@ fn open_append(p: &Path) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).open(p)
 }
 
+/// Keeps the most active half (by blocked count, then recency).
 fn prune(map: &mut HashMap<IpAddr, HostStats>) {
-    let mut counts: Vec<u64> = map.values().map(|h| h.blocked).collect();
-    let mid = counts.len() / 2;
-    let (_, median, _) = counts.select_nth_unstable(mid);
-    let median = *median;
-    map.retain(|_, h| h.blocked > median);
+    let mut ranked: Vec<(u64, u64, IpAddr)> = map.iter().map(|(k, h)| (h.blocked, h.last_ms, *k)).collect();
+    ranked.sort_unstable_by(|a, b| b.cmp(a));
+    for (_, _, k) in ranked.into_iter().skip(MAX_TRACKED / 2) {
+        map.remove(&k);
+    }
 }
 
 fn top(map: &HashMap<IpAddr, HostStats>, n: usize) -> Vec<(IpAddr, HostStats)> {

@@ -378,6 +378,29 @@ fn pinned_state_survives_restart() {
     let log = d2.stop();
     assert!(log.contains("replaced the program inside the pinned XDP link"), "log: {log}");
 
+    // The pinned link belongs to in0: a run that names another interface
+    // with the same pin directory is refused (it would leave that one open).
+    let other = lab
+        .exec(
+            Role::Router,
+            &[
+                BIN,
+                "run",
+                "--iface",
+                lab.router_outside_iface(),
+                "--pin",
+                &pin_s,
+                "--zone-file",
+                "/nonexistent.zone",
+                "--status-socket",
+                "/tmp/xdpp-other.sock",
+            ],
+        )
+        .expect("run on another interface");
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert!(!other.status.success() && err.contains("not on out0"), "stderr: {err}");
+    assert_eq!(connect(&lab, Role::Pc, rogue, SHORT), Conn::TimedOut, "in0 still enforced");
+
     // Unpin: the program detaches, traffic is no longer filtered.
     let out = Command::new(BIN).args(["unpin", &pin_s]).output().expect("run unpin");
     assert!(out.status.success(), "unpin: {}", String::from_utf8_lossy(&out.stderr));

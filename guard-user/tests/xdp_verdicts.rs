@@ -219,6 +219,12 @@ fn verdict_table() {
             Stat::PassAllowed,
         ),
         (
+            "three tags refused",
+            frame::vlan(&[(0x88a8, 7), (0x8100, 100), (0x8100, 5)], frame::v4(PC, MX, frame::TCP, 25)),
+            XDP_DROP,
+            Stat::DropMalformed,
+        ),
+        (
             "qinq smtp to NS",
             frame::vlan(&[(0x88a8, 7), (0x8100, 100)], frame::v4(PC, NS, frame::TCP, 25)),
             XDP_DROP,

@@ -2,6 +2,7 @@
 //!
 //! Each task lives in its own module with an `Args` struct and a `run`
 //! function; adding a task is one enum variant and one match arm.
+mod bench;
 mod command;
 mod demo;
 mod lab;
@@ -34,6 +35,8 @@ enum Task {
     Test(test::Args),
     /// Build rpz-guard with the embedded XDP object.
     BuildEbpf,
+    /// Run the benchmarks and write target/bench-report/REPORT.md.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Task::Setup(args) => setup::run(&args),
         Task::Lab(args) => lab::run(args),
         Task::Test(args) => test::run(&args),
+        Task::Bench(args) => bench::run(&args),
         Task::BuildEbpf => {
             command::run_step("build-ebpf", command::cargo().args(["build", "-p", "guard-user"]))
         }

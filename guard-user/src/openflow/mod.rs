@@ -41,6 +41,32 @@
 //! `PassCached` or `DropNotRegistered` / `DropWrongClass` for the outcome,
 //! `DropMalformed` for frames that do not parse.
 
+//!
+//! # Examples
+//!
+//! How the daemon wires the controller (`rpz-guard run --mode openflow`):
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use guard_user::{
+//!     events::{EventOutput, EventSink},
+//!     metrics::Counters,
+//!     miss::{CacheTtl, MissResolver, SetSource},
+//!     openflow::{ControllerConfig, ControllerShared, serve},
+//!     policy::AllowSet,
+//! };
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let (allow_tx, allow_rx) = tokio::sync::watch::channel(Arc::new(AllowSet::new()));
+//! let resolver = Arc::new(MissResolver::new(Arc::new(SetSource(allow_rx.clone())), CacheTtl::default()));
+//! let events = Arc::new(EventSink::open(&EventOutput::Stdout)?);
+//! let shared = ControllerShared::new(allow_rx, resolver, events, Arc::new(Counters::default()));
+//! let cancel = tokio_util::sync::CancellationToken::new();
+//! let status = shared.clone(); // `status.status()` for `rpz-guard status`
+//! tokio::spawn(serve(ControllerConfig::default(), shared, cancel.clone()));
+//! // ... allow_tx.send_replace(Arc::new(new_set)) on every RPZ change ...
+//! # drop((allow_tx, status)); Ok(()) }
+//! ```
+
 pub mod codec;
 pub mod controller;
 pub mod flows;

@@ -1,0 +1,80 @@
+//! A TCP connection load generator and a sink that accepts everything.
+//!
+//! Run it inside a namespace with [`guard_tests::run_in_netns`]: threads
+//! spawned there inherit the namespace, sockets keep it.
+
+use std::{
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+/// Outcome of [`connect_all`].
+#[derive(Debug, Clone, Default)]
+pub struct LoadResult {
+    /// Connect latency of each successful connect.
+    pub ok: Vec<Duration>,
+    /// Connects that failed or timed out.
+    pub failed: usize,
+    /// Wall time of the whole run.
+    pub wall: Duration,
+}
+
+impl LoadResult {
+    /// Successful connects per second of wall time.
+    pub fn rate(&self) -> f64 {
+        self.ok.len() as f64 / self.wall.as_secs_f64().max(1e-9)
+    }
+
+    /// Percentile `p` of the successful connect latencies, in milliseconds.
+    pub fn latency_ms(&self, p: f64) -> f64 {
+        let v: Vec<f64> = self.ok.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+        crate::percentile(&v, p)
+    }
+}
+
+/// Connects once to every address in `dsts` with `threads` parallel workers
+/// (each connect closed at once), `timeout` per connect.
+pub fn connect_all(dsts: &[SocketAddr], threads: usize, timeout: Duration) -> LoadResult {
+    let next = AtomicUsize::new(0);
+    let ok = Mutex::new(Vec::with_capacity(dsts.len()));
+    let failed = AtomicUsize::new(0);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(dst) = dsts.get(i) else { break };
+                    let t = Instant::now();
+                    match TcpStream::connect_timeout(dst, timeout) {
+                        Ok(stream) => {
+                            let took = t.elapsed();
+                            drop(stream);
+                            if let Ok(mut v) = ok.lock() {
+                                v.push(took);
+                            }
+                        }
+                        Err(_) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let wall = start.elapsed();
+    LoadResult { ok: ok.into_inner().unwrap_or_default(), failed: failed.into_inner(), wall }
+}
+
+/// Accepts and closes connections on `listener` forever, on a background thread.
+pub fn sink(listener: TcpListener) {
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            drop(conn);
+        }
+    });
+}
