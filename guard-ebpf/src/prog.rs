@@ -8,10 +8,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use guard_common::{
-    CACHE_PENDING, CacheEntry, DEFAULT_EVENTS_PER_SOURCE, DEFAULT_PENDING_MS, EVENT_DROP, EVENT_MISS,
-    EVENTS_BYTES, Event, MAX_ALLOW_V4, MAX_ALLOW_V6, MAX_CACHE, MAX_LPM_SMALL, MAX_PREFIXES, MAX_RATE,
-    MODE_COUNT, PORT_TCP_SHIFT, PORT_UDP_SHIFT, PORTS_LEN, RateState, STAT_COUNT, Settings, Stat,
-    classes_required, reason,
+    CACHE_PENDING, CacheEntry, DEFAULT_EVENTS_PER_SOURCE, DEFAULT_MISSES_PER_SOURCE, DEFAULT_PENDING_MS,
+    EVENT_DROP, EVENT_MISS, EVENTS_BYTES, Event, MAX_ALLOW_V4, MAX_ALLOW_V6, MAX_CACHE, MAX_LPM_SMALL,
+    MAX_PREFIXES, MAX_RATE, MODE_COUNT, PORT_TCP_SHIFT, PORT_UDP_SHIFT, PORTS_LEN, RateState, STAT_COUNT,
+    Settings, Stat, classes_required, reason,
 };
 
 /// Bound on IPv6 extension headers walked before giving up (and dropping).
@@ -54,6 +54,8 @@ static INTERNAL_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_LPM_S
 static VERDICT_CACHE: LruHashMap<[u8; 16], CacheEntry> = LruHashMap::with_max_entries(MAX_CACHE, 0);
 #[map(name = "EVENT_RATE")]
 static EVENT_RATE: LruHashMap<[u8; 16], RateState> = LruHashMap::with_max_entries(MAX_RATE, 0);
+#[map(name = "MISS_RATE")]
+static MISS_RATE: LruHashMap<[u8; 16], RateState> = LruHashMap::with_max_entries(MAX_RATE, 0);
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 #[map(name = "SETTINGS")]
@@ -316,7 +318,7 @@ fn check(pkt: &Pkt, service: u32, mode: u32) -> u32 {
             return XDP_PASS;
         }
         bump(Stat::DropWrongClass, 1);
-        emit(EVENT_DROP, reason::WRONG_CLASS, pkt, service);
+        drop_event(reason::WRONG_CLASS, pkt, service);
         return refuse(mode);
     }
     let now = unsafe { bpf_ktime_get_ns() };
@@ -339,7 +341,7 @@ fn check(pkt: &Pkt, service: u32, mode: u32) -> u32 {
             (Stat::DropWrongClass, reason::WRONG_CLASS)
         };
         bump(stat, 1);
-        emit(EVENT_DROP, why, pkt, service);
+        drop_event(why, pkt, service);
         return refuse(mode);
     }
     bump(Stat::Miss, 1);
@@ -350,7 +352,15 @@ fn check(pkt: &Pkt, service: u32, mode: u32) -> u32 {
     let pending =
         CacheEntry { classes: 0, flags: CACHE_PENDING, expires_ns: now + u64::from(hold) * 1_000_000 };
     let _ = VERDICT_CACHE.insert(pkt.dst, pending, 0);
-    if !emit(EVENT_MISS, reason::PENDING, pkt, service) {
+    if !emit(
+        EVENT_MISS,
+        reason::PENDING,
+        pkt,
+        service,
+        &MISS_RATE,
+        s.misses_per_source_per_sec,
+        DEFAULT_MISSES_PER_SOURCE,
+    ) {
         let _ = VERDICT_CACHE.remove(pkt.dst);
     }
     refuse(mode)
@@ -373,19 +383,37 @@ fn allow_classes(pkt: &Pkt) -> u32 {
     }
 }
 
-/// Sends an event unless the source is over its per-second budget.
-/// Returns true when the event was written.
+/// Sends a drop event within the source's drop-event budget.
 #[inline(always)]
-fn emit(kind: u32, why: u32, pkt: &Pkt, service: u32) -> bool {
-    let now = unsafe { bpf_ktime_get_ns() };
+fn drop_event(why: u32, pkt: &Pkt, service: u32) {
     let s = settings();
-    let budget = if s.events_per_source_per_sec == 0 {
-        DEFAULT_EVENTS_PER_SOURCE
-    } else {
-        s.events_per_source_per_sec
-    };
+    let _ = emit(
+        EVENT_DROP,
+        why,
+        pkt,
+        service,
+        &EVENT_RATE,
+        s.events_per_source_per_sec,
+        DEFAULT_EVENTS_PER_SOURCE,
+    );
+}
+
+/// Sends an event unless the source is over its per-second budget in `rate`
+/// (`budget`, or `default` when zero). Returns true when the event was written.
+#[inline(always)]
+fn emit(
+    kind: u32,
+    why: u32,
+    pkt: &Pkt,
+    service: u32,
+    rate: &LruHashMap<[u8; 16], RateState>,
+    budget: u32,
+    default: u32,
+) -> bool {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let budget = if budget == 0 { default } else { budget };
     let mut carried = 0u32;
-    match EVENT_RATE.get_ptr_mut(pkt.src) {
+    match rate.get_ptr_mut(pkt.src) {
         Some(st) => {
             // SAFETY: the pointer is valid for this program run; races between
             // CPUs only blur the count, which is a budget, not an invariant.
@@ -405,7 +433,7 @@ fn emit(kind: u32, why: u32, pkt: &Pkt, service: u32) -> bool {
         }
         None => {
             let st = RateState { window_start_ns: now, sent: 1, suppressed: 0 };
-            let _ = EVENT_RATE.insert(pkt.src, st, 0);
+            let _ = rate.insert(pkt.src, st, 0);
         }
     }
     let Some(mut slot) = EVENTS.reserve::<Event>(0) else {

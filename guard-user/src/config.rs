@@ -250,13 +250,19 @@ impl Cache {
 pub struct Events {
     /// `stdout`, `none`, or a file path (JSON lines, appended).
     pub output: String,
-    /// Events per source host per second sent by the kernel.
+    /// Drop events per source host per second sent by the kernel.
     pub per_source_per_sec: u32,
+    /// Miss events (RPZ questions) per source host per second, a separate budget.
+    pub misses_per_source_per_sec: u32,
 }
 
 impl Default for Events {
     fn default() -> Self {
-        Events { output: "stdout".into(), per_source_per_sec: guard_common::DEFAULT_EVENTS_PER_SOURCE }
+        Events {
+            output: "stdout".into(),
+            per_source_per_sec: guard_common::DEFAULT_EVENTS_PER_SOURCE,
+            misses_per_source_per_sec: guard_common::DEFAULT_MISSES_PER_SOURCE,
+        }
     }
 }
 

@@ -281,7 +281,7 @@ async fn run_bound(cfg: Config, status: UnixListener, cancel: CancellationToken)
                     },
                     events_per_source_per_sec: cfg.events.per_source_per_sec,
                     pending_ms: cfg.cache.pending_ms,
-                    pad: 0,
+                    misses_per_source_per_sec: cfg.events.misses_per_source_per_sec,
                 },
             })?;
             Some(e)

@@ -24,8 +24,8 @@ use aya::{
 };
 use guard_common::{
     CacheEntry, MAP_ALLOW_PFX_V4, MAP_ALLOW_PFX_V6, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_CACHE, MAP_EVENTS,
-    MAP_EXEMPT_V4, MAP_EXEMPT_V6, MAP_INTERNAL_V4, MAP_INTERNAL_V6, MAP_PORTS, MAP_RATE, MAP_SETTINGS,
-    MAP_STATS, PORT_TCP_SHIFT, PORT_UDP_SHIFT, STAT_COUNT, Settings, Stat,
+    MAP_EXEMPT_V4, MAP_EXEMPT_V6, MAP_INTERNAL_V4, MAP_INTERNAL_V6, MAP_MISS_RATE, MAP_PORTS, MAP_RATE,
+    MAP_SETTINGS, MAP_STATS, PORT_TCP_SHIFT, PORT_UDP_SHIFT, STAT_COUNT, Settings, Stat,
 };
 
 use crate::{
@@ -43,7 +43,7 @@ pub const PROGRAM_NAME: &str = "rpz_guard";
 pub const REFERENCE_PROGRAM: &str = "pass_all";
 
 /// Every map the program defines; all are pinned with `--pin`.
-pub const MAP_NAMES: [&str; 14] = [
+pub const MAP_NAMES: [&str; 15] = [
     MAP_STATS,
     MAP_PORTS,
     MAP_ALLOW_V4,
@@ -56,6 +56,7 @@ pub const MAP_NAMES: [&str; 14] = [
     MAP_INTERNAL_V6,
     MAP_CACHE,
     MAP_RATE,
+    MAP_MISS_RATE,
     MAP_EVENTS,
     MAP_SETTINGS,
 ];

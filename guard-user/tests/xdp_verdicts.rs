@@ -431,6 +431,11 @@ fn events_are_rate_limited_per_source() {
     assert_eq!(delta(&e, &before, Stat::DropWrongClass), 10);
     assert_eq!(delta(&e, &before, Stat::EventsSent), 3);
     assert_eq!(delta(&e, &before, Stat::EventsRateLimited), 7);
+    // Its drops do not starve its RPZ questions: a miss has its own budget.
+    let before = e.stats().expect("stats");
+    assert_eq!(run(&mut e, &frame::v4(PC, UNKNOWN, frame::TCP, 25)), XDP_DROP);
+    assert_eq!(delta(&e, &before, Stat::Miss), 1);
+    assert_eq!(delta(&e, &before, Stat::EventsSent), 1, "miss event sent despite the spent drop budget");
     // Another source has its own budget.
     let other = frame::v4(Ipv4Addr::new(10, 1, 0, 11), NS, frame::TCP, 25);
     let before = e.stats().expect("stats");
