@@ -89,6 +89,9 @@ pub struct StatusReport {
     pub miss: MissStats,
     /// Detection events recorded.
     pub events_total: u64,
+    /// Events that could not be written (or were dropped: the writer fell behind).
+    #[serde(default)]
+    pub events_write_errors: u64,
     /// Sources with most blocked attempts (suspected infected hosts).
     pub top_sources: Vec<(IpAddr, HostStats)>,
     /// Destinations with most blocked attempts.
@@ -158,6 +161,7 @@ impl Shared {
             sync,
             miss: self.resolver.stats(),
             events_total: self.events.total(),
+            events_write_errors: self.events.write_errors(),
             top_sources: self.events.top_sources(10),
             top_destinations: self.events.top_destinations(10),
             extra: lock(&self.extra).as_ref().map(|f| f()).unwrap_or_default(),
@@ -197,6 +201,7 @@ impl Shared {
             gauge("miss_coalesced", "Misses that waited on another question.", None, r.miss.coalesced as f64),
             gauge("miss_errors", "Failed RPZ questions (denied).", None, r.miss.errors as f64),
             gauge("events", "Detection events recorded.", None, r.events_total as f64),
+            gauge("events_write_errors", "Detection events not written.", None, r.events_write_errors as f64),
             gauge("uptime_seconds", "Seconds since start.", None, r.uptime_secs as f64),
         ];
         for (ip, h) in r.top_sources.iter().take(10) {
@@ -524,8 +529,11 @@ fn handle_event(ev: Event, enforcer: &Arc<Mutex<Enforcer>>, shared: &Arc<Shared>
     let Some(service) = Service::from_number(ev.service) else { return };
     let src = event_ip(ev.src);
     let dst = event_ip(ev.dst);
+    // When the kernel saw the packet, not when the event was read.
+    let age_ms = crate::xdp::monotonic_ns().saturating_sub(ev.ts_ns) / 1_000_000;
+    let time_ms = now_ms().saturating_sub(age_ms);
     let detection = |reason: Reason, suppressed: u32| DetectionEvent {
-        time_ms: now_ms(),
+        time_ms,
         src,
         dst,
         proto: proto_name(ev.proto),
@@ -792,7 +800,16 @@ pub fn render_status(r: &StatusReport) -> String {
         "\nmiss path  lookups {}  coalesced {}  errors {}  cached {}",
         r.miss.lookups, r.miss.coalesced, r.miss.errors, r.miss.cached
     );
-    let _ = writeln!(o, "events     {}", r.events_total);
+    let _ = writeln!(
+        o,
+        "events     {}{}",
+        r.events_total,
+        if r.events_write_errors > 0 {
+            format!("  ({} NOT WRITTEN)", r.events_write_errors)
+        } else {
+            String::new()
+        }
+    );
     if !r.top_sources.is_empty() {
         let _ = writeln!(o, "\ntop offending hosts (suspected infected)");
         for (ip, h) in &r.top_sources {
