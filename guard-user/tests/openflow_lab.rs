@@ -354,7 +354,10 @@ fn openflow_daemon_enforces_the_real_rpz() {
     assert!(has(ns_ip, 25, Reason::WrongClass), "event for SMTP to DNS-only: {evs:?}");
     assert!(has(new_mx, 465, Reason::NotRegistered), "event for :465: {evs:?}");
     let bot6 = "fd99::66".parse::<IpAddr>().expect("ip");
-    assert!(evs.iter().any(|e| e.src == bot6 && e.dst == inet6(0x99) && e.dport == 25), "IPv6 event: {evs:?}");
+    assert!(
+        evs.iter().any(|e| e.src == bot6 && e.dst == inet6(0x99) && e.dport == 25),
+        "IPv6 event: {evs:?}"
+    );
     assert!(evs.iter().all(|e| e.point == format!("openflow:{DPID:016x}")), "event point: {evs:?}");
     assert!(evs.iter().all(|e| e.dst != mx_ip), "no event for allowed traffic: {evs:?}");
     let st = d.status();
