@@ -41,6 +41,8 @@ const BRIDGE: &str = "ofbr";
 const OF_PORT: u16 = 6653;
 const DPID: u64 = 0x0000_0000_00ab_c0de;
 const SHORT: Duration = Duration::from_millis(1500);
+/// Long enough for the first SYN's packet-in verdict, shorter than its retransmission.
+const BLOCKED: Duration = Duration::from_millis(900);
 
 fn sh(args: &[&str]) {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
@@ -268,9 +270,14 @@ fn smtp(ns: &str, dst: IpAddr, port: u16, timeout: Duration) -> bool {
 
 /// One `dig` try (1 s) from `ns` to `server`; true on a DNS answer.
 fn dig(ns: &str, server: IpAddr) -> bool {
+    dig_over(ns, server, "+notcp")
+}
+
+/// Like [`dig`] over udp (`+notcp`) or tcp (`+tcp`).
+fn dig_over(ns: &str, server: IpAddr, transport: &str) -> bool {
     let at = format!("@{server}");
-    let out = netns::exec(ns, &["dig", &at, "www.example.net", "A", "+time=1", "+tries=1", "+retry=0"])
-        .expect("run dig");
+    let args = ["dig", &at, "www.example.net", "A", transport, "+time=1", "+tries=1", "+retry=0"];
+    let out = netns::exec(ns, &args).expect("run dig");
     out.status.success() && String::from_utf8_lossy(&out.stdout).contains("status: NOERROR")
 }
 
@@ -310,6 +317,8 @@ fn openflow_daemon_enforces_the_real_rpz() {
     let pin0 = d.of("packet_ins");
     assert!(dig(&t.pc, ns_ip), "DNS to a 127.0.0.1 server must pass");
     assert!(dig(&t.pc, mx_ip), "DNS to a 127.0.0.25 server must pass");
+    assert!(dig_over(&t.pc, ns_ip, "+tcp"), "DNS over TCP to a 127.0.0.1 server must pass");
+    assert!(dig(&t.pc, inet6(0x25)), "DNS over IPv6 to a 127.0.0.25 server must pass");
     assert!(smtp(&t.pc, mx_ip, 25, SHORT), "SMTP to a mail exchanger");
     assert!(smtp(&t.pc, mx_ip, 587, SHORT), "submission to a mail exchanger");
     assert!(smtp(&t.pc, mx6, 465, SHORT), "IPv6 SMTP to a mail exchanger");
@@ -318,8 +327,9 @@ fn openflow_daemon_enforces_the_real_rpz() {
     // Table 1: DNS to an unregistered server is blocked; SMTP to a DNS-only entry too.
     let rogue = inet4(99);
     assert!(!dig(&t.bot, rogue), "DNS to an unregistered server must be blocked");
-    assert!(!smtp(&t.bot, ns_ip, 25, SHORT), "SMTP to a 127.0.0.1-only entry must be blocked");
-    assert!(!smtp(&t.bot, inet6(0x99), 25, SHORT), "IPv6 SMTP to an unregistered host must be blocked");
+    assert!(!dig_over(&t.bot, rogue, "+tcp"), "DNS over TCP to an unregistered server must be blocked");
+    assert!(!smtp(&t.bot, ns_ip, 25, BLOCKED), "SMTP to a 127.0.0.1-only entry must be blocked");
+    assert!(!smtp(&t.bot, inet6(0x99), 25, BLOCKED), "IPv6 SMTP to an unregistered host must be blocked");
     assert!(d.of("packet_ins") > pin0, "blocked attempts came as packet-ins");
 
     // Exempt source (the organisation's relay) reaches anyone.
@@ -328,7 +338,7 @@ fn openflow_daemon_enforces_the_real_rpz() {
     // Fig. 8/9: :465 to an unregistered host fails; nsupdate adds it as
     // 127.0.0.25 and the same connect succeeds within ~1 s; delete revokes.
     let new_mx = inet4(77);
-    assert!(!smtp(&t.bot, new_mx, 465, SHORT), "unregistered :465 must fail");
+    assert!(!smtp(&t.bot, new_mx, 465, BLOCKED), "unregistered :465 must fail");
     let added = Instant::now();
     t.add(new_mx, "127.0.0.25");
     eventually(Duration::from_secs(5), || smtp(&t.bot, new_mx, 465, Duration::from_millis(300)))
@@ -363,6 +373,11 @@ fn openflow_daemon_enforces_the_real_rpz() {
     let st = d.status();
     assert!(st.top_sources.iter().any(|(ip, _)| *ip == bot), "bot among top sources: {:?}", st.top_sources);
     assert!(st.sync.notifies >= 1, "NOTIFY from BIND reached the daemon");
+    let counter = |n: &str| st.counters.iter().find(|(k, _)| k == n).map_or(0, |c| c.1);
+    assert!(counter("drop_not_registered") >= 4, "counters: {:?}", st.counters);
+    assert!(counter("drop_wrong_class") >= 1, "counters: {:?}", st.counters);
+    assert!(counter("miss") >= 5, "counters: {:?}", st.counters);
+    assert_eq!(counter("events_sent"), evs.len() as u64, "one event per recorded line");
 
     // ovs-vswitchd restart: the controller resynchronises, enforcement resumes.
     let resyncs = d.of("resyncs");
@@ -376,7 +391,7 @@ fn openflow_daemon_enforces_the_real_rpz() {
     eventually(Duration::from_secs(10), || smtp(&t.pc, mx_ip, 25, Duration::from_millis(500)))
         .expect("forwarding after the restart");
     eprintln!("vswitchd restart → forwarding again in {:?}", restarted.elapsed());
-    assert!(!smtp(&t.bot, rogue, 25, SHORT), "enforcement resumed after the restart");
+    assert!(!smtp(&t.bot, rogue, 25, BLOCKED), "enforcement resumed after the restart");
     assert!(!dig(&t.bot, rogue), "DNS enforcement resumed after the restart");
     let st = d.status();
     assert_eq!(st.extra["switch_errors"].as_u64(), Some(0), "the switch rejected something: {:?}", st.extra);
