@@ -61,6 +61,11 @@ impl Ovs {
         &self.dir
     }
 
+    /// Process ids of the running daemons (ovsdb-server, then ovs-vswitchd).
+    pub fn pids(&self) -> Vec<u32> {
+        self.db.iter().chain(self.vswitchd.iter()).map(Child::id).collect()
+    }
+
     /// A command for an OVS tool with the private directory in its environment.
     pub fn command(&self, prog: &str) -> Command {
         let mut c = Command::new(prog);
@@ -117,9 +122,24 @@ impl Ovs {
 
     /// Kills and restarts `ovs-vswitchd`; the database (bridges, ports,
     /// controller) stays, flows are gone until a controller installs them.
+    /// Returns once every bridge answers on its management socket again.
     pub fn restart_vswitchd(&mut self) -> Result<()> {
         self.stop_vswitchd();
-        self.start_vswitchd()
+        self.start_vswitchd()?;
+        let limit = Duration::from_secs(10);
+        for br in self.vsctl(&["list-br"])?.lines().filter(|b| !b.is_empty()) {
+            let t = Instant::now();
+            while self.dump_flows(br).is_err() {
+                if t.elapsed() > limit {
+                    return Err(LabError::Timeout {
+                        what: format!("bridge {br} after restart"),
+                        waited: limit,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
     }
 
     fn spawn(&self, args: &[&str]) -> Result<Child> {
