@@ -393,6 +393,14 @@ fn openflow_daemon_enforces_the_real_rpz() {
     eprintln!("vswitchd restart → forwarding again in {:?}", restarted.elapsed());
     assert!(!smtp(&t.bot, rogue, 25, BLOCKED), "enforcement resumed after the restart");
     assert!(!dig(&t.bot, rogue), "DNS enforcement resumed after the restart");
+    // The old connection is gone from the status; registered traffic again
+    // bypasses the controller.
+    let switches = d.status().extra["switches"].as_array().map_or(0, Vec::len);
+    assert_eq!(switches, 1, "one switch after the restart: {:?}", d.status().extra);
+    let pin = d.of("packet_ins");
+    assert!(smtp(&t.pc, mx_ip, 465, SHORT), "SMTP to a mail exchanger after the restart");
+    assert!(dig(&t.pc, ns_ip), "DNS to a name server after the restart");
+    assert_eq!(d.of("packet_ins"), pin, "registered destinations bypass the controller after the restart");
     let st = d.status();
     assert_eq!(st.extra["switch_errors"].as_u64(), Some(0), "the switch rejected something: {:?}", st.extra);
     drop(d);
