@@ -379,6 +379,32 @@ fn openflow_daemon_enforces_the_real_rpz() {
     assert!(counter("miss") >= 5, "counters: {:?}", st.counters);
     assert_eq!(counter("events_sent"), evs.len() as u64, "one event per recorded line");
 
+    // A hostile peer on the controller port is cut off; the real switch stays served.
+    let errors = d.of("protocol_errors");
+    let router = t.lab.ns(Role::Router);
+    let closed = netns::run_in_netns(&router, || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", OF_PORT)).expect("connect to the controller");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+        s.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+        let mut b = [0u8; 256];
+        // Closed = EOF or reset, possibly after an OpenFlow ERROR.
+        loop {
+            match s.read(&mut b) {
+                Ok(0) => break true,
+                Ok(_) => {}
+                Err(e) => {
+                    break !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut);
+                }
+            }
+        }
+    })
+    .expect("router namespace");
+    assert!(closed, "garbage must close the connection");
+    eventually(Duration::from_secs(3), || d.of("protocol_errors") > errors).expect("violation counted");
+    assert!(smtp(&t.pc, mx_ip, 25, SHORT), "real switch still served");
+    assert!(!smtp(&t.bot, rogue, 587, BLOCKED), "real switch still enforced");
+
     // ovs-vswitchd restart: the controller resynchronises, enforcement resumes.
     let resyncs = d.of("resyncs");
     let restarted = Instant::now();
