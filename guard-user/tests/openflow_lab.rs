@@ -2,6 +2,12 @@
 //! Open vSwitch 3.1 netdev bridge, enforcing the lab's real BIND RPZ
 //! (updated with nsupdate). Needs root and `openvswitch-switch`.
 //!
+//! Covers the paper's Table 1 and Fig. 8/9 (add and revoke), SMTP toward a
+//! name-server-only entry, an exempt source, IPv6, DNS over TCP, events and
+//! counters, the proactive flows in `dump-flows` (no packet-in for
+//! registered destinations), a garbage peer on the controller port and an
+//! `ovs-vswitchd` restart (resync, enforcement resumes).
+//!
 //! ```text
 //!  [lab dns: BIND] ── lan ── in0 [router ns: rpz-guard, private OVS bridge ofbr]
 //!                                      │ ofc ── c (pc)    10.99.0.10, fd99::10
