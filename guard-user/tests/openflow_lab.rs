@@ -23,26 +23,21 @@
 //! address. Everything (daemon, OVS, namespaces) is removed on drop, also
 //! after a panic.
 
+mod daemon_support;
+
+use daemon_support::{Daemon, eventually, rpz_add, rpz_delete};
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::PathBuf,
     process::Command,
     time::{Duration, Instant},
 };
 
 use guard_tests::{
-    Lab, LabChild, LabConfig, ResponderMode, Role, dns::FixedAnswers, netns, ovs::Ovs, responder::Responder,
+    Lab, LabConfig, ResponderMode, Role, dns::FixedAnswers, netns, ovs::Ovs, responder::Responder,
     tcp_connect_in,
 };
-use guard_user::{
-    daemon::StatusReport,
-    events::{DetectionEvent, Reason},
-    policy::Prefix,
-    rpz::encode_owner,
-};
+use guard_user::events::Reason;
 
-const BIN: &str = env!("CARGO_BIN_EXE_rpz-guard");
-const ZONE: &str = "rpz.example.com";
 const BRIDGE: &str = "ofbr";
 const OF_PORT: u16 = 6653;
 const DPID: u64 = 0x0000_0000_00ab_c0de;
@@ -134,135 +129,53 @@ impl Topo {
     }
 
     fn add(&self, ip: IpAddr, answer: &str) {
-        let owner = encode_owner(&Prefix::host(ip), ZONE);
-        self.lab
-            .nsupdate(&[&format!("update add {owner} 60 IN A {answer}")])
-            .unwrap_or_else(|e| panic!("nsupdate: {e}"));
+        rpz_add(&self.lab, ip, answer);
     }
 
     fn delete(&self, ip: IpAddr) {
-        let owner = encode_owner(&Prefix::host(ip), ZONE);
-        self.lab.nsupdate(&[&format!("update delete {owner}")]).unwrap_or_else(|e| panic!("nsupdate: {e}"));
+        rpz_delete(&self.lab, ip);
     }
 }
 
-/// `rpz-guard run --mode openflow` in the router namespace; SIGTERM on drop.
-struct Daemon {
-    child: Option<LabChild>,
-    socket: PathBuf,
-    events: PathBuf,
+/// `rpz-guard run --mode openflow` in the router namespace, BIND as source.
+fn start_openflow(t: &Topo) -> Daemon {
+    let lab = &t.lab;
+    let a = lab.addrs();
+    let listen = format!("127.0.0.1:{OF_PORT}");
+    let server = SocketAddr::new(IpAddr::V4(a.dns_v4), 53).to_string();
+    let notify = SocketAddr::new(IpAddr::V4(a.router_in_v4), lab.notify_port()).to_string();
+    let key = lab.tsig_key_file();
+    let args = [
+        "--mode",
+        "openflow",
+        "--openflow-listen",
+        &listen,
+        "--server",
+        &server,
+        "--tsig-key",
+        key.to_str().expect("utf-8 path"),
+        "--notify-listen",
+        &notify,
+        "--exempt",
+        "10.99.0.53/32",
+        "--internal",
+        "10.99.0.0/24",
+        "--internal",
+        "fd99::/64",
+    ];
+    Daemon::start(lab, "of", &args)
 }
 
-impl Daemon {
-    fn start(t: &Topo) -> Daemon {
-        let lab = &t.lab;
-        let a = lab.addrs();
-        let dir = lab.state_dir();
-        let socket = dir.join("of-guard.sock");
-        let events = dir.join("of-events.jsonl");
-        let _ = std::fs::remove_file(&events);
-        let listen = format!("127.0.0.1:{OF_PORT}");
-        let server = SocketAddr::new(IpAddr::V4(a.dns_v4), 53).to_string();
-        let notify = SocketAddr::new(IpAddr::V4(a.router_in_v4), lab.notify_port()).to_string();
-        let key = lab.tsig_key_file();
-        let args = [
-            BIN,
-            "run",
-            "--mode",
-            "openflow",
-            "--openflow-listen",
-            &listen,
-            "--server",
-            &server,
-            "--tsig-key",
-            key.to_str().expect("utf-8 path"),
-            "--notify-listen",
-            &notify,
-            "--exempt",
-            "10.99.0.53/32",
-            "--internal",
-            "10.99.0.0/24",
-            "--internal",
-            "fd99::/64",
-            "--events",
-            events.to_str().expect("utf-8 path"),
-            "--status-socket",
-            socket.to_str().expect("utf-8 path"),
-        ];
-        let child = lab.spawn(Role::Router, &args).unwrap_or_else(|e| panic!("spawn rpz-guard: {e}"));
-        let mut d = Daemon { child: Some(child), socket, events };
-        let ready = eventually(Duration::from_secs(20), || {
-            if let Some(c) = d.child.as_mut()
-                && !c.is_running()
-            {
-                panic!("rpz-guard exited early:\n{}", c.log());
-            }
-            d.try_status().is_some()
-        });
-        assert!(ready.is_some(), "rpz-guard did not answer on its status socket");
-        d
-    }
-
-    fn try_status(&self) -> Option<StatusReport> {
-        let out = Command::new(BIN).args(["status", "--json", "--socket"]).arg(&self.socket).output().ok()?;
-        serde_json::from_slice(&out.stdout).ok()
-    }
-
-    fn status(&self) -> StatusReport {
-        self.try_status().expect("rpz-guard status answers")
-    }
-
-    /// A number from the controller status under `extra`.
-    fn of(&self, key: &str) -> u64 {
-        let st = self.status();
-        st.extra.get(key).and_then(serde_json::Value::as_u64).unwrap_or_else(|| panic!("extra.{key}: {st:?}"))
-    }
-
-    fn switch_connected(&self) -> bool {
-        self.try_status().is_some_and(|s| {
-            s.extra["switches"]
-                .as_array()
-                .is_some_and(|sw| sw.iter().any(|x| x["dpid"].as_u64() == Some(DPID)))
-        })
-    }
-
-    fn events(&self) -> Vec<DetectionEvent> {
-        std::fs::read_to_string(&self.events)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event line {l:?}: {e}")))
-            .collect()
-    }
-
-    fn log(&self) -> String {
-        self.child.as_ref().map(LabChild::log).unwrap_or_default()
-    }
+/// A number from the controller status under `extra`.
+fn of(d: &Daemon, key: &str) -> u64 {
+    let st = d.status();
+    st.extra.get(key).and_then(serde_json::Value::as_u64).unwrap_or_else(|| panic!("extra.{key}: {st:?}"))
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let Some(c) = self.child.take() else { return };
-        let log = c.log();
-        match c.stop(Duration::from_secs(10)) {
-            Ok(s) if !s.success() && !std::thread::panicking() => {
-                panic!("rpz-guard exit status {s} on SIGTERM; log:\n{log}")
-            }
-            Err(e) => eprintln!("stopping rpz-guard: {e}"),
-            _ => {}
-        }
-    }
-}
-
-/// Polls `f` until it is true or `within` passes; returns the time taken.
-fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
-    let t = Instant::now();
-    while t.elapsed() < within {
-        if f() {
-            return Some(t.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
+fn switch_connected(d: &Daemon) -> bool {
+    d.try_status().is_some_and(|s| {
+        s.extra["switches"].as_array().is_some_and(|sw| sw.iter().any(|x| x["dpid"].as_u64() == Some(DPID)))
+    })
 }
 
 /// Connect and read the SMTP banner from namespace `ns`.
@@ -295,13 +208,13 @@ fn openflow_daemon_enforces_the_real_rpz() {
     t.add(ns_ip, "127.0.0.1");
     t.add(mx_ip, "127.0.0.25");
     t.add(mx6, "127.0.0.25");
-    let d = Daemon::start(&t);
+    let d = start_openflow(&t);
     assert_eq!(d.status().entries.0, 3, "entries transferred by AXFR");
     assert_eq!(d.status().mode, "openflow");
     t.ovs.vsctl(&["set-controller", BRIDGE, &format!("tcp:127.0.0.1:{OF_PORT}")]).expect("set-controller");
     t.ovs.vsctl(&["set", "controller", BRIDGE, "max_backoff=1000"]).expect("controller options");
     eventually(Duration::from_secs(20), || {
-        d.switch_connected() && t.flows().contains("priority=0 actions=NORMAL")
+        switch_connected(&d) && t.flows().contains("priority=0 actions=NORMAL")
     })
     .unwrap_or_else(|| panic!("switch did not connect and sync; log:\n{}", d.log()));
     eprintln!("set up in {:?}", t0.elapsed());
@@ -320,7 +233,7 @@ fn openflow_daemon_enforces_the_real_rpz() {
     assert!(!flows.contains("nw_dst=198.18.0.53,tp_dst=25"), "DNS-only entry got SMTP flows:\n{flows}");
 
     // Registered destinations: no packet-in at all (Table 1 passes, SMTP, IPv6).
-    let pin0 = d.of("packet_ins");
+    let pin0 = of(&d, "packet_ins");
     assert!(dig(&t.pc, ns_ip), "DNS to a 127.0.0.1 server must pass");
     assert!(dig(&t.pc, mx_ip), "DNS to a 127.0.0.25 server must pass");
     assert!(dig_over(&t.pc, ns_ip, "+tcp"), "DNS over TCP to a 127.0.0.1 server must pass");
@@ -328,7 +241,7 @@ fn openflow_daemon_enforces_the_real_rpz() {
     assert!(smtp(&t.pc, mx_ip, 25, SHORT), "SMTP to a mail exchanger");
     assert!(smtp(&t.pc, mx_ip, 587, SHORT), "submission to a mail exchanger");
     assert!(smtp(&t.pc, mx6, 465, SHORT), "IPv6 SMTP to a mail exchanger");
-    assert_eq!(d.of("packet_ins"), pin0, "registered destinations must not reach the controller");
+    assert_eq!(of(&d, "packet_ins"), pin0, "registered destinations must not reach the controller");
 
     // Table 1: DNS to an unregistered server is blocked; SMTP to a DNS-only entry too.
     let rogue = inet4(99);
@@ -336,7 +249,7 @@ fn openflow_daemon_enforces_the_real_rpz() {
     assert!(!dig_over(&t.bot, rogue, "+tcp"), "DNS over TCP to an unregistered server must be blocked");
     assert!(!smtp(&t.bot, ns_ip, 25, BLOCKED), "SMTP to a 127.0.0.1-only entry must be blocked");
     assert!(!smtp(&t.bot, inet6(0x99), 25, BLOCKED), "IPv6 SMTP to an unregistered host must be blocked");
-    assert!(d.of("packet_ins") > pin0, "blocked attempts came as packet-ins");
+    assert!(of(&d, "packet_ins") > pin0, "blocked attempts came as packet-ins");
 
     // Exempt source (the organisation's relay) reaches anyone.
     assert!(smtp(&t.relay, rogue, 25, SHORT), "exempt source passes");
@@ -386,7 +299,7 @@ fn openflow_daemon_enforces_the_real_rpz() {
     assert_eq!(counter("events_sent"), evs.len() as u64, "one event per recorded line");
 
     // A hostile peer on the controller port is cut off; the real switch stays served.
-    let errors = d.of("protocol_errors");
+    let errors = of(&d, "protocol_errors");
     let router = t.lab.ns(Role::Router);
     let closed = netns::run_in_netns(&router, || {
         use std::io::{Read, Write};
@@ -407,16 +320,16 @@ fn openflow_daemon_enforces_the_real_rpz() {
     })
     .expect("router namespace");
     assert!(closed, "garbage must close the connection");
-    eventually(Duration::from_secs(3), || d.of("protocol_errors") > errors).expect("violation counted");
+    eventually(Duration::from_secs(3), || of(&d, "protocol_errors") > errors).expect("violation counted");
     assert!(smtp(&t.pc, mx_ip, 25, SHORT), "real switch still served");
     assert!(!smtp(&t.bot, rogue, 587, BLOCKED), "real switch still enforced");
 
     // ovs-vswitchd restart: the controller resynchronises, enforcement resumes.
-    let resyncs = d.of("resyncs");
+    let resyncs = of(&d, "resyncs");
     let restarted = Instant::now();
     t.ovs.restart_vswitchd().expect("restart ovs-vswitchd");
     eventually(Duration::from_secs(20), || {
-        d.of("resyncs") > resyncs && t.flows().contains("nw_dst=198.18.0.25,tp_dst=465 actions=NORMAL")
+        of(&d, "resyncs") > resyncs && t.flows().contains("nw_dst=198.18.0.25,tp_dst=465 actions=NORMAL")
     })
     .unwrap_or_else(|| panic!("no resync after the restart; log:\n{}", d.log()));
     // Netdev ports come back asynchronously after the restart.
@@ -429,10 +342,10 @@ fn openflow_daemon_enforces_the_real_rpz() {
     // bypasses the controller.
     let switches = d.status().extra["switches"].as_array().map_or(0, Vec::len);
     assert_eq!(switches, 1, "one switch after the restart: {:?}", d.status().extra);
-    let pin = d.of("packet_ins");
+    let pin = of(&d, "packet_ins");
     assert!(smtp(&t.pc, mx_ip, 465, SHORT), "SMTP to a mail exchanger after the restart");
     assert!(dig(&t.pc, ns_ip), "DNS to a name server after the restart");
-    assert_eq!(d.of("packet_ins"), pin, "registered destinations bypass the controller after the restart");
+    assert_eq!(of(&d, "packet_ins"), pin, "registered destinations bypass the controller after the restart");
     let st = d.status();
     assert_eq!(st.extra["switch_errors"].as_u64(), Some(0), "the switch rejected something: {:?}", st.extra);
     drop(d);

@@ -13,125 +13,53 @@ use std::{
     time::{Duration, Instant},
 };
 
-use guard_tests::{Lab, LabAddrs, LabChild, LabConfig, Role};
-use guard_user::{daemon::StatusReport, events::DetectionEvent, policy::Prefix, rpz::encode_owner};
+use guard_tests::{Lab, LabAddrs, LabConfig, Role};
+use guard_user::daemon::StatusReport;
 
-const BIN: &str = env!("CARGO_BIN_EXE_rpz-guard");
-const ZONE: &str = "rpz.example.com";
+mod daemon_support;
+
+use daemon_support::{BIN, Daemon, eventually, rpz_add, rpz_delete};
 
 fn up(name: &str) -> Lab {
     Lab::up(LabConfig::for_test(name)).unwrap_or_else(|e| panic!("lab up failed: {e}"))
 }
 
-/// A running daemon in the router namespace, stopped (SIGTERM) on drop.
-struct Daemon {
-    child: Option<LabChild>,
-    socket: PathBuf,
-    events: PathBuf,
-}
-
-impl Daemon {
-    fn start(lab: &Lab, extra: &[&str]) -> Daemon {
-        let a = lab.addrs();
-        let dir = lab.state_dir();
-        let socket = dir.join(format!("guard-{}.sock", std::process::id()));
-        let events = dir.join(format!("events-{}.jsonl", std::process::id()));
-        let _ = std::fs::remove_file(&events);
-        let server = SocketAddr::new(IpAddr::V4(a.dns_v4), 53).to_string();
-        let notify = SocketAddr::new(IpAddr::V4(a.router_in_v4), lab.notify_port()).to_string();
-        let key = lab.tsig_key_file();
-        let exempt4 = format!("{}/32", a.dns_v4);
-        let exempt6 = format!("{}/128", a.dns_v6);
-        let internal4 = format!("10.{}.0.0/16", a.subnet);
-        let (lan6, _) = a.lan_v6();
-        let internal6 = format!("{lan6}/48");
-        let mut args: Vec<&str> = vec![
-            BIN,
-            "run",
-            "--iface",
-            lab.router_inside_iface(),
-            "--server",
-            &server,
-            "--tsig-key",
-            key.to_str().expect("utf-8 path"),
-            "--notify-listen",
-            &notify,
-            "--exempt",
-            &exempt4,
-            "--exempt",
-            &exempt6,
-            "--internal",
-            &internal4,
-            "--internal",
-            &internal6,
-            "--events",
-            events.to_str().expect("utf-8 path"),
-            "--status-socket",
-            socket.to_str().expect("utf-8 path"),
-        ];
-        // A flag in `extra` replaces the default one of the same name.
-        for pair in extra.chunks(2) {
-            match args.iter().position(|a| *a == pair[0]).filter(|_| pair.len() == 2) {
-                Some(i) => args[i + 1] = pair[1],
-                None => args.extend_from_slice(pair),
-            }
+/// `rpz-guard run` in XDP mode on the lab router's `in0`, with the lab's
+/// BIND as source; a flag in `extra` replaces the default of the same name.
+fn start_xdp(lab: &Lab, extra: &[&str]) -> Daemon {
+    let a = lab.addrs();
+    let server = SocketAddr::new(IpAddr::V4(a.dns_v4), 53).to_string();
+    let notify = SocketAddr::new(IpAddr::V4(a.router_in_v4), lab.notify_port()).to_string();
+    let key = lab.tsig_key_file();
+    let exempt4 = format!("{}/32", a.dns_v4);
+    let exempt6 = format!("{}/128", a.dns_v6);
+    let internal4 = format!("10.{}.0.0/16", a.subnet);
+    let internal6 = format!("{}/48", a.lan_v6().0);
+    let mut args: Vec<&str> = vec![
+        "--iface",
+        lab.router_inside_iface(),
+        "--server",
+        &server,
+        "--tsig-key",
+        key.to_str().expect("utf-8 path"),
+        "--notify-listen",
+        &notify,
+        "--exempt",
+        &exempt4,
+        "--exempt",
+        &exempt6,
+        "--internal",
+        &internal4,
+        "--internal",
+        &internal6,
+    ];
+    for pair in extra.chunks(2) {
+        match args.iter().position(|a| *a == pair[0]).filter(|_| pair.len() == 2) {
+            Some(i) => args[i + 1] = pair[1],
+            None => args.extend_from_slice(pair),
         }
-        let child = lab.spawn(Role::Router, &args).unwrap_or_else(|e| panic!("spawn rpz-guard: {e}"));
-        let mut d = Daemon { child: Some(child), socket, events };
-        d.wait_ready(lab);
-        d
     }
-
-    fn wait_ready(&mut self, lab: &Lab) {
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(20) {
-            if self.socket.exists() && self.try_status().is_some() {
-                return;
-            }
-            if let Some(c) = self.child.as_mut()
-                && !c.is_running()
-            {
-                panic!("rpz-guard exited early:\n{}", c.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("rpz-guard did not become ready; lab {}", lab.prefix());
-    }
-
-    fn try_status(&self) -> Option<StatusReport> {
-        let out = Command::new(BIN).args(["status", "--json", "--socket"]).arg(&self.socket).output().ok()?;
-        serde_json::from_slice(&out.stdout).ok()
-    }
-
-    fn status(&self) -> StatusReport {
-        self.try_status().expect("rpz-guard status answers")
-    }
-
-    fn events(&self) -> Vec<DetectionEvent> {
-        std::fs::read_to_string(&self.events)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event line {l:?}: {e}")))
-            .collect()
-    }
-
-    /// SIGTERM and wait; returns the log.
-    fn stop(&mut self) -> String {
-        let Some(c) = self.child.take() else { return String::new() };
-        let log_file = c.log_file().map(Path::to_owned);
-        let status = c.stop(Duration::from_secs(10)).unwrap_or_else(|e| panic!("stopping rpz-guard: {e}"));
-        let log = log_file.map(|p| std::fs::read_to_string(p).unwrap_or_default()).unwrap_or_default();
-        if !std::thread::panicking() {
-            assert!(status.success(), "rpz-guard exit status {status} on SIGTERM; log:\n{log}");
-        }
-        log
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.stop();
-    }
+    Daemon::start(lab, "xdp", &args)
 }
 
 /// Outcome of a TCP connect attempt from the lab.
@@ -163,29 +91,6 @@ fn dig_ok(lab: &Lab, role: Role, server: IpAddr) -> bool {
     lab.dig_query(role, server, "www.example.net", "A").is_ok()
 }
 
-fn add(lab: &Lab, ip: IpAddr, answer: &str) {
-    let owner = encode_owner(&Prefix::host(ip), ZONE);
-    lab.nsupdate(&[&format!("update add {owner} 60 IN A {answer}")])
-        .unwrap_or_else(|e| panic!("nsupdate: {e}"));
-}
-
-fn delete(lab: &Lab, ip: IpAddr) {
-    let owner = encode_owner(&Prefix::host(ip), ZONE);
-    lab.nsupdate(&[&format!("update delete {owner}")]).unwrap_or_else(|e| panic!("nsupdate: {e}"));
-}
-
-/// Polls `f` until it is true or `within` passes; returns the time taken.
-fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
-    let t = Instant::now();
-    while t.elapsed() < within {
-        if f() {
-            return Some(t.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
-
 const SHORT: Duration = Duration::from_millis(1500);
 
 #[test]
@@ -193,9 +98,9 @@ fn paper_table1_fig8_and_policy_cases() {
     let lab = up("xdpt");
     let ns_ip = IpAddr::V4(LabAddrs::inet_v4(53));
     let mx_ip = IpAddr::V4(LabAddrs::inet_v4(25));
-    add(&lab, ns_ip, "127.0.0.1");
-    add(&lab, mx_ip, "127.0.0.25");
-    let d = Daemon::start(&lab, &[]);
+    rpz_add(&lab, ns_ip, "127.0.0.1");
+    rpz_add(&lab, mx_ip, "127.0.0.25");
+    let d = start_xdp(&lab, &[]);
     assert_eq!(d.status().entries.0, 2, "both entries transferred by AXFR");
 
     // Table 1: DNS to an unregistered server is blocked; to 127.0.0.1 and
@@ -215,7 +120,7 @@ fn paper_table1_fig8_and_policy_cases() {
     let smtps = SocketAddr::new(new_mx, 465);
     assert_eq!(connect(&lab, Role::Pc, smtps, SHORT), Conn::TimedOut);
     let t = Instant::now();
-    add(&lab, new_mx, "127.0.0.25");
+    rpz_add(&lab, new_mx, "127.0.0.25");
     let took = eventually(Duration::from_secs(5), || {
         connect(&lab, Role::Pc, smtps, Duration::from_millis(300)) == Conn::Open
     })
@@ -223,7 +128,7 @@ fn paper_table1_fig8_and_policy_cases() {
     let lag = t.elapsed();
     eprintln!("update → enforced in {lag:?} (poll {took:?})");
     assert!(lag < Duration::from_secs(1) + Duration::from_millis(500), "update took {lag:?} to take effect");
-    delete(&lab, new_mx);
+    rpz_delete(&lab, new_mx);
     eventually(Duration::from_secs(5), || {
         connect(&lab, Role::Pc, smtps, Duration::from_millis(300)) == Conn::TimedOut
     })
@@ -243,7 +148,7 @@ fn paper_table1_fig8_and_policy_cases() {
     let mx6 = IpAddr::V6(LabAddrs::inet_v6(0x25));
     let rogue6 = IpAddr::V6(LabAddrs::inet_v6(0x99));
     assert_eq!(connect(&lab, Role::Pc, SocketAddr::new(mx6, 587), SHORT), Conn::TimedOut);
-    add(&lab, mx6, "127.0.0.25");
+    rpz_add(&lab, mx6, "127.0.0.25");
     eventually(Duration::from_secs(3), || {
         connect(&lab, Role::Pc, SocketAddr::new(mx6, 587), Duration::from_millis(300)) == Conn::Open
     })
@@ -272,8 +177,8 @@ fn paper_table1_fig8_and_policy_cases() {
 fn counters_events_vlan_and_bad_frames() {
     let lab = up("xdpc");
     let mx_ip = LabAddrs::inet_v4(25);
-    add(&lab, IpAddr::V4(mx_ip), "127.0.0.25");
-    let d = Daemon::start(&lab, &["--metrics-listen", "127.0.0.1:9466"]);
+    rpz_add(&lab, IpAddr::V4(mx_ip), "127.0.0.25");
+    let d = start_xdp(&lab, &["--metrics-listen", "127.0.0.1:9466"]);
     let a = lab.addrs().clone();
     let src_mac = lab.mac(Role::Bot, "eth0").expect("bot mac");
     let dst_mac = lab.mac(Role::Router, lab.router_inside_iface()).expect("router mac");
@@ -364,7 +269,7 @@ fn counters_events_vlan_and_bad_frames() {
 fn pinned_state_survives_restart() {
     let lab = up("xdpp");
     let mx_ip = IpAddr::V4(LabAddrs::inet_v4(25));
-    add(&lab, mx_ip, "127.0.0.25");
+    rpz_add(&lab, mx_ip, "127.0.0.25");
     let bpffs = lab.state_dir().join("bpffs");
     std::fs::create_dir_all(&bpffs).expect("mkdir");
     let _mount = BpfMount::new(&bpffs);
@@ -373,7 +278,7 @@ fn pinned_state_survives_restart() {
     let mx = SocketAddr::new(mx_ip, 25);
     let rogue = SocketAddr::new(IpAddr::V4(LabAddrs::inet_v4(66)), 25);
 
-    let mut d = Daemon::start(&lab, &["--pin", &pin_s]);
+    let mut d = start_xdp(&lab, &["--pin", &pin_s]);
     assert_eq!(connect(&lab, Role::Pc, mx, SHORT), Conn::Open);
     assert_eq!(connect(&lab, Role::Pc, rogue, SHORT), Conn::TimedOut);
     let log = d.stop();
@@ -384,7 +289,7 @@ fn pinned_state_survives_restart() {
 
     // Restart with BIND unreachable (wrong port): runs on the pinned set.
     let bad_server = SocketAddr::new(IpAddr::V4(lab.addrs().dns_v4), 5399).to_string();
-    let mut d2 = Daemon::start(&lab, &["--pin", &pin_s, "--server", &bad_server]);
+    let mut d2 = start_xdp(&lab, &["--pin", &pin_s, "--server", &bad_server]);
     let st = d2.status();
     assert!(st.sync.stale_start && st.sync.last_error.is_some(), "status says it runs on the pinned set");
     assert_eq!(st.entries.0, 1);
@@ -475,8 +380,8 @@ impl Drop for BpfMount {
 fn bind_lost_later_keeps_enforcing() {
     let lab = up("xdpl");
     let mx_ip = IpAddr::V4(LabAddrs::inet_v4(25));
-    add(&lab, mx_ip, "127.0.0.25");
-    let d = Daemon::start(&lab, &["--poll-interval", "1"]);
+    rpz_add(&lab, mx_ip, "127.0.0.25");
+    let d = start_xdp(&lab, &["--poll-interval", "1"]);
     let mx = SocketAddr::new(mx_ip, 25);
     let rogue = SocketAddr::new(IpAddr::V4(LabAddrs::inet_v4(66)), 25);
     assert_eq!(connect(&lab, Role::Pc, mx, SHORT), Conn::Open);

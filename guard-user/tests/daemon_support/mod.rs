@@ -1,0 +1,128 @@
+//! Shared by the daemon-level lab tests (`xdp_lab`, `openflow_lab`): a
+//! running `rpz-guard run` in the lab router, RPZ edits at the lab's BIND,
+//! and polling.
+// Each test crate uses a different subset of these helpers.
+#![allow(dead_code)]
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use guard_tests::{Lab, LabChild, Role};
+use guard_user::{daemon::StatusReport, events::DetectionEvent, policy::Prefix, rpz::encode_owner};
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_rpz-guard");
+/// The lab's policy zone.
+pub const ZONE: &str = "rpz.example.com";
+
+/// Polls `f` until it is true or `within` passes; returns the time taken.
+pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let t = Instant::now();
+    while t.elapsed() < within {
+        if f() {
+            return Some(t.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// Registers `ip` in the lab's RPZ with A `answer` (TSIG-signed nsupdate).
+pub fn rpz_add(lab: &Lab, ip: IpAddr, answer: &str) {
+    let owner = encode_owner(&Prefix::host(ip), ZONE);
+    lab.nsupdate(&[&format!("update add {owner} 60 IN A {answer}")])
+        .unwrap_or_else(|e| panic!("nsupdate: {e}"));
+}
+
+/// Removes `ip` from the lab's RPZ.
+pub fn rpz_delete(lab: &Lab, ip: IpAddr) {
+    let owner = encode_owner(&Prefix::host(ip), ZONE);
+    lab.nsupdate(&[&format!("update delete {owner}")]).unwrap_or_else(|e| panic!("nsupdate: {e}"));
+}
+
+/// `rpz-guard run` in the router namespace; SIGTERM on drop (and the exit
+/// status must be a success unless the test is already failing).
+pub struct Daemon {
+    child: Option<LabChild>,
+    /// Its status socket.
+    pub socket: PathBuf,
+    /// Its JSON-lines event file.
+    pub events: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `rpz-guard run ARGS --events <state>/<tag>-events.jsonl
+    /// --status-socket <state>/<tag>.sock` and waits for its status socket.
+    pub fn start(lab: &Lab, tag: &str, args: &[&str]) -> Daemon {
+        let dir = lab.state_dir();
+        let socket = dir.join(format!("{tag}-{}.sock", std::process::id()));
+        let events = dir.join(format!("{tag}-{}-events.jsonl", std::process::id()));
+        let _ = std::fs::remove_file(&events);
+        let mut argv: Vec<&str> = vec![BIN, "run"];
+        argv.extend_from_slice(args);
+        argv.extend(["--events", path_str(&events), "--status-socket", path_str(&socket)]);
+        let child = lab.spawn(Role::Router, &argv).unwrap_or_else(|e| panic!("spawn rpz-guard: {e}"));
+        let mut d = Daemon { child: Some(child), socket, events };
+        let ready = eventually(Duration::from_secs(20), || {
+            if let Some(c) = d.child.as_mut()
+                && !c.is_running()
+            {
+                panic!("rpz-guard exited early:\n{}", c.log());
+            }
+            d.try_status().is_some()
+        });
+        assert!(ready.is_some(), "rpz-guard did not answer on its status socket; lab {}", lab.prefix());
+        d
+    }
+
+    /// The status report, if the daemon answers.
+    pub fn try_status(&self) -> Option<StatusReport> {
+        let out = Command::new(BIN).args(["status", "--json", "--socket"]).arg(&self.socket).output().ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// The status report.
+    pub fn status(&self) -> StatusReport {
+        self.try_status().expect("rpz-guard status answers")
+    }
+
+    /// The detection events written so far.
+    pub fn events(&self) -> Vec<DetectionEvent> {
+        std::fs::read_to_string(&self.events)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event line {l:?}: {e}")))
+            .collect()
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        self.child.as_ref().map(LabChild::log).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait; returns the log. The exit status must be a success.
+    pub fn stop(&mut self) -> String {
+        let Some(c) = self.child.take() else { return String::new() };
+        let log_file = c.log_file().map(Path::to_owned);
+        let status = c.stop(Duration::from_secs(10)).unwrap_or_else(|e| panic!("stopping rpz-guard: {e}"));
+        let log = log_file.map(|p| std::fs::read_to_string(p).unwrap_or_default()).unwrap_or_default();
+        if !std::thread::panicking() {
+            assert!(status.success(), "rpz-guard exit status {status} on SIGTERM; log:\n{log}");
+        }
+        log
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
