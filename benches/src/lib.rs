@@ -88,7 +88,7 @@ impl Summary {
         let mut v = xs.to_vec();
         v.sort_by(f64::total_cmp);
         let n = v.len();
-        let median = if n % 2 == 0 { (v[n / 2 - 1] + v[n / 2]) / 2.0 } else { v[n / 2] };
+        let median = if n.is_multiple_of(2) { (v[n / 2 - 1] + v[n / 2]) / 2.0 } else { v[n / 2] };
         Summary { median, min: v[0], max: v[n - 1], n }
     }
 
