@@ -19,8 +19,23 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Runs `cmd`, returns (wall time, peak RSS in MiB, stdout).
+/// Runs `argv` under `/usr/bin/time -f %M` (a small parent, so the peak is
+/// the tool's own), returns (wall time, peak RSS in MiB, stdout).
 fn measure(cmd: &mut Command) -> Result<(Duration, f64, String)> {
+    let mut timed = Command::new("/usr/bin/time");
+    timed.args(["-f", "PEAK_KB=%M"]).arg(cmd.get_program()).args(cmd.get_args());
+    let (wall, _, out, err) = run(&mut timed)?;
+    let kb: f64 = err
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("PEAK_KB="))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no peak from /usr/bin/time")?;
+    Ok((wall, kb / 1024.0, out))
+}
+
+/// Runs `cmd`; returns (wall time, ru_maxrss MiB, stdout, stderr).
+fn run(cmd: &mut Command) -> Result<(Duration, f64, String, String)> {
     let t = Instant::now();
     let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("spawn")?;
     let pid = child.id() as libc::pid_t;
@@ -54,7 +69,7 @@ fn measure(cmd: &mut Command) -> Result<(Duration, f64, String)> {
         if rc < 0 || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
             bail!("command failed (status {status}): {}", stderr.trim());
         }
-        (wall, ru.ru_maxrss as f64 / 1024.0, stdout)
+        (wall, ru.ru_maxrss as f64 / 1024.0, stdout, stderr)
     };
     Ok(out)
 }
@@ -100,7 +115,7 @@ fn main() -> Result<()> {
         "Captures come from the learner's generator (guard_user::learn::synth: a caching resolver walking a \
          synthetic DNS tree with referrals, glue, CNAMEs, mail at providers, plus noise: bots, spoofed and \
          unsolicited responses, TCP DNS, fragments, VLAN, IPv6). Both tools read the same file from the page \
-         cache (one untimed warm-up read first). Peak memory is ru_maxrss from wait4."
+         cache (one untimed warm-up read first). Peak memory is the maximum resident set from /usr/bin/time."
             .into(),
         "The Python builder follows the paper (dpkt, queries in a list matched by message ID, NS + glue A → \
          127.0.0.1, MX from a registered server + A → 127.0.0.25), reads UDP DNS only and has no trust chain, \
@@ -119,7 +134,9 @@ fn main() -> Result<()> {
         let bytes = std::fs::metadata(&cap)?.len() as f64;
         let (edns, esmtp) = expected.allow.class_counts();
         eprintln!("generated {} ({:.1} s)", cap.display(), t.elapsed().as_secs_f64());
-        let _ = std::fs::read(&cap)?; // warm the page cache
+        // Warm the page cache without growing this process (children's
+        // ru_maxrss would inherit our high-water mark through vfork).
+        Command::new("cat").arg(&cap).stdout(Stdio::null()).status()?;
         let zr = dir.join(format!("learn-{mb}.zone"));
         let zp = dir.join(format!("python-{mb}.zone"));
         let mut rust = (Vec::new(), Vec::new());
