@@ -168,7 +168,7 @@ pub fn run(args: &Args) -> Result<()> {
         eprintln!("== bench {} done in {:.0} s", b.name, t.elapsed().as_secs_f64());
         sections.push(section);
     }
-    let report = render(&sections, &dir, args.quick, started.elapsed())?;
+    let report = render(&sections, &dir, args.quick, (!args.render).then(|| started.elapsed()))?;
     let path = dir.join("REPORT.md");
     fs::write(&path, report).with_context(|| format!("write {}", path.display()))?;
     println!("report: {}", path.display());
@@ -342,18 +342,21 @@ fn date() -> String {
         .unwrap_or_default()
 }
 
-fn render(sections: &[Section], dir: &Path, quick: bool, took: Duration) -> Result<String> {
+fn render(sections: &[Section], dir: &Path, quick: bool, took: Option<Duration>) -> Result<String> {
     let mut md = String::new();
     writeln!(md, "# rpz-guard benchmark report\n")?;
     writeln!(md, "* Date: {}", date())?;
     writeln!(md, "* Machine: {}", machine())?;
-    writeln!(
-        md,
-        "* Run: `cargo xtask bench{}` ({}), {:.0} s in total",
-        if quick { " --quick" } else { "" },
-        if quick { "quick: fewer sizes, trials and repeats" } else { "full" },
-        took.as_secs_f64()
-    )?;
+    match took {
+        Some(t) => writeln!(
+            md,
+            "* Run: `cargo xtask bench{}` ({}), {:.0} s in total",
+            if quick { " --quick" } else { "" },
+            if quick { "quick: fewer sizes, trials and repeats" } else { "full" },
+            t.as_secs_f64()
+        )?,
+        None => writeln!(md, "* Rendered with `cargo xtask bench --render` from the results of earlier runs")?,
+    }
     writeln!(
         md,
         "* Every figure is measured side by side with its baseline in the same run; cells read \
