@@ -355,7 +355,9 @@ fn render(sections: &[Section], dir: &Path, quick: bool, took: Option<Duration>)
             if quick { "quick: fewer sizes, trials and repeats" } else { "full" },
             t.as_secs_f64()
         )?,
-        None => writeln!(md, "* Rendered with `cargo xtask bench --render` from the results of earlier runs")?,
+        None => {
+            writeln!(md, "* Rendered with `cargo xtask bench --render` from the results of earlier runs")?
+        }
     }
     writeln!(
         md,
