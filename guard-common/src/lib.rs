@@ -65,6 +65,8 @@ pub const MAP_INTERNAL_V6: &str = "INTERNAL_V6";
 pub const MAP_CACHE: &str = "VERDICT_CACHE";
 /// Map: per-source event budget, `LruHashMap<[u8; 16], RateState>`.
 pub const MAP_RATE: &str = "EVENT_RATE";
+/// Map: per-source miss-event budget, `LruHashMap<[u8; 16], RateState>`.
+pub const MAP_MISS_RATE: &str = "MISS_RATE";
 /// Map: drop and miss events, `RingBuf` of [`Event`].
 pub const MAP_EVENTS: &str = "EVENTS";
 /// Map: runtime settings, `Array<Settings>` with one element.
@@ -81,6 +83,41 @@ pub struct CacheEntry {
     /// `bpf_ktime_get_ns()` after which the entry is stale (treated as a miss).
     pub expires_ns: u64,
 }
+
+/// Capacity of [`MAP_ALLOW_V4`].
+pub const MAX_ALLOW_V4: u32 = 1 << 21;
+/// Capacity of [`MAP_ALLOW_V6`].
+pub const MAX_ALLOW_V6: u32 = 1 << 18;
+/// Capacity of each allow prefix trie.
+pub const MAX_PREFIXES: u32 = 1 << 16;
+/// Capacity of each exempt / internal trie.
+pub const MAX_LPM_SMALL: u32 = 4096;
+/// Capacity of [`MAP_CACHE`].
+pub const MAX_CACHE: u32 = 1 << 16;
+/// Capacity of [`MAP_RATE`].
+pub const MAX_RATE: u32 = 1 << 14;
+/// Size of [`MAP_EVENTS`] in bytes (4096 events).
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+
+/// Expected `(name, key size, value size, max entries)` of every map, so a
+/// daemon can refuse pinned maps of another layout instead of misreading them.
+pub const MAP_LAYOUT: [(&str, u32, u32, u32); 15] = [
+    (MAP_STATS, 4, 8, STAT_COUNT),
+    (MAP_PORTS, 4, 4, PORTS_LEN),
+    (MAP_ALLOW_V4, 4, 4, MAX_ALLOW_V4),
+    (MAP_ALLOW_V6, 16, 4, MAX_ALLOW_V6),
+    (MAP_ALLOW_PFX_V4, 8, 4, MAX_PREFIXES),
+    (MAP_ALLOW_PFX_V6, 20, 4, MAX_PREFIXES),
+    (MAP_EXEMPT_V4, 8, 4, MAX_LPM_SMALL),
+    (MAP_EXEMPT_V6, 20, 4, MAX_LPM_SMALL),
+    (MAP_INTERNAL_V4, 8, 4, MAX_LPM_SMALL),
+    (MAP_INTERNAL_V6, 20, 4, MAX_LPM_SMALL),
+    (MAP_CACHE, 16, core::mem::size_of::<CacheEntry>() as u32, MAX_CACHE),
+    (MAP_RATE, 16, core::mem::size_of::<RateState>() as u32, MAX_RATE),
+    (MAP_MISS_RATE, 16, core::mem::size_of::<RateState>() as u32, MAX_RATE),
+    (MAP_EVENTS, 0, 0, EVENTS_BYTES),
+    (MAP_SETTINGS, 4, core::mem::size_of::<Settings>() as u32, 1),
+];
 
 /// [`CacheEntry::flags`]: the kernel saw a miss and is waiting for userspace;
 /// packets are dropped (reason pending) without a new miss event until expiry.
@@ -110,8 +147,10 @@ pub struct Settings {
     pub events_per_source_per_sec: u32,
     /// How long a pending miss holds, in milliseconds (zero: [`DEFAULT_PENDING_MS`]).
     pub pending_ms: u32,
-    /// Explicit padding; always zero.
-    pub pad: u32,
+    /// Miss events (RPZ questions) per source host per second, a budget
+    /// separate from drop events so a host's drops never starve its
+    /// lookups. Zero means [`DEFAULT_MISSES_PER_SOURCE`].
+    pub misses_per_source_per_sec: u32,
 }
 
 /// Settings mode: drop checked packets that the policy denies.
@@ -120,6 +159,8 @@ pub const MODE_ENFORCE: u32 = 0;
 pub const MODE_COUNT: u32 = 1;
 /// Default event budget per source per second.
 pub const DEFAULT_EVENTS_PER_SOURCE: u32 = 20;
+/// Default miss-event budget per source per second.
+pub const DEFAULT_MISSES_PER_SOURCE: u32 = 200;
 /// Default lifetime of a pending miss.
 pub const DEFAULT_PENDING_MS: u32 = 1000;
 

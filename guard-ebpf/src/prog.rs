@@ -8,9 +8,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use guard_common::{
-    CACHE_PENDING, CacheEntry, DEFAULT_EVENTS_PER_SOURCE, DEFAULT_PENDING_MS, EVENT_DROP, EVENT_MISS, Event,
-    MODE_COUNT, PORT_TCP_SHIFT, PORT_UDP_SHIFT, PORTS_LEN, RateState, STAT_COUNT, Settings, Stat,
-    classes_required, reason,
+    CACHE_PENDING, CacheEntry, DEFAULT_EVENTS_PER_SOURCE, DEFAULT_MISSES_PER_SOURCE, DEFAULT_PENDING_MS,
+    EVENT_DROP, EVENT_MISS, EVENTS_BYTES, Event, MAX_ALLOW_V4, MAX_ALLOW_V6, MAX_CACHE, MAX_LPM_SMALL,
+    MAX_PREFIXES, MAX_RATE, MODE_COUNT, PORT_TCP_SHIFT, PORT_UDP_SHIFT, PORTS_LEN, RateState, STAT_COUNT,
+    Settings, Stat, classes_required, reason,
 };
 
 /// Bound on IPv6 extension headers walked before giving up (and dropping).
@@ -27,12 +28,6 @@ const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const NS_PER_SEC: u64 = 1_000_000_000;
 
-const MAX_ALLOW_V4: u32 = 1 << 21;
-const MAX_ALLOW_V6: u32 = 1 << 18;
-const MAX_PREFIXES: u32 = 1 << 16;
-const MAX_LPM_SMALL: u32 = 4096;
-const MAX_CACHE: u32 = 1 << 16;
-const MAX_RATE: u32 = 1 << 14;
 const BPF_F_NO_PREALLOC: u32 = 1;
 
 #[map(name = "STATS")]
@@ -59,8 +54,10 @@ static INTERNAL_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_LPM_S
 static VERDICT_CACHE: LruHashMap<[u8; 16], CacheEntry> = LruHashMap::with_max_entries(MAX_CACHE, 0);
 #[map(name = "EVENT_RATE")]
 static EVENT_RATE: LruHashMap<[u8; 16], RateState> = LruHashMap::with_max_entries(MAX_RATE, 0);
+#[map(name = "MISS_RATE")]
+static MISS_RATE: LruHashMap<[u8; 16], RateState> = LruHashMap::with_max_entries(MAX_RATE, 0);
 #[map(name = "EVENTS")]
-static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 #[map(name = "SETTINGS")]
 static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 
@@ -118,8 +115,8 @@ fn settings() -> Settings {
 /// Final action for a packet the policy refuses: drop, or count and pass in
 /// count-only mode.
 #[inline(always)]
-fn refuse(mode: u32) -> u32 {
-    if mode == MODE_COUNT {
+fn refuse() -> u32 {
+    if settings().mode == MODE_COUNT {
         bump(Stat::WouldDrop, 1);
         XDP_PASS
     } else {
@@ -132,7 +129,6 @@ fn refuse(mode: u32) -> u32 {
 pub fn rpz_guard(ctx: XdpContext) -> u32 {
     bump(Stat::Packets, 1);
     bump(Stat::Bytes, (ctx.data_end() - ctx.data()) as u64);
-    let mode = settings().mode;
     match parse(&ctx) {
         Parsed::Pass(stat) => {
             bump(stat, 1);
@@ -140,9 +136,9 @@ pub fn rpz_guard(ctx: XdpContext) -> u32 {
         }
         Parsed::Drop(stat) => {
             bump(stat, 1);
-            refuse(mode)
+            refuse()
         }
-        Parsed::Check(pkt, service) => check(&pkt, service, mode),
+        Parsed::Check(pkt, service) => check(&pkt, service),
     }
 }
 
@@ -184,28 +180,31 @@ fn parse(ctx: &XdpContext) -> Parsed {
         ethertype = inner;
         off += 4;
     }
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        // A third tag: more than we inspect, so refused rather than passed.
+        return Parsed::Drop(Stat::DropMalformed);
+    }
     if tagged {
         bump(Stat::Vlan, 1);
     }
-    let mut pkt = Pkt { src: [0; 16], dst: [0; 16], v4: false, proto: 0, dport: 0, vlan };
-    let l4off;
+    // Addresses are copied only once the port says the packet is protected:
+    // unprotected traffic pays for the headers it needs and no more.
+    let (v4, proto, l4off);
     match ethertype {
         ETH_P_IP => {
             bump(Stat::Ipv4, 1);
-            let Some(h) = bytes_at::<20>(ctx, off) else { return Parsed::Drop(Stat::DropMalformed) };
+            // Version/IHL, fragment field and protocol; the header must still be whole.
+            let Some(h) = bytes_at::<10>(ctx, off) else { return Parsed::Drop(Stat::DropMalformed) };
+            if ptr_at::<[u8; 20]>(ctx, off).is_none() {
+                return Parsed::Drop(Stat::DropMalformed);
+            }
             let ihl = usize::from(h[0] & 0x0f) * 4;
             if h[0] >> 4 != 4 || ihl < 20 {
                 return Parsed::Drop(Stat::DropMalformed);
             }
-            pkt.v4 = true;
-            pkt.proto = h[9];
-            pkt.src[10] = 0xff;
-            pkt.src[11] = 0xff;
-            pkt.dst[10] = 0xff;
-            pkt.dst[11] = 0xff;
-            pkt.src[12..16].copy_from_slice(&h[12..16]);
-            pkt.dst[12..16].copy_from_slice(&h[16..20]);
-            if pkt.proto != IPPROTO_TCP && pkt.proto != IPPROTO_UDP {
+            v4 = true;
+            proto = h[9];
+            if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
                 return Parsed::Pass(Stat::Unprotected);
             }
             if u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
@@ -216,13 +215,9 @@ fn parse(ctx: &XdpContext) -> Parsed {
         ETH_P_IPV6 => {
             bump(Stat::Ipv6, 1);
             let Some(h) = bytes_at::<8>(ctx, off) else { return Parsed::Drop(Stat::DropMalformed) };
-            let Some(src) = bytes_at::<16>(ctx, off + 8) else { return Parsed::Drop(Stat::DropMalformed) };
-            let Some(dst) = bytes_at::<16>(ctx, off + 24) else { return Parsed::Drop(Stat::DropMalformed) };
-            if h[0] >> 4 != 6 {
+            if h[0] >> 4 != 6 || ptr_at::<[u8; 32]>(ctx, off + 8).is_none() {
                 return Parsed::Drop(Stat::DropMalformed);
             }
-            pkt.src = src;
-            pkt.dst = dst;
             let mut next = h[6];
             let mut o = off + 40;
             let mut found = false;
@@ -263,7 +258,8 @@ fn parse(ctx: &XdpContext) -> Parsed {
             if !found {
                 return Parsed::Drop(Stat::DropExtChain);
             }
-            pkt.proto = next;
+            v4 = false;
+            proto = next;
             l4off = o;
         }
         _ => return Parsed::Pass(Stat::NonIp),
@@ -273,12 +269,27 @@ fn parse(ctx: &XdpContext) -> Parsed {
     }
     // The destination port is bytes 2..4 of both TCP and UDP headers.
     let Some(dport) = be16_at(ctx, l4off + 2) else { return Parsed::Drop(Stat::DropMalformed) };
-    pkt.dport = dport;
     let services = PORTS.get(u32::from(dport)).copied().unwrap_or(0);
-    let shift = if pkt.proto == IPPROTO_TCP { PORT_TCP_SHIFT } else { PORT_UDP_SHIFT };
+    let shift = if proto == IPPROTO_TCP { PORT_TCP_SHIFT } else { PORT_UDP_SHIFT };
     let service = (services >> shift) & 0xff;
     if service == 0 {
         return Parsed::Pass(Stat::Unprotected);
+    }
+    let mut pkt = Pkt { src: [0; 16], dst: [0; 16], v4, proto, dport, vlan };
+    if v4 {
+        // Source and destination: bytes 12..20 of the IPv4 header.
+        let Some(a) = bytes_at::<8>(ctx, off + 12) else { return Parsed::Drop(Stat::DropMalformed) };
+        pkt.src[10] = 0xff;
+        pkt.src[11] = 0xff;
+        pkt.dst[10] = 0xff;
+        pkt.dst[11] = 0xff;
+        pkt.src[12..16].copy_from_slice(&a[..4]);
+        pkt.dst[12..16].copy_from_slice(&a[4..]);
+    } else {
+        let Some(src) = bytes_at::<16>(ctx, off + 8) else { return Parsed::Drop(Stat::DropMalformed) };
+        let Some(dst) = bytes_at::<16>(ctx, off + 24) else { return Parsed::Drop(Stat::DropMalformed) };
+        pkt.src = src;
+        pkt.dst = dst;
     }
     Parsed::Check(pkt, service)
 }
@@ -290,7 +301,14 @@ fn v4(a: &[u8; 16]) -> [u8; 4] {
 
 /// The verdict for a protected packet.
 #[inline(always)]
-fn check(pkt: &Pkt, service: u32, mode: u32) -> u32 {
+fn check(pkt: &Pkt, service: u32) -> u32 {
+    let required = classes_required(service);
+    // The common case first: a registered host, one hash lookup.
+    let host = host_classes(pkt);
+    if host & required != 0 {
+        bump(Stat::PassAllowed, 1);
+        return XDP_PASS;
+    }
     let exempt = if pkt.v4 {
         EXEMPT_V4.get(Key::new(32, v4(&pkt.src))).is_some()
     } else {
@@ -309,16 +327,15 @@ fn check(pkt: &Pkt, service: u32, mode: u32) -> u32 {
         bump(Stat::InternalDest, 1);
         return XDP_PASS;
     }
-    let required = classes_required(service);
-    let classes = allow_classes(pkt);
+    let classes = host | prefix_classes(pkt);
     if classes != 0 {
         if classes & required != 0 {
             bump(Stat::PassAllowed, 1);
             return XDP_PASS;
         }
         bump(Stat::DropWrongClass, 1);
-        emit(EVENT_DROP, reason::WRONG_CLASS, pkt, service);
-        return refuse(mode);
+        drop_event(reason::WRONG_CLASS, pkt, service);
+        return refuse();
     }
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: the value is copied out at once; a concurrent update at worst
@@ -328,7 +345,7 @@ fn check(pkt: &Pkt, service: u32, mode: u32) -> u32 {
     {
         if e.flags & CACHE_PENDING != 0 {
             bump(Stat::Miss, 1);
-            return refuse(mode);
+            return refuse();
         }
         if e.classes & required != 0 {
             bump(Stat::PassCached, 1);
@@ -340,50 +357,83 @@ fn check(pkt: &Pkt, service: u32, mode: u32) -> u32 {
             (Stat::DropWrongClass, reason::WRONG_CLASS)
         };
         bump(stat, 1);
-        emit(EVENT_DROP, why, pkt, service);
-        return refuse(mode);
+        drop_event(why, pkt, service);
+        return refuse();
     }
     bump(Stat::Miss, 1);
-    if emit(EVENT_MISS, reason::PENDING, pkt, service) {
-        let s = settings();
-        let hold = if s.pending_ms == 0 { DEFAULT_PENDING_MS } else { s.pending_ms };
-        let pending =
-            CacheEntry { classes: 0, flags: CACHE_PENDING, expires_ns: now + u64::from(hold) * 1_000_000 };
-        let _ = VERDICT_CACHE.insert(pkt.dst, pending, 0);
-    }
-    refuse(mode)
-}
-
-/// Union of the host entry and the longest covering prefix entry.
-#[inline(always)]
-fn allow_classes(pkt: &Pkt) -> u32 {
-    if pkt.v4 {
-        let d = v4(&pkt.dst);
-        // SAFETY: value copied out immediately.
-        let host = unsafe { ALLOW_V4.get(d) }.copied().unwrap_or(0);
-        let pfx = ALLOW_PFX_V4.get(Key::new(32, d)).copied().unwrap_or(0);
-        host | pfx
-    } else {
-        // SAFETY: value copied out immediately.
-        let host = unsafe { ALLOW_V6.get(pkt.dst) }.copied().unwrap_or(0);
-        let pfx = ALLOW_PFX_V6.get(Key::new(128, pkt.dst)).copied().unwrap_or(0);
-        host | pfx
-    }
-}
-
-/// Sends an event unless the source is over its per-second budget.
-/// Returns true when the event was written.
-#[inline(always)]
-fn emit(kind: u32, why: u32, pkt: &Pkt, service: u32) -> bool {
-    let now = unsafe { bpf_ktime_get_ns() };
+    // Pending first, so a fast userspace answer cannot be overwritten by it;
+    // withdrawn when no event reached userspace (the next packet asks again).
     let s = settings();
-    let budget = if s.events_per_source_per_sec == 0 {
-        DEFAULT_EVENTS_PER_SOURCE
+    let hold = if s.pending_ms == 0 { DEFAULT_PENDING_MS } else { s.pending_ms };
+    let pending =
+        CacheEntry { classes: 0, flags: CACHE_PENDING, expires_ns: now + u64::from(hold) * 1_000_000 };
+    let _ = VERDICT_CACHE.insert(pkt.dst, pending, 0);
+    if !emit(
+        EVENT_MISS,
+        reason::PENDING,
+        pkt,
+        service,
+        &MISS_RATE,
+        s.misses_per_source_per_sec,
+        DEFAULT_MISSES_PER_SOURCE,
+    ) {
+        let _ = VERDICT_CACHE.remove(pkt.dst);
+    }
+    refuse()
+}
+
+/// Classes of the destination's host entry.
+#[inline(always)]
+fn host_classes(pkt: &Pkt) -> u32 {
+    // SAFETY: values are copied out immediately.
+    if pkt.v4 {
+        unsafe { ALLOW_V4.get(v4(&pkt.dst)) }.copied().unwrap_or(0)
     } else {
-        s.events_per_source_per_sec
-    };
+        unsafe { ALLOW_V6.get(pkt.dst) }.copied().unwrap_or(0)
+    }
+}
+
+/// Classes of the longest prefix entry covering the destination.
+#[inline(always)]
+fn prefix_classes(pkt: &Pkt) -> u32 {
+    if pkt.v4 {
+        ALLOW_PFX_V4.get(Key::new(32, v4(&pkt.dst))).copied().unwrap_or(0)
+    } else {
+        ALLOW_PFX_V6.get(Key::new(128, pkt.dst)).copied().unwrap_or(0)
+    }
+}
+
+/// Sends a drop event within the source's drop-event budget.
+#[inline(always)]
+fn drop_event(why: u32, pkt: &Pkt, service: u32) {
+    let s = settings();
+    let _ = emit(
+        EVENT_DROP,
+        why,
+        pkt,
+        service,
+        &EVENT_RATE,
+        s.events_per_source_per_sec,
+        DEFAULT_EVENTS_PER_SOURCE,
+    );
+}
+
+/// Sends an event unless the source is over its per-second budget in `rate`
+/// (`budget`, or `default` when zero). Returns true when the event was written.
+#[inline(always)]
+fn emit(
+    kind: u32,
+    why: u32,
+    pkt: &Pkt,
+    service: u32,
+    rate: &LruHashMap<[u8; 16], RateState>,
+    budget: u32,
+    default: u32,
+) -> bool {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let budget = if budget == 0 { default } else { budget };
     let mut carried = 0u32;
-    match EVENT_RATE.get_ptr_mut(pkt.src) {
+    match rate.get_ptr_mut(pkt.src) {
         Some(st) => {
             // SAFETY: the pointer is valid for this program run; races between
             // CPUs only blur the count, which is a budget, not an invariant.
@@ -403,7 +453,7 @@ fn emit(kind: u32, why: u32, pkt: &Pkt, service: u32) -> bool {
         }
         None => {
             let st = RateState { window_start_ns: now, sent: 1, suppressed: 0 };
-            let _ = EVENT_RATE.insert(pkt.src, st, 0);
+            let _ = rate.insert(pkt.src, st, 0);
         }
     }
     let Some(mut slot) = EVENTS.reserve::<Event>(0) else {

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::{
     events::EventOutput,
     miss::CacheTtl,
-    policy::{Prefix, Service},
-    xdp::{AttachMode, ProtectedPort},
+    policy::{Prefix, ProtectedPort, Service, Transport},
+    xdp::AttachMode,
 };
 
 /// A configuration problem, naming the key and the value.
@@ -163,12 +163,14 @@ impl Default for Policy {
 impl Policy {
     /// The protected ports as the XDP program wants them.
     pub fn protected_ports(&self) -> Vec<ProtectedPort> {
-        let smtp =
-            self.smtp_ports.iter().map(|&port| ProtectedPort { proto: 6, port, service: Service::Smtp });
-        let dns = self
-            .dns_ports
-            .iter()
-            .flat_map(|&port| [6, 17].map(|proto| ProtectedPort { proto, port, service: Service::Dns }));
+        let smtp = self.smtp_ports.iter().map(|&port| ProtectedPort {
+            proto: Transport::Tcp,
+            port,
+            service: Service::Smtp,
+        });
+        let dns = self.dns_ports.iter().flat_map(|&port| {
+            [Transport::Udp, Transport::Tcp].map(|proto| ProtectedPort { proto, port, service: Service::Dns })
+        });
         smtp.chain(dns).collect()
     }
 }
@@ -227,7 +229,7 @@ pub struct Cache {
 
 impl Default for Cache {
     fn default() -> Self {
-        Cache { positive_ttl_secs: 300, negative_ttl_secs: 5, pending_ms: 1000 }
+        Cache { positive_ttl_secs: 60, negative_ttl_secs: 5, pending_ms: 1000 }
     }
 }
 
@@ -248,13 +250,19 @@ impl Cache {
 pub struct Events {
     /// `stdout`, `none`, or a file path (JSON lines, appended).
     pub output: String,
-    /// Events per source host per second sent by the kernel.
+    /// Drop events per source host per second sent by the kernel.
     pub per_source_per_sec: u32,
+    /// Miss events (RPZ questions) per source host per second, a separate budget.
+    pub misses_per_source_per_sec: u32,
 }
 
 impl Default for Events {
     fn default() -> Self {
-        Events { output: "stdout".into(), per_source_per_sec: guard_common::DEFAULT_EVENTS_PER_SOURCE }
+        Events {
+            output: "stdout".into(),
+            per_source_per_sec: guard_common::DEFAULT_EVENTS_PER_SOURCE,
+            misses_per_source_per_sec: guard_common::DEFAULT_MISSES_PER_SOURCE,
+        }
     }
 }
 
@@ -316,17 +324,29 @@ impl Default for Openflow {
 impl Config {
     /// Reads and validates a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        Config::parse(&text, path)
+        let cfg = Config::read_unvalidated(path)?;
+        cfg.validate()?;
+        Ok(cfg)
     }
 
     /// Parses and validates TOML text (`path` is only for messages).
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        let cfg = Config::load_unvalidated(text, path)?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Parses TOML text without the consistency checks, for callers that
+    /// apply command-line flags first and then call [`Config::validate`].
+    pub fn load_unvalidated(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
+    }
+
+    /// Reads a file without the consistency checks (see [`Config::load_unvalidated`]).
+    pub fn read_unvalidated(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Config::load_unvalidated(&text, path)
     }
 
     /// Checks ranges and consistency; call again after applying flags.
@@ -373,6 +393,28 @@ impl Config {
         }
         if self.rpz.miss_query == MissQuery::Paper && self.rpz.resolver.or(self.rpz.server).is_none() {
             return Err(invalid("rpz.miss_query", "\"paper\"", "needs rpz.resolver or rpz.server"));
+        }
+        for (key, list) in [
+            ("policy.exempt_sources", &self.policy.exempt_sources),
+            ("policy.internal_networks", &self.policy.internal_networks),
+        ] {
+            if let Some(p) = list.iter().find(|p| p.is_empty()) {
+                return Err(invalid(
+                    key,
+                    p,
+                    "a zero-length prefix would switch enforcement off for everyone",
+                ));
+            }
+            if list.len() > guard_common::MAX_LPM_SMALL as usize {
+                return Err(invalid(
+                    key,
+                    list.len(),
+                    format!("at most {} prefixes", guard_common::MAX_LPM_SMALL),
+                ));
+            }
+        }
+        if !(1..=3600).contains(&self.cache.positive_ttl_secs) {
+            return Err(invalid("cache.positive_ttl_secs", self.cache.positive_ttl_secs, "must be 1..=3600"));
         }
         if self.cache.negative_ttl_secs > 3600 {
             return Err(invalid("cache.negative_ttl_secs", self.cache.negative_ttl_secs, "at most 3600"));
@@ -476,6 +518,14 @@ mod tests {
             (
                 "[enforce]\niface = \"eth1\"\n[rpz]\nzone_file = \"z\"\nserver = \"not-an-addr\"",
                 "not-an-addr",
+            ),
+            (
+                "[enforce]\niface = \"eth1\"\n[rpz]\nzone_file = \"z\"\n[policy]\ninternal_networks = [\"0.0.0.0/0\"]",
+                "policy.internal_networks",
+            ),
+            (
+                "[enforce]\niface = \"eth1\"\n[rpz]\nzone_file = \"z\"\n[cache]\npositive_ttl_secs = 0",
+                "positive_ttl_secs",
             ),
         ];
         for (text, needle) in cases {

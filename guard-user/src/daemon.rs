@@ -89,6 +89,9 @@ pub struct StatusReport {
     pub miss: MissStats,
     /// Detection events recorded.
     pub events_total: u64,
+    /// Events that could not be written (or were dropped: the writer fell behind).
+    #[serde(default)]
+    pub events_write_errors: u64,
     /// Sources with most blocked attempts (suspected infected hosts).
     pub top_sources: Vec<(IpAddr, HostStats)>,
     /// Destinations with most blocked attempts.
@@ -158,6 +161,7 @@ impl Shared {
             sync,
             miss: self.resolver.stats(),
             events_total: self.events.total(),
+            events_write_errors: self.events.write_errors(),
             top_sources: self.events.top_sources(10),
             top_destinations: self.events.top_destinations(10),
             extra: lock(&self.extra).as_ref().map(|f| f()).unwrap_or_default(),
@@ -183,7 +187,7 @@ impl Shared {
                 "sync_healthy",
                 "1 when the last sync succeeded.",
                 None,
-                f64::from(u8::from(sync.last_error.is_none())),
+                f64::from(u8::from(sync.last_error.is_none() && sync.mirror_error.is_none())),
             ),
             gauge("sync_full_loads", "Full transfers or file reads.", None, sync.full_loads as f64),
             gauge(
@@ -197,6 +201,7 @@ impl Shared {
             gauge("miss_coalesced", "Misses that waited on another question.", None, r.miss.coalesced as f64),
             gauge("miss_errors", "Failed RPZ questions (denied).", None, r.miss.errors as f64),
             gauge("events", "Detection events recorded.", None, r.events_total as f64),
+            gauge("events_write_errors", "Detection events not written.", None, r.events_write_errors as f64),
             gauge("uptime_seconds", "Seconds since start.", None, r.uptime_secs as f64),
         ];
         for (ip, h) in r.top_sources.iter().take(10) {
@@ -240,6 +245,20 @@ pub fn source_from(cfg: &Config) -> Result<Source, DaemonError> {
 /// Runs the daemon until `cancel` fires.
 pub async fn run(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonError> {
     cfg.validate()?;
+    // Claim the status socket (and the pin directory) before touching any
+    // map: a second instance must not rewrite a running one's maps.
+    let status_path = cfg.status.socket.clone();
+    let status = bind_status(&status_path)?;
+    let _pin_lock = match &cfg.enforce.pin_dir {
+        Some(dir) => Some(lock_pin_dir(dir, &status_path)?),
+        None => None,
+    };
+    let result = run_bound(cfg, status, cancel).await;
+    let _ = std::fs::remove_file(&status_path);
+    result
+}
+
+async fn run_bound(cfg: Config, status: UnixListener, cancel: CancellationToken) -> Result<(), DaemonError> {
     let events = Arc::new(EventSink::open(&cfg.events.output()).map_err(|source| DaemonError::Io {
         what: "cannot open event output",
         path: cfg.events.output.clone(),
@@ -254,6 +273,7 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonErr
     let mut enforcer = match cfg.enforce.mode {
         Mode::Xdp => {
             let mut e = Enforcer::load(cfg.enforce.pin_dir.as_deref())?;
+            e.check_pinned_link(cfg.enforce.iface.as_deref().unwrap_or_default())?;
             e.configure(&ProgramConfig {
                 ports: cfg.policy.protected_ports(),
                 exempt_sources: cfg.policy.exempt_sources.clone(),
@@ -266,7 +286,7 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonErr
                     },
                     events_per_source_per_sec: cfg.events.per_source_per_sec,
                     pending_ms: cfg.cache.pending_ms,
-                    pad: 0,
+                    misses_per_source_per_sec: cfg.events.misses_per_source_per_sec,
                 },
             })?;
             Some(e)
@@ -360,8 +380,6 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonErr
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(crate::sync::follow(source, serial, allow_tx, sync_state, cancel.clone()));
-    let status_path = cfg.status.socket.clone();
-    let status = bind_status(&status_path)?;
     tasks.spawn(serve_status(status, shared.clone(), cancel.clone()));
     if let Some(addr) = cfg.status.metrics_listen {
         let l = TcpListener::bind(addr).await.map_err(|source| DaemonError::Io {
@@ -379,7 +397,6 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonErr
     };
     cancel.cancel();
     while tasks.join_next().await.is_some() {}
-    let _ = std::fs::remove_file(&status_path);
     result
 }
 
@@ -401,7 +418,7 @@ async fn run_xdp(
     };
     tasks.spawn(mirror(enforcer.clone(), applied, shared.clone(), cancel.clone()));
     let reader = read_events(ring, enforcer.clone(), shared.clone(), iface.clone(), cancel.clone());
-    reader.await;
+    let read = reader.await;
     let mut e = lock(&enforcer);
     if cfg.enforce.pin_dir.is_some() {
         tracing::info!(iface, "stopping; the pinned program stays attached and enforcing the last set");
@@ -409,10 +426,11 @@ async fn run_xdp(
         e.unpin()?;
         tracing::info!(iface, "stopping; XDP program detached");
     }
-    Ok(())
+    read
 }
 
-/// Applies each new allow set to the maps as a diff.
+/// Applies each new allow set to the maps as a diff; a failed update is
+/// retried every few seconds until it lands (the error is in status).
 async fn mirror(
     enforcer: Arc<Mutex<Enforcer>>,
     mut applied: Arc<AllowSet>,
@@ -420,32 +438,36 @@ async fn mirror(
     cancel: CancellationToken,
 ) {
     let mut rx = shared.allow.clone();
+    let mut retry: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
             r = rx.changed() => if r.is_err() { return },
+            () = async { match retry { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {}
         }
         let target = rx.borrow_and_update().clone();
         let diff = applied.diff(&target);
         if diff.is_empty() {
+            retry = None;
             continue;
         }
         let started = Instant::now();
-        let res = lock(&enforcer).apply_diff(&diff);
+        // Seconds for a large diff: let the runtime move other tasks away.
+        let res = tokio::task::block_in_place(|| {
+            let mut e = lock(&enforcer);
+            // Userspace first, under the enforcer lock: a miss answer racing
+            // with this change sees a new generation and is not cached.
+            let mut changed = diff.upsert.iter().map(|(p, _)| p).chain(diff.remove.iter());
+            if changed.clone().any(|p| !p.is_host()) {
+                shared.resolver.clear();
+            } else {
+                shared.resolver.invalidate(changed.by_ref().map(Prefix::addr));
+            }
+            e.apply_diff(&diff)
+        });
+        let mut st = lock(&shared.sync);
         match res {
             Ok(()) => {
-                // The userspace cache must not contradict the new set either.
-                shared.resolver.invalidate(
-                    diff.upsert
-                        .iter()
-                        .map(|(p, _)| p)
-                        .chain(diff.remove.iter())
-                        .filter(|p| p.is_host())
-                        .map(Prefix::addr),
-                );
-                if diff.upsert.iter().map(|(p, _)| p).chain(diff.remove.iter()).any(|p| !p.is_host()) {
-                    shared.resolver.clear();
-                }
                 tracing::info!(
                     upserts = diff.upsert.len(),
                     removals = diff.remove.len(),
@@ -453,9 +475,13 @@ async fn mirror(
                     "allow maps updated"
                 );
                 applied = target;
+                st.mirror_error = None;
+                retry = None;
             }
             Err(e) => {
-                tracing::error!(error = %e, "updating the allow maps failed; will retry on the next change")
+                tracing::error!(error = %e, "updating the allow maps failed; retrying in 5 s");
+                st.mirror_error = Some(e.to_string());
+                retry = Some(tokio::time::Instant::now() + Duration::from_secs(5));
             }
         }
     }
@@ -473,25 +499,18 @@ async fn read_events(
     shared: Arc<Shared>,
     iface: String,
     cancel: CancellationToken,
-) {
+) -> Result<(), DaemonError> {
+    let io = |source| DaemonError::Io { what: "event ring buffer of", path: iface.clone(), source };
     // SAFETY: the ring buffer owns its map fd for its whole life, and the
     // AsyncFd owns the ring buffer.
-    let mut fd = match unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) } {
-        Ok(fd) => fd,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot poll the event ring buffer; events will not be read");
-            cancel.cancelled().await;
-            return;
-        }
-    };
+    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| io(e.into()))?;
     let point = format!("xdp:{iface}");
     loop {
+        // Without events the miss path is blind: a failure here stops the daemon.
         let mut guard = tokio::select! {
-            () = cancel.cancelled() => return,
-            g = fd.readable_mut() => match g {
-                Ok(g) => g,
-                Err(e) => { tracing::error!(error = %e, "event ring buffer poll failed"); return; }
-            },
+            () = cancel.cancelled() => return Ok(()),
+            g = fd.readable_mut() => g.map_err(io)?,
         };
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
@@ -510,8 +529,11 @@ fn handle_event(ev: Event, enforcer: &Arc<Mutex<Enforcer>>, shared: &Arc<Shared>
     let Some(service) = Service::from_number(ev.service) else { return };
     let src = event_ip(ev.src);
     let dst = event_ip(ev.dst);
+    // When the kernel saw the packet, not when the event was read.
+    let age_ms = crate::xdp::monotonic_ns().saturating_sub(ev.ts_ns) / 1_000_000;
+    let time_ms = now_ms().saturating_sub(age_ms);
     let detection = |reason: Reason, suppressed: u32| DetectionEvent {
-        time_ms: now_ms(),
+        time_ms,
         src,
         dst,
         proto: proto_name(ev.proto),
@@ -534,9 +556,18 @@ fn handle_event(ev: Event, enforcer: &Arc<Mutex<Enforcer>>, shared: &Arc<Shared>
             let ev_suppressed = ev.suppressed;
             let ev_detect = detection(Reason::Pending, ev_suppressed);
             tokio::spawn(async move {
+                let generation = shared.resolver.generation();
                 let (classes, ttl) = shared.resolver.classes(dst).await;
-                if let Err(e) = lock(&enforcer).cache_verdict(dst, classes, ttl) {
-                    tracing::warn!(%dst, error = %e, "caching a miss verdict failed");
+                {
+                    let mut e = lock(&enforcer);
+                    // An allow-set change while asking may have revoked this
+                    // destination: then the pending entry expires and the next
+                    // packet asks again.
+                    if shared.resolver.generation() == generation
+                        && let Err(err) = e.cache_verdict(dst, classes, ttl)
+                    {
+                        tracing::warn!(%dst, error = %err, "caching a miss verdict failed");
+                    }
                 }
                 let verdict = Verdict::decide(service, classes);
                 tracing::debug!(%src, %dst, %service, %classes, ?verdict, "miss decided");
@@ -554,21 +585,11 @@ async fn run_openflow(
     shared: Arc<Shared>,
     cancel: CancellationToken,
 ) -> Result<(), DaemonError> {
-    use crate::openflow::{ControllerConfig, ControllerShared, ProtectedPort, Transport};
+    use crate::openflow::{ControllerConfig, ControllerShared};
     let of = &cfg.openflow;
-    let protected = cfg
-        .policy
-        .protected_ports()
-        .into_iter()
-        .map(|p| ProtectedPort {
-            proto: if p.proto == 6 { Transport::Tcp } else { Transport::Udp },
-            port: p.port,
-            service: p.service,
-        })
-        .collect();
     let ccfg = ControllerConfig {
         listen: of.listen,
-        protected,
+        protected: cfg.policy.protected_ports(),
         exempt_sources: cfg.policy.exempt_sources.clone(),
         internal_networks: cfg.policy.internal_networks.clone(),
         flow_budget: of.flow_budget,
@@ -588,6 +609,28 @@ async fn run_openflow(
     *lock(&shared.point) = format!("openflow:{}", of.listen);
     tracing::info!(listen = %of.listen, "OpenFlow controller mode");
     crate::openflow::serve(ccfg, cshared, cancel).await.map_err(|e| DaemonError::Openflow(e.to_string()))
+}
+
+/// An exclusive lock on `pin_dir` for this process's life (a lock file next
+/// to the status socket: bpffs holds no regular files).
+fn lock_pin_dir(pin_dir: &Path, status: &Path) -> Result<std::fs::File, DaemonError> {
+    let name: String =
+        pin_dir.to_string_lossy().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    let path = status.parent().unwrap_or(Path::new("/run")).join(format!("pin{name}.lock"));
+    let io = |source| DaemonError::Io {
+        what: "cannot lock pin directory via",
+        path: path.display().to_string(),
+        source,
+    };
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io)?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            format!("another rpz-guard is using pin directory {}", pin_dir.display()),
+        )));
+    }
+    Ok(f)
 }
 
 fn bind_status(path: &Path) -> Result<UnixListener, DaemonError> {
@@ -738,6 +781,9 @@ pub fn render_status(r: &StatusReport) -> String {
             let _ = writeln!(o, "sync       ok");
         }
     }
+    if let Some(e) = &sync.mirror_error {
+        let _ = writeln!(o, "MAP ERROR  {e} (retrying)");
+    }
     let _ = writeln!(o, "\ncounters");
     for (name, v) in &r.counters {
         if *v != 0
@@ -754,7 +800,16 @@ pub fn render_status(r: &StatusReport) -> String {
         "\nmiss path  lookups {}  coalesced {}  errors {}  cached {}",
         r.miss.lookups, r.miss.coalesced, r.miss.errors, r.miss.cached
     );
-    let _ = writeln!(o, "events     {}", r.events_total);
+    let _ = writeln!(
+        o,
+        "events     {}{}",
+        r.events_total,
+        if r.events_write_errors > 0 {
+            format!("  ({} NOT WRITTEN)", r.events_write_errors)
+        } else {
+            String::new()
+        }
+    );
     if !r.top_sources.is_empty() {
         let _ = writeln!(o, "\ntop offending hosts (suspected infected)");
         for (ip, h) in &r.top_sources {

@@ -7,7 +7,11 @@ use std::{
     io::{self, Write},
     net::IpAddr,
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -123,18 +127,24 @@ struct Aggregate {
     by_source: HashMap<IpAddr, HostStats>,
     by_destination: HashMap<IpAddr, HostStats>,
     total: u64,
-    write_errors: u64,
 }
 
 /// Writes events and keeps the aggregates. Cheap to share behind an `Arc`.
 pub struct EventSink {
-    out: Mutex<Option<Box<dyn Write + Send>>>,
+    /// Lines for the writer thread; a slow disk or a stalled stdout never
+    /// blocks the caller (the kernel's event reader).
+    tx: Option<mpsc::SyncSender<Vec<u8>>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    write_errors: Arc<AtomicU64>,
     agg: Mutex<Aggregate>,
 }
 
 /// Maximum number of distinct hosts tracked per aggregate; beyond it the
 /// least active half is dropped so a scan cannot grow memory without bound.
 const MAX_TRACKED: usize = 100_000;
+
+/// Lines queued for the writer before further events are counted as lost.
+const QUEUE: usize = 65_536;
 
 impl EventSink {
     /// Opens the output (files are created and appended to).
@@ -144,10 +154,22 @@ impl EventSink {
             EventOutput::File(p) => Some(Box::new(open_append(p)?)),
             EventOutput::None => None,
         };
-        Ok(EventSink { out: Mutex::new(out), agg: Mutex::new(Aggregate::default()) })
+        let write_errors = Arc::new(AtomicU64::new(0));
+        let (tx, writer) = match out {
+            Some(w) => {
+                let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(QUEUE);
+                let errors = write_errors.clone();
+                let h = std::thread::Builder::new()
+                    .name("rpz-guard-events".into())
+                    .spawn(move || write_lines(w, &rx, &errors))?;
+                (Some(tx), Some(h))
+            }
+            None => (None, None),
+        };
+        Ok(EventSink { tx, writer, write_errors, agg: Mutex::new(Aggregate::default()) })
     }
 
-    /// Records one event: writes its JSON line, updates the aggregates.
+    /// Records one event: queues its JSON line, updates the aggregates.
     pub fn record(&self, ev: &DetectionEvent) {
         let mut agg = self.agg.lock().unwrap_or_else(|e| e.into_inner());
         agg.total += 1;
@@ -161,13 +183,11 @@ impl EventSink {
             h.last_ms = ev.time_ms;
         }
         drop(agg);
-        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(w) = out.as_mut() {
-            let ok =
-                serde_json::to_writer(&mut *w, ev).is_ok() && w.write_all(b"\n").is_ok() && w.flush().is_ok();
-            if !ok {
-                drop(out);
-                self.agg.lock().unwrap_or_else(|e| e.into_inner()).write_errors += 1;
+        if let Some(tx) = &self.tx {
+            let mut line = serde_json::to_vec(ev).unwrap_or_default();
+            line.push(b'\n');
+            if tx.try_send(line).is_err() {
+                self.write_errors.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -177,9 +197,10 @@ impl EventSink {
         self.agg.lock().unwrap_or_else(|e| e.into_inner()).total
     }
 
-    /// Events that could not be written (the aggregates still count them).
+    /// Events that could not be written, or were dropped because the
+    /// writer fell behind (the aggregates still count them).
     pub fn write_errors(&self) -> u64 {
-        self.agg.lock().unwrap_or_else(|e| e.into_inner()).write_errors
+        self.write_errors.load(Ordering::Relaxed)
     }
 
     /// The `n` sources with the most blocked attempts, most first.
@@ -193,16 +214,41 @@ impl EventSink {
     }
 }
 
+impl Drop for EventSink {
+    /// Writes out what is queued before returning.
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(h) = self.writer.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The writer thread: writes lines as they come, flushing when the queue is empty.
+fn write_lines(mut w: Box<dyn Write + Send>, rx: &mpsc::Receiver<Vec<u8>>, errors: &AtomicU64) {
+    while let Ok(line) = rx.recv() {
+        let mut ok = w.write_all(&line).is_ok();
+        while let Ok(more) = rx.try_recv() {
+            ok &= w.write_all(&more).is_ok();
+        }
+        ok &= w.flush().is_ok();
+        if !ok {
+            errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 fn open_append(p: &Path) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).open(p)
 }
 
+/// Keeps the most active half (by blocked count, then recency).
 fn prune(map: &mut HashMap<IpAddr, HostStats>) {
-    let mut counts: Vec<u64> = map.values().map(|h| h.blocked).collect();
-    let mid = counts.len() / 2;
-    let (_, median, _) = counts.select_nth_unstable(mid);
-    let median = *median;
-    map.retain(|_, h| h.blocked > median);
+    let mut ranked: Vec<(u64, u64, IpAddr)> = map.iter().map(|(k, h)| (h.blocked, h.last_ms, *k)).collect();
+    ranked.sort_unstable_by(|a, b| b.cmp(a));
+    for (_, _, k) in ranked.into_iter().skip(MAX_TRACKED / 2) {
+        map.remove(&k);
+    }
 }
 
 fn top(map: &HashMap<IpAddr, HostStats>, n: usize) -> Vec<(IpAddr, HostStats)> {
@@ -241,16 +287,17 @@ mod tests {
         sink.record(&ev("10.0.0.66", "198.51.100.9"));
         sink.record(&ev("10.0.0.66", "198.51.100.10"));
         sink.record(&ev("10.0.0.10", "198.51.100.9"));
+        let (total, top, dests) = (sink.total(), sink.top_sources(1), sink.top_destinations(5).len());
+        drop(sink);
         let text = std::fs::read_to_string(&path).expect("read");
         let lines: Vec<DetectionEvent> =
             text.lines().map(|l| serde_json::from_str(l).expect("valid JSON line")).collect();
         assert_eq!(lines.len(), 3);
         assert_eq!(lines[0], ev("10.0.0.66", "198.51.100.9"));
-        assert_eq!(sink.total(), 3);
-        let top = sink.top_sources(1);
+        assert_eq!(total, 3);
         assert_eq!(top[0].0, "10.0.0.66".parse::<IpAddr>().expect("ip"));
         assert_eq!(top[0].1.blocked, 2);
-        assert_eq!(sink.top_destinations(5).len(), 2);
+        assert_eq!(dests, 2);
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 

@@ -168,7 +168,9 @@ struct LearnArgs {
     #[arg(long, value_name = "FILE")]
     root_hints: Option<PathBuf>,
     /// Also trust the servers in FILE (root-hints format), e.g. TLD servers
-    /// the resolver already knew when a capture starts mid-stream. Repeatable.
+    /// the resolver already knew when a capture starts mid-stream, or the
+    /// upstream resolvers it forwards to. Like the root servers, they become
+    /// class DNS entries themselves. Repeatable.
     #[arg(long, value_name = "FILE")]
     trust_initial: Vec<PathBuf>,
     /// Seconds a query waits for its response; older queries expire.
@@ -197,7 +199,8 @@ fn init_logging(format: &str) {
 /// File settings overridden by flags.
 fn merge(args: RunArgs) -> anyhow::Result<Config> {
     let mut cfg = match &args.config {
-        Some(p) => Config::load(p)?,
+        // Validated after the flags are applied: a flag may supply what the file lacks.
+        Some(p) => Config::read_unvalidated(p)?,
         None => Config::default(),
     };
     let e = &mut cfg.enforce;
@@ -280,9 +283,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 async fn learn(args: LearnArgs) -> anyhow::Result<()> {
     use guard_user::{learn, rpz};
-    if !(args.window.is_finite() && args.window > 0.0) {
-        anyhow::bail!("--window must be a positive number of seconds, got {}", args.window);
-    }
+    let window = std::time::Duration::try_from_secs_f64(args.window)
+        .ok()
+        .filter(|w| !w.is_zero())
+        .with_context(|| format!("--window must be a positive number of seconds, got {}", args.window))?;
     let key = match (&args.update, &args.tsig_key) {
         (Some(_), Some(path)) => Some(rpz::tsig::TsigKey::from_file(path)?),
         _ => None,
@@ -291,7 +295,7 @@ async fn learn(args: LearnArgs) -> anyhow::Result<()> {
     let opts = learn::LearnOptions {
         inputs: args.inputs,
         hints,
-        window: std::time::Duration::from_secs_f64(args.window),
+        window,
         progress: !args.quiet && learn::stderr_is_terminal(),
     };
     // The pipeline is CPU-bound and synchronous.

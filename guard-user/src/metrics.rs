@@ -57,10 +57,16 @@ pub struct Gauge {
 /// Renders counters and gauges in the Prometheus text exposition format.
 pub fn render_prometheus(stats: &StatSnapshot, gauges: &[Gauge]) -> String {
     let mut out = String::with_capacity(4096);
-    out.push_str("# HELP rpz_guard_packets_total Packets by outcome, as counted by the enforcer.\n");
+    out.push_str(
+        "# HELP rpz_guard_packets_total Packets by verdict path; every packet lands in one outcome.\n",
+    );
     out.push_str("# TYPE rpz_guard_packets_total counter\n");
-    for s in Stat::ALL {
+    for s in Stat::OUTCOMES {
         let _ = writeln!(out, "rpz_guard_packets_total{{outcome=\"{}\"}} {}", s.name(), stats[s as usize]);
+    }
+    for s in Stat::ALL.into_iter().filter(|s| !Stat::OUTCOMES.contains(s)) {
+        let _ = writeln!(out, "# TYPE rpz_guard_{}_total counter", s.name());
+        let _ = writeln!(out, "rpz_guard_{}_total {}", s.name(), stats[s as usize]);
     }
     let mut last = "";
     for g in gauges {
@@ -111,13 +117,16 @@ mod tests {
                 },
             ],
         );
-        assert!(text.contains("rpz_guard_packets_total{outcome=\"packets\"} 5\n"));
+        assert!(text.contains("rpz_guard_packets_total 5\n"));
         assert!(text.contains("rpz_guard_packets_total{outcome=\"drop_not_registered\"} 1\n"));
         assert_eq!(text.matches("# TYPE rpz_guard_entries gauge").count(), 1);
         assert!(text.contains("rpz_guard_entries{class=\"smtp\"} 1\n"));
         assert_eq!(
-            text.lines().filter(|l| l.starts_with("rpz_guard_packets_total")).count(),
-            STAT_COUNT as usize
+            text.lines().filter(|l| l.starts_with("rpz_guard_packets_total{")).count(),
+            Stat::OUTCOMES.len()
         );
+        let counters =
+            text.lines().filter(|l| l.starts_with("rpz_guard_") && !l.starts_with("rpz_guard_entries"));
+        assert_eq!(counters.count(), STAT_COUNT as usize);
     }
 }

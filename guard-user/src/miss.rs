@@ -61,7 +61,7 @@ pub struct CacheTtl {
 impl Default for CacheTtl {
     fn default() -> Self {
         CacheTtl {
-            positive: Duration::from_secs(300),
+            positive: Duration::from_secs(60),
             negative: Duration::from_secs(5),
             error: Duration::from_secs(1),
         }
@@ -75,6 +75,9 @@ pub struct MissResolver {
     source: Arc<dyn RpzSource>,
     ttl: CacheTtl,
     state: Mutex<State>,
+    /// Bumped by every invalidation: an answer to a question asked before
+    /// an invalidation may predate a revocation, so it is not cached.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -105,7 +108,7 @@ const MAX_CACHE: usize = 200_000;
 impl MissResolver {
     /// A resolver over `source`.
     pub fn new(source: Arc<dyn RpzSource>, ttl: CacheTtl) -> Self {
-        MissResolver { source, ttl, state: Mutex::new(State::default()) }
+        MissResolver { source, ttl, state: Mutex::new(State::default()), generation: Default::default() }
     }
 
     /// The cache lifetimes in use.
@@ -150,7 +153,15 @@ impl MissResolver {
         }
     }
 
+    /// The invalidation generation. A caller that caches an answer
+    /// elsewhere (the kernel) reads it before asking and writes only if it is
+    /// unchanged afterwards, under the same lock as the invalidation.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     async fn ask(&self, ip: IpAddr, tx: watch::Sender<Option<Classes>>) -> (Classes, Duration) {
+        let asked_at = self.generation();
         let res = self.source.classes(ip).await;
         let (classes, ttl) = match &res {
             Ok(c) if c.is_empty() => (*c, self.ttl.negative),
@@ -173,7 +184,9 @@ impl MissResolver {
                     st.cache.clear();
                 }
             }
-            st.cache.insert(ip, (classes, Instant::now() + ttl));
+            if self.generation() == asked_at {
+                st.cache.insert(ip, (classes, Instant::now() + ttl));
+            }
         }
         tx.send_replace(Some(classes));
         (classes, ttl)
@@ -183,6 +196,7 @@ impl MissResolver {
     /// revoked or newly added entry is not masked by an old answer).
     pub fn invalidate(&self, ips: impl IntoIterator<Item = IpAddr>) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         for ip in ips {
             st.cache.remove(&ip);
         }
@@ -190,7 +204,9 @@ impl MissResolver {
 
     /// Forgets every cached verdict.
     pub fn clear(&self) {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).cache.clear();
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        st.cache.clear();
     }
 
     /// Counters for status and metrics.

@@ -137,6 +137,38 @@ impl fmt::Display for Service {
     }
 }
 
+/// A transport protocol of a protected port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// TCP (6).
+    Tcp,
+    /// UDP (17).
+    Udp,
+}
+
+impl Transport {
+    /// The IP protocol number.
+    pub const fn number(self) -> u8 {
+        match self {
+            Transport::Tcp => 6,
+            Transport::Udp => 17,
+        }
+    }
+}
+
+/// One protected destination port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProtectedPort {
+    /// TCP or UDP.
+    pub proto: Transport,
+    /// Destination port.
+    pub port: u16,
+    /// The service it belongs to.
+    pub service: Service,
+}
+
 /// The decision for one checked packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -354,17 +386,18 @@ impl AllowSet {
         self.entries.get(prefix).copied().unwrap_or_default()
     }
 
-    /// The classes that apply to a destination: the union over every entry
-    /// containing `ip` (host entry and any covering prefix).
+    /// The classes that apply to a destination: its host entry together
+    /// with the longest prefix entry covering it, as BIND picks the most
+    /// specific `rpz-ip` trigger, and as the XDP maps (hash + LPM trie) decide.
     pub fn lookup(&self, ip: IpAddr) -> Classes {
         let host = Prefix::host(ip);
-        let mut c = self.get(&host);
-        for (p, classes) in &self.entries {
-            if !p.is_host() && p.contains(host.addr()) {
-                c = c.union(*classes);
-            }
-        }
-        c
+        let max = if host.addr().is_ipv4() { 32u8 } else { 128 };
+        let longest = (0..max)
+            .rev()
+            .filter_map(|len| Prefix::new(host.addr(), len).ok())
+            .find_map(|p| self.entries.get(&p).copied())
+            .unwrap_or_default();
+        self.get(&host).union(longest)
     }
 
     /// Iterates over the entries in order.
@@ -471,6 +504,15 @@ mod tests {
         assert_eq!(s.lookup("198.51.100.7".parse().expect("ip")), Classes::DNS.union(Classes::SMTP));
         assert_eq!(s.lookup("198.51.100.8".parse().expect("ip")), Classes::SMTP);
         assert_eq!(s.lookup("203.0.113.1".parse().expect("ip")), Classes::NONE);
+    }
+
+    #[test]
+    fn lookup_takes_the_longest_prefix_like_bind_and_the_kernel() {
+        let mut s = AllowSet::new();
+        s.add(p("198.51.0.0/16"), Classes::SMTP);
+        s.add(p("198.51.100.0/24"), Classes::DNS);
+        assert_eq!(s.lookup("198.51.100.9".parse().expect("ip")), Classes::DNS);
+        assert_eq!(s.lookup("198.51.7.9".parse().expect("ip")), Classes::SMTP);
     }
 
     #[test]

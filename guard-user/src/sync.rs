@@ -22,7 +22,7 @@ use crate::{
     policy::AllowSet,
     rpz::{
         notify::listen_notify,
-        transfer::{IxfrOutcome, axfr, ixfr, soa_serial},
+        transfer::{IxfrOutcome, axfr, ixfr, serial_newer, soa_serial},
         tsig::TsigKey,
         zonefile::parse_zone,
     },
@@ -107,6 +107,9 @@ pub struct SyncState {
     pub last_error_ms: Option<u64>,
     /// True while running on a set from pinned maps because the source failed at start.
     pub stale_start: bool,
+    /// The last failure to write the set into the enforcement maps (retried).
+    #[serde(default)]
+    pub mirror_error: Option<String>,
 }
 
 /// Shared handle on [`SyncState`].
@@ -254,6 +257,13 @@ async fn step(
     };
     if !notified {
         let theirs = soa_serial(addr, zone, key).await?;
+        if theirs != have && !serial_newer(theirs, have) {
+            // The zone went backwards (recreated): our base is unknown to it.
+            tracing::warn!(ours = have, theirs, "zone serial went backwards; transferring the whole zone");
+            let snap = axfr(addr, zone, key).await?;
+            publish(tx, state, snap.serial, snap.set, true);
+            return Ok(snap.serial);
+        }
         if theirs == have {
             let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
             st.last_sync_ms = Some(now_ms());
@@ -288,7 +298,10 @@ async fn follow_file(
     state: SharedSyncState,
     cancel: CancellationToken,
 ) {
-    let mut last = if serial.is_some() { stamp(&path).await.ok() } else { None };
+    // Read once more on the first tick: an edit made while the initial set
+    // was being mirrored must not wait for the next edit.
+    let _ = serial;
+    let mut last: Option<FileStamp> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {

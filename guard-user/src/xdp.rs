@@ -24,13 +24,13 @@ use aya::{
 };
 use guard_common::{
     CacheEntry, MAP_ALLOW_PFX_V4, MAP_ALLOW_PFX_V6, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_CACHE, MAP_EVENTS,
-    MAP_EXEMPT_V4, MAP_EXEMPT_V6, MAP_INTERNAL_V4, MAP_INTERNAL_V6, MAP_PORTS, MAP_RATE, MAP_SETTINGS,
-    MAP_STATS, PORT_TCP_SHIFT, PORT_UDP_SHIFT, STAT_COUNT, Settings, Stat,
+    MAP_EXEMPT_V4, MAP_EXEMPT_V6, MAP_INTERNAL_V4, MAP_INTERNAL_V6, MAP_MISS_RATE, MAP_PORTS, MAP_RATE,
+    MAP_SETTINGS, MAP_STATS, PORT_TCP_SHIFT, PORT_UDP_SHIFT, STAT_COUNT, Settings, Stat,
 };
 
 use crate::{
     metrics::StatSnapshot,
-    policy::{AllowDiff, Classes, Prefix, Service},
+    policy::{AllowDiff, Classes, Prefix, Transport},
 };
 
 /// The XDP object built from `guard-ebpf`, embedded at compile time.
@@ -43,7 +43,7 @@ pub const PROGRAM_NAME: &str = "rpz_guard";
 pub const REFERENCE_PROGRAM: &str = "pass_all";
 
 /// Every map the program defines; all are pinned with `--pin`.
-pub const MAP_NAMES: [&str; 14] = [
+pub const MAP_NAMES: [&str; 15] = [
     MAP_STATS,
     MAP_PORTS,
     MAP_ALLOW_V4,
@@ -56,6 +56,7 @@ pub const MAP_NAMES: [&str; 14] = [
     MAP_INTERNAL_V6,
     MAP_CACHE,
     MAP_RATE,
+    MAP_MISS_RATE,
     MAP_EVENTS,
     MAP_SETTINGS,
 ];
@@ -143,16 +144,7 @@ impl std::fmt::Display for AttachMode {
     }
 }
 
-/// A protected port: protocol, port, service.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ProtectedPort {
-    /// IP protocol: 6 (TCP) or 17 (UDP).
-    pub proto: u8,
-    /// Destination port.
-    pub port: u16,
-    /// The service it belongs to.
-    pub service: Service,
-}
+pub use crate::policy::ProtectedPort;
 
 /// The program's static configuration, written at start.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -189,6 +181,9 @@ impl Enforcer {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| XdpError::Pin { dir: dir.into(), why: format!("create directory: {e}") })?;
                 adopted = dir.join(MAP_STATS).exists();
+                if adopted {
+                    check_pinned_layout(dir)?;
+                }
                 MAP_NAMES.iter().map(|n| (*n, dir.join(n))).collect()
             }
             None => Vec::new(),
@@ -219,10 +214,11 @@ impl Enforcer {
     /// with a pin directory, pinned.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<AttachMode, XdpError> {
         let pin_dir = self.pin_dir.clone();
+        let adopt = self.check_pinned_link(iface)?;
         let link_path = pin_dir.as_ref().map(|d| d.join(LINK_PIN_NAME));
         let prog = program(&mut self.ebpf, iface)?;
         let perr = |what, source| XdpError::Program { what, iface: iface.to_owned(), source };
-        if let Some(path) = link_path.as_ref().filter(|p| p.exists()) {
+        if let Some(path) = link_path.as_ref().filter(|_| adopt) {
             let pin_err = |why: String| XdpError::Pin { dir: path.clone(), why };
             let pinned = PinnedLink::from_pin(path).map_err(|e| pin_err(format!("open pinned link: {e}")))?;
             let link = XdpLink::try_from(FdLink::from(pinned))
@@ -258,6 +254,38 @@ impl Enforcer {
         Ok(used)
     }
 
+    /// With a pin directory holding a link: Ok(true) when the link is on
+    /// `iface` (it will be adopted), Ok(false) when its interface is gone (the
+    /// stale pin is removed), an error when it is on another interface. Call
+    /// before [`Enforcer::configure`] so a mistaken run changes nothing.
+    pub fn check_pinned_link(&mut self, iface: &str) -> Result<bool, XdpError> {
+        let Some(path) = self.pin_dir.as_ref().map(|d| d.join(LINK_PIN_NAME)).filter(|p| p.exists()) else {
+            return Ok(false);
+        };
+        let want = std::ffi::CString::new(iface)
+            .ok()
+            // SAFETY: a valid C string.
+            .map_or(0, |c| unsafe { libc::if_nametoindex(c.as_ptr()) });
+        let have = pinned_link_ifindex(&path)
+            .map_err(|e| XdpError::Pin { dir: path.clone(), why: format!("reading the pinned link: {e}") })?;
+        if have == 0 {
+            tracing::warn!(link = %path.display(), "pinned XDP link lost its interface; a new one will be attached");
+            std::fs::remove_file(&path)
+                .map_err(|e| XdpError::Pin { dir: path.clone(), why: format!("remove stale link: {e}") })?;
+            return Ok(false);
+        }
+        if have != want {
+            return Err(XdpError::Pin {
+                dir: path,
+                why: format!(
+                    "the pinned XDP link is on interface index {have}, not on {iface} (index {want}); \
+                     run `rpz-guard unpin` on the pin directory first, or use another --pin directory"
+                ),
+            });
+        }
+        Ok(true)
+    }
+
     /// The interface and mode, once attached.
     pub fn attached(&self) -> Option<(&str, AttachMode)> {
         self.attached.as_ref().map(|(i, m)| (i.as_str(), *m))
@@ -280,7 +308,7 @@ impl Enforcer {
             let mut ports: Array<&mut MapData, u32> = self.array(MAP_PORTS)?;
             let mut want = std::collections::HashMap::<u16, u32>::new();
             for p in &cfg.ports {
-                let shift = if p.proto == 6 { PORT_TCP_SHIFT } else { PORT_UDP_SHIFT };
+                let shift = if p.proto == Transport::Tcp { PORT_TCP_SHIFT } else { PORT_UDP_SHIFT };
                 *want.entry(p.port).or_default() |= p.service.number() << shift;
             }
             // Clear ports from an earlier (adopted) configuration first.
@@ -303,35 +331,38 @@ impl Enforcer {
         Ok(())
     }
 
+    /// Makes the tries `v4`/`v6` hold exactly `list`: wanted keys are
+    /// inserted before unwanted ones go, so a live (adopted) program never
+    /// sees the organisation's resolvers un-exempted mid-update.
     fn replace_lpm(&mut self, v4: &'static str, v6: &'static str, list: &[Prefix]) -> Result<(), XdpError> {
-        let mut t4: LpmTrie<&mut MapData, [u8; 4], u32> = self.typed(v4)?;
-        let old: Vec<Key<[u8; 4]>> = t4.keys().filter_map(Result::ok).collect();
-        for k in old {
-            t4.remove(&k).map_err(map_err(v4))?;
-        }
-        for p in list {
-            if let IpAddr::V4(a) = p.addr() {
-                t4.insert(&Key::new(u32::from(p.len()), a.octets()), 1, 0).map_err(map_err(v4))?;
-            }
-        }
-        let mut t6: LpmTrie<&mut MapData, [u8; 16], u32> = self.typed(v6)?;
-        let old: Vec<Key<[u8; 16]>> = t6.keys().filter_map(Result::ok).collect();
-        for k in old {
-            t6.remove(&k).map_err(map_err(v6))?;
-        }
-        for p in list {
-            if let IpAddr::V6(a) = p.addr() {
-                t6.insert(&Key::new(u32::from(p.len()), a.octets()), 1, 0).map_err(map_err(v6))?;
-            }
-        }
-        Ok(())
+        let want4: Vec<Key<[u8; 4]>> = list
+            .iter()
+            .filter_map(|p| match p.addr() {
+                IpAddr::V4(a) => Some(Key::new(u32::from(p.len()), a.octets())),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        let want6: Vec<Key<[u8; 16]>> = list
+            .iter()
+            .filter_map(|p| match p.addr() {
+                IpAddr::V6(a) => Some(Key::new(u32::from(p.len()), a.octets())),
+                IpAddr::V4(_) => None,
+            })
+            .collect();
+        sync_trie(self.typed::<LpmTrie<&mut MapData, [u8; 4], u32>>(v4)?, v4, &want4)?;
+        sync_trie(self.typed::<LpmTrie<&mut MapData, [u8; 16], u32>>(v6)?, v6, &want6)
     }
 
     /// Applies allow-set changes to the maps, and forgets cached verdicts
     /// the change could contradict (so a revoked entry stops at once).
+    ///
+    /// A failing entry (e.g. a full map) does not stop the others, and the
+    /// cache is flushed for everything touched either way; the first error
+    /// is returned so the caller can report it and retry.
     pub fn apply_diff(&mut self, diff: &AllowDiff) -> Result<(), XdpError> {
         let mut touched_prefixes: Vec<Prefix> = Vec::new();
         let mut touched_hosts: HashSet<[u8; 16]> = HashSet::new();
+        let mut first_err: Option<XdpError> = None;
         {
             let [a4, a6, p4, p6] =
                 self.ebpf.maps_disjoint_mut([MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_ALLOW_PFX_V4, MAP_ALLOW_PFX_V6]);
@@ -344,47 +375,50 @@ impl Enforcer {
             for (p, c) in removals.chain(upserts) {
                 let bits = c.bits();
                 let len = u32::from(p.len());
-                match (p.addr(), p.is_host()) {
+                let (name, res) = match (p.addr(), p.is_host()) {
                     (IpAddr::V4(a), true) => {
-                        if bits == 0 {
-                            ignore_missing(a4.remove(&a.octets())).map_err(map_err(MAP_ALLOW_V4))?;
-                        } else {
-                            a4.insert(a.octets(), bits, 0).map_err(map_err(MAP_ALLOW_V4))?;
-                        }
                         touched_hosts.insert(a.to_ipv6_mapped().octets());
+                        let k = a.octets();
+                        (
+                            MAP_ALLOW_V4,
+                            if bits == 0 { ignore_missing(a4.remove(&k)) } else { a4.insert(k, bits, 0) },
+                        )
                     }
                     (IpAddr::V6(a), true) => {
-                        if bits == 0 {
-                            ignore_missing(a6.remove(&a.octets())).map_err(map_err(MAP_ALLOW_V6))?;
-                        } else {
-                            a6.insert(a.octets(), bits, 0).map_err(map_err(MAP_ALLOW_V6))?;
-                        }
                         touched_hosts.insert(a.octets());
+                        let k = a.octets();
+                        (
+                            MAP_ALLOW_V6,
+                            if bits == 0 { ignore_missing(a6.remove(&k)) } else { a6.insert(k, bits, 0) },
+                        )
                     }
                     (IpAddr::V4(a), false) => {
-                        let k = Key::new(len, a.octets());
-                        if bits == 0 {
-                            ignore_missing(p4.remove(&k)).map_err(map_err(MAP_ALLOW_PFX_V4))?;
-                        } else {
-                            p4.insert(&k, bits, 0).map_err(map_err(MAP_ALLOW_PFX_V4))?;
-                        }
                         touched_prefixes.push(*p);
+                        let k = Key::new(len, a.octets());
+                        (
+                            MAP_ALLOW_PFX_V4,
+                            if bits == 0 { ignore_missing(p4.remove(&k)) } else { p4.insert(&k, bits, 0) },
+                        )
                     }
                     (IpAddr::V6(a), false) => {
-                        let k = Key::new(len, a.octets());
-                        if bits == 0 {
-                            ignore_missing(p6.remove(&k)).map_err(map_err(MAP_ALLOW_PFX_V6))?;
-                        } else {
-                            p6.insert(&k, bits, 0).map_err(map_err(MAP_ALLOW_PFX_V6))?;
-                        }
                         touched_prefixes.push(*p);
+                        let k = Key::new(len, a.octets());
+                        (
+                            MAP_ALLOW_PFX_V6,
+                            if bits == 0 { ignore_missing(p6.remove(&k)) } else { p6.insert(&k, bits, 0) },
+                        )
                     }
+                };
+                if let Err(e) = res
+                    && first_err.is_none()
+                {
+                    first_err = Some(map_err(name)(e));
                 }
             }
         }
         let mut cache: HashMap<&mut MapData, [u8; 16], CacheEntry> = self.typed(MAP_CACHE)?;
         if !touched_prefixes.is_empty() {
-            for k in cache.keys().filter_map(Result::ok).collect::<Vec<_>>() {
+            for k in cache.keys().collect::<Result<Vec<_>, _>>().map_err(map_err(MAP_CACHE))? {
                 let ip = Prefix::host(IpAddr::from(k)).addr();
                 if touched_prefixes.iter().any(|p| p.contains(ip)) {
                     touched_hosts.insert(k);
@@ -394,7 +428,7 @@ impl Enforcer {
         for k in touched_hosts {
             ignore_missing(cache.remove(&k)).map_err(map_err(MAP_CACHE))?;
         }
-        Ok(())
+        first_err.map_or(Ok(()), Err)
     }
 
     /// Reads the allow maps back (to adopt pinned state, and for tests).
@@ -521,6 +555,24 @@ impl Enforcer {
     }
 }
 
+/// Inserts `want` into `trie`, then removes every other key.
+fn sync_trie<K: aya::Pod + PartialEq>(
+    mut trie: LpmTrie<&mut MapData, K, u32>,
+    name: &'static str,
+    want: &[Key<K>],
+) -> Result<(), XdpError> {
+    for k in want {
+        trie.insert(k, 1, 0).map_err(map_err(name))?;
+    }
+    let have: Vec<Key<K>> = trie.keys().collect::<Result<_, _>>().map_err(map_err(name))?;
+    for k in have {
+        if !want.iter().any(|w| w.prefix_len() == k.prefix_len() && w.data() == k.data()) {
+            ignore_missing(trie.remove(&k)).map_err(map_err(name))?;
+        }
+    }
+    Ok(())
+}
+
 fn typed_map<'a, T>(m: Option<&'a mut aya::maps::Map>, name: &'static str) -> Result<T, XdpError>
 where
     T: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
@@ -585,6 +637,74 @@ fn check_bpffs(dir: &Path) -> Result<(), XdpError> {
         });
     }
     Ok(())
+}
+
+/// Refuses pinned maps whose layout differs from this build's (an older or
+/// newer rpz-guard): reading them with this build's types would be wrong.
+fn check_pinned_layout(dir: &Path) -> Result<(), XdpError> {
+    for (name, key, value, max) in guard_common::MAP_LAYOUT {
+        let path = dir.join(name);
+        let info = aya::maps::MapInfo::from_pin(&path).map_err(|e| XdpError::Pin {
+            dir: dir.into(),
+            why: format!("pinned map {name} is missing or unreadable ({e}); remove the old state with `rpz-guard unpin {}`", dir.display()),
+        })?;
+        let have = (info.key_size(), info.value_size(), info.max_entries());
+        if have != (key, value, max) {
+            return Err(XdpError::Pin {
+                dir: dir.into(),
+                why: format!(
+                    "pinned map {name} has layout (key {}, value {}, entries {}) but this build needs ({key}, {value}, {max}); \
+                     it comes from another rpz-guard version: `rpz-guard unpin {}` (stops enforcement) or use a new --pin directory",
+                    have.0,
+                    have.1,
+                    have.2,
+                    dir.display()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The interface index a pinned XDP link is attached to (0 once its
+/// interface is gone), read with `BPF_OBJ_GET` + `BPF_OBJ_GET_INFO_BY_FD`.
+fn pinned_link_ifindex(path: &Path) -> std::io::Result<u32> {
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    const BPF_LINK_TYPE_XDP: u32 = 6;
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd (u32), file_flags (u32).
+    let mut attr = [0u64; 16];
+    attr[0] = c.as_ptr() as u64;
+    // SAFETY: attr is a zeroed bpf_attr of ample size holding a valid path pointer.
+    let fd =
+        unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_mut_ptr(), std::mem::size_of_val(&attr)) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let raw = i32::try_from(fd).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
+    // SAFETY: the kernel just returned this descriptor to us.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // bpf_link_info: type, id, prog_id (u32 each), then an 8-aligned union whose xdp member is the ifindex.
+    let mut info = [0u32; 64];
+    let mut attr = [0u64; 16];
+    attr[0] =
+        u64::from(u32::try_from(raw).unwrap_or(0)) | (u64::from(std::mem::size_of_val(&info) as u32) << 32);
+    attr[1] = info.as_mut_ptr() as u64;
+    // SAFETY: attr holds bpf_fd, info_len and a pointer to a buffer of info_len bytes.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, attr.as_mut_ptr(), std::mem::size_of_val(&attr))
+    };
+    drop(fd);
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if info[0] != BPF_LINK_TYPE_XDP {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "pinned link is not an XDP link"));
+    }
+    Ok(info[4])
 }
 
 /// Removes every pin rpz-guard makes in `dir`, and the directory if empty.

@@ -305,3 +305,56 @@ fn help_documents_the_options() {
         assert!(text.contains(opt), "help lacks {opt}:\n{text}");
     }
 }
+
+#[test]
+fn ipv6_fragments_reassembled() {
+    let root6 = "2001:503:ba3e::2:30";
+    let res6 = "fd00::53";
+    let (q, r) = referral_pair(1);
+    // The response's UDP datagram in two IPv6 fragments (fragment header 44).
+    let whole = raw_udp(ip(root6), ip(res6), 53, 4000, &r);
+    let l4 = &whole[40..];
+    let cut = (l4.len() / 2) & !7;
+    let frag = |off: usize, data: &[u8], more: bool| {
+        let mut p = whole[..40].to_vec();
+        p[4..6].copy_from_slice(&((8 + data.len()) as u16).to_be_bytes());
+        p[6] = 44;
+        let off_m = ((off / 8) as u16) << 3 | u16::from(more);
+        p.extend([17, 0]);
+        p.extend(off_m.to_be_bytes());
+        p.extend(0x1234_5678u32.to_be_bytes());
+        p.extend_from_slice(data);
+        p
+    };
+    let frames = vec![
+        raw_udp(ip(res6), ip(root6), 4000, 53, &q),
+        frag(cut, &l4[cut..], false),
+        frag(0, &l4[..cut], true),
+    ];
+    assert!(learned_tld(frames, decode::LINKTYPE_IPV6));
+}
+
+#[test]
+fn tcp_stream_joined_mid_way_still_frames_from_a_message_start() {
+    // No SYN seen: the first segment starts a message.
+    let (res, root) = (ip(RESOLVER), ip(ROOT_A));
+    let (q, r) = referral_pair(1);
+    let frames = vec![
+        eth_tcp(res, root, 5001, 53, 7000, "PA", &framed(&q)),
+        eth_tcp(root, res, 53, 5001, 9000, "PA", &framed(&r)),
+    ];
+    assert!(learned_tld(frames, decode::LINKTYPE_ETHERNET));
+}
+
+#[test]
+fn bad_window_values_are_clear_errors() {
+    for w in ["0", "-1", "1e30", "nan"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rpz-guard"))
+            .args(["learn", &format!("--window={w}"), "-"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run");
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--window"), "{w}");
+    }
+}

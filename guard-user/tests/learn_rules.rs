@@ -510,3 +510,19 @@ fn unanswered_queries_expire_so_memory_stays_bounded() {
     assert!(s.pending_at_end <= 1_600, "pending {}", s.pending_at_end);
     assert!(s.expired_queries >= 18_000, "expired {}", s.expired_queries);
 }
+
+#[test]
+fn a_response_names_at_most_64_servers() {
+    let mut c = Conv::new();
+    let names: Vec<String> = (0..100).map(|i| format!("ns{i}.nic.com.")).collect();
+    let auth = names.iter().map(|n| ns("com.", n)).collect();
+    let glue = names.iter().enumerate().map(|(i, n)| a(n, &format!("203.0.113.{}", i + 1))).collect();
+    c.exchange(
+        RESOLVER,
+        ROOT_A,
+        query(1, "com.", RecordType::NS),
+        response(1, "com.", RecordType::NS, NoError, vec![], auth, glue),
+    );
+    let (set, _) = c.learn();
+    assert_eq!(beyond_roots(&set).len(), 64);
+}

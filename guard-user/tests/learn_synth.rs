@@ -7,6 +7,7 @@ use guard_user::learn::{self, Hints, LearnOptions, synth};
 fn learning_a_generated_capture_yields_exactly_the_expected_set() {
     let dir = tempdir();
     let path = dir.join("synth.pcap");
+    // Removed at the end; on failure it stays for inspection.
     let f = std::fs::File::create(&path).expect("create pcap");
     let expected = synth::generate(std::io::BufWriter::new(f), 3_000_000, 42).expect("generate");
     let out = learn::run(&LearnOptions {
@@ -30,6 +31,7 @@ fn learning_a_generated_capture_yields_exactly_the_expected_set() {
     );
     assert!(s.unmatched_responses > 0 && s.untrusted_responses > 0, "noise present: {s:?}");
     assert!(expected.allow.class_counts().1 > 10);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 fn tempdir() -> std::path::PathBuf {

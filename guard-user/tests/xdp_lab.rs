@@ -273,7 +273,7 @@ fn counters_events_vlan_and_bad_frames() {
     let lab = up("xdpc");
     let mx_ip = LabAddrs::inet_v4(25);
     add(&lab, IpAddr::V4(mx_ip), "127.0.0.25");
-    let d = Daemon::start(&lab, &[]);
+    let d = Daemon::start(&lab, &["--metrics-listen", "127.0.0.1:9466"]);
     let a = lab.addrs().clone();
     let src_mac = lab.mac(Role::Bot, "eth0").expect("bot mac");
     let dst_mac = lab.mac(Role::Router, lab.router_inside_iface()).expect("router mac");
@@ -341,6 +341,21 @@ fn counters_events_vlan_and_bad_frames() {
     assert!(sent <= 20, "rate limit holds: {sent} events");
     assert_eq!(after.events_total - mid.events_total, sent, "userspace recorded every event the kernel sent");
     assert!(after.top_sources.iter().any(|(ip, h)| *ip == IpAddr::V4(a.bot_v4) && h.blocked >= sent));
+
+    // Prometheus text over HTTP on the router, and over the status socket.
+    let mut http = lab
+        .tcp_connect(Role::Router, "127.0.0.1:9466".parse().expect("addr"), Duration::from_secs(2))
+        .expect("metrics endpoint");
+    std::io::Write::write_all(&mut http, b"GET /metrics HTTP/1.0\r\n\r\n").expect("request");
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut http, &mut text).expect("response");
+    assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+    let line =
+        format!("rpz_guard_packets_total{{outcome=\"drop_malformed\"}} {}", get(&after, "drop_malformed"));
+    assert!(text.contains(&line), "metrics lack {line:?}:\n{text}");
+    let out =
+        Command::new(BIN).args(["status", "--metrics", "--socket"]).arg(&d.socket).output().expect("status");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rpz_guard_entries{class=\"smtp\"} 1"));
 }
 
 /// Pinned program and maps keep enforcing while the daemon is down; a
@@ -377,6 +392,29 @@ fn pinned_state_survives_restart() {
     assert_eq!(connect(&lab, Role::Pc, rogue, SHORT), Conn::TimedOut);
     let log = d2.stop();
     assert!(log.contains("replaced the program inside the pinned XDP link"), "log: {log}");
+
+    // The pinned link belongs to in0: a run that names another interface
+    // with the same pin directory is refused (it would leave that one open).
+    let other = lab
+        .exec(
+            Role::Router,
+            &[
+                BIN,
+                "run",
+                "--iface",
+                lab.router_outside_iface(),
+                "--pin",
+                &pin_s,
+                "--zone-file",
+                "/nonexistent.zone",
+                "--status-socket",
+                "/tmp/xdpp-other.sock",
+            ],
+        )
+        .expect("run on another interface");
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert!(!other.status.success() && err.contains("not on out0"), "stderr: {err}");
+    assert_eq!(connect(&lab, Role::Pc, rogue, SHORT), Conn::TimedOut, "in0 still enforced");
 
     // Unpin: the program detaches, traffic is no longer filtered.
     let out = Command::new(BIN).args(["unpin", &pin_s]).output().expect("run unpin");

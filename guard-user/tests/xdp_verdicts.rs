@@ -8,7 +8,10 @@ use std::{
 
 use guard_common::{MODE_COUNT, Settings, Stat};
 use guard_user::{
-    policy::{AllowSet, Classes, Prefix, Service},
+    policy::{
+        AllowSet, Classes, Prefix, Service,
+        Transport::{Tcp, Udp},
+    },
     xdp::{Enforcer, ProgramConfig, ProtectedPort},
 };
 
@@ -134,9 +137,9 @@ fn p(s: &str) -> Prefix {
 fn enforcer(settings: Settings) -> Enforcer {
     let mut e =
         Enforcer::load(None).unwrap_or_else(|e| panic!("loading the XDP program (needs root): {e:?}"));
-    let ports = [(6, 25, Service::Smtp), (6, 465, Service::Smtp), (6, 587, Service::Smtp)]
+    let ports = [(Tcp, 25, Service::Smtp), (Tcp, 465, Service::Smtp), (Tcp, 587, Service::Smtp)]
         .into_iter()
-        .chain([(17, 53, Service::Dns), (6, 53, Service::Dns)])
+        .chain([(Udp, 53, Service::Dns), (Tcp, 53, Service::Dns)])
         .map(|(proto, port, service)| ProtectedPort { proto, port, service })
         .collect();
     e.configure(&ProgramConfig {
@@ -217,6 +220,12 @@ fn verdict_table() {
             frame::vlan(&[(0x8100, 100)], frame::v4(PC, MX, frame::TCP, 25)),
             XDP_PASS,
             Stat::PassAllowed,
+        ),
+        (
+            "three tags refused",
+            frame::vlan(&[(0x88a8, 7), (0x8100, 100), (0x8100, 5)], frame::v4(PC, MX, frame::TCP, 25)),
+            XDP_DROP,
+            Stat::DropMalformed,
         ),
         (
             "qinq smtp to NS",
@@ -422,6 +431,11 @@ fn events_are_rate_limited_per_source() {
     assert_eq!(delta(&e, &before, Stat::DropWrongClass), 10);
     assert_eq!(delta(&e, &before, Stat::EventsSent), 3);
     assert_eq!(delta(&e, &before, Stat::EventsRateLimited), 7);
+    // Its drops do not starve its RPZ questions: a miss has its own budget.
+    let before = e.stats().expect("stats");
+    assert_eq!(run(&mut e, &frame::v4(PC, UNKNOWN, frame::TCP, 25)), XDP_DROP);
+    assert_eq!(delta(&e, &before, Stat::Miss), 1);
+    assert_eq!(delta(&e, &before, Stat::EventsSent), 1, "miss event sent despite the spent drop budget");
     // Another source has its own budget.
     let other = frame::v4(Ipv4Addr::new(10, 1, 0, 11), NS, frame::TCP, 25);
     let before = e.stats().expect("stats");

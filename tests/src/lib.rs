@@ -39,6 +39,7 @@ pub mod bind;
 pub mod dns;
 pub mod lab;
 pub mod netns;
+pub mod ovs;
 pub mod process;
 pub mod responder;
 pub mod smtp;

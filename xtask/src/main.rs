@@ -5,6 +5,7 @@
 mod bench;
 mod command;
 mod demo;
+mod gen_pcap;
 mod lab;
 mod run;
 mod setup;
@@ -25,6 +26,8 @@ struct Cli {
 enum Task {
     /// See rpz-guard work on the built-in lab: mail passes, a bot is blocked and reported.
     Demo(demo::Args),
+    /// Generate a realistic border DNS capture with known content.
+    GenPcap(gen_pcap::Args),
     /// Build rpz-guard and run `rpz-guard run ARGS` (e.g. `--iface eth1 --server 192.0.2.53:53`).
     Run(run::Args),
     /// Install what rpz-guard needs on a Debian 12 machine (idempotent, as root).
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
     let result = match cli.task {
         Task::Demo(args) => demo::run(&args),
         Task::Run(args) => run::run(&args),
+        Task::GenPcap(args) => gen_pcap::run(&args),
         Task::Setup(args) => setup::run(&args),
         Task::Lab(args) => lab::run(args),
         Task::Test(args) => test::run(&args),

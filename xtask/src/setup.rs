@@ -143,8 +143,8 @@ fn apt_packages(check: bool) -> Result<Option<String>> {
         "Dpkg::Options::=--force-confdef",
         "-o",
         "Dpkg::Options::=--force-confold",
+        // With recommends, as TOOLCHAIN.md's checked recipe does.
         "install",
-        "--no-install-recommends",
     ]);
     install.args(&missing);
     run_step("apt packages (apt-get install)", &mut install)?;

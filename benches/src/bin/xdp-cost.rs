@@ -15,8 +15,8 @@ use guard_benches::{
 };
 use guard_common::Settings;
 use guard_user::{
-    policy::{AllowDiff, Classes, Prefix, Service},
-    xdp::{self, Enforcer, ProgramConfig, ProtectedPort},
+    policy::{AllowDiff, Classes, Prefix},
+    xdp::{self, Enforcer, ProgramConfig},
 };
 
 const XDP_DROP: u32 = 1;
@@ -78,11 +78,7 @@ fn paths() -> Vec<Path> {
 
 fn config() -> Result<ProgramConfig> {
     let p = |s: &str| s.parse::<Prefix>().context("prefix");
-    let ports = [(6, 25, Service::Smtp), (6, 465, Service::Smtp), (6, 587, Service::Smtp)]
-        .into_iter()
-        .chain([(17, 53, Service::Dns), (6, 53, Service::Dns)])
-        .map(|(proto, port, service)| ProtectedPort { proto, port, service })
-        .collect();
+    let ports = guard_user::config::Policy::default().protected_ports();
     Ok(ProgramConfig {
         ports,
         exempt_sources: vec![p("10.1.0.53/32")?],

@@ -167,7 +167,11 @@ pub fn run(opts: &LearnOptions) -> Result<LearnOutcome, LearnError> {
             b.inc(since_tick);
         }
         for d in problems {
-            tracing::warn!(input = %input.name(), problem = d.as_str(), "capture input damaged; rest skipped");
+            let warn = || tracing::warn!(input = %input.name(), problem = d.as_str(), "capture input damaged; rest skipped");
+            match &bar {
+                Some(b) => b.suspend(warn),
+                None => warn(),
+            }
             p.count(d);
         }
         p.add_bytes(bytes);

@@ -33,6 +33,17 @@
 //! days, so servers the resolver already knew are never seen being
 //! delegated, and their answers teach nothing under rule 4. Pass them as
 //! extra hints (`--trust-initial FILE`, root-hints format) when that matters.
+//! The same option serves a resolver that forwards to upstream resolvers:
+//! list the forwarders, and their (recursive) MX and NS answers count.
+//!
+//! What trust means: a delegated server speaks for the names below its
+//! delegation, so the owner of any domain can get its own name servers and
+//! mail hosts registered, exactly as in the paper. The allow set holds what
+//! DNS legitimately resolved, not a judgement of the destinations; it stops
+//! hosts that connect to hard-coded addresses nobody resolved.
+//!
+//! Memory: the state holds the learned names and addresses only (about
+//! 90 MB for 900k entries learned from a generated 1 GB capture).
 use std::{
     collections::HashSet,
     net::{IpAddr, Ipv6Addr},
@@ -46,6 +57,9 @@ use crate::policy::{AllowSet, Classes, Prefix};
 
 /// Longest CNAME chain followed inside one answer.
 const MAX_CHAIN: usize = 16;
+/// Most NS or MX targets taken from one response (real ones carry at most
+/// 13); bounds the per-response work a hostile trusted server can cause.
+const MAX_TARGETS: usize = 64;
 
 /// What one response taught.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,7 +246,10 @@ impl Learner {
             };
             match (r.rtype, r.section) {
                 (dns::TYPE_NS, Section::Answer | Section::Authority) => {
-                    if !owner_ok(self) || !dns::is_subdomain(&self.arena[qs..qe], &self.owner) {
+                    if self.resp_ns.len() >= MAX_TARGETS
+                        || !owner_ok(self)
+                        || !dns::is_subdomain(&self.arena[qs..qe], &self.owner)
+                    {
                         continue;
                     }
                     if let Some(t) = msg.target_at(r)
@@ -245,7 +262,10 @@ impl Learner {
                     }
                 }
                 (dns::TYPE_MX, Section::Answer) => {
-                    if !owner_ok(self) || !self.in_list(&self.chain, &self.owner) {
+                    if self.resp_mx.len() >= MAX_TARGETS
+                        || !owner_ok(self)
+                        || !self.in_list(&self.chain, &self.owner)
+                    {
                         continue;
                     }
                     if let Some(t) = msg.target_at(r)

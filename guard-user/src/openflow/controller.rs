@@ -637,7 +637,10 @@ impl Session {
             self.uninstall(p).await?;
         }
         for (p, c) in &diff.upsert {
-            if self.applied.get(p) != Classes::NONE {
+            if self.applied.get(p) == Classes::NONE {
+                // New entry: earlier drop verdicts inside it must go now.
+                self.conn.send(Body::FlowMod(flows::delete_verdicts_in(p))).await?;
+            } else {
                 self.uninstall(p).await?;
             }
             self.try_install(p, *c).await?;

@@ -41,6 +41,32 @@
 //! `PassCached` or `DropNotRegistered` / `DropWrongClass` for the outcome,
 //! `DropMalformed` for frames that do not parse.
 
+//!
+//! # Examples
+//!
+//! How the daemon wires the controller (`rpz-guard run --mode openflow`):
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use guard_user::{
+//!     events::{EventOutput, EventSink},
+//!     metrics::Counters,
+//!     miss::{CacheTtl, MissResolver, SetSource},
+//!     openflow::{ControllerConfig, ControllerShared, serve},
+//!     policy::AllowSet,
+//! };
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let (allow_tx, allow_rx) = tokio::sync::watch::channel(Arc::new(AllowSet::new()));
+//! let resolver = Arc::new(MissResolver::new(Arc::new(SetSource(allow_rx.clone())), CacheTtl::default()));
+//! let events = Arc::new(EventSink::open(&EventOutput::Stdout)?);
+//! let shared = ControllerShared::new(allow_rx, resolver, events, Arc::new(Counters::default()));
+//! let cancel = tokio_util::sync::CancellationToken::new();
+//! let status = shared.clone(); // `status.status()` for `rpz-guard status`
+//! tokio::spawn(serve(ControllerConfig::default(), shared, cancel.clone()));
+//! // ... allow_tx.send_replace(Arc::new(new_set)) on every RPZ change ...
+//! # drop((allow_tx, status)); Ok(()) }
+//! ```
+
 pub mod codec;
 pub mod controller;
 pub mod flows;
@@ -66,40 +92,10 @@ use crate::{
     events::EventSink,
     metrics::Counters,
     miss::MissResolver,
-    policy::{AllowSet, Prefix, Service},
+    policy::{AllowSet, Prefix},
 };
 
-/// A transport protocol of a protected port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    /// TCP (6).
-    Tcp,
-    /// UDP (17).
-    Udp,
-}
-
-impl Transport {
-    /// The IP protocol number.
-    pub const fn number(self) -> u8 {
-        match self {
-            Transport::Tcp => 6,
-            Transport::Udp => 17,
-        }
-    }
-}
-
-/// One protected destination port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProtectedPort {
-    /// TCP or UDP.
-    pub proto: Transport,
-    /// Destination port.
-    pub port: u16,
-    /// The service it belongs to.
-    pub service: Service,
-}
+pub use crate::policy::{ProtectedPort, Transport};
 
 /// Controller settings (`[openflow]` in the daemon's configuration).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -141,16 +137,9 @@ pub struct ControllerConfig {
 
 impl Default for ControllerConfig {
     fn default() -> Self {
-        let p = |proto, port, service| ProtectedPort { proto, port, service };
         ControllerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 6653)),
-            protected: vec![
-                p(Transport::Udp, 53, Service::Dns),
-                p(Transport::Tcp, 53, Service::Dns),
-                p(Transport::Tcp, 25, Service::Smtp),
-                p(Transport::Tcp, 465, Service::Smtp),
-                p(Transport::Tcp, 587, Service::Smtp),
-            ],
+            protected: crate::config::Policy::default().protected_ports(),
             exempt_sources: Vec::new(),
             internal_networks: Vec::new(),
             flow_budget: 50_000,
@@ -330,6 +319,7 @@ impl Board {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::Service;
 
     #[test]
     fn config_defaults_and_toml() {

@@ -9,7 +9,11 @@ use std::{
 
 use etherparse::{PacketBuilder, VlanId};
 use guard_user::{
-    learn::{Hints, Pipeline, Summary, decode, pcapw::PcapWriter},
+    learn::{
+        Hints, Pipeline, Summary, decode,
+        dns::{self, Parser, Section},
+        pcapw::PcapWriter,
+    },
     policy::{AllowSet, Classes, Prefix},
 };
 use hickory_proto::{
@@ -268,4 +272,117 @@ pub fn tempdir(tag: &str) -> std::path::PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("tempdir");
     d
+}
+
+// ---- differential reading against hickory-proto ----
+
+/// What both readers must agree on: header fields, question, and per record
+/// (section, owner, type, decoded rdata for the types the rules read).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Facts {
+    pub id: u16,
+    pub response: bool,
+    pub rcode: u8,
+    pub question: Option<(Vec<u8>, u16)>,
+    pub records: Vec<(u8, Vec<u8>, u16, String)>,
+}
+
+pub fn wire(name: &Name) -> Vec<u8> {
+    let mut v = Vec::new();
+    for l in name.iter() {
+        v.push(l.len() as u8);
+        v.extend(l.iter().map(u8::to_ascii_lowercase));
+    }
+    v
+}
+
+/// Record types hickory moves out of the sections (EDNS OPT, TSIG, SIG).
+pub fn hidden(t: u16) -> bool {
+    matches!(t, 41 | 250 | 24)
+}
+
+pub fn hickory_facts(m: &Message) -> Facts {
+    let mut records = Vec::new();
+    for (sec, list) in [(0u8, m.answers()), (1, m.name_servers()), (2, m.additionals())] {
+        for r in list {
+            let t = u16::from(r.record_type());
+            if hidden(t) {
+                continue;
+            }
+            let data = match r.data() {
+                RData::A(a) => a.0.to_string(),
+                RData::AAAA(a) => a.0.to_string(),
+                RData::NS(n) => dns::name_to_text(&wire(&n.0)),
+                RData::CNAME(n) => dns::name_to_text(&wire(&n.0)),
+                RData::MX(mx) => format!("{} {}", mx.preference(), dns::name_to_text(&wire(mx.exchange()))),
+                _ => String::new(),
+            };
+            records.push((sec, wire(r.name()), t, data));
+        }
+    }
+    Facts {
+        id: m.id(),
+        response: m.message_type() == MessageType::Response,
+        rcode: (u16::from(m.response_code()) & 0xf) as u8,
+        question: m.queries().first().map(|q| (wire(q.name()), u16::from(q.query_type()))),
+        records,
+    }
+}
+
+pub fn our_facts(buf: &[u8]) -> Option<Facts> {
+    let mut p = Parser::new();
+    let m = p.parse(buf).ok()?;
+    let mut records = Vec::new();
+    for r in m.records() {
+        if hidden(r.rtype) {
+            continue;
+        }
+        let sec = match r.section {
+            Section::Answer => 0,
+            Section::Authority => 1,
+            Section::Additional => 2,
+        };
+        let data = match r.rtype {
+            dns::TYPE_A => m.a(r).map(|a| a.to_string()).unwrap_or_default(),
+            dns::TYPE_AAAA => m.aaaa(r).map(|a| a.to_string()).unwrap_or_default(),
+            dns::TYPE_NS | dns::TYPE_CNAME => dns::name_to_text(&m.name(m.target_at(r)?).ok()?),
+            dns::TYPE_MX => {
+                let b = m.bytes();
+                let pref = u16::from_be_bytes([b[r.rdata_at], b[r.rdata_at + 1]]);
+                format!("{pref} {}", dns::name_to_text(&m.name(m.target_at(r)?).ok()?))
+            }
+            _ => String::new(),
+        };
+        records.push((sec, m.name(r.name_at).ok()?, r.rtype, data));
+    }
+    Some(Facts {
+        id: m.header.id,
+        response: m.header.is_response(),
+        rcode: m.header.rcode(),
+        question: match m.question {
+            Some(q) => Some((m.name(q.name_at).ok()?, q.qtype)),
+            None => None,
+        },
+        records,
+    })
+}
+
+/// Every unfragmented UDP port-53 payload of a capture file.
+pub fn udp_dns_payloads(path: &std::path::Path) -> Vec<Vec<u8>> {
+    use guard_user::learn::capture::{Input, read_capture};
+    let mut out = Vec::new();
+    let mut on_packet = |_ts: u64, link: u32, frame: &[u8]| -> bool {
+        if let Ok(ip) = decode::link_payload(link, frame).and_then(decode::ip)
+            && ip.proto == decode::PROTO_UDP
+            && ip.frag.is_none()
+            && let Ok((sport, dport, data)) = decode::udp(ip.payload)
+            && (sport == 53 || dport == 53)
+        {
+            out.push(data.to_vec());
+        }
+        true
+    };
+    read_capture(&Input::File(path.to_path_buf()), &mut on_packet, &mut |d| panic!("{d:?}"), &mut |_| {})
+        .expect("read capture");
+    out
 }

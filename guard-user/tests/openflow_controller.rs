@@ -1,0 +1,397 @@
+//! The controller against synthetic switches over loopback (no privileges):
+//! handshake and resync sequence, packet-in decisions, allow-set diffs,
+//! echo keepalive and dead-peer detection, several switches at once.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use guard_common::Stat;
+use guard_user::{
+    events::{EventOutput, EventSink},
+    metrics::Counters,
+    miss::{CacheTtl, MissResolver, SetSource},
+    openflow::{
+        ControllerConfig, ControllerShared,
+        codec::{
+            Action, Body, FeaturesReply, FlowMod, Instruction, Message, OFPP_NORMAL, PacketIn, flow_cmd,
+            frag, message_len, meter_cmd,
+        },
+        flows::{COOKIE_PROACTIVE, COOKIE_TAG, COOKIE_TAG_MASK, COOKIE_VERDICT, PRIO_ALLOW, PRIO_VERDICT},
+        oxm::{Match, Oxm},
+        serve_listener,
+    },
+    policy::{AllowSet, Classes, Prefix},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    sync::watch,
+    time::timeout,
+};
+use tokio_util::sync::CancellationToken;
+
+fn pfx(s: &str) -> Prefix {
+    s.parse().expect("prefix")
+}
+
+struct Rig {
+    addr: SocketAddr,
+    shared: ControllerShared,
+    allow: watch::Sender<Arc<AllowSet>>,
+    counters: Arc<Counters>,
+    events: Arc<EventSink>,
+    cancel: CancellationToken,
+}
+
+async fn rig(set: AllowSet, tweak: impl FnOnce(&mut ControllerConfig)) -> Rig {
+    let (tx, rx) = watch::channel(Arc::new(set));
+    let resolver = Arc::new(MissResolver::new(Arc::new(SetSource(rx.clone())), CacheTtl::default()));
+    let events = Arc::new(EventSink::open(&EventOutput::None).expect("events"));
+    let counters = Arc::new(Counters::default());
+    let shared = ControllerShared::new(rx, resolver, events.clone(), counters.clone());
+    let mut cfg =
+        ControllerConfig { echo_interval_secs: 1, dead_peer_secs: 2, ..ControllerConfig::default() };
+    tweak(&mut cfg);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let cancel = CancellationToken::new();
+    tokio::spawn(serve_listener(listener, cfg, shared.clone(), cancel.clone()));
+    Rig { addr, shared, allow: tx, counters, events, cancel }
+}
+
+struct FakeSwitch {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl FakeSwitch {
+    /// Connects and completes the handshake as datapath `dpid`.
+    async fn connect(addr: SocketAddr, dpid: u64) -> FakeSwitch {
+        let mut sw = FakeSwitch { s: TcpStream::connect(addr).await.expect("connect"), buf: Vec::new() };
+        let hello = sw.recv().await;
+        assert_eq!(hello.body, Body::Hello { version: 4, bitmap: Some(1 << 4) });
+        sw.send(Message::new(1, Body::Hello { version: 6, bitmap: Some((1 << 4) | (1 << 6)) })).await;
+        let fr = sw.recv().await;
+        assert_eq!(fr.body, Body::FeaturesRequest);
+        let reply = FeaturesReply {
+            datapath_id: dpid,
+            n_buffers: 0,
+            n_tables: 254,
+            auxiliary_id: 0,
+            capabilities: 0x4f,
+            reserved: 0,
+        };
+        sw.send(Message::new(fr.xid, Body::FeaturesReply(reply))).await;
+        sw
+    }
+
+    async fn send(&mut self, m: Message) {
+        self.s.write_all(&m.encode()).await.expect("send");
+    }
+
+    async fn recv(&mut self) -> Message {
+        self.try_recv(Duration::from_secs(5)).await.expect("a message from the controller")
+    }
+
+    async fn try_recv(&mut self, wait: Duration) -> Option<Message> {
+        loop {
+            if let Some(n) = message_len(&self.buf).filter(|n| *n <= self.buf.len()) {
+                let m = Message::decode(&self.buf[..n]).expect("controller sends valid messages");
+                self.buf.drain(..n);
+                return Some(m);
+            }
+            let mut chunk = [0u8; 8192];
+            let n = timeout(wait, self.s.read(&mut chunk)).await.ok()?.expect("read");
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Collects messages until a BARRIER_REQUEST (answering it).
+    async fn until_barrier(&mut self) -> Vec<Message> {
+        let mut out = Vec::new();
+        loop {
+            let m = self.recv().await;
+            if m.body == Body::BarrierRequest {
+                self.send(Message::new(m.xid, Body::BarrierReply)).await;
+                return out;
+            }
+            out.push(m);
+        }
+    }
+
+    /// Messages arriving within `wait` in total, answering echo requests.
+    async fn drain(&mut self, wait: Duration) -> Vec<Message> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut out = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let Some(m) = self.try_recv(left).await else { break };
+            if let Body::EchoRequest(d) = &m.body {
+                self.send(Message::new(m.xid, Body::EchoReply(d.clone()))).await;
+                continue;
+            }
+            out.push(m);
+        }
+        out
+    }
+}
+
+fn flow_mods(ms: &[Message]) -> Vec<&FlowMod> {
+    ms.iter().filter_map(|m| if let Body::FlowMod(f) = &m.body { Some(f) } else { None }).collect()
+}
+
+fn packet_in(dst: [u8; 4], proto: u8, dport: u16) -> Message {
+    let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
+    f.extend_from_slice(&[0x45, 0, 0, 40, 0, 1, 0, 0, 64, proto, 0, 0, 10, 0, 0, 66]);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&[0x30, 0x39]);
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&[0; 16]);
+    let pi = PacketIn {
+        buffer_id: u32::MAX,
+        total_len: u16::try_from(f.len()).expect("small"),
+        reason: 1,
+        table_id: 0,
+        cookie: 0,
+        r#match: Match::new(vec![Oxm::InPort(7)]),
+        data: f,
+    };
+    Message::new(99, Body::PacketIn(pi))
+}
+
+fn dst_of(f: &FlowMod) -> Option<std::net::Ipv4Addr> {
+    f.r#match.find(|o| if let Oxm::Ipv4Dst(a, None) = o { Some(*a) } else { None })
+}
+
+#[tokio::test]
+async fn handshake_then_full_resync() {
+    let set: AllowSet =
+        [(pfx("192.0.2.53"), Classes::DNS), (pfx("192.0.2.25"), Classes::SMTP)].into_iter().collect();
+    let r = rig(set, |c| c.exempt_sources = vec![pfx("10.0.0.53")]).await;
+    let mut sw = FakeSwitch::connect(r.addr, 0x42).await;
+    let ms = sw.until_barrier().await;
+    // Order: SET_CONFIG (nx-match fragments), delete all ours, meter, flows.
+    assert!(
+        matches!(&ms[0].body, Body::SetConfig(c) if c.flags == frag::NX_MATCH && c.miss_send_len == 0xffff)
+    );
+    let Body::FlowMod(del) = &ms[1].body else { panic!("expected the resync delete, got {:?}", ms[1]) };
+    assert_eq!((del.command, del.cookie, del.cookie_mask), (flow_cmd::DELETE, COOKIE_TAG, COOKIE_TAG_MASK));
+    assert!(matches!(&ms[2].body, Body::MeterMod(m) if m.command == meter_cmd::DELETE));
+    assert!(
+        matches!(&ms[3].body, Body::MeterMod(m) if m.command == meter_cmd::ADD && m.bands[0].rate == 2000)
+    );
+    let fms = flow_mods(&ms);
+    let proactive: Vec<_> = fms.iter().filter(|f| f.cookie == COOKIE_PROACTIVE).collect();
+    // DNS entry: udp+tcp 53; SMTP entry: 53 twice plus 25/465/587.
+    assert_eq!(proactive.len(), 2 + 5);
+    assert!(proactive.iter().all(|f| f.priority == PRIO_ALLOW
+        && f.instructions == vec![Instruction::ApplyActions(vec![Action::output(OFPP_NORMAL)])]));
+    let to53 = proactive.iter().filter(|f| dst_of(f) == Some([192, 0, 2, 53].into())).count();
+    assert_eq!(to53, 2, "a DNS-only entry gets no SMTP flows");
+    assert!(fms.iter().any(|f| f.priority == 0 && f.r#match.fields.is_empty()), "table-miss NORMAL");
+    let st = r.shared.status();
+    assert_eq!(st.switches.len(), 1);
+    assert_eq!(st.switches[0].dpid, 0x42);
+    assert_eq!(st.switches[0].proactive_flows, 7);
+    assert_eq!(st.resyncs, 1);
+
+    // Reconnect: the same full resync again.
+    drop(sw);
+    let mut sw = FakeSwitch::connect(r.addr, 0x42).await;
+    let again = sw.until_barrier().await;
+    assert_eq!(flow_mods(&again).len(), fms.len());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(r.shared.status().resyncs, 2);
+    assert_eq!(r.shared.status().switches.len(), 1, "the old connection is gone");
+    r.cancel.cancel();
+}
+
+#[tokio::test]
+async fn packet_ins_are_decided_and_answered() {
+    let set: AllowSet =
+        [(pfx("192.0.2.53"), Classes::DNS), (pfx("192.0.2.25"), Classes::SMTP)].into_iter().collect();
+    let r = rig(set, |c| c.flow_budget = 0).await;
+    let mut sw = FakeSwitch::connect(r.addr, 7).await;
+    sw.until_barrier().await;
+
+    // Allowed (in the set, over budget): allow verdict flow + packet-out NORMAL.
+    sw.send(packet_in([192, 0, 2, 25], 6, 25)).await;
+    let ms = sw.drain(Duration::from_millis(300)).await;
+    let f = flow_mods(&ms);
+    assert_eq!(f.len(), 1, "{ms:?}");
+    assert_eq!((f[0].cookie, f[0].priority), (COOKIE_VERDICT, PRIO_VERDICT));
+    assert_eq!(f[0].instructions, vec![Instruction::ApplyActions(vec![Action::output(OFPP_NORMAL)])]);
+    assert!(f[0].r#match.fields.contains(&Oxm::TcpDst(25)));
+    let po = ms.iter().find_map(|m| if let Body::PacketOut(p) = &m.body { Some(p) } else { None });
+    let po = po.expect("the packet is sent on");
+    assert_eq!((po.in_port, po.actions.clone()), (7, vec![Action::output(OFPP_NORMAL)]));
+    assert_eq!(r.counters.snapshot()[Stat::PassAllowed as usize], 1);
+
+    // Wrong class (SMTP to a name server): drop flow, no packet-out, event.
+    sw.send(packet_in([192, 0, 2, 53], 6, 587)).await;
+    let ms = sw.drain(Duration::from_millis(300)).await;
+    let f = flow_mods(&ms);
+    assert_eq!(f.len(), 1, "{ms:?}");
+    assert!(f[0].instructions.is_empty(), "drop flow has no instructions");
+    assert!(f[0].hard_timeout >= 1 && f[0].idle_timeout <= f[0].hard_timeout);
+    assert!(!ms.iter().any(|m| matches!(m.body, Body::PacketOut(_))));
+    assert_eq!(r.counters.snapshot()[Stat::DropWrongClass as usize], 1);
+
+    // Unregistered DNS: miss path, drop, event.
+    sw.send(packet_in([203, 0, 113, 9], 17, 53)).await;
+    let ms = sw.drain(Duration::from_millis(300)).await;
+    assert_eq!(flow_mods(&ms).len(), 1);
+    let c = r.counters.snapshot();
+    assert_eq!(c[Stat::DropNotRegistered as usize], 1);
+    assert_eq!(c[Stat::Miss as usize], 2);
+    assert_eq!(c[Stat::Packets as usize], 3);
+    assert_eq!(r.events.total(), 2);
+    let top = r.events.top_sources(1);
+    assert_eq!(top[0].0, "10.0.0.66".parse::<std::net::IpAddr>().expect("ip"));
+
+    // Garbage inside a packet-in: counted as malformed, nothing installed.
+    let mut bad = packet_in([203, 0, 113, 9], 17, 53);
+    if let Body::PacketIn(p) = &mut bad.body {
+        p.data.truncate(20);
+    }
+    sw.send(bad).await;
+    assert!(flow_mods(&sw.drain(Duration::from_millis(200)).await).is_empty());
+    assert_eq!(r.counters.snapshot()[Stat::DropMalformed as usize], 1);
+
+    // Unprotected port: sent on, no flow.
+    sw.send(packet_in([203, 0, 113, 9], 6, 443)).await;
+    let ms = sw.drain(Duration::from_millis(200)).await;
+    assert!(flow_mods(&ms).is_empty() && ms.iter().any(|m| matches!(m.body, Body::PacketOut(_))));
+    assert_eq!(r.shared.status().packet_ins, 5);
+    r.cancel.cancel();
+}
+
+#[tokio::test]
+async fn allow_set_changes_apply_as_diffs() {
+    let set: AllowSet = [(pfx("192.0.2.25"), Classes::SMTP)].into_iter().collect();
+    let r = rig(set, |_| {}).await;
+    let mut a = FakeSwitch::connect(r.addr, 1).await;
+    let mut b = FakeSwitch::connect(r.addr, 2).await;
+    a.until_barrier().await;
+    b.until_barrier().await;
+    assert_eq!(r.shared.status().switches.len(), 2);
+
+    // Add a DNS entry and a /24 SMTP prefix; remove the host.
+    r.allow.send_modify(|s| {
+        let mut n = (**s).clone();
+        n.remove(&pfx("192.0.2.25"), Classes::SMTP);
+        n.add(pfx("198.51.100.53"), Classes::DNS);
+        n.add(pfx("203.0.113.0/24"), Classes::SMTP);
+        *s = Arc::new(n);
+    });
+    for sw in [&mut a, &mut b] {
+        let ms = sw.until_barrier().await;
+        let f = flow_mods(&ms);
+        let strict: Vec<_> = f.iter().filter(|f| f.command == flow_cmd::DELETE_STRICT).collect();
+        assert_eq!(strict.len(), 5, "the removed SMTP host's five flows");
+        assert!(strict.iter().all(|f| dst_of(f) == Some([192, 0, 2, 25].into())));
+        let adds: Vec<_> = f.iter().filter(|f| f.command == flow_cmd::ADD).collect();
+        assert_eq!(adds.len(), 2 + 5);
+        assert!(adds.iter().any(|f| {
+            f.r#match.fields.contains(&Oxm::Ipv4Dst([203, 0, 113, 0].into(), Some([255, 255, 255, 0].into())))
+        }));
+        // Verdict flows inside every touched prefix are flushed.
+        let flush = f.iter().filter(|f| f.command == flow_cmd::DELETE && f.cookie == COOKIE_VERDICT).count();
+        assert_eq!(flush, 3);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(r.shared.status().switches.iter().all(|s| s.proactive_flows == 7));
+    r.cancel.cancel();
+}
+
+#[tokio::test]
+async fn echo_keepalive_and_dead_peer() {
+    let r = rig(AllowSet::new(), |_| {}).await;
+    let mut sw = FakeSwitch::connect(r.addr, 9).await;
+    sw.until_barrier().await;
+    // We answer the switch's echo.
+    sw.send(Message::new(77, Body::EchoRequest(b"ping".to_vec()))).await;
+    loop {
+        let m = sw.recv().await;
+        if m.xid == 77 {
+            assert_eq!(m.body, Body::EchoReply(b"ping".to_vec()));
+            break;
+        }
+        assert_eq!(m.body, Body::EchoRequest(Vec::new()), "only keepalives in between");
+    }
+    // The controller sends echo requests; a switch answering them stays.
+    let _ = sw.drain(Duration::from_millis(2500)).await;
+    assert_eq!(r.shared.status().switches.len(), 1, "a live switch stays connected");
+    // Silence (read but never answer): closed after the dead-peer time.
+    sw.buf.clear();
+    let closed = timeout(Duration::from_secs(6), async {
+        let mut chunk = [0u8; 1024];
+        while sw.s.read(&mut chunk).await.is_ok_and(|n| n > 0) {}
+    })
+    .await
+    .is_ok();
+    assert!(closed, "a silent switch must be disconnected");
+    assert!(r.shared.status().switches.is_empty());
+    r.cancel.cancel();
+}
+
+#[tokio::test]
+async fn unknown_and_error_messages_are_counted_not_fatal() {
+    let r = rig(AllowSet::new(), |_| {}).await;
+    let mut sw = FakeSwitch::connect(r.addr, 3).await;
+    sw.until_barrier().await;
+    sw.send(Message::new(5, Body::Unknown { msg_type: 12, data: vec![0; 72] })).await; // PORT_STATUS
+    sw.send(Message::new(
+        6,
+        Body::Error(guard_user::openflow::codec::ErrorMsg {
+            err_type: 5,
+            code: 1,
+            data: vec![4, 14, 0, 8, 0, 0, 0, 1],
+        }),
+    ))
+    .await;
+    sw.send(packet_in([203, 0, 113, 1], 6, 443)).await;
+    let ms = sw.drain(Duration::from_millis(300)).await;
+    assert!(ms.iter().any(|m| matches!(m.body, Body::PacketOut(_))), "still serving after an ERROR");
+    let st = r.shared.status();
+    assert_eq!(st.switch_errors, 1);
+    assert_eq!(st.switches.len(), 1);
+    r.cancel.cancel();
+}
+
+#[tokio::test]
+async fn shutdown_and_listen_errors() {
+    let (_tx, rx) = watch::channel(Arc::new(AllowSet::new()));
+    let resolver = Arc::new(MissResolver::new(Arc::new(SetSource(rx.clone())), CacheTtl::default()));
+    let events = Arc::new(EventSink::open(&EventOutput::None).expect("events"));
+    let shared = ControllerShared::new(rx, resolver, events, Arc::new(Counters::default()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+
+    // A second controller on the same address fails with a clear error.
+    let cfg = ControllerConfig { listen: addr, ..ControllerConfig::default() };
+    let err = guard_user::openflow::serve(cfg, shared.clone(), CancellationToken::new())
+        .await
+        .expect_err("address in use");
+    assert!(err.to_string().contains(&addr.to_string()), "{err}");
+
+    let cancel = CancellationToken::new();
+    let task =
+        tokio::spawn(serve_listener(listener, ControllerConfig::default(), shared.clone(), cancel.clone()));
+    let mut sw = FakeSwitch::connect(addr, 5).await;
+    sw.until_barrier().await;
+    assert_eq!(shared.status().listen, Some(addr));
+    cancel.cancel();
+    timeout(Duration::from_secs(5), task).await.expect("serve returns on cancel").expect("join").expect("ok");
+    let mut chunk = [0u8; 256];
+    let eof =
+        timeout(Duration::from_secs(3), async { while sw.s.read(&mut chunk).await.is_ok_and(|n| n > 0) {} })
+            .await;
+    assert!(eof.is_ok(), "connections are closed on shutdown");
+    assert!(shared.status().switches.is_empty());
+}

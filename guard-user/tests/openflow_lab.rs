@@ -1,0 +1,440 @@
+//! Privileged: `rpz-guard run --mode openflow` as the controller of a real
+//! Open vSwitch 3.1 netdev bridge, enforcing the lab's real BIND RPZ
+//! (updated with nsupdate). Needs root and `openvswitch-switch`.
+//!
+//! Covers the paper's Table 1 and Fig. 8/9 (add and revoke), SMTP toward a
+//! name-server-only entry, an exempt source, IPv6, DNS over TCP, events and
+//! counters, the proactive flows in `dump-flows` (no packet-in for
+//! registered destinations), a garbage peer on the controller port and an
+//! `ovs-vswitchd` restart (resync, enforcement resumes).
+//!
+//! ```text
+//!  [lab dns: BIND] ── lan ── in0 [router ns: rpz-guard, private OVS bridge ofbr]
+//!                                      │ ofc ── c (pc)    10.99.0.10, fd99::10
+//!                                      │ ofb ── b (bot)   10.99.0.66, fd99::66
+//!                                      │ ofe ── e (relay) 10.99.0.53 (exempt)
+//!                                      └ ofn ── n ("internet") 10.99.0.1, fd99::1,
+//!                                          AnyIP 198.18.0.0/15 and 2001:db8:99::/64
+//! ```
+//!
+//! The "internet" namespace runs the lab's responder (SMTP on 25/465/587,
+//! DNS on udp/tcp 53) for every address of its AnyIP ranges. The daemon
+//! reaches BIND over the lab lan and takes NOTIFY on the router's inside
+//! address. Everything (daemon, OVS, namespaces) is removed on drop, also
+//! after a panic.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use guard_tests::{
+    Lab, LabChild, LabConfig, ResponderMode, Role, dns::FixedAnswers, netns, ovs::Ovs, responder::Responder,
+    tcp_connect_in,
+};
+use guard_user::{
+    daemon::StatusReport,
+    events::{DetectionEvent, Reason},
+    policy::Prefix,
+    rpz::encode_owner,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rpz-guard");
+const ZONE: &str = "rpz.example.com";
+const BRIDGE: &str = "ofbr";
+const OF_PORT: u16 = 6653;
+const DPID: u64 = 0x0000_0000_00ab_c0de;
+const SHORT: Duration = Duration::from_millis(1500);
+/// Long enough for the first SYN's packet-in verdict, shorter than its retransmission.
+const BLOCKED: Duration = Duration::from_millis(900);
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+}
+
+fn inet4(host: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(198, 18, 0, host))
+}
+
+fn inet6(host: u16) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x99, 0, 0, 0, 0, host))
+}
+
+/// The lab, the private OVS in its router namespace, the bridge's hosts and
+/// the responder. Field order is drop order: responder, OVS, then the lab
+/// (which removes the namespaces).
+struct Topo {
+    _responder: Responder,
+    ovs: Ovs,
+    pc: String,
+    bot: String,
+    relay: String,
+    lab: Lab,
+}
+
+impl Topo {
+    fn up(name: &str) -> Topo {
+        let lab = Lab::up(LabConfig::for_test(name).responder(ResponderMode::Off))
+            .unwrap_or_else(|e| panic!("lab up failed: {e}"));
+        let router = lab.ns(Role::Router);
+        let ovs = Ovs::start(lab.state_dir().join("ovs"), Some(&router))
+            .unwrap_or_else(|e| panic!("private OVS (install openvswitch-switch): {e}"));
+        ovs.vsctl(&[
+            "add-br",
+            BRIDGE,
+            "--",
+            "set",
+            "bridge",
+            BRIDGE,
+            "datapath_type=netdev",
+            "fail_mode=secure",
+            "protocols=OpenFlow13",
+            &format!("other_config:datapath-id={DPID:016x}"),
+        ])
+        .expect("add-br");
+        let host = |suffix: &str, port: &str, v4: &str, v6: Option<&str>| -> String {
+            let ns = lab.create_namespace(suffix).expect("namespace");
+            sh(&[
+                "ip", "-n", &router, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns",
+                &ns,
+            ]);
+            sh(&["ip", "-n", &router, "link", "set", port, "up"]);
+            sh(&["ip", "-n", &ns, "addr", "add", v4, "dev", "eth0"]);
+            if let Some(v6) = v6 {
+                sh(&["ip", "-n", &ns, "-6", "addr", "add", v6, "dev", "eth0", "nodad"]);
+            }
+            sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+            // The netdev datapath reads frames with packet sockets and does
+            // not complete checksums the veth left to offload.
+            sh(&["ip", "netns", "exec", &ns, "ethtool", "-K", "eth0", "tx", "off"]);
+            ovs.vsctl(&["add-port", BRIDGE, port]).expect("add-port");
+            ns
+        };
+        let pc = host("c", "ofc", "10.99.0.10/24", Some("fd99::10/64"));
+        let bot = host("b", "ofb", "10.99.0.66/24", Some("fd99::66/64"));
+        let relay = host("e", "ofe", "10.99.0.53/24", None);
+        let inet = host("n", "ofn", "10.99.0.1/24", Some("fd99::1/64"));
+        sh(&["ip", "-n", &inet, "route", "add", "local", "198.18.0.0/15", "dev", "lo"]);
+        sh(&["ip", "-n", &inet, "-6", "route", "add", "local", "2001:db8:99::/64", "dev", "lo"]);
+        for ns in [&pc, &bot, &relay] {
+            sh(&["ip", "-n", ns, "route", "add", "198.18.0.0/15", "via", "10.99.0.1"]);
+        }
+        for ns in [&pc, &bot] {
+            sh(&["ip", "-n", ns, "-6", "route", "add", "2001:db8:99::/64", "via", "fd99::1"]);
+        }
+        let responder = Responder::start(Some(&inet), FixedAnswers::default()).expect("responder");
+        Topo { _responder: responder, ovs, pc, bot, relay, lab }
+    }
+
+    fn flows(&self) -> String {
+        self.ovs.dump_flows(BRIDGE).expect("dump-flows")
+    }
+
+    fn add(&self, ip: IpAddr, answer: &str) {
+        let owner = encode_owner(&Prefix::host(ip), ZONE);
+        self.lab
+            .nsupdate(&[&format!("update add {owner} 60 IN A {answer}")])
+            .unwrap_or_else(|e| panic!("nsupdate: {e}"));
+    }
+
+    fn delete(&self, ip: IpAddr) {
+        let owner = encode_owner(&Prefix::host(ip), ZONE);
+        self.lab.nsupdate(&[&format!("update delete {owner}")]).unwrap_or_else(|e| panic!("nsupdate: {e}"));
+    }
+}
+
+/// `rpz-guard run --mode openflow` in the router namespace; SIGTERM on drop.
+struct Daemon {
+    child: Option<LabChild>,
+    socket: PathBuf,
+    events: PathBuf,
+}
+
+impl Daemon {
+    fn start(t: &Topo) -> Daemon {
+        let lab = &t.lab;
+        let a = lab.addrs();
+        let dir = lab.state_dir();
+        let socket = dir.join("of-guard.sock");
+        let events = dir.join("of-events.jsonl");
+        let _ = std::fs::remove_file(&events);
+        let listen = format!("127.0.0.1:{OF_PORT}");
+        let server = SocketAddr::new(IpAddr::V4(a.dns_v4), 53).to_string();
+        let notify = SocketAddr::new(IpAddr::V4(a.router_in_v4), lab.notify_port()).to_string();
+        let key = lab.tsig_key_file();
+        let args = [
+            BIN,
+            "run",
+            "--mode",
+            "openflow",
+            "--openflow-listen",
+            &listen,
+            "--server",
+            &server,
+            "--tsig-key",
+            key.to_str().expect("utf-8 path"),
+            "--notify-listen",
+            &notify,
+            "--exempt",
+            "10.99.0.53/32",
+            "--internal",
+            "10.99.0.0/24",
+            "--internal",
+            "fd99::/64",
+            "--events",
+            events.to_str().expect("utf-8 path"),
+            "--status-socket",
+            socket.to_str().expect("utf-8 path"),
+        ];
+        let child = lab.spawn(Role::Router, &args).unwrap_or_else(|e| panic!("spawn rpz-guard: {e}"));
+        let mut d = Daemon { child: Some(child), socket, events };
+        let ready = eventually(Duration::from_secs(20), || {
+            if let Some(c) = d.child.as_mut()
+                && !c.is_running()
+            {
+                panic!("rpz-guard exited early:\n{}", c.log());
+            }
+            d.try_status().is_some()
+        });
+        assert!(ready.is_some(), "rpz-guard did not answer on its status socket");
+        d
+    }
+
+    fn try_status(&self) -> Option<StatusReport> {
+        let out = Command::new(BIN).args(["status", "--json", "--socket"]).arg(&self.socket).output().ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    fn status(&self) -> StatusReport {
+        self.try_status().expect("rpz-guard status answers")
+    }
+
+    /// A number from the controller status under `extra`.
+    fn of(&self, key: &str) -> u64 {
+        let st = self.status();
+        st.extra.get(key).and_then(serde_json::Value::as_u64).unwrap_or_else(|| panic!("extra.{key}: {st:?}"))
+    }
+
+    fn switch_connected(&self) -> bool {
+        self.try_status().is_some_and(|s| {
+            s.extra["switches"]
+                .as_array()
+                .is_some_and(|sw| sw.iter().any(|x| x["dpid"].as_u64() == Some(DPID)))
+        })
+    }
+
+    fn events(&self) -> Vec<DetectionEvent> {
+        std::fs::read_to_string(&self.events)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event line {l:?}: {e}")))
+            .collect()
+    }
+
+    fn log(&self) -> String {
+        self.child.as_ref().map(LabChild::log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let Some(c) = self.child.take() else { return };
+        let log = c.log();
+        match c.stop(Duration::from_secs(10)) {
+            Ok(s) if !s.success() && !std::thread::panicking() => {
+                panic!("rpz-guard exit status {s} on SIGTERM; log:\n{log}")
+            }
+            Err(e) => eprintln!("stopping rpz-guard: {e}"),
+            _ => {}
+        }
+    }
+}
+
+/// Polls `f` until it is true or `within` passes; returns the time taken.
+fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let t = Instant::now();
+    while t.elapsed() < within {
+        if f() {
+            return Some(t.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// Connect and read the SMTP banner from namespace `ns`.
+fn smtp(ns: &str, dst: IpAddr, port: u16, timeout: Duration) -> bool {
+    use std::io::Read;
+    let Ok(mut s) = tcp_connect_in(ns, SocketAddr::new(dst, port), timeout) else { return false };
+    let _ = s.set_read_timeout(Some(timeout));
+    let mut b = [0u8; 3];
+    s.read_exact(&mut b).is_ok() && &b == b"220"
+}
+
+/// One `dig` try (1 s) from `ns` to `server`; true on a DNS answer.
+fn dig(ns: &str, server: IpAddr) -> bool {
+    dig_over(ns, server, "+notcp")
+}
+
+/// Like [`dig`] over udp (`+notcp`) or tcp (`+tcp`).
+fn dig_over(ns: &str, server: IpAddr, transport: &str) -> bool {
+    let at = format!("@{server}");
+    let args = ["dig", &at, "www.example.net", "A", transport, "+time=1", "+tries=1", "+retry=0"];
+    let out = netns::exec(ns, &args).expect("run dig");
+    out.status.success() && String::from_utf8_lossy(&out.stdout).contains("status: NOERROR")
+}
+
+#[test]
+fn openflow_daemon_enforces_the_real_rpz() {
+    let t0 = Instant::now();
+    let mut t = Topo::up("oflab");
+    let (ns_ip, mx_ip, mx6) = (inet4(53), inet4(25), inet6(0x25));
+    t.add(ns_ip, "127.0.0.1");
+    t.add(mx_ip, "127.0.0.25");
+    t.add(mx6, "127.0.0.25");
+    let d = Daemon::start(&t);
+    assert_eq!(d.status().entries.0, 3, "entries transferred by AXFR");
+    assert_eq!(d.status().mode, "openflow");
+    t.ovs.vsctl(&["set-controller", BRIDGE, &format!("tcp:127.0.0.1:{OF_PORT}")]).expect("set-controller");
+    t.ovs.vsctl(&["set", "controller", BRIDGE, "max_backoff=1000"]).expect("controller options");
+    eventually(Duration::from_secs(20), || {
+        d.switch_connected() && t.flows().contains("priority=0 actions=NORMAL")
+    })
+    .unwrap_or_else(|| panic!("switch did not connect and sync; log:\n{}", d.log()));
+    eprintln!("set up in {:?}", t0.elapsed());
+
+    // The designed proactive flows for the registered destinations.
+    let flows = t.flows();
+    for want in [
+        "priority=30000,udp,nw_dst=198.18.0.53,tp_dst=53 actions=NORMAL",
+        "priority=30000,tcp,nw_dst=198.18.0.25,tp_dst=465 actions=NORMAL",
+        "priority=30000,udp,nw_dst=198.18.0.25,tp_dst=53 actions=NORMAL",
+        "priority=30000,tcp6,ipv6_dst=2001:db8:99::25,tp_dst=587 actions=NORMAL",
+        "priority=40000,ip,nw_src=10.99.0.53 actions=NORMAL",
+    ] {
+        assert!(flows.contains(want), "dump-flows lacks {want:?}:\n{flows}");
+    }
+    assert!(!flows.contains("nw_dst=198.18.0.53,tp_dst=25"), "DNS-only entry got SMTP flows:\n{flows}");
+
+    // Registered destinations: no packet-in at all (Table 1 passes, SMTP, IPv6).
+    let pin0 = d.of("packet_ins");
+    assert!(dig(&t.pc, ns_ip), "DNS to a 127.0.0.1 server must pass");
+    assert!(dig(&t.pc, mx_ip), "DNS to a 127.0.0.25 server must pass");
+    assert!(dig_over(&t.pc, ns_ip, "+tcp"), "DNS over TCP to a 127.0.0.1 server must pass");
+    assert!(dig(&t.pc, inet6(0x25)), "DNS over IPv6 to a 127.0.0.25 server must pass");
+    assert!(smtp(&t.pc, mx_ip, 25, SHORT), "SMTP to a mail exchanger");
+    assert!(smtp(&t.pc, mx_ip, 587, SHORT), "submission to a mail exchanger");
+    assert!(smtp(&t.pc, mx6, 465, SHORT), "IPv6 SMTP to a mail exchanger");
+    assert_eq!(d.of("packet_ins"), pin0, "registered destinations must not reach the controller");
+
+    // Table 1: DNS to an unregistered server is blocked; SMTP to a DNS-only entry too.
+    let rogue = inet4(99);
+    assert!(!dig(&t.bot, rogue), "DNS to an unregistered server must be blocked");
+    assert!(!dig_over(&t.bot, rogue, "+tcp"), "DNS over TCP to an unregistered server must be blocked");
+    assert!(!smtp(&t.bot, ns_ip, 25, BLOCKED), "SMTP to a 127.0.0.1-only entry must be blocked");
+    assert!(!smtp(&t.bot, inet6(0x99), 25, BLOCKED), "IPv6 SMTP to an unregistered host must be blocked");
+    assert!(d.of("packet_ins") > pin0, "blocked attempts came as packet-ins");
+
+    // Exempt source (the organisation's relay) reaches anyone.
+    assert!(smtp(&t.relay, rogue, 25, SHORT), "exempt source passes");
+
+    // Fig. 8/9: :465 to an unregistered host fails; nsupdate adds it as
+    // 127.0.0.25 and the same connect succeeds within ~1 s; delete revokes.
+    let new_mx = inet4(77);
+    assert!(!smtp(&t.bot, new_mx, 465, BLOCKED), "unregistered :465 must fail");
+    let added = Instant::now();
+    t.add(new_mx, "127.0.0.25");
+    eventually(Duration::from_secs(5), || smtp(&t.bot, new_mx, 465, Duration::from_millis(300)))
+        .expect("registered mail server reachable after the update");
+    let lag = added.elapsed();
+    eprintln!("nsupdate add → :465 open in {lag:?}");
+    assert!(lag < Duration::from_millis(1500), "update took {lag:?} to take effect");
+    assert!(t.flows().contains("tcp,nw_dst=198.18.0.77,tp_dst=465 actions=NORMAL"), "proactive flow for .77");
+    let deleted = Instant::now();
+    t.delete(new_mx);
+    eventually(Duration::from_secs(5), || !smtp(&t.bot, new_mx, 465, Duration::from_millis(300)))
+        .expect("revoked mail server blocked again");
+    eprintln!("nsupdate delete → :465 blocked in {:?}", deleted.elapsed());
+    assert!(!t.flows().contains("nw_dst=198.18.0.77,tp_dst=465 actions=NORMAL"), "flow for .77 removed");
+
+    // Events name the bot (and only blocked attempts).
+    let evs = d.events();
+    let bot = "10.99.0.66".parse::<IpAddr>().expect("ip");
+    let has = |dst: IpAddr, port: u16, reason: Reason| {
+        evs.iter().any(|e| e.src == bot && e.dst == dst && e.dport == port && e.reason == reason)
+    };
+    assert!(has(rogue, 53, Reason::NotRegistered), "event for DNS to unregistered: {evs:?}");
+    assert!(has(ns_ip, 25, Reason::WrongClass), "event for SMTP to DNS-only: {evs:?}");
+    assert!(has(new_mx, 465, Reason::NotRegistered), "event for :465: {evs:?}");
+    let bot6 = "fd99::66".parse::<IpAddr>().expect("ip");
+    assert!(
+        evs.iter().any(|e| e.src == bot6 && e.dst == inet6(0x99) && e.dport == 25),
+        "IPv6 event: {evs:?}"
+    );
+    assert!(evs.iter().all(|e| e.point == format!("openflow:{DPID:016x}")), "event point: {evs:?}");
+    assert!(evs.iter().all(|e| e.dst != mx_ip), "no event for allowed traffic: {evs:?}");
+    let st = d.status();
+    assert!(st.top_sources.iter().any(|(ip, _)| *ip == bot), "bot among top sources: {:?}", st.top_sources);
+    assert!(st.sync.notifies >= 1, "NOTIFY from BIND reached the daemon");
+    let counter = |n: &str| st.counters.iter().find(|(k, _)| k == n).map_or(0, |c| c.1);
+    assert!(counter("drop_not_registered") >= 4, "counters: {:?}", st.counters);
+    assert!(counter("drop_wrong_class") >= 1, "counters: {:?}", st.counters);
+    assert!(counter("miss") >= 5, "counters: {:?}", st.counters);
+    assert_eq!(counter("events_sent"), evs.len() as u64, "one event per recorded line");
+
+    // A hostile peer on the controller port is cut off; the real switch stays served.
+    let errors = d.of("protocol_errors");
+    let router = t.lab.ns(Role::Router);
+    let closed = netns::run_in_netns(&router, || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", OF_PORT)).expect("connect to the controller");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+        s.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+        let mut b = [0u8; 256];
+        // Closed = EOF or reset, possibly after an OpenFlow ERROR.
+        loop {
+            match s.read(&mut b) {
+                Ok(0) => break true,
+                Ok(_) => {}
+                Err(e) => {
+                    break !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut);
+                }
+            }
+        }
+    })
+    .expect("router namespace");
+    assert!(closed, "garbage must close the connection");
+    eventually(Duration::from_secs(3), || d.of("protocol_errors") > errors).expect("violation counted");
+    assert!(smtp(&t.pc, mx_ip, 25, SHORT), "real switch still served");
+    assert!(!smtp(&t.bot, rogue, 587, BLOCKED), "real switch still enforced");
+
+    // ovs-vswitchd restart: the controller resynchronises, enforcement resumes.
+    let resyncs = d.of("resyncs");
+    let restarted = Instant::now();
+    t.ovs.restart_vswitchd().expect("restart ovs-vswitchd");
+    eventually(Duration::from_secs(20), || {
+        d.of("resyncs") > resyncs && t.flows().contains("nw_dst=198.18.0.25,tp_dst=465 actions=NORMAL")
+    })
+    .unwrap_or_else(|| panic!("no resync after the restart; log:\n{}", d.log()));
+    // Netdev ports come back asynchronously after the restart.
+    eventually(Duration::from_secs(10), || smtp(&t.pc, mx_ip, 25, Duration::from_millis(500)))
+        .expect("forwarding after the restart");
+    eprintln!("vswitchd restart → forwarding again in {:?}", restarted.elapsed());
+    assert!(!smtp(&t.bot, rogue, 25, BLOCKED), "enforcement resumed after the restart");
+    assert!(!dig(&t.bot, rogue), "DNS enforcement resumed after the restart");
+    // The old connection is gone from the status; registered traffic again
+    // bypasses the controller.
+    let switches = d.status().extra["switches"].as_array().map_or(0, Vec::len);
+    assert_eq!(switches, 1, "one switch after the restart: {:?}", d.status().extra);
+    let pin = d.of("packet_ins");
+    assert!(smtp(&t.pc, mx_ip, 465, SHORT), "SMTP to a mail exchanger after the restart");
+    assert!(dig(&t.pc, ns_ip), "DNS to a name server after the restart");
+    assert_eq!(d.of("packet_ins"), pin, "registered destinations bypass the controller after the restart");
+    let st = d.status();
+    assert_eq!(st.extra["switch_errors"].as_u64(), Some(0), "the switch rejected something: {:?}", st.extra);
+    drop(d);
+    eprintln!("total {:?}", t0.elapsed());
+}
