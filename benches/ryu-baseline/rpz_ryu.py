@@ -82,6 +82,8 @@ class RpzRyu(app_manager.RyuApp):
         """A records BIND's RPZ gives for the IP literal (empty if none)."""
         try:
             ans = self.resolver.resolve(ip, "A", search=False, raise_on_no_answer=False)
+        except dns.resolver.NXDOMAIN:
+            return set()  # not registered: the normal answer for a blocked address
         except (dns.exception.DNSException, OSError) as e:
             print("RPZ lookup of %s failed: %r" % (ip, e), file=sys.stderr, flush=True)
             return set()

@@ -87,7 +87,9 @@ impl Summary {
         }
         let mut v = xs.to_vec();
         v.sort_by(f64::total_cmp);
-        Summary { median: percentile_sorted(&v, 50.0), min: v[0], max: v[v.len() - 1], n: v.len() }
+        let n = v.len();
+        let median = if n.is_multiple_of(2) { (v[n / 2 - 1] + v[n / 2]) / 2.0 } else { v[n / 2] };
+        Summary { median, min: v[0], max: v[n - 1], n }
     }
 
     /// "median (min–max)" with `prec` decimals.
@@ -210,6 +212,7 @@ mod tests {
         assert_eq!(s.min, 1.0);
         assert_eq!(s.max, 10.0);
         assert_eq!(s.n, 5);
+        assert_eq!(Summary::of(&[1.0, 2.0]).median, 1.5);
         assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 100.0), 4.0);
         assert_eq!(ratio(2.0, 4.0), "0.50×");
     }

@@ -31,6 +31,9 @@ pub struct Args {
     /// List the benchmark names and exit.
     #[arg(long)]
     list: bool,
+    /// Run nothing: rebuild REPORT.md from the results of earlier runs.
+    #[arg(long)]
+    render: bool,
 }
 
 /// One benchmark: a guard-benches binary, or the criterion suite.
@@ -106,17 +109,42 @@ pub fn run(args: &Args) -> Result<()> {
         bail!("benchmarks create namespaces and load XDP programs: run as root");
     }
     let started = Instant::now();
-    command::run_step(
-        "build benchmarks",
-        command::cargo().args(["build", "--release", "-p", "guard-benches", "-p", "guard-user"]),
-    )?;
+    if !args.render {
+        command::run_step(
+            "build benchmarks",
+            command::cargo().args(["build", "--release", "-p", "guard-benches", "-p", "guard-user"]),
+        )?;
+    }
     let dir = report_dir();
     let raw = dir.join("raw");
     fs::create_dir_all(&raw).with_context(|| format!("create {}", raw.display()))?;
-    let selected: Vec<&Bench> =
-        BENCHES.iter().filter(|b| args.only.is_empty() || args.only.iter().any(|o| o == b.name)).collect();
+    let selected =
+        |b: &Bench| !args.render && (args.only.is_empty() || args.only.iter().any(|o| o == b.name));
     let mut sections = Vec::new();
-    for b in selected {
+    for b in BENCHES {
+        if !selected(b) {
+            // Keep a section measured by an earlier run, and say so.
+            let out = raw.join(format!("{}.json", b.name));
+            if let Ok(mut s) = read_section(&out) {
+                let when = fs::metadata(&out)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| {
+                        format!(
+                            " (result file written {} s before this report)",
+                            now_secs().saturating_sub(d.as_secs())
+                        )
+                    })
+                    .unwrap_or_default();
+                s.notes.insert(
+                    0,
+                    format!("*From an earlier `cargo xtask bench` run{when}; not rerun this time.*"),
+                );
+                sections.push(s);
+            }
+            continue;
+        }
         eprintln!("== bench {} ({})", b.name, b.what);
         let t = Instant::now();
         let out = raw.join(format!("{}.json", b.name));
@@ -140,7 +168,7 @@ pub fn run(args: &Args) -> Result<()> {
         eprintln!("== bench {} done in {:.0} s", b.name, t.elapsed().as_secs_f64());
         sections.push(section);
     }
-    let report = render(&sections, &dir, args.quick, started.elapsed())?;
+    let report = render(&sections, &dir, args.quick, (!args.render).then(|| started.elapsed()))?;
     let path = dir.join("REPORT.md");
     fs::write(&path, report).with_context(|| format!("write {}", path.display()))?;
     println!("report: {}", path.display());
@@ -232,6 +260,10 @@ fn run_criterion(out: &Path, quick: bool) -> Result<()> {
     Ok(())
 }
 
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
 fn human_ns(ns: f64) -> String {
     if ns >= 1e6 {
         format!("{:.2} ms", ns / 1e6)
@@ -310,18 +342,23 @@ fn date() -> String {
         .unwrap_or_default()
 }
 
-fn render(sections: &[Section], dir: &Path, quick: bool, took: Duration) -> Result<String> {
+fn render(sections: &[Section], dir: &Path, quick: bool, took: Option<Duration>) -> Result<String> {
     let mut md = String::new();
     writeln!(md, "# rpz-guard benchmark report\n")?;
     writeln!(md, "* Date: {}", date())?;
     writeln!(md, "* Machine: {}", machine())?;
-    writeln!(
-        md,
-        "* Run: `cargo xtask bench{}` ({}), {:.0} s in total",
-        if quick { " --quick" } else { "" },
-        if quick { "quick: fewer sizes, trials and repeats" } else { "full" },
-        took.as_secs_f64()
-    )?;
+    match took {
+        Some(t) => writeln!(
+            md,
+            "* Run: `cargo xtask bench{}` ({}), {:.0} s in total",
+            if quick { " --quick" } else { "" },
+            if quick { "quick: fewer sizes, trials and repeats" } else { "full" },
+            t.as_secs_f64()
+        )?,
+        None => {
+            writeln!(md, "* Rendered with `cargo xtask bench --render` from the results of earlier runs")?
+        }
+    }
     writeln!(
         md,
         "* Every figure is measured side by side with its baseline in the same run; cells read \
