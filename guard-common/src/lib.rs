@@ -80,7 +80,7 @@ pub struct CacheEntry {
     pub classes: u32,
     /// [`CACHE_PENDING`] while userspace is still asking the RPZ.
     pub flags: u32,
-    /// `bpf_ktime_get_ns()` after which the entry is stale (treated as a miss).
+    /// `bpf_ktime_get_coarse_ns()` after which the entry is stale (treated as a miss).
     pub expires_ns: u64,
 }
 
@@ -127,7 +127,7 @@ pub const CACHE_PENDING: u32 = 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RateState {
-    /// Start of the current one-second window (`bpf_ktime_get_ns`).
+    /// Start of the current one-second window (`bpf_ktime_get_coarse_ns`).
     pub window_start_ns: u64,
     /// Events emitted in the current window.
     pub sent: u32,
@@ -186,7 +186,7 @@ pub mod reason {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Event {
-    /// `bpf_ktime_get_ns()` when the packet was seen.
+    /// `bpf_ktime_get_coarse_ns()` when the packet was seen.
     pub ts_ns: u64,
     /// [`EVENT_DROP`] or [`EVENT_MISS`].
     pub kind: u32,

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
     macros::{map, xdp},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
@@ -334,10 +334,10 @@ fn check(pkt: &Pkt, service: u32) -> u32 {
             return XDP_PASS;
         }
         bump(Stat::DropWrongClass, 1);
-        drop_event(reason::WRONG_CLASS, pkt, service);
+        drop_event(reason::WRONG_CLASS, pkt, service, now_ns());
         return refuse();
     }
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now_ns();
     // SAFETY: the value is copied out at once; a concurrent update at worst
     // gives an older verdict, which the TTL bounds anyway.
     if let Some(e) = unsafe { VERDICT_CACHE.get(pkt.dst) }.copied()
@@ -357,7 +357,7 @@ fn check(pkt: &Pkt, service: u32) -> u32 {
             (Stat::DropWrongClass, reason::WRONG_CLASS)
         };
         bump(stat, 1);
-        drop_event(why, pkt, service);
+        drop_event(why, pkt, service, now);
         return refuse();
     }
     bump(Stat::Miss, 1);
@@ -373,13 +373,22 @@ fn check(pkt: &Pkt, service: u32) -> u32 {
         reason::PENDING,
         pkt,
         service,
+        now,
         &MISS_RATE,
-        s.misses_per_source_per_sec,
-        DEFAULT_MISSES_PER_SOURCE,
+        or_default(s.misses_per_source_per_sec, DEFAULT_MISSES_PER_SOURCE),
     ) {
         let _ = VERDICT_CACHE.remove(pkt.dst);
     }
     refuse()
+}
+
+/// `CLOCK_MONOTONIC_COARSE` in ns: tick resolution is plenty for TTLs of
+/// seconds and one-second event windows, and much cheaper than the precise
+/// clock on the drop paths a flood exercises.
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: a helper without arguments, available to every program type.
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 /// Classes of the destination's host entry.
@@ -405,33 +414,37 @@ fn prefix_classes(pkt: &Pkt) -> u32 {
 
 /// Sends a drop event within the source's drop-event budget.
 #[inline(always)]
-fn drop_event(why: u32, pkt: &Pkt, service: u32) {
+fn drop_event(why: u32, pkt: &Pkt, service: u32, now: u64) {
     let s = settings();
     let _ = emit(
         EVENT_DROP,
         why,
         pkt,
         service,
+        now,
         &EVENT_RATE,
-        s.events_per_source_per_sec,
-        DEFAULT_EVENTS_PER_SOURCE,
+        or_default(s.events_per_source_per_sec, DEFAULT_EVENTS_PER_SOURCE),
     );
 }
 
-/// Sends an event unless the source is over its per-second budget in `rate`
-/// (`budget`, or `default` when zero). Returns true when the event was written.
+/// A settings value, or its default when unset (zero).
+#[inline(always)]
+fn or_default(v: u32, default: u32) -> u32 {
+    if v == 0 { default } else { v }
+}
+
+/// Sends an event unless the source is over its per-second `budget` in
+/// `rate`. Returns true when the event was written.
 #[inline(always)]
 fn emit(
     kind: u32,
     why: u32,
     pkt: &Pkt,
     service: u32,
+    now: u64,
     rate: &LruHashMap<[u8; 16], RateState>,
     budget: u32,
-    default: u32,
 ) -> bool {
-    let now = unsafe { bpf_ktime_get_ns() };
-    let budget = if budget == 0 { default } else { budget };
     let mut carried = 0u32;
     match rate.get_ptr_mut(pkt.src) {
         Some(st) => {

@@ -406,7 +406,8 @@ fn miss_then_cached_verdicts() {
 
     // Expired entries are misses again.
     e.cache_verdict(dst, Classes::SMTP, Duration::from_nanos(1)).expect("cache");
-    std::thread::sleep(Duration::from_millis(2));
+    // The program's clock is the coarse monotonic clock (tick resolution).
+    std::thread::sleep(Duration::from_millis(30));
     let before = e.stats().expect("stats");
     assert_eq!(run(&mut e, &f), XDP_DROP);
     assert_eq!(delta(&e, &before, Stat::Miss), 1);
