@@ -168,7 +168,7 @@ pub fn run(args: &Args) -> Result<()> {
         eprintln!("== bench {} done in {:.0} s", b.name, t.elapsed().as_secs_f64());
         sections.push(section);
     }
-    let report = render(&sections, &dir, args.quick, (!args.render).then(|| started.elapsed()))?;
+    let report = render(&sections, &dir, args, (!args.render).then(|| started.elapsed()))?;
     let path = dir.join("REPORT.md");
     fs::write(&path, report).with_context(|| format!("write {}", path.display()))?;
     println!("report: {}", path.display());
@@ -342,7 +342,8 @@ fn date() -> String {
         .unwrap_or_default()
 }
 
-fn render(sections: &[Section], dir: &Path, quick: bool, took: Option<Duration>) -> Result<String> {
+fn render(sections: &[Section], dir: &Path, args: &Args, took: Option<Duration>) -> Result<String> {
+    let quick = args.quick;
     let mut md = String::new();
     writeln!(md, "# rpz-guard benchmark report\n")?;
     writeln!(md, "* Date: {}", date())?;
@@ -350,9 +351,14 @@ fn render(sections: &[Section], dir: &Path, quick: bool, took: Option<Duration>)
     match took {
         Some(t) => writeln!(
             md,
-            "* Run: `cargo xtask bench{}` ({}), {:.0} s in total",
+            "* Run: `cargo xtask bench{}{}` ({}), {:.0} s in total",
             if quick { " --quick" } else { "" },
-            if quick { "quick: fewer sizes, trials and repeats" } else { "full" },
+            args.only.iter().map(|o| format!(" --only {o}")).collect::<String>(),
+            match (quick, args.only.is_empty()) {
+                (true, _) => "quick: fewer sizes, trials and repeats",
+                (false, true) => "full",
+                (false, false) => "only the named benchmarks; the other sections are kept from earlier runs",
+            },
             t.as_secs_f64()
         )?,
         None => {
