@@ -1,7 +1,8 @@
 //! Size and speed: AXFR of 1k and 1M entries and an UPDATE push of 10k
 //! entries against a real BIND. Prints the timings (run with
 //! `--nocapture`, in release for meaningful figures); asserts correctness.
-//! `RPZ_PERF_BIG` overrides the big zone's size.
+//! `RPZ_PERF_BIG` overrides the big zone's size; `RPZ_PERF_OPTIONS` adds a
+//! second big run with that named.conf option (to compare BIND tunings).
 
 mod common;
 
@@ -26,10 +27,11 @@ fn hosts(n: u32, base: u32) -> AllowSet {
         .collect()
 }
 
-async fn time_axfr(n: u32) -> Duration {
+async fn time_axfr(n: u32, options: Vec<String>) -> Duration {
     let initial = hosts(n, 0x0a00_0000);
     let t0 = Instant::now();
-    let named = Named::start(&NamedConfig { initial: initial.clone(), ..Default::default() });
+    eprintln!("options: {options:?}");
+    let named = Named::start(&NamedConfig { initial: initial.clone(), options, ..Default::default() });
     eprintln!("named loaded {n} entries in {:.2?}", t0.elapsed());
     let t = Instant::now();
     let snap = transfer::axfr(named.addr, ZONE, Some(&named.key)).await.expect("AXFR");
@@ -49,9 +51,13 @@ async fn time_axfr(n: u32) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn axfr_small_and_big_zones() {
-    time_axfr(1_000).await;
+    time_axfr(1_000, Vec::new()).await;
     let big = std::env::var("RPZ_PERF_BIG").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
-    time_axfr(big).await;
+    time_axfr(big, Vec::new()).await;
+    // Optional: BIND tuning to compare (e.g. "transfer-message-size 65535;").
+    if let Ok(opt) = std::env::var("RPZ_PERF_OPTIONS") {
+        time_axfr(big, vec![opt]).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
