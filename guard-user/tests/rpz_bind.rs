@@ -124,6 +124,18 @@ async fn update_then_axfr_ixfr_and_notify() {
     assert_eq!((r.removed, r.existing, r.batches), (1, 1, 1));
     let last = transfer::axfr(named.addr, ZONE, Some(key)).await.expect("AXFR");
     assert_eq!(last.set.get(&p("198.51.100.7")), Classes::DNS);
+
+    // A general diff: the zone ends up exactly at the target.
+    let target = set(&[("192.0.2.1", Classes::SMTP), ("198.51.100.7", Classes::DNS), ("192.0.2.44", BOTH)]);
+    let r = update::push_diff(named.addr, ZONE, key, &last.set.diff(&target)).await.expect("diff UPDATE");
+    let end = transfer::axfr(named.addr, ZONE, Some(key)).await.expect("AXFR");
+    assert_eq!(end.set, target);
+    assert_eq!(r.batches, 1);
+    // Added: both classes of 192.0.2.44. Removed: DNS of 192.0.2.1, and the
+    // records of 2001:db8::25, 203.0.113.0/24 and 192.0.2.9.
+    assert_eq!((r.added, r.removed, r.existing), (2, 4, 0), "{r:?}");
+    let no_op = update::push_diff(named.addr, ZONE, key, &end.set.diff(&target)).await.expect("empty diff");
+    assert_eq!((no_op.batches, no_op.added, no_op.removed), (0, 0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
