@@ -248,6 +248,14 @@ async fn lookups_in_zone_and_paper_style() {
         );
     }
     assert_eq!(zone.classes(ip("2001:db8::25")).await.expect("v6 lookup"), Classes::SMTP);
+    // Cache lifetimes: the record TTL (60) and the negative TTL of the SOA.
+    assert_eq!(zone.lookup(ip("192.0.2.53")).await.expect("lookup").ttl, 60);
+    // BIND caps rewritten answers at max-policy-ttl (5 s by default).
+    let ttl = paper.lookup(ip("192.0.2.53")).await.expect("lookup").ttl;
+    assert!((1..=60).contains(&ttl), "paper-style TTL {ttl}");
+    assert_eq!(zone.lookup(ip("203.0.113.1")).await.expect("lookup").ttl, 60);
+    let ttl = paper.lookup(ip("203.0.113.1")).await.expect("lookup").ttl;
+    assert!((1..=60).contains(&ttl), "paper-style negative TTL {ttl}");
     assert_eq!(zone.classes(ip("2001:db8::26")).await.expect("v6 lookup"), Classes::NONE);
     assert!(paper.classes(ip("2001:db8::25")).await.is_err(), "paper style cannot ask IPv6");
 
