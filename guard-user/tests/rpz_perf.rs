@@ -14,7 +14,10 @@ use std::{
 use common::{Named, NamedConfig, ZONE};
 use guard_user::{
     policy::{AllowSet, Classes, Prefix},
-    rpz::{transfer, update, zonefile},
+    rpz::{
+        lookup::{QueryStyle, RpzClient},
+        transfer, update, zonefile,
+    },
 };
 
 /// `n` distinct IPv4 hosts, alternating DNS and SMTP.
@@ -86,4 +89,30 @@ fn zone_file_write_and_parse_1m() {
     let parsed_in = t.elapsed();
     assert_eq!(parsed.set, set);
     eprintln!("zone file 1M entries ({} MB): write {wrote:.2?}, parse {parsed_in:.2?}", text.len() >> 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookup_latency() {
+    let initial = hosts(10_000, 0x0a00_0000);
+    let named = Named::start(&NamedConfig { initial, ..Default::default() });
+    for style in [QueryStyle::Zone, QueryStyle::Paper] {
+        let client =
+            RpzClient::new(named.addr, ZONE, style, Duration::from_millis(500)).await.expect("client");
+        let mut times = Vec::with_capacity(2000);
+        for i in 0..2000u32 {
+            // Alternate registered and unregistered addresses.
+            let ip = IpAddr::V4((if i % 2 == 0 { 0x0a00_0000 + i } else { 0xcb00_7100 + i }).into());
+            let t = Instant::now();
+            let c = client.classes(ip).await.expect("lookup");
+            times.push(t.elapsed());
+            assert_eq!(c.is_empty(), i % 2 == 1, "{ip}");
+        }
+        times.sort();
+        eprintln!(
+            "lookup {style:?}: p50 {:.0?} p99 {:.0?} max {:.0?}",
+            times[times.len() / 2],
+            times[times.len() * 99 / 100],
+            times[times.len() - 1]
+        );
+    }
 }
