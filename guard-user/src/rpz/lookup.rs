@@ -228,8 +228,12 @@ async fn receive(socket: Arc<UdpSocket>, pending: Pending) {
     loop {
         let n = match socket.recv(&mut buf).await {
             Ok(n) => n,
-            // ICMP port unreachable shows up here; the waiting query times out.
-            Err(_) => continue,
+            // ICMP port unreachable shows up here; the waiting query times
+            // out. Pause so a persistent error cannot spin.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                continue;
+            }
         };
         if n < 2 {
             continue;
