@@ -124,6 +124,18 @@ async fn update_then_axfr_ixfr_and_notify() {
     assert_eq!((r.removed, r.existing, r.batches), (1, 1, 1));
     let last = transfer::axfr(named.addr, ZONE, Some(key)).await.expect("AXFR");
     assert_eq!(last.set.get(&p("198.51.100.7")), Classes::DNS);
+
+    // A general diff: the zone ends up exactly at the target.
+    let target = set(&[("192.0.2.1", Classes::SMTP), ("198.51.100.7", Classes::DNS), ("192.0.2.44", BOTH)]);
+    let r = update::push_diff(named.addr, ZONE, key, &last.set.diff(&target)).await.expect("diff UPDATE");
+    let end = transfer::axfr(named.addr, ZONE, Some(key)).await.expect("AXFR");
+    assert_eq!(end.set, target);
+    assert_eq!(r.batches, 1);
+    // Added: both classes of 192.0.2.44. Removed: DNS of 192.0.2.1, and the
+    // records of 2001:db8::25, 203.0.113.0/24 and 192.0.2.9.
+    assert_eq!((r.added, r.removed, r.existing), (2, 4, 0), "{r:?}");
+    let no_op = update::push_diff(named.addr, ZONE, key, &end.set.diff(&target)).await.expect("empty diff");
+    assert_eq!((no_op.batches, no_op.added, no_op.removed), (0, 0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,6 +248,14 @@ async fn lookups_in_zone_and_paper_style() {
         );
     }
     assert_eq!(zone.classes(ip("2001:db8::25")).await.expect("v6 lookup"), Classes::SMTP);
+    // Cache lifetimes: the record TTL (60) and the negative TTL of the SOA.
+    assert_eq!(zone.lookup(ip("192.0.2.53")).await.expect("lookup").ttl, 60);
+    // BIND caps rewritten answers at max-policy-ttl (5 s by default).
+    let ttl = paper.lookup(ip("192.0.2.53")).await.expect("lookup").ttl;
+    assert!((1..=60).contains(&ttl), "paper-style TTL {ttl}");
+    assert_eq!(zone.lookup(ip("203.0.113.1")).await.expect("lookup").ttl, 60);
+    let ttl = paper.lookup(ip("203.0.113.1")).await.expect("lookup").ttl;
+    assert!((1..=60).contains(&ttl), "paper-style negative TTL {ttl}");
     assert_eq!(zone.classes(ip("2001:db8::26")).await.expect("v6 lookup"), Classes::NONE);
     assert!(paper.classes(ip("2001:db8::25")).await.is_err(), "paper style cannot ask IPv6");
 

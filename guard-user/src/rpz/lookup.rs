@@ -154,6 +154,11 @@ impl RpzClient {
 
     /// The classes the RPZ gives `ip` (host entries only).
     pub async fn classes(&self, ip: IpAddr) -> Result<Classes, LookupError> {
+        self.lookup(ip).await.map(|a| a.classes)
+    }
+
+    /// The classes with how long the answer may be cached.
+    pub async fn lookup(&self, ip: IpAddr) -> Result<RpzAnswer, LookupError> {
         let qname = self.query_name(ip)?;
         let name = Name::from_ascii(&qname)
             .map_err(|e| LookupError::Unsupported { ip, why: format!("bad query name {qname}: {e}") })?;
@@ -174,7 +179,7 @@ impl RpzClient {
             self.lock_pending().remove(&id);
             let Ok(Ok(answer)) = answer else { continue };
             match interpret(&answer, &name) {
-                Some(Ok(c)) => return Ok(c),
+                Some(Ok(a)) => return Ok(a),
                 Some(Err(rcode)) => return Err(LookupError::Rcode { server: self.server, ip, rcode }),
                 // Truncated or not matching the question: try again.
                 None => continue,
@@ -223,8 +228,12 @@ async fn receive(socket: Arc<UdpSocket>, pending: Pending) {
     loop {
         let n = match socket.recv(&mut buf).await {
             Ok(n) => n,
-            // ICMP port unreachable shows up here; the waiting query times out.
-            Err(_) => continue,
+            // ICMP port unreachable shows up here; the waiting query times
+            // out. Pause so a persistent error cannot spin.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                continue;
+            }
         };
         if n < 2 {
             continue;
@@ -250,9 +259,31 @@ fn query_bytes(id: u16, name: &Name, recursion: bool) -> io::Result<Vec<u8>> {
     m.to_vec().map_err(|e| io::Error::other(e.to_string()))
 }
 
+/// An RPZ answer: the classes and how long it may be cached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RpzAnswer {
+    /// The classes (NONE for not registered).
+    pub classes: Classes,
+    /// Seconds the answer may be cached: the smallest TTL of the `A`
+    /// records used, or for a negative answer the SOA's negative TTL
+    /// (RFC 2308 section 5); 0 when the answer gives none.
+    pub ttl: u32,
+}
+
+/// The negative-caching TTL from the authority section's SOA (RFC 2308 5).
+fn negative_ttl(m: &Message) -> u32 {
+    m.name_servers()
+        .iter()
+        .find_map(|r| match r.data() {
+            RData::SOA(soa) => Some(r.ttl().min(soa.minimum())),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
 /// Classes from an answer; `Some(Err(rcode))` for server errors, `None`
 /// for answers to throw away (wrong question, truncated, undecodable).
-fn interpret(answer: &[u8], name: &Name) -> Option<Result<Classes, String>> {
+fn interpret(answer: &[u8], name: &Name) -> Option<Result<RpzAnswer, String>> {
     let m = Message::from_vec(answer).ok()?;
     if m.message_type() != MessageType::Response || m.truncated() {
         return None;
@@ -263,19 +294,26 @@ fn interpret(answer: &[u8], name: &Name) -> Option<Result<Classes, String>> {
     }
     match m.response_code() {
         ResponseCode::NoError => {}
-        ResponseCode::NXDomain => return Some(Ok(Classes::NONE)),
+        ResponseCode::NXDomain => {
+            return Some(Ok(RpzAnswer { classes: Classes::NONE, ttl: negative_ttl(&m) }));
+        }
         rc => return Some(Err(wire::rcode_name(u16::from(rc)))),
     }
-    let c = m
-        .answers()
-        .iter()
-        .filter(|r| r.name() == name)
-        .filter_map(|r| match r.data() {
-            RData::A(a) => Classes::from_rpz_answer(a.0),
-            _ => None,
-        })
-        .fold(Classes::NONE, Classes::union);
-    Some(Ok(c))
+    let (mut classes, mut ttl) = (Classes::NONE, u32::MAX);
+    for r in m.answers().iter().filter(|r| r.name() == name) {
+        if let RData::A(a) = r.data()
+            && let Some(c) = Classes::from_rpz_answer(a.0)
+        {
+            classes = classes.union(c);
+            ttl = ttl.min(r.ttl());
+        }
+    }
+    if classes.is_empty() {
+        // NODATA, or answers that are not ours: not registered.
+        let any = m.answers().iter().map(|r| r.ttl()).min();
+        ttl = any.unwrap_or_else(|| negative_ttl(&m));
+    }
+    Some(Ok(RpzAnswer { classes, ttl }))
 }
 
 #[cfg(test)]
@@ -300,7 +338,7 @@ mod tests {
     fn answers_map_to_classes() {
         let n = Name::from_ascii("131.112.12.18.").expect("name");
         let other = Name::from_ascii("1.2.3.4.").expect("name");
-        let ok = |b: Vec<u8>| interpret(&b, &n).expect("kept").expect("no error");
+        let ok = |b: Vec<u8>| interpret(&b, &n).expect("kept").expect("no error").classes;
         assert_eq!(ok(answer(&n, ResponseCode::NoError, &[[127, 0, 0, 25]])), Classes::SMTP);
         assert_eq!(
             ok(answer(&n, ResponseCode::NoError, &[[127, 0, 0, 1], [127, 0, 0, 25]])),
@@ -309,6 +347,19 @@ mod tests {
         assert_eq!(ok(answer(&n, ResponseCode::NoError, &[[10, 0, 0, 1]])), Classes::NONE);
         assert_eq!(ok(answer(&n, ResponseCode::NXDomain, &[])), Classes::NONE);
         assert_eq!(interpret(&answer(&n, ResponseCode::ServFail, &[]), &n), Some(Err("SERVFAIL".into())));
+        let a =
+            interpret(&answer(&n, ResponseCode::NoError, &[[127, 0, 0, 25]]), &n).expect("kept").expect("ok");
+        assert_eq!(a.ttl, 60);
+        // NXDOMAIN with an SOA: negative TTL = min(SOA TTL, minimum).
+        let mut m = Message::from_vec(&answer(&n, ResponseCode::NXDomain, &[])).expect("decode");
+        let root = Name::root();
+        m.add_name_server(Record::from_rdata(
+            root.clone(),
+            300,
+            RData::SOA(hickory_proto::rr::rdata::SOA::new(root.clone(), root, 1, 1, 1, 1, 30)),
+        ));
+        let neg = interpret(&m.to_vec().expect("encode"), &n).expect("kept").expect("ok");
+        assert_eq!((neg.classes, neg.ttl), (Classes::NONE, 30));
         assert_eq!(interpret(&answer(&other, ResponseCode::NoError, &[[127, 0, 0, 1]]), &n), None);
         assert_eq!(interpret(b"junk", &n), None);
     }

@@ -23,6 +23,31 @@
 //! * [`update`]: TSIG-signed RFC 2136 UPDATE pushes, batched.
 //! * [`notify`]: a NOTIFY listener that tells the daemon to run IXFR.
 //! * [`lookup`]: [`lookup::RpzClient`], the miss path's per-IP question.
+//!
+//! # BIND configuration this code expects (checked by `tests/rpz_bind.rs`)
+//!
+//! ```text
+//! include "rpz.key";                       // tsig-keygen -a hmac-sha256 rpz-key
+//! options {
+//!     recursion yes;                       // only for the paper-style lookup
+//!     response-policy { zone "rpz.example.com" min-update-interval 0; }
+//!         qname-wait-recurse no;           // rewrites see updates at once
+//!     dnssec-validation no;
+//! };
+//! zone "." { type primary; file "root.db"; };  // offline lab: NXDOMAIN fast
+//! zone "rpz.example.com" {
+//!     type primary; file "rpz.db";
+//!     allow-transfer { key "rpz-key"; };   // AXFR/IXFR/SOA with the key
+//!     allow-update { key "rpz-key"; };     // the learner's UPDATEs
+//!     notify explicit; also-notify { 192.0.2.10 port 5300; };  // daemons
+//!     notify-delay 0;                      // default 5 s delays NOTIFY
+//!     max-ixfr-ratio unlimited;            // else small zones get AXFR-style IXFR
+//! };
+//! ```
+//!
+//! Observed with BIND 9.18: a wrong secret is answered `NOTAUTH` with TSIG
+//! error `BADSIG`, an unknown key `BADKEY`, no key `REFUSED`; rewritten
+//! (paper-style) answers carry at most `max-policy-ttl` (5 s by default).
 
 use std::{
     fmt,

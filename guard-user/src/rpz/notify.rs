@@ -116,6 +116,8 @@ async fn serve(socket: UdpSocket, zone: Name, tx: mpsc::Sender<NotifyEvent>, sta
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(error = %e, "NOTIFY socket receive failed");
+                // Do not spin if the error persists.
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 continue;
             }
         };

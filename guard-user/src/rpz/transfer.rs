@@ -34,6 +34,13 @@ pub struct ZoneSnapshot {
     pub messages: usize,
 }
 
+impl From<super::zonefile::ParsedZone> for ZoneSnapshot {
+    /// A zone file read from disk, as if transferred (no messages).
+    fn from(z: super::zonefile::ParsedZone) -> Self {
+        ZoneSnapshot { serial: z.serial, set: z.set, ignored: z.ignored, records: z.records, messages: 0 }
+    }
+}
+
 /// The result of an IXFR.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IxfrOutcome {

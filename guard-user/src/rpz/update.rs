@@ -19,7 +19,7 @@ use super::{
     tsig::TsigKey,
     wire::{self, Conn},
 };
-use crate::policy::{AllowSet, Classes, Prefix};
+use crate::policy::{AllowDiff, AllowSet, Classes, Prefix};
 
 /// Records per UPDATE message. An IPv6 `rpz-ip` record with an uncompressed
 /// owner is under 120 bytes, so 1000 stay far below 64 KiB.
@@ -85,8 +85,7 @@ async fn push(
     server: SocketAddr,
     zone: &str,
     key: &TsigKey,
-    changes: Vec<(Prefix, Classes)>,
-    add: bool,
+    changes: Vec<(Prefix, Classes, bool)>,
     mut report: UpdateReport,
 ) -> Result<UpdateReport, UpdateError> {
     let ctx = Ctx { server, zone, op: "UPDATE", key: Some(key) };
@@ -102,10 +101,10 @@ async fn push(
         let mut zq = Query::query(zone_name.clone(), RecordType::SOA);
         zq.set_query_class(DNSClass::IN);
         msg.add_query(zq);
-        for (p, c) in batch {
+        for (p, c, add) in batch {
             let owner = Name::from_ascii(encode_owner(p, zone))
                 .map_err(|e| fail(ctx.bad(format!("owner for {p}: {e}")), report))?;
-            msg.add_name_server(change_record(&owner, *c, add));
+            msg.add_name_server(change_record(&owner, *c, *add));
         }
         let req = wire::encode_request(msg, Some(key)).map_err(|e| fail(ctx.request_error(e), report))?;
         let mut verifier = req.verifier;
@@ -113,13 +112,11 @@ async fn push(
         let bytes = conn.recv().await.map_err(|e| fail(ctx.io(e), report))?;
         ctx.check_answer(bytes, req.id, &mut verifier).map_err(|e| fail(e, report))?;
         report.batches += 1;
-        if add {
-            report.added += batch.len();
-        } else {
-            report.removed += batch.len();
-        }
+        let adds = batch.iter().filter(|(_, _, add)| *add).count();
+        report.added += adds;
+        report.removed += batch.len() - adds;
     }
-    tracing::info!(%server, zone, add, added = report.added, removed = report.removed, batches = report.batches, "UPDATE pushed");
+    tracing::info!(%server, zone, added = report.added, removed = report.removed, batches = report.batches, "UPDATE pushed");
     Ok(report)
 }
 
@@ -140,10 +137,10 @@ pub async fn push_additions(
         if snap.set.get(&p).contains(c) {
             report.existing += 1;
         } else {
-            missing.push((p, c));
+            missing.push((p, c, true));
         }
     }
-    push(server, zone, key, missing, true, report).await
+    push(server, zone, key, missing, report).await
 }
 
 /// Removes from `zone` at `server` every `(prefix, class)` record of
@@ -161,12 +158,43 @@ pub async fn push_removals(
     let mut present = Vec::new();
     for (p, c) in class_records(unwanted) {
         if snap.set.get(&p).contains(c) {
-            present.push((p, c));
+            present.push((p, c, false));
         } else {
             report.existing += 1;
         }
     }
-    push(server, zone, key, present, false, report).await
+    push(server, zone, key, present, report).await
+}
+
+/// Makes `zone` at `server` match `diff` (from [`AllowSet::diff`]): each
+/// upserted prefix ends with exactly its classes, each removed prefix with
+/// none. Reads the zone first (AXFR) and sends only the records that
+/// differ; removals and additions of one batch commit together.
+/// `existing` counts upserted prefixes that already matched.
+pub async fn push_diff(
+    server: SocketAddr,
+    zone: &str,
+    key: &TsigKey,
+    diff: &AllowDiff,
+) -> Result<UpdateReport, UpdateError> {
+    let snap = axfr(server, zone, Some(key))
+        .await
+        .map_err(|source| UpdateError::Sync { source, committed: UpdateReport::default() })?;
+    let mut report = UpdateReport { serial_before: snap.serial, ..UpdateReport::default() };
+    let mut changes = Vec::new();
+    let single = |c: Classes| [Classes::DNS, Classes::SMTP].into_iter().filter(move |k| c.contains(*k));
+    for p in &diff.remove {
+        changes.extend(single(snap.set.get(p)).map(|k| (*p, k, false)));
+    }
+    for (p, want) in &diff.upsert {
+        let have = snap.set.get(p);
+        if have == *want {
+            report.existing += 1;
+        }
+        changes.extend(single(have.without(*want)).map(|k| (*p, k, false)));
+        changes.extend(single(want.without(have)).map(|k| (*p, k, true)));
+    }
+    push(server, zone, key, changes, report).await
 }
 
 #[cfg(test)]

@@ -40,6 +40,8 @@ pub struct NamedConfig {
     pub listen: Option<std::net::Ipv4Addr>,
     /// Port to listen on (default: a free loopback port; use 53 in a namespace).
     pub port: Option<u16>,
+    /// Extra statements for the `options` block (each ending in `;`).
+    pub options: Vec<String>,
     /// Replaces `allow-update { key "rpz-key"; };` (e.g. an `update-policy`).
     pub update_rule: Option<String>,
 }
@@ -112,6 +114,7 @@ impl Named {
         };
         let update_rule =
             cfg.update_rule.clone().unwrap_or_else(|| r#"allow-update { key "rpz-key"; };"#.into());
+        let extra = cfg.options.join("\n    ");
         let conf = format!(
             r#"options {{
     directory "{dir}";
@@ -125,6 +128,7 @@ impl Named {
     dnssec-validation no;
     notify no;
     response-policy {{ zone "{ZONE}" min-update-interval 0; }} qname-wait-recurse no;
+    {extra}
 }};
 controls {{ }};
 include "{dir}/rpz.key";
