@@ -11,14 +11,14 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
 use guard_benches::{Chart, Opts, Section, Summary, Table, load, proc_cpu_seconds, ratio, write_section};
-use guard_tests::{Lab, LabChild, LabConfig, Role, run_in_netns};
+use guard_tests::{Lab, LabChild, LabConfig, Role, ovs::Ovs, run_in_netns};
 
 const BRIDGE: &str = "ofbr";
 const RYU_VENV: &str = "/opt/rpz-guard/ryu-venv";
@@ -31,7 +31,7 @@ struct Bench {
     lab: Lab,
     client: String,
     ovs_dir: PathBuf,
-    _ovs: Vec<LabChild>,
+    _ovs: Ovs,
     next_registered: u32,
     next_unregistered: u32,
     next_late: u32,
@@ -79,26 +79,9 @@ impl Bench {
         load::sink(listener);
 
         // Private OVS in the router namespace.
-        let ovs_dir = lab.state_dir().join("ovs");
-        std::fs::create_dir_all(&ovs_dir)?;
-        let d = ovs_dir.to_string_lossy().into_owned();
-        let db = format!("{d}/conf.db");
-        let _ = std::fs::remove_file(&db);
-        sh(&["ovsdb-tool", "create", &db, "/usr/share/openvswitch/vswitch.ovsschema"])?;
-        let env = [format!("OVS_RUNDIR={d}"), format!("OVS_DBDIR={d}"), format!("OVS_LOGDIR={d}")];
-        let sock = format!("punix:{d}/db.sock");
-        let mut ovs = Vec::new();
-        let mut args: Vec<&str> = vec!["env"];
-        args.extend(env.iter().map(String::as_str));
-        let mut a = args.clone();
-        a.extend(["ovsdb-server", &db, "--remote", &sock, "--unixctl", "ovsdb.ctl"]);
-        ovs.push(lab.spawn(Role::Router, &a)?);
-        wait_path(&ovs_dir.join("db.sock"), Duration::from_secs(10))?;
-        let dbs = format!("unix:{d}/db.sock");
-        sh(&["ovs-vsctl", "--db", &dbs, "--no-wait", "init"])?;
-        let mut a = args.clone();
-        a.extend(["ovs-vswitchd", &dbs, "--unixctl", "vswitchd.ctl"]);
-        ovs.push(lab.spawn(Role::Router, &a)?);
+        let ovs = Ovs::start(lab.state_dir().join("ovs"), Some(&lab.ns(Role::Router)))?;
+        let ovs_dir = ovs.dir().to_owned();
+        let dbs = format!("unix:{}/db.sock", ovs_dir.display());
         sh(&[
             "ovs-vsctl",
             "--db",
@@ -228,17 +211,6 @@ impl Bench {
         sh(&["ovs-ofctl", "-O", "OpenFlow13", "del-flows", &self.mgmt()])?;
         Ok(())
     }
-}
-
-fn wait_path(p: &Path, limit: Duration) -> Result<()> {
-    let t = Instant::now();
-    while !p.exists() {
-        if t.elapsed() > limit {
-            bail!("{} did not appear", p.display());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
 }
 
 /// A controller under test: how to start it in the router namespace.
