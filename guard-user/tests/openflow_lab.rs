@@ -77,19 +77,7 @@ impl Topo {
         let router = lab.ns(Role::Router);
         let ovs = Ovs::start(lab.state_dir().join("ovs"), Some(&router))
             .unwrap_or_else(|e| panic!("private OVS (install openvswitch-switch): {e}"));
-        ovs.vsctl(&[
-            "add-br",
-            BRIDGE,
-            "--",
-            "set",
-            "bridge",
-            BRIDGE,
-            "datapath_type=netdev",
-            "fail_mode=secure",
-            "protocols=OpenFlow13",
-            &format!("other_config:datapath-id={DPID:016x}"),
-        ])
-        .expect("add-br");
+        ovs.add_secure_bridge(BRIDGE, Some(DPID)).expect("add-br");
         let host = |suffix: &str, port: &str, v4: &str, v6: Option<&str>| -> String {
             let ns = lab.create_namespace(suffix).expect("namespace");
             sh(&[

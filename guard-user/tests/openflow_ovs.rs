@@ -330,19 +330,7 @@ impl Lab {
         let ovs = Ovs::start(dir, None).expect("private OVS (install openvswitch-switch)");
         let mut net = Net::new(tag);
         let br = format!("{tag}br");
-        ovs.vsctl(&[
-            "add-br",
-            &br,
-            "--",
-            "set",
-            "bridge",
-            &br,
-            "datapath_type=netdev",
-            "protocols=OpenFlow13",
-            "fail_mode=secure",
-            &format!("other_config:datapath-id={DPID:016x}"),
-        ])
-        .expect("add-br");
+        ovs.add_secure_bridge(&br, Some(DPID)).expect("add-br");
         let client = net.host(&ovs, &br, "c", &["10.77.0.10/24", "fd77::10/64"]);
         let bot = net.host(&ovs, &br, "b", &["10.77.0.66/24", "10.77.0.53/24", "fd77::66/64"]);
         let inet = net.host(

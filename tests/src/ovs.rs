@@ -84,6 +84,18 @@ impl Ovs {
         self.output("ovs-vsctl", &a)
     }
 
+    /// Adds `bridge` as rpz-guard runs it: netdev datapath (no kernel module
+    /// here), OpenFlow 1.3 only, `fail_mode=secure` (nothing crosses without
+    /// the controller), and datapath id `dpid` when given.
+    pub fn add_secure_bridge(&self, bridge: &str, dpid: Option<u64>) -> Result<String> {
+        let id = dpid.map(|d| format!("other_config:datapath-id={d:016x}"));
+        let mut args =
+            vec!["add-br", bridge, "--", "set", "bridge", bridge, "datapath_type=netdev", "fail_mode=secure"];
+        args.push("protocols=OpenFlow13");
+        args.extend(id.as_deref());
+        self.vsctl(&args)
+    }
+
     /// The OpenFlow management socket of `bridge`, for `ovs-ofctl`.
     pub fn mgmt(&self, bridge: &str) -> String {
         format!("unix:{}/{bridge}.mgmt", self.dir.display())

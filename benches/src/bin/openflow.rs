@@ -81,31 +81,8 @@ impl Bench {
         // Private OVS in the router namespace.
         let ovs = Ovs::start(lab.state_dir().join("ovs"), Some(&lab.ns(Role::Router)))?;
         let ovs_dir = ovs.dir().to_owned();
-        let dbs = format!("unix:{}/db.sock", ovs_dir.display());
-        sh(&[
-            "ovs-vsctl",
-            "--db",
-            &dbs,
-            "--timeout",
-            "20",
-            "add-br",
-            BRIDGE,
-            "--",
-            "set",
-            "bridge",
-            BRIDGE,
-            "datapath_type=netdev",
-            "fail_mode=secure",
-            "protocols=OpenFlow13",
-            "--",
-            "add-port",
-            BRIDGE,
-            "ofc",
-            "--",
-            "add-port",
-            BRIDGE,
-            "ofs",
-        ])?;
+        ovs.add_secure_bridge(BRIDGE, None)?;
+        ovs.vsctl(&["add-port", BRIDGE, "ofc", "--", "add-port", BRIDGE, "ofs"])?;
         let b = Bench {
             lab,
             client,
