@@ -25,7 +25,7 @@
 
 mod daemon_support;
 
-use daemon_support::{Daemon, eventually, rpz_add, rpz_delete};
+use daemon_support::{Daemon, eventually, lab_bind_args, rpz_add, rpz_delete};
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     process::Command,
@@ -128,22 +128,13 @@ impl Topo {
 /// `rpz-guard run --mode openflow` in the router namespace, BIND as source.
 fn start_openflow(t: &Topo) -> Daemon {
     let lab = &t.lab;
-    let a = lab.addrs();
     let listen = format!("127.0.0.1:{OF_PORT}");
-    let server = SocketAddr::new(IpAddr::V4(a.dns_v4), 53).to_string();
-    let notify = SocketAddr::new(IpAddr::V4(a.router_in_v4), lab.notify_port()).to_string();
-    let key = lab.tsig_key_file();
-    let args = [
+    let source = lab_bind_args(lab);
+    let mut args = vec![
         "--mode",
         "openflow",
         "--openflow-listen",
         &listen,
-        "--server",
-        &server,
-        "--tsig-key",
-        key.to_str().expect("utf-8 path"),
-        "--notify-listen",
-        &notify,
         "--exempt",
         "10.99.0.53/32",
         "--internal",
@@ -151,6 +142,7 @@ fn start_openflow(t: &Topo) -> Daemon {
         "--internal",
         "fd99::/64",
     ];
+    args.extend(source.iter().map(String::as_str));
     Daemon::start(lab, "of", &args)
 }
 

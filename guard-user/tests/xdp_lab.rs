@@ -18,7 +18,7 @@ use guard_user::daemon::StatusReport;
 
 mod daemon_support;
 
-use daemon_support::{BIN, Daemon, eventually, rpz_add, rpz_delete};
+use daemon_support::{BIN, Daemon, eventually, lab_bind_args, rpz_add, rpz_delete};
 
 fn up(name: &str) -> Lab {
     Lab::up(LabConfig::for_test(name)).unwrap_or_else(|e| panic!("lab up failed: {e}"))
@@ -28,9 +28,7 @@ fn up(name: &str) -> Lab {
 /// BIND as source; a flag in `extra` replaces the default of the same name.
 fn start_xdp(lab: &Lab, extra: &[&str]) -> Daemon {
     let a = lab.addrs();
-    let server = SocketAddr::new(IpAddr::V4(a.dns_v4), 53).to_string();
-    let notify = SocketAddr::new(IpAddr::V4(a.router_in_v4), lab.notify_port()).to_string();
-    let key = lab.tsig_key_file();
+    let source = lab_bind_args(lab);
     let exempt4 = format!("{}/32", a.dns_v4);
     let exempt6 = format!("{}/128", a.dns_v6);
     let internal4 = format!("10.{}.0.0/16", a.subnet);
@@ -38,12 +36,6 @@ fn start_xdp(lab: &Lab, extra: &[&str]) -> Daemon {
     let mut args: Vec<&str> = vec![
         "--iface",
         lab.router_inside_iface(),
-        "--server",
-        &server,
-        "--tsig-key",
-        key.to_str().expect("utf-8 path"),
-        "--notify-listen",
-        &notify,
         "--exempt",
         &exempt4,
         "--exempt",
@@ -53,6 +45,7 @@ fn start_xdp(lab: &Lab, extra: &[&str]) -> Daemon {
         "--internal",
         &internal6,
     ];
+    args.extend(source.iter().map(String::as_str));
     for pair in extra.chunks(2) {
         match args.iter().position(|a| *a == pair[0]).filter(|_| pair.len() == 2) {
             Some(i) => args[i + 1] = pair[1],

@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::{
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
@@ -29,6 +29,21 @@ pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> Option<Durat
         std::thread::sleep(Duration::from_millis(20));
     }
     None
+}
+
+/// `--server`, `--tsig-key` and `--notify-listen` for the lab's BIND: the
+/// daemon in the router transfers the RPZ with TSIG and takes BIND's NOTIFY
+/// on the router's inside address.
+pub fn lab_bind_args(lab: &Lab) -> [String; 6] {
+    let a = lab.addrs();
+    [
+        "--server".into(),
+        SocketAddr::new(IpAddr::V4(a.dns_v4), 53).to_string(),
+        "--tsig-key".into(),
+        path_str(&lab.tsig_key_file()).to_owned(),
+        "--notify-listen".into(),
+        SocketAddr::new(IpAddr::V4(a.router_in_v4), lab.notify_port()).to_string(),
+    ]
 }
 
 /// Registers `ip` in the lab's RPZ with A `answer` (TSIG-signed nsupdate).
