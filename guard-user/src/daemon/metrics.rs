@@ -1,0 +1,91 @@
+//! Prometheus text for `/metrics` and the status socket's `metrics` request.
+
+use std::sync::Arc;
+
+use tokio::{io::AsyncWriteExt, net::TcpListener};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Shared,
+    status::{accept_failed, read_request},
+};
+use crate::metrics::{Gauge, render_prometheus};
+
+impl Shared {
+    /// Prometheus text.
+    pub fn metrics(&self) -> String {
+        let r = self.report();
+        let sync = &r.sync;
+        let stats = self.stats();
+        let mut g = vec![
+            gauge("entries", "Allow entries by class.", Some(("class", "any")), r.entries.0 as f64),
+            gauge("entries", "Allow entries by class.", Some(("class", "dns")), r.entries.1 as f64),
+            gauge("entries", "Allow entries by class.", Some(("class", "smtp")), r.entries.2 as f64),
+            gauge(
+                "zone_serial",
+                "Serial of the policy zone in force.",
+                None,
+                f64::from(sync.serial.unwrap_or(0)),
+            ),
+            gauge(
+                "sync_healthy",
+                "1 when the last sync succeeded.",
+                None,
+                f64::from(u8::from(sync.last_error.is_none() && sync.mirror_error.is_none())),
+            ),
+            gauge("sync_full_loads", "Full transfers or file reads.", None, sync.full_loads as f64),
+            gauge(
+                "sync_incremental",
+                "Incremental transfers that changed the set.",
+                None,
+                sync.incremental as f64,
+            ),
+            gauge("sync_notifies", "NOTIFY messages received.", None, sync.notifies as f64),
+            gauge("miss_lookups", "RPZ questions asked by the miss path.", None, r.miss.lookups as f64),
+            gauge("miss_coalesced", "Misses that waited on another question.", None, r.miss.coalesced as f64),
+            gauge("miss_errors", "Failed RPZ questions (denied).", None, r.miss.errors as f64),
+            gauge("events", "Detection events recorded.", None, r.events_total as f64),
+            gauge("events_write_errors", "Detection events not written.", None, r.events_write_errors as f64),
+            gauge("uptime_seconds", "Seconds since start.", None, r.uptime_secs as f64),
+        ];
+        for (ip, h) in r.top_sources.iter().take(10) {
+            g.push(Gauge {
+                name: "top_source_blocked",
+                help: "Blocked attempts of the most active sources.",
+                label: Some(("source", ip.to_string())),
+                value: h.blocked as f64,
+            });
+        }
+        render_prometheus(&stats, &g)
+    }
+}
+
+fn gauge(name: &'static str, help: &'static str, label: Option<(&'static str, &str)>, value: f64) -> Gauge {
+    Gauge { name, help, label: label.map(|(k, v)| (k, v.to_owned())), value }
+}
+
+/// A minimal HTTP/1.0 responder for `GET /metrics` (and `/status`).
+pub(super) async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>, cancel: CancellationToken) {
+    loop {
+        let mut conn = tokio::select! {
+            () = cancel.cancelled() => return,
+            c = listener.accept() => match c { Ok(c) => c.0, Err(e) => { accept_failed("metrics", &e).await; continue; } },
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let req = read_request::<1024>(&mut conn).await;
+            let (code, body) = match req.split_whitespace().nth(1).unwrap_or("") {
+                "/metrics" => ("200 OK", shared.metrics()),
+                "/status" => ("200 OK", serde_json::to_string(&shared.report()).unwrap_or_default()),
+                _ => ("404 Not Found", "try /metrics or /status\n".to_owned()),
+            };
+            let head = format!(
+                "HTTP/1.0 {code}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(head.as_bytes()).await;
+            let _ = conn.write_all(body.as_bytes()).await;
+            let _ = conn.shutdown().await;
+        });
+    }
+}

@@ -1,0 +1,41 @@
+//! The OpenFlow enforcement point: the controller serving the same allow
+//! set, miss path, events and counters as XDP mode.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{DaemonError, Shared, lock};
+use crate::config::Config;
+
+/// Serves switches until `cancel` fires.
+pub(super) async fn run(
+    cfg: &Config,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) -> Result<(), DaemonError> {
+    use crate::openflow::{ControllerConfig, ControllerShared};
+    let of = &cfg.openflow;
+    let ccfg = ControllerConfig {
+        listen: of.listen,
+        protected: cfg.policy.protected_ports(),
+        exempt_sources: cfg.policy.exempt_sources.clone(),
+        internal_networks: cfg.policy.internal_networks.clone(),
+        flow_budget: of.flow_budget,
+        packet_in_rate: of.packet_in_rate,
+        verdict_idle_secs: of.idle_timeout_secs,
+        verdict_hard_secs: of.hard_timeout_secs,
+        ..ControllerConfig::default()
+    };
+    let cshared = ControllerShared::new(
+        shared.allow.clone(),
+        shared.resolver.clone(),
+        shared.events.clone(),
+        shared.counters.clone(),
+    );
+    let view = cshared.clone();
+    *lock(&shared.extra) = Some(Box::new(move || serde_json::to_value(view.status()).unwrap_or_default()));
+    *lock(&shared.point) = format!("openflow:{}", of.listen);
+    tracing::info!(listen = %of.listen, "OpenFlow controller mode");
+    crate::openflow::serve(ccfg, cshared, cancel).await.map_err(|e| DaemonError::Openflow(e.to_string()))
+}

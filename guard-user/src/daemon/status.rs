@@ -1,0 +1,316 @@
+//! What operators read: the status report, the status socket and its
+//! protocol, and the table `rpz-guard status` prints.
+
+use std::{
+    net::IpAddr,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use guard_common::{STAT_COUNT, Stat};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::UnixListener,
+    sync::watch,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::{DaemonError, lock};
+use crate::{
+    config::{Config, Mode},
+    events::{EventSink, HostStats, now_ms},
+    metrics::{Counters, StatSnapshot},
+    miss::{MissResolver, MissStats},
+    policy::AllowSet,
+    sync::{SharedSyncState, SyncState},
+    xdp::Enforcer,
+};
+
+/// What `rpz-guard status` prints.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// `xdp` or `openflow`.
+    pub mode: String,
+    /// Where enforcement happens (`xdp:in0 (native)`, `openflow:0.0.0.0:6653`).
+    pub point: String,
+    /// True when only counting.
+    pub count_only: bool,
+    /// Seconds since start.
+    pub uptime_secs: u64,
+    /// Packet counters by name, in `Stat` order.
+    pub counters: Vec<(String, u64)>,
+    /// Allow entries: total, DNS class, SMTP class.
+    pub entries: (usize, usize, usize),
+    /// Synchronisation with the source.
+    pub sync: SyncState,
+    /// Miss path counters.
+    pub miss: MissStats,
+    /// Detection events recorded.
+    pub events_total: u64,
+    /// Events that could not be written (or were dropped: the writer fell behind).
+    #[serde(default)]
+    pub events_write_errors: u64,
+    /// Sources with most blocked attempts (suspected infected hosts).
+    pub top_sources: Vec<(IpAddr, HostStats)>,
+    /// Destinations with most blocked attempts.
+    pub top_destinations: Vec<(IpAddr, HostStats)>,
+    /// Mode-specific details (switches for OpenFlow).
+    #[serde(default)]
+    pub extra: serde_json::Value,
+}
+
+/// State shared by the daemon's tasks.
+pub struct Shared {
+    /// The configuration in force.
+    pub config: Config,
+    /// The allow set in force.
+    pub allow: watch::Receiver<Arc<AllowSet>>,
+    /// The miss path.
+    pub resolver: Arc<MissResolver>,
+    /// Detection events.
+    pub events: Arc<EventSink>,
+    /// Userspace counters (OpenFlow mode).
+    pub counters: Arc<Counters>,
+    /// Sync state.
+    pub sync: SharedSyncState,
+    started: Instant,
+    enforcer: Option<Arc<Mutex<Enforcer>>>,
+    /// Where enforcement happens, for the report.
+    pub(super) point: Mutex<String>,
+    /// Mode-specific details for the report (the OpenFlow switches).
+    pub(super) extra: Mutex<Option<Box<dyn Fn() -> serde_json::Value + Send + Sync>>>,
+}
+
+impl Shared {
+    /// The shared state of a daemon starting now.
+    pub(super) fn new(
+        config: Config,
+        allow: watch::Receiver<Arc<AllowSet>>,
+        resolver: Arc<MissResolver>,
+        events: Arc<EventSink>,
+        counters: Arc<Counters>,
+        sync: SharedSyncState,
+        enforcer: Option<Arc<Mutex<Enforcer>>>,
+    ) -> Self {
+        Shared {
+            config,
+            allow,
+            resolver,
+            events,
+            counters,
+            sync,
+            started: Instant::now(),
+            enforcer,
+            point: Mutex::new(String::new()),
+            extra: Mutex::new(None),
+        }
+    }
+
+    /// Current counters of whichever enforcement point runs.
+    pub fn stats(&self) -> StatSnapshot {
+        match &self.enforcer {
+            Some(e) => lock(e).stats().unwrap_or_else(|err| {
+                tracing::warn!(error = %err, "reading XDP counters failed");
+                [0; STAT_COUNT as usize]
+            }),
+            None => self.counters.snapshot(),
+        }
+    }
+
+    /// The status report.
+    pub fn report(&self) -> StatusReport {
+        let stats = self.stats();
+        let set = self.allow.borrow().clone();
+        let (dns, smtp) = set.class_counts();
+        let sync = lock(&self.sync).clone();
+        StatusReport {
+            mode: match self.config.enforce.mode {
+                Mode::Xdp => "xdp".into(),
+                Mode::Openflow => "openflow".into(),
+            },
+            point: lock(&self.point).clone(),
+            count_only: self.config.enforce.count_only,
+            uptime_secs: self.started.elapsed().as_secs(),
+            counters: Stat::ALL.iter().map(|s| (s.name().to_owned(), stats[*s as usize])).collect(),
+            entries: (set.len(), dns, smtp),
+            sync,
+            miss: self.resolver.stats(),
+            events_total: self.events.total(),
+            events_write_errors: self.events.write_errors(),
+            top_sources: self.events.top_sources(10),
+            top_destinations: self.events.top_destinations(10),
+            extra: lock(&self.extra).as_ref().map(|f| f()).unwrap_or_default(),
+        }
+    }
+}
+
+/// Binds the status socket, replacing a stale one left by a crash.
+pub(super) fn bind_status(path: &Path) -> Result<UnixListener, DaemonError> {
+    let io = |source| DaemonError::Io {
+        what: "cannot open status socket",
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    if path.exists() {
+        // A live daemon answers; a stale socket from a crash does not.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another rpz-guard is running with this status socket (set status.socket)",
+            )));
+        }
+        std::fs::remove_file(path).map_err(io)?;
+    }
+    UnixListener::bind(path).map_err(io)
+}
+
+pub(super) async fn accept_failed(what: &'static str, e: &std::io::Error) {
+    tracing::warn!(error = %e, what, "accept failed");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// Reads a request of at most `N` bytes, waiting at most two seconds.
+pub(super) async fn read_request<const N: usize>(conn: &mut (impl AsyncReadExt + Unpin)) -> String {
+    let mut buf = [0u8; N];
+    let n = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut buf))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// Status socket protocol: the client writes one line, `status` (JSON reply)
+/// or `metrics` (Prometheus text), and reads to EOF.
+pub(super) async fn serve_status(listener: UnixListener, shared: Arc<Shared>, cancel: CancellationToken) {
+    loop {
+        let mut conn = tokio::select! {
+            () = cancel.cancelled() => return,
+            c = listener.accept() => match c { Ok(c) => c.0, Err(e) => { accept_failed("status", &e).await; continue; } },
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let body = match read_request::<64>(&mut conn).await.trim() {
+                "metrics" => shared.metrics(),
+                _ => serde_json::to_string(&shared.report()).unwrap_or_default(),
+            };
+            let _ = conn.write_all(body.as_bytes()).await;
+            let _ = conn.shutdown().await;
+        });
+    }
+}
+
+/// Asks a running daemon over its status socket (`what`: `status` or `metrics`).
+pub async fn query_status(socket: &Path, what: &str) -> Result<String, std::io::Error> {
+    let mut s = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot reach rpz-guard at {}: {e} (is it running?)", socket.display()),
+        )
+    })?;
+    s.write_all(format!("{what}\n").as_bytes()).await?;
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "status reply timed out"))??;
+    Ok(out)
+}
+
+/// Renders a report as the table `rpz-guard status` prints.
+pub fn render_status(r: &StatusReport) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "rpz-guard  {}  {}{}  up {}s",
+        r.mode,
+        r.point,
+        if r.count_only { "  [count-only]" } else { "" },
+        r.uptime_secs
+    );
+    let sync = &r.sync;
+    let _ = writeln!(o, "\nsource     {}", sync.source);
+    let _ = writeln!(
+        o,
+        "serial     {}   entries {} (dns {}, smtp {})",
+        sync.serial.map_or("-".into(), |s| s.to_string()),
+        r.entries.0,
+        r.entries.1,
+        r.entries.2
+    );
+    let ago = |ms: Option<u64>| {
+        ms.map_or("never".to_owned(), |t| format!("{}s ago", now_ms().saturating_sub(t) / 1000))
+    };
+    let _ = writeln!(
+        o,
+        "last sync  {}   full {}  incremental {}  notifies {}",
+        ago(sync.last_sync_ms),
+        sync.full_loads,
+        sync.incremental,
+        sync.notifies
+    );
+    match &sync.last_error {
+        Some(e) => {
+            let _ = writeln!(
+                o,
+                "SYNC ERROR {} ({}){}",
+                e,
+                ago(sync.last_error_ms),
+                if sync.stale_start { "  [running on pinned set]" } else { "" }
+            );
+        }
+        None => {
+            let _ = writeln!(o, "sync       ok");
+        }
+    }
+    if let Some(e) = &sync.mirror_error {
+        let _ = writeln!(o, "MAP ERROR  {e} (retrying)");
+    }
+    let _ = writeln!(o, "\ncounters");
+    for (name, v) in &r.counters {
+        if *v != 0
+            || matches!(
+                name.as_str(),
+                "packets" | "pass_allowed" | "drop_not_registered" | "drop_wrong_class" | "miss"
+            )
+        {
+            let _ = writeln!(o, "  {name:<22} {v:>12}");
+        }
+    }
+    let _ = writeln!(
+        o,
+        "\nmiss path  lookups {}  coalesced {}  errors {}  cached {}",
+        r.miss.lookups, r.miss.coalesced, r.miss.errors, r.miss.cached
+    );
+    let _ = writeln!(
+        o,
+        "events     {}{}",
+        r.events_total,
+        if r.events_write_errors > 0 {
+            format!("  ({} NOT WRITTEN)", r.events_write_errors)
+        } else {
+            String::new()
+        }
+    );
+    if !r.top_sources.is_empty() {
+        let _ = writeln!(o, "\ntop offending hosts (suspected infected)");
+        for (ip, h) in &r.top_sources {
+            let _ = writeln!(o, "  {:<40} {:>8} blocked", ip.to_string(), h.blocked);
+        }
+    }
+    if !r.top_destinations.is_empty() {
+        let _ = writeln!(o, "\ntop blocked destinations");
+        for (ip, h) in &r.top_destinations {
+            let _ = writeln!(o, "  {:<40} {:>8} blocked", ip.to_string(), h.blocked);
+        }
+    }
+    if !r.extra.is_null() {
+        let _ = writeln!(o, "\n{}", serde_json::to_string_pretty(&r.extra).unwrap_or_default());
+    }
+    o
+}

@@ -1,0 +1,216 @@
+//! The XDP enforcement point: load and configure the program, mirror the
+//! allow set into its maps as diffs, attach, and read the kernel's events.
+
+use std::{
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use guard_common::{EVENT_DROP, EVENT_MISS, Event, Settings};
+use tokio::io::unix::AsyncFd;
+use tokio_util::sync::CancellationToken;
+
+use super::{DaemonError, Shared, lock};
+use crate::{
+    config::Config,
+    events::{DetectionEvent, Reason, now_ms, proto_name},
+    policy::{AllowSet, Prefix, Service},
+    xdp::{Enforcer, ProgramConfig},
+};
+
+/// Loads (or adopts the pinned) program and maps and writes the settings.
+pub(super) fn load(cfg: &Config) -> Result<Enforcer, DaemonError> {
+    let mut e = Enforcer::load(cfg.enforce.pin_dir.as_deref())?;
+    e.check_pinned_link(cfg.enforce.iface.as_deref().unwrap_or_default())?;
+    e.configure(&ProgramConfig {
+        ports: cfg.policy.protected_ports(),
+        exempt_sources: cfg.policy.exempt_sources.clone(),
+        internal_networks: cfg.policy.internal_networks.clone(),
+        settings: Settings {
+            mode: if cfg.enforce.count_only { guard_common::MODE_COUNT } else { guard_common::MODE_ENFORCE },
+            events_per_source_per_sec: cfg.events.per_source_per_sec,
+            pending_ms: cfg.cache.pending_ms,
+            misses_per_source_per_sec: cfg.events.misses_per_source_per_sec,
+        },
+    })?;
+    Ok(e)
+}
+
+/// Brings the maps from what they hold (`adopted`: the pinned set, or empty)
+/// to `initial`, before the program is attached; returns what they now hold.
+pub(super) fn mirror_initial(
+    e: &mut Enforcer,
+    adopted: AllowSet,
+    initial: AllowSet,
+) -> Result<Arc<AllowSet>, DaemonError> {
+    let started = Instant::now();
+    let diff = adopted.diff(&initial);
+    e.apply_diff(&diff)?;
+    tracing::info!(
+        upserts = diff.upsert.len(),
+        removals = diff.remove.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "allow maps mirrored"
+    );
+    Ok(Arc::new(initial))
+}
+
+/// Attaches the program and enforces until `cancel` fires: the map mirror
+/// follows the allow set, the kernel's events feed detection and the miss path.
+pub(super) async fn run(
+    cfg: &Config,
+    enforcer: Arc<Mutex<Enforcer>>,
+    applied: Arc<AllowSet>,
+    shared: Arc<Shared>,
+    tasks: &mut tokio::task::JoinSet<()>,
+    cancel: CancellationToken,
+) -> Result<(), DaemonError> {
+    let iface = cfg.enforce.iface.clone().unwrap_or_default();
+    let ring = {
+        let mut e = lock(&enforcer);
+        let used = e.attach(&iface, cfg.enforce.xdp_mode)?;
+        *lock(&shared.point) = format!("xdp:{iface} ({used})");
+        tracing::info!(iface, mode = %used, count_only = cfg.enforce.count_only, "XDP program attached; enforcing");
+        e.take_events()?
+    };
+    tasks.spawn(mirror(enforcer.clone(), applied, shared.clone(), cancel.clone()));
+    let reader = read_events(ring, enforcer.clone(), shared.clone(), iface.clone(), cancel.clone());
+    let read = reader.await;
+    let mut e = lock(&enforcer);
+    if cfg.enforce.pin_dir.is_some() {
+        tracing::info!(iface, "stopping; the pinned program stays attached and enforcing the last set");
+    } else {
+        e.unpin()?;
+        tracing::info!(iface, "stopping; XDP program detached");
+    }
+    read
+}
+
+/// Applies each new allow set to the maps as a diff; a failed update is
+/// retried every few seconds until it lands (the error is in status).
+async fn mirror(
+    enforcer: Arc<Mutex<Enforcer>>,
+    mut applied: Arc<AllowSet>,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
+    let mut rx = shared.allow.clone();
+    let mut retry: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            r = rx.changed() => if r.is_err() { return },
+            () = async { match retry { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {}
+        }
+        let target = rx.borrow_and_update().clone();
+        let diff = applied.diff(&target);
+        if diff.is_empty() {
+            retry = None;
+            continue;
+        }
+        let started = Instant::now();
+        // Seconds for a large diff: let the runtime move other tasks away.
+        let res = tokio::task::block_in_place(|| {
+            let mut e = lock(&enforcer);
+            // Userspace first, under the enforcer lock: a miss answer racing
+            // with this change sees a new generation and is not cached.
+            let mut changed = diff.upsert.iter().map(|(p, _)| p).chain(diff.remove.iter());
+            if changed.clone().any(|p| !p.is_host()) {
+                shared.resolver.clear();
+            } else {
+                shared.resolver.invalidate(changed.by_ref().map(Prefix::addr));
+            }
+            e.apply_diff(&diff)
+        });
+        let mut st = lock(&shared.sync);
+        match res {
+            Ok(()) => {
+                tracing::info!(
+                    upserts = diff.upsert.len(),
+                    removals = diff.remove.len(),
+                    us = started.elapsed().as_micros() as u64,
+                    "allow maps updated"
+                );
+                applied = target;
+                st.mirror_error = None;
+                retry = None;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "updating the allow maps failed; retrying in 5 s");
+                st.mirror_error = Some(e.to_string());
+                retry = Some(tokio::time::Instant::now() + Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+fn event_ip(a: [u8; 16]) -> IpAddr {
+    Prefix::host(IpAddr::from(a)).addr()
+}
+
+/// Reads the kernel's ring buffer: drop events become detection events,
+/// miss events go to the miss path.
+async fn read_events(
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+    enforcer: Arc<Mutex<Enforcer>>,
+    shared: Arc<Shared>,
+    iface: String,
+    cancel: CancellationToken,
+) -> Result<(), DaemonError> {
+    let io = |source| DaemonError::Io { what: "event ring buffer of", path: iface.clone(), source };
+    // SAFETY: the ring buffer owns its map fd for its whole life, and the
+    // AsyncFd owns the ring buffer.
+    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| io(e.into()))?;
+    let point = format!("xdp:{iface}");
+    loop {
+        // Without events the miss path is blind: a failure here stops the daemon.
+        let mut guard = tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            g = fd.readable_mut() => g.map_err(io)?,
+        };
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            if item.len() < std::mem::size_of::<Event>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote a whole `Event` (size checked above); read unaligned.
+            let ev: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
+            handle_event(ev, &enforcer, &shared, &point);
+        }
+        guard.clear_ready();
+    }
+}
+
+fn handle_event(ev: Event, enforcer: &Arc<Mutex<Enforcer>>, shared: &Arc<Shared>, point: &str) {
+    let Some(service) = Service::from_number(ev.service) else { return };
+    let src = event_ip(ev.src);
+    let dst = event_ip(ev.dst);
+    // When the kernel saw the packet, not when the event was read.
+    let age_ms = crate::xdp::monotonic_ns().saturating_sub(ev.ts_ns) / 1_000_000;
+    let time_ms = now_ms().saturating_sub(age_ms);
+    let detection = |reason: Reason, suppressed: u32| DetectionEvent {
+        time_ms,
+        src,
+        dst,
+        proto: proto_name(ev.proto),
+        dport: ev.dport,
+        service,
+        reason,
+        vlan: u16::try_from(ev.vlan).ok().filter(|v| *v != 0),
+        point: point.to_owned(),
+        suppressed,
+    };
+    match ev.kind {
+        EVENT_DROP => {
+            if let Some(reason) = Reason::from_code(ev.reason) {
+                shared.events.record(&detection(reason, ev.suppressed));
+            }
+        }
+        EVENT_MISS => {
+            super::miss::decide(dst, service, detection(Reason::Pending, ev.suppressed), enforcer, shared)
+        }
+        _ => {}
+    }
+}
