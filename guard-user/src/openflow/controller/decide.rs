@@ -1,0 +1,210 @@
+//! Packet-in decisions: the mirrored allow set first, then the RPZ through
+//! the miss path; the verdict becomes a flow and, when allowed, a
+//! PACKET_OUT of the triggering packet.
+
+use std::{
+    net::IpAddr,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use guard_common::Stat;
+use tracing::{Instrument, debug, info};
+
+use super::{conn::Conn, session::Session};
+use crate::{
+    events::{DetectionEvent, Reason, now_ms, proto_name},
+    openflow::{
+        ProtectedPort, bump,
+        codec::{Action, Body, NO_BUFFER, OFPP_CONTROLLER, OFPP_NORMAL, PacketIn, PacketOut},
+        flows,
+        packet::{self, PacketError, PacketInfo},
+    },
+    policy::{Classes, Prefix, Verdict},
+};
+
+impl Conn {
+    pub(super) fn point(&self) -> String {
+        format!("openflow:{:016x}", self.dpid.load(Ordering::Relaxed))
+    }
+
+    /// Sends the triggering packet on through the switch's normal path.
+    pub(super) async fn forward(&self, in_port: u32, pi: &PacketIn) -> bool {
+        let buffered = pi.buffer_id != NO_BUFFER;
+        self.push(Body::PacketOut(PacketOut {
+            buffer_id: pi.buffer_id,
+            in_port,
+            actions: vec![Action::output(OFPP_NORMAL)],
+            data: if buffered { Vec::new() } else { pi.data.clone() },
+        }))
+        .await
+    }
+
+    pub(super) async fn install_verdict(
+        &self,
+        info: &PacketInfo,
+        pp: &ProtectedPort,
+        allow: bool,
+        ttl: Duration,
+    ) -> bool {
+        let ttl_secs = u16::try_from(ttl.as_secs().saturating_add(u64::from(ttl.subsec_nanos() > 0)))
+            .unwrap_or(u16::MAX);
+        let hard = self.cfg.verdict_hard_secs.min(ttl_secs).max(1);
+        let idle = self.cfg.verdict_idle_secs.min(hard);
+        self.push(Body::FlowMod(flows::verdict_flow(info.dst, pp, allow, idle, hard, None))).await
+    }
+
+    pub(super) fn record(&self, info: &PacketInfo, pp: &ProtectedPort, reason: Reason) {
+        let ev = DetectionEvent {
+            time_ms: now_ms(),
+            src: info.src,
+            dst: info.dst,
+            proto: proto_name(info.proto),
+            dport: pp.port,
+            service: pp.service,
+            reason,
+            vlan: info.vlan,
+            point: self.point(),
+            suppressed: 0,
+        };
+        info!(src = %ev.src, dst = %ev.dst, dport = ev.dport, reason = ?reason, "blocked");
+        self.shared.events.record(&ev);
+        self.shared.counters.inc(Stat::EventsSent);
+    }
+
+    /// Finishes a decision that needed the RPZ.
+    pub(super) async fn decide_miss(
+        self: Arc<Self>,
+        info: PacketInfo,
+        pp: ProtectedPort,
+        known: Classes,
+        in_port: u32,
+        pi: PacketIn,
+    ) {
+        let (answer, ttl) = self.shared.resolver.classes(info.dst).await;
+        let classes = known.union(answer);
+        let verdict = Verdict::decide(pp.service, classes);
+        let counters = &self.shared.counters;
+        match Reason::from_verdict(verdict) {
+            None => {
+                counters.inc(Stat::PassCached);
+                if self.install_verdict(&info, &pp, true, ttl).await {
+                    self.forward(in_port, &pi).await;
+                }
+            }
+            Some(reason) => {
+                counters.inc(if reason == Reason::WrongClass {
+                    Stat::DropWrongClass
+                } else {
+                    Stat::DropNotRegistered
+                });
+                let _ = self.install_verdict(&info, &pp, false, ttl).await;
+                self.record(&info, &pp, reason);
+            }
+        }
+    }
+}
+
+pub(super) struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub(super) fn new(rate: u32) -> Self {
+        let rate = f64::from(rate.max(1));
+        TokenBucket { rate, tokens: rate, last: Instant::now() }
+    }
+
+    pub(super) fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Session {
+    /// Decides one packet-in; false when the switch stopped reading.
+    pub(super) async fn packet_in(&mut self, pi: PacketIn) -> bool {
+        let conn = &self.conn;
+        let counters = &conn.shared.counters;
+        let board = conn.shared.board();
+        bump(&board.packet_ins);
+        conn.packet_ins.fetch_add(1, Ordering::Relaxed);
+        counters.inc(Stat::Packets);
+        counters.add(Stat::Bytes, u64::from(pi.total_len));
+        if !self.bucket.take() {
+            bump(&board.packet_ins_dropped);
+            return true;
+        }
+        let info = match packet::parse(&pi.data) {
+            Ok(i) => i,
+            Err(e) => {
+                counters.inc(if matches!(e, PacketError::ExtChain { .. }) {
+                    Stat::DropExtChain
+                } else {
+                    Stat::DropMalformed
+                });
+                debug!(error = %e, "packet-in not parsed; dropped");
+                return true;
+            }
+        };
+        counters.inc(if info.src.is_ipv4() { Stat::Ipv4 } else { Stat::Ipv6 });
+        if info.vlan.is_some() {
+            counters.inc(Stat::Vlan);
+        }
+        let in_port = pi.r#match.in_port().unwrap_or(OFPP_CONTROLLER);
+        let cfg = &conn.cfg;
+        let Some((_, dport)) = info.ports else {
+            counters.inc(Stat::Fragment);
+            return conn.forward(in_port, &pi).await;
+        };
+        let Some(pp) = cfg.protected_port(info.proto, dport).copied() else {
+            counters.inc(Stat::Unprotected);
+            return conn.forward(in_port, &pi).await;
+        };
+        if in_any(&cfg.exempt_sources, info.src) {
+            counters.inc(Stat::ExemptSource);
+            return conn.forward(in_port, &pi).await;
+        }
+        if in_any(&cfg.internal_networks, info.dst) {
+            counters.inc(Stat::InternalDest);
+            return conn.forward(in_port, &pi).await;
+        }
+        let known = self.applied.lookup(info.dst);
+        if pp.service.allows(known) {
+            counters.inc(Stat::PassAllowed);
+            conn.install_verdict(&info, &pp, true, Duration::from_secs(u64::from(cfg.verdict_hard_secs)))
+                .await;
+            return conn.forward(in_port, &pi).await;
+        }
+        counters.inc(Stat::Miss);
+        let Ok(permit) = conn.decisions.clone().try_acquire_owned() else {
+            bump(&board.packet_ins_dropped);
+            return true;
+        };
+        let (task_conn, stop) = (conn.clone(), conn.stop.clone());
+        tokio::spawn(
+            async move {
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = task_conn.decide_miss(info, pp, known, in_port, pi) => {}
+                }
+                drop(permit);
+            }
+            .in_current_span(),
+        );
+        true
+    }
+}
+
+fn in_any(prefixes: &[Prefix], ip: IpAddr) -> bool {
+    prefixes.iter().any(|p| p.contains(ip))
+}

@@ -1,0 +1,146 @@
+//! Programming a switch: the full resynchronisation after the handshake
+//! and allow-set changes applied as diffs (module docs of `openflow`).
+
+use std::sync::{Arc, atomic::Ordering};
+
+use tracing::info;
+
+use super::{SessionEnd, session::Session};
+use crate::{
+    openflow::{
+        bump,
+        codec::{Body, MeterBand, MeterMod, SwitchConfig, flow_cmd, frag, meter_cmd, meter_flags},
+        flows,
+    },
+    policy::{AllowSet, Classes, Prefix},
+};
+
+impl Session {
+    /// Full resynchronisation: delete all our flows, reinstall everything.
+    pub(super) async fn resync(&mut self) -> Result<(), SessionEnd> {
+        let cfg = self.conn.cfg.clone();
+        let c = &self.conn;
+        c.send(Body::SetConfig(SwitchConfig { flags: frag::NX_MATCH, miss_send_len: 0xffff })).await?;
+        c.send(Body::FlowMod(flows::delete_all_ours())).await?;
+        if cfg.packet_in_rate > 0 {
+            c.send(Body::MeterMod(MeterMod {
+                command: meter_cmd::DELETE,
+                flags: 0,
+                meter_id: flows::PACKET_IN_METER,
+                bands: Vec::new(),
+            }))
+            .await?;
+            c.send(Body::MeterMod(MeterMod {
+                command: meter_cmd::ADD,
+                flags: meter_flags::PKTPS | meter_flags::BURST | meter_flags::STATS,
+                meter_id: flows::PACKET_IN_METER,
+                bands: vec![MeterBand::drop(cfg.packet_in_rate, cfg.packet_in_burst)],
+            }))
+            .await?;
+        }
+        for fm in flows::base_flows(&cfg) {
+            c.send(Body::FlowMod(fm)).await?;
+        }
+        self.installed.clear();
+        self.proactive_flows = 0;
+        self.over_budget = 0;
+        self.applied = c.shared.allow.borrow().clone();
+        let set = self.applied.clone();
+        for (p, cl) in set.iter() {
+            self.try_install(p, *cl).await?;
+        }
+        self.conn.send(Body::BarrierRequest).await?;
+        bump(&self.conn.shared.board().resyncs);
+        self.publish();
+        Ok(())
+    }
+
+    pub(super) async fn try_install(&mut self, p: &Prefix, classes: Classes) -> Result<(), SessionEnd> {
+        let cfg = self.conn.cfg.clone();
+        let n = flows::allow_flow_count(&cfg, classes);
+        if n == 0 {
+            return Ok(());
+        }
+        if self.proactive_flows + n > cfg.flow_budget {
+            self.over_budget += 1;
+            return Ok(());
+        }
+        for fm in flows::allow_flows(&cfg, p, classes, flow_cmd::ADD) {
+            self.conn.send(Body::FlowMod(fm)).await?;
+        }
+        self.installed.insert(*p, classes);
+        self.proactive_flows += n;
+        Ok(())
+    }
+
+    pub(super) async fn uninstall(&mut self, p: &Prefix) -> Result<(), SessionEnd> {
+        let cfg = self.conn.cfg.clone();
+        if let Some(old) = self.installed.remove(p) {
+            for fm in flows::allow_flows(&cfg, p, old, flow_cmd::DELETE_STRICT) {
+                self.conn.send(Body::FlowMod(fm)).await?;
+            }
+            self.proactive_flows -= flows::allow_flow_count(&cfg, old);
+        } else {
+            self.over_budget = self.over_budget.saturating_sub(1);
+        }
+        self.conn.send(Body::FlowMod(flows::delete_verdicts_in(p))).await
+    }
+
+    /// Applies an allow-set change as a diff against what this switch has.
+    pub(super) async fn apply(&mut self, new: Arc<AllowSet>) -> Result<(), SessionEnd> {
+        let diff = self.applied.diff(&new);
+        if diff.is_empty() {
+            self.applied = new;
+            return Ok(());
+        }
+        let resolver = &self.conn.shared.resolver;
+        let touched = diff.remove.iter().chain(diff.upsert.iter().map(|(p, _)| p));
+        if touched.clone().all(Prefix::is_host) {
+            resolver.invalidate(touched.map(Prefix::addr));
+        } else {
+            resolver.clear();
+        }
+        let had_over = self.over_budget > 0;
+        for p in &diff.remove {
+            self.uninstall(p).await?;
+        }
+        for (p, c) in &diff.upsert {
+            if self.applied.get(p) == Classes::NONE {
+                // New entry: earlier drop verdicts inside it must go now.
+                self.conn.send(Body::FlowMod(flows::delete_verdicts_in(p))).await?;
+            } else {
+                self.uninstall(p).await?;
+            }
+            self.try_install(p, *c).await?;
+        }
+        self.applied = new;
+        if had_over && !diff.remove.is_empty() {
+            // Room may have opened: refill from the whole set.
+            self.over_budget = 0;
+            let set = self.applied.clone();
+            for (p, c) in set.iter() {
+                if !self.installed.contains_key(p) {
+                    self.try_install(p, *c).await?;
+                }
+            }
+        }
+        self.conn.send(Body::BarrierRequest).await?;
+        info!(
+            upserts = diff.upsert.len(),
+            removals = diff.remove.len(),
+            flows = self.proactive_flows,
+            "allow set applied"
+        );
+        self.publish();
+        Ok(())
+    }
+
+    pub(super) fn publish(&self) {
+        let mut sw = self.conn.shared.board().switches.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = sw.get_mut(&self.conn.id) {
+            s.proactive_flows = self.proactive_flows;
+            s.over_budget_entries = self.over_budget;
+            s.packet_ins = self.conn.packet_ins.load(Ordering::Relaxed);
+        }
+    }
+}

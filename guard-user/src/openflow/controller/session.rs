@@ -1,0 +1,276 @@
+//! One switch session: framing the byte stream, the HELLO/FEATURES
+//! handshake and the main loop (messages, ECHO keepalive, allow-set
+//! changes).
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::{MAX_DECODE_ERRORS, SessionEnd, conn::Conn, decide::TokenBucket};
+use crate::{
+    events::now_ms,
+    openflow::{
+        SwitchStatus, bump,
+        codec::{
+            Body, DecodeError, ErrorMsg, HEADER_LEN, Message, OFP_VERSION, error_code, error_type,
+            message_len,
+        },
+    },
+    policy::{AllowSet, Classes, Prefix},
+};
+
+/// Cuts messages out of the byte stream.
+#[derive(Default)]
+pub(super) struct Framer {
+    pub(super) buf: Vec<u8>,
+    pub(super) start: usize,
+}
+
+pub(super) enum Frame {
+    Msg(Message),
+    Bad { err: DecodeError, head: Vec<u8> },
+}
+
+impl Framer {
+    pub(super) fn next(&mut self) -> Result<Option<Frame>, SessionEnd> {
+        let pending = &self.buf[self.start..];
+        let Some(len) = message_len(pending) else { return Ok(None) };
+        // Garbage (not an OpenFlow header at all) is refused at once rather
+        // than waiting for a nonsense length to arrive.
+        if !(1..=6).contains(&pending[0]) {
+            return Err(SessionEnd::Protocol(format!("not OpenFlow (version byte {:#04x})", pending[0])));
+        }
+        if len < HEADER_LEN {
+            return Err(SessionEnd::Protocol(format!("message length {len} below the header size")));
+        }
+        if pending.len() < len {
+            return Ok(None);
+        }
+        let bytes = &pending[..len];
+        self.start += len;
+        Ok(Some(match Message::decode(bytes) {
+            Ok(m) => Frame::Msg(m),
+            Err(err) => Frame::Bad { err, head: bytes[..bytes.len().min(64)].to_vec() },
+        }))
+    }
+
+    /// Drops consumed bytes so the buffer does not grow.
+    pub(super) fn compact(&mut self) {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+    }
+}
+
+pub(super) struct Session {
+    pub(super) conn: Arc<Conn>,
+    pub(super) rd: tokio::net::tcp::OwnedReadHalf,
+    pub(super) framer: Framer,
+    pub(super) last_rx: Instant,
+    pub(super) applied: Arc<AllowSet>,
+    pub(super) installed: HashMap<Prefix, Classes>,
+    pub(super) proactive_flows: usize,
+    pub(super) over_budget: usize,
+    pub(super) bucket: TokenBucket,
+    pub(super) decode_errors: u32,
+}
+
+impl Session {
+    pub(super) async fn run(&mut self, peer: SocketAddr, cancel: &CancellationToken) -> SessionEnd {
+        let hs = Duration::from_secs(self.conn.cfg.handshake_secs.max(1));
+        let dpid = tokio::select! {
+            () = cancel.cancelled() => return SessionEnd::Shutdown,
+            r = tokio::time::timeout(hs, self.handshake()) => match r {
+                Err(_) => return SessionEnd::HandshakeTimeout(hs),
+                Ok(Err(e)) => return e,
+                Ok(Ok(d)) => d,
+            },
+        };
+        tracing::Span::current().record("dpid", format!("{dpid:016x}"));
+        self.conn.dpid.store(dpid, Ordering::Relaxed);
+        self.conn.shared.board().switches.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            self.conn.id,
+            SwitchStatus {
+                dpid,
+                peer,
+                since_ms: now_ms(),
+                proactive_flows: 0,
+                over_budget_entries: 0,
+                packet_ins: 0,
+            },
+        );
+        if let Err(e) = self.resync().await {
+            return e;
+        }
+        info!(entries = self.applied.len(), flows = self.proactive_flows, "switch synchronised");
+        match self.serve(cancel).await {
+            Ok(()) => SessionEnd::Shutdown,
+            Err(e) => e,
+        }
+    }
+
+    /// Reads more bytes; `Closed` at end of stream.
+    pub(super) async fn fill(&mut self) -> Result<(), SessionEnd> {
+        self.framer.compact();
+        self.framer.buf.reserve(16 * 1024);
+        let n = self.rd.read_buf(&mut self.framer.buf).await?;
+        if n == 0 {
+            return Err(SessionEnd::Closed);
+        }
+        Ok(())
+    }
+
+    /// Next complete message; bad ones are answered and counted.
+    pub(super) async fn next_message(&mut self) -> Result<Message, SessionEnd> {
+        loop {
+            match self.framer.next()? {
+                Some(Frame::Msg(m)) => {
+                    self.last_rx = Instant::now();
+                    return Ok(m);
+                }
+                Some(Frame::Bad { err, head }) => self.bad_message(err, head).await?,
+                None => self.fill().await?,
+            }
+        }
+    }
+
+    pub(super) async fn bad_message(&mut self, err: DecodeError, head: Vec<u8>) -> Result<(), SessionEnd> {
+        self.decode_errors += 1;
+        warn!(error = %err, "undecodable message from switch");
+        let (code, fatal) = match err {
+            DecodeError::BadVersion { .. } => (error_code::BAD_VERSION, true),
+            DecodeError::BadLength { .. } => (error_code::BAD_LEN, false),
+            _ => (error_code::BAD_LEN, false),
+        };
+        let xid = head.get(4..8).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        self.conn.try_send_reply(
+            xid,
+            Body::Error(ErrorMsg { err_type: error_type::BAD_REQUEST, code, data: head }),
+        );
+        if fatal || self.decode_errors > MAX_DECODE_ERRORS {
+            return Err(SessionEnd::Protocol(err.to_string()));
+        }
+        bump(&self.conn.shared.board().protocol_errors);
+        Ok(())
+    }
+
+    /// HELLO both ways (1.3 only), then FEATURES; returns the datapath id.
+    pub(super) async fn handshake(&mut self) -> Result<u64, SessionEnd> {
+        self.conn.send(Body::Hello { version: OFP_VERSION, bitmap: Some(1 << OFP_VERSION) }).await?;
+        let m = self.next_message().await?;
+        match m.body {
+            Body::Hello { version, bitmap } => {
+                let ok = match bitmap {
+                    Some(b) => b & (1 << OFP_VERSION) != 0,
+                    None => version >= OFP_VERSION,
+                };
+                if !ok {
+                    let text = b"rpz-guard speaks OpenFlow 1.3 only".to_vec();
+                    self.conn.try_send_reply(
+                        m.xid,
+                        Body::Error(ErrorMsg {
+                            err_type: error_type::HELLO_FAILED,
+                            code: error_code::HELLO_INCOMPATIBLE,
+                            data: text,
+                        }),
+                    );
+                    return Err(SessionEnd::Protocol(format!(
+                        "no common version (peer version {version:#04x}, bitmap {bitmap:?})"
+                    )));
+                }
+            }
+            Body::Error(e) => return Err(SessionEnd::Protocol(format!("error before HELLO: {e}"))),
+            _ => return Err(SessionEnd::Protocol("message before HELLO".into())),
+        }
+        self.conn.send(Body::FeaturesRequest).await?;
+        loop {
+            let m = self.next_message().await?;
+            match m.body {
+                Body::FeaturesReply(f) if f.auxiliary_id == 0 => return Ok(f.datapath_id),
+                Body::FeaturesReply(_) => {
+                    return Err(SessionEnd::Protocol("auxiliary connections are not supported".into()));
+                }
+                Body::EchoRequest(d) => {
+                    self.conn.try_send_reply(m.xid, Body::EchoReply(d));
+                }
+                Body::Error(e) => {
+                    bump(&self.conn.shared.board().switch_errors);
+                    return Err(SessionEnd::Protocol(format!("error during handshake: {e}")));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    pub(super) async fn serve(&mut self, cancel: &CancellationToken) -> Result<(), SessionEnd> {
+        let mut echo = tokio::time::interval(self.conn.cfg.echo_interval());
+        echo.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut allow = self.conn.shared.allow.clone();
+        let mut watching = true;
+        // The resync used the current set; only later changes matter.
+        allow.mark_unchanged();
+        if !Arc::ptr_eq(&allow.borrow(), &self.applied) {
+            let now = allow.borrow().clone();
+            self.apply(now).await?;
+        }
+        let mut stats_tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                r = self.next_message() => {
+                    let m = r?;
+                    self.handle(m).await?;
+                }
+                _ = echo.tick() => {
+                    let dead = self.conn.cfg.dead_peer();
+                    if self.last_rx.elapsed() > dead {
+                        return Err(SessionEnd::Dead(dead));
+                    }
+                    self.conn.send(Body::EchoRequest(Vec::new())).await?;
+                }
+                _ = stats_tick.tick() => self.publish(),
+                r = allow.changed(), if watching => {
+                    if r.is_err() {
+                        watching = false;
+                        continue;
+                    }
+                    let new = allow.borrow_and_update().clone();
+                    self.apply(new).await?;
+                }
+            }
+        }
+    }
+
+    pub(super) async fn handle(&mut self, m: Message) -> Result<(), SessionEnd> {
+        let board = self.conn.shared.board();
+        match m.body {
+            Body::EchoRequest(d) => {
+                self.conn.try_send_reply(m.xid, Body::EchoReply(d));
+            }
+            Body::Error(e) => {
+                bump(&board.switch_errors);
+                warn!(error = %e, xid = m.xid, "switch reported an error");
+            }
+            Body::FlowRemoved(f) => {
+                bump(&board.flows_removed);
+                debug!(cookie = f.cookie, reason = f.reason, packets = f.packet_count, "flow removed");
+            }
+            Body::PacketIn(pi) => {
+                return if self.packet_in(pi).await { Ok(()) } else { Err(SessionEnd::Writer) };
+            }
+            Body::Hello { .. } => {
+                return Err(SessionEnd::Protocol("second HELLO".into()));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
