@@ -72,6 +72,50 @@ pub const MAP_EVENTS: &str = "EVENTS";
 /// Map: runtime settings, `Array<Settings>` with one element.
 pub const MAP_SETTINGS: &str = "SETTINGS";
 
+// --- live learning (issue 9): the resolvers' DNS copied to userspace. ---
+/// Map: the organisation's resolvers whose DNS is copied to the live
+/// learner, `LpmTrie<[u8; 4], u32>`. Empty: nothing is copied.
+pub const MAP_RESOLVERS_V4: &str = "RESOLVERS_V4";
+/// Map: the resolvers, `LpmTrie<[u8; 16], u32>`.
+pub const MAP_RESOLVERS_V6: &str = "RESOLVERS_V6";
+/// Map: copies of the resolvers' DNS packets, `RingBuf` of a
+/// [`DnsCopyHeader`] followed by the first bytes of the frame.
+pub const MAP_DNS_COPY: &str = "DNS_COPY";
+/// Map: per-CPU scratch where a copy is assembled before it goes to
+/// [`MAP_DNS_COPY`] (a ring record's size must be known when reserved).
+pub const MAP_DNS_SCRATCH: &str = "DNS_SCRATCH";
+/// Size of [`MAP_DNS_COPY`] in bytes (room for about 16k typical responses).
+pub const DNS_COPY_BYTES: u32 = 8 * 1024 * 1024;
+/// Most frame bytes copied per packet; longer frames are cut (counted as
+/// [`Stat::DnsCopyCut`]) and the learner discards them as truncated.
+pub const DNS_COPY_MAX: usize = 2048;
+/// [`DnsCopyHeader::dir`]: a packet from a resolver, seen on the inside interface.
+pub const DNS_DIR_QUERY: u32 = 1;
+/// [`DnsCopyHeader::dir`]: a packet to a resolver, seen on the outside interface.
+pub const DNS_DIR_RESPONSE: u32 = 2;
+
+/// Head of a [`MAP_DNS_COPY`] record; the frame's bytes follow it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsCopyHeader {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the program saw the packet.
+    pub ts_ns: u64,
+    /// Length of the whole frame on the wire (the copy may be shorter).
+    pub wire_len: u32,
+    /// [`DNS_DIR_QUERY`] or [`DNS_DIR_RESPONSE`].
+    pub dir: u32,
+}
+
+/// Value of [`MAP_DNS_SCRATCH`]: a record being assembled.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DnsCopyBuf {
+    /// The record's head.
+    pub header: DnsCopyHeader,
+    /// The frame's first bytes.
+    pub data: [u8; DNS_COPY_MAX],
+}
+
 /// Value of [`MAP_CACHE`]: the miss path's verdict for one destination.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -258,10 +302,18 @@ pub enum Stat {
     EventsLost = 19,
     /// Count-only mode: packets that enforcement would have dropped.
     WouldDrop = 20,
+    // --- live learning (issue 9) ---
+    /// Resolver DNS packets copied to the live learner (both interfaces).
+    DnsCopied = 21,
+    /// Resolver DNS packets not copied: the copy ring was full (the packet
+    /// itself still passed).
+    DnsCopyLost = 22,
+    /// Copied packets cut at [`DNS_COPY_MAX`] bytes.
+    DnsCopyCut = 23,
 }
 
 /// Number of entries of [`MAP_STATS`].
-pub const STAT_COUNT: u32 = 21;
+pub const STAT_COUNT: u32 = 24;
 
 impl Stat {
     /// Every counter, in index order.
@@ -287,6 +339,9 @@ impl Stat {
         Stat::EventsRateLimited,
         Stat::EventsLost,
         Stat::WouldDrop,
+        Stat::DnsCopied,
+        Stat::DnsCopyLost,
+        Stat::DnsCopyCut,
     ];
 
     /// The outcome counters: every frame the program sees lands in exactly
@@ -330,6 +385,9 @@ impl Stat {
             Stat::EventsRateLimited => "events_rate_limited",
             Stat::EventsLost => "events_lost",
             Stat::WouldDrop => "would_drop",
+            Stat::DnsCopied => "dns_copied",
+            Stat::DnsCopyLost => "dns_copy_lost",
+            Stat::DnsCopyCut => "dns_copy_cut",
         }
     }
 }
@@ -338,10 +396,12 @@ const _: () = assert!(core::mem::size_of::<CacheEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<RateState>() == 16);
 const _: () = assert!(core::mem::size_of::<Settings>() == 16);
 const _: () = assert!(core::mem::size_of::<Event>() == 64);
+const _: () = assert!(core::mem::size_of::<DnsCopyHeader>() == 16);
+const _: () = assert!(core::mem::size_of::<DnsCopyBuf>() == 16 + DNS_COPY_MAX);
 
 #[cfg(feature = "user")]
 mod pod {
-    use super::{CacheEntry, Event, RateState, Settings};
+    use super::{CacheEntry, DnsCopyBuf, DnsCopyHeader, Event, RateState, Settings};
     // SAFETY: all are repr(C), Copy, with explicit padding and no invalid bit patterns.
     unsafe impl aya::Pod for CacheEntry {}
     // SAFETY: as above.
@@ -350,6 +410,10 @@ mod pod {
     unsafe impl aya::Pod for Settings {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Event {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for DnsCopyHeader {}
+    // SAFETY: as above (a header and a byte array, no padding).
+    unsafe impl aya::Pod for DnsCopyBuf {}
 }
 
 #[cfg(test)]

@@ -2,13 +2,14 @@
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    helpers::bpf_ktime_get_coarse_ns,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, generated::bpf_xdp_load_bytes},
     macros::{map, xdp},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
 };
 use guard_common::{
-    CACHE_PENDING, CacheEntry, DEFAULT_EVENTS_PER_SOURCE, DEFAULT_MISSES_PER_SOURCE, DEFAULT_PENDING_MS,
+    CACHE_PENDING, CacheEntry, DNS_COPY_BYTES, DNS_COPY_MAX, DNS_DIR_QUERY, DNS_DIR_RESPONSE, DnsCopyBuf,
+    DnsCopyHeader, SERVICE_DNS, DEFAULT_EVENTS_PER_SOURCE, DEFAULT_MISSES_PER_SOURCE, DEFAULT_PENDING_MS,
     EVENT_DROP, EVENT_MISS, EVENTS_BYTES, Event, MAX_ALLOW_V4, MAX_ALLOW_V6, MAX_CACHE, MAX_LPM_SMALL,
     MAX_PREFIXES, MAX_RATE, MODE_COUNT, PORT_TCP_SHIFT, PORT_UDP_SHIFT, PORTS_LEN, RateState, STAT_COUNT,
     Settings, Stat, classes_required, reason,
@@ -60,6 +61,15 @@ static MISS_RATE: LruHashMap<[u8; 16], RateState> = LruHashMap::with_max_entries
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 #[map(name = "SETTINGS")]
 static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+// --- live learning (issue 9) ---
+#[map(name = "RESOLVERS_V4")]
+static RESOLVERS_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_LPM_SMALL, BPF_F_NO_PREALLOC);
+#[map(name = "RESOLVERS_V6")]
+static RESOLVERS_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_LPM_SMALL, BPF_F_NO_PREALLOC);
+#[map(name = "DNS_COPY")]
+static DNS_COPY: RingBuf = RingBuf::with_byte_size(DNS_COPY_BYTES, 0);
+#[map(name = "DNS_SCRATCH")]
+static DNS_SCRATCH: PerCpuArray<DnsCopyBuf> = PerCpuArray::with_max_entries(1, 0);
 
 /// What the parser found out about a packet that may need a verdict.
 struct Pkt {
@@ -138,7 +148,82 @@ pub fn rpz_guard(ctx: XdpContext) -> u32 {
             bump(stat, 1);
             refuse()
         }
-        Parsed::Check(pkt, service) => check(&pkt, service),
+        Parsed::Check(pkt, service) => {
+            // Live learning: a resolver's query on its way out. Other
+            // protected traffic pays one comparison for it.
+            if service == SERVICE_DNS && is_resolver(&pkt.src, pkt.v4) {
+                copy_dns(&ctx, DNS_DIR_QUERY);
+            }
+            check(&pkt, service)
+        }
+    }
+}
+
+/// The outside-interface program of live learning: copies DNS answers to
+/// the resolvers (source port a DNS port, and later IP fragments toward a
+/// resolver) to the learner and passes every packet. Traffic that is not
+/// from a DNS port pays for the header walk and one port lookup.
+#[xdp]
+pub fn rpz_guard_outside(ctx: XdpContext) -> u32 {
+    let Ok(h) = headers::<false>(&ctx) else { return XDP_PASS };
+    if !h.later_fragment {
+        // The source port is bytes 0..2 of both TCP and UDP headers.
+        let Some(sport) = be16_at(&ctx, h.l4off) else { return XDP_PASS };
+        if port_service(sport, h.proto) != SERVICE_DNS {
+            return XDP_PASS;
+        }
+    }
+    if let Some((_, dst)) = addresses(&ctx, &h)
+        && is_resolver(&dst, h.v4)
+    {
+        copy_dns(&ctx, DNS_DIR_RESPONSE);
+    }
+    XDP_PASS
+}
+
+/// True when `ip` is one of the resolvers whose DNS is learned from.
+#[inline(always)]
+fn is_resolver(ip: &[u8; 16], v4_addr: bool) -> bool {
+    if v4_addr {
+        RESOLVERS_V4.get(Key::new(32, v4(ip))).is_some()
+    } else {
+        RESOLVERS_V6.get(Key::new(128, *ip)).is_some()
+    }
+}
+
+/// Copies the frame (at most [`DNS_COPY_MAX`] bytes) with a header onto
+/// the copy ring. The packet itself is not held: a full ring loses the
+/// copy (counted), never the packet.
+#[inline(always)]
+fn copy_dns(ctx: &XdpContext, dir: u32) {
+    let Some(buf) = DNS_SCRATCH.get_ptr_mut(0) else { return };
+    // SAFETY: this CPU's scratch slot, valid for the program run.
+    let buf = unsafe { &mut *buf };
+    let wire = ctx.data_end() - ctx.data();
+    let mut n = wire;
+    if n > DNS_COPY_MAX {
+        n = DNS_COPY_MAX;
+        bump(Stat::DnsCopyCut, 1);
+    }
+    if n == 0 {
+        return;
+    }
+    // SAFETY: reads `n` (1..=DNS_COPY_MAX) packet bytes into the scratch
+    // buffer, which holds DNS_COPY_MAX; the helper checks the packet bounds.
+    let rc = unsafe { bpf_xdp_load_bytes(ctx.ctx.cast(), 0, buf.data.as_mut_ptr().cast(), n as u32) };
+    if rc != 0 {
+        return;
+    }
+    // SAFETY: a helper without arguments.
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
+    buf.header = DnsCopyHeader { ts_ns, wire_len: wire as u32, dir };
+    let len = core::mem::size_of::<DnsCopyHeader>() + n;
+    // SAFETY: the first `len` bytes of the scratch value, which is
+    // `size_of::<DnsCopyBuf>()` >= len long.
+    let bytes = unsafe { core::slice::from_raw_parts((buf as *const DnsCopyBuf).cast::<u8>(), len) };
+    match DNS_COPY.output::<[u8]>(bytes, 0) {
+        Ok(()) => bump(Stat::DnsCopied, 1),
+        Err(_) => bump(Stat::DnsCopyLost, 1),
     }
 }
 
@@ -158,10 +243,31 @@ enum Parsed {
     Check(Pkt, u32),
 }
 
+/// Where the L3 and L4 headers of a frame are.
+struct Headers {
+    /// Offset of the IP header.
+    l3off: usize,
+    /// IPv4 (else IPv6).
+    v4: bool,
+    /// TCP or UDP.
+    proto: u8,
+    /// Offset of the TCP/UDP header.
+    l4off: usize,
+    /// Outer VLAN id (0 = untagged).
+    vlan: u32,
+    /// A non-first fragment: no L4 header (`l4off` is meaningless).
+    later_fragment: bool,
+}
+
+/// Walks Ethernet, up to two VLAN tags and the IP header (IPv6: the
+/// extension chain, bounded) to the TCP/UDP header. `Err` is the outcome
+/// for frames with no TCP/UDP header to look at. `COUNT` bumps the
+/// per-family counters (the enforcement program only: they add up to its
+/// packet count).
 #[inline(always)]
-fn parse(ctx: &XdpContext) -> Parsed {
+fn headers<const COUNT: bool>(ctx: &XdpContext) -> Result<Headers, Parsed> {
     let Some(mut ethertype) = be16_at(ctx, 12) else {
-        return Parsed::Pass(Stat::NonIp);
+        return Err(Parsed::Pass(Stat::NonIp));
     };
     let mut off = ETH_HDR_LEN;
     let mut vlan = 0u32;
@@ -171,8 +277,8 @@ fn parse(ctx: &XdpContext) -> Parsed {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;
         }
-        let Some(tci) = be16_at(ctx, off) else { return Parsed::Drop(Stat::DropMalformed) };
-        let Some(inner) = be16_at(ctx, off + 2) else { return Parsed::Drop(Stat::DropMalformed) };
+        let Some(tci) = be16_at(ctx, off) else { return Err(Parsed::Drop(Stat::DropMalformed)) };
+        let Some(inner) = be16_at(ctx, off + 2) else { return Err(Parsed::Drop(Stat::DropMalformed)) };
         if !tagged {
             vlan = u32::from(tci & 0x0fff);
             tagged = true;
@@ -182,41 +288,44 @@ fn parse(ctx: &XdpContext) -> Parsed {
     }
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
         // A third tag: more than we inspect, so refused rather than passed.
-        return Parsed::Drop(Stat::DropMalformed);
+        return Err(Parsed::Drop(Stat::DropMalformed));
     }
-    if tagged {
+    if COUNT && tagged {
         bump(Stat::Vlan, 1);
     }
-    // Addresses are copied only once the port says the packet is protected:
-    // unprotected traffic pays for the headers it needs and no more.
     let (v4, proto, l4off);
+    let mut later_fragment = false;
     match ethertype {
         ETH_P_IP => {
-            bump(Stat::Ipv4, 1);
+            if COUNT {
+                bump(Stat::Ipv4, 1);
+            }
             // Version/IHL, fragment field and protocol; the header must still be whole.
-            let Some(h) = bytes_at::<10>(ctx, off) else { return Parsed::Drop(Stat::DropMalformed) };
+            let Some(h) = bytes_at::<10>(ctx, off) else { return Err(Parsed::Drop(Stat::DropMalformed)) };
             if ptr_at::<[u8; 20]>(ctx, off).is_none() {
-                return Parsed::Drop(Stat::DropMalformed);
+                return Err(Parsed::Drop(Stat::DropMalformed));
             }
             let ihl = usize::from(h[0] & 0x0f) * 4;
             if h[0] >> 4 != 4 || ihl < 20 {
-                return Parsed::Drop(Stat::DropMalformed);
+                return Err(Parsed::Drop(Stat::DropMalformed));
             }
             v4 = true;
             proto = h[9];
             if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
-                return Parsed::Pass(Stat::Unprotected);
+                return Err(Parsed::Pass(Stat::Unprotected));
             }
             if u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
-                return Parsed::Pass(Stat::Fragment);
+                later_fragment = true;
             }
             l4off = off + ihl;
         }
         ETH_P_IPV6 => {
-            bump(Stat::Ipv6, 1);
-            let Some(h) = bytes_at::<8>(ctx, off) else { return Parsed::Drop(Stat::DropMalformed) };
+            if COUNT {
+                bump(Stat::Ipv6, 1);
+            }
+            let Some(h) = bytes_at::<8>(ctx, off) else { return Err(Parsed::Drop(Stat::DropMalformed)) };
             if h[0] >> 4 != 6 || ptr_at::<[u8; 32]>(ctx, off + 8).is_none() {
-                return Parsed::Drop(Stat::DropMalformed);
+                return Err(Parsed::Drop(Stat::DropMalformed));
             }
             let mut next = h[6];
             let mut o = off + 40;
@@ -229,69 +338,103 @@ fn parse(ctx: &XdpContext) -> Parsed {
                     }
                     // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
                     0 | 43 | 60 => {
-                        let Some(e) = bytes_at::<2>(ctx, o) else { return Parsed::Drop(Stat::DropMalformed) };
+                        let Some(e) = bytes_at::<2>(ctx, o) else {
+                            return Err(Parsed::Drop(Stat::DropMalformed));
+                        };
                         next = e[0];
                         o += (usize::from(e[1]) + 1) * 8;
                     }
                     // Authentication header: (len + 2) * 4 bytes.
                     51 => {
-                        let Some(e) = bytes_at::<2>(ctx, o) else { return Parsed::Drop(Stat::DropMalformed) };
+                        let Some(e) = bytes_at::<2>(ctx, o) else {
+                            return Err(Parsed::Drop(Stat::DropMalformed));
+                        };
                         next = e[0];
                         o += (usize::from(e[1]) + 2) * 4;
                     }
                     // Fragment header: 8 bytes; a non-first fragment has no L4 header.
                     44 => {
-                        let Some(e) = bytes_at::<4>(ctx, o) else { return Parsed::Drop(Stat::DropMalformed) };
+                        let Some(e) = bytes_at::<4>(ctx, o) else {
+                            return Err(Parsed::Drop(Stat::DropMalformed));
+                        };
                         if u16::from_be_bytes([e[2], e[3]]) >> 3 != 0 {
-                            return Parsed::Pass(Stat::Fragment);
+                            later_fragment = true;
+                            found = true;
+                            next = e[0];
+                            break;
                         }
                         next = e[0];
                         o += 8;
                     }
                     // ICMPv6, ESP, no-next-header, ...: not a protected service.
-                    _ => return Parsed::Pass(Stat::Unprotected),
+                    _ => return Err(Parsed::Pass(Stat::Unprotected)),
                 }
                 if o > MAX_L4_OFFSET {
-                    return Parsed::Drop(Stat::DropExtChain);
+                    return Err(Parsed::Drop(Stat::DropExtChain));
                 }
             }
             if !found {
-                return Parsed::Drop(Stat::DropExtChain);
+                return Err(Parsed::Drop(Stat::DropExtChain));
             }
             v4 = false;
             proto = next;
             l4off = o;
         }
-        _ => return Parsed::Pass(Stat::NonIp),
+        _ => return Err(Parsed::Pass(Stat::NonIp)),
     }
     if l4off > MAX_L4_OFFSET {
-        return Parsed::Drop(Stat::DropMalformed);
+        return Err(Parsed::Drop(Stat::DropMalformed));
     }
-    // The destination port is bytes 2..4 of both TCP and UDP headers.
-    let Some(dport) = be16_at(ctx, l4off + 2) else { return Parsed::Drop(Stat::DropMalformed) };
-    let services = PORTS.get(u32::from(dport)).copied().unwrap_or(0);
+    Ok(Headers { l3off: off, v4, proto, l4off, vlan, later_fragment })
+}
+
+/// The source and destination addresses (IPv4 as v4-mapped IPv6).
+#[inline(always)]
+fn addresses(ctx: &XdpContext, h: &Headers) -> Option<([u8; 16], [u8; 16])> {
+    let (mut src, mut dst) = ([0u8; 16], [0u8; 16]);
+    if h.v4 {
+        // Source and destination: bytes 12..20 of the IPv4 header.
+        let a = bytes_at::<8>(ctx, h.l3off + 12)?;
+        src[10] = 0xff;
+        src[11] = 0xff;
+        dst[10] = 0xff;
+        dst[11] = 0xff;
+        src[12..16].copy_from_slice(&a[..4]);
+        dst[12..16].copy_from_slice(&a[4..]);
+    } else {
+        src = bytes_at::<16>(ctx, h.l3off + 8)?;
+        dst = bytes_at::<16>(ctx, h.l3off + 24)?;
+    }
+    Some((src, dst))
+}
+
+/// The service number `port` has for `proto` in [`PORTS`] (0: none).
+#[inline(always)]
+fn port_service(port: u16, proto: u8) -> u32 {
+    let services = PORTS.get(u32::from(port)).copied().unwrap_or(0);
     let shift = if proto == IPPROTO_TCP { PORT_TCP_SHIFT } else { PORT_UDP_SHIFT };
-    let service = (services >> shift) & 0xff;
+    (services >> shift) & 0xff
+}
+
+#[inline(always)]
+fn parse(ctx: &XdpContext) -> Parsed {
+    let h = match headers::<true>(ctx) {
+        Ok(h) => h,
+        Err(outcome) => return outcome,
+    };
+    if h.later_fragment {
+        return Parsed::Pass(Stat::Fragment);
+    }
+    // Addresses are copied only once the port says the packet is protected:
+    // unprotected traffic pays for the headers it needs and no more.
+    // The destination port is bytes 2..4 of both TCP and UDP headers.
+    let Some(dport) = be16_at(ctx, h.l4off + 2) else { return Parsed::Drop(Stat::DropMalformed) };
+    let service = port_service(dport, h.proto);
     if service == 0 {
         return Parsed::Pass(Stat::Unprotected);
     }
-    let mut pkt = Pkt { src: [0; 16], dst: [0; 16], v4, proto, dport, vlan };
-    if v4 {
-        // Source and destination: bytes 12..20 of the IPv4 header.
-        let Some(a) = bytes_at::<8>(ctx, off + 12) else { return Parsed::Drop(Stat::DropMalformed) };
-        pkt.src[10] = 0xff;
-        pkt.src[11] = 0xff;
-        pkt.dst[10] = 0xff;
-        pkt.dst[11] = 0xff;
-        pkt.src[12..16].copy_from_slice(&a[..4]);
-        pkt.dst[12..16].copy_from_slice(&a[4..]);
-    } else {
-        let Some(src) = bytes_at::<16>(ctx, off + 8) else { return Parsed::Drop(Stat::DropMalformed) };
-        let Some(dst) = bytes_at::<16>(ctx, off + 24) else { return Parsed::Drop(Stat::DropMalformed) };
-        pkt.src = src;
-        pkt.dst = dst;
-    }
-    Parsed::Check(pkt, service)
+    let Some((src, dst)) = addresses(ctx, &h) else { return Parsed::Drop(Stat::DropMalformed) };
+    Parsed::Check(Pkt { src, dst, v4: h.v4, proto: h.proto, dport, vlan: h.vlan }, service)
 }
 
 #[inline(always)]

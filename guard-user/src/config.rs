@@ -108,6 +108,8 @@ pub struct Config {
     pub status: Status,
     /// OpenFlow controller mode.
     pub openflow: Openflow,
+    /// Live learning from the resolvers' DNS traffic.
+    pub learn: Learn,
 }
 
 /// `[enforce]`
@@ -321,6 +323,142 @@ impl Default for Openflow {
     }
 }
 
+/// `[learn]`: live learning. The resolvers' DNS traffic crossing the
+/// router feeds the same learner as `rpz-guard learn`; new entries are
+/// enforced at once and pushed to the RPZ primary by UPDATE.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Learn {
+    /// Learn live (off by default).
+    pub enabled: bool,
+    /// The organisation's resolvers whose traffic is learned from (empty:
+    /// `policy.exempt_sources`).
+    pub resolvers: Vec<Prefix>,
+    /// XDP mode: the router's outside interface, where the answers to the
+    /// resolvers arrive (gets a second, copy-only XDP program).
+    pub outside_iface: Option<String>,
+    /// Trust starts at these root hints (BIND root-hints format) instead of
+    /// the built-in root servers.
+    pub root_hints: Option<PathBuf>,
+    /// More trusted servers (root-hints format), e.g. the upstream
+    /// resolvers a forwarding resolver asks.
+    pub trust_initial: Vec<PathBuf>,
+    /// Also trust every name server (`DNS` entry) the zone already holds,
+    /// so a restarted daemon learns from the TLD servers its resolver keeps
+    /// cached.
+    pub trust_zone: bool,
+    /// Seconds a query waits for its response.
+    pub window_secs: u64,
+    /// Push new entries to `rpz.server` by TSIG UPDATE (needs `rpz.tsig_key`).
+    pub push: bool,
+    /// Longest wait before queued entries are pushed, milliseconds.
+    pub push_interval_ms: u64,
+    /// Most records per UPDATE; a full batch is pushed at once.
+    pub push_batch: usize,
+    /// Most live entries awaiting confirmation by the zone (further ones are
+    /// counted and not learned).
+    pub queue_limit: usize,
+    /// Journal of the entries not yet confirmed, re-read at start so none
+    /// is lost across a restart. Empty: no journal.
+    pub journal: Option<PathBuf>,
+}
+
+impl Default for Learn {
+    fn default() -> Self {
+        Learn {
+            enabled: false,
+            resolvers: Vec::new(),
+            outside_iface: None,
+            root_hints: None,
+            trust_initial: Vec::new(),
+            trust_zone: true,
+            window_secs: 10,
+            push: true,
+            push_interval_ms: 100,
+            push_batch: 500,
+            queue_limit: 200_000,
+            journal: Some(PathBuf::from("/var/lib/rpz-guard/live-learned.journal")),
+        }
+    }
+}
+
+impl Learn {
+    /// The resolvers in force: `resolvers`, else the exempt sources.
+    pub fn resolvers_or(&self, exempt: &[Prefix]) -> Vec<Prefix> {
+        if self.resolvers.is_empty() { exempt.to_vec() } else { self.resolvers.clone() }
+    }
+
+    fn validate(&self, cfg: &Config) -> Result<(), ConfigError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let resolvers = self.resolvers_or(&cfg.policy.exempt_sources);
+        if resolvers.is_empty() {
+            return Err(invalid(
+                "learn.resolvers",
+                "[]",
+                "live learning needs the resolvers (learn.resolvers or policy.exempt_sources)",
+            ));
+        }
+        if let Some(p) = resolvers.iter().find(|p| p.is_empty()) {
+            return Err(invalid("learn.resolvers", p, "a zero-length prefix would learn from everyone"));
+        }
+        if resolvers.len() > guard_common::MAX_LPM_SMALL as usize {
+            return Err(invalid(
+                "learn.resolvers",
+                resolvers.len(),
+                format!("at most {} prefixes", guard_common::MAX_LPM_SMALL),
+            ));
+        }
+        if cfg.enforce.mode == Mode::Xdp {
+            match self.outside_iface.as_deref() {
+                None | Some("") => {
+                    return Err(invalid(
+                        "learn.outside_iface",
+                        "(unset)",
+                        "XDP mode learns the answers on the outside interface: name it (--learn-outside)",
+                    ));
+                }
+                Some(i) if i.len() > 15 || i.contains('/') || i.contains(char::is_whitespace) => {
+                    return Err(invalid("learn.outside_iface", format!("{i:?}"), "not a valid interface name"));
+                }
+                Some(i) if cfg.enforce.iface.as_deref() == Some(i) => {
+                    return Err(invalid(
+                        "learn.outside_iface",
+                        format!("{i:?}"),
+                        "must differ from enforce.iface (the inside interface)",
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        if !(1..=3600).contains(&self.window_secs) {
+            return Err(invalid("learn.window_secs", self.window_secs, "must be 1..=3600"));
+        }
+        if !(1..=60_000).contains(&self.push_interval_ms) {
+            return Err(invalid("learn.push_interval_ms", self.push_interval_ms, "must be 1..=60000"));
+        }
+        if !(1..=crate::rpz::update::BATCH_RECORDS).contains(&self.push_batch) {
+            return Err(invalid(
+                "learn.push_batch",
+                self.push_batch,
+                format!("must be 1..={}", crate::rpz::update::BATCH_RECORDS),
+            ));
+        }
+        if self.queue_limit == 0 {
+            return Err(invalid("learn.queue_limit", 0, "must be at least 1"));
+        }
+        if self.push && cfg.rpz.server.is_some() && cfg.rpz.tsig_key.is_none() {
+            return Err(invalid(
+                "learn.push",
+                "true",
+                "pushing to rpz.server needs rpz.tsig_key (or set learn.push = false)",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     /// Reads and validates a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -428,6 +566,7 @@ impl Config {
         if self.openflow.packet_in_rate == 0 {
             return Err(invalid("openflow.packet_in_rate", 0, "must be at least 1"));
         }
+        self.learn.validate(self)?;
         Ok(())
     }
 }
@@ -490,6 +629,30 @@ mod tests {
         let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.enforce.iface.as_deref(), Some("eth1"));
         assert_eq!(c.status.metrics_listen, Some("127.0.0.1:9466".parse().expect("addr")));
+    }
+
+    #[test]
+    fn learn_section_defaults_and_errors() {
+        let base = "[enforce]\niface = \"in0\"\n[rpz]\nzone_file = \"z\"\n[policy]\nexempt_sources = [\"10.0.0.53\"]\n";
+        let c = parse(&format!("{base}[learn]\nenabled = true\noutside_iface = \"out0\"\n")).expect("valid");
+        assert_eq!(c.learn.resolvers_or(&c.policy.exempt_sources), c.policy.exempt_sources);
+        assert_eq!((c.learn.push_interval_ms, c.learn.push_batch), (100, 500));
+        for (extra, needle) in [
+            ("[learn]\nenabled = true\n", "learn.outside_iface"),
+            ("[learn]\nenabled = true\noutside_iface = \"in0\"\n", "learn.outside_iface"),
+            ("[learn]\nenabled = true\noutside_iface = \"out0\"\npush_batch = 0\n", "learn.push_batch"),
+            ("[learn]\nenabled = true\noutside_iface = \"out0\"\nresolvers = [\"0.0.0.0/0\"]\n", "learn.resolvers"),
+            ("[learn]\nenabled = true\noutside_iface = \"out0\"\nwindow_secs = 0\n", "learn.window_secs"),
+            ("[learn]\nenabld = true\n", "enabld"),
+        ] {
+            let text = format!("{base}{extra}");
+            let e = parse(&text).expect_err(&text).to_string();
+            assert!(e.contains(needle), "error for {text:?} should name {needle:?}: {e}");
+        }
+        let e = parse("[enforce]\niface = \"in0\"\n[rpz]\nzone_file = \"z\"\n[learn]\nenabled = true\noutside_iface = \"out0\"\n")
+            .expect_err("no resolvers")
+            .to_string();
+        assert!(e.contains("learn.resolvers"), "{e}");
     }
 
     #[test]

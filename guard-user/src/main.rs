@@ -110,6 +110,30 @@ struct RunArgs {
     /// OpenFlow listen address (openflow mode).
     #[arg(long)]
     openflow_listen: Option<SocketAddr>,
+    /// Learn live from the resolvers' DNS traffic as it crosses the router
+    /// (the same rules as `rpz-guard learn`): new name servers and mail
+    /// exchangers are enforced at once and pushed to --server by UPDATE.
+    #[arg(long)]
+    learn: bool,
+    /// Live learning, XDP mode: the outside interface, where the answers to
+    /// the resolvers arrive (gets a copy-only XDP program).
+    #[arg(long, value_name = "IFACE")]
+    learn_outside: Option<String>,
+    /// Live learning: a resolver prefix whose DNS is learned from
+    /// (repeatable; default: the --exempt prefixes).
+    #[arg(long = "learn-resolver", value_name = "PREFIX")]
+    learn_resolver: Vec<Prefix>,
+    /// Live learning: trust starts at these root hints (BIND root-hints
+    /// format) instead of the built-in root servers.
+    #[arg(long, value_name = "FILE")]
+    learn_root_hints: Option<PathBuf>,
+    /// Live learning: journal of entries not yet confirmed by the zone,
+    /// re-read at start so none is lost across a restart.
+    #[arg(long, value_name = "PATH")]
+    learn_journal: Option<PathBuf>,
+    /// Live learning: enforce new entries locally only, never UPDATE the primary.
+    #[arg(long)]
+    learn_no_push: bool,
 }
 
 #[derive(Args, Debug)]
@@ -255,6 +279,23 @@ fn merge(args: RunArgs) -> anyhow::Result<Config> {
     }
     if let Some(l) = args.openflow_listen {
         cfg.openflow.listen = l;
+    }
+    let l = &mut cfg.learn;
+    l.enabled |= args.learn;
+    if args.learn_outside.is_some() {
+        l.outside_iface = args.learn_outside;
+    }
+    if !args.learn_resolver.is_empty() {
+        l.resolvers = args.learn_resolver;
+    }
+    if args.learn_root_hints.is_some() {
+        l.root_hints = args.learn_root_hints;
+    }
+    if args.learn_journal.is_some() {
+        l.journal = args.learn_journal;
+    }
+    if args.learn_no_push {
+        l.push = false;
     }
     cfg.validate()?;
     Ok(cfg)

@@ -23,7 +23,7 @@ use aya::{
     },
 };
 use guard_common::{
-    CacheEntry, MAP_ALLOW_PFX_V4, MAP_ALLOW_PFX_V6, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_CACHE, MAP_EVENTS,
+    CacheEntry, MAP_DNS_COPY, MAP_RESOLVERS_V4, MAP_RESOLVERS_V6, MAP_ALLOW_PFX_V4, MAP_ALLOW_PFX_V6, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_CACHE, MAP_EVENTS,
     MAP_EXEMPT_V4, MAP_EXEMPT_V6, MAP_INTERNAL_V4, MAP_INTERNAL_V6, MAP_MISS_RATE, MAP_PORTS, MAP_RATE,
     MAP_SETTINGS, MAP_STATS, PORT_TCP_SHIFT, PORT_UDP_SHIFT, STAT_COUNT, Settings, Stat,
 };
@@ -38,6 +38,10 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 
 /// Name of the XDP program function in [`EBPF_OBJECT`].
 pub const PROGRAM_NAME: &str = "rpz_guard";
+
+/// The live-learning program for the outside interface in [`EBPF_OBJECT`]:
+/// copies DNS answers to the resolvers, passes everything.
+pub const OUTSIDE_PROGRAM: &str = "rpz_guard_outside";
 
 /// The pass-everything reference program in [`EBPF_OBJECT`], for benchmarks.
 pub const REFERENCE_PROGRAM: &str = "pass_all";
@@ -166,6 +170,7 @@ pub struct Enforcer {
     pinned_link: Option<PinnedLink>,
     pin_dir: Option<PathBuf>,
     adopted: bool,
+    outside: Option<(String, AttachMode)>,
 }
 
 impl Enforcer {
@@ -200,6 +205,7 @@ impl Enforcer {
             pinned_link: None,
             pin_dir: pin_dir.map(Path::to_owned),
             adopted,
+            outside: None,
         })
     }
 
@@ -228,17 +234,7 @@ impl Enforcer {
             tracing::info!(iface, link = %path.display(), "replaced the program inside the pinned XDP link");
             return Ok(mode);
         }
-        let (id, used) = match mode {
-            AttachMode::Native => (prog.attach(iface, AyaMode::Driver).map_err(|e| perr("attach", e))?, mode),
-            AttachMode::Generic => (prog.attach(iface, AyaMode::Skb).map_err(|e| perr("attach", e))?, mode),
-            AttachMode::Auto => match prog.attach(iface, AyaMode::Driver) {
-                Ok(id) => (id, AttachMode::Native),
-                Err(e) => {
-                    tracing::warn!(iface, error = %e, "native XDP attach failed; using generic mode");
-                    (prog.attach(iface, AyaMode::Skb).map_err(|e| perr("attach", e))?, AttachMode::Generic)
-                }
-            },
-        };
+        let (id, used) = attach_in_mode(prog, iface, mode)?;
         if let Some(path) = link_path {
             let link = prog.take_link(id).map_err(|e| perr("take link", e))?;
             let fd_link = FdLink::try_from(link).map_err(|e| XdpError::Pin {
@@ -252,6 +248,62 @@ impl Enforcer {
         }
         self.attached = Some((iface.to_owned(), used));
         Ok(used)
+    }
+
+    /// Attaches the live-learning program ([`OUTSIDE_PROGRAM`]) to the
+    /// outside interface `iface`, where the answers to the resolvers
+    /// arrive. It shares this program's maps; it is not pinned (without the
+    /// daemon there is no learner to copy to) and detaches with this value.
+    pub fn attach_outside(&mut self, iface: &str, mode: AttachMode) -> Result<AttachMode, XdpError> {
+        let perr = |what, source| XdpError::Program { what, iface: iface.to_owned(), source };
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(OUTSIDE_PROGRAM)
+            .ok_or(perr("lookup", aya::programs::ProgramError::NotLoaded))?
+            .try_into()
+            .map_err(|e| perr("lookup", e))?;
+        if prog.fd().is_err() {
+            prog.load().map_err(|e| perr("load", e))?;
+        }
+        let (_, used) = attach_in_mode(prog, iface, mode)?;
+        self.outside = Some((iface.to_owned(), used));
+        Ok(used)
+    }
+
+    /// The outside interface and mode, once [`Enforcer::attach_outside`] ran.
+    pub fn outside(&self) -> Option<(&str, AttachMode)> {
+        self.outside.as_ref().map(|(i, m)| (i.as_str(), *m))
+    }
+
+    /// Names the resolvers whose DNS the programs copy to the live learner
+    /// (queries from them on the inside interface, answers to them on the
+    /// outside one). Empty: nothing is copied.
+    pub fn set_resolvers(&mut self, resolvers: &[Prefix]) -> Result<(), XdpError> {
+        self.replace_lpm(MAP_RESOLVERS_V4, MAP_RESOLVERS_V6, resolvers)
+    }
+
+    /// Takes the DNS copy ring buffer (once) for the live learner.
+    pub fn take_dns_copy(&mut self) -> Result<RingBuf<MapData>, XdpError> {
+        let map = self.ebpf.take_map(MAP_DNS_COPY).ok_or_else(|| missing(MAP_DNS_COPY))?;
+        RingBuf::try_from(map).map_err(map_err(MAP_DNS_COPY))
+    }
+
+    /// Handles of its own on the host allow maps, so the live learner
+    /// writes entries without waiting for the enforcer's lock (held for
+    /// seconds while a large diff is mirrored).
+    pub fn allow_writer(&self) -> Result<AllowWriter, XdpError> {
+        fn reopen(ebpf: &Ebpf, name: &'static str) -> Result<aya::maps::Map, XdpError> {
+            let m = ebpf.map(name).ok_or_else(|| missing(name))?;
+            let id = match m {
+                aya::maps::Map::HashMap(d) => d.info().map_err(map_err(name))?.id(),
+                _ => return Err(missing(name)),
+            };
+            let data = MapData::from_id(id).map_err(map_err(name))?;
+            aya::maps::Map::from_map_data(data).map_err(map_err(name))
+        }
+        let v4 = HashMap::try_from(reopen(&self.ebpf, MAP_ALLOW_V4)?).map_err(map_err(MAP_ALLOW_V4))?;
+        let v6 = HashMap::try_from(reopen(&self.ebpf, MAP_ALLOW_V6)?).map_err(map_err(MAP_ALLOW_V6))?;
+        Ok(AllowWriter { v4, v6 })
     }
 
     /// With a pin directory holding a link: Ok(true) when the link is on
@@ -553,6 +605,52 @@ impl Enforcer {
     ) -> Result<Array<&'a mut MapData, V>, XdpError> {
         self.typed(name)
     }
+}
+
+/// Writes host entries into the allow maps, independently of the
+/// [`Enforcer`] (see [`Enforcer::allow_writer`]).
+pub struct AllowWriter {
+    v4: HashMap<MapData, [u8; 4], u32>,
+    v6: HashMap<MapData, [u8; 16], u32>,
+}
+
+impl AllowWriter {
+    /// Sets the classes of host `ip` (replacing what the map held).
+    pub fn set(&mut self, ip: IpAddr, classes: Classes) -> Result<(), XdpError> {
+        match ip {
+            IpAddr::V4(a) => self.v4.insert(a.octets(), classes.bits(), 0).map_err(map_err(MAP_ALLOW_V4)),
+            IpAddr::V6(a) => self.v6.insert(a.octets(), classes.bits(), 0).map_err(map_err(MAP_ALLOW_V6)),
+        }
+    }
+
+    /// The classes the maps hold for host `ip`.
+    pub fn get(&self, ip: IpAddr) -> Classes {
+        let bits = match ip {
+            IpAddr::V4(a) => self.v4.get(&a.octets(), 0).ok(),
+            IpAddr::V6(a) => self.v6.get(&a.octets(), 0).ok(),
+        };
+        Classes::from_bits(bits.unwrap_or(0))
+    }
+}
+
+/// Attaches `prog` to `iface` in `mode` (auto: native, else generic).
+fn attach_in_mode(
+    prog: &mut Xdp,
+    iface: &str,
+    mode: AttachMode,
+) -> Result<(aya::programs::xdp::XdpLinkId, AttachMode), XdpError> {
+    let perr = |source| XdpError::Program { what: "attach", iface: iface.to_owned(), source };
+    Ok(match mode {
+        AttachMode::Native => (prog.attach(iface, AyaMode::Driver).map_err(perr)?, mode),
+        AttachMode::Generic => (prog.attach(iface, AyaMode::Skb).map_err(perr)?, mode),
+        AttachMode::Auto => match prog.attach(iface, AyaMode::Driver) {
+            Ok(id) => (id, AttachMode::Native),
+            Err(e) => {
+                tracing::warn!(iface, error = %e, "native XDP attach failed; using generic mode");
+                (prog.attach(iface, AyaMode::Skb).map_err(perr)?, AttachMode::Generic)
+            }
+        },
+    })
 }
 
 /// Inserts `want` into `trie`, then removes every other key.

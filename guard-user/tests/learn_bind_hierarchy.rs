@@ -52,62 +52,18 @@ fn prefix(tag: &str) -> String {
     format!("lbh{}{tag}", std::process::id() % 100_000)
 }
 
-/// One authoritative named: its label, addresses, zones (origin, file text).
-struct AuthServer {
-    label: String,
-    addrs: Vec<IpAddr>,
-    zones: Vec<(&'static str, String)>,
-}
-
-/// Starts one authoritative named per server name of `world` in the outside
-/// namespace (and the rogue), then waits until every address answers.
-/// `extra` goes into every server's options.
+/// Starts the world's authoritative servers and the rogue in the outside
+/// namespace.
 fn start_authoritative(topo: &mut Topology, world: &World, rogue: &World, extra: &str) {
-    let out = topo.outside.name.clone();
-    let mut started: Vec<(usize, Vec<IpAddr>)> = Vec::new();
-    let mut servers: Vec<AuthServer> = world
-        .servers()
-        .into_iter()
-        .map(|(host, zones)| AuthServer {
-            label: host.to_owned(),
-            addrs: world.hosts[host].clone(),
-            zones: zones.iter().map(|z| (*z, world.zone_file(z))).collect(),
-        })
-        .collect();
-    servers.push(AuthServer {
-        label: "rogue".into(),
-        addrs: vec![addr(ROGUE)],
-        zones: rogue.zones.iter().map(|z| (z.origin, rogue.zone_file(z.origin))).collect(),
-    });
-    for AuthServer { label: host, addrs, zones: files } in servers {
-        let dir = topo.subdir(&format!("auth-{host}"));
-        let mut zones = String::new();
-        for (origin, text) in &files {
-            let file = if origin.is_empty() { "root.zone".to_owned() } else { format!("{origin}.zone") };
-            std::fs::write(dir.join(&file), text).expect("write zone file");
-            let name = if origin.is_empty() { "." } else { origin };
-            zones.push_str(&format!("zone \"{name}\" {{ type primary; file \"{file}\"; }};\n"));
-        }
-        let v4: Vec<String> = addrs.iter().filter(|a| a.is_ipv4()).map(|a| format!("{a};")).collect();
-        let v6: Vec<String> = addrs.iter().filter(|a| a.is_ipv6()).map(|a| format!("{a};")).collect();
-        let listen = |l: &[String]| if l.is_empty() { "none;".to_owned() } else { l.join(" ") };
-        let options = format!(
-            "    listen-on port 53 {{ {} }};\n    listen-on-v6 port 53 {{ {} }};\n    recursion no;\n    \
-             check-mx-cname ignore;\n    check-integrity no;\n{extra}",
-            listen(&v4),
-            listen(&v6)
-        );
-        let i = topo.start_named(&format!("named {host}"), &out, &dir, &options, &zones);
-        started.push((i, addrs));
-    }
-    for (i, addrs) in started {
-        for a in addrs {
-            if guard_tests::wait_for_udp_dns(&out, port53(a), Duration::from_secs(30)).is_err() {
-                topo.procs[i].assert_running();
-                panic!("{} does not answer on {a}:\n{}", topo.procs[i].name, topo.procs[i].log_text());
-            }
-        }
-    }
+    let procs = learn_hierarchy::start_authoritative(
+        &topo.outside.name,
+        topo.dir.path(),
+        world,
+        rogue,
+        addr(ROGUE),
+        extra,
+    );
+    topo.procs.extend(procs);
 }
 
 /// The queries a mail client makes: MX of each mail domain of `zones`, then

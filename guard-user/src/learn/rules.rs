@@ -82,12 +82,24 @@ pub struct Learner {
     mx_names: HashSet<Box<[u8]>>,
     allow: AllowSet,
     new_entries: Option<Vec<(Prefix, Classes)>>,
+    also_trusted: Option<AlsoTrusted>,
     // Scratch space reused between responses.
     arena: Vec<u8>,
     chain: Vec<(usize, usize)>,
     resp_ns: Vec<(usize, usize)>,
     resp_mx: Vec<(usize, usize)>,
     owner: Vec<u8>,
+}
+
+/// Servers trusted from outside the learner's own state (live learning:
+/// the name servers the RPZ already holds, learned before a restart or by
+/// another learner).
+pub struct AlsoTrusted(pub Box<dyn Fn(IpAddr) -> bool + Send>);
+
+impl std::fmt::Debug for AlsoTrusted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AlsoTrusted(..)")
+    }
 }
 
 /// True for addresses that can be a remote server.
@@ -118,6 +130,7 @@ impl Learner {
             mx_names: HashSet::new(),
             allow: AllowSet::new(),
             new_entries: None,
+            also_trusted: None,
             arena: Vec::with_capacity(1024),
             chain: Vec::new(),
             resp_ns: Vec::new(),
@@ -144,9 +157,17 @@ impl Learner {
         self.new_entries.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
+    /// Also trust the servers `f` accepts (live learning: the RPZ's name
+    /// servers). A resolver that restarts with a warm cache never shows
+    /// the delegations it already knows, so without this a restarted
+    /// learner would learn nothing from the TLD servers it asks.
+    pub fn also_trust(&mut self, f: AlsoTrusted) {
+        self.also_trusted = Some(f);
+    }
+
     /// True when `ip` is a trusted name server.
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
-        self.trusted.contains(&ip)
+        self.trusted.contains(&ip) || self.also_trusted.as_ref().is_some_and(|f| (f.0)(ip))
     }
 
     /// Trusted name servers known so far.
@@ -196,7 +217,7 @@ impl Learner {
 
     /// Applies the rules to a *matched* response from `server`.
     pub fn learn(&mut self, server: IpAddr, msg: &Message<'_>) -> Outcome {
-        if !self.trusted.contains(&server) {
+        if !self.is_trusted(server) {
             return Outcome::Untrusted;
         }
         let Some(q) = msg.question else { return Outcome::Nothing };

@@ -143,6 +143,21 @@ pub async fn push_additions(
     push(server, zone, key, missing, report).await
 }
 
+/// Adds `records` to `zone` at `server` without reading the zone first:
+/// the caller already knows what the zone lacks (live learning checks its
+/// IXFR-fed mirror of the zone). Adding a record the zone holds is a no-op
+/// (RFC 2136 §3.4.2.2), so a stale mirror costs bytes, never a duplicate.
+pub async fn push_records(
+    server: SocketAddr,
+    zone: &str,
+    key: &TsigKey,
+    records: &[(Prefix, Classes)],
+) -> Result<UpdateReport, UpdateError> {
+    let single = |c: Classes| [Classes::DNS, Classes::SMTP].into_iter().filter(move |k| c.contains(*k));
+    let changes = records.iter().flat_map(|(p, c)| single(*c).map(|k| (*p, k, true))).collect();
+    push(server, zone, key, changes, UpdateReport::default()).await
+}
+
 /// Removes from `zone` at `server` every `(prefix, class)` record of
 /// `unwanted` that the zone holds (read by AXFR first).
 pub async fn push_removals(

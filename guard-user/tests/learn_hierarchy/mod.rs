@@ -525,11 +525,19 @@ impl Topology {
         p
     }
 
-    /// Writes a named.conf in `dir` (zones: origin → file name, already in
-    /// `dir`) and starts `named -g` in `ns`; returns the index in `procs`.
+    /// Starts `named` (see [`start_named`]) and keeps it in `procs`;
+    /// returns its index there.
     pub fn start_named(&mut self, label: &str, ns: &str, dir: &Path, options: &str, zones: &str) -> usize {
-        let conf = format!(
-            r#"options {{
+        self.procs.push(start_named(label, ns, dir, options, zones));
+        self.procs.len() - 1
+    }
+}
+
+/// Writes a named.conf in `dir` (zones: origin → file name, already in
+/// `dir`) and starts `named -g` in `ns`.
+pub fn start_named(label: &str, ns: &str, dir: &Path, options: &str, zones: &str) -> Proc {
+    let conf = format!(
+        r#"options {{
     directory "{d}";
     pid-file "{d}/named.pid";
     session-keyfile "{d}/session.key";
@@ -543,23 +551,86 @@ impl Topology {
 controls {{ }};
 {zones}
 "#,
-            d = dir.display()
+        d = dir.display()
+    );
+    let conf_path = dir.join("named.conf");
+    std::fs::write(&conf_path, conf).expect("write named.conf");
+    let check =
+        Command::new("named-checkconf").arg("-z").arg(&conf_path).output().expect("run named-checkconf");
+    assert!(
+        check.status.success(),
+        "named-checkconf {label}: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let conf_s = conf_path.display().to_string();
+    Proc::spawn(label, ns, &["named", "-g", "-n", "1", "-c", &conf_s], &dir.join("named.log"))
+}
+
+/// One authoritative named: its label, addresses, zones (origin, file text).
+struct AuthServer {
+    label: String,
+    addrs: Vec<IpAddr>,
+    zones: Vec<(&'static str, String)>,
+}
+
+/// Starts one authoritative named per server name of `world` in namespace
+/// `ns` (directories under `base`), and one for `rogue` on `rogue_addr`,
+/// then waits until every address answers. `extra` goes into every
+/// server's options.
+pub fn start_authoritative(
+    ns: &str,
+    base: &Path,
+    world: &World,
+    rogue: &World,
+    rogue_addr: IpAddr,
+    extra: &str,
+) -> Vec<Proc> {
+    let mut procs: Vec<(Proc, Vec<IpAddr>)> = Vec::new();
+    let mut servers: Vec<AuthServer> = world
+        .servers()
+        .into_iter()
+        .map(|(host, zones)| AuthServer {
+            label: host.to_owned(),
+            addrs: world.hosts[host].clone(),
+            zones: zones.iter().map(|z| (*z, world.zone_file(z))).collect(),
+        })
+        .collect();
+    servers.push(AuthServer {
+        label: "rogue".into(),
+        addrs: vec![rogue_addr],
+        zones: rogue.zones.iter().map(|z| (z.origin, rogue.zone_file(z.origin))).collect(),
+    });
+    for AuthServer { label: host, addrs, zones: files } in servers {
+        let dir = base.join(format!("auth-{host}"));
+        std::fs::create_dir_all(&dir).expect("create server directory");
+        let mut zones = String::new();
+        for (origin, text) in &files {
+            let file = if origin.is_empty() { "root.zone".to_owned() } else { format!("{origin}.zone") };
+            std::fs::write(dir.join(&file), text).expect("write zone file");
+            let name = if origin.is_empty() { "." } else { origin };
+            zones.push_str(&format!("zone \"{name}\" {{ type primary; file \"{file}\"; }};\n"));
+        }
+        let v4: Vec<String> = addrs.iter().filter(|a| a.is_ipv4()).map(|a| format!("{a};")).collect();
+        let v6: Vec<String> = addrs.iter().filter(|a| a.is_ipv6()).map(|a| format!("{a};")).collect();
+        let listen = |l: &[String]| if l.is_empty() { "none;".to_owned() } else { l.join(" ") };
+        let options = format!(
+            "    listen-on port 53 {{ {} }};\n    listen-on-v6 port 53 {{ {} }};\n    recursion no;\n    \
+             check-mx-cname ignore;\n    check-integrity no;\n{extra}",
+            listen(&v4),
+            listen(&v6)
         );
-        let conf_path = dir.join("named.conf");
-        std::fs::write(&conf_path, conf).expect("write named.conf");
-        let check =
-            Command::new("named-checkconf").arg("-z").arg(&conf_path).output().expect("run named-checkconf");
-        assert!(
-            check.status.success(),
-            "named-checkconf {label}: {}{}",
-            String::from_utf8_lossy(&check.stdout),
-            String::from_utf8_lossy(&check.stderr)
-        );
-        let conf_s = conf_path.display().to_string();
-        let p = Proc::spawn(label, ns, &["named", "-g", "-n", "1", "-c", &conf_s], &dir.join("named.log"));
-        self.procs.push(p);
-        self.procs.len() - 1
+        procs.push((start_named(&format!("named {host}"), ns, &dir, &options, &zones), addrs));
     }
+    for (p, addrs) in &mut procs {
+        for a in addrs.iter() {
+            if guard_tests::wait_for_udp_dns(ns, port53(*a), Duration::from_secs(30)).is_err() {
+                p.assert_running();
+                panic!("{} does not answer on {a}:\n{}", p.name, p.log_text());
+            }
+        }
+    }
+    procs.into_iter().map(|(p, _)| p).collect()
 }
 
 /// One `dig` answer.

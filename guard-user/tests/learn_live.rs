@@ -1,0 +1,652 @@
+//! Live learning (issue 9) with real components: a real BIND recursive
+//! resolver inside (an exempt host), a real BIND authoritative hierarchy
+//! outside (root, TLDs, domains with NS+glue, an out-of-bailiwick NS, MX
+//! with A and AAAA, CNAMEs, an MX answer large enough to need TCP), a real
+//! BIND primary for the RPZ (empty at start), and `rpz-guard run --learn`
+//! with XDP on the router's inside interface and the copy program on its
+//! outside interface.
+//!
+//! ```text
+//!  client 198.19.1.10 ─┐                    router (rpz-guard)
+//!  bot    198.19.1.66 ─┼─ lan bridge ── i0 [XDP inside]  b0 [XDP outside] ── outside
+//!  resolver .53, RPZ .54┘                                    authoritative world
+//! ```
+//!
+//! Checks: a client resolves MX (and the exchanges' A/AAAA) through the
+//! resolver and connects at once, over IPv4 and IPv6: established on the
+//! first SYN (connect time, no retransmission in TCP_INFO, no miss at the
+//! router); the entries then show at BIND within a bounded time and the zone
+//! holds exactly the world's walked name servers and mail hosts; forged and
+//! unsolicited responses, answers to a non-resolver host and a bot asking a
+//! rogue server teach nothing, and events name the bot; with BIND
+//! unreachable entries stay enforced and queued, survive a daemon restart
+//! (journal) and reach BIND once it is back; a second router following the
+//! RPZ by IXFR enforces the learned entries without seeing any DNS.
+//!
+//! Needs root (namespaces, XDP, named on port 53).
+mod common;
+mod learn_common;
+mod learn_hierarchy;
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener},
+    os::fd::AsRawFd,
+    path::PathBuf,
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use common::{Named, NamedConfig, ZONE};
+use guard_user::{
+    daemon::StatusReport,
+    events::DetectionEvent,
+    policy::{AllowSet, Classes, Prefix},
+    rpz::{encode_owner, transfer},
+};
+use learn_hierarchy::{Netns, Proc, World, Zone, dig, ip_cmd, ns_cmd, port53};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rpz-guard");
+const RESOLVER: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 53);
+const RESOLVER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 0x53);
+const RPZ: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 54);
+const ROUTER_IN: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 1);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 10);
+const BOT: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 66);
+const ROUTER2: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 2);
+/// The rogue server the bot asks directly (never delegated to).
+const ROGUE: &str = "198.18.66.6";
+/// A mail port address nobody resolved (the bot's SMTP target).
+const BOT_SMTP: &str = "203.0.113.99";
+/// What the forged responses claim.
+const FORGED: [&str; 3] = ["203.0.113.77", "198.18.77.7", "203.0.113.78"];
+
+fn addr(s: &str) -> IpAddr {
+    s.parse().expect("literal address")
+}
+
+/// The namespaces, processes and files of one run. Fields drop in order:
+/// processes, then namespaces, then the directory.
+struct LiveLab {
+    procs: Vec<Proc>,
+    smtp: Option<SmtpSink>,
+    rpz: Option<Named>,
+    lan: Netns,
+    client: Netns,
+    bot: Netns,
+    resolver: Netns,
+    router: Netns,
+    router2: Netns,
+    outside: Netns,
+    dir: tempfile::TempDir,
+}
+
+impl LiveLab {
+    fn up(prefix: &str, outside_addrs: &BTreeSet<IpAddr>) -> LiveLab {
+        let dir = tempfile::Builder::new().prefix("learn-live-").tempdir().expect("temp dir");
+        let n = |s: &str| Netns::new(&format!("{prefix}{s}"));
+        let lab = LiveLab {
+            procs: Vec::new(),
+            smtp: None,
+            rpz: None,
+            lan: n("l"),
+            client: n("c"),
+            bot: n("b"),
+            resolver: n("r"),
+            router: n("g"),
+            router2: n("h"),
+            outside: n("o"),
+            dir,
+        };
+        let (l, c, b, r, g, h, o) = (
+            lab.lan.name.as_str(),
+            lab.client.name.as_str(),
+            lab.bot.name.as_str(),
+            lab.resolver.name.as_str(),
+            lab.router.name.as_str(),
+            lab.router2.name.as_str(),
+            lab.outside.name.as_str(),
+        );
+        ip_cmd(&["-n", l, "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0"]);
+        ip_cmd(&["-n", l, "link", "set", "br0", "up"]);
+        for (ns, port, inner) in [(c, "lc", "c0"), (b, "lb", "c0"), (r, "lr", "r0"), (g, "li", "i0"), (h, "lh", "i0")] {
+            ip_cmd(&["-n", l, "link", "add", port, "type", "veth", "peer", "name", inner, "netns", ns]);
+            ip_cmd(&["-n", l, "link", "set", port, "master", "br0", "up"]);
+            ip_cmd(&["-n", ns, "link", "set", inner, "up"]);
+        }
+        ip_cmd(&["-n", g, "link", "add", "b0", "type", "veth", "peer", "name", "b1", "netns", o]);
+        ip_cmd(&["-n", h, "link", "add", "b0", "type", "veth", "peer", "name", "b2", "netns", o]);
+        let addrs: [(&str, &str, &str); 17] = [
+            (c, "c0", "198.19.1.10/24"),
+            (c, "c0", "2001:db8:c::10/64"),
+            (b, "c0", "198.19.1.66/24"),
+            (b, "c0", "2001:db8:c::66/64"),
+            (r, "r0", "198.19.1.53/24"),
+            (r, "r0", "2001:db8:c::53/64"),
+            (r, "r0", "198.19.1.54/24"),
+            (g, "i0", "198.19.1.1/24"),
+            (g, "i0", "2001:db8:c::1/64"),
+            (g, "b0", "198.19.255.1/30"),
+            (g, "b0", "2001:db8:ff::1/64"),
+            (o, "b1", "198.19.255.2/30"),
+            (o, "b1", "2001:db8:ff::2/64"),
+            (h, "i0", "198.19.1.2/24"),
+            (h, "b0", "198.19.254.1/30"),
+            (o, "b2", "198.19.254.2/30"),
+            (h, "i0", "2001:db8:c::2/64"),
+        ];
+        for (ns, dev, a) in addrs {
+            ip_cmd(&["-n", ns, "addr", "add", a, "dev", dev, "nodad"]);
+        }
+        for (ns, dev) in [(g, "b0"), (o, "b1"), (h, "b0"), (o, "b2")] {
+            ip_cmd(&["-n", ns, "link", "set", dev, "up"]);
+        }
+        for ns in [c, b, r] {
+            ip_cmd(&["-n", ns, "route", "add", "default", "via", "198.19.1.1"]);
+            ip_cmd(&["-n", ns, "-6", "route", "add", "default", "via", "2001:db8:c::1"]);
+        }
+        ip_cmd(&["-n", g, "route", "add", "default", "via", "198.19.255.2"]);
+        ip_cmd(&["-n", g, "-6", "route", "add", "default", "via", "2001:db8:ff::2"]);
+        ip_cmd(&["-n", h, "route", "add", "default", "via", "198.19.254.2"]);
+        ip_cmd(&["-n", o, "route", "add", "198.19.0.0/16", "via", "198.19.255.1"]);
+        ip_cmd(&["-n", o, "-6", "route", "add", "2001:db8:c::/64", "via", "2001:db8:ff::1"]);
+        // Wire-sized segments on the border links, as on a real link.
+        for (ns, dev) in [(g, "b0"), (o, "b1")] {
+            ns_cmd(ns, &["ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off"]);
+        }
+        for ns in [g, h] {
+            ns_cmd(ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"]);
+            // XDP native on veth needs the peer's NAPI; generic mode is what the
+            // daemon falls back to anyway, but bpffs is needed for nothing here.
+        }
+        for a in outside_addrs {
+            let cidr = if a.is_ipv4() { format!("{a}/32") } else { format!("{a}/128") };
+            ip_cmd(&["-n", o, "addr", "add", &cidr, "dev", "lo"]);
+        }
+        lab
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// An SMTP listener on every address of the outside namespace: greets and
+/// closes; counts connections.
+struct SmtpSink {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SmtpSink {
+    fn start(ns: &str) -> SmtpSink {
+        let listener = guard_tests::netns::run_in_netns(ns, || TcpListener::bind("[::]:25"))
+            .expect("enter the outside namespace")
+            .expect("bind [::]:25 in the outside namespace");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        use std::io::Write as _;
+                        let _ = conn.write_all(b"220 outside ESMTP\r\n");
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        SmtpSink { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts the resolver (recursive BIND, our root as hints) in its namespace.
+fn start_resolver(lab: &mut LiveLab, world: &World, udp_size: u16) {
+    let dir = lab.path("resolver");
+    std::fs::create_dir_all(&dir).expect("resolver dir");
+    std::fs::write(dir.join("root.hints"), world.root_hints()).expect("write hints");
+    let options = format!(
+        "    listen-on port 53 {{ {RESOLVER}; }};\n    listen-on-v6 port 53 {{ {RESOLVER6}; }};\n    \
+         recursion yes;\n    allow-recursion {{ any; }};\n    qname-minimization off;\n    \
+         edns-udp-size {udp_size};\n    query-source address {RESOLVER};\n    query-source-v6 address {RESOLVER6};"
+    );
+    let ns = lab.resolver.name.clone();
+    let mut p = learn_hierarchy::start_named(
+        "resolver",
+        &ns,
+        &dir,
+        &options,
+        "zone \".\" { type hint; file \"root.hints\"; };",
+    );
+    if guard_tests::wait_for_udp_dns(&lab.client.name, port53(RESOLVER.into()), Duration::from_secs(30)).is_err() {
+        p.assert_running();
+        panic!("resolver does not answer:\n{}", p.log_text());
+    }
+    lab.procs.push(p);
+}
+
+/// A running daemon (a `Proc` in `procs`) and its files.
+struct Guard {
+    proc_index: usize,
+    socket: PathBuf,
+    events: PathBuf,
+}
+
+impl Guard {
+    fn start(lab: &mut LiveLab, tag: &str, ns: &str, args: &[&str]) -> Guard {
+        let socket = lab.path(&format!("{tag}.sock"));
+        let events = lab.path(&format!("{tag}-events.jsonl"));
+        let log = lab.path(&format!("{tag}.log"));
+        let mut argv: Vec<&str> = vec![BIN, "run"];
+        argv.extend_from_slice(args);
+        let (s, e) = (socket.to_str().expect("utf-8"), events.to_str().expect("utf-8"));
+        argv.extend(["--events", e, "--status-socket", s]);
+        let mut p = Proc::spawn(&format!("rpz-guard {tag}"), ns, &argv, &log);
+        let g = Guard { proc_index: lab.procs.len(), socket: socket.clone(), events };
+        let t = Instant::now();
+        while g.try_status().is_none() {
+            p.assert_running();
+            assert!(t.elapsed() < Duration::from_secs(30), "rpz-guard {tag} did not start:\n{}", p.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        lab.procs.push(p);
+        g
+    }
+
+    fn try_status(&self) -> Option<StatusReport> {
+        let out = Command::new(BIN).args(["status", "--json", "--socket"]).arg(&self.socket).output().ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    fn status(&self) -> StatusReport {
+        self.try_status().expect("rpz-guard status answers")
+    }
+
+    fn counter(&self, name: &str) -> u64 {
+        self.status().counters.iter().find(|(n, _)| n == name).map_or(0, |(_, v)| *v)
+    }
+
+    fn events(&self) -> Vec<DetectionEvent> {
+        std::fs::read_to_string(&self.events)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event line {l:?}: {e}")))
+            .collect()
+    }
+
+    /// SIGINT; the exit must be clean. Returns the log.
+    fn stop(&self, lab: &mut LiveLab) -> String {
+        let p = &mut lab.procs[self.proc_index];
+        let status = p.interrupt(Duration::from_secs(15));
+        assert!(status.success(), "{} exit status {status}:\n{}", p.name, p.log_text());
+        p.log_text()
+    }
+}
+
+/// Polls `f` until true or `within` passes; the time taken.
+fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let t = Instant::now();
+    while t.elapsed() < within {
+        if f() {
+            return Some(t.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// What the RPZ says about `ip` (dig from the resolver namespace).
+fn rpz_answer(lab: &LiveLab, ip: IpAddr) -> Vec<String> {
+    let owner = encode_owner(&Prefix::host(ip), ZONE);
+    dig(Some(&lab.resolver.name), SocketAddr::from((RPZ, 53)), &owner, "A", &["+norec"]).data("A")
+}
+
+/// Connects from `ns` to `to`:25 at once; returns the connect time and the
+/// retransmissions TCP_INFO counted (a lost SYN would be one).
+fn connect_first_syn(ns: &str, to: IpAddr) -> Result<(Duration, u32), String> {
+    let t = Instant::now();
+    let s = guard_tests::tcp_connect_in(ns, SocketAddr::new(to, 25), Duration::from_secs(3))
+        .map_err(|e| e.to_string())?;
+    let took = t.elapsed();
+    // SAFETY: zeroed tcp_info is a valid out-parameter of TCP_INFO.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: a valid socket, buffer and length.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &raw mut len,
+        )
+    };
+    assert_eq!(rc, 0, "getsockopt(TCP_INFO): {}", std::io::Error::last_os_error());
+    Ok((took, info.tcpi_total_retrans))
+}
+
+/// The mail client: for each mail zone of `zones`, MX through the resolver,
+/// then A and AAAA of the first exchanges, then an SMTP connection to each
+/// address at once. Every connection must be established on its first SYN.
+fn mail_client(lab: &LiveLab, world: &World, zones: &[&Zone]) -> Vec<(IpAddr, Duration)> {
+    let resolver = port53(RESOLVER.into());
+    let ns = lab.client.name.as_str();
+    let mut done = Vec::new();
+    for z in zones.iter().filter(|z| !z.mx.is_empty()) {
+        let d = dig(Some(ns), resolver, z.origin, "MX", &[]);
+        assert_eq!(d.status, "NOERROR", "{} MX:\n{}", z.origin, d.raw);
+        for (_, ex) in z.mx.iter().take(2) {
+            let canon = world.canonical(ex);
+            for t in ["A", "AAAA"] {
+                let d = dig(Some(ns), resolver, ex, t, &[]);
+                assert_eq!(d.status, "NOERROR", "{ex} {t}:\n{}", d.raw);
+                let got: BTreeSet<IpAddr> = d.data(t).iter().map(|s| addr(s)).collect();
+                let want: BTreeSet<IpAddr> =
+                    world.hosts[canon].iter().copied().filter(|a| a.is_ipv4() == (t == "A")).collect();
+                assert_eq!(got, want, "{ex} {t}:\n{}", d.raw);
+                for a in got {
+                    let (took, retrans) = connect_first_syn(ns, a)
+                        .unwrap_or_else(|e| panic!("SMTP to {a} ({ex}) right after resolving it: {e}"));
+                    assert_eq!(retrans, 0, "connection to {a} ({ex}) needed a retransmission");
+                    assert!(took < Duration::from_millis(500), "connect to {a} took {took:?}");
+                    done.push((a, took));
+                }
+            }
+        }
+    }
+    done
+}
+
+/// Forged and misdirected responses on the outside link, each claiming an
+/// MX host and NS glue: none may teach anything.
+fn forged_responses(lab: &LiveLab, world: &World) {
+    use hickory_proto::{op::ResponseCode, rr::RecordType};
+    use learn_common::{a, mx, ns, response};
+    let trusted = world.hosts["a.nic.net"][0];
+    let msg = |id| {
+        response(
+            id,
+            "evil2.net.",
+            RecordType::MX,
+            ResponseCode::NoError,
+            vec![mx("evil2.net.", 10, "mx.evil2.net.")],
+            vec![ns("evil2.net.", "ns.evil2.net.")],
+            vec![a("mx.evil2.net.", FORGED[0]), a("ns.evil2.net.", FORGED[1]), a("ns.evil2.net.", FORGED[2])],
+        )
+    };
+    let frames = vec![
+        // Unsolicited, from a trusted server's address, to the resolver.
+        learn_common::eth_udp(trusted, RESOLVER.into(), 53, 40053, &msg(0x5151)),
+        // From a server nobody delegated to.
+        learn_common::eth_udp(addr(ROGUE), RESOLVER.into(), 53, 40054, &msg(0x5152)),
+        // To a host that is not a resolver.
+        learn_common::eth_udp(trusted, CLIENT.into(), 53, 40055, &msg(0x5153)),
+    ];
+    guard_tests::netns::send_frames(&lab.outside.name, "b1", &frames).expect("send forged responses");
+}
+
+/// A bot that skips resolution: SMTP to a hard-coded IP, DNS straight to
+/// a rogue server.
+fn bot_traffic(lab: &LiveLab) {
+    let ns = lab.bot.name.as_str();
+    assert!(
+        guard_tests::tcp_connect_in(ns, SocketAddr::new(addr(BOT_SMTP), 25), Duration::from_millis(700)).is_err(),
+        "the bot's SMTP to a hard-coded address must be blocked"
+    );
+    let d = dig(Some(ns), port53(addr(ROGUE)), "evil.test", "MX", &["+norec", "+time=1", "+tries=1"]);
+    assert_ne!(d.status, "NOERROR", "the bot's DNS to a rogue server must be blocked:\n{}", d.raw);
+}
+
+fn axfr(named: &Named) -> AllowSet {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(transfer::axfr(named.addr, ZONE, Some(&named.key))).expect("AXFR of the RPZ").set
+}
+
+fn daemon_args<'a>(lab: &'a LiveLab, key: &'a str, hints: &'a str, journal: &'a str) -> Vec<String> {
+    let _ = lab;
+    [
+        "--iface",
+        "i0",
+        "--server",
+        "198.19.1.54:53",
+        "--tsig-key",
+        key,
+        "--notify-listen",
+        "198.19.1.1:10053",
+        "--poll-interval",
+        "2",
+        "--exempt",
+        "198.19.1.53/32",
+        "--exempt",
+        "2001:db8:c::53/128",
+        "--learn",
+        "--learn-outside",
+        "b0",
+        "--learn-root-hints",
+        hints,
+        "--learn-journal",
+        journal,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+#[test]
+fn live_learning_xdp_real_bind_hierarchy() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root (namespaces, XDP, named on port 53)");
+    let started = Instant::now();
+    let world = World::standard();
+    let rogue = World::rogue();
+    let mut outside: BTreeSet<IpAddr> = world.all_addresses();
+    outside.extend(rogue.all_addresses());
+    outside.insert(addr(ROGUE));
+    outside.insert(addr(BOT_SMTP));
+    let prefix = format!("ll{}", std::process::id() % 100_000);
+    let mut lab = LiveLab::up(&prefix, &outside);
+    let auth = learn_hierarchy::start_authoritative(
+        &lab.outside.name,
+        lab.dir.path(),
+        &world,
+        &rogue,
+        addr(ROGUE),
+        "    max-udp-size 1232;",
+    );
+    lab.procs.extend(auth);
+    lab.smtp = Some(SmtpSink::start(&lab.outside.name));
+    let named = Named::start(&NamedConfig {
+        netns: Some(lab.resolver.name.clone()),
+        listen: Some(RPZ),
+        port: Some(53),
+        notify_port: Some(10053),
+        notify_addr: Some(ROUTER_IN),
+        ..NamedConfig::default()
+    });
+    let key = named.key_file.to_str().expect("utf-8").to_owned();
+    lab.rpz = Some(named);
+    let hints = lab.path("root.hints");
+    std::fs::write(&hints, world.root_hints()).expect("write hints");
+    let journal = lab.path("live.journal");
+    let (hints_s, journal_s) = (hints.to_str().expect("utf-8").to_owned(), journal.to_str().expect("utf-8").to_owned());
+    let args = daemon_args(&lab, &key, &hints_s, &journal_s);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let router = lab.router.name.clone();
+    let guard = Guard::start(&mut lab, "router", &router, &argv);
+    let router2 = start_router2(&mut lab, &key);
+    start_resolver(&mut lab, &world, 1232);
+
+    // The bot first: blocked, and nothing it does is learned.
+    bot_traffic(&lab);
+
+    // The mail client: MX, A, AAAA, connect at once; first SYN passes.
+    let early = world.early_zones();
+    let misses_before = guard.counter("miss");
+    let conns = mail_client(&lab, &world, &early);
+    assert!(conns.iter().any(|(a, _)| a.is_ipv6()) && conns.iter().any(|(a, _)| a.is_ipv4()), "{conns:?}");
+    let st = guard.status();
+    let live = st.live.clone().expect("status shows live learning");
+    assert_eq!(guard.counter("miss"), misses_before, "no client SYN took the miss path: {st:?}");
+    assert_eq!(live.raced_misses, 0, "{live:?}");
+    assert!(live.learned > 0 && live.matched > 0 && live.responses >= live.matched, "{live:?}");
+    assert_eq!(guard.counter("dns_copy_lost"), 0, "{st:?}");
+    assert!(guard.counter("dns_copied") > 0, "{st:?}");
+
+    // BIND gets every learned entry within a bounded time; the zone holds
+    // exactly the walked name servers (but the hints) and the mail hosts.
+    let roots = world.ns_addrs(&[world.zone("")]);
+    let dns: BTreeSet<IpAddr> = world.expected_dns().difference(&roots).copied().collect();
+    let smtp = world.expected_smtp();
+    let expected: AllowSet = dns
+        .iter()
+        .map(|ip| (Prefix::host(*ip), Classes::DNS))
+        .chain(smtp.iter().map(|ip| (Prefix::host(*ip), Classes::SMTP)))
+        .collect();
+    let named = lab.rpz.as_ref().expect("rpz named");
+    let took = eventually(Duration::from_secs(10), || axfr(named) == expected);
+    assert!(
+        took.is_some(),
+        "the RPZ should hold exactly the learned set; missing {:?}, extra {:?}; status {:?}",
+        expected.iter().filter(|(p, c)| !axfr(named).get(p).contains(**c)).collect::<Vec<_>>(),
+        axfr(named).iter().filter(|(p, _)| expected.get(p).is_empty()).collect::<Vec<_>>(),
+        guard.status().live
+    );
+    for (a, _) in &conns {
+        assert_eq!(rpz_answer(&lab, *a), vec!["127.0.0.25".to_owned()], "mail host {a} at BIND");
+    }
+    let live = guard.status().live.expect("live");
+    assert!(live.pushed >= expected.len() as u64, "{live:?}");
+    assert_eq!((live.queued, live.push_errors), (0, 0), "{live:?}");
+    let lag = live.lag_enforced.expect("lag answer → enforced measured");
+    assert!(lag.p99_us < 50_000.0, "answer → enforced {lag:?}");
+
+    // Forged and misdirected responses teach nothing.
+    let unmatched_before = live.unmatched;
+    forged_responses(&lab, &world);
+    assert!(
+        eventually(Duration::from_secs(5), || guard.status().live.is_some_and(|l| l.unmatched >= unmatched_before + 1))
+            .is_some(),
+        "the forged responses to the resolver reached the learner and were unmatched: {:?}",
+        guard.status().live
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let zone_now = axfr(lab.rpz.as_ref().expect("rpz"));
+    for bad in FORGED.iter().chain([ROGUE, BOT_SMTP].iter()).map(|s| addr(s)).chain(rogue.all_addresses()) {
+        assert!(zone_now.lookup(bad).is_empty(), "{bad} must not be learned");
+    }
+    // The events name the bot.
+    let events = guard.events();
+    assert!(
+        events.iter().any(|e| e.src == IpAddr::from(BOT) && e.dst == addr(BOT_SMTP) && e.dport == 25),
+        "an event names the bot's SMTP attempt: {events:?}"
+    );
+    assert!(
+        events.iter().any(|e| e.src == IpAddr::from(BOT) && e.dst == addr(ROGUE) && e.dport == 53),
+        "an event names the bot's DNS to the rogue: {events:?}"
+    );
+    assert!(events.iter().all(|e| e.src != IpAddr::from(CLIENT)), "the client was never blocked: {events:?}");
+
+    // A second router following the RPZ by IXFR enforces the learned
+    // entries without seeing any DNS.
+    second_router(&mut lab, &router2, &conns, smtp.len());
+
+    // BIND unreachable: new entries stay enforced and queued, survive a
+    // restart (journal), and are pushed once BIND is back.
+    bind_down_and_restart(&mut lab, &world, &guard, &args);
+
+    eprintln!("live learning lab: {:?}; connects {conns:?}; lag {lag:?}", started.elapsed());
+}
+
+/// A second daemon on its own router (inside `i0` on the same LAN, its own
+/// link to the outside), no live learning, following the RPZ (SOA poll,
+/// then IXFR). Started before anything is learned.
+fn start_router2(lab: &mut LiveLab, key: &str) -> Guard {
+    let h = lab.router2.name.clone();
+    let args =
+        ["--iface", "i0", "--server", "198.19.1.54:53", "--tsig-key", key, "--exempt", "198.19.1.53/32", "--poll-interval", "1"];
+    let g2 = Guard::start(lab, "router2", &h, &args);
+    assert_eq!(g2.status().entries.0, 0, "the RPZ starts empty");
+    g2
+}
+
+/// The second router got the learned entries by IXFR without seeing any
+/// DNS: the client's traffic to one learned mail host goes through it and
+/// passes on the first SYN; the bot's goes through it and is dropped.
+fn second_router(lab: &mut LiveLab, g2: &Guard, conns: &[(IpAddr, Duration)], smtp: usize) {
+    let target = conns.iter().map(|(a, _)| *a).find(IpAddr::is_ipv4).expect("a learned IPv4 mail host");
+    let got = eventually(Duration::from_secs(10), || g2.status().entries.2 >= smtp);
+    assert!(got.is_some(), "router2 follows the zone: {:?}", g2.status());
+    let st = g2.status();
+    assert!(st.sync.incremental >= 1, "router2 got the entries incrementally (IXFR): {:?}", st.sync);
+    assert!(st.live.is_none(), "router2 does not learn itself");
+    assert_eq!(g2.counter("dns_copied"), 0, "router2 saw no DNS to learn from");
+    let via = ROUTER2.to_string();
+    for (ns, dst) in [(lab.client.name.as_str(), target), (lab.bot.name.as_str(), addr(BOT_SMTP))] {
+        ns_cmd(ns, &["ip", "route", "add", &format!("{dst}/32"), "via", &via]);
+    }
+    let (took, retrans) =
+        connect_first_syn(&lab.client.name, target).unwrap_or_else(|e| panic!("via router2 to {target}: {e}"));
+    assert_eq!(retrans, 0, "via router2: first SYN");
+    assert!(took < Duration::from_millis(500));
+    assert!(g2.counter("pass_allowed") >= 1, "router2 passed it from its allow maps: {:?}", g2.status());
+    assert!(
+        guard_tests::tcp_connect_in(&lab.bot.name, SocketAddr::new(addr(BOT_SMTP), 25), Duration::from_millis(700))
+            .is_err(),
+        "router2 blocks the bot"
+    );
+    for (ns, dst) in [(lab.client.name.as_str(), target), (lab.bot.name.as_str(), addr(BOT_SMTP))] {
+        ns_cmd(ns, &["ip", "route", "del", &format!("{dst}/32"), "via", &via]);
+    }
+    g2.stop(lab);
+}
+
+/// Cuts the router off BIND (a blackhole route), learns a new zone (it is
+/// enforced locally: first SYN passes; queued; push errors counted),
+/// restarts the daemon with BIND still cut off... no: restarts it once
+/// BIND is back, and checks the journalled entries reach BIND.
+fn bind_down_and_restart(lab: &mut LiveLab, world: &World, guard: &Guard, args: &[String]) {
+    let g = lab.router.name.clone();
+    ns_cmd(&g, &["ip", "route", "add", "prohibit", "198.19.1.54/32"]);
+    let late = world.late_zones();
+    let conns = mail_client(lab, world, &late);
+    assert!(!conns.is_empty());
+    let queued = eventually(Duration::from_secs(5), || {
+        guard.status().live.is_some_and(|l| l.queued > 0 && l.push_errors > 0)
+    });
+    assert!(queued.is_some(), "BIND cut off: entries queued, push errors counted: {:?}", guard.status().live);
+    let named = lab.rpz.as_ref().expect("rpz");
+    for (a, _) in &conns {
+        assert!(axfr(named).lookup(*a).is_empty(), "{a} cannot be at BIND yet");
+    }
+    let log = guard.stop(lab);
+    assert!(log.contains("learned live"), "{log}");
+    let journal = std::fs::read_to_string(lab.path("live.journal")).expect("journal written");
+    for (a, _) in &conns {
+        assert!(journal.contains(&a.to_string()), "{a} in the journal:\n{journal}");
+    }
+    ns_cmd(&g, &["ip", "route", "del", "prohibit", "198.19.1.54/32"]);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let again = Guard::start(lab, "router-again", &g, &argv);
+    let named = lab.rpz.as_ref().expect("rpz");
+    let took = eventually(Duration::from_secs(10), || conns.iter().all(|(a, _)| axfr(named).lookup(*a) == Classes::SMTP));
+    assert!(took.is_some(), "journalled entries pushed after the restart: {:?}", again.status().live);
+    // Enforced meanwhile and after: connect again through the restarted daemon.
+    for (a, _) in &conns {
+        let (_, retrans) = connect_first_syn(&lab.client.name, *a).unwrap_or_else(|e| panic!("{a}: {e}"));
+        assert_eq!(retrans, 0);
+    }
+    again.stop(lab);
+}

@@ -1,0 +1,189 @@
+//! The live learner (issue 9) on crafted packets: what it enforces and
+//! queues, and the bad input that must teach it nothing (wrong ID, wrong
+//! port, unasked question, untrusted server, a response to a query never
+//! sent, answers to a host that is not the resolver). Same pipeline as the
+//! batch learner; these check the live wiring around it.
+mod learn_common;
+
+use std::{
+    net::IpAddr,
+    sync::{Arc, Mutex},
+};
+
+use guard_user::{
+    learn::{
+        Hints,
+        live::{LiveAllow, LiveLearner},
+    },
+    policy::Classes,
+};
+use hickory_proto::{op::ResponseCode::NoError, rr::RecordType};
+use learn_common::*;
+
+const TLD: &str = "192.5.6.30";
+const NS1: &str = "203.0.113.10";
+const MAIL: &str = "203.0.113.25";
+const MAIL6: &str = "2001:db8::25";
+const ROGUE: &str = "198.18.66.6";
+
+type Enforced = Arc<Mutex<Vec<(IpAddr, Classes)>>>;
+
+/// A live learner over a zone holding `zone` (DNS entries), recording what
+/// it enforces.
+fn learner(zone: &[&str], trust_zone: bool) -> (LiveLearner, Arc<LiveAllow>, Enforced) {
+    let live = Arc::new(LiveAllow::new(1000).expect("eventfd"));
+    let enforced: Enforced = Arc::default();
+    let e = enforced.clone();
+    let zone: Vec<IpAddr> = zone.iter().map(|s| ip(s)).collect();
+    let l = LiveLearner::new(
+        &Hints::root(),
+        10_000_000_000,
+        trust_zone,
+        live.clone(),
+        Box::new(move |a| if zone.contains(&a) { Classes::DNS } else { Classes::NONE }),
+        Box::new(move |a, c| {
+            e.lock().expect("lock").push((a, c));
+            Ok(())
+        }),
+    );
+    (l, live, enforced)
+}
+
+fn feed(l: &mut LiveLearner, frames: &[(u64, Vec<u8>)]) {
+    for (ts, f) in frames {
+        l.packet(*ts, f);
+    }
+    l.batch_done(u64::MAX / 2);
+}
+
+/// Root and TLD referrals down to example.com (ns1 with glue).
+fn delegation(c: &mut Conv) {
+    c.exchange(
+        RESOLVER,
+        ROOT_A,
+        query(1, "example.com.", RecordType::MX),
+        response(
+            1,
+            "example.com.",
+            RecordType::MX,
+            NoError,
+            vec![],
+            vec![ns("com.", "a.gtld-servers.net.")],
+            vec![a("a.gtld-servers.net.", TLD)],
+        ),
+    );
+    c.exchange(
+        RESOLVER,
+        TLD,
+        query(2, "example.com.", RecordType::MX),
+        response(
+            2,
+            "example.com.",
+            RecordType::MX,
+            NoError,
+            vec![],
+            vec![ns("example.com.", "ns1.example.com.")],
+            vec![a("ns1.example.com.", NS1)],
+        ),
+    );
+}
+
+fn mx_answer(id: u16, qname: &str) -> Vec<u8> {
+    response(
+        id,
+        qname,
+        RecordType::MX,
+        NoError,
+        vec![mx(qname, 10, "mail.example.com.")],
+        vec![],
+        vec![a("mail.example.com.", MAIL), aaaa("mail.example.com.", MAIL6)],
+    )
+}
+
+#[test]
+fn learned_entries_are_enforced_at_once_and_queued() {
+    let mut c = Conv::new();
+    delegation(&mut c);
+    c.exchange(RESOLVER, NS1, query(3, "example.com.", RecordType::MX), mx_answer(3, "example.com."));
+    let (mut l, live, enforced) = learner(&[], true);
+    feed(&mut l, &c.frames);
+    let got = enforced.lock().expect("lock").clone();
+    assert_eq!(
+        got,
+        vec![(ip(TLD), Classes::DNS), (ip(NS1), Classes::DNS), (ip(MAIL), Classes::SMTP), (ip(MAIL6), Classes::SMTP)]
+    );
+    assert_eq!(live.lookup(ip(MAIL)), Classes::SMTP);
+    let st = live.stats();
+    assert_eq!((st.learned, st.queued, st.unconfirmed, st.matched), (4, 4, 4, 3), "{st:?}");
+    assert_eq!(live.next_batch(500).len(), 4);
+    assert!(st.lag_enforced.is_some());
+}
+
+#[test]
+fn forged_and_misdirected_responses_teach_nothing() {
+    let mut c = Conv::new();
+    delegation(&mut c);
+    let server = ip(NS1);
+    let resolver = ip(RESOLVER);
+    // The resolver's query: id 3 from port 5353 about example.com MX.
+    c.push(eth_udp(resolver, server, 5353, 53, &query(3, "example.com.", RecordType::MX)));
+    // Wrong ID, wrong port, other question: no match.
+    c.push(eth_udp(server, resolver, 53, 5353, &mx_answer(4, "example.com.")));
+    c.push(eth_udp(server, resolver, 53, 5354, &mx_answer(3, "example.com.")));
+    c.push(eth_udp(server, resolver, 53, 5353, &mx_answer(3, "example.net.")));
+    // From another address (spoofing a server that was not asked).
+    c.push(eth_udp(ip(TLD), resolver, 53, 5353, &mx_answer(3, "example.com.")));
+    // A response to a query never sent.
+    c.push(eth_udp(server, resolver, 53, 6000, &mx_answer(9, "example.com.")));
+    // The resolver asks a server nobody delegated to: matched, untrusted.
+    c.exchange(RESOLVER, ROGUE, query(5, "example.com.", RecordType::MX), mx_answer(5, "example.com."));
+    // A client (not the resolver) asked the rogue directly.
+    c.exchange("10.1.0.66", ROGUE, query(6, "example.com.", RecordType::MX), mx_answer(6, "example.com."));
+    let (mut l, live, enforced) = learner(&[], true);
+    feed(&mut l, &c.frames);
+    let got = enforced.lock().expect("lock").clone();
+    assert_eq!(got, vec![(ip(TLD), Classes::DNS), (ip(NS1), Classes::DNS)], "only the delegation");
+    assert_eq!(live.lookup(ip(MAIL)), Classes::NONE);
+    let st = live.stats();
+    assert_eq!(st.unmatched, 5, "{st:?}");
+    assert_eq!(st.untrusted, 2, "{st:?}");
+}
+
+#[test]
+fn zone_name_servers_are_trusted_after_a_restart() {
+    // A restarted learner: the resolver has the TLD cached and asks it
+    // directly. The zone already holds the TLD server as a name server.
+    let mut c = Conv::new();
+    c.exchange(
+        RESOLVER,
+        TLD,
+        query(2, "example.com.", RecordType::MX),
+        response(
+            2,
+            "example.com.",
+            RecordType::MX,
+            NoError,
+            vec![],
+            vec![ns("example.com.", "ns1.example.com.")],
+            vec![a("ns1.example.com.", NS1)],
+        ),
+    );
+    let (mut strict, _, none) = learner(&[TLD], false);
+    feed(&mut strict, &c.frames);
+    assert!(none.lock().expect("lock").is_empty(), "without trust_zone the TLD is not trusted");
+    let (mut l, live, enforced) = learner(&[TLD], true);
+    feed(&mut l, &c.frames);
+    assert_eq!(enforced.lock().expect("lock").clone(), vec![(ip(NS1), Classes::DNS)]);
+    assert_eq!(live.stats().already_known, 0);
+}
+
+#[test]
+fn entries_the_zone_has_are_not_enforced_again() {
+    let mut c = Conv::new();
+    delegation(&mut c);
+    let (mut l, live, enforced) = learner(&[TLD, NS1], true);
+    feed(&mut l, &c.frames);
+    assert!(enforced.lock().expect("lock").is_empty());
+    assert_eq!(live.stats().already_known, 2);
+    assert_eq!(live.stats().queued, 0);
+}
