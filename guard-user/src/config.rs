@@ -420,7 +420,11 @@ impl Learn {
                     ));
                 }
                 Some(i) if i.len() > 15 || i.contains('/') || i.contains(char::is_whitespace) => {
-                    return Err(invalid("learn.outside_iface", format!("{i:?}"), "not a valid interface name"));
+                    return Err(invalid(
+                        "learn.outside_iface",
+                        format!("{i:?}"),
+                        "not a valid interface name",
+                    ));
                 }
                 Some(i) if cfg.enforce.iface.as_deref() == Some(i) => {
                     return Err(invalid(
@@ -641,7 +645,10 @@ mod tests {
             ("[learn]\nenabled = true\n", "learn.outside_iface"),
             ("[learn]\nenabled = true\noutside_iface = \"in0\"\n", "learn.outside_iface"),
             ("[learn]\nenabled = true\noutside_iface = \"out0\"\npush_batch = 0\n", "learn.push_batch"),
-            ("[learn]\nenabled = true\noutside_iface = \"out0\"\nresolvers = [\"0.0.0.0/0\"]\n", "learn.resolvers"),
+            (
+                "[learn]\nenabled = true\noutside_iface = \"out0\"\nresolvers = [\"0.0.0.0/0\"]\n",
+                "learn.resolvers",
+            ),
             ("[learn]\nenabled = true\noutside_iface = \"out0\"\nwindow_secs = 0\n", "learn.window_secs"),
             ("[learn]\nenabld = true\n", "enabld"),
         ] {

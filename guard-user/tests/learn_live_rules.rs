@@ -110,7 +110,12 @@ fn learned_entries_are_enforced_at_once_and_queued() {
     let got = enforced.lock().expect("lock").clone();
     assert_eq!(
         got,
-        vec![(ip(TLD), Classes::DNS), (ip(NS1), Classes::DNS), (ip(MAIL), Classes::SMTP), (ip(MAIL6), Classes::SMTP)]
+        vec![
+            (ip(TLD), Classes::DNS),
+            (ip(NS1), Classes::DNS),
+            (ip(MAIL), Classes::SMTP),
+            (ip(MAIL6), Classes::SMTP)
+        ]
     );
     assert_eq!(live.lookup(ip(MAIL)), Classes::SMTP);
     let st = live.stats();

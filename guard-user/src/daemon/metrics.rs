@@ -48,6 +48,62 @@ impl Shared {
             gauge("events_write_errors", "Detection events not written.", None, r.events_write_errors as f64),
             gauge("uptime_seconds", "Seconds since start.", None, r.uptime_secs as f64),
         ];
+        if let Some(l) = &r.live {
+            let n = |v: u64| v as f64;
+            g.extend([
+                gauge("live_responses", "Live learning: DNS responses seen.", None, n(l.responses)),
+                gauge(
+                    "live_matched",
+                    "Live learning: responses matched to a resolver's query.",
+                    None,
+                    n(l.matched),
+                ),
+                gauge(
+                    "live_unmatched",
+                    "Live learning: responses without a query (forged, late).",
+                    None,
+                    n(l.unmatched),
+                ),
+                gauge(
+                    "live_learned",
+                    "Live learning: entries learned that the zone lacked.",
+                    None,
+                    n(l.learned),
+                ),
+                gauge(
+                    "live_unconfirmed",
+                    "Live learning: entries not yet in the zone.",
+                    None,
+                    l.unconfirmed as f64,
+                ),
+                gauge("live_queued", "Live learning: entries waiting to be pushed.", None, l.queued as f64),
+                gauge("live_pushed", "Live learning: records accepted by the primary.", None, n(l.pushed)),
+                gauge("live_push_errors", "Live learning: failed UPDATEs.", None, n(l.push_errors)),
+                gauge("live_overflow", "Live learning: entries not taken (queue full).", None, n(l.overflow)),
+                gauge(
+                    "live_raced_misses",
+                    "Live learning: misses for entries learned live.",
+                    None,
+                    n(l.raced_misses),
+                ),
+            ]);
+            for (what, lag) in [("enforced", &l.lag_enforced), ("pushed", &l.lag_pushed)] {
+                if let Some(lag) = lag {
+                    for (q, v) in [("0.5", lag.p50_us), ("0.99", lag.p99_us)] {
+                        g.push(Gauge {
+                            name: if what == "enforced" {
+                                "live_lag_enforced_seconds"
+                            } else {
+                                "live_lag_pushed_seconds"
+                            },
+                            help: "Live learning: answer to entry enforced / accepted by the primary.",
+                            label: Some(("quantile", q.to_owned())),
+                            value: v / 1e6,
+                        });
+                    }
+                }
+            }
+        }
         for (ip, h) in r.top_sources.iter().take(10) {
             g.push(Gauge {
                 name: "top_source_blocked",

@@ -28,6 +28,8 @@ pub(super) fn decide(
     tokio::spawn(async move {
         let generation = shared.resolver.generation();
         let (classes, ttl) = shared.resolver.classes(dst).await;
+        // Learned live meanwhile: the packet beat the learner (counted).
+        let classes = classes.union(super::learn::note_miss(shared.live.as_ref(), dst));
         {
             let mut e = lock(&enforcer);
             // An allow-set change while asking may have revoked this

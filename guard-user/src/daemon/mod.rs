@@ -4,10 +4,12 @@
 //!
 //! One file per seam: [`source`] (which RPZ source, the miss-path question),
 //! [`xdp`] (the XDP enforcement point: attach, map mirror, kernel events),
-//! [`miss`] (deciding a miss the kernel handed up), [`openflow`] (the
+//! [`miss`] (deciding a miss the kernel handed up), [`learn`] (live
+//! learning from the resolvers' DNS), [`openflow`] (the
 //! controller enforcement point), [`status`] and [`metrics`] (what operators
 //! read), [`pin`] (the pinned-state lock). This file is the start sequence.
 
+mod learn;
 mod metrics;
 mod miss;
 mod openflow;
@@ -66,6 +68,9 @@ pub enum DaemonError {
     /// The OpenFlow controller failed.
     #[error("OpenFlow controller: {0}")]
     Openflow(String),
+    /// Live learning could not start (e.g. an unreadable hints file).
+    #[error("live learning: {0}")]
+    Learn(String),
 }
 
 /// Locks a mutex, ignoring poisoning (a panicked task leaves plain data).
@@ -153,18 +158,28 @@ async fn run_bound(
         None => Arc::default(),
     };
 
-    let enforcer = enforcer.map(|e| Arc::new(Mutex::new(e)));
-    let shared = Arc::new(Shared::new(
-        cfg.clone(),
-        allow_rx,
-        resolver,
-        events,
-        Arc::new(Counters::default()),
-        sync_state.clone(),
-        enforcer.clone(),
-    ));
-
     let mut tasks = tokio::task::JoinSet::new();
+    // Live learning: after the initial mirror (its diff would take back
+    // journalled entries), before the enforcer is shared.
+    let live = match (cfg.learn.enabled, enforcer.as_mut()) {
+        (true, Some(e)) => Some(learn::start_xdp(&cfg, e, allow_rx.clone(), &mut tasks, &cancel)?),
+        _ => None,
+    };
+
+    let enforcer = enforcer.map(|e| Arc::new(Mutex::new(e)));
+    let shared = Arc::new(
+        Shared::new(
+            cfg.clone(),
+            allow_rx,
+            resolver,
+            events,
+            Arc::new(Counters::default()),
+            sync_state.clone(),
+            enforcer.clone(),
+        )
+        .with_live(live),
+    );
+
     tasks.spawn(crate::sync::follow(source, serial, allow_tx, sync_state, cancel.clone()));
     tasks.spawn(status::serve_status(status, shared.clone(), cancel.clone()));
     if let Some(addr) = cfg.status.metrics_listen {

@@ -21,6 +21,7 @@ use super::{DaemonError, lock};
 use crate::{
     config::{Config, Mode},
     events::{EventSink, HostStats, now_ms},
+    learn::live::{LiveAllow, LiveStats},
     metrics::{Counters, StatSnapshot},
     miss::{MissResolver, MissStats},
     policy::AllowSet,
@@ -59,6 +60,9 @@ pub struct StatusReport {
     /// Mode-specific details (switches for OpenFlow).
     #[serde(default)]
     pub extra: serde_json::Value,
+    /// Live learning, when on.
+    #[serde(default)]
+    pub live: Option<LiveStats>,
 }
 
 /// State shared by the daemon's tasks.
@@ -81,6 +85,9 @@ pub struct Shared {
     pub(super) point: Mutex<String>,
     /// Mode-specific details for the report (the OpenFlow switches).
     pub(super) extra: Mutex<Option<Box<dyn Fn() -> serde_json::Value + Send + Sync>>>,
+    /// Live learning, when on: entries learned and not yet in the zone,
+    /// the learner's progress (see [`LiveAllow::settled`]), counters.
+    pub live: Option<Arc<LiveAllow>>,
 }
 
 impl Shared {
@@ -105,7 +112,14 @@ impl Shared {
             enforcer,
             point: Mutex::new(String::new()),
             extra: Mutex::new(None),
+            live: None,
         }
+    }
+
+    /// The same, with live learning's shared state.
+    pub(super) fn with_live(mut self, live: Option<Arc<LiveAllow>>) -> Self {
+        self.live = live;
+        self
     }
 
     /// Current counters of whichever enforcement point runs.
@@ -142,6 +156,7 @@ impl Shared {
             top_sources: self.events.top_sources(10),
             top_destinations: self.events.top_destinations(10),
             extra: lock(&self.extra).as_ref().map(|f| f()).unwrap_or_default(),
+            live: self.live.as_ref().map(|l| l.stats()),
         }
     }
 }
@@ -297,6 +312,9 @@ pub fn render_status(r: &StatusReport) -> String {
             String::new()
         }
     );
+    if let Some(l) = &r.live {
+        render_live(&mut o, l);
+    }
     if !r.top_sources.is_empty() {
         let _ = writeln!(o, "\ntop offending hosts (suspected infected)");
         for (ip, h) in &r.top_sources {
@@ -313,4 +331,39 @@ pub fn render_status(r: &StatusReport) -> String {
         let _ = writeln!(o, "\n{}", serde_json::to_string_pretty(&r.extra).unwrap_or_default());
     }
     o
+}
+
+/// The live-learning block of `rpz-guard status`.
+fn render_live(o: &mut String, l: &LiveStats) {
+    use std::fmt::Write as _;
+    let lag = |x: &Option<crate::learn::live::Lag>| {
+        x.map_or("-".to_owned(), |l| {
+            format!("p50 {:.0} µs  p99 {:.0} µs  ({} samples)", l.p50_us, l.p99_us, l.samples)
+        })
+    };
+    let _ = writeln!(
+        o,
+        "\nlive learning  responses {}  matched {}  unmatched {}  untrusted {}  malformed {}",
+        l.responses, l.matched, l.unmatched, l.untrusted, l.malformed
+    );
+    let _ = writeln!(
+        o,
+        "  learned {}  already in zone {}  unconfirmed {}  queued {}  pushed {}  push errors {}{}",
+        l.learned,
+        l.already_known,
+        l.unconfirmed,
+        l.queued,
+        l.pushed,
+        l.push_errors,
+        l.last_push_error.as_deref().map(|e| format!("  (LAST PUSH FAILED: {e})")).unwrap_or_default()
+    );
+    if l.overflow > 0 || l.enforce_errors > 0 || l.raced_misses > 0 {
+        let _ = writeln!(
+            o,
+            "  overflow {}  enforce errors {}  raced misses {}",
+            l.overflow, l.enforce_errors, l.raced_misses
+        );
+    }
+    let _ = writeln!(o, "  answer → enforced  {}", lag(&l.lag_enforced));
+    let _ = writeln!(o, "  answer → at BIND   {}", lag(&l.lag_pushed));
 }

@@ -104,7 +104,11 @@ async fn mirror(
             () = async { match retry { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {}
         }
         let target = rx.borrow_and_update().clone();
-        let diff = applied.diff(&target);
+        let mut diff = applied.diff(&target);
+        // Never take away what live learning enforces ahead of the zone.
+        if let Some(live) = &shared.live {
+            live.merge_into_diff(&mut diff);
+        }
         if diff.is_empty() {
             retry = None;
             continue;

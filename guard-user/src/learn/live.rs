@@ -506,7 +506,8 @@ impl LiveLearner {
         self.live.publish_progress(drained_from_ns);
         let s = self.pipeline.summary();
         let malformed: u64 = s.malformed.values().sum();
-        let now = (s.packets, s.responses, s.matched, s.untrusted_responses, s.unmatched_responses, malformed);
+        let now =
+            (s.packets, s.responses, s.matched, s.untrusted_responses, s.unmatched_responses, malformed);
         if now != self.reported {
             self.reported = now;
             self.live.update_stats(|st| {
@@ -544,7 +545,10 @@ mod tests {
         assert_eq!(live.next_batch(10).len(), 1);
         let st = live.stats();
         assert_eq!((st.queued, st.unconfirmed), (1, 2));
-        assert_eq!(live.prune_confirmed(|a| if a == ip("192.0.2.1") { Classes::DNS } else { Classes::NONE }), 0);
+        assert_eq!(
+            live.prune_confirmed(|a| if a == ip("192.0.2.1") { Classes::DNS } else { Classes::NONE }),
+            0
+        );
         assert_eq!(
             live.prune_confirmed(|a| if a == ip("192.0.2.1") {
                 Classes::DNS.union(Classes::SMTP)
@@ -567,7 +571,8 @@ mod tests {
         };
         live.merge_into_diff(&mut diff);
         assert_eq!(diff.upsert, vec![(Prefix::host(ip("192.0.2.1")), Classes::DNS.union(Classes::SMTP))]);
-        let mut diff = crate::policy::AllowDiff { upsert: vec![], remove: vec![Prefix::host(ip("192.0.2.1"))] };
+        let mut diff =
+            crate::policy::AllowDiff { upsert: vec![], remove: vec![Prefix::host(ip("192.0.2.1"))] };
         live.merge_into_diff(&mut diff);
         assert!(diff.remove.is_empty());
         assert_eq!(diff.upsert, vec![(Prefix::host(ip("192.0.2.1")), Classes::SMTP)]);

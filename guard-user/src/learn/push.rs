@@ -111,8 +111,11 @@ pub async fn push_loop(
             && tokio::time::Instant::now() >= retry_at
         {
             loop {
-                let batch: Vec<_> =
-                    live.next_batch(cfg.batch).into_iter().filter(|(p, c)| !set.get(p).contains(*c)).collect();
+                let batch: Vec<_> = live
+                    .next_batch(cfg.batch)
+                    .into_iter()
+                    .filter(|(p, c)| !set.get(p).contains(*c))
+                    .collect();
                 if batch.is_empty() {
                     break;
                 }
@@ -172,7 +175,8 @@ mod tests {
         ];
         save_journal(&path, &entries).expect("save");
         assert_eq!(load_journal(&path).expect("load"), (entries, 0));
-        std::fs::write(&path, "192.0.2.1 1\nnot-an-ip 1\n192.0.2.2 0\n127.0.0.1 2\n192.0.2.3\n").expect("write");
+        std::fs::write(&path, "192.0.2.1 1\nnot-an-ip 1\n192.0.2.2 0\n127.0.0.1 2\n192.0.2.3\n")
+            .expect("write");
         let (got, bad) = load_journal(&path).expect("load");
         assert_eq!(got.len(), 1);
         assert_eq!(bad, 4);

@@ -1,0 +1,199 @@
+//! Live learning in the daemon (issue 9): the learner thread reading the
+//! kernel's copy ring, the UPDATE pusher, the journal replay at start.
+//!
+//! ```text
+//!  XDP inside (queries from resolvers) ─┐
+//!  XDP outside (answers to resolvers) ──┴─► DNS_COPY ring ──► learner thread
+//!        LiveLearner (learn::Pipeline) ──► AllowWriter (kernel maps, at once)
+//!                                      └─► LiveAllow ──► push_loop ──► BIND
+//! ```
+//!
+//! Ordering: the copy is taken before the answer is passed on, so it is on
+//! the ring before the resolver (and so the client) can see the answer.
+//! The learner writes the entry into the allow maps microseconds later; a
+//! client's first SYN normally comes far behind (the resolver must process
+//! the answer, answer the client, the client connect). When the SYN wins,
+//! the miss path finds the entry through [`LiveAllow::lookup`] after
+//! [`LiveAllow::settled`] (the AF_XDP hold path waits for it); the misses
+//! that saw a live entry are counted (`raced_misses`).
+use std::{
+    net::IpAddr,
+    os::fd::AsRawFd,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use aya::maps::{MapData, RingBuf};
+use guard_common::DnsCopyHeader;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::DaemonError;
+use crate::{
+    config::Config,
+    learn::{
+        self,
+        live::{LiveAllow, LiveLearner, monotonic_ns},
+        push::{PushConfig, load_journal, push_loop},
+    },
+    policy::{AllowSet, Classes},
+    rpz::tsig::TsigKey,
+    xdp::{AllowWriter, Enforcer},
+};
+
+/// Starts live learning for XDP mode: names the resolvers to the program,
+/// replays the journal, starts the learner thread and the pusher, then
+/// attaches the copy program to the outside interface.
+pub(super) fn start_xdp(
+    cfg: &Config,
+    enforcer: &mut Enforcer,
+    zone: watch::Receiver<Arc<AllowSet>>,
+    tasks: &mut tokio::task::JoinSet<()>,
+    cancel: &CancellationToken,
+) -> Result<Arc<LiveAllow>, DaemonError> {
+    let l = &cfg.learn;
+    let hints = learn::load_hints(l.root_hints.as_deref(), &l.trust_initial)
+        .map_err(|e| DaemonError::Learn(e.to_string()))?;
+    let live = Arc::new(LiveAllow::new(l.queue_limit).map_err(|source| DaemonError::Io {
+        what: "cannot create the live learner's eventfd",
+        path: "-".into(),
+        source,
+    })?);
+    let resolvers = l.resolvers_or(&cfg.policy.exempt_sources);
+    enforcer.set_resolvers(&resolvers)?;
+    let ring = enforcer.take_dns_copy()?;
+    let mut writer = enforcer.allow_writer()?;
+    replay_journal(cfg, &live, &mut writer, &zone);
+
+    let z = zone.clone();
+    let lookup: learn::live::ZoneLookup = Box::new(move |ip| z.borrow().lookup(ip));
+    let enforce: learn::live::Enforce = Box::new(move |ip, c| writer.set(ip, c).map_err(|e| e.to_string()));
+    let window_ns = l.window_secs.saturating_mul(1_000_000_000);
+    let learner = LiveLearner::new(&hints, window_ns, l.trust_zone, live.clone(), lookup, enforce);
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread_stop = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("rpz-guard-learn".into())
+        .spawn(move || serve_ring(ring, learner, &thread_stop))
+        .map_err(|source| DaemonError::Io {
+            what: "cannot start the live learner thread",
+            path: "-".into(),
+            source,
+        })?;
+    let c = cancel.clone();
+    tasks.spawn(async move {
+        c.cancelled().await;
+        stop.store(true, Ordering::Release);
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    });
+
+    let key = match (&cfg.rpz.server, &cfg.rpz.tsig_key, l.push) {
+        (Some(server), Some(path), true) => Some((*server, cfg.rpz.zone.clone(), TsigKey::from_file(path)?)),
+        _ => None,
+    };
+    if key.is_none() {
+        tracing::info!(
+            "live-learned entries are enforced locally only (no push: learn.push off, or no rpz.server with a key)"
+        );
+    }
+    if let Some(dir) = l.journal.as_deref().and_then(std::path::Path::parent) {
+        std::fs::create_dir_all(dir).map_err(|source| DaemonError::Io {
+            what: "cannot create the directory of the live-learning journal",
+            path: dir.display().to_string(),
+            source,
+        })?;
+    }
+    let push = PushConfig {
+        target: key,
+        interval: Duration::from_millis(l.push_interval_ms),
+        batch: l.push_batch,
+        timeout: Duration::from_secs(5),
+        journal: l.journal.clone(),
+    };
+    let (p_live, p_cancel) = (live.clone(), cancel.clone());
+    tasks.spawn(async move {
+        push_loop(p_live, push, zone, p_cancel).await;
+    });
+
+    let outside = l.outside_iface.clone().unwrap_or_default();
+    let mode = enforcer.attach_outside(&outside, cfg.enforce.xdp_mode)?;
+    tracing::info!(
+        outside = %outside,
+        mode = %mode,
+        resolvers = ?resolvers.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "live learning: copying the resolvers' DNS"
+    );
+    Ok(live)
+}
+
+/// Entries of the journal the zone still lacks: enforced and queued again.
+fn replay_journal(
+    cfg: &Config,
+    live: &LiveAllow,
+    writer: &mut AllowWriter,
+    zone: &watch::Receiver<Arc<AllowSet>>,
+) {
+    let Some(path) = cfg.learn.journal.as_deref() else { return };
+    match load_journal(path) {
+        Ok((entries, bad)) => {
+            let set = zone.borrow().clone();
+            let mut taken = 0;
+            for (ip, c) in entries {
+                let have = set.lookup(ip);
+                if have.contains(c) {
+                    continue;
+                }
+                if let Some(now) = live.insert(ip, c, monotonic_ns()) {
+                    taken += 1;
+                    if let Err(e) = writer.set(ip, now.union(have)) {
+                        tracing::warn!(%ip, error = %e, "enforcing a journalled entry failed");
+                    }
+                }
+            }
+            if bad > 0 {
+                tracing::warn!(path = %path.display(), bad, "journal lines skipped");
+            }
+            tracing::info!(path = %path.display(), entries = taken, "live-learning journal replayed: enforced and queued for the primary");
+        }
+        Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot read the live-learning journal"),
+    }
+}
+
+/// The learner thread: drains the copy ring into the learner, publishes
+/// progress, sleeps in poll(2) on the ring and the wake-up eventfd.
+fn serve_ring(mut ring: RingBuf<MapData>, mut learner: LiveLearner, stop: &AtomicBool) {
+    let hdr = std::mem::size_of::<DnsCopyHeader>();
+    let ring_fd = ring.as_raw_fd();
+    let wake_fd = learner.live().wake_fd();
+    while !stop.load(Ordering::Acquire) {
+        // Everything submitted before this instant is readable now, so
+        // once the ring reads empty it has all been learned from.
+        let from = monotonic_ns();
+        learner.live().clear_wake();
+        while let Some(item) = ring.next() {
+            if item.len() < hdr {
+                continue;
+            }
+            // SAFETY: the kernel wrote a whole header (size checked above); read unaligned.
+            let h: DnsCopyHeader = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DnsCopyHeader>()) };
+            learner.packet(h.ts_ns, &item[hdr..]);
+        }
+        learner.batch_done(from);
+        let mut fds = [
+            libc::pollfd { fd: ring_fd, events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: wake_fd, events: libc::POLLIN, revents: 0 },
+        ];
+        // SAFETY: two valid pollfd structs; a bounded timeout so `stop` is seen.
+        unsafe { libc::poll(fds.as_mut_ptr(), 2, 100) };
+    }
+}
+
+/// Counts a miss whose destination turned out to be learned live: the
+/// first packet reached the border before the learner had enforced the
+/// entry (the race the AF_XDP hold path covers).
+pub(super) fn note_miss(live: Option<&Arc<LiveAllow>>, dst: IpAddr) -> Classes {
+    live.map_or(Classes::NONE, |l| l.note_miss(dst))
+}
