@@ -71,6 +71,12 @@ pub const MAP_MISS_RATE: &str = "MISS_RATE";
 pub const MAP_EVENTS: &str = "EVENTS";
 /// Map: runtime settings, `Array<Settings>` with one element.
 pub const MAP_SETTINGS: &str = "SETTINGS";
+/// Map: AF_XDP sockets of the miss path, `XskMap` indexed by RX queue.
+/// Not pinned: its entries are sockets of the running daemon, which close
+/// with it (the program then falls back to the ring-buffer miss path).
+pub const MAP_XSKS: &str = "XSKS";
+/// Entries of [`MAP_XSKS`]: the largest RX queue index served, plus one.
+pub const MAX_XSK_QUEUES: u32 = 64;
 
 // --- live learning (issue 9): the resolvers' DNS copied to userspace. ---
 /// Map: the organisation's resolvers whose DNS is copied to the live
@@ -195,6 +201,14 @@ pub struct Settings {
     /// separate from drop events so a host's drops never starve its
     /// lookups. Zero means [`DEFAULT_MISSES_PER_SOURCE`].
     pub misses_per_source_per_sec: u32,
+    // --- afxdp (issue 10): the miss transport and its release path. ---
+    /// How a miss reaches userspace: [`MISS_TRANSPORT_RINGBUF`] (a miss
+    /// event, the packet dropped) or [`MISS_TRANSPORT_AFXDP`] (the packet
+    /// itself, redirected to the AF_XDP socket of its RX queue and held).
+    pub miss_transport: u32,
+    /// Interface index the release program hands released packets to (the
+    /// enforcement interface, as ingress); 0 = release disabled.
+    pub release_ifindex: u32,
 }
 
 /// Settings mode: drop checked packets that the policy denies.
@@ -207,6 +221,10 @@ pub const DEFAULT_EVENTS_PER_SOURCE: u32 = 20;
 pub const DEFAULT_MISSES_PER_SOURCE: u32 = 200;
 /// Default lifetime of a pending miss.
 pub const DEFAULT_PENDING_MS: u32 = 1000;
+/// [`Settings::miss_transport`]: a miss event on the ring buffer; the packet is dropped.
+pub const MISS_TRANSPORT_RINGBUF: u32 = 0;
+/// [`Settings::miss_transport`]: the packet is redirected to an AF_XDP socket and held.
+pub const MISS_TRANSPORT_AFXDP: u32 = 1;
 
 /// Event kind: a checked packet was dropped.
 pub const EVENT_DROP: u32 = 1;
@@ -310,10 +328,19 @@ pub enum Stat {
     DnsCopyLost = 22,
     /// Copied packets cut at [`DNS_COPY_MAX`] bytes.
     DnsCopyCut = 23,
+    // --- afxdp (issue 10) ---
+    /// Miss packets (new or joining a pending destination) redirected to
+    /// the AF_XDP hold path (also counted in [`Stat::Miss`]).
+    MissHeld = 24,
+    /// AF_XDP transport configured but no socket on the packet's RX queue:
+    /// the ring-buffer path (drop and ask) was used instead.
+    MissFallback = 25,
+    /// Packets the release program handed to the enforcement interface.
+    Released = 26,
 }
 
 /// Number of entries of [`MAP_STATS`].
-pub const STAT_COUNT: u32 = 24;
+pub const STAT_COUNT: u32 = 27;
 
 impl Stat {
     /// Every counter, in index order.
@@ -342,6 +369,9 @@ impl Stat {
         Stat::DnsCopied,
         Stat::DnsCopyLost,
         Stat::DnsCopyCut,
+        Stat::MissHeld,
+        Stat::MissFallback,
+        Stat::Released,
     ];
 
     /// The outcome counters: every frame the program sees lands in exactly
@@ -388,13 +418,16 @@ impl Stat {
             Stat::DnsCopied => "dns_copied",
             Stat::DnsCopyLost => "dns_copy_lost",
             Stat::DnsCopyCut => "dns_copy_cut",
+            Stat::MissHeld => "miss_held",
+            Stat::MissFallback => "miss_fallback",
+            Stat::Released => "released",
         }
     }
 }
 
 const _: () = assert!(core::mem::size_of::<CacheEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<RateState>() == 16);
-const _: () = assert!(core::mem::size_of::<Settings>() == 16);
+const _: () = assert!(core::mem::size_of::<Settings>() == 24);
 const _: () = assert!(core::mem::size_of::<Event>() == 64);
 const _: () = assert!(core::mem::size_of::<DnsCopyHeader>() == 16);
 const _: () = assert!(core::mem::size_of::<DnsCopyBuf>() == 16 + DNS_COPY_MAX);

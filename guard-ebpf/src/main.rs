@@ -6,7 +6,12 @@
 //! destination port is protected ([`PORTS`]), its source is not exempt and its
 //! destination is not internal. A checked packet passes when the destination's
 //! classes include one the service needs (allow maps, then the verdict cache);
-//! an unknown destination is a *miss*: dropped while userspace asks the RPZ.
+//! an unknown destination is a *miss*: with the AF_XDP transport the packet
+//! is redirected to the socket of its RX queue and held while userspace
+//! decides (later packets toward the same pending destination join it);
+//! with the ring-buffer transport, or when no socket serves the queue, it is
+//! dropped while userspace asks the RPZ. A tc program (`rpz_release`) puts
+//! packets userspace released back into the interface's receive path.
 //!
 //! Awkward cases, decided here and tested from userspace:
 //! * Non-first fragments carry no ports and pass: without their first

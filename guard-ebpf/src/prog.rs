@@ -1,18 +1,23 @@
 //! The program proper (compiled only for the BPF target).
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, generated::bpf_xdp_load_bytes},
-    macros::{map, xdp},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::XdpContext,
+    bindings::{
+        TC_ACT_SHOT,
+        xdp_action::{XDP_DROP, XDP_PASS},
+    },
+    helpers::{
+        bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, generated::bpf_redirect, generated::bpf_xdp_load_bytes,
+    },
+    macros::{classifier, map, xdp},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, XskMap, lpm_trie::Key},
+    programs::{TcContext, XdpContext},
 };
 use guard_common::{
     CACHE_PENDING, CacheEntry, DEFAULT_EVENTS_PER_SOURCE, DEFAULT_MISSES_PER_SOURCE, DEFAULT_PENDING_MS,
     DNS_COPY_BYTES, DNS_COPY_MAX, DNS_DIR_QUERY, DNS_DIR_RESPONSE, DnsCopyBuf, DnsCopyHeader, EVENT_DROP,
     EVENT_MISS, EVENTS_BYTES, Event, MAX_ALLOW_V4, MAX_ALLOW_V6, MAX_CACHE, MAX_LPM_SMALL, MAX_PREFIXES,
-    MAX_RATE, MODE_COUNT, PORT_TCP_SHIFT, PORT_UDP_SHIFT, PORTS_LEN, RateState, SERVICE_DNS, STAT_COUNT,
-    Settings, Stat, classes_required, reason,
+    MAX_RATE, MAX_XSK_QUEUES, MISS_TRANSPORT_AFXDP, MODE_COUNT, PORT_TCP_SHIFT, PORT_UDP_SHIFT, PORTS_LEN,
+    RateState, SERVICE_DNS, STAT_COUNT, Settings, Stat, classes_required, reason,
 };
 
 /// Bound on IPv6 extension headers walked before giving up (and dropping).
@@ -30,6 +35,8 @@ const IPPROTO_UDP: u8 = 17;
 const NS_PER_SEC: u64 = 1_000_000_000;
 
 const BPF_F_NO_PREALLOC: u32 = 1;
+/// `bpf_redirect` flag: deliver to the device's receive path, not its transmit path.
+const BPF_F_INGRESS: u64 = 1;
 
 #[map(name = "STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
@@ -70,6 +77,9 @@ static RESOLVERS_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_LPM_
 static DNS_COPY: RingBuf = RingBuf::with_byte_size(DNS_COPY_BYTES, 0);
 #[map(name = "DNS_SCRATCH")]
 static DNS_SCRATCH: PerCpuArray<DnsCopyBuf> = PerCpuArray::with_max_entries(1, 0);
+// --- afxdp (issue 10) ---
+#[map(name = "XSKS")]
+static XSKS: XskMap = XskMap::with_max_entries(MAX_XSK_QUEUES, 0);
 
 /// What the parser found out about a packet that may need a verdict.
 struct Pkt {
@@ -154,7 +164,7 @@ pub fn rpz_guard(ctx: XdpContext) -> u32 {
             if service == SERVICE_DNS && is_resolver(&pkt.src, pkt.v4) {
                 copy_dns(&ctx, DNS_DIR_QUERY);
             }
-            check(&pkt, service)
+            check(&ctx, &pkt, service)
         }
     }
 }
@@ -225,6 +235,23 @@ fn copy_dns(ctx: &XdpContext, dir: u32) {
         Ok(()) => bump(Stat::DnsCopied, 1),
         Err(_) => bump(Stat::DnsCopyLost, 1),
     }
+}
+
+/// The release path of the AF_XDP miss transport (tc ingress of the
+/// daemon's release TAP): a packet userspace held and then allowed enters
+/// the enforcement interface's receive path, so routing, conntrack, NAT,
+/// the firewall (`iif`) and rp_filter see it as if it had just arrived
+/// there. Its verdict is cached before release, so native XDP (which does
+/// not see it) and generic XDP (which does) agree.
+#[classifier]
+pub fn rpz_release(_ctx: TcContext) -> i32 {
+    let ifindex = settings().release_ifindex;
+    if ifindex == 0 {
+        return TC_ACT_SHOT;
+    }
+    bump(Stat::Released, 1);
+    // SAFETY: a helper taking plain integers; it returns TC_ACT_REDIRECT.
+    unsafe { bpf_redirect(ifindex, BPF_F_INGRESS) as i32 }
 }
 
 /// Reference program for benchmarks: passes everything, touches nothing.
@@ -444,7 +471,7 @@ fn v4(a: &[u8; 16]) -> [u8; 4] {
 
 /// The verdict for a protected packet.
 #[inline(always)]
-fn check(pkt: &Pkt, service: u32) -> u32 {
+fn check(ctx: &XdpContext, pkt: &Pkt, service: u32) -> u32 {
     let required = classes_required(service);
     // The common case first: a registered host, one hash lookup.
     let host = host_classes(pkt);
@@ -488,6 +515,13 @@ fn check(pkt: &Pkt, service: u32) -> u32 {
     {
         if e.flags & CACHE_PENDING != 0 {
             bump(Stat::Miss, 1);
+            // Joins the wait: held with the first packet, or dropped.
+            if afxdp(&settings())
+                && let Ok(action) = XSKS.redirect(ctx.rx_queue_index(), 0)
+            {
+                bump(Stat::MissHeld, 1);
+                return action;
+            }
             return refuse();
         }
         if e.classes & required != 0 {
@@ -511,18 +545,32 @@ fn check(pkt: &Pkt, service: u32) -> u32 {
     let pending =
         CacheEntry { classes: 0, flags: CACHE_PENDING, expires_ns: now + u64::from(hold) * 1_000_000 };
     let _ = VERDICT_CACHE.insert(pkt.dst, pending, 0);
-    if !emit(
-        EVENT_MISS,
-        reason::PENDING,
-        pkt,
-        service,
-        now,
-        &MISS_RATE,
-        or_default(s.misses_per_source_per_sec, DEFAULT_MISSES_PER_SOURCE),
-    ) {
+    // The per-source question budget holds for both transports.
+    let budget = or_default(s.misses_per_source_per_sec, DEFAULT_MISSES_PER_SOURCE);
+    let Some(carried) = within_budget(pkt, now, &MISS_RATE, budget) else {
+        let _ = VERDICT_CACHE.remove(pkt.dst);
+        return refuse();
+    };
+    if afxdp(&s) {
+        if let Ok(action) = XSKS.redirect(ctx.rx_queue_index(), 0) {
+            bump(Stat::MissHeld, 1);
+            return action;
+        }
+        // No socket on this queue (daemon gone, queue not served): ask
+        // through the ring buffer and drop, as without AF_XDP.
+        bump(Stat::MissFallback, 1);
+    }
+    if !write_event(EVENT_MISS, reason::PENDING, pkt, service, now, carried) {
         let _ = VERDICT_CACHE.remove(pkt.dst);
     }
     refuse()
+}
+
+/// True when misses go to the AF_XDP hold path (never in count-only mode,
+/// which must not delay anything).
+#[inline(always)]
+fn afxdp(s: &Settings) -> bool {
+    s.miss_transport == MISS_TRANSPORT_AFXDP && s.mode != MODE_COUNT
 }
 
 /// `CLOCK_MONOTONIC_COARSE` in ns: tick resolution is plenty for TTLs of
@@ -588,6 +636,17 @@ fn emit(
     rate: &LruHashMap<[u8; 16], RateState>,
     budget: u32,
 ) -> bool {
+    match within_budget(pkt, now, rate, budget) {
+        Some(carried) => write_event(kind, why, pkt, service, now, carried),
+        None => false,
+    }
+}
+
+/// Takes one unit of the source's per-second `budget` in `rate`: `None`
+/// when it is spent (counted), else the number suppressed in the window
+/// that just ended (to report with the next event).
+#[inline(always)]
+fn within_budget(pkt: &Pkt, now: u64, rate: &LruHashMap<[u8; 16], RateState>, budget: u32) -> Option<u32> {
     let mut carried = 0u32;
     match rate.get_ptr_mut(pkt.src) {
         Some(st) => {
@@ -603,7 +662,7 @@ fn emit(
             if st.sent >= budget {
                 st.suppressed += 1;
                 bump(Stat::EventsRateLimited, 1);
-                return false;
+                return None;
             }
             st.sent += 1;
         }
@@ -612,6 +671,12 @@ fn emit(
             let _ = rate.insert(pkt.src, st, 0);
         }
     }
+    Some(carried)
+}
+
+/// Writes an event to the ring buffer; false when it is full (counted).
+#[inline(always)]
+fn write_event(kind: u32, why: u32, pkt: &Pkt, service: u32, now: u64, carried: u32) -> bool {
     let Some(mut slot) = EVENTS.reserve::<Event>(0) else {
         bump(Stat::EventsLost, 1);
         return false;

@@ -13,6 +13,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    afxdp::xsk::BindMode,
     events::EventOutput,
     miss::CacheTtl,
     policy::{Prefix, ProtectedPort, Service, Transport},
@@ -110,6 +111,8 @@ pub struct Config {
     pub openflow: Openflow,
     /// Live learning from the resolvers' DNS traffic.
     pub learn: Learn,
+    /// The AF_XDP hold path (`enforce.miss_transport = "afxdp"`).
+    pub afxdp: Afxdp,
 }
 
 /// `[enforce]`
@@ -126,11 +129,96 @@ pub struct Enforce {
     pub count_only: bool,
     /// Pin program and maps here so enforcement survives the daemon.
     pub pin_dir: Option<PathBuf>,
+    /// How a miss reaches userspace (XDP mode): `afxdp` holds the packet
+    /// and releases it once allowed; `ringbuf` drops it and asks.
+    pub miss_transport: MissTransport,
 }
 
 impl Default for Enforce {
     fn default() -> Self {
-        Enforce { mode: Mode::Xdp, iface: None, xdp_mode: AttachMode::Auto, count_only: false, pin_dir: None }
+        Enforce {
+            mode: Mode::Xdp,
+            iface: None,
+            xdp_mode: AttachMode::Auto,
+            count_only: false,
+            pin_dir: None,
+            miss_transport: MissTransport::Afxdp,
+        }
+    }
+}
+
+/// How a miss (a protected packet toward a destination the kernel maps do
+/// not know) reaches userspace.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MissTransport {
+    /// The packet is redirected to an AF_XDP socket, held while userspace
+    /// decides, then released into the forwarding path or dropped. Falls
+    /// back to `ringbuf` (counted, in status) when AF_XDP is unavailable.
+    #[default]
+    Afxdp,
+    /// A miss event on the ring buffer; the packet is dropped and a
+    /// retransmission passes once the verdict is cached.
+    Ringbuf,
+}
+
+impl std::str::FromStr for MissTransport {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "afxdp" => Ok(MissTransport::Afxdp),
+            "ringbuf" => Ok(MissTransport::Ringbuf),
+            other => Err(format!("miss transport {other:?} is not one of afxdp, ringbuf")),
+        }
+    }
+}
+
+impl std::fmt::Display for MissTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MissTransport::Afxdp => "afxdp",
+            MissTransport::Ringbuf => "ringbuf",
+        })
+    }
+}
+
+/// `[afxdp]`: the hold path of `miss_transport = "afxdp"`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Afxdp {
+    /// Packets held at once per RX queue; beyond it they are dropped and
+    /// their destination asked about (the ring-buffer behaviour).
+    pub hold_queue: usize,
+    /// How long a held packet waits for its decision, milliseconds.
+    pub hold_timeout_ms: u64,
+    /// Entries of each socket's RX and fill rings (a power of two).
+    pub ring_size: u32,
+    /// `auto` (zero-copy when the driver can), `copy` or `zerocopy`.
+    pub bind_mode: BindMode,
+}
+
+impl Default for Afxdp {
+    fn default() -> Self {
+        let d = crate::afxdp::HoldConfig::default();
+        Afxdp {
+            hold_queue: d.hold_queue,
+            hold_timeout_ms: u64::try_from(d.hold_timeout.as_millis()).unwrap_or(500),
+            ring_size: d.ring_size,
+            bind_mode: d.bind_mode,
+        }
+    }
+}
+
+impl Afxdp {
+    /// The hold path's configuration.
+    pub fn hold(&self) -> crate::afxdp::HoldConfig {
+        crate::afxdp::HoldConfig {
+            hold_queue: self.hold_queue,
+            hold_timeout: Duration::from_millis(self.hold_timeout_ms),
+            ring_size: self.ring_size,
+            bind_mode: self.bind_mode,
+        }
     }
 }
 
@@ -571,6 +659,19 @@ impl Config {
             return Err(invalid("openflow.packet_in_rate", 0, "must be at least 1"));
         }
         self.learn.validate(self)?;
+        if !(1..=65_536).contains(&self.afxdp.hold_queue) {
+            return Err(invalid("afxdp.hold_queue", self.afxdp.hold_queue, "must be 1..=65536"));
+        }
+        if !(1..=10_000).contains(&self.afxdp.hold_timeout_ms) {
+            return Err(invalid("afxdp.hold_timeout_ms", self.afxdp.hold_timeout_ms, "must be 1..=10000"));
+        }
+        if !self.afxdp.ring_size.is_power_of_two() || !(64..=16_384).contains(&self.afxdp.ring_size) {
+            return Err(invalid(
+                "afxdp.ring_size",
+                self.afxdp.ring_size,
+                "must be a power of two in 64..=16384",
+            ));
+        }
         Ok(())
     }
 }
@@ -697,6 +798,23 @@ mod tests {
                 "[enforce]\niface = \"eth1\"\n[rpz]\nzone_file = \"z\"\n[cache]\npositive_ttl_secs = 0",
                 "positive_ttl_secs",
             ),
+            (
+                "[enforce]\niface = \"eth1\"\nmiss_transport = \"carrier-pigeon\"\n[rpz]\nzone_file = \"z\"",
+                "carrier-pigeon",
+            ),
+            (
+                "[enforce]\niface = \"eth1\"\n[rpz]\nzone_file = \"z\"\n[afxdp]\nring_size = 1000",
+                "afxdp.ring_size",
+            ),
+            (
+                "[enforce]\niface = \"eth1\"\n[rpz]\nzone_file = \"z\"\n[afxdp]\nhold_queue = 0",
+                "afxdp.hold_queue",
+            ),
+            (
+                "[enforce]\niface = \"eth1\"\n[rpz]\nzone_file = \"z\"\n[afxdp]\nhold_timeout_ms = 0",
+                "afxdp.hold_timeout_ms",
+            ),
+            ("[enforce]\niface = \"eth1\"\n[rpz]\nzone_file = \"z\"\n[afxdp]\nbind_mode = \"fast\"", "fast"),
         ];
         for (text, needle) in cases {
             let e = parse(text).expect_err(text).to_string();

@@ -3,6 +3,7 @@
 //! Zone as the allow list and XDP (or OpenFlow) for enforcement.
 #![warn(missing_docs)]
 
+pub mod afxdp;
 pub mod config;
 pub mod daemon;
 pub mod events;

@@ -134,6 +134,17 @@ struct RunArgs {
     /// Live learning: enforce new entries locally only, never UPDATE the primary.
     #[arg(long)]
     learn_no_push: bool,
+    /// How a miss reaches userspace in XDP mode: afxdp (hold the packet,
+    /// decide, release it; falls back to ringbuf when AF_XDP is unavailable)
+    /// or ringbuf (drop it and ask; the retransmission passes).
+    #[arg(long, value_name = "afxdp|ringbuf")]
+    miss_transport: Option<guard_user::config::MissTransport>,
+    /// AF_XDP hold path: packets held at once per RX queue (more: drop and ask).
+    #[arg(long, value_name = "N")]
+    hold_queue: Option<usize>,
+    /// AF_XDP hold path: longest wait for a decision before a held packet is dropped.
+    #[arg(long, value_name = "MS")]
+    hold_timeout_ms: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -296,6 +307,15 @@ fn merge(args: RunArgs) -> anyhow::Result<Config> {
     }
     if args.learn_no_push {
         l.push = false;
+    }
+    if let Some(t) = args.miss_transport {
+        cfg.enforce.miss_transport = t;
+    }
+    if let Some(n) = args.hold_queue {
+        cfg.afxdp.hold_queue = n;
+    }
+    if let Some(ms) = args.hold_timeout_ms {
+        cfg.afxdp.hold_timeout_ms = ms;
     }
     cfg.validate()?;
     Ok(cfg)

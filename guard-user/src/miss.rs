@@ -16,7 +16,7 @@ use std::{
 
 use tokio::sync::watch;
 
-use crate::policy::{AllowSet, Classes};
+use crate::policy::{AllowSet, Classes, Service};
 
 /// Error of one RPZ question.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -213,6 +213,150 @@ impl MissResolver {
     pub fn stats(&self) -> MissStats {
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         MissStats { lookups: st.lookups, coalesced: st.coalesced, errors: st.errors, cached: st.cache.len() }
+    }
+}
+
+/// The live learner's view, as the miss path needs it (issue 9 implements
+/// it; see `/work/notes/contract-live-afxdp.md`): entries learned from DNS
+/// answers seen a moment ago, not yet in the kernel maps or the RPZ.
+pub trait LiveView: Send + Sync {
+    /// Classes the live learner holds for `ip`.
+    fn lookup(&self, ip: IpAddr) -> Classes;
+    /// As [`LiveView::lookup`], once per decided miss: a hit is a miss that
+    /// raced the learner (counted by it).
+    fn note_miss(&self, ip: IpAddr) -> Classes {
+        self.lookup(ip)
+    }
+    /// Returns once the learner has processed every DNS packet the kernel
+    /// copied at or before `seen_ns` (`CLOCK_MONOTONIC` ns), or after `max_wait`.
+    fn settled(&self, seen_ns: u64, max_wait: Duration) -> BoxFuture<'_, ()>;
+}
+
+impl LiveView for crate::learn::live::LiveAllow {
+    fn lookup(&self, ip: IpAddr) -> Classes {
+        crate::learn::live::LiveAllow::lookup(self, ip)
+    }
+
+    fn note_miss(&self, ip: IpAddr) -> Classes {
+        crate::learn::live::LiveAllow::note_miss(self, ip)
+    }
+
+    fn settled(&self, seen_ns: u64, max_wait: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            crate::learn::live::LiveAllow::settled(self, seen_ns, max_wait).await;
+        })
+    }
+}
+
+/// How long a miss waits for the live learner to catch up (contract with
+/// issue 9: at most 2 ms).
+pub const DEFAULT_LIVE_WAIT: Duration = Duration::from_millis(2);
+
+/// No live learner: nothing learned, nothing to wait for.
+pub struct NoLive;
+
+impl LiveView for NoLive {
+    fn lookup(&self, _ip: IpAddr) -> Classes {
+        Classes::NONE
+    }
+
+    fn settled(&self, _seen_ns: u64, _max_wait: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// Where a miss decision came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecidedBy {
+    /// The allow set in memory (RPZ mirror or live-learned entries).
+    Memory,
+    /// A question to the RPZ (or its userspace cache).
+    Rpz,
+}
+
+/// A miss decision: the destination's classes and how long to cache them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// Classes of the destination (`NONE`: not registered, or the question failed).
+    pub classes: Classes,
+    /// How long the kernel may cache it.
+    pub ttl: Duration,
+    /// [`MissResolver::generation`] read before deciding: a cache write is
+    /// valid only while it is unchanged.
+    pub generation: u64,
+    /// Where it came from.
+    pub by: DecidedBy,
+}
+
+/// The miss decision shared by every miss transport (ring buffer, AF_XDP):
+/// 1. the allow set in memory (RPZ mirror + live-learned entries) allows
+///    it: done, without I/O;
+/// 2. otherwise let the live learner catch up to the moment the miss was
+///    seen (bounded), and look again;
+/// 3. otherwise ask the RPZ through the [`MissResolver`] (one question per
+///    destination however many packets wait; failures deny).
+///
+/// Only an allow settles in memory: a destination absent from the mirror
+/// may have been registered since the last transfer, which is the case this
+/// path exists for.
+pub struct MissDecider {
+    allow: watch::Receiver<Arc<AllowSet>>,
+    live: Arc<dyn LiveView>,
+    resolver: Arc<MissResolver>,
+    live_wait: Duration,
+}
+
+impl MissDecider {
+    /// A decider over the mirrored allow set, the live learner and the resolver.
+    pub fn new(
+        allow: watch::Receiver<Arc<AllowSet>>,
+        live: Arc<dyn LiveView>,
+        resolver: Arc<MissResolver>,
+        live_wait: Duration,
+    ) -> Self {
+        MissDecider { allow, live, resolver, live_wait }
+    }
+
+    /// The resolver (for its generation and counters).
+    pub fn resolver(&self) -> &Arc<MissResolver> {
+        &self.resolver
+    }
+
+    fn memory(&self, ip: IpAddr, service: Service, generation: u64) -> Option<Decision> {
+        let classes = self.allow.borrow().lookup(ip).union(self.live.lookup(ip));
+        service.allows(classes).then(|| Decision {
+            classes,
+            ttl: self.resolver.ttl().positive,
+            generation,
+            by: DecidedBy::Memory,
+        })
+    }
+
+    /// Step 1 only: `Some` when memory allows `service` toward `ip`.
+    pub fn in_memory(&self, ip: IpAddr, service: Service) -> Option<Decision> {
+        let d = self.memory(ip, service, self.resolver.generation())?;
+        self.live.note_miss(ip);
+        Some(d)
+    }
+
+    /// The whole decision for a miss seen at `seen_ns` (`CLOCK_MONOTONIC`
+    /// ns; any time read after the kernel saw the packet will do).
+    pub async fn decide(&self, ip: IpAddr, service: Service, seen_ns: u64) -> Decision {
+        let generation = self.resolver.generation();
+        if let Some(d) = self.memory(ip, service, generation) {
+            self.live.note_miss(ip);
+            return d;
+        }
+        self.live.settled(seen_ns, self.live_wait).await;
+        if let Some(d) = self.memory(ip, service, generation) {
+            self.live.note_miss(ip);
+            return d;
+        }
+        let (classes, ttl) = self.resolver.classes(ip).await;
+        // Learned live while the RPZ was asked: the packet beat the learner.
+        let classes = classes.union(self.live.note_miss(ip));
+        Decision { classes, ttl, generation, by: DecidedBy::Rpz }
     }
 }
 

@@ -15,9 +15,9 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf, XskMap, lpm_trie::Key},
     programs::{
-        Xdp, XdpMode as AyaMode,
+        SchedClassifier, TcAttachType, Xdp, XdpMode as AyaMode,
         links::{FdLink, PinnedLink},
         xdp::XdpLink,
     },
@@ -25,8 +25,8 @@ use aya::{
 use guard_common::{
     CacheEntry, MAP_ALLOW_PFX_V4, MAP_ALLOW_PFX_V6, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_CACHE, MAP_DNS_COPY,
     MAP_EVENTS, MAP_EXEMPT_V4, MAP_EXEMPT_V6, MAP_INTERNAL_V4, MAP_INTERNAL_V6, MAP_MISS_RATE, MAP_PORTS,
-    MAP_RATE, MAP_RESOLVERS_V4, MAP_RESOLVERS_V6, MAP_SETTINGS, MAP_STATS, PORT_TCP_SHIFT, PORT_UDP_SHIFT,
-    STAT_COUNT, Settings, Stat,
+    MAP_RATE, MAP_RESOLVERS_V4, MAP_RESOLVERS_V6, MAP_SETTINGS, MAP_STATS, MAP_XSKS, PORT_TCP_SHIFT,
+    PORT_UDP_SHIFT, STAT_COUNT, Settings, Stat,
 };
 
 use crate::{
@@ -46,6 +46,9 @@ pub const OUTSIDE_PROGRAM: &str = "rpz_guard_outside";
 
 /// The pass-everything reference program in [`EBPF_OBJECT`], for benchmarks.
 pub const REFERENCE_PROGRAM: &str = "pass_all";
+
+/// The tc program of the AF_XDP release path (see `afxdp::release`).
+pub const RELEASE_PROGRAM: &str = "rpz_release";
 
 /// Every map the program defines; all are pinned with `--pin`.
 pub const MAP_NAMES: [&str; 15] = [
@@ -585,6 +588,55 @@ impl Enforcer {
         Ok((r.return_value, r.duration))
     }
 
+    /// Rewrites the settings element with `f` applied (e.g. the miss
+    /// transport, once its sockets exist or when they cannot).
+    pub fn update_settings(&mut self, f: impl FnOnce(&mut Settings)) -> Result<Settings, XdpError> {
+        let mut arr: Array<&mut MapData, Settings> = self.array(MAP_SETTINGS)?;
+        let mut s = arr.get(&0, 0).map_err(map_err(MAP_SETTINGS))?;
+        f(&mut s);
+        arr.set(0, s, 0).map_err(map_err(MAP_SETTINGS))?;
+        Ok(s)
+    }
+
+    /// Puts an AF_XDP socket into the program's socket map for RX queue `queue`.
+    pub fn register_xsk(&mut self, queue: u32, socket: &impl std::os::fd::AsRawFd) -> Result<(), XdpError> {
+        let mut m: XskMap<&mut MapData> = self.typed(MAP_XSKS)?;
+        m.set(queue, socket.as_raw_fd(), 0).map_err(map_err(MAP_XSKS))
+    }
+
+    /// Loads the release program and attaches it to the ingress of `iface`
+    /// (tcx, kernel 6.6 or later). It stays attached while this value lives.
+    pub fn attach_release(&mut self, iface: &str) -> Result<(), XdpError> {
+        let perr = |what, source| XdpError::Program { what, iface: iface.to_owned(), source };
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(RELEASE_PROGRAM)
+            .ok_or(perr("lookup release program", aya::programs::ProgramError::NotLoaded))?
+            .try_into()
+            .map_err(|e| perr("lookup release program", e))?;
+        if prog.fd().is_err() {
+            prog.load().map_err(|e| perr("load release program", e))?;
+        }
+        prog.attach(iface, TcAttachType::Ingress).map_err(|e| perr("attach release program", e))?;
+        Ok(())
+    }
+
+    /// A handle on the verdict cache usable from another thread without
+    /// this value (a second descriptor of the same map).
+    pub fn verdict_cache(&self) -> Result<VerdictCache, XdpError> {
+        let m = self.ebpf.map(MAP_CACHE).ok_or_else(|| missing(MAP_CACHE))?;
+        let data = match m {
+            Map::LruHashMap(d) | Map::HashMap(d) => d,
+            _ => return Err(map_err(MAP_CACHE)(MapError::InvalidName { name: MAP_CACHE.into() })),
+        };
+        let fd = data.fd().as_fd().try_clone_to_owned().map_err(|e| {
+            map_err(MAP_CACHE)(MapError::SyscallError(aya::sys::SyscallError { call: "dup", io_error: e }))
+        })?;
+        let data = MapData::from_fd(fd).map_err(map_err(MAP_CACHE))?;
+        let map = HashMap::try_from(Map::LruHashMap(data)).map_err(map_err(MAP_CACHE))?;
+        Ok(VerdictCache { map })
+    }
+
     fn typed<'a, T>(&'a mut self, name: &'static str) -> Result<T, XdpError>
     where
         T: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
@@ -652,6 +704,50 @@ fn attach_in_mode(
             }
         },
     })
+}
+
+/// The miss path's writer of the kernel verdict cache (see
+/// [`Enforcer::verdict_cache`]).
+pub struct VerdictCache {
+    map: HashMap<MapData, [u8; 16], CacheEntry>,
+}
+
+impl VerdictCache {
+    /// Caches `classes` for `ip` for `ttl`, unless the allow set changed
+    /// since the decision was made: `generation` is the resolver generation
+    /// read before deciding, `current` reads it now. Written first and
+    /// checked after, so a concurrent invalidation (which bumps the
+    /// generation before it flushes the cache) either flushes this entry or
+    /// makes this call withdraw it: no lock with the mirror is needed.
+    /// Returns false when the verdict was not (or no longer) cached.
+    pub fn store(
+        &mut self,
+        ip: IpAddr,
+        classes: Classes,
+        ttl: Duration,
+        generation: u64,
+        current: impl Fn() -> u64,
+    ) -> Result<bool, XdpError> {
+        let key = cache_key(ip);
+        if current() != generation {
+            return Ok(false);
+        }
+        let expires_ns = monotonic_ns().saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX));
+        let entry = CacheEntry { classes: classes.bits(), flags: 0, expires_ns };
+        self.map.insert(key, entry, 0).map_err(map_err(MAP_CACHE))?;
+        if current() != generation {
+            ignore_missing(self.map.remove(&key)).map_err(map_err(MAP_CACHE))?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+}
+
+fn cache_key(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
+    }
 }
 
 /// Inserts `want` into `trie`, then removes every other key.

@@ -18,41 +18,10 @@ use guard_user::daemon::StatusReport;
 
 mod daemon_support;
 
-use daemon_support::{BIN, Daemon, eventually, lab_bind_args, rpz_add, rpz_delete};
+use daemon_support::{BIN, eventually, rpz_add, rpz_delete, start_xdp};
 
 fn up(name: &str) -> Lab {
     Lab::up(LabConfig::for_test(name)).unwrap_or_else(|e| panic!("lab up failed: {e}"))
-}
-
-/// `rpz-guard run` in XDP mode on the lab router's `in0`, with the lab's
-/// BIND as source; a flag in `extra` replaces the default of the same name.
-fn start_xdp(lab: &Lab, extra: &[&str]) -> Daemon {
-    let a = lab.addrs();
-    let source = lab_bind_args(lab);
-    let exempt4 = format!("{}/32", a.dns_v4);
-    let exempt6 = format!("{}/128", a.dns_v6);
-    let internal4 = format!("10.{}.0.0/16", a.subnet);
-    let internal6 = format!("{}/48", a.lan_v6().0);
-    let mut args: Vec<&str> = vec![
-        "--iface",
-        lab.router_inside_iface(),
-        "--exempt",
-        &exempt4,
-        "--exempt",
-        &exempt6,
-        "--internal",
-        &internal4,
-        "--internal",
-        &internal6,
-    ];
-    args.extend(source.iter().map(String::as_str));
-    for pair in extra.chunks(2) {
-        match args.iter().position(|a| *a == pair[0]).filter(|_| pair.len() == 2) {
-            Some(i) => args[i + 1] = pair[1],
-            None => args.extend_from_slice(pair),
-        }
-    }
-    Daemon::start(lab, "xdp", &args)
 }
 
 /// Outcome of a TCP connect attempt from the lab.

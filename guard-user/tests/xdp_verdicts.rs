@@ -444,6 +444,41 @@ fn events_are_rate_limited_per_source() {
     assert_eq!(delta(&e, &before, Stat::EventsSent), 1);
 }
 
+/// `miss_transport = afxdp` with no socket on the queue (daemon gone, queue
+/// not served): the miss takes the ring-buffer path, dropped and asked,
+/// counted as a fallback; the per-source miss budget holds as before.
+/// (Redirects to a real socket are covered in the lab, `afxdp_lab`.)
+#[test]
+fn afxdp_transport_without_a_socket_falls_back_closed() {
+    let s = Settings {
+        miss_transport: guard_common::MISS_TRANSPORT_AFXDP,
+        misses_per_source_per_sec: 2,
+        ..Settings::default()
+    };
+    let mut e = enforcer(s);
+    let before = e.stats().expect("stats");
+    let f = frame::v4(PC, UNKNOWN, frame::TCP, 25);
+    assert_eq!(run(&mut e, &f), XDP_DROP);
+    assert_eq!(delta(&e, &before, Stat::MissFallback), 1);
+    assert_eq!(delta(&e, &before, Stat::MissHeld), 0);
+    assert_eq!(delta(&e, &before, Stat::EventsSent), 1, "the miss is asked about on the ring buffer");
+    // Pending: later packets are dropped without a new question.
+    assert_eq!(run(&mut e, &f), XDP_DROP);
+    assert_eq!(delta(&e, &before, Stat::EventsSent), 1);
+    // The per-source question budget (2/s) still applies to new destinations.
+    for host in 1..=3 {
+        assert_eq!(run(&mut e, &frame::v4(PC, Ipv4Addr::new(192, 0, 2, host), frame::TCP, 25)), XDP_DROP);
+    }
+    assert_eq!(delta(&e, &before, Stat::EventsSent), 2);
+    assert_eq!(delta(&e, &before, Stat::EventsRateLimited), 2);
+    assert_eq!(delta(&e, &before, Stat::MissFallback), 2);
+    // Count-only mode never holds: the transport setting is ignored.
+    let mut e = enforcer(Settings { mode: MODE_COUNT, ..s });
+    let before = e.stats().expect("stats");
+    assert_eq!(run(&mut e, &f), XDP_PASS);
+    assert_eq!(delta(&e, &before, Stat::MissFallback), 0);
+}
+
 #[test]
 fn count_mode_never_drops() {
     let mut e = enforcer(Settings { mode: MODE_COUNT, ..Settings::default() });

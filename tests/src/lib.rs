@@ -36,6 +36,7 @@
 #![warn(missing_docs)]
 
 pub mod bind;
+pub mod capture;
 pub mod dns;
 pub mod lab;
 pub mod netns;
@@ -46,6 +47,7 @@ pub mod smtp;
 
 use std::time::Duration;
 
+pub use capture::Capture;
 pub use lab::{Lab, LabAddrs, LabConfig, LabStatus, ResponderMode, Role};
 pub use netns::{run_in_netns, tcp_connect_in, wait_for_tcp, wait_for_udp_dns};
 pub use process::LabChild;

@@ -17,7 +17,6 @@
 //! [`LiveAllow::settled`] (the AF_XDP hold path waits for it); the misses
 //! that saw a live entry are counted (`raced_misses`).
 use std::{
-    net::IpAddr,
     os::fd::AsRawFd,
     sync::{
         Arc,
@@ -39,7 +38,7 @@ use crate::{
         live::{LiveAllow, LiveLearner, monotonic_ns},
         push::{PushConfig, load_journal, push_loop},
     },
-    policy::{AllowSet, Classes},
+    policy::AllowSet,
     rpz::tsig::TsigKey,
     xdp::{AllowWriter, Enforcer},
 };
@@ -189,11 +188,4 @@ fn serve_ring(mut ring: RingBuf<MapData>, mut learner: LiveLearner, stop: &Atomi
         // SAFETY: two valid pollfd structs; a bounded timeout so `stop` is seen.
         unsafe { libc::poll(fds.as_mut_ptr(), 2, 100) };
     }
-}
-
-/// Counts a miss whose destination turned out to be learned live: the
-/// first packet reached the border before the learner had enforced the
-/// entry (the race the AF_XDP hold path covers).
-pub(super) fn note_miss(live: Option<&Arc<LiveAllow>>, dst: IpAddr) -> Classes {
-    live.map_or(Classes::NONE, |l| l.note_miss(dst))
 }

@@ -112,7 +112,19 @@ impl Shared {
                 value: h.blocked as f64,
             });
         }
-        render_prometheus(&stats, &g)
+        let mut text = render_prometheus(&stats, &g);
+        if !r.miss_transport.active.is_empty() {
+            text.push_str(
+                "# HELP rpz_guard_afxdp_active 1 when misses are held on AF_XDP, 0 on the ring-buffer fallback.\n",
+            );
+            text.push_str("# TYPE rpz_guard_afxdp_active gauge\n");
+            text.push_str(&format!(
+                "rpz_guard_afxdp_active {}\n",
+                u8::from(r.miss_transport.active == "afxdp")
+            ));
+            text.push_str(&r.miss_transport.hold.prometheus());
+        }
+        text
     }
 }
 

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::{
     source::source_from,
-    status::{Shared, StatusReport, query_status, render_status},
+    status::{MissTransportReport, Shared, StatusReport, query_status, render_status},
 };
 use crate::{
     config::{Config, Mode},

@@ -63,6 +63,37 @@ pub struct StatusReport {
     /// Live learning, when on.
     #[serde(default)]
     pub live: Option<LiveStats>,
+    /// How misses reach userspace (XDP mode), and the AF_XDP hold path's counters.
+    #[serde(default)]
+    pub miss_transport: MissTransportReport,
+}
+
+/// The miss transport in force and the AF_XDP hold path's counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissTransportReport {
+    /// `afxdp` or `ringbuf` as configured.
+    pub configured: String,
+    /// The one in force (`ringbuf` after a fallback).
+    pub active: String,
+    /// Why AF_XDP is not in force although configured (fail closed: drop and ask).
+    pub fallback_reason: Option<String>,
+    /// RX queues with a socket.
+    pub queues: u32,
+    /// Sockets bound in zero-copy mode.
+    pub zerocopy: bool,
+    /// The release TAP.
+    pub release_device: String,
+    /// Hold path counters.
+    pub hold: crate::afxdp::HoldSnapshot,
+}
+
+/// The miss transport as started (see [`MissTransportReport`]).
+#[derive(Default)]
+pub(super) struct MissTransportState {
+    /// What the report says about it.
+    pub(super) report: MissTransportReport,
+    /// The AF_XDP hold path, when in force.
+    pub(super) hold: Option<crate::afxdp::HoldPath>,
 }
 
 /// State shared by the daemon's tasks.
@@ -88,6 +119,8 @@ pub struct Shared {
     /// Live learning, when on: entries learned and not yet in the zone,
     /// the learner's progress (see [`LiveAllow::settled`]), counters.
     pub live: Option<Arc<LiveAllow>>,
+    /// The miss transport (XDP mode).
+    pub(super) transport: Mutex<MissTransportState>,
 }
 
 impl Shared {
@@ -113,6 +146,7 @@ impl Shared {
             point: Mutex::new(String::new()),
             extra: Mutex::new(None),
             live: None,
+            transport: Mutex::new(MissTransportState::default()),
         }
     }
 
@@ -157,6 +191,14 @@ impl Shared {
             top_destinations: self.events.top_destinations(10),
             extra: lock(&self.extra).as_ref().map(|f| f()).unwrap_or_default(),
             live: self.live.as_ref().map(|l| l.stats()),
+            miss_transport: {
+                let t = lock(&self.transport);
+                let mut r = t.report.clone();
+                if let Some(h) = &t.hold {
+                    r.hold = h.stats();
+                }
+                r
+            },
         }
     }
 }
@@ -302,6 +344,42 @@ pub fn render_status(r: &StatusReport) -> String {
         "\nmiss path  lookups {}  coalesced {}  errors {}  cached {}",
         r.miss.lookups, r.miss.coalesced, r.miss.errors, r.miss.cached
     );
+    let t = &r.miss_transport;
+    if !t.active.is_empty() {
+        let h = &t.hold;
+        let _ = writeln!(
+            o,
+            "miss transport {}{}",
+            t.active,
+            t.fallback_reason
+                .as_ref()
+                .map_or(String::new(), |w| format!("  (FALLBACK from {}: {w})", t.configured))
+        );
+        if t.active == "afxdp" {
+            let q = |p: f64| h.hold_quantile_us(p).map_or("-".to_owned(), |us| format!("<={us}us"));
+            let _ = writeln!(
+                o,
+                "  held {}  released {} ({} from memory)  dropped after hold {}  hold timeouts {}  queue full {}  malformed {}",
+                h.held,
+                h.released,
+                h.released_from_memory,
+                h.dropped_after_hold,
+                h.hold_timeouts,
+                h.queue_full,
+                h.malformed
+            );
+            let _ = writeln!(
+                o,
+                "  hold time p50 {} p99 {}  queues {} ({})  release via {}  kernel drops {}",
+                q(0.5),
+                q(0.99),
+                t.queues,
+                if t.zerocopy { "zero-copy" } else { "copy" },
+                t.release_device,
+                h.kernel.rx_dropped
+            );
+        }
+    }
     let _ = writeln!(
         o,
         "events     {}{}",

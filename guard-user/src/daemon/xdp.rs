@@ -15,6 +15,7 @@ use super::{DaemonError, Shared, lock};
 use crate::{
     config::Config,
     events::{DetectionEvent, Reason, now_ms, proto_name},
+    miss::MissDecider,
     policy::{AllowSet, Prefix, Service},
     xdp::{Enforcer, ProgramConfig},
 };
@@ -32,6 +33,8 @@ pub(super) fn load(cfg: &Config) -> Result<Enforcer, DaemonError> {
             events_per_source_per_sec: cfg.events.per_source_per_sec,
             pending_ms: cfg.cache.pending_ms,
             misses_per_source_per_sec: cfg.events.misses_per_source_per_sec,
+            // Ring buffer until the AF_XDP sockets exist (miss::start_transport).
+            ..Settings::default()
         },
     })?;
     Ok(e)
@@ -75,9 +78,12 @@ pub(super) async fn run(
         e.take_events()?
     };
     tasks.spawn(mirror(enforcer.clone(), applied, shared.clone(), cancel.clone()));
-    let reader = read_events(ring, enforcer.clone(), shared.clone(), iface.clone(), cancel.clone());
+    let decider = super::miss::decider(&shared);
+    super::miss::start_transport(cfg, &enforcer, &shared, &decider, &iface);
+    let reader = read_events(ring, enforcer.clone(), shared.clone(), decider, iface.clone(), cancel.clone());
     let read = reader.await;
     let mut e = lock(&enforcer);
+    super::miss::stop_transport(&mut e, &shared);
     if cfg.enforce.pin_dir.is_some() {
         tracing::info!(iface, "stopping; the pinned program stays attached and enforcing the last set");
     } else {
@@ -159,6 +165,7 @@ async fn read_events(
     ring: aya::maps::RingBuf<aya::maps::MapData>,
     enforcer: Arc<Mutex<Enforcer>>,
     shared: Arc<Shared>,
+    decider: Arc<MissDecider>,
     iface: String,
     cancel: CancellationToken,
 ) -> Result<(), DaemonError> {
@@ -181,13 +188,19 @@ async fn read_events(
             }
             // SAFETY: the kernel wrote a whole `Event` (size checked above); read unaligned.
             let ev: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
-            handle_event(ev, &enforcer, &shared, &point);
+            handle_event(ev, &enforcer, &shared, &decider, &point);
         }
         guard.clear_ready();
     }
 }
 
-fn handle_event(ev: Event, enforcer: &Arc<Mutex<Enforcer>>, shared: &Arc<Shared>, point: &str) {
+fn handle_event(
+    ev: Event,
+    enforcer: &Arc<Mutex<Enforcer>>,
+    shared: &Arc<Shared>,
+    decider: &Arc<MissDecider>,
+    point: &str,
+) {
     let Some(service) = Service::from_number(ev.service) else { return };
     let src = event_ip(ev.src);
     let dst = event_ip(ev.dst);
@@ -212,9 +225,14 @@ fn handle_event(ev: Event, enforcer: &Arc<Mutex<Enforcer>>, shared: &Arc<Shared>
                 shared.events.record(&detection(reason, ev.suppressed));
             }
         }
-        EVENT_MISS => {
-            super::miss::decide(dst, service, detection(Reason::Pending, ev.suppressed), enforcer, shared)
-        }
+        EVENT_MISS => super::miss::decide(
+            dst,
+            service,
+            detection(Reason::Pending, ev.suppressed),
+            enforcer,
+            shared,
+            decider,
+        ),
         _ => {}
     }
 }

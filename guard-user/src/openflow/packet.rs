@@ -20,6 +20,10 @@ pub struct PacketInfo {
     pub ports: Option<(u16, u16)>,
     /// The packet is an IP fragment (first or later).
     pub fragment: bool,
+    /// Offset of the IP header in the frame.
+    pub l3_offset: usize,
+    /// Offset of the transport header in the frame.
+    pub l4_offset: usize,
 }
 
 /// Why a frame could not be parsed.
@@ -84,6 +88,7 @@ pub fn parse(frame: &[u8]) -> Result<PacketInfo, PacketError> {
         ethertype = be16(frame, off + 2, "vlan")?;
         off += 4;
     }
+    let l3_offset = off;
     let (src, dst, proto, l4, fragment, first) = match ethertype {
         ETH_P_IP => {
             let vihl = get::<1>(frame, off, "ipv4")?[0];
@@ -145,7 +150,7 @@ pub fn parse(frame: &[u8]) -> Result<PacketInfo, PacketError> {
         }
         _ => None,
     };
-    Ok(PacketInfo { vlan, src, dst, proto, ports, fragment })
+    Ok(PacketInfo { vlan, src, dst, proto, ports, fragment, l3_offset, l4_offset: l4 })
 }
 
 #[cfg(test)]

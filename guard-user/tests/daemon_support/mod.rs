@@ -46,6 +46,45 @@ pub fn lab_bind_args(lab: &Lab) -> [String; 6] {
     ]
 }
 
+/// `rpz-guard run` in XDP mode on the lab router's `in0` with the lab's
+/// BIND as source, the resolver exempt and the lab's own networks internal;
+/// a flag in `extra` replaces the default of the same name.
+pub fn start_xdp(lab: &Lab, extra: &[&str]) -> Daemon {
+    let a = lab.addrs();
+    let source = lab_bind_args(lab);
+    let exempt4 = format!("{}/32", a.dns_v4);
+    let exempt6 = format!("{}/128", a.dns_v6);
+    let internal4 = format!("10.{}.0.0/16", a.subnet);
+    let internal6 = format!("{}/48", a.lan_v6().0);
+    let mut args: Vec<&str> = vec![
+        "--iface",
+        lab.router_inside_iface(),
+        "--exempt",
+        &exempt4,
+        "--exempt",
+        &exempt6,
+        "--internal",
+        &internal4,
+        "--internal",
+        &internal6,
+    ];
+    args.extend(source.iter().map(String::as_str));
+    for pair in extra.chunks(2) {
+        match args.iter().position(|a| *a == pair[0]).filter(|_| pair.len() == 2) {
+            Some(i) => args[i + 1] = pair[1],
+            None => args.extend_from_slice(pair),
+        }
+    }
+    Daemon::start(lab, "xdp", &args)
+}
+
+/// The daemon's Prometheus text, read over its status socket.
+pub fn metrics(d: &Daemon) -> String {
+    let out =
+        Command::new(BIN).args(["status", "--metrics", "--socket"]).arg(&d.socket).output().expect("status");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Registers `ip` in the lab's RPZ with A `answer` (TSIG-signed nsupdate).
 pub fn rpz_add(lab: &Lab, ip: IpAddr, answer: &str) {
     let owner = encode_owner(&Prefix::host(ip), ZONE);
