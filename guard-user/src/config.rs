@@ -277,10 +277,27 @@ pub struct Rpz {
     pub tsig_key: Option<PathBuf>,
     /// Local zone file, the source when no server is set (watched for changes).
     pub zone_file: Option<PathBuf>,
-    /// Where to listen for NOTIFY from the server.
+    /// Where to listen for NOTIFY from the server, UDP and TCP on the same address.
     pub notify_listen: Option<SocketAddr>,
-    /// SOA poll interval, the fallback when NOTIFY is missed.
+    /// Sources allowed to send NOTIFY. Unset: only `server`'s address.
+    pub notify_allow_from: Option<Vec<Prefix>>,
+    /// With `tsig_key` set, refuse NOTIFYs that are not signed with it
+    /// (signed ones are always verified, whatever this says).
+    pub notify_require_tsig: bool,
+    /// A NOTIFY TCP connection with no complete message for this long is closed.
+    pub notify_tcp_idle_ms: u64,
+    /// Most NOTIFY TCP connections open at once; more are closed at accept.
+    pub notify_tcp_max_connections: usize,
+    /// SOA poll interval (with ±20 % jitter), the safety net for a lost NOTIFY.
     pub poll_interval_secs: u64,
+    /// Poll interval while polling fast: after a NOTIFY or a change (at most
+    /// `poll_interval_secs`).
+    pub poll_fast_interval_ms: u64,
+    /// How long polling stays fast after a NOTIFY or a change.
+    pub poll_fast_for_secs: u64,
+    /// Longest wait between attempts while the server is down (doubling from
+    /// `poll_interval_secs`; never below it).
+    pub poll_max_backoff_secs: u64,
     /// How the miss path asks.
     pub miss_query: MissQuery,
     /// Recursive BIND for `miss_query = "paper"` (defaults to `server`).
@@ -297,7 +314,14 @@ impl Default for Rpz {
             tsig_key: None,
             zone_file: None,
             notify_listen: None,
-            poll_interval_secs: 30,
+            notify_allow_from: None,
+            notify_require_tsig: true,
+            notify_tcp_idle_ms: 5000,
+            notify_tcp_max_connections: 16,
+            poll_interval_secs: 2,
+            poll_fast_interval_ms: 500,
+            poll_fast_for_secs: 30,
+            poll_max_backoff_secs: 60,
             miss_query: MissQuery::Zone,
             resolver: None,
             query_timeout_ms: 500,
@@ -615,8 +639,51 @@ impl Config {
         if self.rpz.server.is_some() && self.rpz.zone_file.is_some() {
             return Err(invalid("rpz.zone_file", "(set)", "set only one of rpz.server and rpz.zone_file"));
         }
-        if self.rpz.poll_interval_secs == 0 {
-            return Err(invalid("rpz.poll_interval_secs", 0, "must be at least 1"));
+        if !(1..=86_400).contains(&self.rpz.poll_interval_secs) {
+            return Err(invalid("rpz.poll_interval_secs", self.rpz.poll_interval_secs, "must be 1..=86400"));
+        }
+        if !(100..=3_600_000).contains(&self.rpz.poll_fast_interval_ms) {
+            return Err(invalid(
+                "rpz.poll_fast_interval_ms",
+                self.rpz.poll_fast_interval_ms,
+                "must be 100..=3600000",
+            ));
+        }
+        if self.rpz.poll_fast_for_secs > 86_400 {
+            return Err(invalid("rpz.poll_fast_for_secs", self.rpz.poll_fast_for_secs, "at most 86400"));
+        }
+        if !(1..=86_400).contains(&self.rpz.poll_max_backoff_secs) {
+            return Err(invalid(
+                "rpz.poll_max_backoff_secs",
+                self.rpz.poll_max_backoff_secs,
+                "must be 1..=86400",
+            ));
+        }
+        if let Some(list) = &self.rpz.notify_allow_from {
+            if list.is_empty() {
+                return Err(invalid(
+                    "rpz.notify_allow_from",
+                    "[]",
+                    "would refuse every NOTIFY; leave it unset to allow only rpz.server",
+                ));
+            }
+            if let Some(p) = list.iter().find(|p| p.is_empty()) {
+                return Err(invalid("rpz.notify_allow_from", p, "a zero-length prefix allows everyone"));
+            }
+        }
+        if !(100..=300_000).contains(&self.rpz.notify_tcp_idle_ms) {
+            return Err(invalid(
+                "rpz.notify_tcp_idle_ms",
+                self.rpz.notify_tcp_idle_ms,
+                "must be 100..=300000",
+            ));
+        }
+        if !(1..=4096).contains(&self.rpz.notify_tcp_max_connections) {
+            return Err(invalid(
+                "rpz.notify_tcp_max_connections",
+                self.rpz.notify_tcp_max_connections,
+                "must be 1..=4096",
+            ));
         }
         if !(10..=60_000).contains(&self.rpz.query_timeout_ms) {
             return Err(invalid("rpz.query_timeout_ms", self.rpz.query_timeout_ms, "must be 10..=60000"));
@@ -815,6 +882,30 @@ mod tests {
                 "afxdp.hold_timeout_ms",
             ),
             ("[enforce]\niface = \"eth1\"\n[rpz]\nzone_file = \"z\"\n[afxdp]\nbind_mode = \"fast\"", "fast"),
+            (
+                "[enforce]\niface = \"eth1\"\n[rpz]\nzone_file = \"z\"\nnotify_allow_from = []",
+                "notify_allow_from",
+            ),
+            (
+                "[enforce]\niface = \"eth1\"\n[rpz]\nzone_file = \"z\"\nnotify_allow_from = [\"::/0\"]",
+                "rpz.notify_allow_from",
+            ),
+            (
+                "[enforce]\niface = \"eth1\"\n[rpz]\nzone_file = \"z\"\nnotify_tcp_idle_ms = 5",
+                "notify_tcp_idle_ms",
+            ),
+            (
+                "[enforce]\niface = \"eth1\"\n[rpz]\nzone_file = \"z\"\nnotify_tcp_max_connections = 0",
+                "notify_tcp_max_connections",
+            ),
+            (
+                "[enforce]\niface = \"eth1\"\n[rpz]\nzone_file = \"z\"\npoll_fast_interval_ms = 5",
+                "rpz.poll_fast_interval_ms",
+            ),
+            (
+                "[enforce]\niface = \"eth1\"\n[rpz]\nzone_file = \"z\"\npoll_max_backoff_secs = 0",
+                "rpz.poll_max_backoff_secs",
+            ),
         ];
         for (text, needle) in cases {
             let e = parse(text).expect_err(text).to_string();

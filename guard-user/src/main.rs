@@ -86,10 +86,14 @@ struct RunArgs {
     /// TSIG key file (BIND `key` syntax) for transfers.
     #[arg(long)]
     tsig_key: Option<PathBuf>,
-    /// Listen for NOTIFY from the server on ADDR:PORT.
+    /// Listen for NOTIFY from the server on ADDR:PORT, UDP and TCP.
     #[arg(long)]
     notify_listen: Option<SocketAddr>,
-    /// Seconds between SOA polls of the server (fallback for lost NOTIFYs).
+    /// Source prefix allowed to send NOTIFY (repeatable; default: the server's address).
+    #[arg(long = "notify-allow-from", value_name = "PREFIX")]
+    notify_allow_from: Vec<Prefix>,
+    /// Seconds between SOA polls of the server, the safety net for a lost or
+    /// late NOTIFY (jittered ±20 %; faster for a while after a NOTIFY or change).
     #[arg(long, value_name = "SECS")]
     poll_interval: Option<u64>,
     /// Exempt source prefix (repeatable): the organization's resolvers and relays.
@@ -272,6 +276,9 @@ fn merge(args: RunArgs) -> anyhow::Result<Config> {
     }
     if let Some(p) = args.poll_interval {
         r.poll_interval_secs = p;
+    }
+    if !args.notify_allow_from.is_empty() {
+        r.notify_allow_from = Some(args.notify_allow_from);
     }
     if !args.exempt.is_empty() {
         cfg.policy.exempt_sources = args.exempt;

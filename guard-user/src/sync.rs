@@ -1,32 +1,76 @@
-//! Keeping the allow set current: from a BIND primary (AXFR at start, then
-//! IXFR on NOTIFY, with SOA polling as the fallback) or from a local zone
-//! file (re-read when it changes). Every new set is published on a
-//! `watch` channel; consumers (map mirror, OpenFlow flows) diff it themselves.
+//! Keeping the allow set current: from an RPZ primary (AXFR at start, then
+//! IXFR on NOTIFY over UDP or TCP, with SOA polling as the safety net) or
+//! from a local zone file (re-read when it changes). Every new set is
+//! published on a `watch` channel; consumers (map mirror, OpenFlow flows)
+//! diff it against what they applied, so even a whole zone (an AXFR, or an
+//! IXFR answered with the full zone as PowerDNS does) changes only what
+//! differs: never a flush and reload.
 //!
-//! When the source fails later on, the current set stays in force and the
-//! error is reported in [`SyncState`]; retries back off up to a minute.
+//! Polling: every `poll_interval` (±20 % jitter, so many routers do not
+//! poll in step); for `fast_for` after a NOTIFY or a change, every
+//! `fast_interval` (a primary that NOTIFYs late, or a burst of UPDATEs);
+//! while the primary fails, the wait doubles up to `max_backoff`. When the
+//! source fails, the current set stays in force and the error is reported
+//! in [`SyncState`]. Status records how each change was learned.
 
 use std::{
+    hash::BuildHasher,
     net::SocketAddr,
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::{sync::watch, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    config::Config,
     events::now_ms,
-    policy::AllowSet,
+    policy::{AllowSet, Prefix},
     rpz::{
-        notify::listen_notify,
+        notify::{NotifyConfig, NotifyCounters, NotifyEvent, NotifyStats, Transport, listen_notify},
         transfer::{IxfrOutcome, axfr, ixfr, serial_newer, soa_serial},
-        tsig::TsigKey,
+        tsig::{TsigKey, TsigKeyError},
         zonefile::parse_zone,
     },
 };
+
+/// When to ask the primary for its SOA serial.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PollConfig {
+    /// Normal interval (jittered ±20 %).
+    pub interval: Duration,
+    /// Interval while polling fast.
+    pub fast_interval: Duration,
+    /// How long polling stays fast after a NOTIFY or a change.
+    pub fast_for: Duration,
+    /// Longest wait between attempts while the primary fails.
+    pub max_backoff: Duration,
+}
+
+impl Default for PollConfig {
+    fn default() -> Self {
+        PollConfig::from_config(&crate::config::Rpz::default())
+    }
+}
+
+impl PollConfig {
+    /// The `[rpz]` poll keys.
+    pub fn from_config(rpz: &crate::config::Rpz) -> Self {
+        let interval = Duration::from_secs(rpz.poll_interval_secs);
+        PollConfig {
+            interval,
+            fast_interval: Duration::from_millis(rpz.poll_fast_interval_ms).min(interval),
+            fast_for: Duration::from_secs(rpz.poll_fast_for_secs),
+            max_backoff: Duration::from_secs(rpz.poll_max_backoff_secs).max(interval),
+        }
+    }
+}
 
 /// Where the allow set comes from.
 #[derive(Clone, Debug)]
@@ -38,7 +82,7 @@ pub enum Source {
         /// The zone origin.
         zone: String,
     },
-    /// A BIND primary (or secondary) serving the policy zone.
+    /// An RPZ primary (BIND, Knot DNS, PowerDNS, or a secondary of one).
     Server {
         /// Address of the server.
         addr: SocketAddr,
@@ -46,14 +90,37 @@ pub enum Source {
         zone: String,
         /// TSIG key for transfers.
         key: Option<TsigKey>,
-        /// Where to listen for NOTIFY.
-        notify: Option<SocketAddr>,
-        /// SOA poll interval.
-        poll: Duration,
+        /// The NOTIFY listener, when one is configured.
+        notify: Option<Box<NotifyConfig>>,
+        /// SOA polling.
+        poll: PollConfig,
     },
 }
 
 impl Source {
+    /// The source the configuration names (reads the TSIG key file).
+    pub fn from_config(cfg: &Config) -> Result<Source, TsigKeyError> {
+        let r = &cfg.rpz;
+        let zone = r.zone.clone();
+        let Some(addr) = r.server else {
+            return Ok(Source::File { path: r.zone_file.clone().unwrap_or_default(), zone });
+        };
+        let key = r.tsig_key.as_deref().map(TsigKey::from_file).transpose()?;
+        let notify = r.notify_listen.map(|listen| {
+            Box::new(NotifyConfig {
+                listen,
+                zone: zone.clone(),
+                allow_from: r.notify_allow_from.clone().unwrap_or_else(|| vec![Prefix::host(addr.ip())]),
+                key: key.clone(),
+                require_tsig: r.notify_require_tsig,
+                tcp_idle: Duration::from_millis(r.notify_tcp_idle_ms),
+                tcp_max_connections: r.notify_tcp_max_connections,
+                log_interval: Duration::from_secs(60),
+            })
+        });
+        Ok(Source::Server { addr, zone, key, notify, poll: PollConfig::from_config(r) })
+    }
+
     /// A one-line description for logs and status.
     pub fn describe(&self) -> String {
         match self {
@@ -82,6 +149,117 @@ pub enum SourceError {
     Transfer(#[from] crate::rpz::transfer::SyncError),
 }
 
+/// How a change of the allow set was learned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LearnedVia {
+    /// A NOTIFY over UDP, then IXFR/AXFR.
+    NotifyUdp,
+    /// A NOTIFY over TCP, then IXFR/AXFR.
+    NotifyTcp,
+    /// An SOA poll found a newer serial (a NOTIFY was lost, late or never sent).
+    Poll,
+    /// The zone file changed.
+    File,
+}
+
+impl LearnedVia {
+    /// The name in status and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            LearnedVia::NotifyUdp => "notify-udp",
+            LearnedVia::NotifyTcp => "notify-tcp",
+            LearnedVia::Poll => "poll",
+            LearnedVia::File => "file",
+        }
+    }
+
+    fn of(t: Transport) -> LearnedVia {
+        match t {
+            Transport::Udp => LearnedVia::NotifyUdp,
+            Transport::Tcp => LearnedVia::NotifyTcp,
+        }
+    }
+}
+
+/// Changes of the allow set, counted by how they were learned.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LearnedCounts {
+    /// After a NOTIFY over UDP.
+    pub notify_udp: u64,
+    /// After a NOTIFY over TCP.
+    pub notify_tcp: u64,
+    /// Found by an SOA poll.
+    pub poll: u64,
+    /// Zone file re-read.
+    pub file: u64,
+}
+
+impl LearnedCounts {
+    fn add(&mut self, via: LearnedVia) {
+        match via {
+            LearnedVia::NotifyUdp => self.notify_udp += 1,
+            LearnedVia::NotifyTcp => self.notify_tcp += 1,
+            LearnedVia::Poll => self.poll += 1,
+            LearnedVia::File => self.file += 1,
+        }
+    }
+}
+
+/// One change of the allow set in force.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// The zone serial after the change.
+    pub serial: u32,
+    /// How it was learned.
+    pub via: LearnedVia,
+    /// When it was published (ms since the epoch).
+    pub at_ms: u64,
+    /// Entries added or changed.
+    pub upserts: usize,
+    /// Entries removed.
+    pub removals: usize,
+    /// From the trigger (NOTIFY received, poll started) to the set published.
+    pub took_ms: u64,
+    /// True when the server sent the whole zone (AXFR, or IXFR answered in full).
+    pub full: bool,
+}
+
+/// How many recent changes status keeps.
+pub const RECENT_CHANGES: usize = 16;
+
+/// NOTIFY counters for status: read live from the listener when the state
+/// is serialised, so the status socket always shows current figures.
+#[derive(Clone, Debug, Default)]
+pub struct NotifyView {
+    live: Option<Arc<NotifyStats>>,
+    fixed: NotifyCounters,
+}
+
+impl NotifyView {
+    /// The counters now.
+    pub fn counters(&self) -> NotifyCounters {
+        self.live.as_ref().map_or_else(|| self.fixed.clone(), |s| s.snapshot())
+    }
+
+    /// True when a listener runs (or ran, in a deserialised report).
+    pub fn is_listening(&self) -> bool {
+        self.live.is_some() || self.fixed != NotifyCounters::default()
+    }
+}
+
+impl Serialize for NotifyView {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.counters().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for NotifyView {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(NotifyView { live: None, fixed: NotifyCounters::deserialize(d)? })
+    }
+}
+
 /// What status shows about synchronisation.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct SyncState {
@@ -99,7 +277,7 @@ pub struct SyncState {
     pub full_loads: u64,
     /// Incremental transfers that changed something.
     pub incremental: u64,
-    /// NOTIFY messages received.
+    /// NOTIFY messages accepted (both transports).
     pub notifies: u64,
     /// The last error, if the source is failing now.
     pub last_error: Option<String>,
@@ -110,6 +288,131 @@ pub struct SyncState {
     /// The last failure to write the set into the enforcement maps (retried).
     #[serde(default)]
     pub mirror_error: Option<String>,
+    /// NOTIFY listener counters, per transport and refusals by reason.
+    #[serde(default)]
+    pub notify: NotifyView,
+    /// SOA queries made.
+    #[serde(default)]
+    pub polls: u64,
+    /// Polling fast (after a NOTIFY or a change) until then (ms since the epoch).
+    #[serde(default)]
+    pub fast_poll_until_ms: Option<u64>,
+    /// Changes of the set, by how they were learned.
+    #[serde(default)]
+    pub learned: LearnedCounts,
+    /// The last [`RECENT_CHANGES`] changes, oldest first.
+    #[serde(default)]
+    pub changes: Vec<Change>,
+}
+
+impl SyncState {
+    /// Prometheus gauges of NOTIFY (per transport, refusals by reason),
+    /// polling and how changes were learned.
+    pub fn gauges(&self) -> Vec<crate::metrics::Gauge> {
+        use crate::metrics::Gauge;
+        let n = self.notify.counters();
+        let g = |name, help, label: Option<(&'static str, &str)>, value: u64| Gauge {
+            name,
+            help,
+            label: label.map(|(k, v)| (k, v.to_owned())),
+            value: value as f64,
+        };
+        let mut out = Vec::new();
+        for (t, c) in [("udp", &n.udp), ("tcp", &n.tcp)] {
+            out.push(g(
+                "notify_received",
+                "NOTIFY messages received, by transport.",
+                Some(("transport", t)),
+                c.received,
+            ));
+            out.push(g(
+                "notify_accepted",
+                "NOTIFYs that passed every check, by transport.",
+                Some(("transport", t)),
+                c.accepted,
+            ));
+        }
+        out.push(g("notify_tcp_connections", "NOTIFY TCP connections accepted.", None, n.tcp.connections));
+        out.push(g("notify_tcp_open", "NOTIFY TCP connections open now.", None, n.tcp.open));
+        for (reason, v) in &n.rejected {
+            out.push(g(
+                "notify_rejected",
+                "NOTIFYs (or TCP connections) refused, by reason.",
+                Some(("reason", reason)),
+                *v,
+            ));
+        }
+        out.push(g(
+            "notify_not_newer",
+            "Accepted NOTIFYs whose serial was not newer (no transfer).",
+            None,
+            n.not_newer,
+        ));
+        out.push(g("sync_polls", "SOA queries made.", None, self.polls));
+        let l = &self.learned;
+        for (via, v) in
+            [("notify-udp", l.notify_udp), ("notify-tcp", l.notify_tcp), ("poll", l.poll), ("file", l.file)]
+        {
+            out.push(g(
+                "sync_changes",
+                "Changes of the allow set, by how they were learned.",
+                Some(("via", via)),
+                v,
+            ));
+        }
+        out
+    }
+
+    /// The NOTIFY, polling and recent-change lines of `rpz-guard status`.
+    pub fn render_learning(&self) -> String {
+        use std::fmt::Write as _;
+        let mut o = String::new();
+        if self.notify.is_listening() {
+            let n = self.notify.counters();
+            let refused: Vec<String> =
+                n.rejected.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k} {v}")).collect();
+            let _ = writeln!(
+                o,
+                "notify     udp {}/{}  tcp {}/{} (accepted/received; {} connections, {} open)  not newer {}",
+                n.udp.accepted,
+                n.udp.received,
+                n.tcp.accepted,
+                n.tcp.received,
+                n.tcp.connections,
+                n.tcp.open,
+                n.not_newer
+            );
+            if !refused.is_empty() {
+                let _ = writeln!(o, "NOTIFY REFUSED {}", refused.join(", "));
+            }
+        }
+        let l = &self.learned;
+        let fast = self.fast_poll_until_ms.is_some_and(|t| t > now_ms());
+        let _ = writeln!(
+            o,
+            "learned    notify-udp {}  notify-tcp {}  poll {}  file {}   ({} SOA polls{})",
+            l.notify_udp,
+            l.notify_tcp,
+            l.poll,
+            l.file,
+            self.polls,
+            if fast { ", polling fast" } else { "" }
+        );
+        for c in self.changes.iter().rev().take(5) {
+            let _ = writeln!(
+                o,
+                "  serial {:<10} {:<10} +{} -{} in {} ms{}  ({}s ago)",
+                c.serial,
+                c.via.name(),
+                c.upserts,
+                c.removals,
+                c.took_ms,
+                if c.full { " (whole zone)" } else { "" },
+                now_ms().saturating_sub(c.at_ms) / 1000
+            );
+        }
+        o
+    }
 }
 
 /// Shared handle on [`SyncState`].
@@ -150,9 +453,20 @@ async fn stamp(path: &PathBuf) -> std::io::Result<FileStamp> {
 
 fn record_error(state: &SharedSyncState, e: &SourceError) {
     tracing::warn!(error = %e, "allow-set source failed; the current set stays in force");
-    let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+    let mut st = lock(state);
     st.last_error = Some(e.to_string());
     st.last_error_ms = Some(now_ms());
+}
+
+fn lock(state: &SharedSyncState) -> std::sync::MutexGuard<'_, SyncState> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What triggered a synchronisation step.
+#[derive(Clone, Copy, Debug)]
+struct Trigger {
+    via: LearnedVia,
+    at: Instant,
 }
 
 fn publish(
@@ -161,29 +475,92 @@ fn publish(
     serial: u32,
     set: AllowSet,
     full: bool,
-) {
-    let changed = **tx.borrow() != set;
+    trigger: Trigger,
+) -> bool {
+    let diff = tx.borrow().diff(&set);
+    let changed = !diff.is_empty();
     let entries = set.len();
     if changed {
         tx.send_replace(Arc::new(set));
     }
-    let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+    let mut st = lock(state);
     let now = now_ms();
     st.serial = Some(serial);
     st.entries = entries;
     st.last_sync_ms = Some(now);
     st.last_error = None;
     st.stale_start = false;
-    if changed {
-        st.last_change_ms = Some(now);
-    }
     if full {
         st.full_loads += 1;
     } else if changed {
         st.incremental += 1;
     }
     if changed {
-        tracing::info!(serial, entries, "allow set updated");
+        st.last_change_ms = Some(now);
+        st.learned.add(trigger.via);
+        let took_ms = u64::try_from(trigger.at.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if st.changes.len() >= RECENT_CHANGES {
+            st.changes.remove(0);
+        }
+        st.changes.push(Change {
+            serial,
+            via: trigger.via,
+            at_ms: now,
+            upserts: diff.upsert.len(),
+            removals: diff.remove.len(),
+            took_ms,
+            full,
+        });
+        tracing::info!(
+            serial,
+            entries,
+            upserts = diff.upsert.len(),
+            removals = diff.remove.len(),
+            via = trigger.via.name(),
+            took_ms,
+            "allow set updated"
+        );
+    }
+    changed
+}
+
+/// `d` scaled by a random factor in 0.8..1.2, so routers do not poll in step.
+fn jitter(d: Duration) -> Duration {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let r = std::collections::hash_map::RandomState::new().hash_one(COUNTER.fetch_add(1, Ordering::Relaxed));
+    // 0..=1000 → 800..=1200 per mille.
+    d * u32::try_from(800 + r % 401).unwrap_or(1000) / 1000
+}
+
+/// The poll schedule: normal, fast for a while, or backing off.
+#[derive(Debug)]
+struct Schedule {
+    poll: PollConfig,
+    fast_until: Option<Instant>,
+    backoff: Option<Duration>,
+}
+
+impl Schedule {
+    fn speed_up(&mut self, state: &SharedSyncState) {
+        let until = Instant::now() + self.poll.fast_for;
+        self.fast_until = Some(until);
+        lock(state).fast_poll_until_ms =
+            Some(now_ms() + u64::try_from(self.poll.fast_for.as_millis()).unwrap_or(0));
+    }
+
+    /// The next poll after a success.
+    fn ok(&mut self) -> Instant {
+        self.backoff = None;
+        let now = Instant::now();
+        let fast = self.fast_until.is_some_and(|t| now < t);
+        now + jitter(if fast { self.poll.fast_interval } else { self.poll.interval })
+    }
+
+    /// The next attempt after a failure: doubling from the interval.
+    fn failed(&mut self) -> Instant {
+        let b = self.backoff.map_or(self.poll.interval, |b| b * 2).min(self.poll.max_backoff);
+        self.backoff = Some(b);
+        Instant::now() + jitter(b)
     }
 }
 
@@ -197,95 +574,126 @@ pub async fn follow(
     state: SharedSyncState,
     cancel: CancellationToken,
 ) {
-    match source {
-        Source::File { path, zone } => follow_file(path, zone, serial, tx, state, cancel).await,
-        Source::Server { addr, zone, key, notify, poll } => {
-            let mut notify_rx = match notify {
-                Some(bind) => match listen_notify(bind, &zone).await {
-                    Ok(l) => Some(l),
-                    Err(e) => {
-                        tracing::warn!(%bind, error = %e, "cannot listen for NOTIFY; relying on SOA polling");
-                        None
+    let (addr, zone, key, notify, poll) = match source {
+        Source::File { path, zone } => return follow_file(path, zone, serial, tx, state, cancel).await,
+        Source::Server { addr, zone, key, notify, poll } => (addr, zone, key, notify, poll),
+    };
+    let mut listener = match notify {
+        Some(cfg) => {
+            let bind = cfg.listen;
+            match listen_notify(*cfg).await {
+                Ok(l) => {
+                    tracing::info!(listen = %l.local_addr(), "listening for NOTIFY over UDP and TCP");
+                    lock(&state).notify =
+                        NotifyView { live: Some(Arc::clone(&l.stats)), ..NotifyView::default() };
+                    Some(l)
+                }
+                Err(e) => {
+                    tracing::warn!(%bind, error = %e, "cannot listen for NOTIFY; relying on SOA polling");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let mut schedule = Schedule { poll, fast_until: None, backoff: None };
+    let mut next = Instant::now() + jitter(poll.interval);
+    loop {
+        let ev: Option<NotifyEvent> = tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep_until(next) => None,
+            ev = async { match listener.as_mut() { Some(l) => l.events.recv().await, None => std::future::pending().await } } => {
+                if ev.is_none() { listener = None; continue; }
+                ev
+            }
+        };
+        let trigger = match ev {
+            None => Trigger { via: LearnedVia::Poll, at: Instant::now() },
+            Some(ev) => {
+                lock(&state).notifies += 1;
+                if let (Some(theirs), Some(have)) = (ev.serial, serial)
+                    && !serial_newer(theirs, have)
+                {
+                    // Answered, but nothing to fetch (a repeat, or a stale primary).
+                    if let Some(l) = &listener {
+                        l.stats.not_newer.fetch_add(1, Ordering::Relaxed);
                     }
-                },
-                None => None,
-            };
-            let mut backoff = Duration::from_secs(1);
-            let mut next = tokio::time::Instant::now() + poll;
-            loop {
-                let notified = tokio::select! {
-                    () = cancel.cancelled() => return,
-                    () = tokio::time::sleep_until(next) => false,
-                    ev = async { match notify_rx.as_mut() { Some(l) => l.events.recv().await, None => std::future::pending().await } } => {
-                        if ev.is_none() { notify_rx = None; continue; }
-                        state.lock().unwrap_or_else(|e| e.into_inner()).notifies += 1;
-                        true
-                    }
-                };
-                let res = step(addr, &zone, key.as_ref(), serial, notified, &tx, &state).await;
-                match res {
-                    Ok(s) => {
-                        serial = Some(s);
-                        backoff = Duration::from_secs(1);
-                        next = tokio::time::Instant::now() + poll;
-                    }
-                    Err(e) => {
-                        record_error(&state, &e);
-                        next = tokio::time::Instant::now() + backoff.min(poll);
-                        backoff = (backoff * 2).min(Duration::from_secs(60));
+                    tracing::debug!(from = %ev.from, theirs, ours = have, "NOTIFY serial not newer; no transfer");
+                    continue;
+                }
+                // One transfer covers every NOTIFY already queued.
+                if let Some(l) = listener.as_mut() {
+                    while l.events.try_recv().is_ok() {
+                        l.stats.coalesced.fetch_add(1, Ordering::Relaxed);
+                        lock(&state).notifies += 1;
                     }
                 }
+                schedule.speed_up(&state);
+                Trigger { via: LearnedVia::of(ev.transport), at: Instant::now() }
+            }
+        };
+        match step(addr, &zone, key.as_ref(), serial, trigger, &tx, &state).await {
+            Ok((s, changed)) => {
+                serial = Some(s);
+                if changed {
+                    schedule.speed_up(&state);
+                }
+                next = schedule.ok();
+            }
+            Err(e) => {
+                record_error(&state, &e);
+                next = schedule.failed();
             }
         }
     }
 }
 
-/// One synchronisation step with the server; returns the serial in force.
+/// One synchronisation step with the server; returns the serial in force
+/// and whether the set changed.
 async fn step(
     addr: SocketAddr,
     zone: &str,
     key: Option<&TsigKey>,
     serial: Option<u32>,
-    notified: bool,
+    trigger: Trigger,
     tx: &watch::Sender<Arc<AllowSet>>,
     state: &SharedSyncState,
-) -> Result<u32, SourceError> {
+) -> Result<(u32, bool), SourceError> {
     let Some(have) = serial else {
         let snap = axfr(addr, zone, key).await?;
-        publish(tx, state, snap.serial, snap.set, true);
-        return Ok(snap.serial);
+        let changed = publish(tx, state, snap.serial, snap.set, true, trigger);
+        return Ok((snap.serial, changed));
     };
-    if !notified {
+    let up_to_date = |serial: u32| {
+        let mut st = lock(state);
+        st.last_sync_ms = Some(now_ms());
+        st.last_error = None;
+        (serial, false)
+    };
+    if trigger.via == LearnedVia::Poll {
+        lock(state).polls += 1;
         let theirs = soa_serial(addr, zone, key).await?;
         if theirs != have && !serial_newer(theirs, have) {
             // The zone went backwards (recreated): our base is unknown to it.
             tracing::warn!(ours = have, theirs, "zone serial went backwards; transferring the whole zone");
             let snap = axfr(addr, zone, key).await?;
-            publish(tx, state, snap.serial, snap.set, true);
-            return Ok(snap.serial);
+            let changed = publish(tx, state, snap.serial, snap.set, true, trigger);
+            return Ok((snap.serial, changed));
         }
         if theirs == have {
-            let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
-            st.last_sync_ms = Some(now_ms());
-            st.last_error = None;
-            return Ok(have);
+            return Ok(up_to_date(have));
         }
     }
     let current = tx.borrow().clone();
     match ixfr(addr, zone, key, have, &current).await? {
-        IxfrOutcome::UpToDate { serial } => {
-            let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
-            st.last_sync_ms = Some(now_ms());
-            st.last_error = None;
-            Ok(serial)
-        }
+        IxfrOutcome::UpToDate { serial } => Ok(up_to_date(serial)),
         IxfrOutcome::Incremental { serial, set, .. } => {
-            publish(tx, state, serial, set, false);
-            Ok(serial)
+            Ok((serial, publish(tx, state, serial, set, false, trigger)))
         }
+        // The whole zone (AXFR-style IXFR): published like any set, so the
+        // consumers apply only the difference.
         IxfrOutcome::Full(snap) => {
-            publish(tx, state, snap.serial, snap.set, true);
-            Ok(snap.serial)
+            Ok((snap.serial, publish(tx, state, snap.serial, snap.set, true, trigger)))
         }
     }
 }
@@ -308,6 +716,7 @@ async fn follow_file(
             () = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
+        let tick_at = Instant::now();
         let now = stamp(&path).await.ok();
         if now.is_some() && now == last {
             continue;
@@ -315,7 +724,7 @@ async fn follow_file(
         match read_file(&path, &zone).await {
             Ok((serial, set, st)) => {
                 last = Some(st);
-                publish(&tx, &state, serial, set, true);
+                publish(&tx, &state, serial, set, true, Trigger { via: LearnedVia::File, at: tick_at });
             }
             Err(e) => {
                 // Remember the stamp so a broken file is reported once, not every tick.

@@ -13,7 +13,7 @@ use guard_user::{
     policy::{AllowSet, Classes, Prefix},
     rpz::{
         lookup::{QueryStyle, RpzClient},
-        notify::listen_notify,
+        notify::{NotifyConfig, listen_notify},
         transfer::{self, IxfrOutcome, SyncError},
         tsig::TsigKey,
         update::{self, UpdateError},
@@ -37,8 +37,18 @@ const BOTH: Classes = Classes::DNS.union(Classes::SMTP);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_then_axfr_ixfr_and_notify() {
     let notify_port = free_port();
-    let mut listener =
-        listen_notify(([127, 0, 0, 1], notify_port).into(), ZONE).await.expect("NOTIFY listener binds");
+    let mut listener = listen_notify(NotifyConfig {
+        listen: ([127, 0, 0, 1], notify_port).into(),
+        zone: ZONE.into(),
+        allow_from: vec![p("127.0.0.0/8")],
+        key: None,
+        require_tsig: false,
+        tcp_idle: Duration::from_secs(5),
+        tcp_max_connections: 4,
+        log_interval: Duration::from_secs(60),
+    })
+    .await
+    .expect("NOTIFY listener binds");
     let initial = set(&[("192.0.2.1", Classes::DNS), ("192.0.2.2", Classes::SMTP)]);
     let named = Named::start(&NamedConfig {
         initial: initial.clone(),

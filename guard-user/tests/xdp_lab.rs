@@ -18,35 +18,10 @@ use guard_user::daemon::StatusReport;
 
 mod daemon_support;
 
-use daemon_support::{BIN, eventually, rpz_add, rpz_delete, start_xdp};
+use daemon_support::{BIN, Conn, connect, eventually, rpz_add, rpz_delete, start_xdp};
 
 fn up(name: &str) -> Lab {
     Lab::up(LabConfig::for_test(name)).unwrap_or_else(|e| panic!("lab up failed: {e}"))
-}
-
-/// Outcome of a TCP connect attempt from the lab.
-#[derive(Debug, PartialEq, Eq)]
-enum Conn {
-    Open,
-    Refused,
-    TimedOut,
-}
-
-fn connect(lab: &Lab, role: Role, addr: SocketAddr, timeout: Duration) -> Conn {
-    match lab.tcp_connect(role, addr, timeout) {
-        Ok(_) => Conn::Open,
-        Err(e) => {
-            let text = e.to_string();
-            if text.contains("refused") {
-                Conn::Refused
-            } else if text.contains("timed out") || text.contains("TimedOut") || text.contains("unreachable")
-            {
-                Conn::TimedOut
-            } else {
-                panic!("connect {addr}: unexpected error {text}")
-            }
-        }
-    }
 }
 
 fn dig_ok(lab: &Lab, role: Role, server: IpAddr) -> bool {

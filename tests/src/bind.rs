@@ -6,8 +6,8 @@
 //! * An empty local root zone and `dnssec-validation no`: recursion never
 //!   leaves the lab, so unregistered names get NXDOMAIN immediately.
 //! * A TSIG key (hmac-sha256, from `tsig-keygen`) may UPDATE the zone;
-//!   transfers are allowed to the router and to the key; NOTIFY also goes to
-//!   the router's inside address on port [`NOTIFY_PORT`].
+//!   transfers are allowed to the router and to the key; NOTIFY, signed with
+//!   the key, also goes to the router's inside address on port [`NOTIFY_PORT`].
 use std::{fs, net::IpAddr, path::Path};
 
 use crate::{LabError, Result, netns};
@@ -88,7 +88,8 @@ zone "{RPZ_ZONE}" {{
     notify yes;
     // BIND waits 5 s before notifying by default; enforcement lag would follow.
     notify-delay 0;
-    also-notify {{ {notify} port {NOTIFY_PORT}; }};
+    // Signed with the key: rpz-guard refuses unsigned NOTIFYs when it has one.
+    also-notify {{ {notify} port {NOTIFY_PORT} key "{TSIG_KEY_NAME}"; }};
 }};
 "#,
         key = key_file.display(),

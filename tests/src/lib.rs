@@ -41,6 +41,7 @@ pub mod dns;
 pub mod lab;
 pub mod netns;
 pub mod ovs;
+pub mod primary;
 pub mod process;
 pub mod responder;
 pub mod smtp;
@@ -50,6 +51,7 @@ use std::time::Duration;
 pub use capture::Capture;
 pub use lab::{Lab, LabAddrs, LabConfig, LabStatus, ResponderMode, Role};
 pub use netns::{run_in_netns, tcp_connect_in, wait_for_tcp, wait_for_udp_dns};
+pub use primary::{Primary, PrimaryKind};
 pub use process::LabChild;
 
 /// Errors of the lab library.

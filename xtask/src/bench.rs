@@ -66,6 +66,12 @@ const BENCHES: &[Bench] = &[
         limit: Duration::from_secs(240),
     },
     Bench {
+        name: "primaries",
+        what: "add → enforced and delete → blocked lags with BIND 9, Knot DNS and PowerDNS as the RPZ primary",
+        bin: Some("primaries"),
+        limit: Duration::from_secs(300),
+    },
+    Bench {
         name: "openflow",
         what: "OpenFlow controllers on one OVS bridge: Ryu baseline vs rpz-guard, with harness ceiling",
         bin: Some("openflow"),

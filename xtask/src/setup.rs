@@ -19,6 +19,12 @@ pub const PACKAGES: &[&str] = &[
     "bind9",
     "bind9-utils",
     "dnsutils",
+    // The other RPZ primaries of the interop tests (guard_tests::primary):
+    // Knot DNS 3.2 and PowerDNS Authoritative 4.7 with its gsqlite3 backend.
+    "knot",
+    "pdns-server",
+    "pdns-backend-sqlite3",
+    "sqlite3",
     "openvswitch-switch",
     "iproute2",
     "iputils-ping",
@@ -127,7 +133,7 @@ fn apt_packages(check: bool) -> Result<Option<String>> {
         }
         child.wait()?;
     }
-    // Keep package scripts from starting named / ovs daemons in the root
+    // Keep package scripts from starting named / knotd / pdns / ovs daemons in the root
     // namespace: the lab starts its own, and a system named would hold port 53.
     let _no_daemons = PolicyRcGuard::install()?;
     let apt = |args: &[&str]| {
@@ -148,11 +154,34 @@ fn apt_packages(check: bool) -> Result<Option<String>> {
     ]);
     install.args(&missing);
     run_step("apt packages (apt-get install)", &mut install)?;
+    stop_packaged_daemons(&missing)?;
     let still = missing_packages()?;
     if !still.is_empty() {
         bail!("still missing after apt-get install: {}", still.join(" "));
     }
     Ok(Some(list))
+}
+
+/// The system services of the DNS servers we install: the lab starts its
+/// own in namespaces, and a system one would hold port 53.
+const DNS_SERVICES: &[(&str, &str)] = &[("bind9", "named"), ("knot", "knot"), ("pdns-server", "pdns")];
+
+/// With systemd running, packages may enable and start their units despite
+/// policy-rc.d on some setups: disable and stop the ones just installed.
+fn stop_packaged_daemons(installed: &[&str]) -> Result<()> {
+    if !Path::new("/run/systemd/system").exists() {
+        return Ok(());
+    }
+    for (package, unit) in DNS_SERVICES.iter().filter(|(p, _)| installed.contains(p)) {
+        let out = output(Command::new("systemctl").args(["disable", "--now", unit]))?;
+        if !out.status.success() {
+            println!(
+                "setup: note: systemctl disable --now {unit} ({package}): {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Writes `/usr/sbin/policy-rc.d` (exit 101 = "do not start") while alive,

@@ -40,7 +40,7 @@ impl Shared {
                 None,
                 sync.incremental as f64,
             ),
-            gauge("sync_notifies", "NOTIFY messages received.", None, sync.notifies as f64),
+            gauge("sync_notifies", "NOTIFY messages accepted (UDP and TCP).", None, sync.notifies as f64),
             gauge("miss_lookups", "RPZ questions asked by the miss path.", None, r.miss.lookups as f64),
             gauge("miss_coalesced", "Misses that waited on another question.", None, r.miss.coalesced as f64),
             gauge("miss_errors", "Failed RPZ questions (denied).", None, r.miss.errors as f64),
@@ -104,6 +104,7 @@ impl Shared {
                 }
             }
         }
+        g.extend(sync.gauges());
         for (ip, h) in r.top_sources.iter().take(10) {
             g.push(Gauge {
                 name: "top_source_blocked",

@@ -10,10 +10,7 @@ use crate::{
     config::{Config, MissQuery},
     miss::{BoxFuture, LookupError, MissResolver, RpzSource, SetSource},
     policy::{AllowSet, Classes},
-    rpz::{
-        lookup::{QueryStyle, RpzClient},
-        tsig::TsigKey,
-    },
+    rpz::lookup::{QueryStyle, RpzClient},
     sync::Source,
 };
 
@@ -28,20 +25,7 @@ impl RpzSource for ClientSource {
 
 /// The allow-set source the configuration names.
 pub fn source_from(cfg: &Config) -> Result<Source, DaemonError> {
-    let zone = cfg.rpz.zone.clone();
-    if let Some(addr) = cfg.rpz.server {
-        let key = cfg.rpz.tsig_key.as_deref().map(TsigKey::from_file).transpose()?;
-        Ok(Source::Server {
-            addr,
-            zone,
-            key,
-            notify: cfg.rpz.notify_listen,
-            poll: Duration::from_secs(cfg.rpz.poll_interval_secs),
-        })
-    } else {
-        let path = cfg.rpz.zone_file.clone().unwrap_or_default();
-        Ok(Source::File { path, zone })
-    }
+    Ok(Source::from_config(cfg)?)
 }
 
 /// The miss path over `source`: RPZ questions to the server (zone or paper

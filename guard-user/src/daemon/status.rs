@@ -328,6 +328,7 @@ pub fn render_status(r: &StatusReport) -> String {
     if let Some(e) = &sync.mirror_error {
         let _ = writeln!(o, "MAP ERROR  {e} (retrying)");
     }
+    o.push_str(&sync.render_learning());
     let _ = writeln!(o, "\ncounters");
     for (name, v) in &r.counters {
         if *v != 0

@@ -39,7 +39,8 @@
 //!     type primary; file "rpz.db";
 //!     allow-transfer { key "rpz-key"; };   // AXFR/IXFR/SOA with the key
 //!     allow-update { key "rpz-key"; };     // the learner's UPDATEs
-//!     notify explicit; also-notify { 192.0.2.10 port 5300; };  // daemons
+//!     notify explicit;                     // daemons, NOTIFY signed with the key:
+//!     also-notify { 192.0.2.10 port 5300 key "rpz-key"; };
 //!     notify-delay 0;                      // default 5 s delays NOTIFY
 //!     max-ixfr-ratio unlimited;            // else small zones get AXFR-style IXFR
 //! };

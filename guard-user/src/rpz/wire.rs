@@ -11,7 +11,13 @@ use std::{
 };
 
 use hickory_proto::{
-    dnssec::{rdata::DNSSECRData, tsig::TSigner},
+    dnssec::{
+        rdata::{
+            DNSSECRData,
+            tsig::{TSIG, make_tsig_record, message_tbs},
+        },
+        tsig::TSigner,
+    },
     op::Message,
     rr::{Name, RData, Record},
     serialize::binary::{BinEncodable, BinEncoder},
@@ -161,6 +167,106 @@ impl ResponseVerifier {
     }
 }
 
+/// TSIG error BADSIG (RFC 8945 section 3).
+pub(crate) const TSIG_BADSIG: u16 = 16;
+/// TSIG error BADKEY.
+pub(crate) const TSIG_BADKEY: u16 = 17;
+/// TSIG error BADTIME.
+pub(crate) const TSIG_BADTIME: u16 = 18;
+
+/// Why a signed request failed verification: the TSIG error to answer
+/// with, and what to log.
+#[derive(Debug)]
+pub(crate) struct TsigFailure {
+    pub code: u16,
+    pub why: String,
+}
+
+/// Verifies the TSIG of a request we serve (RFC 8945 5.2: key, MAC, time);
+/// returns its MAC, which the signed answer chains to.
+pub(crate) fn verify_request(bytes: &[u8], msg: &Message, key: &TsigKey) -> Result<Vec<u8>, TsigFailure> {
+    let fail = |code, why: String| TsigFailure { code, why };
+    let signer = key.signer().map_err(|e| fail(TSIG_BADKEY, e.to_string()))?;
+    let record = msg
+        .signature()
+        .iter()
+        .find(|r| r.record_type() == hickory_proto::rr::RecordType::TSIG)
+        .ok_or_else(|| fail(TSIG_BADSIG, "no TSIG record".into()))?;
+    let RData::DNSSEC(DNSSECRData::TSIG(tsig)) = record.data() else {
+        return Err(fail(TSIG_BADSIG, "TSIG record without TSIG data".into()));
+    };
+    if record.name() != signer.signer_name() || tsig.algorithm() != signer.algorithm() {
+        return Err(fail(
+            TSIG_BADKEY,
+            format!(
+                "signed with key {} {}, ours is {} {}",
+                record.name(),
+                tsig.algorithm(),
+                key.name,
+                key.algorithm.bind_name()
+            ),
+        ));
+    }
+    let want_len = tsig.algorithm().output_len().map_err(|e| fail(TSIG_BADSIG, e.to_string()))?;
+    if tsig.mac().len() < want_len {
+        return Err(fail(TSIG_BADSIG, "truncated MAC".into()));
+    }
+    let (mac, window, _) = signer
+        .verify_message_byte(None, bytes, true)
+        .map_err(|e| fail(TSIG_BADSIG, format!("MAC does not verify with key {}: {e}", key.name)))?;
+    let now = now_secs();
+    if !(window.start..=window.end).contains(&now) {
+        return Err(fail(
+            TSIG_BADTIME,
+            format!(
+                "TSIG time {} is outside {}..{} (now {now}): check clocks",
+                tsig.time(),
+                window.start,
+                window.end
+            ),
+        ));
+    }
+    Ok(mac)
+}
+
+/// Signs `reply` to a request whose MAC was `request_mac` (RFC 8945 5.3).
+pub(crate) fn sign_response(mut reply: Message, key: &TsigKey, request_mac: &[u8]) -> Option<Vec<u8>> {
+    let signer = key.signer().ok()?;
+    let pre = TSIG::new(
+        signer.algorithm().clone(),
+        now_secs(),
+        signer.fudge(),
+        Vec::new(),
+        reply.id(),
+        0,
+        Vec::new(),
+    );
+    let tbs = message_tbs(Some(request_mac), &reply, &pre, signer.signer_name()).ok()?;
+    let mac = signer.sign(&tbs).ok()?;
+    reply.add_tsig(make_tsig_record(signer.signer_name().clone(), pre.set_mac(mac)));
+    reply.to_vec().ok()
+}
+
+/// `reply` with an unsigned TSIG record carrying TSIG error `code`, in the
+/// request's key name and algorithm (RFC 8945 5.2: BADSIG and BADKEY
+/// answers are not signed).
+pub(crate) fn tsig_error_reply(mut reply: Message, request: &Message, code: u16) -> Option<Vec<u8>> {
+    let record =
+        request.signature().iter().find(|r| r.record_type() == hickory_proto::rr::RecordType::TSIG)?;
+    let RData::DNSSEC(DNSSECRData::TSIG(tsig)) = record.data() else { return None };
+    let err = TSIG::new(
+        tsig.algorithm().clone(),
+        now_secs(),
+        tsig.fudge(),
+        Vec::new(),
+        request.id(),
+        code,
+        Vec::new(),
+    );
+    reply.add_tsig(make_tsig_record(record.name().clone(), err));
+    reply.to_vec().ok()
+}
+
 /// Skips a wire-format name starting at `i` (without following pointers).
 fn skip_name(b: &[u8], mut i: usize) -> Option<usize> {
     loop {
@@ -303,7 +409,6 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use hickory_proto::{
-        dnssec::rdata::tsig::{TSIG, make_tsig_record, message_tbs},
         op::{MessageType, Query},
         rr::RecordType,
     };

@@ -1,6 +1,6 @@
-//! Shared by the daemon-level lab tests (`xdp_lab`, `openflow_lab`): a
-//! running `rpz-guard run` in the lab router, RPZ edits at the lab's BIND,
-//! and polling.
+//! Shared by the daemon-level lab tests (`xdp_lab`, `openflow_lab`,
+//! `primaries_interop`): a running `rpz-guard run` in the lab router, RPZ
+//! edits at the lab's primary, connects and polling.
 // Each test crate uses a different subset of these helpers.
 #![allow(dead_code)]
 
@@ -179,4 +179,33 @@ impl Drop for Daemon {
 
 fn path_str(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")
+}
+
+/// Outcome of a TCP connect attempt from the lab.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Conn {
+    /// Connected.
+    Open,
+    /// Refused (RST): reached the destination, which has no listener.
+    Refused,
+    /// No answer: dropped on the way.
+    TimedOut,
+}
+
+/// A TCP connect from `role` to `addr`, classified.
+pub fn connect(lab: &Lab, role: Role, addr: SocketAddr, timeout: Duration) -> Conn {
+    match lab.tcp_connect(role, addr, timeout) {
+        Ok(_) => Conn::Open,
+        Err(e) => {
+            let text = e.to_string();
+            if text.contains("refused") {
+                Conn::Refused
+            } else if text.contains("timed out") || text.contains("TimedOut") || text.contains("unreachable")
+            {
+                Conn::TimedOut
+            } else {
+                panic!("connect {addr}: unexpected error {text}")
+            }
+        }
+    }
 }
