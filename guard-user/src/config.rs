@@ -411,7 +411,8 @@ impl Default for Status {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Openflow {
-    /// Where switches connect.
+    /// Where switches connect. Loopback by default: a controller reachable
+    /// from elsewhere should use `tls`, and `allowed_*` where it can.
     pub listen: SocketAddr,
     /// Most proactive allow flows installed per switch.
     pub flow_budget: usize,
@@ -421,16 +422,44 @@ pub struct Openflow {
     pub idle_timeout_secs: u16,
     /// Hard timeout of verdict flows, seconds.
     pub hard_timeout_secs: u16,
+    /// `[openflow.tls]`: TLS with verified switch certificates (OVS `ssl:`).
+    pub tls: Option<crate::openflow::TlsConfig>,
+    /// Datapath ids allowed to connect, 16 hex digits (empty: any).
+    pub allowed_dpids: Vec<crate::openflow::Dpid>,
+    /// Source prefixes allowed to connect (empty: any).
+    pub allowed_sources: Vec<Prefix>,
+    /// Most controller connections at once.
+    pub max_connections: usize,
+    /// Most controller connections at once from one address.
+    pub max_connections_per_source: usize,
+    /// Bytes queued toward one switch before the controller waits for it.
+    pub send_queue_bytes: usize,
+    /// A switch that does not read its queue for this long is disconnected.
+    pub drain_timeout_secs: u64,
+    /// Seconds a new connection has for TLS, HELLO and FEATURES.
+    pub handshake_timeout_secs: u64,
+    /// A refused peer is logged at most once per this many seconds.
+    pub refusal_log_secs: u64,
 }
 
 impl Default for Openflow {
     fn default() -> Self {
+        let c = crate::openflow::ControllerConfig::default();
         Openflow {
-            listen: SocketAddr::from(([0, 0, 0, 0], 6653)),
+            listen: c.listen,
             flow_budget: 100_000,
             packet_in_rate: 2000,
             idle_timeout_secs: 60,
             hard_timeout_secs: 300,
+            tls: None,
+            allowed_dpids: Vec::new(),
+            allowed_sources: Vec::new(),
+            max_connections: c.max_connections,
+            max_connections_per_source: c.max_connections_per_source,
+            send_queue_bytes: c.send_queue_bytes,
+            drain_timeout_secs: c.drain_timeout_secs,
+            handshake_timeout_secs: c.handshake_secs,
+            refusal_log_secs: c.refusal_log_secs,
         }
     }
 }
@@ -570,6 +599,61 @@ impl Learn {
                 "true",
                 "pushing to rpz.server needs rpz.tsig_key (or set learn.push = false)",
             ));
+        }
+        Ok(())
+    }
+}
+
+impl Openflow {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.packet_in_rate == 0 {
+            return Err(invalid("openflow.packet_in_rate", 0, "must be at least 1"));
+        }
+        if !(1..=65_536).contains(&self.max_connections) {
+            return Err(invalid("openflow.max_connections", self.max_connections, "must be 1..=65536"));
+        }
+        if !(1..=self.max_connections).contains(&self.max_connections_per_source) {
+            return Err(invalid(
+                "openflow.max_connections_per_source",
+                self.max_connections_per_source,
+                format!("must be 1..=openflow.max_connections ({})", self.max_connections),
+            ));
+        }
+        if !(16 * 1024..=64 * 1024 * 1024).contains(&self.send_queue_bytes) {
+            return Err(invalid(
+                "openflow.send_queue_bytes",
+                self.send_queue_bytes,
+                "must be 16384..=67108864",
+            ));
+        }
+        for (key, v) in [
+            ("openflow.drain_timeout_secs", self.drain_timeout_secs),
+            ("openflow.handshake_timeout_secs", self.handshake_timeout_secs),
+        ] {
+            if !(1..=600).contains(&v) {
+                return Err(invalid(key, v, "must be 1..=600"));
+            }
+        }
+        if self.refusal_log_secs == 0 {
+            return Err(invalid("openflow.refusal_log_secs", 0, "must be at least 1"));
+        }
+        if let Some(p) = self.allowed_sources.iter().find(|p| p.is_empty()) {
+            return Err(invalid(
+                "openflow.allowed_sources",
+                p,
+                "a zero-length prefix allows everyone; leave the list empty instead",
+            ));
+        }
+        if let Some(t) = &self.tls {
+            for (key, path) in [
+                ("openflow.tls.cert", &t.cert),
+                ("openflow.tls.key", &t.key),
+                ("openflow.tls.client_ca", &t.client_ca),
+            ] {
+                if let Err(e) = std::fs::metadata(path) {
+                    return Err(invalid(key, path.display(), format!("cannot read: {e}")));
+                }
+            }
         }
         Ok(())
     }
@@ -722,9 +806,7 @@ impl Config {
         if self.events.output.is_empty() {
             return Err(invalid("events.output", "\"\"", "use stdout, none or a file path"));
         }
-        if self.openflow.packet_in_rate == 0 {
-            return Err(invalid("openflow.packet_in_rate", 0, "must be at least 1"));
-        }
+        self.openflow.validate()?;
         self.learn.validate(self)?;
         if !(1..=65_536).contains(&self.afxdp.hold_queue) {
             return Err(invalid("afxdp.hold_queue", self.afxdp.hold_queue, "must be 1..=65536"));
@@ -910,6 +992,41 @@ mod tests {
         for (text, needle) in cases {
             let e = parse(text).expect_err(text).to_string();
             assert!(e.contains(needle), "error for {text:?} should name {needle:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn openflow_defaults_to_loopback_and_checks_its_keys() {
+        let base = "[enforce]\nmode = \"openflow\"\n[rpz]\nzone_file = \"z\"\n[openflow]\n";
+        let c = parse(base).expect("valid");
+        assert!(c.openflow.listen.ip().is_loopback(), "safe default: {}", c.openflow.listen);
+        assert!(c.openflow.tls.is_none() && c.openflow.allowed_dpids.is_empty());
+        let c = parse(&format!(
+            "{base}allowed_dpids = [\"0000000000abc0de\", \"00:00:00:00:00:00:00:01\"]\n\
+             allowed_sources = [\"192.0.2.0/28\"]\nmax_connections_per_source = 2\n"
+        ))
+        .expect("valid");
+        assert_eq!(c.openflow.allowed_dpids, vec![crate::openflow::Dpid(0xabc0de), crate::openflow::Dpid(1)]);
+        let oc = crate::openflow::ControllerConfig::from_config(&c);
+        assert_eq!((oc.max_connections_per_source, oc.allowed_sources.len()), (2, 1));
+        for (extra, needle) in [
+            ("allowed_dpids = [\"xyz\"]", "xyz"),
+            ("allowed_dpids = [12]", "allowed_dpids"),
+            ("allowed_sources = [\"0.0.0.0/0\"]", "openflow.allowed_sources"),
+            ("max_connections = 0", "openflow.max_connections"),
+            ("max_connections = 4\nmax_connections_per_source = 5", "openflow.max_connections_per_source"),
+            ("send_queue_bytes = 100", "openflow.send_queue_bytes"),
+            ("drain_timeout_secs = 0", "openflow.drain_timeout_secs"),
+            ("handshake_timeout_secs = 9999", "openflow.handshake_timeout_secs"),
+            (
+                "[openflow.tls]\ncert = \"/nonexistent/c.pem\"\nkey = \"k\"\nclient_ca = \"ca\"",
+                "openflow.tls.cert",
+            ),
+            ("[openflow.tls]\ncert = \"c\"", "missing field `key`"),
+        ] {
+            let text = format!("{base}{extra}\n");
+            let e = parse(&text).expect_err(&text).to_string();
+            assert!(e.contains(needle), "error for {extra:?} should name {needle:?}: {e}");
         }
     }
 }

@@ -2,6 +2,10 @@
 //! Open vSwitch 3.1 netdev bridge, enforcing the lab's real BIND RPZ
 //! (updated with nsupdate). Needs root and `openvswitch-switch`.
 //!
+//! The OpenFlow channel is TLS (`ovs-vsctl set-ssl`, `set-controller
+//! ssl:…`, certificates from `ovs-pki`), restricted to the bridge's datapath
+//! id and to loopback sources, as the README recommends.
+//!
 //! Covers the paper's Table 1 and Fig. 8/9 (add and revoke), SMTP toward a
 //! name-server-only entry, an exempt source, IPv6, DNS over TCP, events and
 //! counters, the proactive flows in `dump-flows` (no packet-in for
@@ -33,7 +37,11 @@ use std::{
 };
 
 use guard_tests::{
-    Lab, LabConfig, ResponderMode, Role, dns::FixedAnswers, netns, ovs::Ovs, responder::Responder,
+    Lab, LabConfig, ResponderMode, Role,
+    dns::FixedAnswers,
+    netns,
+    ovs::{Ovs, Pki},
+    responder::Responder,
     tcp_connect_in,
 };
 use guard_user::events::Reason;
@@ -64,6 +72,7 @@ fn inet6(host: u16) -> IpAddr {
 struct Topo {
     _responder: Responder,
     ovs: Ovs,
+    pki: Pki,
     pc: String,
     bot: String,
     relay: String,
@@ -109,7 +118,11 @@ impl Topo {
             sh(&["ip", "-n", ns, "-6", "route", "add", "2001:db8:99::/64", "via", "fd99::1"]);
         }
         let responder = Responder::start(Some(&inet), FixedAnswers::default()).expect("responder");
-        Topo { _responder: responder, ovs, pc, bot, relay, lab }
+        // TLS as OVS documents it: ovs-pki's controller and switch CAs.
+        let pki = Pki::init(lab.state_dir().join("pki")).expect("ovs-pki (openvswitch-common)");
+        let sw = pki.sign("sw", "switch").expect("switch certificate");
+        ovs.set_ssl(&sw.key, &sw.cert, &pki.ca_cert("controller")).expect("set-ssl");
+        Topo { _responder: responder, ovs, pki, pc, bot, relay, lab }
     }
 
     fn flows(&self) -> String {
@@ -125,12 +138,29 @@ impl Topo {
     }
 }
 
-/// `rpz-guard run --mode openflow` in the router namespace, BIND as source.
+/// `rpz-guard run --mode openflow` in the router namespace, BIND as source,
+/// TLS and the allowlists from a config file.
 fn start_openflow(t: &Topo) -> Daemon {
     let lab = &t.lab;
     let listen = format!("127.0.0.1:{OF_PORT}");
     let source = lab_bind_args(lab);
+    let ctl = t.pki.sign("ctl", "controller").expect("controller certificate");
+    let config = lab.state_dir().join("openflow-tls.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[openflow]\nallowed_dpids = [\"{DPID:016x}\"]\nallowed_sources = [\"127.0.0.0/8\"]\n\
+             [openflow.tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n",
+            ctl.cert,
+            ctl.key,
+            t.pki.ca_cert("switch"),
+        ),
+    )
+    .expect("write config");
+    let config = config.display().to_string();
     let mut args = vec![
+        "--config",
+        &config,
         "--mode",
         "openflow",
         "--openflow-listen",
@@ -150,6 +180,16 @@ fn start_openflow(t: &Topo) -> Daemon {
 fn of(d: &Daemon, key: &str) -> u64 {
     let st = d.status();
     st.extra.get(key).and_then(serde_json::Value::as_u64).unwrap_or_else(|| panic!("extra.{key}: {st:?}"))
+}
+
+/// Refusals of one reason in the controller status.
+fn refused(d: &Daemon, reason: &str) -> u64 {
+    let st = d.status();
+    st.extra["refused"]
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r[0] == reason))
+        .and_then(|r| r[1].as_u64())
+        .unwrap_or_else(|| panic!("no refusal counter {reason}: {:?}", st.extra))
 }
 
 fn switch_connected(d: &Daemon) -> bool {
@@ -191,13 +231,16 @@ fn openflow_daemon_enforces_the_real_rpz() {
     let d = start_openflow(&t);
     assert_eq!(d.status().entries.0, 3, "entries transferred by AXFR");
     assert_eq!(d.status().mode, "openflow");
-    t.ovs.vsctl(&["set-controller", BRIDGE, &format!("tcp:127.0.0.1:{OF_PORT}")]).expect("set-controller");
+    t.ovs.vsctl(&["set-controller", BRIDGE, &format!("ssl:127.0.0.1:{OF_PORT}")]).expect("set-controller");
     t.ovs.vsctl(&["set", "controller", BRIDGE, "max_backoff=1000"]).expect("controller options");
     eventually(Duration::from_secs(20), || {
         switch_connected(&d) && t.flows().contains("priority=0 actions=NORMAL")
     })
     .unwrap_or_else(|| panic!("switch did not connect and sync; log:\n{}", d.log()));
     eprintln!("set up in {:?}", t0.elapsed());
+    let sw = &d.status().extra["switches"][0];
+    assert_eq!(sw["tls"].as_bool(), Some(true), "the switch is on TLS: {sw}");
+    assert_eq!(d.status().extra["tls"].as_bool(), Some(true));
 
     // The designed proactive flows for the registered destinations.
     let flows = t.flows();
@@ -278,8 +321,9 @@ fn openflow_daemon_enforces_the_real_rpz() {
     assert!(counter("miss") >= 5, "counters: {:?}", st.counters);
     assert_eq!(counter("events_sent"), evs.len() as u64, "one event per recorded line");
 
-    // A hostile peer on the controller port is cut off; the real switch stays served.
-    let errors = of(&d, "protocol_errors");
+    // A hostile peer on the controller port (no TLS, garbage) is cut off;
+    // the real switch stays served.
+    let errors = refused(&d, "tls_failed");
     let router = t.lab.ns(Role::Router);
     let closed = netns::run_in_netns(&router, || {
         use std::io::{Read, Write};
@@ -300,7 +344,7 @@ fn openflow_daemon_enforces_the_real_rpz() {
     })
     .expect("router namespace");
     assert!(closed, "garbage must close the connection");
-    eventually(Duration::from_secs(3), || of(&d, "protocol_errors") > errors).expect("violation counted");
+    eventually(Duration::from_secs(3), || refused(&d, "tls_failed") > errors).expect("refusal counted");
     assert!(smtp(&t.pc, mx_ip, 25, SHORT), "real switch still served");
     assert!(!smtp(&t.bot, rogue, 587, BLOCKED), "real switch still enforced");
 

@@ -229,3 +229,32 @@ pub fn wait_for_udp_dns(ns: &str, server: SocketAddr, timeout: Duration) -> Resu
         }
     }
 }
+
+/// A namespace made for one test, with loopback up; deleted on drop (also
+/// after a panic). For tests that need no full [`crate::Lab`].
+#[derive(Debug)]
+pub struct OwnedNetns {
+    name: String,
+}
+
+impl OwnedNetns {
+    /// `ip netns add <name>` (a stale one of that name is removed first).
+    pub fn create(name: &str) -> Result<OwnedNetns> {
+        let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
+        exec_ok_root(&["netns", "add", name])?;
+        let ns = OwnedNetns { name: name.to_owned() };
+        exec_ok_root(&["-n", name, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for OwnedNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).stderr(Stdio::null()).status();
+    }
+}

@@ -96,6 +96,14 @@ impl Ovs {
         self.vsctl(&args)
     }
 
+    /// `ovs-vsctl set-ssl KEY CERT CACERT`: the switch's own key and
+    /// certificate, and the CA that must have signed the controller's
+    /// certificate (for `ssl:` controller targets).
+    pub fn set_ssl(&self, key: &Path, cert: &Path, ca_cert: &Path) -> Result<String> {
+        let p = |x: &Path| x.display().to_string();
+        self.vsctl(&["set-ssl", &p(key), &p(cert), &p(ca_cert)])
+    }
+
     /// The OpenFlow management socket of `bridge`, for `ovs-ofctl`.
     pub fn mgmt(&self, bridge: &str) -> String {
         format!("unix:{}/{bridge}.mgmt", self.dir.display())
@@ -186,6 +194,95 @@ impl Ovs {
             });
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// A public-key infrastructure made with `ovs-pki`, as Open vSwitch's
+/// documentation sets one up: a controller CA and a switch CA
+/// (`<dir>/pki/controllerca`, `<dir>/pki/switchca`), and certificates
+/// signed by them. Removed on drop.
+#[derive(Debug)]
+pub struct Pki {
+    dir: PathBuf,
+}
+
+/// Key and certificate files of one signed identity.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// `<name>-privkey.pem`.
+    pub key: PathBuf,
+    /// `<name>-cert.pem`.
+    pub cert: PathBuf,
+}
+
+impl Pki {
+    /// `ovs-pki init` in `dir` (emptied first).
+    pub fn init(dir: impl Into<PathBuf>) -> Result<Pki> {
+        let dir = dir.into();
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).map_err(|e| LabError::io(format!("create {}", dir.display()), e))?;
+        let pki = Pki { dir };
+        pki.ovs_pki(&["init", "--force"])?;
+        Ok(pki)
+    }
+
+    /// `ovs-pki req+sign <name> <kind>` in the PKI's directory (the name
+    /// goes into the certificate's CN, at most 64 bytes with the id);
+    /// `kind` is `controller` or `switch`.
+    pub fn sign(&self, name: &str, kind: &str) -> Result<Identity> {
+        self.ovs_pki(&["req+sign", name, kind])?;
+        let id = Identity {
+            key: self.dir.join(format!("{name}-privkey.pem")),
+            cert: self.dir.join(format!("{name}-cert.pem")),
+        };
+        for f in [&id.key, &id.cert] {
+            if !f.exists() {
+                return Err(LabError::io(
+                    format!("ovs-pki did not write {}", f.display()),
+                    std::io::Error::from(std::io::ErrorKind::NotFound),
+                ));
+            }
+        }
+        Ok(id)
+    }
+
+    /// The CA certificate of `kind` (`controller` or `switch`).
+    pub fn ca_cert(&self, kind: &str) -> PathBuf {
+        self.dir.join(format!("pki/{kind}ca/cacert.pem"))
+    }
+
+    fn ovs_pki(&self, args: &[&str]) -> Result<()> {
+        let d = self.dir.display();
+        let mut a = vec![format!("--dir={d}/pki"), format!("--log={d}/ovs-pki.log")];
+        a.extend(args.iter().map(|s| (*s).to_owned()));
+        let out = Command::new("ovs-pki")
+            .args(&a)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| LabError::io("run ovs-pki (openvswitch-common installed?)", e))?;
+        if !out.status.success() {
+            // ovs-pki reports some failures only in its log.
+            let log = fs::read_to_string(self.dir.join("ovs-pki.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(10).collect();
+            return Err(LabError::Command {
+                command: format!("ovs-pki {}", a.join(" ")),
+                status: out.status.to_string(),
+                stderr: format!(
+                    "{}{}\nlog: {}",
+                    String::from_utf8_lossy(&out.stderr).trim(),
+                    String::from_utf8_lossy(&out.stdout).trim(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
     }
 }
 

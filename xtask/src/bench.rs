@@ -78,6 +78,12 @@ const BENCHES: &[Bench] = &[
         limit: Duration::from_secs(420),
     },
     Bench {
+        name: "openflow-peers",
+        what: "OpenFlow: controller RSS vs stalled peers and the good switch's sync under that load, bounded vs unbounded",
+        bin: Some("openflow-peers"),
+        limit: Duration::from_secs(420),
+    },
+    Bench {
         name: "learner",
         what: "pcap → RPZ: rpz-guard learn vs the paper's Python/dpkt builder",
         bin: Some("learner"),

@@ -113,6 +113,9 @@ impl Shared {
                 value: h.blocked as f64,
             });
         }
+        if let Ok(of) = serde_json::from_value::<crate::openflow::ControllerStatus>(r.extra.clone()) {
+            g.extend(of.gauges());
+        }
         let mut text = render_prometheus(&stats, &g);
         if !r.miss_transport.active.is_empty() {
             text.push_str(

@@ -16,17 +16,7 @@ pub(super) async fn run(
 ) -> Result<(), DaemonError> {
     use crate::openflow::{ControllerConfig, ControllerShared};
     let of = &cfg.openflow;
-    let ccfg = ControllerConfig {
-        listen: of.listen,
-        protected: cfg.policy.protected_ports(),
-        exempt_sources: cfg.policy.exempt_sources.clone(),
-        internal_networks: cfg.policy.internal_networks.clone(),
-        flow_budget: of.flow_budget,
-        packet_in_rate: of.packet_in_rate,
-        verdict_idle_secs: of.idle_timeout_secs,
-        verdict_hard_secs: of.hard_timeout_secs,
-        ..ControllerConfig::default()
-    };
+    let ccfg = ControllerConfig::from_config(cfg);
     let cshared = ControllerShared::new(
         shared.allow.clone(),
         shared.resolver.clone(),

@@ -406,7 +406,9 @@ pub fn render_status(r: &StatusReport) -> String {
             let _ = writeln!(o, "  {:<40} {:>8} blocked", ip.to_string(), h.blocked);
         }
     }
-    if !r.extra.is_null() {
+    if let Ok(of) = serde_json::from_value::<crate::openflow::ControllerStatus>(r.extra.clone()) {
+        let _ = write!(o, "\n{}", of.render());
+    } else if !r.extra.is_null() {
         let _ = writeln!(o, "\n{}", serde_json::to_string_pretty(&r.extra).unwrap_or_default());
     }
     o

@@ -67,11 +67,13 @@
 //! # drop((allow_tx, status)); Ok(()) }
 //! ```
 
+pub mod admission;
 pub mod codec;
 pub mod controller;
 pub mod flows;
 pub mod oxm;
 pub mod packet;
+pub mod tls;
 mod wire;
 
 use std::{
@@ -86,11 +88,13 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+pub use admission::{Dpid, Refusal, RefusedPeer};
 pub use controller::{serve, serve_listener};
+pub use tls::TlsConfig;
 
 use crate::{
     events::EventSink,
-    metrics::Counters,
+    metrics::{Counters, Gauge},
     miss::MissResolver,
     policy::{AllowSet, Prefix},
 };
@@ -101,8 +105,17 @@ pub use crate::policy::{ProtectedPort, Transport};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControllerConfig {
-    /// Where switches connect (default `0.0.0.0:6653`).
+    /// Where switches connect (default `127.0.0.1:6653`: loopback, so
+    /// nothing outside the host can act as a switch until the operator
+    /// chooses an address, preferably with [`ControllerConfig::tls`]).
     pub listen: SocketAddr,
+    /// TLS with client certificates (OVS `ssl:` targets); none = plain TCP.
+    pub tls: Option<TlsConfig>,
+    /// Datapath ids that may connect (empty: any). Without TLS a peer can
+    /// claim any id, so this guards against mistakes, not attackers.
+    pub allowed_dpids: Vec<Dpid>,
+    /// Source prefixes that may connect (empty: any).
+    pub allowed_sources: Vec<Prefix>,
     /// Protected ports (default SMTP tcp 25/465/587, DNS udp+tcp 53).
     pub protected: Vec<ProtectedPort>,
     /// Sources never checked (own resolvers, mail relays).
@@ -124,10 +137,18 @@ pub struct ControllerConfig {
     pub echo_interval_secs: u64,
     /// A switch silent for this long is dropped.
     pub dead_peer_secs: u64,
-    /// Seconds a new connection has to finish HELLO + FEATURES.
+    /// Seconds a new connection has to finish TLS, HELLO and FEATURES.
     pub handshake_secs: u64,
-    /// Most switches connected at once.
-    pub max_switches: usize,
+    /// Most connections open at once (switches and peers still in the handshake).
+    pub max_connections: usize,
+    /// Most connections open at once from one source address.
+    pub max_connections_per_source: usize,
+    /// Bytes queued toward one switch before senders wait.
+    pub send_queue_bytes: usize,
+    /// A switch that does not take queued bytes for this long is disconnected.
+    pub drain_timeout_secs: u64,
+    /// A refused peer address is logged at most once per this many seconds.
+    pub refusal_log_secs: u64,
     /// Packet-ins handled per second per connection (a misbehaving peer
     /// bypasses the switch meter); the excess is dropped and counted.
     pub max_packet_ins_per_sec: u32,
@@ -138,7 +159,10 @@ pub struct ControllerConfig {
 impl Default for ControllerConfig {
     fn default() -> Self {
         ControllerConfig {
-            listen: SocketAddr::from(([0, 0, 0, 0], 6653)),
+            listen: SocketAddr::from(([127, 0, 0, 1], 6653)),
+            tls: None,
+            allowed_dpids: Vec::new(),
+            allowed_sources: Vec::new(),
             protected: crate::config::Policy::default().protected_ports(),
             exempt_sources: Vec::new(),
             internal_networks: Vec::new(),
@@ -150,7 +174,11 @@ impl Default for ControllerConfig {
             echo_interval_secs: 5,
             dead_peer_secs: 15,
             handshake_secs: 5,
-            max_switches: 256,
+            max_connections: 256,
+            max_connections_per_source: 16,
+            send_queue_bytes: 64 * 1024,
+            drain_timeout_secs: 10,
+            refusal_log_secs: 60,
             max_packet_ins_per_sec: 20_000,
             max_pending_decisions: 1024,
         }
@@ -158,6 +186,32 @@ impl Default for ControllerConfig {
 }
 
 impl ControllerConfig {
+    /// The controller settings of a daemon configuration (`[openflow]`
+    /// plus the policy's ports, exempt sources and internal networks).
+    pub fn from_config(cfg: &crate::config::Config) -> Self {
+        let of = &cfg.openflow;
+        ControllerConfig {
+            listen: of.listen,
+            tls: of.tls.clone(),
+            allowed_dpids: of.allowed_dpids.clone(),
+            allowed_sources: of.allowed_sources.clone(),
+            protected: cfg.policy.protected_ports(),
+            exempt_sources: cfg.policy.exempt_sources.clone(),
+            internal_networks: cfg.policy.internal_networks.clone(),
+            flow_budget: of.flow_budget,
+            packet_in_rate: of.packet_in_rate,
+            verdict_idle_secs: of.idle_timeout_secs,
+            verdict_hard_secs: of.hard_timeout_secs,
+            handshake_secs: of.handshake_timeout_secs,
+            max_connections: of.max_connections,
+            max_connections_per_source: of.max_connections_per_source,
+            send_queue_bytes: of.send_queue_bytes,
+            drain_timeout_secs: of.drain_timeout_secs,
+            refusal_log_secs: of.refusal_log_secs,
+            ..ControllerConfig::default()
+        }
+    }
+
     /// The protected port for an IP protocol and destination port.
     pub fn protected_port(&self, proto: u8, port: u16) -> Option<&ProtectedPort> {
         self.protected.iter().find(|pp| pp.proto.number() == proto && pp.port == port)
@@ -169,6 +223,14 @@ impl ControllerConfig {
 
     pub(crate) fn dead_peer(&self) -> Duration {
         Duration::from_secs(self.dead_peer_secs.max(2))
+    }
+
+    pub(crate) fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_secs.max(1))
+    }
+
+    pub(crate) fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_secs.max(1))
     }
 }
 
@@ -183,6 +245,16 @@ pub enum OpenflowError {
         addr: SocketAddr,
         /// The OS error.
         source: std::io::Error,
+    },
+    /// A TLS file is missing, unreadable or unusable.
+    #[error("{key} = {path:?}: {why}")]
+    Tls {
+        /// The config key naming the file.
+        key: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        why: String,
     },
     /// Accepting connections failed for good.
     #[error("accept on {addr} failed: {source}")]
@@ -239,12 +311,24 @@ pub struct SwitchStatus {
     pub peer: SocketAddr,
     /// Connected since, ms since the epoch.
     pub since_ms: u64,
+    /// The connection is TLS with a verified switch certificate.
+    #[serde(default)]
+    pub tls: bool,
     /// Proactive allow flows installed.
     pub proactive_flows: usize,
     /// Allow-set entries not installed for lack of flow budget.
     pub over_budget_entries: usize,
+    /// FLOW_MOD adds sent on this connection (proactive and verdict flows).
+    #[serde(default)]
+    pub flows_installed: u64,
     /// Packet-ins from this switch.
     pub packet_ins: u64,
+    /// Bytes queued toward the switch, not yet written.
+    #[serde(default)]
+    pub send_queue_bytes: usize,
+    /// Full resynchronisations of this datapath id since the daemon started.
+    #[serde(default)]
+    pub resyncs: u64,
 }
 
 /// Controller state for `rpz-guard status`.
@@ -274,11 +358,168 @@ pub struct ControllerStatus {
     pub connections: u64,
     /// Completed resynchronisations (one per switch handshake).
     pub resyncs: u64,
+    /// The channel requires TLS with client certificates.
+    #[serde(default)]
+    pub tls: bool,
+    /// Connections open now (switches and peers in the handshake).
+    #[serde(default)]
+    pub open_connections: usize,
+    /// Switches disconnected because they did not drain their send queue.
+    #[serde(default)]
+    pub stalled_disconnects: u64,
+    /// Refused peers by reason.
+    #[serde(default)]
+    pub refused: Vec<(Refusal, u64)>,
+    /// The most recently refused peer addresses, newest first.
+    #[serde(default)]
+    pub refused_peers: Vec<RefusedPeer>,
+}
+
+impl ControllerStatus {
+    /// Prometheus gauges (`openflow_*`); per-switch ones are labelled with
+    /// the datapath id, refusals with their reason.
+    pub fn gauges(&self) -> Vec<Gauge> {
+        let one = |name, help, value: f64| Gauge { name, help, label: None, value };
+        let mut g = vec![
+            one("openflow_switches", "Switches past the handshake.", self.switches.len() as f64),
+            one("openflow_open_connections", "Controller connections open.", self.open_connections as f64),
+            one("openflow_connections", "Connections accepted.", self.connections as f64),
+            one("openflow_flows_installed", "FLOW_MOD adds sent.", self.flows_installed as f64),
+            one("openflow_flows_deleted", "FLOW_MOD deletes sent.", self.flows_deleted as f64),
+            one("openflow_packet_ins", "Packet-ins received.", self.packet_ins as f64),
+            one("openflow_packet_ins_dropped", "Packet-ins shed by limits.", self.packet_ins_dropped as f64),
+            one(
+                "openflow_protocol_errors",
+                "Connections closed for protocol violations.",
+                self.protocol_errors as f64,
+            ),
+            one("openflow_switch_errors", "ERROR messages from switches.", self.switch_errors as f64),
+            one("openflow_resyncs", "Full resynchronisations.", self.resyncs as f64),
+            one(
+                "openflow_stalled_disconnects",
+                "Switches disconnected for not draining their send queue.",
+                self.stalled_disconnects as f64,
+            ),
+        ];
+        for (r, n) in &self.refused {
+            g.push(Gauge {
+                name: "openflow_refused",
+                help: "Peers refused, by reason.",
+                label: Some(("reason", r.name().to_owned())),
+                value: *n as f64,
+            });
+        }
+        type Per = (&'static str, &'static str, fn(&SwitchStatus) -> f64);
+        let per: [Per; 6] = [
+            ("openflow_switch_connected_since_seconds", "Connected since (Unix time).", |s| {
+                s.since_ms as f64 / 1000.0
+            }),
+            ("openflow_switch_flows_installed", "FLOW_MOD adds sent to the switch.", |s| {
+                s.flows_installed as f64
+            }),
+            ("openflow_switch_proactive_flows", "Proactive allow flows installed.", |s| {
+                s.proactive_flows as f64
+            }),
+            ("openflow_switch_send_queue_bytes", "Bytes queued toward the switch.", |s| {
+                s.send_queue_bytes as f64
+            }),
+            ("openflow_switch_resyncs", "Full resynchronisations of the datapath.", |s| s.resyncs as f64),
+            ("openflow_switch_packet_ins", "Packet-ins from the switch.", |s| s.packet_ins as f64),
+        ];
+        for (name, help, f) in per {
+            for s in &self.switches {
+                g.push(Gauge { name, help, label: Some(("dpid", format!("{:016x}", s.dpid))), value: f(s) });
+            }
+        }
+        g
+    }
+
+    /// The OpenFlow part of `rpz-guard status`.
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut o = String::new();
+        let now = crate::events::now_ms();
+        let _ = writeln!(
+            o,
+            "openflow   listen {}  tls {}  connections {} open / {} accepted  resyncs {}  stalled {}",
+            self.listen.map_or("-".into(), |l| l.to_string()),
+            if self.tls { "on (client certificates verified)" } else { "OFF" },
+            self.open_connections,
+            self.connections,
+            self.resyncs,
+            self.stalled_disconnects,
+        );
+        let _ = writeln!(
+            o,
+            "flows      installed {}  deleted {}   packet-ins {} (dropped {})  protocol errors {}  switch errors {}",
+            self.flows_installed,
+            self.flows_deleted,
+            self.packet_ins,
+            self.packet_ins_dropped,
+            self.protocol_errors,
+            self.switch_errors
+        );
+        let _ = writeln!(
+            o,
+            "\n  {:<16}  {:<22} {:>10}  {:<3} {:>9} {:>9} {:>10} {:>7} {:>10}",
+            "dpid", "peer", "connected", "tls", "flows", "proactive", "queue B", "resyncs", "packet-ins"
+        );
+        for s in &self.switches {
+            let _ = writeln!(
+                o,
+                "  {:016x}  {:<22} {:>9}s  {:<3} {:>9} {:>9} {:>10} {:>7} {:>10}",
+                s.dpid,
+                s.peer.to_string(),
+                now.saturating_sub(s.since_ms) / 1000,
+                if s.tls { "yes" } else { "no" },
+                s.flows_installed,
+                s.proactive_flows,
+                s.send_queue_bytes,
+                s.resyncs,
+                s.packet_ins
+            );
+        }
+        if self.switches.is_empty() {
+            let _ = writeln!(o, "  (no switch connected)");
+        }
+        let refused: Vec<String> =
+            self.refused.iter().filter(|(_, n)| *n > 0).map(|(r, n)| format!("{} {n}", r.name())).collect();
+        let _ = writeln!(
+            o,
+            "\nrefused    {}",
+            if refused.is_empty() { "none".into() } else { refused.join("  ") }
+        );
+        for p in &self.refused_peers {
+            let _ = writeln!(
+                o,
+                "  {:<40} {:<22} {:>6}x  {}s ago{}",
+                p.addr.to_string(),
+                p.reason.name(),
+                p.count,
+                now.saturating_sub(p.last_ms) / 1000,
+                p.dpid.map(|d| format!("  dpid {d}")).unwrap_or_default()
+            );
+        }
+        o
+    }
+}
+
+/// Per-connection figures the status reads live (a switch busy in its
+/// resync publishes nothing else until it is done).
+#[derive(Default)]
+pub(crate) struct SwitchLive {
+    pub(crate) flow_adds: AtomicU64,
+    pub(crate) packet_ins: AtomicU64,
+    pub(crate) queue_depth: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[derive(Default)]
 pub(crate) struct Board {
+    live: Mutex<std::collections::HashMap<u64, Arc<SwitchLive>>>,
     pub(crate) listen: Mutex<Option<SocketAddr>>,
+    admission: Mutex<Option<(Arc<admission::Admission>, bool)>>,
+    resyncs_by_dpid: Mutex<std::collections::HashMap<u64, u64>>,
+    pub(crate) stalled: AtomicU64,
     pub(crate) switches: Mutex<std::collections::BTreeMap<u64, SwitchStatus>>,
     pub(crate) flows_installed: AtomicU64,
     pub(crate) flows_deleted: AtomicU64,
@@ -296,12 +537,72 @@ pub(crate) fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Datapath ids whose resync count is kept; past it, only connected ones.
+const RESYNC_IDS: usize = 4096;
+
 impl Board {
+    pub(crate) fn set_admission(&self, a: Arc<admission::Admission>, tls: bool, listen: Option<SocketAddr>) {
+        *self.admission.lock().unwrap_or_else(|e| e.into_inner()) = Some((a, tls));
+        *self.listen.lock().unwrap_or_else(|e| e.into_inner()) = listen;
+    }
+
+    pub(crate) fn admission(&self) -> Option<Arc<admission::Admission>> {
+        self.admission.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|a| a.0.clone())
+    }
+
+    pub(crate) fn dpid_allowed(&self, dpid: u64) -> bool {
+        self.admission().is_none_or(|a| a.dpid_allowed(dpid))
+    }
+
+    pub(crate) fn add_switch(&self, id: u64, live: Arc<SwitchLive>, status: SwitchStatus) {
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(id, live);
+        self.switches.lock().unwrap_or_else(|e| e.into_inner()).insert(id, status);
+    }
+
+    pub(crate) fn remove_switch(&self, id: u64) {
+        self.switches.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    }
+
+    pub(crate) fn count_resync(&self, dpid: u64) {
+        let mut m = self.resyncs_by_dpid.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() >= RESYNC_IDS && !m.contains_key(&dpid) {
+            let live: std::collections::HashSet<u64> =
+                self.switches.lock().unwrap_or_else(|e| e.into_inner()).values().map(|s| s.dpid).collect();
+            m.retain(|d, _| live.contains(d));
+        }
+        *m.entry(dpid).or_insert(0) += 1;
+    }
+
+    pub(crate) fn resyncs_of(&self, dpid: u64) -> u64 {
+        self.resyncs_by_dpid.lock().unwrap_or_else(|e| e.into_inner()).get(&dpid).copied().unwrap_or(0)
+    }
+
     fn snapshot(&self) -> ControllerStatus {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let adm = self.admission.lock().unwrap_or_else(|e| e.into_inner()).clone();
         ControllerStatus {
+            tls: adm.as_ref().is_some_and(|a| a.1),
+            open_connections: adm.as_ref().map_or(0, |a| a.0.open_connections()),
+            stalled_disconnects: g(&self.stalled),
+            refused: adm.as_ref().map(|a| a.0.refused_counts()).unwrap_or_default(),
+            refused_peers: adm.as_ref().map(|a| a.0.refused_peers()).unwrap_or_default(),
             listen: *self.listen.lock().unwrap_or_else(|e| e.into_inner()),
-            switches: self.switches.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect(),
+            switches: {
+                let live = self.live.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let sw = self.switches.lock().unwrap_or_else(|e| e.into_inner());
+                sw.iter()
+                    .map(|(id, s)| {
+                        let mut s = s.clone();
+                        if let Some(l) = live.get(id) {
+                            s.flows_installed = g(&l.flow_adds);
+                            s.packet_ins = g(&l.packet_ins);
+                            s.send_queue_bytes = l.queue_depth.load(Ordering::Relaxed);
+                        }
+                        s
+                    })
+                    .collect()
+            },
             flows_installed: g(&self.flows_installed),
             flows_deleted: g(&self.flows_deleted),
             packet_ins: g(&self.packet_ins),

@@ -137,7 +137,7 @@ impl Session {
         let counters = &conn.shared.counters;
         let board = conn.shared.board();
         bump(&board.packet_ins);
-        conn.packet_ins.fetch_add(1, Ordering::Relaxed);
+        bump(&conn.live.packet_ins);
         counters.inc(Stat::Packets);
         counters.add(Stat::Bytes, u64::from(pi.total_len));
         if !self.bucket.take() {

@@ -41,9 +41,8 @@ impl Session {
         for fm in flows::base_flows(&cfg) {
             c.send(Body::FlowMod(fm)).await?;
         }
-        self.installed.clear();
+        self.skipped.clear();
         self.proactive_flows = 0;
-        self.over_budget = 0;
         self.applied = c.shared.allow.borrow().clone();
         let set = self.applied.clone();
         for (p, cl) in set.iter() {
@@ -51,6 +50,7 @@ impl Session {
         }
         self.conn.send(Body::BarrierRequest).await?;
         bump(&self.conn.shared.board().resyncs);
+        self.conn.shared.board().count_resync(self.conn.dpid.load(Ordering::Relaxed));
         self.publish();
         Ok(())
     }
@@ -62,26 +62,26 @@ impl Session {
             return Ok(());
         }
         if self.proactive_flows + n > cfg.flow_budget {
-            self.over_budget += 1;
+            self.skipped.insert(*p);
             return Ok(());
         }
         for fm in flows::allow_flows(&cfg, p, classes, flow_cmd::ADD) {
             self.conn.send(Body::FlowMod(fm)).await?;
         }
-        self.installed.insert(*p, classes);
         self.proactive_flows += n;
         Ok(())
     }
 
+    /// Deletes the flows of `p` as installed from `self.applied` (the set
+    /// before the change being applied).
     pub(super) async fn uninstall(&mut self, p: &Prefix) -> Result<(), SessionEnd> {
         let cfg = self.conn.cfg.clone();
-        if let Some(old) = self.installed.remove(p) {
+        let old = self.applied.get(p);
+        if !self.skipped.remove(p) && flows::allow_flow_count(&cfg, old) > 0 {
             for fm in flows::allow_flows(&cfg, p, old, flow_cmd::DELETE_STRICT) {
                 self.conn.send(Body::FlowMod(fm)).await?;
             }
             self.proactive_flows -= flows::allow_flow_count(&cfg, old);
-        } else {
-            self.over_budget = self.over_budget.saturating_sub(1);
         }
         self.conn.send(Body::FlowMod(flows::delete_verdicts_in(p))).await
     }
@@ -100,7 +100,7 @@ impl Session {
         } else {
             resolver.clear();
         }
-        let had_over = self.over_budget > 0;
+        let had_over = !self.skipped.is_empty();
         for p in &diff.remove {
             self.uninstall(p).await?;
         }
@@ -115,11 +115,11 @@ impl Session {
         }
         self.applied = new;
         if had_over && !diff.remove.is_empty() {
-            // Room may have opened: refill from the whole set.
-            self.over_budget = 0;
+            // Room may have opened: retry the skipped entries in set order.
+            let retry = std::mem::take(&mut self.skipped);
             let set = self.applied.clone();
             for (p, c) in set.iter() {
-                if !self.installed.contains_key(p) {
+                if retry.contains(p) {
                     self.try_install(p, *c).await?;
                 }
             }
@@ -139,8 +139,8 @@ impl Session {
         let mut sw = self.conn.shared.board().switches.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = sw.get_mut(&self.conn.id) {
             s.proactive_flows = self.proactive_flows;
-            s.over_budget_entries = self.over_budget;
-            s.packet_ins = self.conn.packet_ins.load(Ordering::Relaxed);
+            s.over_budget_entries = self.skipped.len();
+            s.resyncs = self.conn.shared.board().resyncs_of(s.dpid);
         }
     }
 }

@@ -3,7 +3,7 @@
 //! changes).
 
 use std::{
-    collections::HashMap,
+    collections::HashSet,
     net::SocketAddr,
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
@@ -23,7 +23,7 @@ use crate::{
             message_len,
         },
     },
-    policy::{AllowSet, Classes, Prefix},
+    policy::{AllowSet, Prefix},
 };
 
 /// Cuts messages out of the byte stream.
@@ -72,42 +72,63 @@ impl Framer {
 
 pub(super) struct Session {
     pub(super) conn: Arc<Conn>,
-    pub(super) rd: tokio::net::tcp::OwnedReadHalf,
+    pub(super) rd: super::Reader,
     pub(super) framer: Framer,
     pub(super) last_rx: Instant,
     pub(super) applied: Arc<AllowSet>,
-    pub(super) installed: HashMap<Prefix, Classes>,
+    /// Entries of `applied` left out for lack of flow budget; every other
+    /// entry with ports to protect has its proactive flows installed. (Not
+    /// a copy of the set: a switch costs little beyond its queue.)
+    pub(super) skipped: HashSet<Prefix>,
     pub(super) proactive_flows: usize,
-    pub(super) over_budget: usize,
     pub(super) bucket: TokenBucket,
     pub(super) decode_errors: u32,
 }
 
 impl Session {
-    pub(super) async fn run(&mut self, peer: SocketAddr, cancel: &CancellationToken) -> SessionEnd {
-        let hs = Duration::from_secs(self.conn.cfg.handshake_secs.max(1));
+    /// The session's life; `hs` is what is left of the handshake timeout
+    /// (TLS took the rest).
+    pub(super) async fn run(
+        &mut self,
+        peer: SocketAddr,
+        hs: Duration,
+        cancel: &CancellationToken,
+    ) -> SessionEnd {
         let dpid = tokio::select! {
             () = cancel.cancelled() => return SessionEnd::Shutdown,
             r = tokio::time::timeout(hs, self.handshake()) => match r {
-                Err(_) => return SessionEnd::HandshakeTimeout(hs),
+                Err(_) => return SessionEnd::HandshakeTimeout(self.conn.cfg.handshake_timeout()),
                 Ok(Err(e)) => return e,
                 Ok(Ok(d)) => d,
             },
         };
         tracing::Span::current().record("dpid", format!("{dpid:016x}"));
+        // Refused before the first FLOW_MOD.
+        if !self.conn.shared.board().dpid_allowed(dpid) {
+            return SessionEnd::DpidNotAllowed(dpid);
+        }
         self.conn.dpid.store(dpid, Ordering::Relaxed);
-        self.conn.shared.board().switches.lock().unwrap_or_else(|e| e.into_inner()).insert(
+        self.conn.shared.board().add_switch(
             self.conn.id,
+            self.conn.live.clone(),
             SwitchStatus {
                 dpid,
                 peer,
                 since_ms: now_ms(),
+                tls: self.conn.tls,
                 proactive_flows: 0,
                 over_budget_entries: 0,
+                flows_installed: 0,
                 packet_ins: 0,
+                send_queue_bytes: 0,
+                resyncs: 0,
             },
         );
-        if let Err(e) = self.resync().await {
+        let synced = tokio::select! {
+            () = cancel.cancelled() => return SessionEnd::Shutdown,
+            r = self.resync() => r,
+        };
+        if let Err(e) = synced {
             return e;
         }
         info!(entries = self.applied.len(), flows = self.proactive_flows, "switch synchronised");
@@ -205,6 +226,7 @@ impl Session {
                     bump(&self.conn.shared.board().switch_errors);
                     return Err(SessionEnd::Protocol(format!("error during handshake: {e}")));
                 }
+                Body::Hello { .. } => return Err(SessionEnd::Protocol("second HELLO".into())),
                 _ => {}
             }
         }
@@ -222,9 +244,17 @@ impl Session {
             self.apply(now).await?;
         }
         let mut stats_tick = tokio::time::interval(Duration::from_secs(1));
+        let queue = self.conn.queue.clone();
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return Ok(()),
+                () = queue.writer_done.cancelled() => {
+                    return Err(if queue.stalled() {
+                        SessionEnd::Stalled(self.conn.cfg.drain_timeout())
+                    } else {
+                        SessionEnd::Writer
+                    });
+                }
                 r = self.next_message() => {
                     let m = r?;
                     self.handle(m).await?;
@@ -264,7 +294,11 @@ impl Session {
                 debug!(cookie = f.cookie, reason = f.reason, packets = f.packet_count, "flow removed");
             }
             Body::PacketIn(pi) => {
-                return if self.packet_in(pi).await { Ok(()) } else { Err(SessionEnd::Writer) };
+                return if self.packet_in(pi).await {
+                    Ok(())
+                } else {
+                    Err(SessionEnd::Stalled(self.conn.cfg.drain_timeout()))
+                };
             }
             Body::Hello { .. } => {
                 return Err(SessionEnd::Protocol("second HELLO".into()));
