@@ -15,7 +15,7 @@
 use std::{
     fs,
     io::{Read, Write},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddrV4, TcpStream},
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::Mutex,
@@ -23,7 +23,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use guard_tests::{netns::run_in_netns, ovs::Ovs};
+use guard_tests::{
+    netns::{run_in_netns, tcp_connect_from},
+    ovs::Ovs,
+};
 use guard_user::{
     daemon::StatusReport,
     openflow::{
@@ -225,8 +228,8 @@ impl Fixture {
     /// A TCP connection to the controller from source `src` inside the namespace.
     fn connect(&self, src: Ipv4Addr) -> TcpStream {
         run_in_netns(&self.ns.0, move || {
-            let sock = socket2_connect(src, SocketAddr::from(([127, 0, 0, 1], PORT)));
-            sock.unwrap_or_else(|e| panic!("connect from {src}: {e}"))
+            tcp_connect_from(src, SocketAddrV4::new(Ipv4Addr::LOCALHOST, PORT))
+                .unwrap_or_else(|e| panic!("connect from {src}: {e}"))
         })
         .expect("namespace")
     }
@@ -247,36 +250,6 @@ impl Drop for Fixture {
         if !thread::panicking() {
             let _ = fs::remove_dir_all(&self.dir);
         }
-    }
-}
-
-/// Bind-before-connect (std has none) so peers can use many loopback sources.
-fn socket2_connect(src: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
-    use std::os::fd::FromRawFd;
-    let SocketAddr::V4(to) = to else { panic!("IPv4 only") };
-    let sa = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
-        sin_zero: [0; 8],
-    };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
-    // SAFETY: socket/bind/connect on a fresh descriptor owned by the returned stream.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let s = TcpStream::from_raw_fd(fd);
-        let local = sa(src, 0);
-        if libc::bind(fd, (&raw const local).cast(), len) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let remote = sa(*to.ip(), to.port());
-        if libc::connect(fd, (&raw const remote).cast(), len) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(s)
     }
 }
 

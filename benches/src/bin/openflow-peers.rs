@@ -17,7 +17,7 @@
 use std::{
     fs,
     io::{Read, Write},
-    net::{Ipv4Addr, TcpStream},
+    net::{Ipv4Addr, SocketAddrV4, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -26,7 +26,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use guard_benches::{Chart, Opts, Section, Summary, Table, write_section};
-use guard_tests::run_in_netns;
+use guard_tests::{netns::tcp_connect_from, run_in_netns};
 use guard_user::{
     openflow::codec::{Body, FeaturesReply, Message, message_len, msg_type},
     policy::{AllowSet, Classes, Prefix},
@@ -126,34 +126,8 @@ impl Drop for Daemon {
 }
 
 fn connect_from(ns: &str, src: Ipv4Addr) -> Result<TcpStream> {
-    use std::os::fd::FromRawFd;
-    run_in_netns(ns, move || {
-        let sa = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
-            sin_family: libc::AF_INET as u16,
-            sin_port: port.to_be(),
-            sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
-            sin_zero: [0; 8],
-        };
-        let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
-        // SAFETY: socket/bind/connect on a fresh descriptor owned by the returned stream.
-        unsafe {
-            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let s = TcpStream::from_raw_fd(fd);
-            let local = sa(src, 0);
-            if libc::bind(fd, (&raw const local).cast(), len) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let remote = sa(Ipv4Addr::LOCALHOST, PORT);
-            if libc::connect(fd, (&raw const remote).cast(), len) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(s)
-        }
-    })?
-    .with_context(|| format!("connect from {src}"))
+    run_in_netns(ns, move || tcp_connect_from(src, SocketAddrV4::new(Ipv4Addr::LOCALHOST, PORT)))?
+        .with_context(|| format!("connect from {src}"))
 }
 
 fn handshake(s: &mut TcpStream, dpid: u64) -> Result<()> {
