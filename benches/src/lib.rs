@@ -13,6 +13,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+pub mod daemon;
 pub mod frame;
 pub mod load;
 

@@ -37,7 +37,7 @@ use std::{
 };
 
 use guard_tests::{
-    Lab, LabConfig, ResponderMode, Role,
+    Lab, LabConfig, Primary, PrimaryKind, ResponderMode, Role,
     dns::FixedAnswers,
     netns,
     ovs::{Ovs, Pki},
@@ -76,13 +76,21 @@ struct Topo {
     pc: String,
     bot: String,
     relay: String,
+    _primary: Primary,
     lab: Lab,
 }
 
 impl Topo {
     fn up(name: &str) -> Topo {
-        let lab = Lab::up(LabConfig::for_test(name).responder(ResponderMode::Off))
-            .unwrap_or_else(|e| panic!("lab up failed: {e}"));
+        Topo::with_primary(name, PrimaryKind::Bind)
+    }
+
+    /// The topology with `kind` as the RPZ primary in the lab's `dns` namespace.
+    fn with_primary(name: &str, kind: PrimaryKind) -> Topo {
+        let lab =
+            Lab::up(LabConfig::for_test(name).responder(ResponderMode::Off).bind(kind == PrimaryKind::Bind))
+                .unwrap_or_else(|e| panic!("lab up failed: {e}"));
+        let primary = Primary::start(&lab, kind).unwrap_or_else(|e| panic!("{}: {e}", kind.product()));
         let router = lab.ns(Role::Router);
         let ovs = Ovs::start(lab.state_dir().join("ovs"), Some(&router))
             .unwrap_or_else(|e| panic!("private OVS (install openvswitch-switch): {e}"));
@@ -122,7 +130,7 @@ impl Topo {
         let pki = Pki::init(lab.state_dir().join("pki")).expect("ovs-pki (openvswitch-common)");
         let sw = pki.sign("sw", "switch").expect("switch certificate");
         ovs.set_ssl(&sw.key, &sw.cert, &pki.ca_cert("controller")).expect("set-ssl");
-        Topo { _responder: responder, ovs, pki, pc, bot, relay, lab }
+        Topo { _responder: responder, ovs, pki, pc, bot, relay, _primary: primary, lab }
     }
 
     fn flows(&self) -> String {
@@ -138,8 +146,8 @@ impl Topo {
     }
 }
 
-/// `rpz-guard run --mode openflow` in the router namespace, BIND as source,
-/// TLS and the allowlists from a config file.
+/// `rpz-guard run --mode openflow` in the router namespace, the lab's
+/// primary as source, TLS and the allowlists from a config file.
 fn start_openflow(t: &Topo) -> Daemon {
     let lab = &t.lab;
     let listen = format!("127.0.0.1:{OF_PORT}");
@@ -374,4 +382,47 @@ fn openflow_daemon_enforces_the_real_rpz() {
     assert_eq!(st.extra["switch_errors"].as_u64(), Some(0), "the switch rejected something: {:?}", st.extra);
     drop(d);
     eprintln!("total {:?}", t0.elapsed());
+}
+
+/// OpenFlow mode follows Knot DNS (NOTIFY over TCP) and PowerDNS (NOTIFY
+/// over UDP, IXFR answered with the whole zone) as it follows BIND: an
+/// added mail server is reachable, a deleted one blocked again, with the
+/// proactive flow added and removed, and the primary's NOTIFY accepted.
+#[test]
+fn openflow_follows_knot_and_powerdns() {
+    for (kind, transport) in [(PrimaryKind::Knot, "TCP"), (PrimaryKind::Pdns, "UDP")] {
+        let name = kind.product();
+        let t = Topo::with_primary(&format!("of{}", kind.name()), kind);
+        let d = start_openflow(&t);
+        t.ovs
+            .vsctl(&["set-controller", BRIDGE, &format!("ssl:127.0.0.1:{OF_PORT}")])
+            .expect("set-controller");
+        t.ovs.vsctl(&["set", "controller", BRIDGE, "max_backoff=1000"]).expect("controller options");
+        eventually(Duration::from_secs(20), || {
+            switch_connected(&d) && t.flows().contains("priority=0 actions=NORMAL")
+        })
+        .unwrap_or_else(|| panic!("{name}: switch did not connect; log:\n{}", d.log()));
+        let new_mx = inet4(77);
+        assert!(!smtp(&t.bot, new_mx, 465, BLOCKED), "{name}: unregistered :465 must fail");
+        let added = Instant::now();
+        t.add(new_mx, "127.0.0.25");
+        eventually(Duration::from_secs(5), || smtp(&t.bot, new_mx, 465, Duration::from_millis(300)))
+            .unwrap_or_else(|| panic!("{name}: registered mail server not reachable; log:\n{}", d.log()));
+        let add_lag = added.elapsed();
+        assert!(
+            t.flows().contains("tcp,nw_dst=198.18.0.77,tp_dst=465 actions=NORMAL"),
+            "{name}: proactive flow"
+        );
+        let deleted = Instant::now();
+        t.delete(new_mx);
+        eventually(Duration::from_secs(5), || !smtp(&t.bot, new_mx, 465, Duration::from_millis(300)))
+            .unwrap_or_else(|| panic!("{name}: revoked mail server still reachable"));
+        let delete_lag = deleted.elapsed();
+        assert!(!t.flows().contains("nw_dst=198.18.0.77,tp_dst=465 actions=NORMAL"), "{name}: flow removed");
+        eprintln!("{name} (OpenFlow): add → open {add_lag:?}, delete → blocked {delete_lag:?}");
+        assert!(add_lag < Duration::from_millis(2500) && delete_lag < Duration::from_millis(2500), "{name}");
+        let n = d.status().sync.notify.counters();
+        let accepted = if kind == PrimaryKind::Knot { n.tcp.accepted } else { n.udp.accepted };
+        assert!(accepted >= 1, "{name}: its NOTIFY ({transport}) reached the controller: {n:?}");
+    }
 }

@@ -69,7 +69,7 @@ const BENCHES: &[Bench] = &[
         name: "primaries",
         what: "add → enforced and delete → blocked lags with BIND 9, Knot DNS and PowerDNS as the RPZ primary",
         bin: Some("primaries"),
-        limit: Duration::from_secs(300),
+        limit: Duration::from_secs(420),
     },
     Bench {
         name: "openflow",

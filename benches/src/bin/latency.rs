@@ -5,84 +5,22 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    path::{Path, PathBuf},
-    process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
-use guard_benches::{Chart, Opts, Section, Summary, Table, percentile, write_section};
-use guard_tests::{Lab, LabAddrs, LabChild, LabConfig, Role};
-use guard_user::daemon::StatusReport;
+use guard_benches::{Chart, Opts, Section, Summary, Table, daemon::LabDaemon, percentile, write_section};
+use guard_tests::{Lab, LabAddrs, LabConfig, Role};
 
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/rpz-guard")
-}
-
-struct Daemon {
-    child: LabChild,
-    socket: PathBuf,
-}
-
-impl Daemon {
-    fn start(lab: &Lab, notify: bool) -> Result<Daemon> {
-        let a = lab.addrs();
-        let socket = lab.state_dir().join(format!("lat-{}.sock", if notify { "n" } else { "p" }));
-        let server = format!("{}:53", a.dns_v4);
-        let notify_addr = format!("{}:{}", a.router_in_v4, lab.notify_port());
-        let key = lab.tsig_key_file().to_string_lossy().into_owned();
-        let exempt = format!("{}/32", a.dns_v4);
-        let internal = format!("10.{}.0.0/16", a.subnet);
-        let b = bin().to_string_lossy().into_owned();
-        let sock = socket.to_string_lossy().into_owned();
-        let mut args = vec![
-            b.as_str(),
-            "run",
-            "--iface",
-            lab.router_inside_iface(),
-            "--server",
-            &server,
-            "--tsig-key",
-            &key,
-            "--exempt",
-            &exempt,
-            "--internal",
-            &internal,
-            "--status-socket",
-            &sock,
-        ];
-        if notify {
-            args.extend(["--notify-listen", &notify_addr]);
-        } else {
-            // No NOTIFY and a slow SOA poll: new entries reach the
-            // enforcer only through the miss path.
-            args.extend(["--poll-interval", "3600"]);
-        }
-        let mut child = lab.spawn(Role::Router, &args)?;
-        let t = Instant::now();
-        loop {
-            if status(&socket).is_ok() {
-                break;
-            }
-            if !child.is_running() {
-                bail!("rpz-guard exited:\n{}", child.log());
-            }
-            if t.elapsed() > Duration::from_secs(20) {
-                bail!("rpz-guard not ready:\n{}", child.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(Daemon { child, socket })
+/// The daemon with NOTIFY, or without it and with a slow SOA poll, so new
+/// entries reach the enforcer only through the miss path.
+fn start(lab: &Lab, notify: bool) -> Result<LabDaemon> {
+    let notify_addr = format!("{}:{}", lab.addrs().router_in_v4, lab.notify_port());
+    if notify {
+        LabDaemon::start(lab, "lat-n", &["--notify-listen", &notify_addr])
+    } else {
+        LabDaemon::start(lab, "lat-p", &["--poll-interval", "3600"])
     }
-
-    fn status(&self) -> Result<StatusReport> {
-        status(&self.socket)
-    }
-}
-
-fn status(socket: &Path) -> Result<StatusReport> {
-    let out = Command::new(bin()).args(["status", "--json", "--socket"]).arg(socket).output()?;
-    Ok(serde_json::from_slice(&out.stdout)?)
 }
 
 /// Fresh inet hosts, never contacted before in this run.
@@ -107,7 +45,7 @@ fn main() -> Result<()> {
     let mut notes = Vec::new();
 
     // 1. UPDATE → allow set, via NOTIFY + IXFR.
-    let d = Daemon::start(&lab, true)?;
+    let d = start(&lab, true)?;
     let mut lag = Vec::new();
     for _ in 0..trials {
         let ip = hosts.next()?;
@@ -134,7 +72,7 @@ fn main() -> Result<()> {
     drop(d.child);
 
     // 2. Miss path: registered at BIND, unknown to the enforcer.
-    let d = Daemon::start(&lab, false)?;
+    let d = start(&lab, false)?;
     let mut miss = Vec::new();
     let mut attempts_total = 0;
     for _ in 0..trials {
