@@ -105,18 +105,23 @@ fn run_must_fail(lab: &Lab, key: &Path) -> String {
     child.log()
 }
 
-/// A NOTIFY for the zone signed with `key`, sent over TCP from the `dns`
-/// namespace to the daemon; returns the answer's rcode name.
-fn notify_over_tcp(lab: &Lab, key: &TsigKey) -> String {
+/// A NOTIFY for the zone signed with `key` (with the SOA `serial` when
+/// given), sent over TCP from the `dns` namespace to the daemon; returns
+/// the answer's rcode name.
+fn notify_over_tcp(lab: &Lab, key: &TsigKey, serial: Option<u32>) -> String {
     use hickory_proto::{
         op::{Message, OpCode, Query},
-        rr::{Name, RecordType},
+        rr::{Name, RData, Record, RecordType, rdata::SOA},
     };
     use std::io::{Read, Write};
     let zone = Name::from_ascii(format!("{ZONE}.")).expect("zone");
     let mut m = Message::new();
     m.set_id(777).set_op_code(OpCode::Notify).set_authoritative(true);
-    m.add_query(Query::query(zone, RecordType::SOA));
+    m.add_query(Query::query(zone.clone(), RecordType::SOA));
+    if let Some(serial) = serial {
+        let soa = SOA::new(zone.clone(), zone.clone(), serial, 1, 1, 1, 1);
+        m.add_answer(Record::from_rdata(zone, 60, RData::SOA(soa)));
+    }
     let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
     m.finalize(&key.signer().expect("signer"), u32::try_from(now).expect("time")).expect("sign");
     let bytes = m.to_vec().expect("encode");
@@ -330,13 +335,37 @@ fn matrix(kind: PrimaryKind) {
 
     // A NOTIFY signed with a wrong key: NOTAUTH, counted, nothing else changes.
     let wrong_key = TsigKey::from_file(&wrong).expect("wrong key parses");
-    assert_eq!(notify_over_tcp(&lab, &wrong_key), "NotAuth", "{name}");
+    assert_eq!(notify_over_tcp(&lab, &wrong_key, None), "NotAuth", "{name}");
     let notify = d.status().sync.notify.counters();
     assert_eq!(notify.rejected.get("tsig"), Some(&1), "{name}: {notify:?}");
     assert_eq!(d.status().entries.0, all.len(), "{name}");
-    // And with the right key over TCP (whatever the primary uses): accepted.
+    // With the right key over TCP (whatever the primary uses): accepted; one
+    // that carries the serial in force leads to no transfer.
     let right = TsigKey::from_file(&lab.tsig_key_file()).expect("key");
-    assert_eq!(notify_over_tcp(&lab, &right), "NoError", "{name}");
+    let serial = d.status().sync.serial.expect("serial in force");
+    let polls = d.status().sync.polls;
+    assert_eq!(notify_over_tcp(&lab, &right, Some(serial)), "NoError", "{name}");
+    eventually(Duration::from_secs(2), || d.status().sync.notify.counters().not_newer >= 1).unwrap_or_else(
+        || panic!("{name}: the NOTIFY with the serial in force was not counted as not newer"),
+    );
+    assert_eq!(d.status().sync.polls, polls, "{name}: no SOA query for a NOTIFY that is not newer");
+    assert_eq!(notify_over_tcp(&lab, &right, None), "NoError", "{name}");
+    // The counters in Prometheus text too.
+    let text = daemon_support::metrics(&d);
+    for want in [
+        "rpz_guard_notify_accepted{transport=\"tcp\"}",
+        "rpz_guard_notify_rejected{reason=\"tsig\"} 1",
+        "rpz_guard_sync_changes{via=\"notify-",
+    ] {
+        assert!(text.contains(want), "{name}: metrics lack {want}:\n{text}");
+    }
+    // And in `rpz-guard status`.
+    let out =
+        std::process::Command::new(BIN).args(["status", "--socket"]).arg(&d.socket).output().expect("status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in ["notify     udp", "NOTIFY REFUSED tsig 1", "learned    notify-udp", "+0 -1"] {
+        assert!(text.contains(want), "{name}: status lacks {want:?}:\n{text}");
+    }
     drop(d);
     drop(primary);
 }
