@@ -227,19 +227,45 @@ impl Drop for EventSink {
 /// The writer thread: writes lines as they come, flushing when the queue is empty.
 fn write_lines(mut w: Box<dyn Write + Send>, rx: &mpsc::Receiver<Vec<u8>>, errors: &AtomicU64) {
     while let Ok(line) = rx.recv() {
-        let mut ok = w.write_all(&line).is_ok();
+        // Every line of a batch whose write or flush fails is counted lost
+        // (a full disk loses them all; the count must say how many).
+        let mut lost = u64::from(w.write_all(&line).is_err());
+        let mut batch = 1;
         while let Ok(more) = rx.try_recv() {
-            ok &= w.write_all(&more).is_ok();
+            lost += u64::from(w.write_all(&more).is_err());
+            batch += 1;
         }
-        ok &= w.flush().is_ok();
-        if !ok {
-            errors.fetch_add(1, Ordering::Relaxed);
+        if w.flush().is_err() {
+            lost = batch;
+        }
+        if lost > 0 {
+            errors.fetch_add(lost, Ordering::Relaxed);
         }
     }
 }
 
 fn open_append(p: &Path) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(p)
+    use std::os::{fd::AsRawFd, unix::fs::OpenOptionsExt};
+    // O_NONBLOCK only for the open: a FIFO nobody reads is an error at
+    // start (ENXIO) instead of a daemon that hangs before enforcing.
+    let f =
+        OpenOptions::new().create(true).append(true).custom_flags(libc::O_NONBLOCK).open(p).map_err(|e| {
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                io::Error::new(e.kind(), format!("{}: a FIFO with no reader", p.display()))
+            } else {
+                e
+            }
+        })?;
+    // Writes then block on the writer thread only; the queue in front of
+    // it counts what cannot wait as lost, so the daemon never blocks.
+    // SAFETY: fcntl on a descriptor we own, with integer arguments.
+    unsafe {
+        let flags = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+        if flags < 0 || libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(f)
 }
 
 /// Keeps the most active half (by blocked count, then recency).
@@ -298,6 +324,39 @@ mod tests {
         assert_eq!(top[0].0, "10.0.0.66".parse::<IpAddr>().expect("ip"));
         assert_eq!(top[0].1.blocked, 2);
         assert_eq!(dests, 2);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    /// A full disk (`/dev/full`): every event is counted as not written,
+    /// one by one, and recording never blocks.
+    #[test]
+    fn full_disk_counts_every_lost_event() {
+        let sink = EventSink::open(&EventOutput::File("/dev/full".into())).expect("open /dev/full");
+        let started = std::time::Instant::now();
+        for _ in 0..1000 {
+            sink.record(&ev("10.0.0.66", "198.51.100.9"));
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(2), "recording blocked");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while sink.write_errors() < 1000 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(sink.write_errors(), 1000, "every event on a full disk is counted as lost");
+        assert_eq!(sink.total(), 1000);
+    }
+
+    /// A FIFO nobody reads: a clear error at once, not a daemon that hangs.
+    #[test]
+    fn fifo_without_reader_is_an_error_not_a_hang() {
+        let dir = std::env::temp_dir().join(format!("rpz-guard-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let path = dir.join("events.fifo");
+        let _ = std::fs::remove_file(&path);
+        let c = std::ffi::CString::new(path.to_str().expect("utf-8")).expect("path");
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+        let err = EventSink::open(&EventOutput::File(path.clone())).err().expect("no reader: error");
+        assert!(err.to_string().contains("FIFO with no reader"), "{err}");
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 

@@ -5,6 +5,7 @@
 mod bench;
 mod command;
 mod demo;
+mod fuzz;
 mod gen_pcap;
 mod lab;
 mod run;
@@ -40,6 +41,8 @@ enum Task {
     BuildEbpf,
     /// Run the benchmarks and write target/bench-report/REPORT.md.
     Bench(bench::Args),
+    /// Build and run the cargo-fuzz targets (fuzz/) for a bounded time each.
+    Fuzz(fuzz::Args),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Task::Lab(args) => lab::run(args),
         Task::Test(args) => test::run(&args),
         Task::Bench(args) => bench::run(&args),
+        Task::Fuzz(args) => fuzz::run(&args),
         Task::BuildEbpf => {
             command::run_step("build-ebpf", command::cargo().args(["build", "-p", "guard-user"]))
         }

@@ -52,6 +52,8 @@ pub const RYU_VENV: &str = "/opt/rpz-guard/ryu-venv";
 /// bpf-linker release known to build against LLVM 22 with rustc 1.95.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+/// cargo-fuzz release known to build with rustc 1.95 (about 2 minutes).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// Options of `cargo xtask setup`.
 #[derive(clap::Args, Debug, Default)]
@@ -72,10 +74,11 @@ pub fn run(args: &Args) -> Result<()> {
         require_root("setup")?;
     }
     let mut missing = Vec::new();
-    let steps: [(&str, Step); 4] = [
+    let steps: [(&str, Step); 5] = [
         ("apt packages", apt_packages),
         ("nightly rust-src", rust_src),
         ("bpf-linker", bpf_linker),
+        ("cargo-fuzz", cargo_fuzz),
         ("ryu venv", ryu_venv),
     ];
     for (name, step) in steps {
@@ -263,6 +266,22 @@ fn bpf_linker(check: bool) -> Result<Option<String>> {
     if !succeeds(Command::new("bpf-linker").arg("--version")) {
         bail!("bpf-linker was built but `bpf-linker --version` fails; is ~/.cargo/bin on PATH?");
     }
+    Ok(Some(what))
+}
+
+/// cargo-fuzz for `cargo xtask fuzz` (libFuzzer targets, run with nightly).
+fn cargo_fuzz(check: bool) -> Result<Option<String>> {
+    if succeeds(Command::new("cargo").args(["+nightly", "fuzz", "--version"])) {
+        return Ok(None);
+    }
+    let what = format!("cargo-fuzz {CARGO_FUZZ_VERSION}");
+    if check {
+        return Ok(Some(what));
+    }
+    run_step(
+        "cargo-fuzz",
+        Command::new("cargo").args(["install", "cargo-fuzz", "--locked", "--version", CARGO_FUZZ_VERSION]),
+    )?;
     Ok(Some(what))
 }
 

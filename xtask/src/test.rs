@@ -1,13 +1,14 @@
 //! `cargo xtask test`: what CI runs. Setup, formatting, lints (host crates
 //! and the eBPF crate on its own target), then unit and privileged
-//! integration tests. The first failing step ends the run non-zero.
+//! integration tests, then every fuzz target for a bounded time. The first
+//! failing step ends the run non-zero.
 use std::{process::Command, time::Instant};
 
 use anyhow::{Context, Result};
 
 use crate::{
     command::{cargo, repo_root, run_step, run_step_counting_tests},
-    setup,
+    fuzz, setup,
 };
 
 /// Options of `cargo xtask test`.
@@ -16,6 +17,12 @@ pub struct Args {
     /// Skip `cargo xtask setup` (the machine is known to be ready).
     #[arg(long)]
     pub no_setup: bool,
+    /// Time each fuzz target runs after the tests (`30s`, `2m`; see `cargo xtask fuzz`).
+    #[arg(long, default_value = "30s", value_parser = fuzz::parse_duration_secs)]
+    pub fuzz_time: u64,
+    /// Skip the fuzz step.
+    #[arg(long)]
+    pub no_fuzz: bool,
     /// Extra arguments passed to `cargo test` (after `--`), e.g. a filter.
     #[arg(last = true)]
     pub test_args: Vec<String>,
@@ -37,7 +44,11 @@ pub fn run(args: &Args) -> Result<()> {
     if !args.no_setup {
         step("setup", &mut || setup::run(&setup::Args::default()))?;
     }
-    step("fmt", &mut || run_step("fmt", cargo().args(["fmt", "--all", "--check"])))?;
+    step("fmt", &mut || {
+        run_step("fmt", cargo().args(["fmt", "--all", "--check"]))?;
+        // The fuzz crate is its own workspace (see fuzz/Cargo.toml).
+        run_step("fmt fuzz", cargo().args(["fmt", "--all", "--check", "--manifest-path", "fuzz/Cargo.toml"]))
+    })?;
     // guard-ebpf is a no_std bpf program: it is linted on its own target below.
     step("clippy", &mut || {
         run_step(
@@ -83,6 +94,10 @@ pub fn run(args: &Args) -> Result<()> {
         totals = run_step_counting_tests("tests", &mut cmd)?;
         Ok(())
     })?;
+    if !args.no_fuzz {
+        // Every target, bounded; a crash, hang or runaway allocation fails CI.
+        step("fuzz", &mut || fuzz::run_targets(&fuzz::targets()?, args.fuzz_time))?;
+    }
     println!("test: all steps passed in {:.1} s", started.elapsed().as_secs_f64());
     for (name, secs) in times {
         println!("  {name:<12} {secs:>7.1} s");

@@ -193,6 +193,17 @@ fn canonical(name: &str) -> String {
     name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
 }
 
+/// Why `prefix` cannot be written into the policy zone, if it cannot: a
+/// zero-length prefix would allow every destination, and the reader
+/// ([`decode_owner`]) refuses it, so writers refuse it too rather than
+/// write an entry that silently vanishes when read back.
+#[expect(clippy::len_zero, reason = "Prefix::len is a prefix length in bits, not a size")]
+pub fn unencodable(prefix: &Prefix) -> Option<String> {
+    (prefix.len() == 0).then(|| {
+        format!("{prefix} cannot be an RPZ allow entry: a zero-length prefix would allow every destination")
+    })
+}
+
 /// The owner name (fully qualified, with trailing dot) for `prefix` in `zone`.
 pub fn encode_owner(prefix: &Prefix, zone: &str) -> String {
     let zone = canonical(zone);

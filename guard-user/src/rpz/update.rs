@@ -102,6 +102,9 @@ async fn push(
         zq.set_query_class(DNSClass::IN);
         msg.add_query(zq);
         for (p, c, add) in batch {
+            if let Some(why) = super::unencodable(p) {
+                return Err(fail(ctx.bad(why), report));
+            }
             let owner = Name::from_ascii(encode_owner(p, zone))
                 .map_err(|e| fail(ctx.bad(format!("owner for {p}: {e}")), report))?;
             msg.add_name_server(change_record(&owner, *c, *add));

@@ -21,7 +21,12 @@ use super::{Classified, Ignored, RECORD_TTL, RecordData, canonical, classify, en
 use crate::policy::AllowSet;
 
 /// Writes `set` as a zone file for `origin` with SOA serial `serial`.
+/// A prefix the policy zone cannot hold ([`super::unencodable`]) is an
+/// `InvalidInput` error naming it, before anything is written.
 pub fn write_zone(set: &AllowSet, origin: &str, serial: u32, out: &mut impl Write) -> io::Result<()> {
+    if let Some(why) = set.iter().find_map(|(p, _)| super::unencodable(p)) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, why));
+    }
     let zone = canonical(origin);
     let mut w = BufWriter::with_capacity(1 << 16, out);
     writeln!(w, "; RPZ allow set written by rpz-guard: {} entries", set.len())?;
@@ -556,6 +561,21 @@ mod tests {
         assert_eq!(parsed.set, set);
         assert_eq!(parsed.ignored.count, 0);
         assert_eq!(parsed.records, 2 + 5);
+    }
+
+    /// Found by the `zonefile` fuzz target: a zero-length prefix was written
+    /// as `0.0.0.0.0.rpz-ip` and silently dropped when read back.
+    #[test]
+    fn zero_length_prefix_is_refused_not_written() {
+        for all in ["0.0.0.0/0", "::/0"] {
+            let set: AllowSet =
+                [(p("192.0.2.1"), Classes::DNS), (p(all), Classes::SMTP)].into_iter().collect();
+            let mut out = Vec::new();
+            let err = write_zone(&set, "rpz.example.com.", 1, &mut out).expect_err("refused");
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+            assert!(err.to_string().contains(all), "{err}");
+            assert!(out.is_empty(), "nothing written");
+        }
     }
 
     #[test]
