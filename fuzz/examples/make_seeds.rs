@@ -279,7 +279,7 @@ fn soa(serial: u32) -> Record {
 fn entry(ip: &str, class: [u8; 4]) -> Record {
     let owner =
         guard_user::rpz::encode_owner(&Prefix::host(ip.parse::<IpAddr>().expect("ip")), "rpz.example.com");
-    Record::from_rdata(name(&format!("{owner}.")), 60, RData::A(std::net::Ipv4Addr::from(class).into()))
+    Record::from_rdata(name(&owner), 60, RData::A(std::net::Ipv4Addr::from(class).into()))
 }
 
 fn framed(msgs: &[Vec<Record>]) -> Vec<u8> {

@@ -686,6 +686,20 @@ async fn step(
     }
     let current = tx.borrow().clone();
     match ixfr(addr, zone, key, have, &current).await? {
+        // A NOTIFY without a serial leads to an IXFR without an SOA query
+        // first; a primary behind us (zone recreated with a lower serial)
+        // answers with its own older SOA. Our set is then unknown to it:
+        // take the whole zone, or entries it no longer has stay allowed.
+        IxfrOutcome::UpToDate { serial } if serial != have => {
+            tracing::warn!(
+                ours = have,
+                theirs = serial,
+                "zone serial went backwards; transferring the whole zone"
+            );
+            let snap = axfr(addr, zone, key).await?;
+            let changed = publish(tx, state, snap.serial, snap.set, true, trigger);
+            Ok((snap.serial, changed))
+        }
         IxfrOutcome::UpToDate { serial } => Ok(up_to_date(serial)),
         IxfrOutcome::Incremental { serial, set, .. } => {
             Ok((serial, publish(tx, state, serial, set, false, trigger)))

@@ -39,6 +39,7 @@ pub mod bind;
 pub mod capture;
 pub mod dns;
 pub mod lab;
+pub mod load;
 pub mod netns;
 pub mod ovs;
 pub mod primary;

@@ -112,10 +112,15 @@ impl Daemon {
     /// Starts `rpz-guard run ARGS --events <state>/<tag>-events.jsonl
     /// --status-socket <state>/<tag>.sock` and waits for its status socket.
     pub fn start(lab: &Lab, tag: &str, args: &[&str]) -> Daemon {
+        let events = lab.state_dir().join(format!("{tag}-{}-events.jsonl", std::process::id()));
+        let _ = std::fs::remove_file(&events);
+        Daemon::start_with_events(lab, tag, args, events)
+    }
+
+    /// Like [`Daemon::start`], with the event output at `events`.
+    pub fn start_with_events(lab: &Lab, tag: &str, args: &[&str], events: PathBuf) -> Daemon {
         let dir = lab.state_dir();
         let socket = dir.join(format!("{tag}-{}.sock", std::process::id()));
-        let events = dir.join(format!("{tag}-{}-events.jsonl", std::process::id()));
-        let _ = std::fs::remove_file(&events);
         let mut argv: Vec<&str> = vec![BIN, "run"];
         argv.extend_from_slice(args);
         argv.extend(["--events", path_str(&events), "--status-socket", path_str(&socket)]);
@@ -151,6 +156,16 @@ impl Daemon {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event line {l:?}: {e}")))
             .collect()
+    }
+
+    /// Its process id (`ip netns exec` execs the daemon in place).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(LabChild::pid).expect("daemon running")
+    }
+
+    /// Its resident memory, KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid())
     }
 
     /// Its log so far.
@@ -208,4 +223,14 @@ pub fn connect(lab: &Lab, role: Role, addr: SocketAddr, timeout: Duration) -> Co
             }
         }
     }
+}
+
+/// Resident memory of `pid` in KiB (`VmRSS` of /proc), 0 when gone.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }

@@ -1,0 +1,397 @@
+//! Privileged: faults injected while traffic flows (issue 13, "faults under
+//! load"). Each test runs `rpz-guard run` in XDP mode in the lab router
+//! against the lab's real BIND, keeps a legitimate client connecting to a
+//! registered mail server and a bot trying unregistered ones
+//! ([`guard_tests::load::Load`]), breaks something, and checks that no
+//! legitimate connection failed, no bot packet reached the internet side,
+//! and the daemon's memory stayed bounded. Each prints one `RELIABILITY`
+//! line with its figures (collected in benches/report/REPORT.md).
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use guard_tests::{Lab, LabAddrs, LabConfig, Role, load::Load};
+
+mod daemon_support;
+
+use daemon_support::{Daemon, ZONE, eventually, lab_bind_args, rpz_add};
+
+fn up(name: &str) -> Lab {
+    Lab::up(LabConfig::for_test(name)).unwrap_or_else(|e| panic!("lab up failed: {e}"))
+}
+
+/// `rpz-guard run` in XDP mode on the router's inside interface, the lab's
+/// BIND as source, NOTIFY on; `extra` flags appended.
+fn start_xdp(lab: &Lab, tag: &str, extra: &[&str], events: Option<PathBuf>) -> Daemon {
+    let a = lab.addrs();
+    let exempt4 = format!("{}/32", a.dns_v4);
+    let internal4 = format!("10.{}.0.0/16", a.subnet);
+    let source = lab_bind_args(lab);
+    let mut args: Vec<&str> =
+        vec!["--iface", lab.router_inside_iface(), "--exempt", &exempt4, "--internal", &internal4];
+    args.extend(source.iter().map(String::as_str));
+    args.extend_from_slice(extra);
+    match events {
+        Some(path) => Daemon::start_with_events(lab, tag, &args, path),
+        None => Daemon::start(lab, tag, &args),
+    }
+}
+
+fn mx() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(LabAddrs::inet_v4(25)), 25)
+}
+
+/// Unregistered mail servers the bot keeps trying.
+fn rogues() -> Vec<SocketAddr> {
+    (100..140).map(|h| SocketAddr::new(IpAddr::V4(LabAddrs::inet_v4(h)), 25)).collect()
+}
+
+/// One line per test for the report.
+fn report(test: &str, figures: &str) {
+    eprintln!("RELIABILITY | {test} | {figures}");
+}
+
+/// Unmounts a tmpfs on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).expect("mount point");
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "rgfault", dir.to_str().expect("utf-8")])
+            .status()
+            .expect("run mount");
+        assert!(ok.success(), "mount tmpfs on {}", dir.display());
+        Tmpfs(dir.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the file system holding `dir` until a write fails; returns the filler.
+fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let filler = dir.join("filler");
+    let mut f = std::fs::File::create(&filler).expect("filler");
+    let block = vec![0u8; 4096];
+    while f.write_all(&block).is_ok() {}
+    while f.write_all(&block[..1]).is_ok() {}
+    filler
+}
+
+/// The event output is on a file system that fills up under a bot's
+/// attempts: enforcement goes on (no legitimate failure, no bot packet
+/// through), `status` keeps answering quickly and counts every event that
+/// could not be written, and writing resumes once space is freed.
+#[test]
+fn event_sink_full_disk_under_load() {
+    let lab = up("fevt");
+    rpz_add(&lab, mx().ip(), "127.0.0.25");
+    let fs = Tmpfs::mount(&lab.state_dir().join("evfs"), "64k");
+    let filler = fill(&fs.0);
+    let events = fs.0.join("events.jsonl");
+    let d = start_xdp(&lab, "fevt", &[], Some(events.clone()));
+    let rss0 = d.rss_kib();
+    let load = Load::start(&lab, vec![mx()], rogues()).expect("load");
+    let lost = eventually(Duration::from_secs(20), || d.status().events_write_errors >= 20);
+    assert!(lost.is_some(), "lost events never counted: {:?}", d.status());
+    // Status must answer fast while the writer fails: nothing blocks.
+    let mut slowest = Duration::ZERO;
+    for _ in 0..20 {
+        let t = Instant::now();
+        let _ = d.status();
+        slowest = slowest.max(t.elapsed());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let full = d.status();
+    std::fs::remove_file(&filler).expect("free the space");
+    let written_before = std::fs::read_to_string(&events).unwrap_or_default().lines().count();
+    let resumed = eventually(Duration::from_secs(20), || {
+        std::fs::read_to_string(&events).unwrap_or_default().lines().count() > written_before + 5
+    });
+    let r = load.finish();
+    let after = d.status();
+    let rss1 = d.rss_kib();
+    report(
+        "event sink on a full disk",
+        &format!(
+            "{r}; events {} recorded / {} not written while full; status slowest {} ms; writing resumed after freeing: {}; RSS {} → {} KiB",
+            full.events_total,
+            full.events_write_errors,
+            slowest.as_millis(),
+            resumed.is_some(),
+            rss0,
+            rss1
+        ),
+    );
+    assert_eq!(r.legit_failed, 0, "{r}");
+    assert_eq!(r.bot_packets_through, 0, "{r}");
+    assert!(r.legit_ok > 50 && r.bot_tries > 50, "load too small: {r}");
+    assert!(slowest < Duration::from_secs(1), "status took {slowest:?} while the disk was full");
+    assert!(resumed.is_some(), "events not written again after space was freed");
+    // Every event is either a complete line in the file or counted lost
+    // (one line may be cut where the disk filled).
+    let text = std::fs::read_to_string(&events).unwrap_or_default();
+    let complete =
+        text.lines().filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()).count() as u64;
+    let accounted = complete + after.events_write_errors;
+    assert!(
+        accounted + 1 >= after.events_total && accounted <= after.events_total + 1,
+        "events {} != {complete} written + {} lost",
+        after.events_total,
+        after.events_write_errors
+    );
+    assert!(rss1 < rss0 + 64 * 1024, "RSS grew from {rss0} to {rss1} KiB");
+    drop(d);
+}
+
+/// named's pid, from the lab's pid records of processes it started.
+fn named_pid(lab: &Lab) -> Option<i32> {
+    std::fs::read_dir(lab.state_dir().join("pids"))
+        .ok()?
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .filter(|l| l.trim_end().ends_with(" named"))
+        .filter_map(|l| l.split_whitespace().next()?.parse::<i32>().ok())
+        .find(|pid| alive(*pid))
+}
+
+/// Whether `pid` runs (a zombie the lab has not reaped yet does not).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// Ends the lab's named with `sig` and waits until it is gone.
+fn kill_named(lab: &Lab, sig: i32) {
+    let pid = named_pid(lab).expect("named running");
+    // SAFETY: kill(2) on a process the lab started.
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill named");
+    eventually(Duration::from_secs(10), || !alive(pid)).unwrap_or_else(|| panic!("named {pid} did not exit"));
+}
+
+/// Starts named again on the lab's configuration; waits until it answers.
+fn start_named(lab: &Lab) -> guard_tests::LabChild {
+    let conf = lab.state_dir().join("bind/named.conf");
+    let child = lab
+        .spawn(Role::Dns, &["named", "-g", "-n", "1", "-c", conf.to_str().expect("utf-8")])
+        .expect("spawn named");
+    let addr = SocketAddr::new(lab.bind_addr(), 53);
+    guard_tests::wait_for_udp_dns(&lab.ns(Role::Dns), addr, Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("named did not come back: {e}\n{}", lab.bind_log()));
+    child
+}
+
+/// The lab's zone file and its journal.
+fn zone_files(lab: &Lab) -> (PathBuf, PathBuf) {
+    let db = lab.state_dir().join(format!("bind/{ZONE}.db"));
+    let jnl = lab.state_dir().join(format!("bind/{ZONE}.db.jnl"));
+    (db, jnl)
+}
+
+/// A zone file for the lab's policy zone with `serial` and `entries`
+/// (`(IPv4 host, answer)`), plus `bulk` extra hosts in 100.64.0.0/10.
+fn write_zone(path: &Path, serial: u32, entries: &[(IpAddr, &str)], bulk: u32) {
+    use std::fmt::Write;
+    let mut z = format!(
+        "$TTL 60\n@ IN SOA localhost. root.localhost. {serial} 3600 600 86400 60\n@ IN NS localhost.\n"
+    );
+    for (ip, answer) in entries {
+        let _ = writeln!(z, "{ip}.{ZONE}. IN A {answer}");
+    }
+    for i in 0..bulk {
+        let [_, b, c, d] = (0x0040_0000u32 + i).to_be_bytes();
+        let _ = writeln!(z, "{d}.{c}.{b}.100.{ZONE}. IN A 127.0.0.25");
+    }
+    std::fs::write(path, z).expect("write zone file");
+}
+
+/// BIND is restarted with an older serial and different content (a zone
+/// recreated from an old backup): the daemon must follow what BIND serves
+/// (an entry only the newer zone had is revoked, an entry only the older
+/// one has is allowed), without a legitimate failure or a bot packet.
+#[test]
+fn bind_restarted_with_older_serial_under_load() {
+    let lab = up("fser");
+    let stale = IpAddr::V4(LabAddrs::inet_v4(77));
+    let fresh = IpAddr::V4(LabAddrs::inet_v4(78));
+    rpz_add(&lab, mx().ip(), "127.0.0.25");
+    rpz_add(&lab, stale, "127.0.0.25");
+    let d = start_xdp(&lab, "fser", &["--poll-interval", "2"], None);
+    let serial0 = d.status().sync.serial.expect("serial");
+    assert_eq!(d.status().entries.0, 2);
+    let load = Load::start(&lab, vec![mx()], rogues()).expect("load");
+    std::thread::sleep(Duration::from_secs(1));
+    kill_named(&lab, libc::SIGTERM);
+    let (db, jnl) = zone_files(&lab);
+    let _ = std::fs::remove_file(&jnl);
+    write_zone(&db, 1, &[(mx().ip(), "127.0.0.25"), (fresh, "127.0.0.25")], 0);
+    assert!(serial0 > 1, "the lab zone is past serial 1 after two updates");
+    let t = Instant::now();
+    let _named = start_named(&lab);
+    let converged = eventually(Duration::from_secs(20), || {
+        let s = d.status();
+        s.sync.serial == Some(1) && s.entries.0 == 2 && s.sync.last_error.is_none()
+    });
+    let took = t.elapsed();
+    let st = d.status();
+    let stale_open =
+        lab.tcp_connect(Role::Pc, SocketAddr::new(stale, 25), Duration::from_millis(700)).is_ok();
+    let fresh_open = lab.tcp_connect(Role::Pc, SocketAddr::new(fresh, 25), Duration::from_secs(2)).is_ok();
+    let r = load.finish();
+    report(
+        "BIND restarted with an older serial",
+        &format!(
+            "{r}; serial {serial0} → 1 followed in {} ms; entry only in the newer zone blocked: {}; entry only in the older zone allowed: {fresh_open}",
+            took.as_millis(),
+            !stale_open
+        ),
+    );
+    assert!(converged.is_some(), "daemon did not follow the older zone: {:?}", st.sync);
+    assert!(!stale_open, "an entry BIND no longer serves is still allowed");
+    assert!(fresh_open, "an entry BIND serves is not allowed");
+    assert_eq!(r.legit_failed, 0, "{r}");
+    assert_eq!(r.bot_packets_through, 0, "{r}");
+}
+
+/// Quick check of the helpers' zone writer against the daemon's reader.
+#[test]
+fn lab_zone_writer_is_read_back() {
+    let dir = std::env::temp_dir().join(format!("rg-faults-zone-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let p = dir.join("z.db");
+    write_zone(&p, 9, &[(mx().ip(), "127.0.0.25")], 1000);
+    let text = std::fs::read_to_string(&p).expect("read");
+    let z = guard_user::rpz::zonefile::parse_zone(&text, ZONE).expect("parse");
+    assert_eq!((z.serial, z.set.len()), (9, 1001));
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+/// Entries of the daemon's `VERDICT_CACHE` map (the XDP program on the
+/// router's inside interface → its maps → the one of that name).
+fn verdict_cache_entries(lab: &Lab) -> usize {
+    let link =
+        lab.exec_ok(Role::Router, &["ip", "-j", "link", "show", lab.router_inside_iface()]).expect("ip link");
+    let v: serde_json::Value = serde_json::from_str(&link).expect("ip -j");
+    let prog = v[0]["xdp"]["prog"]["id"].as_u64().expect("an XDP program on the inside interface");
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show", "id", &prog.to_string()])
+        .output()
+        .expect("bpftool");
+    let p: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool prog json");
+    for id in p["map_ids"].as_array().expect("map ids") {
+        let id = id.as_u64().expect("id").to_string();
+        let out = Command::new("bpftool").args(["-j", "map", "show", "id", &id]).output().expect("bpftool");
+        let m: serde_json::Value = serde_json::from_slice(&out.stdout).expect("map json");
+        if m["name"] == "VERDICT_CACHE" {
+            let out =
+                Command::new("bpftool").args(["-j", "map", "dump", "id", &id]).output().expect("bpftool");
+            let d: serde_json::Value = serde_json::from_slice(&out.stdout).expect("dump json");
+            return d.as_array().map_or(0, Vec::len);
+        }
+    }
+    panic!("no VERDICT_CACHE map on program {prog}");
+}
+
+/// A counter of the daemon's status by name.
+fn counter(d: &Daemon, name: &str) -> u64 {
+    d.status().counters.iter().find(|(n, _)| n == name).map_or(0, |(_, v)| *v)
+}
+
+/// The bot sends TCP SYNs to port 25 of ten million distinct unregistered
+/// destinations (100.0.0.0/8, a 16.5M-long sequence without repeats) while
+/// the legitimate client keeps connecting: the kernel verdict cache stays
+/// within its size, the userspace tables and RSS stay bounded, no bot
+/// packet gets through and no legitimate connection fails.
+#[test]
+fn ten_million_unregistered_destinations() {
+    const N: u64 = 10_000_000;
+    let lab = up("f10m");
+    rpz_add(&lab, mx().ip(), "127.0.0.25");
+    let a = lab.addrs().clone();
+    // Route the flood's destinations to inet, where the load counts bot packets.
+    lab.exec_ok(Role::Router, &["ip", "route", "add", "100.0.0.0/8", "via", &a.inet_link_v4.to_string()])
+        .expect("route");
+    let d = start_xdp(&lab, "f10m", &[], None);
+    let rss0 = d.rss_kib();
+    let packets0 = counter(&d, "packets");
+    let src = lab.mac(Role::Bot, guard_tests::lab::HOST_IFACE).expect("bot mac");
+    let dst = lab.mac(Role::Router, lab.router_inside_iface()).expect("router mac");
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:#04x}")).collect::<Vec<_>>().join(", ");
+    // Three byte counters of coprime periods (253, 255, 256): no address
+    // repeats within 16.5M packets.
+    let conf = format!(
+        "{{ {}, {}, 0x08, 0x00,\n  0x45, 0x00, 0x00, 0x28, 0x00, 0x01, 0x00, 0x00, 0x40, 0x06, csumip(14, 33),\n  {},\n  100, dinc(0, 252, 1), dinc(0, 254, 1), dinc(0, 255, 1),\n  0x9c, 0x40, 0x00, 0x19, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0 }}\n",
+        hex(&dst),
+        hex(&src),
+        hex(&a.bot_v4.octets())
+    );
+    let conf_path = lab.state_dir().join("f10m.trafgen");
+    std::fs::write(&conf_path, conf).expect("trafgen conf");
+    let load = Load::start(&lab, vec![mx()], rogues()).expect("load");
+    let t = Instant::now();
+    let mut flood = lab
+        .spawn(
+            Role::Bot,
+            &[
+                "trafgen",
+                "--dev",
+                guard_tests::lab::HOST_IFACE,
+                "--conf",
+                conf_path.to_str().expect("utf-8"),
+                "--cpus",
+                "1",
+                "--num",
+                &N.to_string(),
+                "--no-sock-mem",
+                "--notouch-irq",
+                "--no-cpu-stats",
+            ],
+        )
+        .expect("trafgen");
+    let mut peak_rss = rss0;
+    let mut peak_cache = 0;
+    while flood.is_running() && t.elapsed() < Duration::from_secs(150) {
+        std::thread::sleep(Duration::from_secs(2));
+        peak_rss = peak_rss.max(d.rss_kib());
+        peak_cache = peak_cache.max(verdict_cache_entries(&lab));
+    }
+    let flood_secs = t.elapsed().as_secs_f64();
+    assert!(!flood.is_running(), "trafgen still running after {flood_secs:.0} s");
+    std::thread::sleep(Duration::from_millis(500));
+    let r = load.finish();
+    let st = d.status();
+    let checked = counter(&d, "packets") - packets0;
+    peak_rss = peak_rss.max(d.rss_kib());
+    peak_cache = peak_cache.max(verdict_cache_entries(&lab));
+    report(
+        "10M distinct unregistered destinations",
+        &format!(
+            "{r}; {checked} packets checked in {flood_secs:.0} s ({:.0} kpps); VERDICT_CACHE peak {peak_cache} / {} entries; userspace miss cache {}; top-host tables {} / {}; RSS {rss0} → peak {peak_rss} KiB",
+            checked as f64 / flood_secs / 1e3,
+            guard_common::MAX_CACHE,
+            st.miss.cached,
+            st.top_sources.len(),
+            st.top_destinations.len()
+        ),
+    );
+    assert!(
+        checked >= N * 9 / 10,
+        "only {checked} of {N} flood packets reached the program (log: {})",
+        flood.log()
+    );
+    assert_eq!(r.legit_failed, 0, "{r}");
+    assert_eq!(r.bot_packets_through, 0, "{r}");
+    assert!(peak_cache <= guard_common::MAX_CACHE as usize);
+    assert!(st.miss.cached <= 200_000, "userspace miss cache {}", st.miss.cached);
+    assert!(peak_rss < rss0 + 256 * 1024, "RSS grew from {rss0} to {peak_rss} KiB");
+}
