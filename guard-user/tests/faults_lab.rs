@@ -491,3 +491,96 @@ fn bind_killed_mid_transfer_of_a_large_zone() {
     // 300k entries: the set, its mirror and the transfer buffers.
     assert!(rss1 < rss0 + 512 * 1024, "RSS grew from {rss0} to {rss1} KiB");
 }
+
+/// libfaketime, preloaded into the daemon so its clock can be skewed at
+/// run time (the offset file is re-read every second).
+const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/// TSIG failures while traffic flows. BADTIME: the daemon's clock jumps two
+/// hours ahead (libfaketime), so BIND refuses its signed IXFR; BADKEY: BIND
+/// is restarted knowing the key under another name. Each time enforcement
+/// goes on with the set in force, `status` names the TSIG error, and sync
+/// resumes once the fault is gone.
+#[test]
+fn tsig_badtime_and_badkey_under_load() {
+    assert!(
+        Path::new(FAKETIME_LIB).exists(),
+        "{FAKETIME_LIB} missing: run `cargo xtask setup` (package faketime)"
+    );
+    let lab = up("ftsg");
+    rpz_add(&lab, mx().ip(), "127.0.0.25");
+    let offset = lab.state_dir().join("faketime.offset");
+    std::fs::write(&offset, "+0\n").expect("offset file");
+    let preload = format!("LD_PRELOAD={FAKETIME_LIB}");
+    let file = format!("FAKETIME_TIMESTAMP_FILE={}", offset.display());
+    let wrapper = ["env", &preload, &file, "FAKETIME_CACHE_DURATION=1", "FAKETIME_DONT_FAKE_MONOTONIC=1"];
+    let a = lab.addrs();
+    let exempt4 = format!("{}/32", a.dns_v4);
+    let source = lab_bind_args(&lab);
+    let mut args: Vec<&str> =
+        vec!["--iface", lab.router_inside_iface(), "--exempt", &exempt4, "--poll-interval", "1"];
+    args.extend(source.iter().map(String::as_str));
+    let events = lab.state_dir().join("ftsg-events.jsonl");
+    let d = Daemon::start_wrapped(&lab, "ftsg", &wrapper, &args, events);
+    let load = Load::start(&lab, vec![mx()], rogues()).expect("load");
+    let error_with = |what: &str| {
+        eventually(Duration::from_secs(20), || d.status().sync.last_error.is_some_and(|e| e.contains(what)))
+    };
+    let recovered = |serial: u32| {
+        eventually(Duration::from_secs(30), || {
+            let s = d.status().sync;
+            s.last_error.is_none() && s.serial.is_some_and(|x| x >= serial)
+        })
+    };
+
+    // BADTIME: two hours ahead (fudge is 300 s), then a change at BIND.
+    std::fs::write(&offset, "+2h\n").expect("skew");
+    std::thread::sleep(Duration::from_secs(2));
+    let extra = IpAddr::V4(LabAddrs::inet_v4(88));
+    rpz_add(&lab, extra, "127.0.0.25");
+    let badtime = error_with("BADTIME");
+    let err_badtime = d.status().sync.last_error;
+    let mx_during_badtime = lab.tcp_connect(Role::Pc, mx(), Duration::from_secs(2)).is_ok();
+    std::fs::write(&offset, "+0\n").expect("unskew");
+    let target = d.status().sync.serial.unwrap_or(0) + 1;
+    let after_badtime = recovered(target);
+
+    // BADKEY: BIND knows the key under another name only.
+    let key_file = lab.tsig_key_file();
+    let conf = lab.state_dir().join("bind/named.conf");
+    let (key0, conf0) =
+        (std::fs::read_to_string(&key_file).expect("key"), std::fs::read_to_string(&conf).expect("conf"));
+    let name = lab.tsig_key_name();
+    kill_named(&lab, libc::SIGTERM);
+    std::fs::write(&key_file, key0.replace(name, "rpz-other-key")).expect("rename key");
+    std::fs::write(&conf, conf0.replace(name, "rpz-other-key")).expect("rename key");
+    let named = start_named(&lab);
+    let badkey = error_with("BADKEY");
+    let err_badkey = d.status().sync.last_error;
+    let mx_during_badkey = lab.tcp_connect(Role::Pc, mx(), Duration::from_secs(2)).is_ok();
+    kill_named(&lab, libc::SIGTERM);
+    drop(named);
+    std::fs::write(&key_file, &key0).expect("restore key");
+    std::fs::write(&conf, &conf0).expect("restore conf");
+    let _named = start_named(&lab);
+    let after_badkey = recovered(0);
+    let r = load.finish();
+    report(
+        "TSIG BADTIME (daemon clock +2 h) and BADKEY",
+        &format!(
+            "{r}; BADTIME reported: {:?}, recovered: {}; BADKEY reported: {:?}, recovered: {}; registered MX reachable during both: {}",
+            err_badtime,
+            after_badtime.is_some(),
+            err_badkey,
+            after_badkey.is_some(),
+            mx_during_badtime && mx_during_badkey
+        ),
+    );
+    assert!(badtime.is_some(), "BADTIME not reported: {err_badtime:?}");
+    assert!(after_badtime.is_some(), "sync did not resume after the clock was fixed: {:?}", d.status().sync);
+    assert!(badkey.is_some(), "BADKEY not reported: {err_badkey:?}");
+    assert!(after_badkey.is_some(), "sync did not resume with the key back: {:?}", d.status().sync);
+    assert!(mx_during_badtime && mx_during_badkey, "the registered MX was blocked during a TSIG failure");
+    assert_eq!(r.legit_failed, 0, "{r}");
+    assert_eq!(r.bot_packets_through, 0, "{r}");
+}

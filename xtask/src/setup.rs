@@ -37,6 +37,8 @@ pub const PACKAGES: &[&str] = &[
     "bpftool",
     "ethtool",
     "iperf3",
+    // Clock skew for the TSIG BADTIME fault test (libfaketime preloaded).
+    "faketime",
     "python3-venv",
     "python3-dev",
     "build-essential",

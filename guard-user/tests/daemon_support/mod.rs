@@ -119,9 +119,16 @@ impl Daemon {
 
     /// Like [`Daemon::start`], with the event output at `events`.
     pub fn start_with_events(lab: &Lab, tag: &str, args: &[&str], events: PathBuf) -> Daemon {
+        Daemon::start_wrapped(lab, tag, &[], args, events)
+    }
+
+    /// Like [`Daemon::start_with_events`], run through `wrapper` (e.g.
+    /// `env LD_PRELOAD=...`), which must exec the daemon in its place.
+    pub fn start_wrapped(lab: &Lab, tag: &str, wrapper: &[&str], args: &[&str], events: PathBuf) -> Daemon {
         let dir = lab.state_dir();
         let socket = dir.join(format!("{tag}-{}.sock", std::process::id()));
-        let mut argv: Vec<&str> = vec![BIN, "run"];
+        let mut argv: Vec<&str> = wrapper.to_vec();
+        argv.extend([BIN, "run"]);
         argv.extend_from_slice(args);
         argv.extend(["--events", path_str(&events), "--status-socket", path_str(&socket)]);
         let child = lab.spawn(Role::Router, &argv).unwrap_or_else(|e| panic!("spawn rpz-guard: {e}"));
