@@ -79,6 +79,20 @@ impl fmt::Display for LoadReport {
     }
 }
 
+/// Where the load runs: namespaces of the legitimate client, the bot and
+/// the internet side (where bot packets are counted), and the bot's source.
+#[derive(Debug, Clone)]
+pub struct Ends {
+    /// Namespace of the legitimate client.
+    pub client_ns: String,
+    /// Namespace of the bot.
+    pub bot_ns: String,
+    /// The bot's source address (what the counter matches).
+    pub bot_ip: IpAddr,
+    /// Namespace where the destinations live.
+    pub inet_ns: String,
+}
+
 /// A running load; [`Load::finish`] stops it (dropping it stops it too).
 pub struct Load {
     stop: Arc<AtomicBool>,
@@ -102,13 +116,23 @@ impl Load {
     /// the bot in `bot` (round robin over `bot_targets`), and installs the
     /// bot-packet counter in `inet`.
     pub fn start(lab: &Lab, legit: Vec<SocketAddr>, bot_targets: Vec<SocketAddr>) -> Result<Load> {
-        let inet_ns = lab.ns(Role::Inet);
-        let bot_ip = IpAddr::V4(lab.addrs().bot_v4);
+        let ends = Ends {
+            client_ns: lab.ns(Role::Pc),
+            bot_ns: lab.ns(Role::Bot),
+            bot_ip: IpAddr::V4(lab.addrs().bot_v4),
+            inet_ns: lab.ns(Role::Inet),
+        };
+        Load::start_in(ends, legit, bot_targets)
+    }
+
+    /// Like [`Load::start`] for any topology (e.g. the OpenFlow lab's own
+    /// namespaces).
+    pub fn start_in(ends: Ends, legit: Vec<SocketAddr>, bot_targets: Vec<SocketAddr>) -> Result<Load> {
+        let Ends { client_ns: pc_ns, bot_ns, bot_ip, inet_ns } = ends;
         install_counter(&inet_ns, bot_ip)?;
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(Counters::default());
         let mut threads = Vec::new();
-        let (pc_ns, bot_ns) = (lab.ns(Role::Pc), lab.ns(Role::Bot));
         {
             let (stop, c) = (stop.clone(), counters.clone());
             threads.push(std::thread::spawn(move || {

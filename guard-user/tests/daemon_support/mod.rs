@@ -180,6 +180,18 @@ impl Daemon {
         self.child.as_ref().map(LabChild::log).unwrap_or_default()
     }
 
+    /// SIGKILL (a crash) and reap; returns the log so far.
+    pub fn kill(&mut self) -> String {
+        let log = self.log();
+        if let Some(c) = self.child.take() {
+            let pid = libc::pid_t::try_from(c.pid()).expect("pid");
+            // SAFETY: kill(2) on the daemon this handle started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = c.stop(Duration::from_secs(5));
+        }
+        log
+    }
+
     /// SIGTERM and wait; returns the log. The exit status must be a success.
     pub fn stop(&mut self) -> String {
         let Some(c) = self.child.take() else { return String::new() };
