@@ -192,6 +192,10 @@ fn parse_keys(text: &str) -> Result<Vec<TsigKey>, String> {
             return Err("key statement without a name".into());
         }
         let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if name.is_empty() {
+            // `key . {` would name the key with the root name: nothing can sign with it.
+            return Err("key statement with an empty name (the root name cannot name a TSIG key)".into());
+        }
         if tok(i + 2) != Some("{") {
             return Err(format!("key {name}: expected '{{'"));
         }
@@ -247,6 +251,23 @@ fn parse_keys(text: &str) -> Result<Vec<TsigKey>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `tsig_keyfile` fuzz target: `key . {` was accepted as a
+    /// key with an empty name, which its own `key ""` statement then failed.
+    #[test]
+    fn root_name_is_not_a_key_name() {
+        for name in [".", "\"..\"", "\"\""] {
+            let text = format!("key {name} {{ algorithm hmac-sha512; secret \"YWJj\"; }};");
+            let err = TsigKey::parse_all(&text).expect_err("refused");
+            assert!(
+                err.to_string().contains("without a name") || err.to_string().contains("empty name"),
+                "{err}"
+            );
+        }
+        let ok = TsigKey::parse_all("key k. { algorithm hmac-sha256; secret \"YWJj\"; };").expect("parse");
+        assert_eq!(ok[0].name, "k");
+        assert_eq!(TsigKey::parse_all(&ok[0].to_bind_conf()).expect("round trip"), ok);
+    }
 
     #[test]
     fn tsig_keygen_output_parses() {
