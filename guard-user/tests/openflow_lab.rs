@@ -485,6 +485,10 @@ fn openflow_faults_under_load() {
     std::thread::sleep(Duration::from_secs(3));
     let during_down = load.snapshot();
     let restarted = Instant::now();
+    // The restart signs a fresh controller certificate with the same name.
+    for f in ["ctl-privkey.pem", "ctl-cert.pem", "ctl-req.pem"] {
+        let _ = std::fs::remove_file(t.lab.state_dir().join("pki").join(f));
+    }
     d = start_openflow(&t);
     let back = eventually(Duration::from_secs(30), || switch_connected(&d) && of(&d, "resyncs") >= 1);
     let back_ms = restarted.elapsed().as_millis();
