@@ -7,12 +7,16 @@ use std::{
 };
 
 use guard_common::{MODE_COUNT, Settings, Stat};
+use guard_tests::{
+    awkward::{self, Endpoints, Outcome},
+    netns::OwnedNetns,
+};
 use guard_user::{
     policy::{
         AllowSet, Classes, Prefix, Service,
         Transport::{Tcp, Udp},
     },
-    xdp::{Enforcer, ProgramConfig, ProtectedPort},
+    xdp::{AttachMode, Enforcer, ProgramConfig, ProtectedPort},
 };
 
 const XDP_DROP: u32 = 1;
@@ -525,4 +529,86 @@ fn garbage_frames_get_a_verdict() {
     let s = e.stats().expect("stats");
     let decided: u64 = Stat::OUTCOMES.iter().map(|st| s[*st as usize]).sum();
     assert_eq!(decided, s[Stat::Packets as usize], "every frame lands in exactly one outcome counter");
+}
+
+/// The `Stat` counter an outcome of the shared table lands in (a first
+/// packet to an unregistered host is a miss: pending, dropped).
+fn table_stat(o: Outcome) -> Stat {
+    match o {
+        Outcome::NonIp => Stat::NonIp,
+        Outcome::Unprotected => Stat::Unprotected,
+        Outcome::Fragment => Stat::Fragment,
+        Outcome::Allowed => Stat::PassAllowed,
+        Outcome::Denied => Stat::Miss,
+        Outcome::Malformed => Stat::DropMalformed,
+        Outcome::ExtChain => Stat::DropExtChain,
+    }
+}
+
+fn table_action(o: Outcome) -> u32 {
+    if o.passes() { XDP_PASS } else { XDP_DROP }
+}
+
+/// The README's awkward-packet policy (`guard_tests::awkward`, shared with
+/// the parser and the OpenFlow tests) in the kernel, by `BPF_PROG_TEST_RUN`.
+#[test]
+fn awkward_packet_table() {
+    let mut e = enforcer(Settings::default());
+    let mut wrong = Vec::new();
+    for c in awkward::cases(&Endpoints::example()) {
+        let before = e.stats().expect("stats");
+        let got = run(&mut e, &c.frame);
+        let stat = table_stat(c.outcome);
+        if got != table_action(c.outcome) || delta(&e, &before, stat) != 1 {
+            wrong.push(format!("{}: action {got}, want {:?} (counter {})", c.name, c.outcome, stat.name()));
+        }
+    }
+    assert!(wrong.is_empty(), "XDP program disagrees with the table:\n{}", wrong.join("\n"));
+}
+
+/// A namespace of its own with a veth pair `awa` ⇄ `awb` (no addresses,
+/// IPv6 off, so the only frames are the test's); deleted on drop.
+fn veth_ns() -> OwnedNetns {
+    let ns = OwnedNetns::create(&format!("rgawk{}", std::process::id())).expect("namespace");
+    let ip = |args: &[&str]| {
+        let mut a = vec!["-n", ns.name()];
+        a.extend_from_slice(args);
+        guard_tests::netns::exec_ok_root(&a).unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
+    };
+    ip(&["link", "add", "awa", "type", "veth", "peer", "name", "awb"]);
+    for i in ["awa", "awb"] {
+        guard_tests::netns::exec(ns.name(), &["sysctl", "-qw", &format!("net.ipv6.conf.{i}.disable_ipv6=1")])
+            .expect("sysctl");
+        ip(&["link", "set", i, "up"]);
+    }
+    ns
+}
+
+/// The same table through a real veth: the program attached natively to
+/// `awb`, every frame sent from `awa` through an `AF_PACKET` socket, the
+/// outcome read from the program's counters (tagged frames included: they
+/// arrive with their tags in the data).
+#[test]
+fn awkward_packet_table_on_a_veth() {
+    let net = veth_ns();
+    let mut e = enforcer(Settings::default());
+    let ns = net.name().to_owned();
+    guard_tests::netns::run_in_netns(&ns, || e.attach("awb", AttachMode::Native))
+        .expect("enter namespace")
+        .expect("attach natively to the veth");
+    let mut wrong = Vec::new();
+    for c in awkward::cases(&Endpoints::example()) {
+        let before = e.stats().expect("stats");
+        guard_tests::netns::send_frames(&ns, "awa", std::slice::from_ref(&c.frame)).expect("send");
+        let t0 = std::time::Instant::now();
+        while delta(&e, &before, Stat::Packets) == 0 && t0.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let stat = table_stat(c.outcome);
+        let (packets, hit) = (delta(&e, &before, Stat::Packets), delta(&e, &before, stat));
+        if packets != 1 || hit != 1 {
+            wrong.push(format!("{}: {packets} packets seen, counter {} +{hit}", c.name, stat.name()));
+        }
+    }
+    assert!(wrong.is_empty(), "XDP on the veth disagrees with the table:\n{}", wrong.join("\n"));
 }

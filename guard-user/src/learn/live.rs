@@ -29,7 +29,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{Hints, Pipeline, decode::LINKTYPE_ETHERNET, rules::AlsoTrusted};
+use super::{Hints, Pipeline, rules::AlsoTrusted};
+use crate::frame::LINKTYPE_ETHERNET;
 use crate::policy::{Classes, Prefix};
 
 /// Most lag samples kept for the percentiles in [`LiveStats`].
