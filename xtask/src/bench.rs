@@ -90,6 +90,12 @@ const BENCHES: &[Bench] = &[
         limit: Duration::from_secs(420),
     },
     Bench {
+        name: "live",
+        what: "live learning: learner throughput on one core, first SYN to a freshly resolved destination, lags",
+        bin: Some("live"),
+        limit: Duration::from_secs(300),
+    },
+    Bench {
         name: "criterion",
         what: "criterion micro-benchmarks of hot code",
         bin: None,
