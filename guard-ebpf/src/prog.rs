@@ -17,7 +17,7 @@ use guard_common::{
     DNS_COPY_BYTES, DNS_COPY_MAX, DNS_DIR_QUERY, DNS_DIR_RESPONSE, DnsCopyBuf, DnsCopyHeader, EVENT_DROP,
     EVENT_MISS, EVENTS_BYTES, Event, MAX_ALLOW_V4, MAX_ALLOW_V6, MAX_CACHE, MAX_LPM_SMALL, MAX_PREFIXES,
     MAX_RATE, MAX_XSK_QUEUES, MISS_TRANSPORT_AFXDP, MODE_COUNT, PORT_TCP_SHIFT, PORT_UDP_SHIFT, PORTS_LEN,
-    RateState, SERVICE_DNS, STAT_COUNT, Settings, Stat, classes_required, reason,
+    RateState, SERVICE_DNS, STAT_COUNT, STATE_NOT_LOADED, Settings, Stat, classes_required, reason,
 };
 
 /// Bound on IPv6 extension headers walked before giving up (and dropping).
@@ -566,6 +566,13 @@ fn check(ctx: &XdpContext, pkt: &Pkt, service: u32) -> u32 {
         return refuse();
     }
     let now = now_ns();
+    // Before the first allow set is loaded nothing can be decided: deny
+    // (the zero state of SETTINGS, so a program never configured fails closed).
+    if settings().state == STATE_NOT_LOADED {
+        bump(Stat::DropNotLoaded, 1);
+        drop_event(reason::NOT_LOADED, pkt, service, now);
+        return refuse();
+    }
     // SAFETY: the value is copied out at once; a concurrent update at worst
     // gives an older verdict, which the TTL bounds anyway.
     if let Some(e) = unsafe { VERDICT_CACHE.get(pkt.dst) }.copied()

@@ -43,6 +43,7 @@ pub mod lab;
 pub mod netns;
 pub mod ovs;
 pub mod primary;
+pub mod probe;
 pub mod process;
 pub mod responder;
 pub mod smtp;

@@ -54,6 +54,12 @@ const BENCHES: &[Bench] = &[
         limit: Duration::from_secs(300),
     },
     Bench {
+        name: "mirror",
+        what: "allow-set mirror into the XDP maps: BPF_MAP_UPDATE_BATCH vs one update per entry",
+        bin: Some("mirror"),
+        limit: Duration::from_secs(300),
+    },
+    Bench {
         name: "xdp-e2e",
         what: "trafgen floods through the lab router: no filter vs rpz-guard XDP vs nftables set",
         bin: Some("xdp-e2e"),

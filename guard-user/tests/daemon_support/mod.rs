@@ -111,15 +111,37 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `rpz-guard run ARGS --events <state>/<tag>-events.jsonl
     /// --status-socket <state>/<tag>.sock` and waits for its status socket.
+    /// Unless ARGS name one, the state directory (zone snapshot) is the
+    /// lab's [`state_dir`], never the host's /var/lib/rpz-guard.
     pub fn start(lab: &Lab, tag: &str, args: &[&str]) -> Daemon {
+        Daemon::start_in(lab, tag, args, false)
+    }
+
+    /// As [`Daemon::start`], in the host's mount namespace (`nsenter --net`):
+    /// the default pin directory is then on the host's bpffs and outlives
+    /// the daemon, as on a real router.
+    pub fn start_host_mounts(lab: &Lab, tag: &str, args: &[&str]) -> Daemon {
+        Daemon::start_in(lab, tag, args, true)
+    }
+
+    fn start_in(lab: &Lab, tag: &str, args: &[&str], host_mounts: bool) -> Daemon {
         let dir = lab.state_dir();
         let socket = dir.join(format!("{tag}-{}.sock", std::process::id()));
         let events = dir.join(format!("{tag}-{}-events.jsonl", std::process::id()));
         let _ = std::fs::remove_file(&events);
+        let state = state_dir(lab);
         let mut argv: Vec<&str> = vec![BIN, "run"];
         argv.extend_from_slice(args);
         argv.extend(["--events", path_str(&events), "--status-socket", path_str(&socket)]);
-        let child = lab.spawn(Role::Router, &argv).unwrap_or_else(|e| panic!("spawn rpz-guard: {e}"));
+        if !args.iter().any(|a| *a == "--state-dir" || *a == "--no-snapshot") {
+            argv.extend(["--state-dir", path_str(&state)]);
+        }
+        let spawned = if host_mounts {
+            lab.spawn_host_mounts(Role::Router, &argv)
+        } else {
+            lab.spawn(Role::Router, &argv)
+        };
+        let child = spawned.unwrap_or_else(|e| panic!("spawn rpz-guard: {e}"));
         let mut d = Daemon { child: Some(child), socket, events };
         let ready = eventually(Duration::from_secs(20), || {
             if let Some(c) = d.child.as_mut()
@@ -156,6 +178,21 @@ impl Daemon {
     /// Its log so far.
     pub fn log(&self) -> String {
         self.child.as_ref().map(LabChild::log).unwrap_or_default()
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(LabChild::is_running)
+    }
+
+    /// SIGKILL (a crash: no cleanup at all) and wait; returns the log.
+    pub fn kill(&mut self) -> String {
+        let Some(mut c) = self.child.take() else { return String::new() };
+        let log = c.log();
+        let _ = c.child().kill();
+        let _ = c.child().wait();
+        drop(c);
+        log
     }
 
     /// SIGTERM and wait; returns the log. The exit status must be a success.
@@ -208,4 +245,9 @@ pub fn connect(lab: &Lab, role: Role, addr: SocketAddr, timeout: Duration) -> Co
             }
         }
     }
+}
+
+/// The daemons' state directory in a lab (`--state-dir`): the zone snapshot.
+pub fn state_dir(lab: &Lab) -> PathBuf {
+    lab.state_dir().join("rpz-guard-state")
 }
