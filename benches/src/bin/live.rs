@@ -195,7 +195,8 @@ impl Rig {
             ],
             exempt_sources: vec![Prefix::host(RESOLVER.into())],
             internal_networks: vec![],
-            settings: Settings::default(),
+            // As a running daemon: an allow set in force, misses go to userspace.
+            settings: Settings { state: guard_common::STATE_LOADED, ..Settings::default() },
         })?;
         e.set_resolvers(&[Prefix::host(RESOLVER.into())])?;
         let ring = e.take_dns_copy()?;
