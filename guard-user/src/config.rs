@@ -563,6 +563,13 @@ impl Learn {
         if !self.enabled {
             return Ok(());
         }
+        if cfg.enforce.mode == Mode::Openflow {
+            return Err(invalid(
+                "learn.enabled",
+                "true",
+                "live learning runs in XDP mode only for now (enforce.mode = \"xdp\")",
+            ));
+        }
         let resolvers = self.resolvers_or(&cfg.policy.exempt_sources);
         if resolvers.is_empty() {
             return Err(invalid(
@@ -951,6 +958,10 @@ mod tests {
             let e = parse(&text).expect_err(&text).to_string();
             assert!(e.contains(needle), "error for {text:?} should name {needle:?}: {e}");
         }
+        let e = parse("[enforce]\nmode = \"openflow\"\n[rpz]\nzone_file = \"z\"\n[policy]\nexempt_sources = [\"10.0.0.53\"]\n[learn]\nenabled = true\n")
+            .expect_err("openflow")
+            .to_string();
+        assert!(e.contains("learn.enabled"), "{e}");
         let e = parse("[enforce]\niface = \"in0\"\n[rpz]\nzone_file = \"z\"\n[learn]\nenabled = true\noutside_iface = \"out0\"\n")
             .expect_err("no resolvers")
             .to_string();
