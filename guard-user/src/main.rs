@@ -127,7 +127,8 @@ struct RunArgs {
     /// Serve Prometheus metrics on ADDR:PORT (/metrics).
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
-    /// OpenFlow listen address (openflow mode).
+    /// OpenFlow listen address (openflow mode; default 127.0.0.1:6653, loopback
+    /// only: a wider address should come with [openflow.tls], see README).
     #[arg(long)]
     openflow_listen: Option<SocketAddr>,
     /// Learn live from the resolvers' DNS traffic as it crosses the router
