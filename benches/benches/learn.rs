@@ -4,10 +4,10 @@
 use std::{hint::black_box, time::Duration};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use guard_user::frame as decode;
 use guard_user::learn::{
     self, Hints, LearnOptions,
     capture::{Input, read_capture},
-    decode,
     dns::Parser,
     synth,
 };

@@ -78,7 +78,7 @@ fn codec(c: &mut Criterion) {
     g.bench_function("packet_in_encode", |b| b.iter(|| black_box(&pi).encode()));
     g.bench_function("packet_in_decode", |b| b.iter(|| Message::decode(black_box(&pi_bytes))));
     let Body::PacketIn(p) = &pi.body else { unreachable!("built above") };
-    g.bench_function("frame_parse", |b| b.iter(|| guard_user::openflow::packet::parse(black_box(&p.data))));
+    g.bench_function("frame_parse", |b| b.iter(|| guard_user::frame::parse(black_box(&p.data))));
     g.finish();
 }
 

@@ -209,12 +209,24 @@ pub struct Settings {
     /// Interface index the release program hands released packets to (the
     /// enforcement interface, as ingress); 0 = release disabled.
     pub release_ifindex: u32,
+    // -- fail-closed start (issue 17) --
+    /// [`STATE_NOT_LOADED`] until the first allow set is in the maps, then
+    /// [`STATE_LOADED`]. Zero (a fresh map) is "not loaded": protected
+    /// traffic that no allow entry passes is dropped (reason
+    /// [`reason::NOT_LOADED`]) instead of going to the miss path, so a
+    /// program attached before its first load fails closed.
+    pub state: u32,
 }
 
 /// Settings mode: drop checked packets that the policy denies.
 pub const MODE_ENFORCE: u32 = 0;
 /// Settings mode: observe and count only, never drop.
 pub const MODE_COUNT: u32 = 1;
+/// Settings state: no allow set loaded yet; deny protected traffic that
+/// is not exempt, internal or in the allow maps (the zero state).
+pub const STATE_NOT_LOADED: u32 = 0;
+/// Settings state: an allow set is in the maps; misses go to userspace.
+pub const STATE_LOADED: u32 = 1;
 /// Default event budget per source per second.
 pub const DEFAULT_EVENTS_PER_SOURCE: u32 = 20;
 /// Default miss-event budget per source per second.
@@ -242,6 +254,8 @@ pub mod reason {
     pub const PENDING: u32 = 3;
     /// Headers on a protected path could not be parsed (fail closed).
     pub const MALFORMED: u32 = 4;
+    /// No allow set loaded yet (start-up, primary down, no snapshot).
+    pub const NOT_LOADED: u32 = 5;
 }
 
 /// A drop or miss event sent to userspace on [`MAP_EVENTS`].
@@ -337,10 +351,14 @@ pub enum Stat {
     MissFallback = 25,
     /// Packets the release program handed to the enforcement interface.
     Released = 26,
+    // -- fail-closed start (issue 17) --
+    /// Protected packets dropped because no allow set is loaded yet
+    /// (deny-protected start-up mode).
+    DropNotLoaded = 27,
 }
 
 /// Number of entries of [`MAP_STATS`].
-pub const STAT_COUNT: u32 = 27;
+pub const STAT_COUNT: u32 = 28;
 
 impl Stat {
     /// Every counter, in index order.
@@ -372,11 +390,13 @@ impl Stat {
         Stat::MissHeld,
         Stat::MissFallback,
         Stat::Released,
+        // -- fail-closed start (issue 17) --
+        Stat::DropNotLoaded,
     ];
 
     /// The outcome counters: every frame the program sees lands in exactly
     /// one of them, so they sum to [`Stat::Packets`].
-    pub const OUTCOMES: [Stat; 12] = [
+    pub const OUTCOMES: [Stat; 13] = [
         Stat::NonIp,
         Stat::Unprotected,
         Stat::ExemptSource,
@@ -389,6 +409,8 @@ impl Stat {
         Stat::DropMalformed,
         Stat::Fragment,
         Stat::DropExtChain,
+        // -- fail-closed start (issue 17) --
+        Stat::DropNotLoaded,
     ];
 
     /// The snake_case name used in status output and metrics.
@@ -421,13 +443,14 @@ impl Stat {
             Stat::MissHeld => "miss_held",
             Stat::MissFallback => "miss_fallback",
             Stat::Released => "released",
+            Stat::DropNotLoaded => "drop_not_loaded",
         }
     }
 }
 
 const _: () = assert!(core::mem::size_of::<CacheEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<RateState>() == 16);
-const _: () = assert!(core::mem::size_of::<Settings>() == 24);
+const _: () = assert!(core::mem::size_of::<Settings>() == 28);
 const _: () = assert!(core::mem::size_of::<Event>() == 64);
 const _: () = assert!(core::mem::size_of::<DnsCopyHeader>() == 16);
 const _: () = assert!(core::mem::size_of::<DnsCopyBuf>() == 16 + DNS_COPY_MAX);

@@ -17,7 +17,7 @@ use guard_common::{
     DNS_COPY_BYTES, DNS_COPY_MAX, DNS_DIR_QUERY, DNS_DIR_RESPONSE, DnsCopyBuf, DnsCopyHeader, EVENT_DROP,
     EVENT_MISS, EVENTS_BYTES, Event, MAX_ALLOW_V4, MAX_ALLOW_V6, MAX_CACHE, MAX_LPM_SMALL, MAX_PREFIXES,
     MAX_RATE, MAX_XSK_QUEUES, MISS_TRANSPORT_AFXDP, MODE_COUNT, PORT_TCP_SHIFT, PORT_UDP_SHIFT, PORTS_LEN,
-    RateState, SERVICE_DNS, STAT_COUNT, Settings, Stat, classes_required, reason,
+    RateState, SERVICE_DNS, STAT_COUNT, STATE_NOT_LOADED, Settings, Stat, classes_required, reason,
 };
 
 /// Bound on IPv6 extension headers walked before giving up (and dropping).
@@ -109,6 +109,24 @@ fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*const T> {
         return None;
     }
     Some((start + off) as *const T)
+}
+
+/// True when the packet is at least `len` bytes long. Compared as pointers,
+/// like [`ptr_at`]: a scalar `data_end - data` invites LLVM to rewrite the
+/// pointer checks into scalar ones the verifier cannot use.
+#[inline(always)]
+fn within(ctx: &XdpContext, len: usize) -> bool {
+    ctx.data() + len <= ctx.data_end()
+}
+
+/// `v`, through a volatile stack slot: LLVM forgets what it knew about it.
+/// Once `ip_end` is known to lie within the packet, LLVM would otherwise
+/// drop the later [`ptr_at`] checks it implies, and the verifier, which
+/// needs each of them, would refuse the program.
+#[inline(always)]
+fn opaque(v: usize) -> usize {
+    // SAFETY: a read of a local, initialised value.
+    unsafe { core::ptr::read_volatile(&v) }
 }
 
 /// Reads a big-endian u16 at `off`.
@@ -284,6 +302,8 @@ struct Headers {
     vlan: u32,
     /// A non-first fragment: no L4 header (`l4off` is meaningless).
     later_fragment: bool,
+    /// Where the IP datagram ends by its own length field (within the frame).
+    ip_end: usize,
 }
 
 /// Walks Ethernet, up to two VLAN tags and the IP header (IPv6: the
@@ -320,22 +340,28 @@ fn headers<const COUNT: bool>(ctx: &XdpContext) -> Result<Headers, Parsed> {
     if COUNT && tagged {
         bump(Stat::Vlan, 1);
     }
-    let (v4, proto, l4off);
+    // `ip_end`: where the IP datagram ends by its own length field. Lengths
+    // beyond the frame are malformed, and headers must end before `ip_end`
+    // (link padding is not a header): the rules of `guard_user::frame`.
+    let (v4, proto, l4off, ip_end);
     let mut later_fragment = false;
     match ethertype {
         ETH_P_IP => {
             if COUNT {
                 bump(Stat::Ipv4, 1);
             }
-            // Version/IHL, fragment field and protocol; the header must still be whole.
+            // IHL, total length, fragment field and protocol; the header must still be whole.
             let Some(h) = bytes_at::<10>(ctx, off) else { return Err(Parsed::Drop(Stat::DropMalformed)) };
             if ptr_at::<[u8; 20]>(ctx, off).is_none() {
                 return Err(Parsed::Drop(Stat::DropMalformed));
             }
             let ihl = usize::from(h[0] & 0x0f) * 4;
-            if h[0] >> 4 != 4 || ihl < 20 {
+            let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
+            // The ethertype names the version; like Open vSwitch, the nibble is not checked.
+            if ihl < 20 || total < ihl || !within(ctx, off + total) {
                 return Err(Parsed::Drop(Stat::DropMalformed));
             }
+            ip_end = opaque(off + total);
             v4 = true;
             proto = h[9];
             if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
@@ -351,9 +377,14 @@ fn headers<const COUNT: bool>(ctx: &XdpContext) -> Result<Headers, Parsed> {
                 bump(Stat::Ipv6, 1);
             }
             let Some(h) = bytes_at::<8>(ctx, off) else { return Err(Parsed::Drop(Stat::DropMalformed)) };
-            if h[0] >> 4 != 6 || ptr_at::<[u8; 32]>(ctx, off + 8).is_none() {
+            if ptr_at::<[u8; 32]>(ctx, off + 8).is_none() {
                 return Err(Parsed::Drop(Stat::DropMalformed));
             }
+            let end = off + 40 + usize::from(u16::from_be_bytes([h[4], h[5]]));
+            if !within(ctx, end) {
+                return Err(Parsed::Drop(Stat::DropMalformed));
+            }
+            ip_end = opaque(end);
             let mut next = h[6];
             let mut o = off + 40;
             let mut found = false;
@@ -365,6 +396,9 @@ fn headers<const COUNT: bool>(ctx: &XdpContext) -> Result<Headers, Parsed> {
                     }
                     // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
                     0 | 43 | 60 => {
+                        if o + 2 > ip_end {
+                            return Err(Parsed::Drop(Stat::DropMalformed));
+                        }
                         let Some(e) = bytes_at::<2>(ctx, o) else {
                             return Err(Parsed::Drop(Stat::DropMalformed));
                         };
@@ -373,6 +407,9 @@ fn headers<const COUNT: bool>(ctx: &XdpContext) -> Result<Headers, Parsed> {
                     }
                     // Authentication header: (len + 2) * 4 bytes.
                     51 => {
+                        if o + 2 > ip_end {
+                            return Err(Parsed::Drop(Stat::DropMalformed));
+                        }
                         let Some(e) = bytes_at::<2>(ctx, o) else {
                             return Err(Parsed::Drop(Stat::DropMalformed));
                         };
@@ -381,6 +418,9 @@ fn headers<const COUNT: bool>(ctx: &XdpContext) -> Result<Headers, Parsed> {
                     }
                     // Fragment header: 8 bytes; a non-first fragment has no L4 header.
                     44 => {
+                        if o + 8 > ip_end {
+                            return Err(Parsed::Drop(Stat::DropMalformed));
+                        }
                         let Some(e) = bytes_at::<4>(ctx, o) else {
                             return Err(Parsed::Drop(Stat::DropMalformed));
                         };
@@ -393,7 +433,9 @@ fn headers<const COUNT: bool>(ctx: &XdpContext) -> Result<Headers, Parsed> {
                         next = e[0];
                         o += 8;
                     }
-                    // ICMPv6, ESP, no-next-header, ...: not a protected service.
+                    // ICMPv6, ESP, no-next-header, ...: not a protected service
+                    // (when the chain ended inside the datagram).
+                    _ if o > ip_end => return Err(Parsed::Drop(Stat::DropMalformed)),
                     _ => return Err(Parsed::Pass(Stat::Unprotected)),
                 }
                 if o > MAX_L4_OFFSET {
@@ -412,7 +454,7 @@ fn headers<const COUNT: bool>(ctx: &XdpContext) -> Result<Headers, Parsed> {
     if l4off > MAX_L4_OFFSET {
         return Err(Parsed::Drop(Stat::DropMalformed));
     }
-    Ok(Headers { l3off: off, v4, proto, l4off, vlan, later_fragment })
+    Ok(Headers { l3off: off, v4, proto, l4off, vlan, later_fragment, ip_end })
 }
 
 /// The source and destination addresses (IPv4 as v4-mapped IPv6).
@@ -451,6 +493,22 @@ fn parse(ctx: &XdpContext) -> Parsed {
     };
     if h.later_fragment {
         return Parsed::Pass(Stat::Fragment);
+    }
+    // The transport header must be whole, whatever the port: a first
+    // fragment that splits it is the tiny-fragment attack (RFC 1858 §3.1),
+    // and a switch cannot read its ports either (same rule in OpenFlow mode).
+    let l4len = if h.proto == IPPROTO_TCP {
+        let Some(t) = bytes_at::<1>(ctx, h.l4off + 12) else { return Parsed::Drop(Stat::DropMalformed) };
+        let doff = usize::from(t[0] >> 4) * 4;
+        if doff < 20 {
+            return Parsed::Drop(Stat::DropMalformed);
+        }
+        doff
+    } else {
+        8
+    };
+    if h.l4off + l4len > h.ip_end {
+        return Parsed::Drop(Stat::DropMalformed);
     }
     // Addresses are copied only once the port says the packet is protected:
     // unprotected traffic pays for the headers it needs and no more.
@@ -508,6 +566,13 @@ fn check(ctx: &XdpContext, pkt: &Pkt, service: u32) -> u32 {
         return refuse();
     }
     let now = now_ns();
+    // Before the first allow set is loaded nothing can be decided: deny
+    // (the zero state of SETTINGS, so a program never configured fails closed).
+    if settings().state == STATE_NOT_LOADED {
+        bump(Stat::DropNotLoaded, 1);
+        drop_event(reason::NOT_LOADED, pkt, service, now);
+        return refuse();
+    }
     // SAFETY: the value is copied out at once; a concurrent update at worst
     // gives an older verdict, which the TTL bounds anyway.
     if let Some(e) = unsafe { VERDICT_CACHE.get(pkt.dst) }.copied()

@@ -127,11 +127,15 @@ pub struct Enforce {
     pub xdp_mode: AttachMode,
     /// Count what would be dropped, drop nothing.
     pub count_only: bool,
-    /// Pin program and maps here so enforcement survives the daemon.
+    /// Pin program and maps here so enforcement survives the daemon (a
+    /// crash, a restart). Unset: [`crate::xdp::default_pin_dir`].
     pub pin_dir: Option<PathBuf>,
     /// How a miss reaches userspace (XDP mode): `afxdp` holds the packet
     /// and releases it once allowed; `ringbuf` drops it and asks.
     pub miss_transport: MissTransport,
+    /// Pin at all (default true). `false` is the explicit opt-out: the
+    /// program then detaches when the daemon ends, also on a crash.
+    pub pin: bool,
 }
 
 impl Default for Enforce {
@@ -143,6 +147,7 @@ impl Default for Enforce {
             count_only: false,
             pin_dir: None,
             miss_transport: MissTransport::Afxdp,
+            pin: true,
         }
     }
 }
@@ -219,6 +224,22 @@ impl Afxdp {
             ring_size: self.ring_size,
             bind_mode: self.bind_mode,
         }
+    }
+}
+
+impl Enforce {
+    /// The pin directory in force: `None` with `pin = false` (or outside XDP
+    /// mode), else `pin_dir` or the default for the interface.
+    pub fn effective_pin_dir(&self) -> Option<PathBuf> {
+        if !self.pin || self.mode != Mode::Xdp {
+            return None;
+        }
+        self.pin_dir.clone().or_else(|| self.iface.as_deref().map(crate::xdp::default_pin_dir))
+    }
+
+    /// True when the pin directory was chosen by the operator, not defaulted.
+    pub fn pin_dir_explicit(&self) -> bool {
+        self.pin && self.pin_dir.is_some()
     }
 }
 
@@ -304,6 +325,13 @@ pub struct Rpz {
     pub resolver: Option<SocketAddr>,
     /// Per-question timeout of the miss path, in milliseconds.
     pub query_timeout_ms: u64,
+    // -- fail-closed start (issue 17) --
+    /// Where the daemon keeps its state: the snapshot of the last zone
+    /// applied (`<state_dir>/<zone>.snapshot`).
+    pub state_dir: PathBuf,
+    /// Keep a snapshot of the last zone applied and start from it (default
+    /// true; only with `server`: a zone file is its own local copy).
+    pub snapshot: bool,
 }
 
 impl Default for Rpz {
@@ -325,6 +353,8 @@ impl Default for Rpz {
             miss_query: MissQuery::Zone,
             resolver: None,
             query_timeout_ms: 500,
+            state_dir: PathBuf::from("/var/lib/rpz-guard"),
+            snapshot: true,
         }
     }
 }
@@ -532,6 +562,13 @@ impl Learn {
     fn validate(&self, cfg: &Config) -> Result<(), ConfigError> {
         if !self.enabled {
             return Ok(());
+        }
+        if cfg.enforce.mode == Mode::Openflow {
+            return Err(invalid(
+                "learn.enabled",
+                "true",
+                "live learning runs in XDP mode only for now (enforce.mode = \"xdp\")",
+            ));
         }
         let resolvers = self.resolvers_or(&cfg.policy.exempt_sources);
         if resolvers.is_empty() {
@@ -806,6 +843,21 @@ impl Config {
         if self.events.output.is_empty() {
             return Err(invalid("events.output", "\"\"", "use stdout, none or a file path"));
         }
+        if !self.enforce.pin && self.enforce.pin_dir.is_some() {
+            return Err(invalid(
+                "enforce.pin_dir",
+                self.enforce.pin_dir.as_deref().unwrap_or(Path::new("")).display(),
+                "set while enforce.pin = false; drop one of them",
+            ));
+        }
+        if let Some(d) = &self.enforce.pin_dir
+            && !d.is_absolute()
+        {
+            return Err(invalid("enforce.pin_dir", d.display(), "must be an absolute path on a bpffs"));
+        }
+        if self.rpz.snapshot && !self.rpz.state_dir.is_absolute() {
+            return Err(invalid("rpz.state_dir", self.rpz.state_dir.display(), "must be an absolute path"));
+        }
         self.openflow.validate()?;
         self.learn.validate(self)?;
         if !(1..=65_536).contains(&self.afxdp.hold_queue) {
@@ -906,10 +958,32 @@ mod tests {
             let e = parse(&text).expect_err(&text).to_string();
             assert!(e.contains(needle), "error for {text:?} should name {needle:?}: {e}");
         }
+        let e = parse("[enforce]\nmode = \"openflow\"\n[rpz]\nzone_file = \"z\"\n[policy]\nexempt_sources = [\"10.0.0.53\"]\n[learn]\nenabled = true\n")
+            .expect_err("openflow")
+            .to_string();
+        assert!(e.contains("learn.enabled"), "{e}");
         let e = parse("[enforce]\niface = \"in0\"\n[rpz]\nzone_file = \"z\"\n[learn]\nenabled = true\noutside_iface = \"out0\"\n")
             .expect_err("no resolvers")
             .to_string();
         assert!(e.contains("learn.resolvers"), "{e}");
+    }
+
+    #[test]
+    fn pin_and_snapshot_are_on_by_default_with_opt_outs() {
+        let c = parse("[enforce]\niface = \"eth1\"\n[rpz]\nserver = \"192.0.2.53:53\"\n").expect("valid");
+        assert!(c.enforce.pin && c.rpz.snapshot);
+        assert_eq!(c.rpz.state_dir, PathBuf::from("/var/lib/rpz-guard"));
+        assert_eq!(c.enforce.effective_pin_dir(), Some(crate::xdp::default_pin_dir("eth1")));
+        assert!(!c.enforce.pin_dir_explicit());
+        let off =
+            parse("[enforce]\niface = \"eth1\"\npin = false\n[rpz]\nzone_file = \"z\"\nsnapshot = false\n")
+                .expect("valid");
+        assert_eq!(off.enforce.effective_pin_dir(), None);
+        let mine =
+            parse("[enforce]\niface = \"eth1\"\npin_dir = \"/sys/fs/bpf/x\"\n[rpz]\nzone_file = \"z\"\n")
+                .expect("valid");
+        assert_eq!(mine.enforce.effective_pin_dir(), Some(PathBuf::from("/sys/fs/bpf/x")));
+        assert!(mine.enforce.pin_dir_explicit());
     }
 
     #[test]
@@ -988,6 +1062,12 @@ mod tests {
                 "[enforce]\niface = \"eth1\"\n[rpz]\nzone_file = \"z\"\npoll_max_backoff_secs = 0",
                 "rpz.poll_max_backoff_secs",
             ),
+            (
+                "[enforce]\niface = \"eth1\"\npin = false\npin_dir = \"/sys/fs/bpf/g\"\n[rpz]\nzone_file = \"z\"",
+                "enforce.pin_dir",
+            ),
+            ("[enforce]\niface = \"eth1\"\npin_dir = \"rel/dir\"\n[rpz]\nzone_file = \"z\"", "rel/dir"),
+            ("[enforce]\niface = \"eth1\"\n[rpz]\nzone_file = \"z\"\nstate_dir = \"var\"", "rpz.state_dir"),
         ];
         for (text, needle) in cases {
             let e = parse(text).expect_err(text).to_string();

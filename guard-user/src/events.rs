@@ -31,6 +31,9 @@ pub enum Reason {
     Pending,
     /// The headers could not be parsed on a protected path (fail closed).
     Malformed,
+    /// No allow set was loaded yet: the daemon was starting, or the primary
+    /// was down at start with no snapshot (deny-protected mode).
+    NotLoaded,
 }
 
 impl Reason {
@@ -50,6 +53,7 @@ impl Reason {
             guard_common::reason::WRONG_CLASS => Some(Reason::WrongClass),
             guard_common::reason::PENDING => Some(Reason::Pending),
             guard_common::reason::MALFORMED => Some(Reason::Malformed),
+            guard_common::reason::NOT_LOADED => Some(Reason::NotLoaded),
             _ => None,
         }
     }

@@ -7,6 +7,7 @@ pub mod afxdp;
 pub mod config;
 pub mod daemon;
 pub mod events;
+pub mod frame;
 pub mod learn;
 pub mod metrics;
 pub mod miss;

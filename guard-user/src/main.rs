@@ -46,9 +46,10 @@ enum Command {
     },
     /// Learn the allow set from border DNS captures (pcap/pcapng).
     Learn(Box<LearnArgs>),
-    /// Remove the program and maps pinned by `run --pin DIR` (stops enforcement).
+    /// Remove the program and maps pinned by `run` (stops enforcement).
     Unpin {
-        /// The pin directory given to `run --pin`.
+        /// The pin directory (`run --pin DIR`, or the default
+        /// /sys/fs/bpf/rpz-guard/<iface>).
         dir: PathBuf,
     },
 }
@@ -70,10 +71,25 @@ struct RunArgs {
     /// Only count what would be dropped; drop nothing.
     #[arg(long)]
     count_only: bool,
-    /// Pin program and maps in DIR (on a bpffs) so enforcement continues while
-    /// the daemon is down; a restart adopts them with no gap.
-    #[arg(long = "pin", value_name = "DIR")]
+    /// Pin program and maps in DIR (on a bpffs) instead of the default
+    /// /sys/fs/bpf/rpz-guard/<iface>. Pinning is on by default: enforcement
+    /// continues while the daemon is down (crash, restart) and a restart
+    /// adopts the pinned state with no gap. A DIR on a bpffs that would
+    /// vanish with the daemon (a private mount namespace) is refused.
+    #[arg(long = "pin", value_name = "DIR", conflicts_with = "no_pin")]
     pin_dir: Option<PathBuf>,
+    /// Do not pin: the XDP program detaches when the daemon ends, also on a
+    /// crash (fails open until the next start).
+    #[arg(long)]
+    no_pin: bool,
+    /// State directory: the snapshot of the last zone applied lives here
+    /// (default /var/lib/rpz-guard).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Keep no snapshot of the zone: a start with the primary down then
+    /// runs deny-protected until the first transfer.
+    #[arg(long)]
+    no_snapshot: bool,
     /// Policy zone origin.
     #[arg(long)]
     zone: Option<String>,
@@ -111,7 +127,8 @@ struct RunArgs {
     /// Serve Prometheus metrics on ADDR:PORT (/metrics).
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
-    /// OpenFlow listen address (openflow mode).
+    /// OpenFlow listen address (openflow mode; default 127.0.0.1:6653, loopback
+    /// only: a wider address should come with [openflow.tls], see README).
     #[arg(long)]
     openflow_listen: Option<SocketAddr>,
     /// Learn live from the resolvers' DNS traffic as it crosses the router
@@ -255,6 +272,11 @@ fn merge(args: RunArgs) -> anyhow::Result<Config> {
     e.count_only |= args.count_only;
     if args.pin_dir.is_some() {
         e.pin_dir = args.pin_dir;
+        e.pin = true;
+    }
+    if args.no_pin {
+        e.pin = false;
+        e.pin_dir = None;
     }
     let r = &mut cfg.rpz;
     if let Some(z) = args.zone {
@@ -279,6 +301,12 @@ fn merge(args: RunArgs) -> anyhow::Result<Config> {
     }
     if !args.notify_allow_from.is_empty() {
         r.notify_allow_from = Some(args.notify_allow_from);
+    }
+    if let Some(d) = args.state_dir {
+        r.state_dir = d;
+    }
+    if args.no_snapshot {
+        r.snapshot = false;
     }
     if !args.exempt.is_empty() {
         cfg.policy.exempt_sources = args.exempt;

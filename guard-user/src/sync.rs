@@ -303,6 +303,26 @@ pub struct SyncState {
     /// The last [`RECENT_CHANGES`] changes, oldest first.
     #[serde(default)]
     pub changes: Vec<Change>,
+    // -- fail-closed start (issue 17) --
+    /// Since when the source has been failing without a success in between
+    /// (ms since the epoch); with no sync since start: "waiting for the
+    /// primary since …".
+    #[serde(default)]
+    pub failing_since_ms: Option<u64>,
+    /// What the daemon enforced at start, before the source answered:
+    /// a snapshot, pinned maps, or nothing (deny-protected).
+    #[serde(default)]
+    pub started_from: Option<String>,
+    /// True while no allow set is in force: protected traffic that is not
+    /// exempt or internal is dropped (reason `not_loaded`).
+    #[serde(default)]
+    pub deny_protected: bool,
+    /// Serial of the last snapshot written to the state directory.
+    #[serde(default)]
+    pub snapshot_serial: Option<u32>,
+    /// The last failure to write or read the snapshot.
+    #[serde(default)]
+    pub snapshot_error: Option<String>,
 }
 
 impl SyncState {
@@ -438,7 +458,12 @@ async fn read_file(path: &PathBuf, zone: &str) -> Result<(u32, AllowSet, FileSta
     let ferr = |why: String| SourceError::File { path: path.clone(), why };
     let stamp = stamp(path).await.map_err(|e| ferr(e.to_string()))?;
     let text = tokio::fs::read_to_string(path).await.map_err(|e| ferr(e.to_string()))?;
-    let parsed = parse_zone(&text, zone).map_err(|e| ferr(e.to_string()))?;
+    // Seconds for a large zone: off the runtime, so shutdown is not held up.
+    let origin = zone.to_owned();
+    let parsed = tokio::task::spawn_blocking(move || parse_zone(&text, &origin))
+        .await
+        .map_err(|e| ferr(e.to_string()))?
+        .map_err(|e| ferr(e.to_string()))?;
     if parsed.ignored.count > 0 {
         tracing::info!(file = %path.display(), ignored = parsed.ignored.count, "zone records that are not allow entries were ignored");
     }
@@ -454,8 +479,10 @@ async fn stamp(path: &PathBuf) -> std::io::Result<FileStamp> {
 fn record_error(state: &SharedSyncState, e: &SourceError) {
     tracing::warn!(error = %e, "allow-set source failed; the current set stays in force");
     let mut st = lock(state);
+    let now = now_ms();
     st.last_error = Some(e.to_string());
-    st.last_error_ms = Some(now_ms());
+    st.last_error_ms = Some(now);
+    st.failing_since_ms.get_or_insert(now);
 }
 
 fn lock(state: &SharedSyncState) -> std::sync::MutexGuard<'_, SyncState> {
@@ -477,18 +504,22 @@ fn publish(
     full: bool,
     trigger: Trigger,
 ) -> bool {
+    // Under the state lock, so a reader that takes the lock sees this set
+    // together with its serial (the snapshot writer relies on it). The first
+    // set from the source is sent even when equal: it ends deny-protected mode.
+    let mut st = lock(state);
     let diff = tx.borrow().diff(&set);
     let changed = !diff.is_empty();
     let entries = set.len();
-    if changed {
+    if changed || st.serial.is_none() {
         tx.send_replace(Arc::new(set));
     }
-    let mut st = lock(state);
     let now = now_ms();
     st.serial = Some(serial);
     st.entries = entries;
     st.last_sync_ms = Some(now);
     st.last_error = None;
+    st.failing_since_ms = None;
     st.stale_start = false;
     if full {
         st.full_loads += 1;
@@ -597,7 +628,9 @@ pub async fn follow(
         None => None,
     };
     let mut schedule = Schedule { poll, fast_until: None, backoff: None };
-    let mut next = Instant::now() + jitter(poll.interval);
+    // A source already failing (down at start) continues its backoff.
+    let failing = lock(&state).failing_since_ms.is_some();
+    let mut next = if failing { schedule.failed() } else { Instant::now() + jitter(poll.interval) };
     loop {
         let ev: Option<NotifyEvent> = tokio::select! {
             () = cancel.cancelled() => return,
@@ -648,6 +681,27 @@ pub async fn follow(
     }
 }
 
+/// The first synchronisation with a server at start: from a snapshot's
+/// `serial`, an SOA check and IXFR (or AXFR); with none, AXFR. A failure is
+/// recorded in `state` and returned; the caller enforces what it has and
+/// [`follow`] retries with backoff. (A zone file needs no such step: the
+/// follower reads it at once.)
+pub async fn first_sync(
+    addr: SocketAddr,
+    zone: &str,
+    key: Option<&TsigKey>,
+    serial: Option<u32>,
+    tx: &watch::Sender<Arc<AllowSet>>,
+    state: &SharedSyncState,
+) -> Result<u32, SourceError> {
+    let trigger = Trigger { via: LearnedVia::Poll, at: Instant::now() };
+    let res = step(addr, zone, key, serial, trigger, tx, state).await.map(|(s, _)| s);
+    if let Err(e) = &res {
+        record_error(state, e);
+    }
+    res
+}
+
 /// One synchronisation step with the server; returns the serial in force
 /// and whether the set changed.
 async fn step(
@@ -668,6 +722,8 @@ async fn step(
         let mut st = lock(state);
         st.last_sync_ms = Some(now_ms());
         st.last_error = None;
+        st.failing_since_ms = None;
+        st.stale_start = false;
         (serial, false)
     };
     if trigger.via == LearnedVia::Poll {
@@ -720,8 +776,8 @@ async fn follow_file(
     state: SharedSyncState,
     cancel: CancellationToken,
 ) {
-    // Read once more on the first tick: an edit made while the initial set
-    // was being mirrored must not wait for the next edit.
+    // The first tick reads the file at once: the daemon does not read it
+    // before (it is enforcing already, deny-protected or from pinned maps).
     let _ = serial;
     let mut last: Option<FileStamp> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -735,7 +791,11 @@ async fn follow_file(
         if now.is_some() && now == last {
             continue;
         }
-        match read_file(&path, &zone).await {
+        let read = tokio::select! {
+            () = cancel.cancelled() => return,
+            r = read_file(&path, &zone) => r,
+        };
+        match read {
             Ok((serial, set, st)) => {
                 last = Some(st);
                 publish(&tx, &state, serial, set, true, Trigger { via: LearnedVia::File, at: tick_at });

@@ -8,7 +8,7 @@
 use std::{
     collections::HashSet,
     net::IpAddr,
-    os::fd::AsFd,
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -26,7 +26,7 @@ use guard_common::{
     CacheEntry, MAP_ALLOW_PFX_V4, MAP_ALLOW_PFX_V6, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_CACHE, MAP_DNS_COPY,
     MAP_EVENTS, MAP_EXEMPT_V4, MAP_EXEMPT_V6, MAP_INTERNAL_V4, MAP_INTERNAL_V6, MAP_MISS_RATE, MAP_PORTS,
     MAP_RATE, MAP_RESOLVERS_V4, MAP_RESOLVERS_V6, MAP_SETTINGS, MAP_STATS, MAP_XSKS, PORT_TCP_SHIFT,
-    PORT_UDP_SHIFT, STAT_COUNT, Settings, Stat,
+    PORT_UDP_SHIFT, STAT_COUNT, STATE_LOADED, STATE_NOT_LOADED, Settings, Stat,
 };
 
 use crate::{
@@ -412,64 +412,65 @@ impl Enforcer {
     /// Applies allow-set changes to the maps, and forgets cached verdicts
     /// the change could contradict (so a revoked entry stops at once).
     ///
-    /// A failing entry (e.g. a full map) does not stop the others, and the
-    /// cache is flushed for everything touched either way; the first error
-    /// is returned so the caller can report it and retry.
+    /// Changes go in with `BPF_MAP_DELETE_BATCH` / `BPF_MAP_UPDATE_BATCH`
+    /// (one syscall per [`BATCH_CHUNK`] entries) where the kernel has them
+    /// for the map type, one syscall per entry where not. A failing entry
+    /// (e.g. a full map) does not stop the others, and the cache is flushed
+    /// for everything touched either way; the first error is returned so
+    /// the caller can report it and retry.
     pub fn apply_diff(&mut self, diff: &AllowDiff) -> Result<(), XdpError> {
+        self.apply_diff_with(diff, MirrorPath::Batched)
+    }
+
+    /// As [`Enforcer::apply_diff`] with one `BPF_MAP_UPDATE_ELEM` /
+    /// `BPF_MAP_DELETE_ELEM` per entry: the path before batching, kept as
+    /// the fallback and as the benchmark baseline.
+    pub fn apply_diff_one_by_one(&mut self, diff: &AllowDiff) -> Result<(), XdpError> {
+        self.apply_diff_with(diff, MirrorPath::OneByOne)
+    }
+
+    fn apply_diff_with(&mut self, diff: &AllowDiff, path: MirrorPath) -> Result<(), XdpError> {
         let mut touched_prefixes: Vec<Prefix> = Vec::new();
         let mut touched_hosts: HashSet<[u8; 16]> = HashSet::new();
-        let mut first_err: Option<XdpError> = None;
-        {
-            let [a4, a6, p4, p6] =
-                self.ebpf.maps_disjoint_mut([MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_ALLOW_PFX_V4, MAP_ALLOW_PFX_V6]);
-            let mut a4: HashMap<&mut MapData, [u8; 4], u32> = typed_map(a4, MAP_ALLOW_V4)?;
-            let mut a6: HashMap<&mut MapData, [u8; 16], u32> = typed_map(a6, MAP_ALLOW_V6)?;
-            let mut p4: LpmTrie<&mut MapData, [u8; 4], u32> = typed_map(p4, MAP_ALLOW_PFX_V4)?;
-            let mut p6: LpmTrie<&mut MapData, [u8; 16], u32> = typed_map(p6, MAP_ALLOW_PFX_V6)?;
-            let removals = diff.remove.iter().map(|p| (p, Classes::NONE));
-            let upserts = diff.upsert.iter().map(|(p, c)| (p, *c));
-            for (p, c) in removals.chain(upserts) {
-                let bits = c.bits();
-                let len = u32::from(p.len());
-                let (name, res) = match (p.addr(), p.is_host()) {
-                    (IpAddr::V4(a), true) => {
-                        touched_hosts.insert(a.to_ipv6_mapped().octets());
-                        let k = a.octets();
-                        (
-                            MAP_ALLOW_V4,
-                            if bits == 0 { ignore_missing(a4.remove(&k)) } else { a4.insert(k, bits, 0) },
-                        )
-                    }
-                    (IpAddr::V6(a), true) => {
-                        touched_hosts.insert(a.octets());
-                        let k = a.octets();
-                        (
-                            MAP_ALLOW_V6,
-                            if bits == 0 { ignore_missing(a6.remove(&k)) } else { a6.insert(k, bits, 0) },
-                        )
-                    }
-                    (IpAddr::V4(a), false) => {
-                        touched_prefixes.push(*p);
-                        let k = Key::new(len, a.octets());
-                        (
-                            MAP_ALLOW_PFX_V4,
-                            if bits == 0 { ignore_missing(p4.remove(&k)) } else { p4.insert(&k, bits, 0) },
-                        )
-                    }
-                    (IpAddr::V6(a), false) => {
-                        touched_prefixes.push(*p);
-                        let k = Key::new(len, a.octets());
-                        (
-                            MAP_ALLOW_PFX_V6,
-                            if bits == 0 { ignore_missing(p6.remove(&k)) } else { p6.insert(&k, bits, 0) },
-                        )
-                    }
-                };
-                if let Err(e) = res
-                    && first_err.is_none()
-                {
-                    first_err = Some(map_err(name)(e));
+        // Per map: removals (keys) and upserts (keys, values), as raw bytes.
+        let mut ops: [MapOps; 4] = [
+            MapOps::new(MAP_ALLOW_V4, 4),
+            MapOps::new(MAP_ALLOW_V6, 16),
+            MapOps::new(MAP_ALLOW_PFX_V4, 8),
+            MapOps::new(MAP_ALLOW_PFX_V6, 20),
+        ];
+        let removals = diff.remove.iter().map(|p| (p, Classes::NONE));
+        let upserts = diff.upsert.iter().map(|(p, c)| (p, *c));
+        for (p, c) in removals.chain(upserts) {
+            let len = u32::from(p.len());
+            let (i, key): (usize, Vec<u8>) = match (p.addr(), p.is_host()) {
+                (IpAddr::V4(a), true) => {
+                    touched_hosts.insert(a.to_ipv6_mapped().octets());
+                    (0, a.octets().to_vec())
                 }
+                (IpAddr::V6(a), true) => {
+                    touched_hosts.insert(a.octets());
+                    (1, a.octets().to_vec())
+                }
+                (IpAddr::V4(a), false) => {
+                    touched_prefixes.push(*p);
+                    (2, [len.to_ne_bytes().as_slice(), &a.octets()].concat())
+                }
+                (IpAddr::V6(a), false) => {
+                    touched_prefixes.push(*p);
+                    (3, [len.to_ne_bytes().as_slice(), &a.octets()].concat())
+                }
+            };
+            ops[i].push(&key, c.bits());
+        }
+        let mut first_err: Option<XdpError> = None;
+        for op in &ops {
+            let map = self.ebpf.map(op.name).ok_or_else(|| missing(op.name))?;
+            let fd = map_data(map).ok_or_else(|| missing(op.name))?.fd().as_fd();
+            if let Err(e) = op.apply(fd, path)
+                && first_err.is_none()
+            {
+                first_err = Some(e);
             }
         }
         let mut cache: HashMap<&mut MapData, [u8; 16], CacheEntry> = self.typed(MAP_CACHE)?;
@@ -485,6 +486,20 @@ impl Enforcer {
             ignore_missing(cache.remove(&k)).map_err(map_err(MAP_CACHE))?;
         }
         first_err.map_or(Ok(()), Err)
+    }
+
+    /// The start-up state the program runs in ([`STATE_NOT_LOADED`] or
+    /// [`STATE_LOADED`]).
+    pub fn state(&self) -> Result<u32, XdpError> {
+        let arr: Array<&MapData, Settings> = self.typed_ref(MAP_SETTINGS)?;
+        Ok(arr.get(&0, 0).map_err(map_err(MAP_SETTINGS))?.state)
+    }
+
+    /// Marks the first allow set as loaded (misses go to userspace from now
+    /// on), or not loaded (protected traffic without an allow entry is
+    /// dropped). Only the `state` field of the settings changes.
+    pub fn set_loaded(&mut self, loaded: bool) -> Result<(), XdpError> {
+        self.update_settings(|s| s.state = if loaded { STATE_LOADED } else { STATE_NOT_LOADED }).map(|_| ())
     }
 
     /// Reads the allow maps back (to adopt pinned state, and for tests).
@@ -788,6 +803,208 @@ fn program<'a>(ebpf: &'a mut Ebpf, iface: &str) -> Result<&'a mut Xdp, XdpError>
         .map_err(perr)
 }
 
+/// Entries per `BPF_MAP_*_BATCH` call: large enough that the syscall cost
+/// vanishes, small enough that one call holds the CPU only a few ms.
+pub const BATCH_CHUNK: usize = 16 * 1024;
+
+/// How [`Enforcer`] writes allow-set changes into the maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MirrorPath {
+    /// `BPF_MAP_*_BATCH`, falling back per map where the kernel lacks it.
+    Batched,
+    /// One syscall per entry.
+    OneByOne,
+}
+
+/// The changes for one allow map: keys to remove, then keys and values to
+/// insert, as the raw bytes the kernel wants.
+struct MapOps {
+    name: &'static str,
+    key_size: usize,
+    remove: Vec<u8>,
+    upsert_keys: Vec<u8>,
+    upsert_values: Vec<u8>,
+}
+
+impl MapOps {
+    fn new(name: &'static str, key_size: usize) -> Self {
+        MapOps { name, key_size, remove: Vec::new(), upsert_keys: Vec::new(), upsert_values: Vec::new() }
+    }
+
+    /// Class bits 0 mean "remove".
+    fn push(&mut self, key: &[u8], bits: u32) {
+        if bits == 0 {
+            self.remove.extend_from_slice(key);
+        } else {
+            self.upsert_keys.extend_from_slice(key);
+            self.upsert_values.extend_from_slice(&bits.to_ne_bytes());
+        }
+    }
+
+    /// Removals first, then upserts; every entry is tried, the first error
+    /// is returned.
+    fn apply(&self, fd: BorrowedFd<'_>, path: MirrorPath) -> Result<(), XdpError> {
+        let err = |e: std::io::Error| XdpError::Map {
+            name: self.name,
+            source: MapError::SyscallError(aya::sys::SyscallError { call: "bpf_map_batch", io_error: e }),
+        };
+        let mut first: Option<XdpError> = None;
+        let mut note = |r: std::io::Result<()>| {
+            if let Err(e) = r
+                && first.is_none()
+            {
+                first = Some(err(e));
+            }
+        };
+        let ks = self.key_size;
+        match path {
+            MirrorPath::Batched => {
+                for keys in self.remove.chunks(ks * BATCH_CHUNK) {
+                    note(batch_delete(fd, keys, ks));
+                }
+                for (keys, values) in
+                    self.upsert_keys.chunks(ks * BATCH_CHUNK).zip(self.upsert_values.chunks(4 * BATCH_CHUNK))
+                {
+                    note(batch_update(fd, keys, values, ks));
+                }
+            }
+            MirrorPath::OneByOne => {
+                for key in self.remove.chunks(ks) {
+                    note(elem_delete(fd, key));
+                }
+                for (key, value) in self.upsert_keys.chunks(ks).zip(self.upsert_values.chunks(4)) {
+                    note(elem_update(fd, key, value));
+                }
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+/// The kernel's internal "not supported" (no batch op for this map type).
+const ENOTSUPP: i32 = 524;
+
+/// The `bpf(2)` syscall over a zeroed `bpf_attr` of 64 bytes.
+fn bpf(cmd: libc::c_long, attr: &mut [u64; 8]) -> std::io::Result<()> {
+    // SAFETY: `attr` is a bpf_attr of ample size whose pointers (set by the
+    // callers) stay valid for the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), std::mem::size_of_val(attr)) };
+    if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+}
+
+fn fd_u64(fd: BorrowedFd<'_>) -> u64 {
+    u64::from(u32::try_from(fd.as_raw_fd()).unwrap_or(u32::MAX))
+}
+
+/// One `BPF_MAP_UPDATE_ELEM` (flags `BPF_ANY`).
+fn elem_update(fd: BorrowedFd<'_>, key: &[u8], value: &[u8]) -> std::io::Result<()> {
+    // bpf_attr: map_fd (u32, padded), key (u64), value (u64), flags (u64).
+    let mut attr = [fd_u64(fd), key.as_ptr() as u64, value.as_ptr() as u64, 0, 0, 0, 0, 0];
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr)
+}
+
+/// One `BPF_MAP_DELETE_ELEM`; a missing key is fine for a mirror.
+fn elem_delete(fd: BorrowedFd<'_>, key: &[u8]) -> std::io::Result<()> {
+    let mut attr = [fd_u64(fd), key.as_ptr() as u64, 0, 0, 0, 0, 0, 0];
+    match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
+/// The batch part of `bpf_attr` (Linux 5.6+): in_batch, out_batch, keys,
+/// values (u64 each), count and map_fd (u32 each), elem_flags, flags.
+fn batch_attr(fd: BorrowedFd<'_>, keys: &[u8], values: Option<&[u8]>, count: usize) -> [u64; 8] {
+    let count = u64::from(u32::try_from(count).unwrap_or(u32::MAX));
+    [0, 0, keys.as_ptr() as u64, values.map_or(0, |v| v.as_ptr() as u64), count | fd_u64(fd) << 32, 0, 0, 0]
+}
+
+/// `count` as the kernel wrote it back (the entries done before a failure).
+fn batch_count(attr: &[u64; 8]) -> u64 {
+    attr[4] & 0xffff_ffff
+}
+
+/// True when the kernel has no batch operation for this map (ENOTSUPP), or
+/// no batch command at all (EINVAL before touching `count`, which still
+/// holds the `n` we asked for).
+fn batch_unsupported(e: &std::io::Error, count_after: u64, n: usize) -> bool {
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP | ENOTSUPP) => true,
+        Some(libc::EINVAL) => count_after == n as u64,
+        _ => false,
+    }
+}
+
+/// `BPF_MAP_UPDATE_BATCH` over `keys`/`values`; the entries the kernel did
+/// not take (no batch support, or an entry failed) go one by one, so one
+/// bad entry does not stop the rest.
+fn batch_update(fd: BorrowedFd<'_>, keys: &[u8], values: &[u8], ks: usize) -> std::io::Result<()> {
+    let n = keys.len() / ks;
+    let mut attr = batch_attr(fd, keys, Some(values), n);
+    let (done, mut first) = match bpf(BPF_MAP_UPDATE_BATCH, &mut attr) {
+        Ok(()) => return Ok(()),
+        Err(e) if batch_unsupported(&e, batch_count(&attr), n) => (0, Ok(())),
+        // `count` now holds the entries done before the failing one, which
+        // is retried alone below (and fails again, giving the error).
+        Err(e) => {
+            let done = usize::try_from(batch_count(&attr)).unwrap_or(n).min(n);
+            (done, if done == n { Err(e) } else { Ok(()) })
+        }
+    };
+    for (k, v) in keys[done * ks..].chunks(ks).zip(values[done * 4..].chunks(4)) {
+        if let Err(e) = elem_update(fd, k, v)
+            && first.is_ok()
+        {
+            first = Err(e);
+        }
+    }
+    first
+}
+
+/// `BPF_MAP_DELETE_BATCH` over `keys`. The kernel stops at the first key
+/// that is not there (ENOENT): that one is skipped and the batch resumes.
+fn batch_delete(fd: BorrowedFd<'_>, keys: &[u8], ks: usize) -> std::io::Result<()> {
+    let mut first = Ok(());
+    let mut rest = keys;
+    while !rest.is_empty() {
+        let n = rest.len() / ks;
+        let mut attr = batch_attr(fd, rest, None, n);
+        match bpf(BPF_MAP_DELETE_BATCH, &mut attr) {
+            Ok(()) => break,
+            Err(e) if batch_unsupported(&e, batch_count(&attr), n) => {
+                for k in rest.chunks(ks) {
+                    if let Err(e) = elem_delete(fd, k)
+                        && first.is_ok()
+                    {
+                        first = Err(e);
+                    }
+                }
+                break;
+            }
+            Err(e) => {
+                let done = usize::try_from(batch_count(&attr)).unwrap_or(n).min(n.saturating_sub(1));
+                if e.raw_os_error() != Some(libc::ENOENT) && first.is_ok() {
+                    first = Err(e);
+                }
+                rest = &rest[(done + 1) * ks..];
+            }
+        }
+    }
+    first
+}
+
+/// The map's data, for the map types the allow mirror uses.
+fn map_data(m: &aya::maps::Map) -> Option<&MapData> {
+    match m {
+        aya::maps::Map::HashMap(d) | aya::maps::Map::LpmTrie(d) | aya::maps::Map::Array(d) => Some(d),
+        _ => None,
+    }
+}
+
 /// A remove of a key that is not there is not an error for a mirror.
 fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
     match r {
@@ -833,6 +1050,129 @@ fn check_bpffs(dir: &Path) -> Result<(), XdpError> {
         });
     }
     Ok(())
+}
+
+/// The bpffs every default pin directory lives under.
+pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
+
+/// Where pinned state goes unless configured: `/sys/fs/bpf/rpz-guard/<iface>`,
+/// or `/sys/fs/bpf/rpz-guard/<netns>/<iface>` in a network namespace other
+/// than the host's (named as in `/run/netns`, else by inode), so routers in
+/// different namespaces on one host never adopt each other's state.
+pub fn default_pin_dir(iface: &str) -> PathBuf {
+    let base = Path::new(BPFFS_ROOT).join("rpz-guard");
+    match netns_label() {
+        Some(ns) => base.join(ns).join(iface),
+        None => base.join(iface),
+    }
+}
+
+/// `dev:inode` of a namespace link such as `/proc/self/ns/net`.
+fn ns_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// The parent pid of `pid` (field 4 of `/proc/<pid>/stat`).
+fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The outermost ancestor whose namespaces we may read: the reference for
+/// "the host" (PID 1 where readable; in a sandbox, the last readable one).
+fn reference_pid() -> Option<u32> {
+    let mut best = None;
+    let mut pid = parent_pid(std::process::id())?;
+    for _ in 0..64 {
+        if std::fs::read_link(format!("/proc/{pid}/ns/mnt")).is_ok() {
+            best = Some(pid);
+        }
+        if pid <= 1 {
+            break;
+        }
+        match parent_pid(pid) {
+            Some(p) => pid = p,
+            None => break,
+        }
+    }
+    best
+}
+
+/// None in the host's network namespace, else a name for ours.
+fn netns_label() -> Option<String> {
+    let ours = ns_id(Path::new("/proc/self/ns/net"))?;
+    let host = reference_pid().and_then(|p| ns_id(Path::new(&format!("/proc/{p}/ns/net"))));
+    if host.is_none_or(|h| h == ours) {
+        return None;
+    }
+    let named = std::fs::read_dir("/run/netns").ok().and_then(|dir| {
+        dir.filter_map(Result::ok)
+            .find(|e| ns_id(&e.path()) == Some(ours))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+    });
+    Some(named.unwrap_or_else(|| format!("netns-{}", ours.1)))
+}
+
+/// Whether pinned state in a directory outlives the daemon.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PinLifetime {
+    /// The bpffs is mounted where the host sees it: pins survive the process.
+    Persistent,
+    /// The bpffs exists only in this process's mount namespace (e.g. under
+    /// `ip netns exec`, or a service with private mounts): everything
+    /// pinned there goes when the daemon's last process ends.
+    Transient {
+        /// Why, for the log and status.
+        why: String,
+    },
+}
+
+/// Mounts a bpffs at [`BPFFS_ROOT`] when `dir` is under it and none is
+/// mounted there yet (systemd usually mounts one; a bare system may not).
+pub fn ensure_bpffs(dir: &Path) -> Result<bool, XdpError> {
+    let root = Path::new(BPFFS_ROOT);
+    if !dir.starts_with(root) || check_bpffs(root).is_ok() {
+        return Ok(false);
+    }
+    let perr = |why: String| XdpError::Pin { dir: dir.into(), why };
+    std::fs::create_dir_all(root).map_err(|e| perr(format!("create {BPFFS_ROOT}: {e}")))?;
+    let c = |s: &str| std::ffi::CString::new(s).map_err(|_| perr("path contains NUL".into()));
+    let (src, target, fstype, opts) = (c("bpf")?, c(BPFFS_ROOT)?, c("bpf")?, c("mode=0700")?);
+    // SAFETY: valid C strings; mount(2) does not keep the pointers.
+    let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, opts.as_ptr().cast()) };
+    if rc != 0 {
+        return Err(perr(format!("mount a bpffs at {BPFFS_ROOT}: {}", std::io::Error::last_os_error())));
+    }
+    tracing::info!(dir = BPFFS_ROOT, "mounted a bpf filesystem for the pinned state");
+    Ok(true)
+}
+
+/// Tells whether the bpffs holding `dir` outlives this process: it does
+/// when we share the host's mount namespace, or when the host sees the
+/// same filesystem at the same path.
+pub fn pin_lifetime(dir: &Path) -> PinLifetime {
+    use std::os::unix::fs::MetadataExt;
+    let Some(host) = reference_pid() else { return PinLifetime::Persistent };
+    let ours = ns_id(Path::new("/proc/self/ns/mnt"));
+    if ours.is_some() && ours == ns_id(Path::new(&format!("/proc/{host}/ns/mnt"))) {
+        return PinLifetime::Persistent;
+    }
+    let mut probe = dir.to_path_buf();
+    while !probe.exists() && probe.pop() {}
+    let here = std::fs::metadata(&probe).map(|m| m.dev()).ok();
+    let rel = probe.strip_prefix("/").unwrap_or(&probe);
+    let there = std::fs::metadata(Path::new(&format!("/proc/{host}/root")).join(rel)).map(|m| m.dev()).ok();
+    if here.is_some() && here == there {
+        return PinLifetime::Persistent;
+    }
+    PinLifetime::Transient {
+        why: format!(
+            "the bpf filesystem at {} exists only in this process's mount namespace (as under `ip netns exec` \
+             or a service with private mounts); pinned state would vanish with the daemon",
+            probe.display()
+        ),
+    }
 }
 
 /// Refuses pinned maps whose layout differs from this build's (an older or

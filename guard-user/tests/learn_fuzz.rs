@@ -3,7 +3,10 @@
 //! yields an entry.
 mod learn_common;
 
-use guard_user::learn::{Hints, Pipeline, decode, dns::Parser, pcapw::PcapWriter};
+use guard_user::{
+    frame as decode,
+    learn::{Hints, Pipeline, dns::Parser, pcapw::PcapWriter},
+};
 use hickory_proto::{op::ResponseCode::NoError, rr::RecordType};
 use learn_common::*;
 use proptest::prelude::*;

@@ -5,7 +5,8 @@ mod learn_common;
 use std::{io::Write, time::Duration};
 
 use guard_user::{
-    learn::{self, Hints, LearnOptions, decode, pcapw::PcapNgWriter},
+    frame as decode,
+    learn::{self, Hints, LearnOptions, pcapw::PcapNgWriter},
     policy::Classes,
 };
 use hickory_proto::{op::ResponseCode::NoError, rr::RecordType};

@@ -1,10 +1,7 @@
 //! One test per learning rule, with crafted packets.
 mod learn_common;
 
-use guard_user::{
-    learn::{Hints, decode::LINKTYPE_ETHERNET},
-    policy::Classes,
-};
+use guard_user::{frame::LINKTYPE_ETHERNET, learn::Hints, policy::Classes};
 use hickory_proto::{op::ResponseCode::*, rr::RecordType};
 use learn_common::*;
 

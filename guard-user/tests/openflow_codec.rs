@@ -342,7 +342,7 @@ fn ovs_packet_in() {
     assert_eq!(pi.reason, 1);
     assert_eq!(pi.cookie, u64::MAX);
     assert_eq!(pi.r#match.in_port(), Some(0xffff_fffe));
-    let info = guard_user::openflow::packet::parse(&pi.data).expect("frame");
+    let info = guard_user::frame::parse(&pi.data).expect("frame");
     assert_eq!(info.dst, "198.51.100.25".parse::<std::net::IpAddr>().expect("ip"));
     assert_eq!(info.ports, Some((12345, 25)));
     assert_bytes(&m.encode(), &b);

@@ -151,7 +151,8 @@ fn packet_in(dst: [u8; 4], proto: u8, dport: u16) -> Message {
     f.extend_from_slice(&dst);
     f.extend_from_slice(&[0x30, 0x39]);
     f.extend_from_slice(&dport.to_be_bytes());
-    f.extend_from_slice(&[0; 16]);
+    // A whole TCP header (data offset 5): a shorter one is malformed.
+    f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
     let pi = PacketIn {
         buffer_id: u32::MAX,
         total_len: u16::try_from(f.len()).expect("small"),

@@ -149,10 +149,19 @@ impl Topo {
 /// `rpz-guard run --mode openflow` in the router namespace, the lab's
 /// primary as source, TLS and the allowlists from a config file.
 fn start_openflow(t: &Topo) -> Daemon {
+    start_openflow_with(t, &[])
+}
+
+/// As [`start_openflow`], a flag in `replace` overriding the one of the same name.
+fn start_openflow_with(t: &Topo, replace: &[(&str, &str)]) -> Daemon {
     let lab = &t.lab;
     let listen = format!("127.0.0.1:{OF_PORT}");
     let source = lab_bind_args(lab);
-    let ctl = t.pki.sign("ctl", "controller").expect("controller certificate");
+    // One certificate per start: ovs-pki refuses to sign a name twice.
+    static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = if n == 0 { "ctl".to_owned() } else { format!("ctl{n}") };
+    let ctl = t.pki.sign(&name, "controller").expect("controller certificate");
     let config = lab.state_dir().join("openflow-tls.toml");
     std::fs::write(
         &config,
@@ -181,6 +190,12 @@ fn start_openflow(t: &Topo) -> Daemon {
         "fd99::/64",
     ];
     args.extend(source.iter().map(String::as_str));
+    for (flag, value) in replace {
+        match args.iter().position(|a| a == flag) {
+            Some(i) => args[i + 1] = value,
+            None => args.extend([*flag, *value]),
+        }
+    }
     Daemon::start(lab, "of", &args)
 }
 
@@ -528,4 +543,59 @@ fn openflow_faults_under_load() {
     );
     assert_eq!(r.bot_packets_through, 0, "bot packets through: {r}");
     assert!(r.legit_ok > 100 && r.bot_tries > 100, "load too small: {r}");
+}
+
+/// Fail closed from the first second in OpenFlow mode (issue 17): with the
+/// primary down at start the controller stays up and the switch gets its
+/// base flows; without a snapshot every protected packet is denied
+/// (deny-protected: the miss path cannot ask), with one the snapshot's
+/// destinations pass at once. A continuous bot prober gets no answer.
+#[test]
+fn openflow_primary_down_at_start_fails_closed() {
+    let t = Topo::up("ofdown");
+    let mx = inet4(25);
+    t.add(mx, "127.0.0.25");
+    let dead = format!("{}:5399", t.lab.addrs().dns_v4);
+    let rogue = SocketAddr::new(inet4(99), 53);
+    let bot = guard_tests::probe::Prober::dns_in(&t.bot, rogue, Duration::from_millis(10)).expect("prober");
+    let connect = |d: &Daemon| {
+        t.ovs
+            .vsctl(&["set-controller", BRIDGE, &format!("ssl:127.0.0.1:{OF_PORT}")])
+            .expect("set-controller");
+        t.ovs.vsctl(&["set", "controller", BRIDGE, "max_backoff=1000"]).expect("controller options");
+        eventually(Duration::from_secs(20), || {
+            switch_connected(d) && t.flows().contains("priority=0 actions=NORMAL")
+        })
+        .unwrap_or_else(|| panic!("switch did not connect; log:\n{}", d.log()));
+    };
+
+    // No snapshot, primary down: up, deny-protected, nothing passes.
+    let mut d1 = start_openflow_with(&t, &[("--server", &dead)]);
+    connect(&d1);
+    let st = d1.status();
+    assert!(st.sync.deny_protected && st.sync.last_error.is_some(), "{:?}", st.sync);
+    assert!(!smtp(&t.pc, mx, 25, BLOCKED), "deny-protected: even a registered host waits for the set");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(d1.is_running(), "the controller stays up with the primary down");
+    d1.stop();
+
+    // A normal run writes the snapshot.
+    let mut d2 = start_openflow(&t);
+    let serial = d2.status().sync.serial;
+    eventually(Duration::from_secs(10), || d2.status().sync.snapshot_serial == serial)
+        .expect("snapshot written");
+    d2.stop();
+
+    // Snapshot, primary down: the snapshot's destinations pass at once.
+    let d3 = start_openflow_with(&t, &[("--server", &dead)]);
+    connect(&d3);
+    let st = d3.status();
+    assert!(!st.sync.deny_protected && st.sync.last_error.is_some(), "{:?}", st.sync);
+    assert!(st.sync.started_from.as_deref().is_some_and(|s| s.contains("snapshot")), "{:?}", st.sync);
+    assert_eq!(st.entries.0, 1);
+    assert!(smtp(&t.pc, mx, 25, SHORT), "the snapshot's mail server passes while the primary is down");
+    let tally = bot.stop();
+    eprintln!("openflow, primary down at start: bot {tally:?}");
+    assert!(tally.sent > 300, "prober ran: {tally:?}");
+    assert_eq!(tally.answered, 0, "the bot got no answer at any point");
 }

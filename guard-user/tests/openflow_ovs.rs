@@ -22,7 +22,11 @@ use std::{
 };
 
 use guard_common::Stat;
-use guard_tests::ovs::Ovs;
+use guard_tests::{
+    awkward::{self, Endpoints},
+    netns::PacketTap,
+    ovs::Ovs,
+};
 use guard_user::{
     events::{DetectionEvent, EventOutput, EventSink, Reason},
     metrics::Counters,
@@ -738,4 +742,79 @@ fn hostile_peers_do_not_disturb_the_real_switch() {
     assert!(lab.status().switches.iter().any(|s| s.dpid == DPID), "real switch still connected");
     assert!(lab.status().protocol_errors > errors_before, "violations are counted");
     assert!(smtp(&lab.client, None, ip("10.77.0.101"), 587, SHORT), "still enforcing after the attack");
+}
+
+/// The MAC address of `iface` in namespace `ns`.
+fn mac(ns: &str, iface: &str) -> [u8; 6] {
+    let out = run("ip", &["-n", ns, "-o", "link", "show", "dev", iface]);
+    let hex = out.split("link/ether ").nth(1).and_then(|r| r.split_whitespace().next()).expect("link/ether");
+    let mut m = [0u8; 6];
+    for (b, h) in m.iter_mut().zip(hex.split(':')) {
+        *b = u8::from_str_radix(h, 16).expect("mac byte");
+    }
+    m
+}
+
+/// The README's awkward-packet policy (`guard_tests::awkward`, the table the
+/// XDP program and the parser are held to) on a real OVS: every crafted
+/// frame is sent raw from the client's port, and it must reach the
+/// destination's port exactly when the table says it passes. Regression
+/// test for the RFC 1858 tiny-fragment bypass: OVS read no ports from such
+/// a first fragment and sent it to the table-miss NORMAL flow.
+#[test]
+fn ovs_follows_the_awkward_packet_table() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let set: AllowSet =
+        [(pfx("10.77.0.101"), Classes::SMTP), (pfx("fd77::101"), Classes::SMTP)].into_iter().collect();
+    let lab = Lab::start("rgo9", set, |_| {});
+    let (inet, inet_if, client_if) = ("rgo9n", "rgo9n1", "rgo9c1");
+    let ep = Endpoints {
+        dst_mac: mac(inet, inet_if),
+        src_mac: mac(&lab.client, client_if),
+        src_v4: Ipv4Addr::new(10, 77, 0, 10),
+        src_v6: "fd77::10".parse().expect("v6"),
+        allowed_v4: Ipv4Addr::new(10, 77, 0, 101),
+        allowed_v6: "fd77::101".parse().expect("v6"),
+        denied_v4: Ipv4Addr::new(10, 77, 0, 102),
+        denied_v6: "fd77::102".parse().expect("v6"),
+    };
+    let flows = lab.flows();
+    for want in [
+        "priority=10000,tcp,tp_dst=0 actions=meter:1,CONTROLLER:65535",
+        "priority=10000,udp6,tp_dst=0 actions=meter:1,CONTROLLER:65535",
+        "priority=10000,ip,nw_proto=0 actions=meter:1,CONTROLLER:65535",
+        "priority=10000,dl_type=0x88a8 actions=meter:1,CONTROLLER:65535",
+    ] {
+        assert!(flows.contains(want), "dump-flows lacks {want:?}:\n{flows}");
+    }
+    let table = awkward::cases(&ep);
+    let cap = PacketTap::open(inet, inet_if).expect("capture on the destination port");
+    for c in &table {
+        guard_tests::netns::send_frames(&lab.client, client_if, std::slice::from_ref(&c.frame))
+            .expect("send");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let received: Vec<Vec<u8>> =
+        cap.frames(Duration::from_secs(2)).iter().map(|f| awkward::untagged(f)).collect();
+    let wrong: Vec<String> = table
+        .iter()
+        .filter_map(|c| {
+            let sent = awkward::untagged(&c.frame);
+            let arrived = received.iter().any(|r| r.starts_with(&sent));
+            let want = c.openflow_outcome();
+            (arrived != want.passes()).then(|| format!("{}: arrived={arrived}, want {want:?}", c.name))
+        })
+        .collect();
+    let counters: Vec<(&str, u64)> =
+        [Stat::DropMalformed, Stat::DropExtChain, Stat::Miss, Stat::PassAllowed, Stat::NonIp]
+            .iter()
+            .map(|s| (s.name(), lab.stat(*s)))
+            .collect();
+    assert!(
+        wrong.is_empty(),
+        "OpenFlow mode disagrees with the table:\n{}\ncontroller counters: {counters:?}\n{}",
+        wrong.join("\n"),
+        lab.flows()
+    );
+    assert_eq!(lab.status().switch_errors, 0, "the switch rejected a flow");
 }

@@ -1,9 +1,9 @@
 //! Property tests: decoding arbitrary bytes never panics, and whatever
 //! decodes re-encodes to something that decodes to the same value.
 
-use guard_user::openflow::{
-    codec::{Message, message_len},
-    packet,
+use guard_user::{
+    frame as packet,
+    openflow::codec::{Message, message_len},
 };
 use proptest::prelude::*;
 

@@ -95,6 +95,7 @@ fn run_must_fail(lab: &Lab, key: &Path) -> String {
                 "none",
                 "--status-socket",
                 socket.to_str().expect("utf-8"),
+                "--no-snapshot",
             ],
         )
         .expect("spawn");

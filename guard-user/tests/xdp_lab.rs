@@ -264,33 +264,25 @@ fn pinned_state_survives_restart() {
     assert_eq!(connect(&lab, Role::Pc, rogue, SHORT), Conn::Open, "no filter after unpin");
 }
 
-/// Without pinned state, an unreachable BIND at start is a clear error.
+/// Without pinned state or a snapshot, an unreachable BIND at start no
+/// longer stops the daemon (it used to exit and leave the ports open): the
+/// program is attached in deny-protected mode, unknown destinations are
+/// blocked, and the error is in status. (More in `failclosed_lab.rs`.)
 #[test]
-fn unreachable_source_at_start_is_a_clear_error() {
-    let lab = Lab::up(LabConfig::for_test("xdpe")).unwrap_or_else(|e| panic!("lab up failed: {e}"));
+fn unreachable_source_at_start_runs_deny_protected() {
+    let lab = up("xdpe");
     let bad = SocketAddr::new(IpAddr::V4(lab.addrs().dns_v4), 5399).to_string();
-    let out = lab
-        .exec(
-            Role::Router,
-            &[
-                BIN,
-                "run",
-                "--iface",
-                lab.router_inside_iface(),
-                "--server",
-                &bad,
-                "--status-socket",
-                "/tmp/unused-xdpe.sock",
-            ],
-        )
-        .expect("run");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cannot load the allow set") && err.contains("5399"), "stderr: {err}");
-    // Nothing left attached.
+    let d = start_xdp(&lab, &["--server", &bad, "--no-pin"]);
+    let st = d.status();
+    assert!(st.sync.deny_protected, "deny-protected: {:?}", st.sync);
+    let err = st.sync.last_error.clone().unwrap_or_default();
+    assert!(err.contains("5399"), "status names the unreachable source: {err}");
     let link =
         lab.exec_ok(Role::Router, &["ip", "link", "show", lab.router_inside_iface()]).expect("ip link");
-    assert!(!link.contains("prog/xdp"), "no program left attached: {link}");
+    assert!(link.contains("prog/xdp"), "program attached before any transfer: {link}");
+    let rogue = SocketAddr::new(IpAddr::V4(LabAddrs::inet_v4(66)), 25);
+    assert_eq!(connect(&lab, Role::Pc, rogue, SHORT), Conn::TimedOut, "unknown destination blocked");
+    assert!(!dig_ok(&lab, Role::Bot, IpAddr::V4(LabAddrs::inet_v4(99))), "bot DNS blocked");
 }
 
 /// Mounts a bpffs for the test (in the root mount namespace, which the lab's

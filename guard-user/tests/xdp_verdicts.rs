@@ -6,13 +6,17 @@ use std::{
     time::Duration,
 };
 
-use guard_common::{MODE_COUNT, Settings, Stat};
+use guard_common::{MODE_COUNT, STATE_LOADED, STATE_NOT_LOADED, Settings, Stat};
+use guard_tests::{
+    awkward::{self, Endpoints, Outcome},
+    netns::OwnedNetns,
+};
 use guard_user::{
     policy::{
         AllowSet, Classes, Prefix, Service,
         Transport::{Tcp, Udp},
     },
-    xdp::{Enforcer, ProgramConfig, ProtectedPort},
+    xdp::{AttachMode, Enforcer, ProgramConfig, ProtectedPort},
 };
 
 const XDP_DROP: u32 = 1;
@@ -134,7 +138,16 @@ fn p(s: &str) -> Prefix {
     s.parse().expect("test prefix")
 }
 
+/// A program with the test's ports, exempt and internal prefixes and allow
+/// set, in the loaded state (misses go to userspace).
 fn enforcer(settings: Settings) -> Enforcer {
+    let mut e = enforcer_in(Settings { state: STATE_LOADED, ..settings });
+    e.set_loaded(true).expect("loaded");
+    e
+}
+
+/// As [`enforcer`], keeping `settings.state` as given.
+fn enforcer_in(settings: Settings) -> Enforcer {
     let mut e =
         Enforcer::load(None).unwrap_or_else(|e| panic!("loading the XDP program (needs root): {e:?}"));
     let ports = [(Tcp, 25, Service::Smtp), (Tcp, 465, Service::Smtp), (Tcp, 587, Service::Smtp)]
@@ -525,4 +538,175 @@ fn garbage_frames_get_a_verdict() {
     let s = e.stats().expect("stats");
     let decided: u64 = Stat::OUTCOMES.iter().map(|st| s[*st as usize]).sum();
     assert_eq!(decided, s[Stat::Packets as usize], "every frame lands in exactly one outcome counter");
+}
+
+/// The `Stat` counter an outcome of the shared table lands in (a first
+/// packet to an unregistered host is a miss: pending, dropped).
+fn table_stat(o: Outcome) -> Stat {
+    match o {
+        Outcome::NonIp => Stat::NonIp,
+        Outcome::Unprotected => Stat::Unprotected,
+        Outcome::Fragment => Stat::Fragment,
+        Outcome::Allowed => Stat::PassAllowed,
+        Outcome::Denied => Stat::Miss,
+        Outcome::Malformed => Stat::DropMalformed,
+        Outcome::ExtChain => Stat::DropExtChain,
+    }
+}
+
+fn table_action(o: Outcome) -> u32 {
+    if o.passes() { XDP_PASS } else { XDP_DROP }
+}
+
+/// The README's awkward-packet policy (`guard_tests::awkward`, shared with
+/// the parser and the OpenFlow tests) in the kernel, by `BPF_PROG_TEST_RUN`.
+#[test]
+fn awkward_packet_table() {
+    let mut e = enforcer(Settings::default());
+    let mut wrong = Vec::new();
+    for c in awkward::cases(&Endpoints::example()) {
+        let before = e.stats().expect("stats");
+        let got = run(&mut e, &c.frame);
+        let stat = table_stat(c.outcome);
+        if got != table_action(c.outcome) || delta(&e, &before, stat) != 1 {
+            wrong.push(format!("{}: action {got}, want {:?} (counter {})", c.name, c.outcome, stat.name()));
+        }
+    }
+    assert!(wrong.is_empty(), "XDP program disagrees with the table:\n{}", wrong.join("\n"));
+}
+
+/// A namespace of its own with a veth pair `awa` ⇄ `awb` (no addresses,
+/// IPv6 off, so the only frames are the test's); deleted on drop.
+fn veth_ns() -> OwnedNetns {
+    let ns = OwnedNetns::create(&format!("rgawk{}", std::process::id())).expect("namespace");
+    let ip = |args: &[&str]| {
+        let mut a = vec!["-n", ns.name()];
+        a.extend_from_slice(args);
+        guard_tests::netns::exec_ok_root(&a).unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
+    };
+    ip(&["link", "add", "awa", "type", "veth", "peer", "name", "awb"]);
+    for i in ["awa", "awb"] {
+        guard_tests::netns::exec(ns.name(), &["sysctl", "-qw", &format!("net.ipv6.conf.{i}.disable_ipv6=1")])
+            .expect("sysctl");
+        ip(&["link", "set", i, "up"]);
+    }
+    ns
+}
+
+/// The same table through a real veth: the program attached natively to
+/// `awb`, every frame sent from `awa` through an `AF_PACKET` socket, the
+/// outcome read from the program's counters (tagged frames included: they
+/// arrive with their tags in the data).
+#[test]
+fn awkward_packet_table_on_a_veth() {
+    let net = veth_ns();
+    let mut e = enforcer(Settings::default());
+    let ns = net.name().to_owned();
+    guard_tests::netns::run_in_netns(&ns, || e.attach("awb", AttachMode::Native))
+        .expect("enter namespace")
+        .expect("attach natively to the veth");
+    let mut wrong = Vec::new();
+    for c in awkward::cases(&Endpoints::example()) {
+        let before = e.stats().expect("stats");
+        guard_tests::netns::send_frames(&ns, "awa", std::slice::from_ref(&c.frame)).expect("send");
+        let t0 = std::time::Instant::now();
+        while delta(&e, &before, Stat::Packets) == 0 && t0.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let stat = table_stat(c.outcome);
+        let (packets, hit) = (delta(&e, &before, Stat::Packets), delta(&e, &before, stat));
+        if packets != 1 || hit != 1 {
+            wrong.push(format!("{}: {packets} packets seen, counter {} +{hit}", c.name, stat.name()));
+        }
+    }
+    assert!(wrong.is_empty(), "XDP on the veth disagrees with the table:\n{}", wrong.join("\n"));
+}
+
+/// Before the first allow set is in force (the zero state of the settings,
+/// which is what a program attached before its first load runs in),
+/// protected traffic that no allow entry passes is dropped and reported as
+/// `not_loaded`, never handed to the miss path; exempt sources, internal
+/// destinations, unprotected ports and entries already mirrored pass.
+#[test]
+fn not_loaded_state_denies_protected_traffic() {
+    let mut e = enforcer_in(Settings::default());
+    assert_eq!(e.state().expect("state"), STATE_NOT_LOADED, "zero settings mean not loaded");
+    let before = e.stats().expect("stats");
+    let unknown = frame::v4(PC, UNKNOWN, frame::TCP, 25);
+    assert_eq!(run(&mut e, &unknown), XDP_DROP);
+    assert_eq!(run(&mut e, &frame::v4(PC, UNKNOWN, frame::UDP, 53)), XDP_DROP);
+    assert_eq!(run(&mut e, &frame::v6(v6("fd00:1::10"), v6("2001:db8:100::99"), frame::TCP, 587)), XDP_DROP);
+    assert_eq!(delta(&e, &before, Stat::DropNotLoaded), 3);
+    assert_eq!(delta(&e, &before, Stat::Miss), 0, "no miss event: nothing asks the RPZ yet");
+    assert_eq!(delta(&e, &before, Stat::EventsSent), 3, "each drop is an event (rate-limited)");
+    // Wrong class is still wrong class; what passes still passes.
+    assert_eq!(run(&mut e, &frame::v4(PC, NS, frame::TCP, 25)), XDP_DROP);
+    assert_eq!(run(&mut e, &frame::v4(PC, MX, frame::TCP, 25)), XDP_PASS, "mirrored entry");
+    assert_eq!(run(&mut e, &frame::v4(RESOLVER, UNKNOWN, frame::TCP, 25)), XDP_PASS, "exempt source");
+    assert_eq!(run(&mut e, &frame::v4(PC, INTERNAL, frame::TCP, 25)), XDP_PASS, "internal destination");
+    assert_eq!(run(&mut e, &frame::v4(PC, UNKNOWN, frame::TCP, 80)), XDP_PASS, "unprotected port");
+    // Loaded: the same unknown destination is a miss (asked, held meanwhile).
+    e.set_loaded(true).expect("set loaded");
+    assert_eq!(e.state().expect("state"), STATE_LOADED);
+    let before = e.stats().expect("stats");
+    assert_eq!(run(&mut e, &unknown), XDP_DROP);
+    assert_eq!(delta(&e, &before, Stat::Miss), 1);
+    assert_eq!(delta(&e, &before, Stat::DropNotLoaded), 0);
+    // Event budget: a flood in deny-protected mode is rate-limited per source.
+    e.set_loaded(false).expect("back to not loaded");
+    let flood_src = Ipv4Addr::new(10, 1, 0, 66);
+    let before = e.stats().expect("stats");
+    for _ in 0..50 {
+        assert_eq!(run(&mut e, &frame::v4(flood_src, UNKNOWN, frame::UDP, 53)), XDP_DROP);
+    }
+    assert_eq!(delta(&e, &before, Stat::DropNotLoaded), 50);
+    assert_eq!(delta(&e, &before, Stat::EventsSent), u64::from(guard_common::DEFAULT_EVENTS_PER_SOURCE));
+    assert_eq!(
+        delta(&e, &before, Stat::EventsRateLimited),
+        50 - u64::from(guard_common::DEFAULT_EVENTS_PER_SOURCE)
+    );
+}
+
+/// The batched mirror and the one-by-one path leave the same maps, for
+/// upserts, class changes and removals (including removals of keys that
+/// are not there), hosts and prefixes, IPv4 and IPv6, across chunk edges.
+#[test]
+fn batched_mirror_matches_one_by_one() {
+    let n = guard_user::xdp::BATCH_CHUNK as u32 + 777;
+    let host = |i: u32| -> IpAddr {
+        if i.is_multiple_of(9) {
+            IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x300, 0, 0, 0, (i >> 16) as u16, i as u16))
+        } else {
+            IpAddr::V4(Ipv4Addr::from(0x6440_0000 + i))
+        }
+    };
+    let first: AllowSet = (0..n)
+        .map(|i| (Prefix::host(host(i)), if i % 2 == 0 { Classes::SMTP } else { Classes::DNS }))
+        .chain([(p("100.100.0.0/16"), Classes::SMTP), (p("2001:db8:400::/48"), Classes::DNS)])
+        .collect();
+    let mut second = first.clone();
+    for i in (0..n).step_by(3) {
+        second.remove(&Prefix::host(host(i)), Classes::from_bits(3));
+    }
+    for i in (1..n).step_by(5) {
+        second.add(Prefix::host(host(i)), Classes::SMTP);
+    }
+    second.remove(&p("100.100.0.0/16"), Classes::SMTP);
+    second.add(p("100.101.0.0/16"), Classes::DNS);
+    let mut batched = enforcer(Settings::default());
+    let mut single = enforcer(Settings::default());
+    let base = batched.read_allow().expect("read");
+    let to_first = base.diff(&first);
+    batched.apply_diff(&to_first).expect("batched load");
+    single.apply_diff_one_by_one(&to_first).expect("one-by-one load");
+    assert_eq!(batched.read_allow().expect("read"), first);
+    assert_eq!(single.read_allow().expect("read"), first);
+    let mut to_second = first.diff(&second);
+    // Removals of keys that are not in the maps are fine for a mirror.
+    to_second.remove.push(Prefix::host("192.0.2.250".parse().expect("ip")));
+    to_second.remove.push(p("192.0.2.0/24"));
+    batched.apply_diff(&to_second).expect("batched diff");
+    single.apply_diff_one_by_one(&to_second).expect("one-by-one diff");
+    assert_eq!(batched.read_allow().expect("read"), second);
+    assert_eq!(single.read_allow().expect("read"), second);
 }

@@ -727,6 +727,18 @@ impl Lab {
         self.spawn_os(role, &args.iter().map(std::ffi::OsStr::new).collect::<Vec<_>>(), &name)
     }
 
+    /// Like [`spawn`](Lab::spawn), but the process enters only `role`'s
+    /// network namespace (`nsenter --net`), not a private mount namespace
+    /// with its own `/sys` as under `ip netns exec`: it sees the host's
+    /// mounts, e.g. the host's bpffs, where pinned state outlives it.
+    pub fn spawn_host_mounts(&self, role: Role, args: &[&str]) -> Result<LabChild> {
+        let name = args.first().map(|a| basename(a)).unwrap_or_default();
+        let net = format!("--net={}", netns::netns_path(&self.ns(role)).display());
+        let mut argv: Vec<&std::ffi::OsStr> = vec![net.as_ref(), "--".as_ref()];
+        argv.extend(args.iter().map(std::ffi::OsStr::new));
+        self.spawn_with_launcher("nsenter", &argv, &name, false)
+    }
+
     /// Like [`spawn`](Lab::spawn) but stdout is a pipe (read it through
     /// [`LabChild::child`]); stderr still goes to the log file.
     pub fn spawn_piped(&self, role: Role, args: &[&str]) -> Result<LabChild> {
@@ -740,6 +752,19 @@ impl Lab {
     }
 
     fn spawn_with(&self, role: Role, args: &[&std::ffi::OsStr], name: &str, pipe: bool) -> Result<LabChild> {
+        let ns = self.ns(role);
+        let mut argv: Vec<&std::ffi::OsStr> = vec!["netns".as_ref(), "exec".as_ref(), ns.as_ref()];
+        argv.extend_from_slice(args);
+        self.spawn_with_launcher("ip", &argv, name, pipe)
+    }
+
+    fn spawn_with_launcher(
+        &self,
+        launcher: &str,
+        args: &[&std::ffi::OsStr],
+        name: &str,
+        pipe: bool,
+    ) -> Result<LabChild> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         let log_name = if name == "named" {
@@ -751,8 +776,8 @@ impl Lab {
         let log = fs::File::create(&log_path)
             .map_err(|e| LabError::io(format!("create {}", log_path.display()), e))?;
         let log_err = log.try_clone().map_err(|e| LabError::io("clone log file", e))?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns(role)]).args(args);
+        let mut cmd = Command::new(launcher);
+        cmd.args(args);
         cmd.stdin(Stdio::null()).stderr(log_err);
         if pipe {
             cmd.stdout(Stdio::piped());

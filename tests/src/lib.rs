@@ -35,6 +35,7 @@
 //! itself (`mount -t bpf bpf /sys/fs/bpf`); the lab does not do that.
 #![warn(missing_docs)]
 
+pub mod awkward;
 pub mod bind;
 pub mod capture;
 pub mod dns;
@@ -43,6 +44,7 @@ pub mod load;
 pub mod netns;
 pub mod ovs;
 pub mod primary;
+pub mod probe;
 pub mod process;
 pub mod responder;
 pub mod smtp;

@@ -289,3 +289,82 @@ pub fn tcp_connect_from(src: std::net::Ipv4Addr, to: std::net::SocketAddrV4) -> 
         Ok(s)
     }
 }
+
+/// An `AF_PACKET` socket receiving every frame that arrives on one
+/// interface of a namespace (opened before traffic is sent, so nothing is
+/// missed); closed on drop. For namespaces a test made itself, without a
+/// [`crate::Lab`] or tcpdump (for those, see [`crate::capture::Capture`]).
+#[derive(Debug)]
+pub struct PacketTap {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl PacketTap {
+    /// Opens the socket on `iface` inside `ns`.
+    pub fn open(ns: &str, iface: &str) -> Result<PacketTap> {
+        let name = std::ffi::CString::new(iface).map_err(|_| {
+            LabError::io(format!("interface name {iface:?}"), std::io::ErrorKind::InvalidInput.into())
+        })?;
+        let fd = run_in_netns(ns, || -> std::io::Result<std::os::fd::OwnedFd> {
+            // SAFETY: plain socket/bind calls with valid, zero-initialised addresses.
+            unsafe {
+                let index = libc::if_nametoindex(name.as_ptr());
+                if index == 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let proto = (libc::ETH_P_ALL as u16).to_be();
+                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, i32::from(proto));
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
+                let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+                addr.sll_family = libc::AF_PACKET as u16;
+                addr.sll_protocol = proto;
+                addr.sll_ifindex = index as i32;
+                let len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+                if libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), len) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(fd)
+            }
+        })?
+        .map_err(|e| LabError::io(format!("packet socket on {iface} in {ns}"), e))?;
+        Ok(PacketTap { fd })
+    }
+
+    /// The frames received (not those sent) on the interface during `window`.
+    pub fn frames(&self, window: Duration) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let end = Instant::now() + window;
+        let mut buf = vec![0u8; 65_536];
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1);
+            // SAFETY: poll on one valid descriptor.
+            if unsafe { libc::poll(&mut pfd, 1, ms) } <= 0 {
+                continue;
+            }
+            // SAFETY: recvfrom into a buffer we own, with a sockaddr_ll of the right size.
+            let (n, from) = unsafe {
+                let mut from: libc::sockaddr_ll = std::mem::zeroed();
+                let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+                let n = libc::recvfrom(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                    (&raw mut from).cast(),
+                    &mut len,
+                );
+                (n, from)
+            };
+            if let Ok(n) = usize::try_from(n)
+                && from.sll_pkttype != libc::PACKET_OUTGOING
+            {
+                out.push(buf[..n].to_vec());
+            }
+        }
+        out
+    }
+}

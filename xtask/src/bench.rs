@@ -54,6 +54,12 @@ const BENCHES: &[Bench] = &[
         limit: Duration::from_secs(300),
     },
     Bench {
+        name: "mirror",
+        what: "allow-set mirror into the XDP maps: BPF_MAP_UPDATE_BATCH vs one update per entry",
+        bin: Some("mirror"),
+        limit: Duration::from_secs(300),
+    },
+    Bench {
         name: "xdp-e2e",
         what: "trafgen floods through the lab router: no filter vs rpz-guard XDP vs nftables set",
         bin: Some("xdp-e2e"),
@@ -88,6 +94,12 @@ const BENCHES: &[Bench] = &[
         what: "pcap → RPZ: rpz-guard learn vs the paper's Python/dpkt builder",
         bin: Some("learner"),
         limit: Duration::from_secs(420),
+    },
+    Bench {
+        name: "live",
+        what: "live learning: learner throughput on one core, first SYN to a freshly resolved destination, lags",
+        bin: Some("live"),
+        limit: Duration::from_secs(300),
     },
     Bench {
         name: "criterion",

@@ -3,8 +3,10 @@
 //! Brings up the lab, registers a name server and a mail exchanger in the
 //! BIND RPZ (as the learner would), starts the XDP enforcer on the router,
 //! shows a legitimate mail delivery pass and a bot's direct SMTP and direct
-//! DNS get blocked and reported, registers a new mail server live, prints
-//! the status table, and tears everything down.
+//! DNS get blocked and reported, registers a new mail server live, then
+//! shows live learning (the pc resolves a mail domain no capture ever saw,
+//! through the organisation's resolver, and mails it at once, with no
+//! `learn` step), prints the status table, and tears everything down.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -91,10 +93,20 @@ fn demo(lab: &Lab, bin: &std::path::Path) -> Result<()> {
     lab.nsupdate(&[&format!("update add {owner6} 300 IN A 127.0.0.25")])?;
     ok(&format!("{mx6:<15} A 127.0.0.25  (mail exchanger, IPv6)"));
 
-    say("Starting rpz-guard on the router (XDP on in0, RPZ by AXFR + NOTIFY/IXFR from BIND)");
+    say(
+        "An authoritative DNS world outside (root and demo. on 192.0.2.1), a recursive resolver inside (10.x.0.54)",
+    );
+    let world = live_world(lab)?;
+    ok(&format!(
+        "fresh.demo. MX 10 mx.fresh.demo.  mx.fresh.demo. A {FRESH_MX}  (nobody has resolved it yet)"
+    ));
+
+    say(
+        "Starting rpz-guard on the router (XDP on in0, RPZ by AXFR + NOTIFY/IXFR from BIND, live learning: copy program on out0)",
+    );
     let events = lab.state_dir().join("events.jsonl");
     let socket = lab.state_dir().join("rpz-guard.sock");
-    let daemon = start(lab, bin, &events, &socket)?;
+    let daemon = start(lab, bin, &events, &socket, &world.learn_args)?;
     let st = status_text(bin, &socket)?;
     for l in st.lines().take(4) {
         println!("   {l}");
@@ -157,6 +169,46 @@ fn demo(lab: &Lab, bin: &std::path::Path) -> Result<()> {
     }
     ok(&format!("{to} reachable {} ms after the UPDATE", t.elapsed().as_millis()));
 
+    say(
+        "Live learning: the pc resolves a mail domain no capture ever saw and mails it at once (no `learn` step)",
+    );
+    let resolver = IpAddr::V4(world.resolver);
+    let rpz_has = |ip: std::net::Ipv4Addr| -> Result<bool> {
+        let d = lab.dig_query(Role::Dns, IpAddr::V4(a.dns_v4), &format!("{ip}.rpz.example.com"), "A")?;
+        Ok(d.status == "NOERROR")
+    };
+    if rpz_has(FRESH_MX)? {
+        bail!("{FRESH_MX} is in the RPZ before anyone resolved it");
+    }
+    ok(&format!("the RPZ does not know {FRESH_MX}"));
+    let mx = lab.dig_query(Role::Pc, resolver, "fresh.demo", "MX")?;
+    ok(&format!("pc: dig MX fresh.demo @{resolver} → {}", mx.answers.join(", ")));
+    let ad = lab.dig_query(Role::Pc, resolver, "mx.fresh.demo", "A")?;
+    ok(&format!("pc: dig A mx.fresh.demo → {}", ad.answers.join(", ")));
+    let t = Instant::now();
+    match delivered(Role::Pc, SocketAddr::new(IpAddr::V4(FRESH_MX), 25)) {
+        Ok(_) => ok(&format!(
+            "SMTP {FRESH_MX}:25 delivered at once ({} ms, first SYN: the router learned the answer as it crossed)",
+            t.elapsed().as_millis()
+        )),
+        Err(e) => bail!("mail to the freshly resolved {FRESH_MX} failed: {e}"),
+    }
+    let t = Instant::now();
+    while !rpz_has(FRESH_MX)? {
+        if t.elapsed() > Duration::from_secs(5) {
+            bail!("{FRESH_MX} did not reach the RPZ within 5 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ok(&format!(
+        "{FRESH_MX}.rpz.example.com. A 127.0.0.25 is now at BIND (pushed by TSIG UPDATE; every router following the zone has it)"
+    ));
+    let stranger = LabAddrs::inet_v4_alt(126);
+    match lab.tcp_connect(Role::Bot, SocketAddr::new(IpAddr::V4(stranger), 25), Duration::from_millis(1500)) {
+        Ok(_) => bail!("bot reached {stranger}:25: not blocked"),
+        Err(_) => blocked(&format!("bot: SMTP {stranger}:25 still blocked (nobody resolved it)")),
+    }
+
     say("Detection events (JSON lines, one per blocked attempt; rate-limited per host)");
     std::thread::sleep(Duration::from_millis(300));
     let text = std::fs::read_to_string(&events).unwrap_or_default();
@@ -183,11 +235,112 @@ fn demo(lab: &Lab, bin: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// The mail host of the domain nobody resolved before the demo does.
+const FRESH_MX: std::net::Ipv4Addr = std::net::Ipv4Addr::new(203, 0, 113, 125);
+/// The authoritative server of the demo world.
+const AUTH: &str = "192.0.2.1";
+
+/// The outside DNS world and the inside resolver, kept running.
+struct LiveWorld {
+    resolver: std::net::Ipv4Addr,
+    learn_args: Vec<String>,
+    _auth: LabChild,
+    _resolver: LabChild,
+}
+
+/// An authoritative named for `.` and `demo.` in its own namespace behind
+/// `inet` (the lab's `inet` answers DNS on every address itself), and a
+/// recursive named on a second address of the `dns` host whose root hints
+/// point at it. The resolver is exempt and is the one live learning
+/// follows.
+fn live_world(lab: &Lab) -> Result<LiveWorld> {
+    let a = lab.addrs().clone();
+    let auth_ns = lab.create_namespace("auth")?;
+    let inet = lab.ns(Role::Inet);
+    let ip = |args: &[&str]| guard_tests::netns::exec_ok_root(args).map(drop);
+    ip(&[
+        "-n", &inet, "link", "add", "name", "auth0", "type", "veth", "peer", "name", "eth0", "netns",
+        &auth_ns,
+    ])?;
+    ip(&["-n", &inet, "addr", "add", "192.0.2.254/24", "dev", "auth0"])?;
+    ip(&["-n", &inet, "link", "set", "auth0", "up"])?;
+    ip(&["-n", &auth_ns, "addr", "add", &format!("{AUTH}/24"), "dev", "eth0"])?;
+    ip(&["-n", &auth_ns, "link", "set", "eth0", "up"])?;
+    ip(&["-n", &auth_ns, "route", "add", "default", "via", "192.0.2.254"])?;
+    lab.exec_ok(Role::Inet, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+    let dir = lab.state_dir().join("demo-auth");
+    std::fs::create_dir_all(&dir)?;
+    let soa = |o: &str| {
+        format!("$TTL 300\n{o} IN SOA a.root.demo. h.demo. 1 3600 600 86400 60\n{o} IN NS a.root.demo.\n")
+    };
+    std::fs::write(
+        dir.join("root.zone"),
+        format!("{}demo. IN NS a.root.demo.\na.root.demo. IN A {AUTH}\n", soa(".")),
+    )?;
+    std::fs::write(
+        dir.join("demo.zone"),
+        format!(
+            "{}a.root.demo. IN A {AUTH}\nfresh.demo. IN MX 10 mx.fresh.demo.\nmx.fresh.demo. IN A {FRESH_MX}\n",
+            soa("demo.")
+        ),
+    )?;
+    let d = dir.display();
+    std::fs::write(
+        dir.join("named.conf"),
+        format!(
+            "options {{ directory \"{d}\"; pid-file \"{d}/named.pid\"; listen-on port 53 {{ {AUTH}; }}; \
+             listen-on-v6 {{ none; }}; recursion no; dnssec-validation no; }};\ncontrols {{ }};\n\
+             zone \".\" {{ type primary; file \"root.zone\"; }};\nzone \"demo\" {{ type primary; file \"demo.zone\"; }};\n"
+        ),
+    )?;
+    let conf = dir.join("named.conf").display().to_string();
+    let auth =
+        lab.spawn(Role::Inet, &["ip", "netns", "exec", &auth_ns, "named", "-g", "-n", "1", "-c", &conf])?;
+    let resolver = std::net::Ipv4Addr::new(10, a.subnet, 0, 54);
+    ip(&["-n", &lab.ns(Role::Dns), "addr", "add", &format!("{resolver}/24"), "dev", "eth0"])?;
+    let rdir = lab.state_dir().join("demo-resolver");
+    std::fs::create_dir_all(&rdir)?;
+    let hints = rdir.join("root.hints");
+    std::fs::write(&hints, format!(". 3600000 NS a.root.demo.\na.root.demo. 3600000 A {AUTH}\n"))?;
+    let r = rdir.display();
+    std::fs::write(
+        rdir.join("named.conf"),
+        format!(
+            "options {{ directory \"{r}\"; pid-file \"{r}/named.pid\"; listen-on port 53 {{ {resolver}; }}; \
+             listen-on-v6 {{ none; }}; recursion yes; allow-recursion {{ any; }}; dnssec-validation no; \
+             query-source address {resolver}; }};\ncontrols {{ }};\nzone \".\" {{ type hint; file \"root.hints\"; }};\n"
+        ),
+    )?;
+    let rconf = rdir.join("named.conf").display().to_string();
+    let res = lab.spawn(Role::Dns, &["named", "-g", "-n", "1", "-c", &rconf])?;
+    guard_tests::netns::wait_for_udp_dns(
+        &lab.ns(Role::Pc),
+        SocketAddr::new(IpAddr::V4(resolver), 53),
+        Duration::from_secs(20),
+    )
+    .context("the demo resolver does not answer")?;
+    let learn_args = vec![
+        "--exempt".into(),
+        format!("{resolver}/32"),
+        "--learn".into(),
+        "--learn-outside".into(),
+        lab.router_outside_iface().into(),
+        "--learn-resolver".into(),
+        format!("{resolver}/32"),
+        "--learn-root-hints".into(),
+        hints.display().to_string(),
+        "--learn-journal".into(),
+        lab.state_dir().join("live.journal").display().to_string(),
+    ];
+    Ok(LiveWorld { resolver, learn_args, _auth: auth, _resolver: res })
+}
+
 fn start(
     lab: &Lab,
     bin: &std::path::Path,
     events: &std::path::Path,
     socket: &std::path::Path,
+    extra: &[String],
 ) -> Result<LabChild> {
     let a = lab.addrs();
     let server = format!("{}:53", a.dns_v4);
@@ -212,7 +365,7 @@ fn start(
         "--status-socket".into(),
         socket.display().to_string(),
     ];
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let argv: Vec<&str> = args.iter().chain(extra).map(String::as_str).collect();
     let mut child = lab.spawn(Role::Router, &argv)?;
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(20) {

@@ -8,9 +8,9 @@
 //!
 //! Side by side, in one run: the bounded defaults; the same binary with the
 //! limits turned off (caps and drain timeout out of reach, a 64 MiB send
-//! queue); and, with `--baseline-bin PATH` (e.g. a build of the parent
-//! commit), that binary with its defaults: the behaviour before the
-//! limits. Everything runs in a network namespace made here, on loopback;
+//! queue); and, with `--baseline-bin PATH` or `RPZ_GUARD_BASELINE_BIN`
+//! (e.g. a build of the commit before the limits), that binary with its
+//! defaults: the behaviour before the limits. Everything runs in a network namespace made here, on loopback;
 //! peers use distinct 127.0.x.y sources so the per-source cap does not
 //! refuse them (what is measured is the per-peer cost).
 
@@ -25,7 +25,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use guard_benches::{Chart, Opts, Section, Summary, Table, write_section};
+use guard_benches::{Chart, Opts, Section, Summary, Table, proc_cpu_seconds, write_section};
 use guard_tests::{netns::tcp_connect_from, run_in_netns};
 use guard_user::{
     openflow::codec::{Body, FeaturesReply, Message, message_len, msg_type},
@@ -100,6 +100,22 @@ impl Daemon {
         Ok(d)
     }
 
+    /// Waits until the daemon used under 5% of a CPU over half a second;
+    /// returns how long that took.
+    fn settle(&self, limit: Duration) -> Duration {
+        let t = Instant::now();
+        let mut last = proc_cpu_seconds(self.child.id()).unwrap_or(0.0);
+        while t.elapsed() < limit {
+            thread::sleep(Duration::from_millis(500));
+            let now = proc_cpu_seconds(self.child.id()).unwrap_or(0.0);
+            if now - last < 0.025 {
+                break;
+            }
+            last = now;
+        }
+        t.elapsed()
+    }
+
     fn rss_mib(&self) -> f64 {
         fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .ok()
@@ -128,6 +144,20 @@ impl Drop for Daemon {
 fn connect_from(ns: &str, src: Ipv4Addr) -> Result<TcpStream> {
     run_in_netns(ns, move || tcp_connect_from(src, SocketAddrV4::new(Ipv4Addr::LOCALHOST, PORT)))?
         .with_context(|| format!("connect from {src}"))
+}
+
+/// Kernel memory in TCP socket buffers, MiB (`/proc/net/sockstat` "mem",
+/// in pages; machine-wide, so it includes the peers' receive buffers).
+fn tcp_buffers_mib() -> f64 {
+    fs::read_to_string("/proc/net/sockstat")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("TCP:"))?;
+            let mut it = line.split_whitespace();
+            it.position(|w| w == "mem")?;
+            it.next()?.parse::<f64>().ok()
+        })
+        .map_or(f64::NAN, |pages| pages * 4096.0 / (1024.0 * 1024.0))
 }
 
 fn handshake(s: &mut TcpStream, dpid: u64) -> Result<()> {
@@ -178,6 +208,7 @@ fn good_switch_sync(ns: &str) -> Result<(f64, usize)> {
 
 struct Point {
     peers: usize,
+    tcp_loaded: f64,
     rss_idle: f64,
     rss_loaded: f64,
     sync_s: f64,
@@ -199,19 +230,22 @@ fn measure(v: &Variant, ns: &str, dir: &Path, zone: &Path, counts: &[usize]) -> 
             handshake(&mut s, 0x7000 + i as u64)?;
             peers.push(s);
         }
-        // Their resyncs run until the queues (and socket buffers) are full.
-        thread::sleep(Duration::from_secs(3));
+        // Their resyncs run until the queues (and socket buffers) are full:
+        // wait until the daemon is idle again (or 60 s), then read its RSS.
+        let settle = d.settle(Duration::from_secs(60));
         let rss_loaded = d.rss_mib();
+        let tcp_loaded = tcp_buffers_mib();
         let (sync_s, flow_mods) = good_switch_sync(ns)?;
         drop(peers);
         thread::sleep(Duration::from_secs(6));
         let rss_after = d.rss_mib();
         eprintln!(
-            "{}: {n} stalled peers: RSS {rss_idle:.1} → {rss_loaded:.1} MiB, good switch sync {sync_s:.2} s \
-             ({flow_mods} FLOW_MODs), RSS after they left {rss_after:.1} MiB",
-            v.label
+            "{}: {n} stalled peers: RSS {rss_idle:.1} → {rss_loaded:.1} MiB, kernel TCP {tcp_loaded:.0} MiB (settled after {:.1} s), good switch \
+             sync {sync_s:.2} s ({flow_mods} FLOW_MODs), RSS after they left {rss_after:.1} MiB",
+            v.label,
+            settle.as_secs_f64()
         );
-        out.push(Point { peers: n, rss_idle, rss_loaded, sync_s, flow_mods, rss_after });
+        out.push(Point { peers: n, tcp_loaded, rss_idle, rss_loaded, sync_s, flow_mods, rss_after });
     }
     Ok(out)
 }
@@ -221,7 +255,7 @@ fn main() -> Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let bin = opts.value("--bin").map_or_else(|| root.join("target/release/rpz-guard"), PathBuf::from);
     let (entries, counts): (u32, Vec<usize>) =
-        if opts.quick { (20_000, vec![0, 50, 200]) } else { (50_000, vec![0, 50, 100, 200]) };
+        if opts.quick { (10_000, vec![0, 50, 200]) } else { (50_000, vec![0, 50, 100, 200]) };
     let mut variants = vec![
         Variant { label: "bounded (defaults)".into(), bin: bin.clone(), config: Some("") },
         Variant {
@@ -233,10 +267,15 @@ fn main() -> Result<()> {
             ),
         },
     ];
-    if let Some(b) = opts.value("--baseline-bin") {
+    // `cargo xtask bench` passes no arguments: there the environment names the baseline.
+    let baseline = opts
+        .value("--baseline-bin")
+        .map(str::to_owned)
+        .or_else(|| std::env::var("RPZ_GUARD_BASELINE_BIN").ok());
+    if let Some(b) = baseline {
         variants.push(Variant {
             label: format!("before the limits ({b})"),
-            bin: PathBuf::from(b),
+            bin: PathBuf::from(&b),
             config: None,
         });
     }
@@ -286,6 +325,7 @@ fn main() -> Result<()> {
                 format!("{:.1}", p.rss_idle),
                 format!("{:.1}", p.rss_loaded),
                 ratio,
+                format!("{:.0}", p.tcp_loaded),
                 format!("{:.2}", p.sync_s),
                 p.flow_mods.to_string(),
                 format!("{:.1}", p.rss_after),
@@ -299,10 +339,13 @@ fn main() -> Result<()> {
         format!(
             "rpz-guard with a zone of {entries} DNS entries ({} proactive flows) in a namespace of its own; N fake \
              switches (distinct 127.1.x.y sources, own datapath ids) complete HELLO + FEATURES and never read. RSS is \
-             VmRSS of the daemon 3 s after the peers connected; sync is a reading fake switch's connect → the \
+             VmRSS of the daemon once its CPU use settled after the peers connected (their resyncs stopped on full buffers); sync is a reading fake switch's connect → the \
              BARRIER_REQUEST closing its resync while the N peers stay stalled; 'after' is 6 s after the peers \
              closed. One trial per point (whiskers collapse). The RSS ratio column compares each row with the \
-             bounded defaults at the same N.",
+             bounded defaults at the same N. Kernel TCP buffers are machine-wide (`/proc/net/sockstat`), so they \
+             include the peers' receive buffers and any other TCP traffic on the machine: read them as orders of \
+             magnitude. The bounded controller caps its socket send buffer (SO_SNDBUF 256 KiB); before, Linux grew it \
+             up to 4 MiB per connection for a peer that does not read.",
             entries * 2
         ),
     );
@@ -319,6 +362,7 @@ fn main() -> Result<()> {
                 "RSS before, MiB",
                 "RSS stalled, MiB",
                 "vs bounded",
+                "kernel TCP buffers, MiB",
                 "good switch sync, s",
                 "FLOW_MODs in its sync",
                 "RSS after they left, MiB",

@@ -13,7 +13,7 @@ use guard_benches::{
     frame::{self, TCP, TEST_MACS, UDP},
     write_section,
 };
-use guard_common::Settings;
+use guard_common::{STATE_LOADED, Settings};
 use guard_user::{
     policy::{AllowDiff, Classes, Prefix},
     xdp::{self, Enforcer, ProgramConfig},
@@ -83,7 +83,7 @@ fn config() -> Result<ProgramConfig> {
         ports,
         exempt_sources: vec![p("10.1.0.53/32")?],
         internal_networks: vec![p("10.0.0.0/8")?, p("fd00::/8")?],
-        settings: Settings::default(),
+        settings: Settings { state: STATE_LOADED, ..Settings::default() },
     })
 }
 

@@ -201,6 +201,7 @@ fn start_xdp(lab: &Lab, zone: &Path) -> Result<(LabChild, Duration)> {
         let out = Command::new(bin()).args(["status", "--json", "--socket", &s]).output()?;
         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
             && v["entries"][0].as_u64().unwrap_or(0) > 0
+            && v["sync"]["deny_protected"] == serde_json::Value::Bool(false)
         {
             break;
         }

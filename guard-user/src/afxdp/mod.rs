@@ -41,8 +41,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     events::{DetectionEvent, EventSink, Reason, now_ms, proto_name},
+    frame::{self as packet, PacketInfo},
     miss::{Decision, MissDecider},
-    openflow::packet::{self, PacketInfo},
     policy::{ProtectedPort, Service, Verdict},
     xdp::{Enforcer, VerdictCache, XdpError},
 };

@@ -26,7 +26,7 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
-use crate::openflow::packet::PacketInfo;
+use crate::frame::PacketInfo;
 
 /// The state of a frame's TCP/UDP checksum.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -232,7 +232,7 @@ pub fn ifindex(name: &str) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::openflow::packet::parse;
+    use crate::frame::parse;
 
     /// IPv4 + TCP SYN with checksum field `check`.
     fn syn(check: u16) -> Vec<u8> {

@@ -9,7 +9,10 @@ use super::{
     Shared,
     status::{accept_failed, read_request},
 };
-use crate::metrics::{Gauge, render_prometheus};
+use crate::{
+    events::now_ms,
+    metrics::{Gauge, render_prometheus},
+};
 
 impl Shared {
     /// Prometheus text.
@@ -34,6 +37,24 @@ impl Shared {
                 f64::from(u8::from(sync.last_error.is_none() && sync.mirror_error.is_none())),
             ),
             gauge("sync_full_loads", "Full transfers or file reads.", None, sync.full_loads as f64),
+            gauge(
+                "deny_protected",
+                "1 while no allow set is in force (start-up, primary down, no snapshot).",
+                None,
+                f64::from(u8::from(sync.deny_protected)),
+            ),
+            gauge(
+                "sync_failing_seconds",
+                "Seconds the source has been failing (0 when healthy); the last set stays in force.",
+                None,
+                sync.failing_since_ms.map_or(0.0, |t| now_ms().saturating_sub(t) as f64 / 1000.0),
+            ),
+            gauge(
+                "snapshot_serial",
+                "Serial of the last zone snapshot written (0: none).",
+                None,
+                f64::from(sync.snapshot_serial.unwrap_or(0)),
+            ),
             gauge(
                 "sync_incremental",
                 "Incremental transfers that changed the set.",

@@ -14,6 +14,7 @@ mod metrics;
 mod miss;
 mod openflow;
 mod pin;
+mod snapshot;
 mod source;
 mod status;
 mod xdp;
@@ -27,11 +28,14 @@ pub use self::{
     source::source_from,
     status::{MissTransportReport, Shared, StatusReport, query_status, render_status},
 };
+use guard_common::STATE_LOADED;
+
 use crate::{
     config::{Config, Mode},
     events::{EventSink, now_ms},
     metrics::Counters,
-    sync::{SharedSyncState, SyncState},
+    policy::AllowSet,
+    sync::{SharedSyncState, Source, SyncState},
 };
 
 /// A failure that stops the daemon.
@@ -43,7 +47,8 @@ pub enum DaemonError {
     /// The XDP program could not be loaded, configured or attached.
     #[error(transparent)]
     Xdp(#[from] crate::xdp::XdpError),
-    /// The allow set could not be loaded at start and no pinned state exists.
+    /// The allow set could not be loaded (kept for callers matching on it;
+    /// the daemon itself no longer stops when the source is down at start).
     #[error("cannot load the allow set from {source_desc}: {error}")]
     Source {
         /// The source, described.
@@ -71,6 +76,9 @@ pub enum DaemonError {
     /// Live learning could not start (e.g. an unreadable hints file).
     #[error("live learning: {0}")]
     Learn(String),
+    /// An enforcement task ended abnormally (a panic).
+    #[error("enforcement task failed: {0}")]
+    Task(String),
 }
 
 /// Locks a mutex, ignoring poisoning (a panicked task leaves plain data).
@@ -81,12 +89,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Runs the daemon until `cancel` fires.
 pub async fn run(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonError> {
     cfg.validate()?;
+    // Decide where to pin (on by default) before anything is loaded.
+    let cfg = pin::prepare(cfg)?;
     // Claim the status socket (and the pin directory) before touching any
     // map: a second instance must not rewrite a running one's maps.
     let status_path = cfg.status.socket.clone();
     let status = status::bind_status(&status_path)?;
-    let _pin_lock = match &cfg.enforce.pin_dir {
-        Some(dir) => Some(pin::lock_pin_dir(dir, &status_path)?),
+    let _pin_lock = match cfg.enforce.effective_pin_dir() {
+        Some(dir) => Some(pin::lock_pin_dir(&dir, &status_path)?),
         None => None,
     };
     let result = run_bound(cfg, status, cancel).await;
@@ -94,6 +104,19 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonErr
     result
 }
 
+/// The start sequence, failing closed from the first second:
+///
+/// 1. the enforcement point goes in first: the XDP program is attached (or
+///    swapped into the pinned link) in deny-protected mode unless the
+///    pinned maps already hold a set in force;
+/// 2. the last set known is enforced at once: the zone snapshot, else the
+///    pinned maps, else nothing (deny-protected: protected traffic that is
+///    not exempt or internal is dropped and reported);
+/// 3. the enforcement tasks start (kernel events, map mirror, or the
+///    OpenFlow controller with its base flows), before any transfer;
+/// 4. the first sync with the source (IXFR from the snapshot's serial, or
+///    AXFR); if the primary is down the daemon stays up, status says since
+///    when, and [`crate::sync::follow`] retries with backoff.
 async fn run_bound(
     cfg: Config,
     status: tokio::net::UnixListener,
@@ -108,53 +131,57 @@ async fn run_bound(
     let sync_state: SharedSyncState =
         Arc::new(Mutex::new(SyncState { source: source.describe(), ..SyncState::default() }));
 
-    // XDP: load and configure first, so pinned maps can stand in for a
-    // source that is down at start.
+    // 1. Enforcement point first.
+    let mut point = format!("openflow:{}", cfg.openflow.listen);
     let mut enforcer = match cfg.enforce.mode {
         Mode::Xdp => Some(xdp::load(&cfg)?),
         Mode::Openflow => None,
     };
-    let adopted = match &enforcer {
-        Some(e) if e.adopted_maps() => Some(e.read_allow()?),
-        _ => None,
+    // What pinned maps hold (also a half-done first load, to diff against)
+    // and whether it is a set in force.
+    let (adopted, adopted_in_force) = match &enforcer {
+        Some(e) if e.adopted_maps() => (Some(e.read_allow()?), e.state()? == STATE_LOADED),
+        _ => (None, false),
     };
+    if let Some(e) = enforcer.as_mut() {
+        point = xdp::attach(&cfg, e)?;
+    }
 
-    tracing::info!(source = %source.describe(), "loading the allow set");
-    let (serial, initial) = match crate::sync::load(&source).await {
-        Ok(v) => (Some(v.0), v.1),
-        Err(error) => match &adopted {
-            Some(set) => {
-                tracing::warn!(error = %error, entries = set.len(), "source unavailable at start; enforcing the last known set from the pinned maps");
-                let mut st = lock(&sync_state);
-                st.stale_start = true;
-                st.last_error = Some(error.to_string());
-                st.last_error_ms = Some(now_ms());
-                (None, set.clone())
-            }
-            None => {
-                return Err(DaemonError::Source { source_desc: source.describe(), error: Box::new(error) });
-            }
-        },
+    // 2. The last set known, enforced at once.
+    let snapshot_path = snapshot::path(&cfg, &source);
+    let snap = snapshot_path.as_deref().and_then(|p| snapshot::read(p, &cfg.rpz.zone, &sync_state));
+    let (serial, start) = match (snap, adopted.as_ref().filter(|_| adopted_in_force)) {
+        (Some(s), _) => {
+            let from = format!(
+                "snapshot serial {} ({} entries, written {})",
+                s.serial,
+                s.set.len(),
+                ago(s.written_ms)
+            );
+            lock(&sync_state).snapshot_serial = Some(s.serial);
+            (Some(s.serial), Some((from, s.set)))
+        }
+        (None, Some(set)) => (None, Some((format!("pinned maps ({} entries)", set.len()), set.clone()))),
+        (None, None) => (None, None),
     };
+    let in_force = start.is_some();
+    let (started_from, initial) = match start {
+        Some((from, set)) => (from, set),
+        None => ("nothing: deny-protected until the first transfer".to_owned(), AllowSet::new()),
+    };
+    tracing::info!(started_from, "enforcing at start");
     {
         let mut st = lock(&sync_state);
         st.serial = serial;
         st.entries = initial.len();
-        if serial.is_some() {
-            st.last_sync_ms = Some(now_ms());
-            st.last_change_ms = Some(now_ms());
-            st.full_loads = 1;
-        }
+        st.started_from = Some(started_from.clone());
+        st.deny_protected = !in_force;
+        st.stale_start = in_force;
     }
-    let (dns, smtp) = initial.class_counts();
-    tracing::info!(entries = initial.len(), dns, smtp, serial, "allow set loaded");
     let (allow_tx, allow_rx) = watch::channel(Arc::new(initial.clone()));
     let resolver = source::miss_resolver(&cfg, &source, &allow_rx).await?;
-
-    // Mirror the set into the maps before attaching: no window where the
-    // program runs on empty maps and denies legitimate traffic.
     let applied = match enforcer.as_mut() {
-        Some(e) => xdp::mirror_initial(e, adopted.unwrap_or_default(), initial)?,
+        Some(e) => xdp::mirror_initial(e, adopted.unwrap_or_default(), initial, in_force)?,
         None => Arc::default(),
     };
 
@@ -170,7 +197,7 @@ async fn run_bound(
     let shared = Arc::new(
         Shared::new(
             cfg.clone(),
-            allow_rx,
+            allow_rx.clone(),
             resolver,
             events,
             Arc::new(Counters::default()),
@@ -179,8 +206,65 @@ async fn run_bound(
         )
         .with_live(live),
     );
+    *lock(&shared.point) = point;
 
-    tasks.spawn(crate::sync::follow(source, serial, allow_tx, sync_state, cancel.clone()));
+    // 3. Enforcement tasks before any transfer.
+    let mut enforcing = match (cfg.enforce.mode, enforcer) {
+        (Mode::Xdp, Some(e)) => {
+            tokio::spawn(xdp::run(cfg.clone(), e, applied, shared.clone(), cancel.clone()))
+        }
+        _ => {
+            let c = cfg.clone();
+            let (sh, cn) = (shared.clone(), cancel.clone());
+            tokio::spawn(async move { openflow::run(&c, sh, cn).await })
+        }
+    };
+    if cfg.enforce.mode == Mode::Openflow {
+        tasks.spawn(openflow_loaded(allow_rx.clone(), sync_state.clone(), cancel.clone()));
+    }
+
+    // 4. The first sync with a server (a zone file is read by the follower
+    //    at once); a primary that is down does not stop the daemon.
+    let first = match &source {
+        Source::Server { addr, zone, key, .. } => {
+            tracing::info!(source = %source.describe(), from_serial = serial, "synchronising with the source");
+            tokio::select! {
+                () = cancel.cancelled() => None,
+                r = &mut enforcing => return finish(r, cancel, tasks).await,
+                r = crate::sync::first_sync(*addr, zone, key.as_ref(), serial, &allow_tx, &sync_state) => Some(r),
+            }
+        }
+        Source::File { .. } => None,
+    };
+    let serial = match first {
+        Some(Ok(s)) => Some(s),
+        // A primary that answers but refuses us (wrong key, not allowed to
+        // transfer) is a configuration error: stop and say so. A pinned
+        // program keeps enforcing meanwhile (deny-protected or the last set).
+        Some(Err(e)) if refused(&e) => {
+            return finish_with(
+                Err(DaemonError::Source { source_desc: source.describe(), error: Box::new(e) }),
+                cancel,
+                enforcing,
+                tasks,
+            )
+            .await;
+        }
+        Some(Err(e)) => {
+            tracing::error!(
+                error = %e,
+                enforcing = started_from,
+                "the allow-set source is unreachable at start; enforcing what is known and retrying with backoff"
+            );
+            serial
+        }
+        None => serial,
+    };
+
+    tasks.spawn(crate::sync::follow(source, serial, allow_tx, sync_state.clone(), cancel.clone()));
+    if let Some(path) = snapshot_path {
+        tasks.spawn(snapshot::keep(path, cfg.rpz.zone.clone(), allow_rx, sync_state, cancel.clone()));
+    }
     tasks.spawn(status::serve_status(status, shared.clone(), cancel.clone()));
     if let Some(addr) = cfg.status.metrics_listen {
         let l = TcpListener::bind(addr).await.map_err(|source| DaemonError::Io {
@@ -191,12 +275,70 @@ async fn run_bound(
         tracing::info!(%addr, "metrics at http://{addr}/metrics");
         tasks.spawn(metrics::serve_metrics(l, shared.clone(), cancel.clone()));
     }
+    let r = enforcing.await;
+    finish(r, cancel, tasks).await
+}
 
-    let result = match (cfg.enforce.mode, enforcer) {
-        (Mode::Xdp, Some(e)) => xdp::run(&cfg, e, applied, shared.clone(), &mut tasks, cancel.clone()).await,
-        _ => openflow::run(&cfg, shared.clone(), cancel.clone()).await,
-    };
+/// Ends the other tasks once the enforcement point has stopped.
+async fn finish(
+    r: Result<Result<(), DaemonError>, tokio::task::JoinError>,
+    cancel: CancellationToken,
+    mut tasks: tokio::task::JoinSet<()>,
+) -> Result<(), DaemonError> {
     cancel.cancel();
     while tasks.join_next().await.is_some() {}
+    r.unwrap_or_else(|e| Err(DaemonError::Task(e.to_string())))
+}
+
+/// True when the primary answered and refused us (TSIG failure, REFUSED,
+/// NOTAUTH): retrying will not help, unlike a primary that is down.
+fn refused(e: &crate::sync::SourceError) -> bool {
+    use crate::rpz::transfer::SyncError;
+    match e {
+        crate::sync::SourceError::Transfer(SyncError::Tsig { .. }) => true,
+        crate::sync::SourceError::Transfer(SyncError::Rejected { answer, .. }) => {
+            answer.starts_with("REFUSED") || answer.starts_with("NOTAUTH")
+        }
+        _ => false,
+    }
+}
+
+/// Stops the enforcement task and the others, returning `result`.
+async fn finish_with(
+    result: Result<(), DaemonError>,
+    cancel: CancellationToken,
+    enforcing: tokio::task::JoinHandle<Result<(), DaemonError>>,
+    tasks: tokio::task::JoinSet<()>,
+) -> Result<(), DaemonError> {
+    tracing::error!("stopping: {}", result.as_ref().err().map(ToString::to_string).unwrap_or_default());
+    cancel.cancel();
+    let _ = finish(enforcing.await, cancel, tasks).await;
     result
+}
+
+/// OpenFlow mode: deny-protected (no allow flows, every protected miss
+/// asked at the RPZ) ends when the first set from the source is published.
+async fn openflow_loaded(
+    mut rx: watch::Receiver<Arc<crate::policy::AllowSet>>,
+    state: SharedSyncState,
+    cancel: CancellationToken,
+) {
+    loop {
+        {
+            let mut st = lock(&state);
+            if !st.deny_protected || st.serial.is_some() {
+                st.deny_protected = false;
+                return;
+            }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            r = rx.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+/// "N s ago" for a time in ms since the epoch.
+fn ago(ms: u64) -> String {
+    format!("{} s ago", now_ms().saturating_sub(ms) / 1000)
 }

@@ -329,6 +329,7 @@ pub fn render_status(r: &StatusReport) -> String {
         let _ = writeln!(o, "MAP ERROR  {e} (retrying)");
     }
     o.push_str(&sync.render_learning());
+    render_fail_closed(&mut o, sync);
     let _ = writeln!(o, "\ncounters");
     for (name, v) in &r.counters {
         if *v != 0
@@ -447,4 +448,68 @@ fn render_live(o: &mut String, l: &LiveStats) {
     }
     let _ = writeln!(o, "  answer → enforced  {}", lag(&l.lag_enforced));
     let _ = writeln!(o, "  answer → at BIND   {}", lag(&l.lag_pushed));
+}
+
+/// The start-up and outage lines (issue 17): what was enforced at start,
+/// deny-protected mode, how long the source has been failing, the snapshot.
+fn render_fail_closed(o: &mut String, sync: &crate::sync::SyncState) {
+    use std::fmt::Write as _;
+    let at = |ms: u64| {
+        let secs = now_ms().saturating_sub(ms) / 1000;
+        format!("{} ({secs} s ago)", utc(ms))
+    };
+    if sync.deny_protected {
+        let _ = writeln!(
+            o,
+            "DENY-PROTECTED  no allow set yet: protected traffic that is not exempt or internal is dropped (reason not_loaded)"
+        );
+    }
+    if let Some(since) = sync.failing_since_ms {
+        if sync.last_sync_ms.is_none() {
+            let _ = writeln!(o, "waiting for the primary since {}; retrying with backoff", at(since));
+        } else {
+            let _ = writeln!(o, "SOURCE DOWN since {}; the last set stays in force (fail closed)", at(since));
+        }
+    }
+    if let Some(from) = &sync.started_from {
+        let _ = writeln!(o, "started    from {from}");
+    }
+    match (&sync.snapshot_error, sync.snapshot_serial) {
+        (Some(e), _) => {
+            let _ = writeln!(o, "SNAPSHOT   {e}");
+        }
+        (None, Some(s)) => {
+            let _ = writeln!(o, "snapshot   serial {s}");
+        }
+        (None, None) => {}
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC` for ms since the Unix epoch (civil date from
+/// days, proleptic Gregorian).
+fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod fail_closed_tests {
+    use super::utc;
+
+    #[test]
+    fn utc_formats_known_instants() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc(1_796_601_600_000 + 3_723_000), "2026-12-07 01:02:03 UTC");
+    }
 }

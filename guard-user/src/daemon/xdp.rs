@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use guard_common::{EVENT_DROP, EVENT_MISS, Event, Settings};
+use guard_common::{EVENT_DROP, EVENT_MISS, Event, STATE_LOADED, STATE_NOT_LOADED, Settings};
 use tokio::io::unix::AsyncFd;
 use tokio_util::sync::CancellationToken;
 
@@ -21,9 +21,12 @@ use crate::{
 };
 
 /// Loads (or adopts the pinned) program and maps and writes the settings.
+/// A fresh program starts "not loaded" (deny-protected); adopted maps keep
+/// the state they had, so a pinned set in force stays in force.
 pub(super) fn load(cfg: &Config) -> Result<Enforcer, DaemonError> {
-    let mut e = Enforcer::load(cfg.enforce.pin_dir.as_deref())?;
+    let mut e = Enforcer::load(cfg.enforce.effective_pin_dir().as_deref())?;
     e.check_pinned_link(cfg.enforce.iface.as_deref().unwrap_or_default())?;
+    let state = if e.adopted_maps() { e.state()? } else { STATE_NOT_LOADED };
     e.configure(&ProgramConfig {
         ports: cfg.policy.protected_ports(),
         exempt_sources: cfg.policy.exempt_sources.clone(),
@@ -33,6 +36,7 @@ pub(super) fn load(cfg: &Config) -> Result<Enforcer, DaemonError> {
             events_per_source_per_sec: cfg.events.per_source_per_sec,
             pending_ms: cfg.cache.pending_ms,
             misses_per_source_per_sec: cfg.events.misses_per_source_per_sec,
+            state,
             // Ring buffer until the AF_XDP sockets exist (miss::start_transport).
             ..Settings::default()
         },
@@ -40,51 +44,74 @@ pub(super) fn load(cfg: &Config) -> Result<Enforcer, DaemonError> {
     Ok(e)
 }
 
+/// Attaches the program (or swaps it into the pinned link) before any
+/// transfer; returns the enforcement point as status shows it.
+pub(super) fn attach(cfg: &Config, e: &mut Enforcer) -> Result<String, DaemonError> {
+    let iface = cfg.enforce.iface.clone().unwrap_or_default();
+    let used = e.attach(&iface, cfg.enforce.xdp_mode)?;
+    let loaded = e.state()? == STATE_LOADED;
+    let pin = match cfg.enforce.effective_pin_dir() {
+        Some(d) => format!("pinned at {}", d.display()),
+        None => "NOT PINNED: detaches if the daemon dies".to_owned(),
+    };
+    tracing::info!(
+        iface,
+        mode = %used,
+        count_only = cfg.enforce.count_only,
+        pin,
+        "XDP program attached; {}",
+        if loaded { "enforcing the pinned set" } else { "deny-protected until the first allow set is loaded" }
+    );
+    Ok(format!("xdp:{iface} ({used}, {pin})"))
+}
+
 /// Brings the maps from what they hold (`adopted`: the pinned set, or empty)
-/// to `initial`, before the program is attached; returns what they now hold.
+/// to `initial` (batched). With `in_force` (a snapshot or a pinned set),
+/// the program leaves deny-protected mode; returns what the maps now hold.
 pub(super) fn mirror_initial(
     e: &mut Enforcer,
     adopted: AllowSet,
     initial: AllowSet,
+    in_force: bool,
 ) -> Result<Arc<AllowSet>, DaemonError> {
     let started = Instant::now();
     let diff = adopted.diff(&initial);
     e.apply_diff(&diff)?;
+    if in_force {
+        e.set_loaded(true)?;
+    }
     tracing::info!(
         upserts = diff.upsert.len(),
         removals = diff.remove.len(),
         ms = started.elapsed().as_millis() as u64,
+        entries = initial.len(),
         "allow maps mirrored"
     );
     Ok(Arc::new(initial))
 }
 
-/// Attaches the program and enforces until `cancel` fires: the map mirror
-/// follows the allow set, the kernel's events feed detection and the miss path.
+/// Enforces until `cancel` fires (the program is attached already): the map
+/// mirror follows the allow set, the kernel's events feed detection and the
+/// miss path. On the way out a pinned program stays attached.
 pub(super) async fn run(
-    cfg: &Config,
+    cfg: Config,
     enforcer: Arc<Mutex<Enforcer>>,
     applied: Arc<AllowSet>,
     shared: Arc<Shared>,
-    tasks: &mut tokio::task::JoinSet<()>,
     cancel: CancellationToken,
 ) -> Result<(), DaemonError> {
     let iface = cfg.enforce.iface.clone().unwrap_or_default();
-    let ring = {
-        let mut e = lock(&enforcer);
-        let used = e.attach(&iface, cfg.enforce.xdp_mode)?;
-        *lock(&shared.point) = format!("xdp:{iface} ({used})");
-        tracing::info!(iface, mode = %used, count_only = cfg.enforce.count_only, "XDP program attached; enforcing");
-        e.take_events()?
-    };
-    tasks.spawn(mirror(enforcer.clone(), applied, shared.clone(), cancel.clone()));
+    let ring = lock(&enforcer).take_events()?;
+    let mirror = tokio::spawn(mirror(enforcer.clone(), applied, shared.clone(), cancel.clone()));
     let decider = super::miss::decider(&shared);
-    super::miss::start_transport(cfg, &enforcer, &shared, &decider, &iface);
-    let reader = read_events(ring, enforcer.clone(), shared.clone(), decider, iface.clone(), cancel.clone());
-    let read = reader.await;
+    super::miss::start_transport(&cfg, &enforcer, &shared, &decider, &iface);
+    let read =
+        read_events(ring, enforcer.clone(), shared.clone(), decider, iface.clone(), cancel.clone()).await;
+    cancel.cancel();
+    let _ = mirror.await;
     let mut e = lock(&enforcer);
     super::miss::stop_transport(&mut e, &shared);
-    if cfg.enforce.pin_dir.is_some() {
+    if cfg.enforce.effective_pin_dir().is_some() {
         tracing::info!(iface, "stopping; the pinned program stays attached and enforcing the last set");
     } else {
         e.unpin()?;
@@ -117,6 +144,7 @@ async fn mirror(
         }
         if diff.is_empty() {
             retry = None;
+            leave_deny_protected(&enforcer, &shared);
             continue;
         }
         let started = Instant::now();
@@ -145,12 +173,38 @@ async fn mirror(
                 applied = target;
                 st.mirror_error = None;
                 retry = None;
+                drop(st);
+                leave_deny_protected(&enforcer, &shared);
             }
             Err(e) => {
                 tracing::error!(error = %e, "updating the allow maps failed; retrying in 5 s");
                 st.mirror_error = Some(e.to_string());
                 retry = Some(tokio::time::Instant::now() + Duration::from_secs(5));
             }
+        }
+    }
+}
+
+/// Once the maps hold a set that came from the source (the sync state has
+/// a serial), misses go to userspace again: the program leaves
+/// deny-protected mode. Idempotent.
+fn leave_deny_protected(enforcer: &Arc<Mutex<Enforcer>>, shared: &Arc<Shared>) {
+    let mut st = lock(&shared.sync);
+    if !st.deny_protected || st.serial.is_none() {
+        return;
+    }
+    match lock(enforcer).set_loaded(true) {
+        Ok(()) => {
+            st.deny_protected = false;
+            tracing::info!(
+                serial = st.serial,
+                entries = st.entries,
+                "first allow set in force; deny-protected mode ends"
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "leaving deny-protected mode failed; retried at the next change");
+            st.mirror_error = Some(e.to_string());
         }
     }
 }

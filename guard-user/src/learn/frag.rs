@@ -7,10 +7,8 @@
 //! [`MAX_DATAGRAMS`] are in progress at once.
 use std::{collections::HashMap, net::IpAddr};
 
-use super::{
-    decode::{Frag, IpPacket},
-    stats::Discard,
-};
+use super::stats::Discard;
+use crate::frame::{Frag, IpPacket};
 
 /// Incomplete datagrams are dropped after this long (capture time).
 pub const FRAG_TIMEOUT_NS: u64 = 30_000_000_000;

@@ -29,7 +29,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{Hints, Pipeline, decode::LINKTYPE_ETHERNET, rules::AlsoTrusted};
+use super::{Hints, Pipeline, rules::AlsoTrusted};
+use crate::frame::LINKTYPE_ETHERNET;
 use crate::policy::{Classes, Prefix};
 
 /// Most lag samples kept for the percentiles in [`LiveStats`].
@@ -148,6 +149,8 @@ pub struct LiveAllow {
     progress: tokio::sync::Notify,
     wake: OwnedFd,
     stats: Mutex<LiveStats>,
+    /// Copies read so far (also in `stats`; this one is lock-free).
+    packets: AtomicU64,
     lag_enforced: Mutex<Samples>,
     lag_pushed: Mutex<Samples>,
 }
@@ -183,6 +186,7 @@ impl LiveAllow {
             progress: tokio::sync::Notify::new(),
             wake,
             stats: Mutex::new(LiveStats::default()),
+            packets: AtomicU64::new(0),
             lag_enforced: Mutex::new(Samples::default()),
             lag_pushed: Mutex::new(Samples::default()),
         })
@@ -413,7 +417,12 @@ impl LiveAllow {
         lock(&self.lag_enforced).push(ns);
     }
 
-    /// The counters now.
+    /// Copies the learner has read so far (cheap: no lock, no percentiles).
+    pub fn packets(&self) -> u64 {
+        self.packets.load(Ordering::Acquire)
+    }
+
+    /// The counters now (with lag percentiles: sorts the samples).
     pub fn stats(&self) -> LiveStats {
         let mut s = lock(&self.stats).clone();
         s.lag_enforced = lock(&self.lag_enforced).percentiles();
@@ -489,7 +498,7 @@ impl LiveLearner {
             match res {
                 Ok(()) => {
                     self.live.enforced_after(done.saturating_sub(ts_ns));
-                    tracing::info!(%ip, classes = %live, lag_us = done.saturating_sub(ts_ns) / 1000, "learned live");
+                    tracing::debug!(%ip, classes = %live, lag_us = done.saturating_sub(ts_ns) / 1000, "learned live");
                 }
                 Err(e) => {
                     tracing::warn!(%ip, error = %e, "enforcing a live-learned entry failed");
@@ -510,6 +519,7 @@ impl LiveLearner {
             (s.packets, s.responses, s.matched, s.untrusted_responses, s.unmatched_responses, malformed);
         if now != self.reported {
             self.reported = now;
+            self.live.packets.store(now.0, Ordering::Release);
             self.live.update_stats(|st| {
                 (st.packets, st.responses, st.matched, st.untrusted, st.unmatched, st.malformed) = now;
             });
@@ -519,6 +529,42 @@ impl LiveLearner {
     /// The shared state.
     pub fn live(&self) -> &std::sync::Arc<LiveAllow> {
         &self.live
+    }
+}
+
+/// The learner thread's loop (XDP mode): drains the kernel's copy ring
+/// into `learner`, publishes progress, sleeps in poll(2) on the ring and
+/// the wake-up eventfd of [`LiveAllow::settled`]; returns once `stop` is set
+/// (seen within 100 ms).
+pub fn serve_ring(
+    mut ring: aya::maps::RingBuf<aya::maps::MapData>,
+    mut learner: LiveLearner,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    let hdr = std::mem::size_of::<guard_common::DnsCopyHeader>();
+    let ring_fd = ring.as_raw_fd();
+    let wake_fd = learner.live().wake_fd();
+    while !stop.load(Ordering::Acquire) {
+        // Everything submitted before this instant is readable now, so
+        // once the ring reads empty it has all been learned from.
+        let from = monotonic_ns();
+        learner.live().clear_wake();
+        while let Some(item) = ring.next() {
+            if item.len() < hdr {
+                continue;
+            }
+            // SAFETY: the kernel wrote a whole header (size checked above); read unaligned.
+            let h: guard_common::DnsCopyHeader =
+                unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<guard_common::DnsCopyHeader>()) };
+            learner.packet(h.ts_ns, &item[hdr..]);
+        }
+        learner.batch_done(from);
+        let mut fds = [
+            libc::pollfd { fd: ring_fd, events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: wake_fd, events: libc::POLLIN, revents: 0 },
+        ];
+        // SAFETY: two valid pollfd structs; a bounded timeout so `stop` is seen.
+        unsafe { libc::poll(fds.as_mut_ptr(), 2, 100) };
     }
 }
 

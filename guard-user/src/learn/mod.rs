@@ -7,11 +7,10 @@
 //! streams have caps and timeouts.
 //!
 //! The rules are documented in [`rules`]; the stages in
-//! [`capture`] → [`decode`] → [`frag`] / [`tcp`] → [`dns`] → [`matcher`] →
+//! [`capture`] → [`crate::frame`] → [`frag`] / [`tcp`] → [`dns`] → [`matcher`] →
 //! [`rules`]; outputs in [`output`]; a capture generator with known content
 //! in [`synth`].
 pub mod capture;
-pub mod decode;
 pub mod dns;
 pub mod frag;
 pub mod hints;

@@ -9,7 +9,6 @@
 use std::net::IpAddr;
 
 use super::{
-    decode::{self, PROTO_TCP, PROTO_UDP},
     dns::Parser,
     frag::Reassembler,
     hints::Hints,
@@ -18,7 +17,10 @@ use super::{
     stats::{Discard, Summary},
     tcp::{FlowKey, TcpReassembler},
 };
-use crate::policy::{AllowSet, Classes, Prefix};
+use crate::{
+    frame::{self, PROTO_TCP, PROTO_UDP},
+    policy::{AllowSet, Classes, Prefix},
+};
 
 /// The DNS port; a UDP/TCP packet is DNS when either port is 53.
 pub const DNS_PORT: u16 = 53;
@@ -93,9 +95,9 @@ impl Pipeline {
     /// Feeds one captured frame.
     pub fn packet(&mut self, ts_ns: u64, linktype: u32, frame: &[u8]) {
         self.summary.packets += 1;
-        let ip = match decode::link_payload(linktype, frame).and_then(decode::ip) {
+        let ip = match frame::link_payload(linktype, frame).and_then(frame::ip) {
             Ok(ip) => ip,
-            Err(why) => return self.summary.count_discard(why),
+            Err(why) => return self.summary.count_discard(why.into()),
         };
         if ip.proto != PROTO_UDP && ip.proto != PROTO_TCP {
             return self.summary.count_discard(Discard::NotDns);
@@ -114,19 +116,19 @@ impl Pipeline {
 
     fn transport(&mut self, ts_ns: u64, src: IpAddr, dst: IpAddr, proto: u8, seg: &[u8]) {
         if proto == PROTO_UDP {
-            match decode::udp(seg) {
+            match frame::udp(seg) {
                 Ok((sport, dport, data)) if sport == DNS_PORT || dport == DNS_PORT => {
                     self.message(ts_ns, Endpoints { src, dst, sport, dport }, data);
                 }
                 Ok(_) => self.summary.count_discard(Discard::NotDns),
-                Err(why) => self.summary.count_discard(why),
+                Err(why) => self.summary.count_discard(why.into()),
             }
             return;
         }
-        let t = match decode::tcp(seg) {
+        let t = match frame::tcp(seg) {
             Ok(t) if t.sport == DNS_PORT || t.dport == DNS_PORT => t,
             Ok(_) => return self.summary.count_discard(Discard::NotDns),
-            Err(why) => return self.summary.count_discard(why),
+            Err(why) => return self.summary.count_discard(why.into()),
         };
         let ep = Endpoints { src, dst, sport: t.sport, dport: t.dport };
         let key = FlowKey { src, dst, sport: t.sport, dport: t.dport };

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::dns::DnsError;
+use crate::frame::FrameError;
 
 /// Why a packet, fragment, segment or message was skipped. Every variant is a
 /// counter in [`Summary::malformed`] (or [`Summary::skipped`] for input that
@@ -51,6 +52,21 @@ pub enum Discard {
     TruncatedCapture,
     /// A capture block that cannot be parsed (the rest of the file is skipped).
     CorruptCapture,
+}
+
+impl From<FrameError> for Discard {
+    fn from(e: FrameError) -> Discard {
+        match e {
+            FrameError::TruncatedLink => Discard::TruncatedLink,
+            FrameError::TooManyVlanTags => Discard::TooManyVlanTags,
+            FrameError::UnknownLinkType => Discard::UnknownLinkType,
+            FrameError::NotIp { .. } => Discard::NotIp,
+            FrameError::TruncatedIp => Discard::TruncatedIp,
+            FrameError::BadIpHeader => Discard::BadIpHeader,
+            FrameError::TooManyExtHeaders => Discard::TooManyExtHeaders,
+            FrameError::TruncatedTransport => Discard::TruncatedTransport,
+        }
+    }
 }
 
 impl Discard {

@@ -254,7 +254,7 @@ fn ip_checksum(h: &[u8]) -> u16 {
 
 impl<W: Write> Gen<W> {
     fn new(out: W, target: u64, seed: u64) -> io::Result<Gen<W>> {
-        let out = PcapWriter::new(out, super::decode::LINKTYPE_ETHERNET, false)?;
+        let out = PcapWriter::new(out, crate::frame::LINKTYPE_ETHERNET, false)?;
         let mut g = Gen {
             rng: Rng::new(seed),
             out,

@@ -9,7 +9,8 @@
 //! messages then fail to parse and are counted, never learned from).
 use std::{collections::HashMap, net::IpAddr};
 
-use super::{decode::TcpSeg, stats::Discard};
+use super::stats::Discard;
+use crate::frame::TcpSeg;
 
 /// Most flow directions tracked.
 pub const MAX_FLOWS: usize = 65_536;

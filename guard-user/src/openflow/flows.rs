@@ -33,7 +33,8 @@ pub const PRIO_ALLOW: u16 = 30_000;
 pub const PRIO_VERDICT: u16 = 20_000;
 /// Priority of the non-first-fragment rule.
 pub const PRIO_LATER_FRAG: u16 = 15_000;
-/// Priority of protected traffic → controller.
+/// Priority of protected traffic → controller, and of the rules that send
+/// the controller what the switch could not parse (see [`unparsed_matches`]).
 pub const PRIO_PROTECTED: u16 = 10_000;
 /// Priority of the table-miss flow.
 pub const PRIO_MISS: u16 = 0;
@@ -43,6 +44,46 @@ pub const PACKET_IN_METER: u32 = 1;
 
 const ETH_IPV4: u16 = 0x0800;
 const ETH_IPV6: u16 = 0x86dd;
+const ETH_VLAN: u16 = 0x8100;
+const ETH_QINQ: u16 = 0x88a8;
+
+/// Matches for frames whose headers Open vSwitch could not read, so a port
+/// rule cannot see them: without these they would fall to the table-miss
+/// NORMAL flow. Each goes to the controller, which applies the same
+/// awkward-packet policy as the XDP program ([`crate::frame`]):
+///
+/// * TCP/UDP with port 0: OVS reads the ports only when the whole
+///   transport header is in the packet, so a tiny first fragment (RFC 1858)
+///   or a truncated header shows port 0. The controller drops it as
+///   malformed (a real port-0 packet would be judged like any other).
+/// * IP protocol 0: OVS stops before the protocol field when an IPv4/IPv6
+///   header is cut short, has an impossible length or version, or an IPv6
+///   extension header is truncated.
+/// * Ethertype 802.1Q / 802.1ad: more VLAN tags than the switch parses
+///   (`other_config:vlan-limit`, default 1): QinQ is judged on its inner
+///   packet, three tags or a cut tag are dropped.
+pub fn unparsed_matches() -> Vec<Match> {
+    let mut out = Vec::new();
+    for et in [ETH_IPV4, ETH_IPV6] {
+        out.push(Match::new(vec![Oxm::EthType(et), Oxm::IpProto(6), Oxm::TcpDst(0)]));
+        out.push(Match::new(vec![Oxm::EthType(et), Oxm::IpProto(17), Oxm::UdpDst(0)]));
+        out.push(Match::new(vec![Oxm::EthType(et), Oxm::IpProto(0)]));
+    }
+    for tpid in [ETH_VLAN, ETH_QINQ] {
+        out.push(Match::new(vec![Oxm::EthType(tpid)]));
+    }
+    out
+}
+
+/// Meter (when configured), then CONTROLLER.
+fn to_controller(cfg: &ControllerConfig) -> Vec<Instruction> {
+    let mut ins = Vec::with_capacity(2);
+    if cfg.packet_in_rate > 0 {
+        ins.push(Instruction::Meter(PACKET_IN_METER));
+    }
+    ins.push(Instruction::ApplyActions(vec![Action::output(OFPP_CONTROLLER)]));
+    ins
+}
 
 fn normal() -> Vec<Instruction> {
     vec![Instruction::ApplyActions(vec![Action::output(OFPP_NORMAL)])]
@@ -78,7 +119,8 @@ fn port_fields(pp: &ProtectedPort) -> [Oxm; 2] {
 }
 
 /// The static rules: exempt sources and internal destinations → NORMAL,
-/// non-first fragments → NORMAL, protected ports → meter → CONTROLLER,
+/// non-first fragments → NORMAL, protected ports and frames the switch
+/// could not parse ([`unparsed_matches`]) → meter → CONTROLLER,
 /// table-miss → NORMAL.
 pub fn base_flows(cfg: &ControllerConfig) -> Vec<FlowMod> {
     let mut out = Vec::new();
@@ -100,13 +142,11 @@ pub fn base_flows(cfg: &ControllerConfig) -> Vec<FlowMod> {
         for pp in &cfg.protected {
             let mut f = vec![Oxm::EthType(et)];
             f.extend(port_fields(pp));
-            let mut ins = Vec::with_capacity(2);
-            if cfg.packet_in_rate > 0 {
-                ins.push(Instruction::Meter(PACKET_IN_METER));
-            }
-            ins.push(Instruction::ApplyActions(vec![Action::output(OFPP_CONTROLLER)]));
-            out.push(FlowMod::add(COOKIE_BASE, PRIO_PROTECTED, Match::new(f), ins));
+            out.push(FlowMod::add(COOKIE_BASE, PRIO_PROTECTED, Match::new(f), to_controller(cfg)));
         }
+    }
+    for m in unparsed_matches() {
+        out.push(FlowMod::add(COOKIE_BASE, PRIO_PROTECTED, m, to_controller(cfg)));
     }
     out.push(FlowMod::add(COOKIE_BASE, PRIO_MISS, Match::default(), normal()));
     out

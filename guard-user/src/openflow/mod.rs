@@ -11,6 +11,7 @@
 //! | 20000 | protected port toward one host (after a packet-in) | NORMAL or drop, idle/hard timeouts, `SEND_FLOW_REM` | verdict |
 //! | 15000 | `nw_frag=later` (IPv4 and IPv6) | NORMAL | base |
 //! | 10000 | protected port (SMTP tcp 25/465/587, DNS udp+tcp 53 by default), IPv4 and IPv6 | meter 1 → CONTROLLER | base |
+//! | 10000 | what OVS could not parse: `tcp`/`udp` port 0, `nw_proto=0`, ethertype 802.1Q/802.1ad ([`flows::unparsed_matches`]) | meter 1 → CONTROLLER | base |
 //! | 0 | everything else | NORMAL | base |
 //!
 //! Proactive flows are installed up to [`ControllerConfig::flow_budget`]
@@ -32,6 +33,13 @@
 //! later fragments match the `nw_frag=later` rule and pass, because without
 //! the (checked) first fragment they cannot be reassembled. This is the
 //! policy of XDP mode too (`Stat::Fragment`).
+//!
+//! OVS extracts the ports only when the whole transport header is in the
+//! packet: a tiny first fragment (RFC 1858 §3.1) shows port 0 and would fall
+//! to the table-miss NORMAL flow. The port-0 rule sends it to the
+//! controller, whose parser ([`crate::frame`], the rules of the XDP program)
+//! drops it as malformed. Both modes are tested against one table of crafted
+//! frames (`guard_tests::awkward`).
 //!
 //! # Counters
 //!
@@ -72,7 +80,6 @@ pub mod codec;
 pub mod controller;
 pub mod flows;
 pub mod oxm;
-pub mod packet;
 pub mod tls;
 mod wire;
 

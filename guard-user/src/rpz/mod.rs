@@ -22,6 +22,7 @@
 //! * [`transfer`]: AXFR, IXFR (deltas applied to a copy) and SOA serial.
 //! * [`update`]: TSIG-signed RFC 2136 UPDATE pushes, batched.
 //! * [`notify`]: a NOTIFY listener that tells the daemon to run IXFR.
+//! * [`snapshot`]: the local copy of the last zone applied, read at start.
 //! * [`lookup`]: [`lookup::RpzClient`], the miss path's per-IP question.
 //!
 //! # BIND configuration this code expects (checked by `tests/rpz_bind.rs`)
@@ -59,6 +60,7 @@ use crate::policy::{Classes, Prefix};
 
 pub mod lookup;
 pub mod notify;
+pub mod snapshot;
 pub mod transfer;
 pub mod tsig;
 pub mod update;

@@ -111,27 +111,56 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `rpz-guard run ARGS --events <state>/<tag>-events.jsonl
     /// --status-socket <state>/<tag>.sock` and waits for its status socket.
+    /// Unless ARGS name one, the state directory (zone snapshot) is the
+    /// lab's [`state_dir`], never the host's /var/lib/rpz-guard.
     pub fn start(lab: &Lab, tag: &str, args: &[&str]) -> Daemon {
-        let events = lab.state_dir().join(format!("{tag}-{}-events.jsonl", std::process::id()));
-        let _ = std::fs::remove_file(&events);
-        Daemon::start_with_events(lab, tag, args, events)
+        let events = default_events(lab, tag);
+        Daemon::start_full(lab, tag, &[], args, events, false)
+    }
+
+    /// As [`Daemon::start`], in the host's mount namespace (`nsenter --net`):
+    /// the default pin directory is then on the host's bpffs and outlives
+    /// the daemon, as on a real router.
+    pub fn start_host_mounts(lab: &Lab, tag: &str, args: &[&str]) -> Daemon {
+        let events = default_events(lab, tag);
+        Daemon::start_full(lab, tag, &[], args, events, true)
     }
 
     /// Like [`Daemon::start`], with the event output at `events`.
     pub fn start_with_events(lab: &Lab, tag: &str, args: &[&str], events: PathBuf) -> Daemon {
-        Daemon::start_wrapped(lab, tag, &[], args, events)
+        Daemon::start_full(lab, tag, &[], args, events, false)
     }
 
     /// Like [`Daemon::start_with_events`], run through `wrapper` (e.g.
     /// `env LD_PRELOAD=...`), which must exec the daemon in its place.
     pub fn start_wrapped(lab: &Lab, tag: &str, wrapper: &[&str], args: &[&str], events: PathBuf) -> Daemon {
+        Daemon::start_full(lab, tag, wrapper, args, events, false)
+    }
+
+    fn start_full(
+        lab: &Lab,
+        tag: &str,
+        wrapper: &[&str],
+        args: &[&str],
+        events: PathBuf,
+        host_mounts: bool,
+    ) -> Daemon {
         let dir = lab.state_dir();
         let socket = dir.join(format!("{tag}-{}.sock", std::process::id()));
+        let state = state_dir(lab);
         let mut argv: Vec<&str> = wrapper.to_vec();
         argv.extend([BIN, "run"]);
         argv.extend_from_slice(args);
         argv.extend(["--events", path_str(&events), "--status-socket", path_str(&socket)]);
-        let child = lab.spawn(Role::Router, &argv).unwrap_or_else(|e| panic!("spawn rpz-guard: {e}"));
+        if !args.iter().any(|a| *a == "--state-dir" || *a == "--no-snapshot") {
+            argv.extend(["--state-dir", path_str(&state)]);
+        }
+        let spawned = if host_mounts {
+            lab.spawn_host_mounts(Role::Router, &argv)
+        } else {
+            lab.spawn(Role::Router, &argv)
+        };
+        let child = spawned.unwrap_or_else(|e| panic!("spawn rpz-guard: {e}"));
         let mut d = Daemon { child: Some(child), socket, events };
         let ready = eventually(Duration::from_secs(20), || {
             if let Some(c) = d.child.as_mut()
@@ -180,15 +209,18 @@ impl Daemon {
         self.child.as_ref().map(LabChild::log).unwrap_or_default()
     }
 
-    /// SIGKILL (a crash) and reap; returns the log so far.
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(LabChild::is_running)
+    }
+
+    /// SIGKILL (a crash: no cleanup at all) and wait; returns the log.
     pub fn kill(&mut self) -> String {
-        let log = self.log();
-        if let Some(c) = self.child.take() {
-            let pid = libc::pid_t::try_from(c.pid()).expect("pid");
-            // SAFETY: kill(2) on the daemon this handle started.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            let _ = c.stop(Duration::from_secs(5));
-        }
+        let Some(mut c) = self.child.take() else { return String::new() };
+        let log = c.log();
+        let _ = c.child().kill();
+        let _ = c.child().wait();
+        drop(c);
         log
     }
 
@@ -209,6 +241,13 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// `<lab state>/<tag>-<pid>-events.jsonl`, removed if left over.
+fn default_events(lab: &Lab, tag: &str) -> PathBuf {
+    let events = lab.state_dir().join(format!("{tag}-{}-events.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&events);
+    events
 }
 
 fn path_str(p: &Path) -> &str {
@@ -252,4 +291,9 @@ pub fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// The daemons' state directory in a lab (`--state-dir`): the zone snapshot.
+pub fn state_dir(lab: &Lab) -> PathBuf {
+    lab.state_dir().join("rpz-guard-state")
 }

@@ -9,8 +9,9 @@ use std::{
 
 use etherparse::{PacketBuilder, VlanId};
 use guard_user::{
+    frame as decode,
     learn::{
-        Hints, Pipeline, Summary, decode,
+        Hints, Pipeline, Summary,
         dns::{self, Parser, Section},
         pcapw::PcapWriter,
     },

@@ -397,6 +397,11 @@ impl Proc {
         Proc { name: name.to_owned(), log: log.to_owned(), child }
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Its output so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

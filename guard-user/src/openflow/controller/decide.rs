@@ -14,11 +14,11 @@ use tracing::{Instrument, debug, info};
 use super::{conn::Conn, session::Session};
 use crate::{
     events::{DetectionEvent, Reason, now_ms, proto_name},
+    frame::{self, FrameError, PacketInfo},
     openflow::{
         ProtectedPort, bump,
         codec::{Action, Body, NO_BUFFER, OFPP_CONTROLLER, OFPP_NORMAL, PacketIn, PacketOut},
         flows,
-        packet::{self, PacketError, PacketInfo},
     },
     policy::{Classes, Prefix, Verdict},
 };
@@ -144,10 +144,17 @@ impl Session {
             bump(&board.packet_ins_dropped);
             return true;
         }
-        let info = match packet::parse(&pi.data) {
+        let in_port = pi.r#match.in_port().unwrap_or(OFPP_CONTROLLER);
+        // The same awkward-packet policy as the XDP program (`frame` module).
+        let info = match frame::parse(&pi.data) {
             Ok(i) => i,
+            Err(FrameError::NotIp { .. }) => {
+                // Behind more VLAN tags than the switch parses: not ours to judge.
+                counters.inc(Stat::NonIp);
+                return conn.forward(in_port, &pi).await;
+            }
             Err(e) => {
-                counters.inc(if matches!(e, PacketError::ExtChain { .. }) {
+                counters.inc(if e == FrameError::TooManyExtHeaders {
                     Stat::DropExtChain
                 } else {
                     Stat::DropMalformed
@@ -160,10 +167,9 @@ impl Session {
         if info.vlan.is_some() {
             counters.inc(Stat::Vlan);
         }
-        let in_port = pi.r#match.in_port().unwrap_or(OFPP_CONTROLLER);
         let cfg = &conn.cfg;
         let Some((_, dport)) = info.ports else {
-            counters.inc(Stat::Fragment);
+            counters.inc(if info.later_fragment { Stat::Fragment } else { Stat::Unprotected });
             return conn.forward(in_port, &pi).await;
         };
         let Some(pp) = cfg.protected_port(info.proto, dport).copied() else {

@@ -1,0 +1,361 @@
+//! A local copy of the last policy zone applied (serial and allow entries),
+//! so a daemon that starts while the primary is down enforces what it last
+//! knew at once, and catches up by IXFR from that serial when the primary
+//! answers (what a BIND secondary does with its zone file).
+//!
+//! # File format (version 1, little endian)
+//!
+//! ```text
+//! magic     8  "RPZGSNAP"
+//! version   4  1
+//! zone_len  2  then the zone origin (lower case, no final dot)
+//! serial    4  SOA serial of the zone copy
+//! written   8  ms since the Unix epoch
+//! count     8  number of entries
+//! entries      count × (family 1 (4|6), prefix length 1, address 4|16, classes 4)
+//! crc32     4  CRC-32 (IEEE) of every byte before it
+//! ```
+//!
+//! Written atomically: a temporary file in the same directory, `fsync`,
+//! `rename` over the old copy, `fsync` of the directory. A file that is not
+//! exactly this (truncated, corrupt, another zone, another version) is
+//! refused with a [`SnapshotError`] naming why; callers treat it as absent.
+
+use std::{
+    io::Write as _,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+};
+
+use crate::policy::{AllowSet, Classes, Prefix};
+
+/// First bytes of a snapshot file.
+pub const MAGIC: &[u8; 8] = b"RPZGSNAP";
+/// The format version this build writes and reads.
+pub const VERSION: u32 = 1;
+
+/// A snapshot as read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The zone origin it holds.
+    pub zone: String,
+    /// The zone's SOA serial.
+    pub serial: u32,
+    /// When it was written, ms since the Unix epoch.
+    pub written_ms: u64,
+    /// The allow entries.
+    pub set: AllowSet,
+}
+
+/// Why a snapshot was not read or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// Reading or writing the file failed.
+    #[error("snapshot {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file does not start with [`MAGIC`].
+    #[error("not an rpz-guard snapshot (bad magic)")]
+    NotASnapshot,
+    /// Written by another format version.
+    #[error("format version {found}, this build reads version {VERSION}")]
+    Version {
+        /// The version in the file.
+        found: u32,
+    },
+    /// A snapshot of another zone.
+    #[error("holds zone {found:?}, not {want:?}")]
+    Zone {
+        /// The zone in the file.
+        found: String,
+        /// The zone configured.
+        want: String,
+    },
+    /// The file ends early.
+    #[error("truncated: ends at byte {len} while reading {what}")]
+    Truncated {
+        /// File length.
+        len: usize,
+        /// What was being read.
+        what: &'static str,
+    },
+    /// The checksum does not match the contents.
+    #[error("checksum mismatch (stored {stored:08x}, computed {computed:08x}): the file is corrupt")]
+    Checksum {
+        /// CRC in the file.
+        stored: u32,
+        /// CRC of the contents.
+        computed: u32,
+    },
+    /// An entry is not a valid allow entry.
+    #[error("entry {index}: {why}")]
+    Entry {
+        /// Entry number.
+        index: u64,
+        /// What is wrong.
+        why: String,
+    },
+    /// Bytes after the checksum.
+    #[error("{extra} bytes after the end")]
+    Trailing {
+        /// How many.
+        extra: usize,
+    },
+}
+
+/// Where the snapshot of `zone` lives in `state_dir`.
+pub fn path(state_dir: &Path, zone: &str) -> PathBuf {
+    let name: String = normalise(zone)
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .collect();
+    state_dir.join(format!("{name}.snapshot"))
+}
+
+fn normalise(zone: &str) -> String {
+    zone.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// The file's bytes for a zone copy.
+pub fn encode(zone: &str, serial: u32, written_ms: u64, set: &AllowSet) -> Vec<u8> {
+    let zone = normalise(zone);
+    let mut out = Vec::with_capacity(40 + zone.len() + set.len() * 22);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    let zlen = u16::try_from(zone.len()).unwrap_or(u16::MAX);
+    out.extend_from_slice(&zlen.to_le_bytes());
+    out.extend_from_slice(&zone.as_bytes()[..usize::from(zlen)]);
+    out.extend_from_slice(&serial.to_le_bytes());
+    out.extend_from_slice(&written_ms.to_le_bytes());
+    out.extend_from_slice(&(set.len() as u64).to_le_bytes());
+    for (p, c) in set.iter() {
+        match p.addr() {
+            IpAddr::V4(a) => {
+                out.extend_from_slice(&[4, p.len()]);
+                out.extend_from_slice(&a.octets());
+            }
+            IpAddr::V6(a) => {
+                out.extend_from_slice(&[6, p.len()]);
+                out.extend_from_slice(&a.octets());
+            }
+        }
+        out.extend_from_slice(&c.bits().to_le_bytes());
+    }
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// A bounds-checked reader over the file's bytes.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], SnapshotError> {
+        let end = self.pos.checked_add(n).filter(|e| *e <= self.buf.len());
+        let end = end.ok_or(SnapshotError::Truncated { len: self.buf.len(), what })?;
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], SnapshotError> {
+        let s = self.take(N, what)?;
+        let mut a = [0u8; N];
+        a.copy_from_slice(s);
+        Ok(a)
+    }
+}
+
+/// Parses and checks a snapshot of `zone`.
+pub fn decode(buf: &[u8], zone: &str) -> Result<Snapshot, SnapshotError> {
+    let mut r = Reader { buf, pos: 0 };
+    if buf.len() >= MAGIC.len() && &buf[..MAGIC.len()] != MAGIC {
+        return Err(SnapshotError::NotASnapshot);
+    }
+    r.take(MAGIC.len(), "the magic")?;
+    let found = u32::from_le_bytes(r.array("the version")?);
+    if found != VERSION {
+        return Err(SnapshotError::Version { found });
+    }
+    // The checksum covers everything else: check it before trusting lengths.
+    if buf.len() < r.pos + 4 {
+        return Err(SnapshotError::Truncated { len: buf.len(), what: "the header" });
+    }
+    let zlen = usize::from(u16::from_le_bytes(r.array("the zone length")?));
+    let name = r.take(zlen, "the zone name")?;
+    let found = String::from_utf8_lossy(name).into_owned();
+    let serial = u32::from_le_bytes(r.array("the serial")?);
+    let written_ms = u64::from_le_bytes(r.array("the write time")?);
+    let count = u64::from_le_bytes(r.array("the entry count")?);
+    let body_start = r.pos;
+    // Each entry takes at least 10 bytes: a count the file cannot hold is
+    // truncation (or corruption), found before allocating for it.
+    let room = (buf.len().saturating_sub(body_start + 4) / 10) as u64;
+    if count > room {
+        return Err(SnapshotError::Truncated { len: buf.len(), what: "the entries" });
+    }
+    let mut set = AllowSet::new();
+    for index in 0..count {
+        let [family, len] = r.array("an entry")?;
+        let addr = match family {
+            4 => IpAddr::V4(Ipv4Addr::from(r.array::<4>("an IPv4 entry")?)),
+            6 => IpAddr::V6(Ipv6Addr::from(r.array::<16>("an IPv6 entry")?)),
+            f => return Err(SnapshotError::Entry { index, why: format!("address family {f}") }),
+        };
+        let bits = u32::from_le_bytes(r.array("an entry's classes")?);
+        let prefix =
+            Prefix::new(addr, len).map_err(|e| SnapshotError::Entry { index, why: e.to_string() })?;
+        let classes = Classes::from_bits(bits);
+        if classes.is_empty() || classes.bits() != bits {
+            return Err(SnapshotError::Entry { index, why: format!("class bits {bits:#x}") });
+        }
+        set.add(prefix, classes);
+    }
+    let end = r.pos;
+    let stored = u32::from_le_bytes(r.array("the checksum")?);
+    let computed = crc32fast::hash(&buf[..end]);
+    if stored != computed {
+        return Err(SnapshotError::Checksum { stored, computed });
+    }
+    if r.pos != buf.len() {
+        return Err(SnapshotError::Trailing { extra: buf.len() - r.pos });
+    }
+    if found != normalise(zone) {
+        return Err(SnapshotError::Zone { found, want: normalise(zone) });
+    }
+    if set.len() as u64 != count {
+        return Err(SnapshotError::Entry { index: count, why: "duplicate entries".into() });
+    }
+    Ok(Snapshot { zone: found, serial, written_ms, set })
+}
+
+/// Reads the snapshot at `path`: `Ok(None)` when there is none.
+pub fn read(path: &Path, zone: &str) -> Result<Option<Snapshot>, SnapshotError> {
+    match std::fs::read(path) {
+        Ok(buf) => decode(&buf, zone).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(SnapshotError::Io { path: path.to_owned(), source }),
+    }
+}
+
+/// Writes a snapshot atomically (temporary file, fsync, rename, fsync of
+/// the directory): a crash leaves the old copy or the new one, never a mix.
+pub fn write(
+    path: &Path,
+    zone: &str,
+    serial: u32,
+    written_ms: u64,
+    set: &AllowSet,
+) -> Result<(), SnapshotError> {
+    let io = |source| SnapshotError::Io { path: path.to_owned(), source };
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&encode(zone, serial, written_ms, set))?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const Z: &str = "rpz.example.com";
+
+    fn sample() -> AllowSet {
+        [
+            (Prefix::host("198.51.100.25".parse().expect("ip")), Classes::SMTP),
+            (Prefix::host("198.51.100.53".parse().expect("ip")), Classes::DNS.union(Classes::SMTP)),
+            ("203.0.113.0/24".parse().expect("prefix"), Classes::DNS),
+            (Prefix::host("2001:db8::25".parse().expect("ip")), Classes::SMTP),
+            ("2001:db8:100::/48".parse().expect("prefix"), Classes::DNS),
+        ]
+        .into_iter()
+        .collect()
+    }
+
+    #[test]
+    fn round_trip_and_zone_case() {
+        let bytes = encode("RPZ.Example.COM.", 2026, 1234, &sample());
+        let s = decode(&bytes, Z).expect("decode");
+        assert_eq!((s.serial, s.written_ms, s.zone.as_str()), (2026, 1234, Z));
+        assert_eq!(s.set, sample());
+        let empty = decode(&encode(Z, 1, 0, &AllowSet::new()), Z).expect("empty");
+        assert!(empty.set.is_empty());
+    }
+
+    #[test]
+    fn every_truncation_is_refused() {
+        let bytes = encode(Z, 7, 0, &sample());
+        for n in 0..bytes.len() {
+            let e = decode(&bytes[..n], Z).expect_err("truncated");
+            assert!(
+                matches!(e, SnapshotError::Truncated { .. } | SnapshotError::Checksum { .. }),
+                "cut at {n}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_flipped_byte_is_refused() {
+        let bytes = encode(Z, 7, 0, &sample());
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x41;
+            assert!(decode(&b, Z).is_err(), "flip at {i} accepted");
+        }
+    }
+
+    #[test]
+    fn foreign_files_are_refused_by_name() {
+        let bytes = encode(Z, 7, 0, &sample());
+        assert!(matches!(decode(&bytes, "other.zone"), Err(SnapshotError::Zone { .. })));
+        let mut v2 = bytes.clone();
+        v2[8..12].copy_from_slice(&2u32.to_le_bytes());
+        assert!(matches!(decode(&v2, Z), Err(SnapshotError::Version { found: 2 })));
+        assert!(matches!(decode(b"$ORIGIN rpz.example.com.\n", Z), Err(SnapshotError::NotASnapshot)));
+        let mut extra = bytes.clone();
+        extra.push(0);
+        assert!(matches!(decode(&extra, Z), Err(SnapshotError::Trailing { extra: 1 })));
+    }
+
+    #[test]
+    fn huge_count_fails_before_allocating() {
+        let mut b = encode(Z, 7, 0, &AllowSet::new());
+        let at = 8 + 4 + 2 + Z.len() + 4 + 8;
+        b[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(decode(&b, Z), Err(SnapshotError::Truncated { .. })));
+    }
+
+    #[test]
+    fn write_is_atomic_and_read_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = path(dir.path(), Z);
+        assert!(read(&p, Z).expect("absent is fine").is_none());
+        write(&p, Z, 1, 10, &sample()).expect("write");
+        write(&p, Z, 2, 20, &AllowSet::new()).expect("overwrite");
+        let s = read(&p, Z).expect("read").expect("present");
+        assert_eq!((s.serial, s.set.len()), (2, 0));
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).expect("ls").collect();
+        assert_eq!(leftovers.len(), 1, "no temporary file left behind");
+    }
+}

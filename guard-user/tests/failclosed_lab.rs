@@ -1,0 +1,419 @@
+//! Privileged: fail closed from the first second (issue 17) and on a crash
+//! (issue 13), with `rpz-guard run` in XDP mode on the lab router, the
+//! lab's real BIND as primary, and continuous probers: a bot asking an
+//! unregistered DNS server every few ms (every answer is a packet that got
+//! through) and, where it matters, a client connecting to a registered mail
+//! server (every failure is a legitimate connection lost).
+//!
+//! Cases: the primary down at first start without a snapshot
+//! (deny-protected) and with one (enforced at once, caught up by IXFR from
+//! its serial when the primary returns); corrupt, truncated and foreign
+//! snapshots (refused with one log line, start as if none); a 1M-entry
+//! start; a restart and a SIGKILL with the default config (pinned on the
+//! host's bpffs).
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use guard_tests::{Lab, LabAddrs, LabChild, LabConfig, Role, probe::Prober};
+use guard_user::{
+    daemon::StatusReport,
+    events::Reason,
+    policy::{AllowSet, Classes, Prefix},
+    rpz::snapshot,
+};
+
+mod daemon_support;
+
+use daemon_support::{BIN, Daemon, ZONE, eventually, lab_bind_args, rpz_add, state_dir};
+
+/// How often the bot asks.
+const PROBE_EVERY: Duration = Duration::from_millis(10);
+
+fn up(name: &str) -> Lab {
+    Lab::up(LabConfig::for_test(name)).unwrap_or_else(|e| panic!("lab up failed: {e}"))
+}
+
+/// The usual XDP flags for the lab router (exempt resolver, internal lan).
+fn xdp_args(lab: &Lab) -> Vec<String> {
+    let a = lab.addrs();
+    let mut v: Vec<String> = [
+        "--iface",
+        lab.router_inside_iface(),
+        "--exempt",
+        &format!("{}/32", a.dns_v4),
+        "--internal",
+        &format!("10.{}.0.0/16", a.subnet),
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    v.extend(lab_bind_args(lab));
+    v
+}
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// `--server` pointing at a port where nothing listens: the primary is down.
+fn dead_server(lab: &Lab, v: &mut [String]) {
+    let i = v.iter().position(|a| a == "--server").expect("--server");
+    v[i + 1] = SocketAddr::new(IpAddr::V4(lab.addrs().dns_v4), 5399).to_string();
+}
+
+/// The bot asking an unregistered DNS server.
+fn bot_prober(lab: &Lab) -> Prober {
+    let rogue = SocketAddr::new(IpAddr::V4(LabAddrs::inet_v4(99)), 53);
+    Prober::dns(lab, Role::Bot, rogue, PROBE_EVERY).expect("bot prober")
+}
+
+fn counter(r: &StatusReport, name: &str) -> u64 {
+    r.counters.iter().find(|(k, _)| k == name).map_or(0, |c| c.1)
+}
+
+fn smtp_open(lab: &Lab, ip: IpAddr) -> bool {
+    lab.tcp_connect(Role::Pc, SocketAddr::new(ip, 25), Duration::from_millis(1500)).is_ok()
+}
+
+/// Waits until `log()` contains `needle`; returns when it was first seen.
+fn seen_in_log(d: &Daemon, needle: &str, within: Duration) -> Instant {
+    eventually(within, || d.log().contains(needle))
+        .unwrap_or_else(|| panic!("log lacks {needle:?}:\n{}", d.log()));
+    Instant::now()
+}
+
+/// The lab's named: its pid from the lab's pid files.
+fn named_pid(lab: &Lab) -> Option<i32> {
+    std::fs::read_dir(lab.state_dir().join("pids"))
+        .ok()?
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .find(|l| l.trim_end().ends_with(" named"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+}
+
+/// Ends the lab's named (a process the lab started) and waits until it is gone.
+fn stop_named(lab: &Lab) {
+    let pid = named_pid(lab).expect("named pid recorded by the lab");
+    // SAFETY: kill(2) on a pid the lab started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    // Gone, or a zombie the lab reaps later.
+    let ended = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |s| s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+    };
+    eventually(Duration::from_secs(10), ended).expect("named ended");
+}
+
+/// Starts named again on the lab's config (zone file and journal kept).
+fn start_named(lab: &Lab) -> LabChild {
+    let conf = lab.state_dir().join("bind/named.conf");
+    let conf = conf.to_str().expect("utf-8");
+    let child = lab.spawn(Role::Dns, &["named", "-g", "-n", "1", "-c", conf]).expect("spawn named");
+    let dns = SocketAddr::new(IpAddr::V4(lab.addrs().dns_v4), 53);
+    guard_tests::wait_for_udp_dns(&lab.ns(Role::Dns), dns, Duration::from_secs(15)).expect("named answers");
+    child
+}
+
+/// The primary is down at the very first start (no snapshot, no pins):
+/// the daemon stays up in deny-protected mode, the bot gets no answer,
+/// drops are counted and reported as rate-limited `not_loaded` events,
+/// status says it is waiting for the primary; exempt sources still pass.
+#[test]
+fn primary_down_at_first_start_without_snapshot() {
+    let lab = up("fcnos");
+    rpz_add(&lab, IpAddr::V4(LabAddrs::inet_v4(25)), "127.0.0.25");
+    let mut args = xdp_args(&lab);
+    dead_server(&lab, &mut args);
+    args.push("--no-pin".into());
+    let bot = bot_prober(&lab);
+    let mut d = Daemon::start(&lab, "fcnos", &refs(&args));
+    let attached = seen_in_log(&d, "XDP program attached", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(d.is_running(), "the daemon stays up with the primary down");
+    let st = d.status();
+    assert!(st.sync.deny_protected, "deny-protected: {:?}", st.sync);
+    assert!(st.sync.started_from.as_deref().is_some_and(|s| s.contains("deny-protected")), "{:?}", st.sync);
+    assert!(st.sync.last_error.as_deref().is_some_and(|e| e.contains("5399")), "{:?}", st.sync);
+    assert!(st.sync.failing_since_ms.is_some(), "status says since when it waits");
+    let rendered = Command::new(BIN).args(["status", "--socket"]).arg(&d.socket).output().expect("status");
+    let text = String::from_utf8_lossy(&rendered.stdout);
+    assert!(text.contains("waiting for the primary since"), "status text:\n{text}");
+    assert!(text.contains("DENY-PROTECTED"), "status text:\n{text}");
+    // The organisation's resolver is exempt even now.
+    let unknown = SocketAddr::new(IpAddr::V4(LabAddrs::inet_v4(123)), 25);
+    assert!(lab.tcp_connect(Role::Dns, unknown, Duration::from_millis(1500)).is_ok(), "exempt source passes");
+    let after_attach = bot.answered_sent_after(attached);
+    let t = bot.stop();
+    eprintln!("bot: {t:?}, answered after attach {after_attach}");
+    assert!(t.sent >= 100, "prober ran: {t:?}");
+    assert_eq!(after_attach, 0, "no bot query sent after attach was answered");
+    let st = d.status();
+    assert!(counter(&st, "drop_not_loaded") >= 50, "drops counted: {:?}", st.counters);
+    assert!(counter(&st, "events_rate_limited") > 0, "events are rate-limited per source");
+    let bot_ip = IpAddr::V4(lab.addrs().bot_v4);
+    assert!(d.events().iter().any(|e| e.src == bot_ip && e.reason == Reason::NotLoaded), "not_loaded events");
+    d.stop();
+}
+
+/// A snapshot from an earlier run is enforced at once when the primary is
+/// down at start; when the primary comes back, the set is caught up by
+/// IXFR from the snapshot's serial (status shows it), with the bot seeing
+/// no answer throughout.
+#[test]
+fn snapshot_enforced_while_primary_down_then_caught_up_by_ixfr() {
+    let lab = up("fcsnap");
+    let mx = IpAddr::V4(LabAddrs::inet_v4(25));
+    let late_mx = IpAddr::V4(LabAddrs::inet_v4(26));
+    // Enough entries that BIND answers a one-record change with a real IXFR.
+    let mut lines = vec![format!(
+        "update add {} 60 IN A 127.0.0.25",
+        guard_user::rpz::encode_owner(&Prefix::host(mx), ZONE)
+    )];
+    for i in 0..40u8 {
+        let ip = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 100 + i));
+        lines.push(format!(
+            "update add {} 60 IN A 127.0.0.1",
+            guard_user::rpz::encode_owner(&Prefix::host(ip), ZONE)
+        ));
+    }
+    lab.nsupdate(&refs(&lines)).expect("nsupdate");
+    let args = {
+        let mut a = xdp_args(&lab);
+        a.push("--no-pin".into());
+        a
+    };
+    // First run: AXFR, snapshot written.
+    let mut d1 = Daemon::start(&lab, "fcsnap1", &refs(&args));
+    let serial = d1.status().sync.serial.expect("serial");
+    eventually(Duration::from_secs(10), || d1.status().sync.snapshot_serial == Some(serial))
+        .expect("snapshot written");
+    d1.stop();
+    let file = snapshot::path(&state_dir(&lab), ZONE);
+    let snap = snapshot::read(&file, ZONE).expect("readable").expect("present");
+    assert_eq!((snap.serial, snap.set.len()), (serial, 41));
+
+    // While the daemon is down the zone moves on; then the primary goes down.
+    rpz_add(&lab, late_mx, "127.0.0.25");
+    stop_named(&lab);
+
+    let bot = bot_prober(&lab);
+    let mut d2 = Daemon::start(&lab, "fcsnap2", &refs(&args));
+    let attached = seen_in_log(&d2, "XDP program attached", Duration::from_secs(5));
+    let st = d2.status();
+    assert!(!st.sync.deny_protected);
+    assert!(
+        st.sync.started_from.as_deref().is_some_and(|s| s.contains(&format!("snapshot serial {serial}"))),
+        "{:?}",
+        st.sync
+    );
+    assert_eq!((st.sync.serial, st.entries.0), (Some(serial), 41), "the snapshot is in force");
+    assert!(st.sync.last_error.is_some() && st.sync.failing_since_ms.is_some(), "{:?}", st.sync);
+    assert!(smtp_open(&lab, mx), "an entry of the snapshot passes while the primary is down");
+    assert!(!smtp_open(&lab, late_mx), "an entry added after the snapshot is not known yet");
+
+    // The primary comes back: IXFR from the snapshot's serial.
+    let _named = start_named(&lab);
+    eventually(Duration::from_secs(20), || d2.status().sync.serial.is_some_and(|s| s != serial))
+        .unwrap_or_else(|| panic!("not caught up; log:\n{}", d2.log()));
+    let st = d2.status();
+    eprintln!("after catch-up: {:?}", st.sync);
+    assert_eq!(st.sync.full_loads, 0, "no full transfer: caught up incrementally");
+    assert!(st.sync.incremental >= 1, "status shows the IXFR: {:?}", st.sync);
+    assert!(st.sync.last_error.is_none() && st.sync.failing_since_ms.is_none());
+    assert_eq!(st.entries.0, 42);
+    assert!(d2.log().contains(&format!("from_serial={serial}")), "log names the serial it caught up from");
+    eventually(Duration::from_secs(5), || smtp_open(&lab, late_mx))
+        .expect("the new entry passes after the IXFR");
+    let new_serial = st.sync.serial;
+    eventually(Duration::from_secs(10), || d2.status().sync.snapshot_serial == new_serial)
+        .expect("a new snapshot is written after the catch-up");
+    let after_attach = bot.answered_sent_after(attached);
+    let t = bot.stop();
+    eprintln!("bot: {t:?}");
+    assert!(t.sent >= 100);
+    assert_eq!(after_attach, 0, "the bot got no answer after attach");
+    assert!(d2.is_running());
+}
+
+/// Corrupt, truncated and foreign snapshots are refused with one clear log
+/// line each and the daemon starts as if none existed (deny-protected with
+/// the primary down), never crashing.
+#[test]
+fn bad_snapshots_are_refused_and_ignored() {
+    let lab = up("fcbad");
+    let mut args = xdp_args(&lab);
+    dead_server(&lab, &mut args);
+    args.push("--no-pin".into());
+    let file = snapshot::path(&state_dir(&lab), ZONE);
+    std::fs::create_dir_all(file.parent().expect("dir")).expect("mkdir");
+    let set: AllowSet =
+        [(Prefix::host(IpAddr::V4(LabAddrs::inet_v4(25))), Classes::SMTP)].into_iter().collect();
+    let good = snapshot::encode(ZONE, 7, 0, &set);
+    let mut flipped = good.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0xff;
+    let cases: [(&str, Vec<u8>, &str); 4] = [
+        ("garbage", b"this is not a snapshot at all\n".to_vec(), "bad magic"),
+        ("truncated", good[..good.len() - 7].to_vec(), "truncated"),
+        ("corrupt", flipped, "checksum mismatch"),
+        ("foreign", snapshot::encode("other.example", 7, 0, &set), "holds zone"),
+    ];
+    for (what, bytes, why) in cases {
+        std::fs::write(&file, &bytes).expect("write the bad snapshot");
+        let bot = bot_prober(&lab);
+        let mut d = Daemon::start(&lab, &format!("fcbad-{what}"), &refs(&args));
+        let attached = seen_in_log(&d, "XDP program attached", Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(800));
+        assert!(d.is_running(), "{what}: the daemon stays up");
+        let log = d.log();
+        let refusals = log.lines().filter(|l| l.contains("zone snapshot refused")).count();
+        assert_eq!(refusals, 1, "{what}: one log line:\n{log}");
+        assert!(log.contains(why), "{what}: the line says why ({why}):\n{log}");
+        let st = d.status();
+        assert!(st.sync.deny_protected && st.entries.0 == 0, "{what}: started as if none: {:?}", st.sync);
+        assert!(st.sync.snapshot_error.as_deref().is_some_and(|e| e.contains("refused")), "{what}");
+        assert_eq!(bot.answered_sent_after(attached), 0, "{what}: bot answered");
+        assert!(bot.stop().sent > 50);
+        d.stop();
+    }
+}
+
+/// A 1M-entry start under a continuous prober: the program is attached
+/// (deny-protected) before the zone is read, so the bot gets no answer at
+/// any point of the load, and the whole set is in force at the end.
+#[test]
+fn million_entry_start_under_probing() {
+    let lab = up("fcmil");
+    let zone_file = lab.state_dir().join("big.zone");
+    let mut text = format!(
+        "$ORIGIN {ZONE}.\n$TTL 60\n@ IN SOA localhost. root.localhost. 5 3600 600 86400 60\n@ IN NS localhost.\n"
+    );
+    text.reserve(1_000_000 * 40);
+    for i in 0..1_000_000u32 {
+        let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 64, 0, 0)) + i);
+        text.push_str(&format!("{ip} A 127.0.0.{}\n", if i % 2 == 0 { 25 } else { 1 }));
+    }
+    let mx = LabAddrs::inet_v4(25);
+    text.push_str(&format!("{mx} A 127.0.0.25\n"));
+    std::fs::write(&zone_file, text).expect("write zone");
+    let a = lab.addrs();
+    let exempt = format!("{}/32", a.dns_v4);
+    let internal = format!("10.{}.0.0/16", a.subnet);
+    let zf = zone_file.to_str().expect("utf-8");
+    let args = [
+        "--iface",
+        lab.router_inside_iface(),
+        "--exempt",
+        &exempt,
+        "--internal",
+        &internal,
+        "--zone-file",
+        zf,
+        "--no-pin",
+    ];
+    let bot = bot_prober(&lab);
+    let t0 = Instant::now();
+    let d = Daemon::start(&lab, "fcmil", &args);
+    let attached = seen_in_log(&d, "XDP program attached", Duration::from_secs(10));
+    // Status may lag while the 1M diff is written (it reads the counters
+    // under the enforcer lock): poll without insisting on every answer.
+    eventually(Duration::from_secs(90), || {
+        d.try_status().is_some_and(|s| s.entries.0 == 1_000_001 && !s.sync.deny_protected)
+    })
+    .unwrap_or_else(|| panic!("1M set not in force; log:\n{}", d.log()));
+    let loaded = t0.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    let after_attach = bot.answered_sent_after(attached);
+    let t = bot.stop();
+    eprintln!("1M start: in force after {loaded:?}; bot {t:?}, answered after attach {after_attach}");
+    assert_eq!(after_attach, 0, "no answer to the bot at any point of the 1M load");
+    assert!(t.sent > 100);
+    assert!(smtp_open(&lab, IpAddr::V4(mx)), "registered mail server passes once loaded");
+    let st = d.status();
+    assert!(counter(&st, "drop_not_loaded") > 0, "bot dropped while loading: {:?}", st.counters);
+    for l in d
+        .log()
+        .lines()
+        .filter(|l| l.contains("allow maps") || l.contains("allow set") || l.contains("attached"))
+    {
+        eprintln!("{l}");
+    }
+}
+
+/// The pinned state of a default-config daemon in the host's mount
+/// namespace; removed on drop (also when the test fails).
+struct DefaultPins(PathBuf);
+
+impl DefaultPins {
+    fn of(lab: &Lab) -> DefaultPins {
+        DefaultPins(PathBuf::from(format!(
+            "/sys/fs/bpf/rpz-guard/{}/{}",
+            lab.ns(Role::Router),
+            lab.router_inside_iface()
+        )))
+    }
+}
+
+impl Drop for DefaultPins {
+    fn drop(&mut self) {
+        let _ = Command::new(BIN).arg("unpin").arg(&self.0).output();
+        if let Some(parent) = self.0.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+/// With the default config (pinned by default on the host's bpffs), a
+/// clean restart and a SIGKILL under probing let no bot query through and
+/// lose no legitimate connection; the restarted daemon adopts the state.
+#[test]
+fn default_config_survives_restart_and_sigkill() {
+    let lab = up("fckill");
+    let mx = IpAddr::V4(LabAddrs::inet_v4(25));
+    rpz_add(&lab, mx, "127.0.0.25");
+    let pins = DefaultPins::of(&lab);
+    let args = xdp_args(&lab);
+    let mut d1 = Daemon::start_host_mounts(&lab, "fckill1", &refs(&args));
+    let log = d1.log();
+    assert!(log.contains(&format!("pinned at {}", pins.0.display())), "pinned by default:\n{log}");
+    assert!(pins.0.join("link").exists(), "link pinned at {}", pins.0.display());
+    assert!(smtp_open(&lab, mx));
+    let bot = bot_prober(&lab);
+    let legit = Prober::tcp(
+        &lab,
+        Role::Pc,
+        SocketAddr::new(mx, 25),
+        Duration::from_millis(50),
+        Duration::from_secs(3),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+
+    // A clean restart (what `systemctl restart` does: SIGTERM, then start).
+    d1.stop();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut d2 = Daemon::start_host_mounts(&lab, "fckill2", &refs(&args));
+    assert!(d2.log().contains("replaced the program inside the pinned XDP link"), "{}", d2.log());
+    std::thread::sleep(Duration::from_millis(500));
+
+    // A crash: SIGKILL, down for 2 s, then a start adopts the state.
+    d2.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(pins.0.join("link").exists(), "the pins outlive the killed daemon");
+    let d3 = Daemon::start_host_mounts(&lab, "fckill3", &refs(&args));
+    assert!(d3.log().contains("replaced the program inside the pinned XDP link"), "{}", d3.log());
+    std::thread::sleep(Duration::from_millis(500));
+    let (b, l) = (bot.stop(), legit.stop());
+    eprintln!("restart + SIGKILL: bot {b:?}, legit {l:?}");
+    assert!(b.sent > 300 && l.sent > 30, "probers ran: {b:?} {l:?}");
+    assert_eq!(b.answered, 0, "no bot query answered across restart and crash");
+    assert_eq!(l.failed, 0, "no legitimate connection failed across restart and crash");
+    let st = d3.status();
+    assert!(st.point.contains("pinned at"), "{}", st.point);
+    drop(d3);
+    drop(pins);
+}
