@@ -7,8 +7,8 @@
 use std::{fs, net::IpAddr, path::Path, str::FromStr};
 
 use guard_user::{
+    frame as decode,
     learn::{
-        decode,
         pcapw::{PcapNgWriter, PcapWriter},
         synth,
     },

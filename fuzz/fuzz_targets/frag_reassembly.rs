@@ -10,9 +10,9 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use arbitrary::Arbitrary;
-use guard_user::learn::{
-    decode::{Frag, IpPacket},
-    frag::{MAX_DATAGRAMS, MAX_TOTAL_BYTES, Reassembler},
+use guard_user::{
+    frame::{Frag, IpPacket},
+    learn::frag::{MAX_DATAGRAMS, MAX_TOTAL_BYTES, Reassembler},
 };
 use libfuzzer_sys::fuzz_target;
 

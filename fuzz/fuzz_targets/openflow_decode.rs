@@ -4,9 +4,9 @@
 //! own length. The packet-in frame parser gets the same bytes.
 #![no_main]
 
-use guard_user::openflow::{
-    codec::{Message, message_len},
-    packet,
+use guard_user::{
+    frame as packet,
+    openflow::codec::{Message, message_len},
 };
 use libfuzzer_sys::fuzz_target;
 

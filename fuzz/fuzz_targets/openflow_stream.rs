@@ -17,12 +17,13 @@ use std::{
 
 use guard_user::{
     events::{EventOutput, EventSink},
+    frame as packet,
     metrics::Counters,
     miss::{CacheTtl, MissResolver, SetSource},
     openflow::{
         ControllerConfig, ControllerShared,
         codec::{Body, HEADER_LEN, Message, message_len},
-        packet, serve_listener,
+        serve_listener,
     },
     policy::{AllowSet, Classes, Prefix},
 };

@@ -10,9 +10,9 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use arbitrary::Arbitrary;
-use guard_user::learn::{
-    decode::TcpSeg,
-    tcp::{FlowKey, MAX_FLOWS, MAX_TOTAL_BYTES, TcpReassembler},
+use guard_user::{
+    frame::TcpSeg,
+    learn::tcp::{FlowKey, MAX_FLOWS, MAX_TOTAL_BYTES, TcpReassembler},
 };
 use libfuzzer_sys::fuzz_target;
 
