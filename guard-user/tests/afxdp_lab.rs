@@ -15,6 +15,12 @@
 //!   by the kernel's cached verdict;
 //! * an unregistered destination: the held packet is dropped, nothing
 //!   reaches the far side, the event names the source;
+//! * a flood of misses to distinct destinations (one scanning bot, then
+//!   thousands of spoofed sources) stays within the per-source budget and
+//!   the hold queue, leaks nothing, accounts for every frame, and a client's
+//!   first connect meanwhile still succeeds;
+//! * a decision slower than the hold timeout (BIND stopped): the held packet
+//!   is dropped and counted, the failed question denies (fail closed);
 //! * a full hold queue drops (and still asks: the next packet passes in the
 //!   kernel), never leaks; AF_XDP unavailable, or `ringbuf` configured:
 //!   drop and ask (the first SYN is lost, the retransmission passes),
@@ -197,6 +203,134 @@ fn first_packets_are_held_decided_and_released() {
         m.contains("rpz_guard_afxdp_active 1") && m.contains("rpz_guard_afxdp_hold_seconds_bucket"),
         "{m}"
     );
+}
+
+/// The bot's and the router's MAC: frames from the bot's `eth0` to the router.
+fn bot_macs(lab: &Lab) -> ([u8; 6], [u8; 6]) {
+    let smac = lab.mac(Role::Bot, "eth0").expect("mac");
+    let dmac = lab.mac(Role::Router, lab.router_inside_iface()).expect("router mac");
+    (smac, dmac)
+}
+
+/// A TCP SYN frame from `src` (any address: spoofed ones too) with MACs `macs`.
+fn syn_frame((smac, dmac): ([u8; 6], [u8; 6]), src: Ipv4Addr, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(smac, dmac)
+        .ipv4(src.octets(), dst.octets(), 64)
+        .tcp(40000, dport, 1, 64240)
+        .syn()
+        .write(&mut out, &[])
+        .expect("build frame");
+    out
+}
+
+/// A process of the lab stopped with SIGSTOP, continued on drop (also when
+/// the test fails).
+struct Stopped(i32);
+
+impl Stopped {
+    fn new(pid: i32) -> Stopped {
+        // SAFETY: kill(2) on a process the lab started.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+fn accounted(h: &guard_user::afxdp::HoldSnapshot) -> u64 {
+    h.released + h.dropped_after_hold + h.hold_timeouts + h.queue_full + h.malformed + h.release_errors
+}
+
+#[test]
+fn flood_of_distinct_misses_is_bounded_and_leaks_nothing() {
+    let lab = up("afxf");
+    let deaf = deaf(&lab);
+    let mut d = start(&lab, &args(&deaf, &["--hold-queue", "64"]));
+    let a = lab.addrs().clone();
+    let macs = bot_macs(&lab);
+    let flood_dst = |i: u32| Ipv4Addr::new(100, 64 + (i >> 16) as u8, (i >> 8) as u8, i as u8);
+    // A bot scanning port 25 from its own address, then spoofed sources.
+    let scan: Vec<Vec<u8>> = (0..3000).map(|i| syn_frame(macs, a.bot_v4, flood_dst(i), 25)).collect();
+    let spoofed: Vec<Vec<u8>> = (0..2000u32)
+        .map(|i| {
+            syn_frame(
+                macs,
+                Ipv4Addr::new(10, a.subnet, 100 + (i / 250) as u8, (i % 250) as u8 + 1),
+                flood_dst(10_000 + i),
+                25,
+            )
+        })
+        .collect();
+    let mx = LabAddrs::inet_v4(25);
+    rpz_add(&lab, IpAddr::V4(mx), "127.0.0.25");
+    let cap = Capture::start(&lab, Role::Inet, "eth0", "dst net 100.64.0.0/10").expect("capture");
+    let before = d.status();
+    std::thread::scope(|s| {
+        let flood = s.spawn(|| {
+            lab.send_frames(Role::Bot, "eth0", &scan).expect("scan");
+            lab.send_frames(Role::Bot, "eth0", &spoofed).expect("spoofed");
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        let t = Instant::now();
+        lab.tcp_connect(Role::Pc, SocketAddr::from((mx, 25)), Duration::from_secs(4))
+            .expect("a client's first connect during the flood");
+        eprintln!("client connect during the flood: {:?}", t.elapsed());
+        flood.join().expect("flood thread");
+    });
+    // Every question answered, every frame accounted for, nothing held.
+    eventually(Duration::from_secs(20), || {
+        let h = d.status().miss_transport.hold;
+        h.holding == 0 && accounted(&h) == h.received
+    })
+    .unwrap_or_else(|| panic!("hold path did not settle: {:?}", d.status().miss_transport.hold));
+    let after = d.status();
+    let h = &after.miss_transport.hold;
+    eprintln!("flood: {h:?}");
+    assert!(cap.frames().expect("frames").is_empty(), "no flood packet crossed the router");
+    let limited = counter(&after, "events_rate_limited") - counter(&before, "events_rate_limited");
+    assert!(
+        limited >= 2000,
+        "the scanning bot's misses beyond its budget were dropped in the kernel: {limited}"
+    );
+    assert!(h.received >= 1, "{h:?}");
+    assert!(h.queue_full >= 1, "spoofed sources filled the 64-frame queue: {h:?}");
+    assert!(h.dropped_after_hold >= 1);
+    assert_eq!(h.release_errors, 0);
+    assert!(after.events_total > before.events_total, "the flood is evidence");
+    d.stop();
+
+    // A decision slower than the hold timeout: BIND stopped, questions hang.
+    let d = start(&lab, &args(&deaf, &["--hold-timeout-ms", "100"]));
+    let pids = lab.state_dir().join("pids");
+    let named_pid = std::fs::read_dir(&pids)
+        .expect("pid dir")
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .find(|l| l.trim_end().ends_with(" named"))
+        .and_then(|l| l.split_whitespace().next()?.parse::<i32>().ok())
+        .expect("named pid recorded by the lab");
+    let slow = LabAddrs::inet_v4(28);
+    rpz_add(&lab, IpAddr::V4(slow), "127.0.0.25");
+    let stopped = Stopped::new(named_pid);
+    let res = lab.tcp_connect(Role::Pc, SocketAddr::from((slow, 25)), Duration::from_millis(700));
+    assert!(res.is_err(), "nothing passes while no decision exists");
+    let st = d.status();
+    assert!(
+        st.miss_transport.hold.hold_timeouts >= 1,
+        "held SYN dropped at the timeout: {:?}",
+        st.miss_transport.hold
+    );
+    // Three tries of 500 ms, then the question fails: deny (fail closed).
+    eventually(Duration::from_secs(4), || d.status().miss.errors >= 1)
+        .expect("the hung question failed closed");
+    drop(stopped);
+    lab.wait_for_tcp(Role::Pc, SocketAddr::from((slow, 25)), Duration::from_secs(6))
+        .expect("allowed once BIND answers");
 }
 
 #[test]
