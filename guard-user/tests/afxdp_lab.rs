@@ -149,6 +149,15 @@ fn first_packets_are_held_decided_and_released() {
     assert!(h.hold_quantile_us(0.5).is_some(), "hold-time histogram filled");
     assert!(st.miss.lookups >= 1, "the RPZ was asked");
 
+    // IPv6 too (its TCP checksum is left to offload by the sender: released
+    // with a request to complete it, as the kernel's own forwarding would).
+    let mx6 = LabAddrs::inet_v6(0x25);
+    rpz_add(&lab, IpAddr::V6(mx6), "127.0.0.25");
+    let t = Instant::now();
+    lab.tcp_connect(Role::Pc, SocketAddr::new(IpAddr::V6(mx6), 25), Duration::from_secs(3))
+        .expect("IPv6 connect on hold");
+    assert!(t.elapsed() < Duration::from_millis(500), "IPv6 first connect took {:?}", t.elapsed());
+
     // UDP DNS: a name server registered after the start answers the first query.
     let ns = LabAddrs::inet_v4(53);
     rpz_add(&lab, IpAddr::V4(ns), "127.0.0.1");
@@ -307,13 +316,7 @@ fn flood_of_distinct_misses_is_bounded_and_leaks_nothing() {
 
     // A decision slower than the hold timeout: BIND stopped, questions hang.
     let d = start(&lab, &args(&deaf, &["--hold-timeout-ms", "100"]));
-    let pids = lab.state_dir().join("pids");
-    let named_pid = std::fs::read_dir(&pids)
-        .expect("pid dir")
-        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
-        .find(|l| l.trim_end().ends_with(" named"))
-        .and_then(|l| l.split_whitespace().next()?.parse::<i32>().ok())
-        .expect("named pid recorded by the lab");
+    let named_pid = daemon_support::named_pid(&lab);
     let slow = LabAddrs::inet_v4(28);
     rpz_add(&lab, IpAddr::V4(slow), "127.0.0.25");
     let stopped = Stopped::new(named_pid);

@@ -266,8 +266,16 @@ impl HoldSnapshot {
             ("malformed", "Frames that did not parse as protected packets (dropped).", self.malformed),
             ("release_errors", "Releases that failed (dropped).", self.release_errors),
             ("questions", "Hold-path decisions that waited for the live learner or the RPZ.", self.questions),
-            ("kernel_dropped", "Frames the kernel dropped at the AF_XDP sockets.", self.kernel.rx_dropped),
-            ("kernel_ring_full", "Frames dropped because an RX ring was full.", self.kernel.rx_ring_full),
+            (
+                "kernel_dropped",
+                "Frames the kernel could not deliver to the AF_XDP sockets.",
+                self.kernel.drops(),
+            ),
+            (
+                "kernel_ring_full",
+                "Of those: an RX ring was full (userspace behind).",
+                self.kernel.rx_ring_full,
+            ),
         ] {
             let _ = writeln!(o, "# HELP rpz_guard_afxdp_{name}_total {help}");
             let _ = writeln!(o, "# TYPE rpz_guard_afxdp_{name}_total counter");

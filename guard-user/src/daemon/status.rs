@@ -378,7 +378,7 @@ pub fn render_status(r: &StatusReport) -> String {
                 t.queues,
                 if t.zerocopy { "zero-copy" } else { "copy" },
                 t.release_device,
-                h.kernel.rx_dropped
+                h.kernel.drops()
             );
         }
     }

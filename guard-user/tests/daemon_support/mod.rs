@@ -85,6 +85,16 @@ pub fn metrics(d: &Daemon) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Pid of the lab's `named` (a process the lab started; its pid file names it).
+pub fn named_pid(lab: &Lab) -> i32 {
+    std::fs::read_dir(lab.state_dir().join("pids"))
+        .expect("pid dir")
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .find(|l| l.trim_end().ends_with(" named"))
+        .and_then(|l| l.split_whitespace().next()?.parse::<i32>().ok())
+        .expect("named pid recorded by the lab")
+}
+
 /// Registers `ip` in the lab's RPZ with A `answer` (TSIG-signed nsupdate).
 pub fn rpz_add(lab: &Lab, ip: IpAddr, answer: &str) {
     let owner = encode_owner(&Prefix::host(ip), ZONE);
