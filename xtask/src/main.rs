@@ -7,6 +7,7 @@ mod command;
 mod demo;
 mod gen_pcap;
 mod lab;
+mod package;
 mod run;
 mod setup;
 mod test;
@@ -40,6 +41,8 @@ enum Task {
     BuildEbpf,
     /// Run the benchmarks and write target/bench-report/REPORT.md.
     Bench(bench::Args),
+    /// Build the Debian package (target/debian/rpz-guard_*.deb) with cargo-deb.
+    Package(package::Args),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Task::Lab(args) => lab::run(args),
         Task::Test(args) => test::run(&args),
         Task::Bench(args) => bench::run(&args),
+        Task::Package(args) => package::run(&args),
         Task::BuildEbpf => {
             command::run_step("build-ebpf", command::cargo().args(["build", "-p", "guard-user"]))
         }

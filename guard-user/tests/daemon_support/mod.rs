@@ -176,13 +176,19 @@ impl Daemon {
         self.try_status().expect("rpz-guard status answers")
     }
 
-    /// The detection events written so far.
+    /// The detection events written so far (native layout), each checked
+    /// against the event schema first.
     pub fn events(&self) -> Vec<DetectionEvent> {
-        std::fs::read_to_string(&self.events)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event line {l:?}: {e}")))
+        self.event_lines()
+            .into_iter()
+            .map(|v| serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("bad event line {v}: {e}")))
             .collect()
+    }
+
+    /// The event lines written so far, in whichever layout, each checked
+    /// against the event schema.
+    pub fn event_lines(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.events).unwrap_or_default().lines().map(check_event_line).collect()
     }
 
     /// Its log so far.
@@ -222,6 +228,38 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// `docs/events.schema.json`, compiled once, with `format` asserted (IP
+/// addresses, timestamps), as a strict consumer would.
+pub fn event_validator() -> &'static jsonschema::Validator {
+    static V: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    V.get_or_init(|| {
+        let schema: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(event_schema_path()).expect("read the event schema"),
+        )
+        .expect("the event schema is JSON");
+        jsonschema::options()
+            .should_validate_formats(true)
+            .build(&schema)
+            .unwrap_or_else(|e| panic!("the event schema does not compile: {e}"))
+    })
+}
+
+/// Where the event schema lives.
+pub fn event_schema_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/events.schema.json")
+}
+
+/// Parses one event line and checks it against the schema; panics naming
+/// the line and every violation.
+pub fn check_event_line(line: &str) -> serde_json::Value {
+    let v: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("event line is not JSON ({e}): {line}"));
+    let errors: Vec<String> =
+        event_validator().iter_errors(&v).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+    assert!(errors.is_empty(), "event line violates docs/events.schema.json: {line}\n{}", errors.join("\n"));
+    v
 }
 
 fn path_str(p: &Path) -> &str {
