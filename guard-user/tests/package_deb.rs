@@ -133,10 +133,12 @@ fn installed_binary_runs_and_accepts_the_shipped_config() {
     }
     // A broken edit is refused with the key named.
     let bad = i.root.with_file_name("bad.toml");
-    std::fs::write(&bad, text.replace("poll_interval_secs = 30", "poll_interval_secs = 0")).expect("write");
+    let broken = text.replacen("[cache]", "[cache]\npositive_ttl_sec = 60", 1);
+    assert_ne!(broken, text, "the shipped config has a [cache] section");
+    std::fs::write(&bad, broken).expect("write");
     let out = Command::new(&bin).arg("check-config").arg(&bad).output().expect("run");
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("rpz.poll_interval_secs"));
+    assert!(!out.status.success(), "a misspelt key is accepted");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("positive_ttl_sec"), "the error names the key");
 }
 
 #[test]
