@@ -159,7 +159,9 @@ impl Daemon {
             {
                 panic!("rpz-guard exited early:\n{}", c.log());
             }
-            d.try_status().is_some()
+            // The status socket answers before the enforcement point is up
+            // (XDP attached, controller listening): wait for that too.
+            d.try_status().is_some_and(|s| !s.point.is_empty())
         });
         assert!(ready.is_some(), "rpz-guard did not answer on its status socket; lab {}", lab.prefix());
         d
