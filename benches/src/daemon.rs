@@ -60,7 +60,8 @@ impl LabDaemon {
         args.extend_from_slice(extra);
         let mut child = lab.spawn(Role::Router, &args)?;
         let t = Instant::now();
-        while status(&socket).is_err() {
+        // The status socket answers before the XDP program is attached.
+        while !status(&socket).is_ok_and(|s| !s.point.is_empty()) {
             if !child.is_running() {
                 bail!("rpz-guard exited:\n{}", child.log());
             }

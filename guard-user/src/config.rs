@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     afxdp::xsk::BindMode,
-    events::EventOutput,
+    events::{EventFormat, EventOutput, EventSettings},
     miss::CacheTtl,
     policy::{Prefix, ProtectedPort, Service, Transport},
     xdp::AttachMode,
@@ -398,6 +398,8 @@ pub struct Events {
     pub per_source_per_sec: u32,
     /// Miss events (RPZ questions) per source host per second, a separate budget.
     pub misses_per_source_per_sec: u32,
+    /// Field layout of the lines: `native` or `ecs` (Elastic Common Schema).
+    pub format: EventFormat,
 }
 
 impl Default for Events {
@@ -406,6 +408,7 @@ impl Default for Events {
             output: "stdout".into(),
             per_source_per_sec: guard_common::DEFAULT_EVENTS_PER_SOURCE,
             misses_per_source_per_sec: guard_common::DEFAULT_MISSES_PER_SOURCE,
+            format: EventFormat::Native,
         }
     }
 }
@@ -697,6 +700,11 @@ impl Openflow {
 }
 
 impl Config {
+    /// How the event sink writes, from `[events]` and `enforce.count_only`.
+    pub fn event_settings(&self) -> EventSettings {
+        EventSettings { format: self.events.format, count_only: self.enforce.count_only }
+    }
+
     /// Reads and validates a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let cfg = Config::read_unvalidated(path)?;
@@ -918,6 +926,7 @@ mod tests {
             negative_ttl_secs = 2
             [events]
             output = "/var/log/rpz-guard/events.jsonl"
+            format = "ecs"
             [status]
             metrics_listen = "127.0.0.1:9466"
             "#,
@@ -927,6 +936,7 @@ mod tests {
         assert_eq!(c.policy.exempt_sources.len(), 2);
         assert_eq!(c.rpz.miss_query, MissQuery::Paper);
         assert_eq!(c.events.output(), EventOutput::File("/var/log/rpz-guard/events.jsonl".into()));
+        assert_eq!(c.event_settings(), EventSettings { format: EventFormat::Ecs, count_only: false });
     }
 
     #[test]
@@ -1068,6 +1078,7 @@ mod tests {
             ),
             ("[enforce]\niface = \"eth1\"\npin_dir = \"rel/dir\"\n[rpz]\nzone_file = \"z\"", "rel/dir"),
             ("[enforce]\niface = \"eth1\"\n[rpz]\nzone_file = \"z\"\nstate_dir = \"var\"", "rpz.state_dir"),
+            ("[enforce]\niface = \"eth1\"\n[rpz]\nzone_file = \"z\"\n[events]\nformat = \"cef\"", "cef"),
         ];
         for (text, needle) in cases {
             let e = parse(text).expect_err(text).to_string();

@@ -1,5 +1,12 @@
 //! Detection events: every blocked attempt, written as JSON lines and
 //! aggregated per source host (suspected infected PCs) and per destination.
+//!
+//! Two layouts of the same event ([`EventFormat`]), both described by the
+//! versioned JSON schema in `docs/events.schema.json` (see `docs/events.md`):
+//! rpz-guard's own flat objects, and an Elastic Common Schema layout
+//! (`source.ip`, `destination.ip`, `destination.port`, `network.transport`,
+//! `event.action`, `rule.name`, ...) that Elastic, Splunk or a Suricata-EVE
+//! pipeline takes without a mapping.
 
 use std::{
     collections::HashMap,
@@ -9,7 +16,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc,
     },
     time::{SystemTime, UNIX_EPOCH},
@@ -36,7 +43,29 @@ pub enum Reason {
     NotLoaded,
 }
 
+/// Version of the event schema (`docs/events.schema.json`), written into
+/// every event; raised on any change a consumer could trip over.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The ECS release whose field names the `ecs` layout uses.
+pub const ECS_VERSION: &str = "8.11.0";
+
 impl Reason {
+    /// Every reason, in code order (the schema lists the same set).
+    pub const ALL: [Reason; 5] =
+        [Reason::NotRegistered, Reason::WrongClass, Reason::Pending, Reason::Malformed, Reason::NotLoaded];
+
+    /// The name written into events (`not_registered`, ...).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::NotRegistered => "not_registered",
+            Reason::WrongClass => "wrong_class",
+            Reason::Pending => "pending",
+            Reason::Malformed => "malformed",
+            Reason::NotLoaded => "not_loaded",
+        }
+    }
+
     /// The reason for a deny verdict (`None` for allow).
     pub const fn from_verdict(v: Verdict) -> Option<Reason> {
         match v {
@@ -90,6 +119,151 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+/// Field layout of the event lines (`events.format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventFormat {
+    /// rpz-guard's flat objects (`src`, `dst`, `dport`, `reason`, ...).
+    #[default]
+    Native,
+    /// Elastic Common Schema field names (`source.ip`, `rule.name`, ...).
+    Ecs,
+}
+
+impl std::str::FromStr for EventFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "native" => Ok(EventFormat::Native),
+            "ecs" => Ok(EventFormat::Ecs),
+            other => Err(format!("event format {other:?} is not one of native, ecs")),
+        }
+    }
+}
+
+/// How events are written, changeable while running.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventSettings {
+    /// Field layout.
+    pub format: EventFormat,
+    /// The enforcement point only counts (events say "would block").
+    pub count_only: bool,
+}
+
+/// The native layout: the event's own fields, the schema version first.
+#[derive(Serialize)]
+struct NativeLine<'a> {
+    version: u32,
+    #[serde(flatten)]
+    ev: &'a DetectionEvent,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    count_only: bool,
+}
+
+impl DetectionEvent {
+    /// The event as one JSON object in `settings.format`.
+    pub fn to_json(&self, settings: EventSettings) -> serde_json::Value {
+        match settings.format {
+            EventFormat::Native => serde_json::to_value(NativeLine {
+                version: SCHEMA_VERSION,
+                ev: self,
+                count_only: settings.count_only,
+            })
+            .unwrap_or_default(),
+            EventFormat::Ecs => self.to_ecs(settings.count_only),
+        }
+    }
+
+    /// The event as one line of JSON (without the newline), as the sink
+    /// writes it: the native layout keeps the field order of
+    /// [`DetectionEvent`], version first.
+    pub fn to_line(&self, settings: EventSettings) -> String {
+        let text = match settings.format {
+            EventFormat::Native => serde_json::to_string(&NativeLine {
+                version: SCHEMA_VERSION,
+                ev: self,
+                count_only: settings.count_only,
+            }),
+            EventFormat::Ecs => serde_json::to_string(&self.to_ecs(settings.count_only)),
+        };
+        text.unwrap_or_default()
+    }
+
+    /// The ECS layout. Fields beyond ECS live under `rpz_guard`.
+    fn to_ecs(&self, count_only: bool) -> serde_json::Value {
+        let reason = self.reason.name();
+        let (action, outcome) = if count_only { ("would_block", "allowed") } else { ("blocked", "denied") };
+        let mut network = serde_json::json!({
+            "transport": self.proto,
+            "protocol": self.service.to_string(),
+            "type": if self.dst.is_ipv4() { "ipv4" } else { "ipv6" },
+            "direction": "outbound",
+        });
+        if let Some(v) = self.vlan {
+            network["vlan"] = serde_json::json!({ "id": v.to_string() });
+        }
+        let mut ext = serde_json::json!({
+            "version": SCHEMA_VERSION,
+            "reason": reason,
+            "service": self.service.to_string(),
+            "point": self.point,
+        });
+        if self.suppressed > 0 {
+            ext["suppressed"] = self.suppressed.into();
+        }
+        if count_only {
+            ext["count_only"] = true.into();
+        }
+        serde_json::json!({
+            "@timestamp": rfc3339_ms(self.time_ms),
+            "ecs": { "version": ECS_VERSION },
+            "message": format!(
+                "{action} {} from {} to {} port {} ({reason})",
+                self.service, self.src, self.dst, self.dport
+            ),
+            "event": {
+                "kind": "alert",
+                "category": ["network", "intrusion_detection"],
+                "type": ["connection", outcome],
+                "action": action,
+                "module": "rpz_guard",
+                "dataset": "rpz_guard.events",
+            },
+            "rule": { "name": reason, "ruleset": "rpz-guard" },
+            "source": { "ip": self.src },
+            "destination": { "ip": self.dst, "port": self.dport },
+            "network": network,
+            "observer": { "type": "firewall", "product": "rpz-guard", "version": env!("CARGO_PKG_VERSION") },
+            "rpz_guard": ext,
+        })
+    }
+}
+
+/// `time_ms` (ms since the Unix epoch) as RFC 3339 UTC with milliseconds,
+/// e.g. `2023-11-14T22:13:20.123Z`.
+pub fn rfc3339_ms(time_ms: u64) -> String {
+    let secs = time_ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (proleptic Gregorian; H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        time_ms % 1000
+    )
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -133,12 +307,23 @@ struct Aggregate {
     total: u64,
 }
 
+/// What the writer thread is sent.
+enum Msg {
+    /// One JSON line.
+    Line(Vec<u8>),
+    /// Write to this output from now on (`None`: write nothing).
+    Output(Option<Box<dyn Write + Send>>),
+}
+
 /// Writes events and keeps the aggregates. Cheap to share behind an `Arc`.
 pub struct EventSink {
     /// Lines for the writer thread; a slow disk or a stalled stdout never
     /// blocks the caller (the kernel's event reader).
-    tx: Option<mpsc::SyncSender<Vec<u8>>>,
+    tx: Option<mpsc::SyncSender<Msg>>,
     writer: Option<std::thread::JoinHandle<()>>,
+    /// False while the output is `none`: no line is even formatted.
+    writing: AtomicBool,
+    settings: Mutex<EventSettings>,
     write_errors: Arc<AtomicU64>,
     agg: Mutex<Aggregate>,
 }
@@ -150,27 +335,58 @@ const MAX_TRACKED: usize = 100_000;
 /// Lines queued for the writer before further events are counted as lost.
 const QUEUE: usize = 65_536;
 
+/// Opens an output: files are created and appended to.
+fn open_output(output: &EventOutput) -> io::Result<Option<Box<dyn Write + Send>>> {
+    Ok(match output {
+        EventOutput::Stdout => Some(Box::new(io::stdout())),
+        EventOutput::File(p) => Some(Box::new(open_append(p)?)),
+        EventOutput::None => None,
+    })
+}
+
 impl EventSink {
     /// Opens the output (files are created and appended to).
     pub fn open(output: &EventOutput) -> io::Result<EventSink> {
-        let out: Option<Box<dyn Write + Send>> = match output {
-            EventOutput::Stdout => Some(Box::new(io::stdout())),
-            EventOutput::File(p) => Some(Box::new(open_append(p)?)),
-            EventOutput::None => None,
-        };
+        let out = open_output(output)?;
+        let writing = AtomicBool::new(out.is_some());
         let write_errors = Arc::new(AtomicU64::new(0));
-        let (tx, writer) = match out {
-            Some(w) => {
-                let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(QUEUE);
-                let errors = write_errors.clone();
-                let h = std::thread::Builder::new()
-                    .name("rpz-guard-events".into())
-                    .spawn(move || write_lines(w, &rx, &errors))?;
-                (Some(tx), Some(h))
-            }
-            None => (None, None),
-        };
-        Ok(EventSink { tx, writer, write_errors, agg: Mutex::new(Aggregate::default()) })
+        let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUE);
+        let errors = write_errors.clone();
+        let writer = std::thread::Builder::new()
+            .name("rpz-guard-events".into())
+            .spawn(move || write_lines(out, &rx, &errors))?;
+        Ok(EventSink {
+            tx: Some(tx),
+            writer: Some(writer),
+            writing,
+            settings: Mutex::new(EventSettings::default()),
+            write_errors,
+            agg: Mutex::new(Aggregate::default()),
+        })
+    }
+
+    /// Sets the layout (and count-only marking) of the lines written from now on.
+    pub fn configure(&self, settings: EventSettings) {
+        *self.settings.lock().unwrap_or_else(|e| e.into_inner()) = settings;
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> EventSettings {
+        *self.settings.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Switches to `output`, opened afresh (a file again by its name: after
+    /// log rotation the new file). Lines queued before go to the old output.
+    /// On an error the old output stays in use.
+    pub fn reopen(&self, output: &EventOutput) -> io::Result<()> {
+        let out = open_output(output)?;
+        let on = out.is_some();
+        if let Some(tx) = &self.tx {
+            // Blocks only while the queue is full; the writer drains it.
+            tx.send(Msg::Output(out)).map_err(|_| io::Error::other("the event writer has stopped"))?;
+        }
+        self.writing.store(on, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Records one event: queues its JSON line, updates the aggregates.
@@ -187,10 +403,10 @@ impl EventSink {
             h.last_ms = ev.time_ms;
         }
         drop(agg);
-        if let Some(tx) = &self.tx {
-            let mut line = serde_json::to_vec(ev).unwrap_or_default();
+        if let Some(tx) = self.tx.as_ref().filter(|_| self.writing.load(Ordering::Relaxed)) {
+            let mut line = ev.to_line(self.settings()).into_bytes();
             line.push(b'\n');
-            if tx.try_send(line).is_err() {
+            if tx.try_send(Msg::Line(line)).is_err() {
                 self.write_errors.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -228,23 +444,44 @@ impl Drop for EventSink {
     }
 }
 
-/// The writer thread: writes lines as they come, flushing when the queue is empty.
-fn write_lines(mut w: Box<dyn Write + Send>, rx: &mpsc::Receiver<Vec<u8>>, errors: &AtomicU64) {
-    while let Ok(line) = rx.recv() {
+/// The writer thread: writes lines as they come, flushing when the queue is
+/// empty and before switching outputs.
+fn write_lines(mut out: Option<Box<dyn Write + Send>>, rx: &mpsc::Receiver<Msg>, errors: &AtomicU64) {
+    let mut next = rx.recv().ok();
+    while let Some(msg) = next.take() {
         // Every line of a batch whose write or flush fails is counted lost
         // (a full disk loses them all; the count must say how many).
-        let mut lost = u64::from(w.write_all(&line).is_err());
-        let mut batch = 1;
-        while let Ok(more) = rx.try_recv() {
-            lost += u64::from(w.write_all(&more).is_err());
-            batch += 1;
+        let (mut lines, mut lost) = (0u64, 0u64);
+        let mut msg = Some(msg);
+        // Everything already queued, then one flush.
+        while let Some(m) = msg.take() {
+            match m {
+                Msg::Line(line) => {
+                    if let Some(w) = out.as_mut() {
+                        lines += 1;
+                        lost += u64::from(w.write_all(&line).is_err());
+                    }
+                }
+                Msg::Output(new) => {
+                    if let Some(w) = out.as_mut()
+                        && w.flush().is_err()
+                    {
+                        lost = lines;
+                    }
+                    (lines, out) = (0, new);
+                }
+            }
+            msg = rx.try_recv().ok();
         }
-        if w.flush().is_err() {
-            lost = batch;
+        if let Some(w) = out.as_mut()
+            && w.flush().is_err()
+        {
+            lost = lost.max(lines);
         }
         if lost > 0 {
             errors.fetch_add(lost, Ordering::Relaxed);
         }
+        next = rx.recv().ok();
     }
 }
 
@@ -361,6 +598,88 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
         let err = EventSink::open(&EventOutput::File(path.clone())).err().expect("no reader: error");
         assert!(err.to_string().contains("FIFO with no reader"), "{err}");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(4_107_542_399_999), "2100-02-28T23:59:59.999Z");
+    }
+
+    #[test]
+    fn native_layout_carries_the_schema_version() {
+        let v = ev("10.0.0.66", "198.51.100.9").to_json(EventSettings::default());
+        assert_eq!(v["version"], SCHEMA_VERSION);
+        assert_eq!(v["reason"], "not_registered");
+        assert_eq!(v["dport"], 25);
+        assert!(v.get("count_only").is_none() && v.get("vlan").is_none());
+        let back: DetectionEvent = serde_json::from_value(v).expect("native line reads back");
+        assert_eq!(back, ev("10.0.0.66", "198.51.100.9"));
+    }
+
+    #[test]
+    fn ecs_layout_names_the_ecs_fields() {
+        let mut e = ev("fd00:1::66", "2001:db8:100::25");
+        e.vlan = Some(12);
+        e.suppressed = 3;
+        e.reason = Reason::WrongClass;
+        let v = e.to_json(EventSettings { format: EventFormat::Ecs, count_only: false });
+        assert_eq!(v["@timestamp"], "1970-01-01T00:00:00.001Z");
+        assert_eq!(v["source"]["ip"], "fd00:1::66");
+        assert_eq!(v["destination"]["ip"], "2001:db8:100::25");
+        assert_eq!(v["destination"]["port"], 25);
+        assert_eq!(v["network"]["transport"], "tcp");
+        assert_eq!(v["network"]["type"], "ipv6");
+        assert_eq!(v["network"]["vlan"]["id"], "12");
+        assert_eq!(v["event"]["action"], "blocked");
+        assert_eq!(v["rule"]["name"], "wrong_class");
+        assert_eq!(v["rpz_guard"]["suppressed"], 3);
+        assert_eq!(v["rpz_guard"]["version"], SCHEMA_VERSION);
+        let counting = e.to_json(EventSettings { format: EventFormat::Ecs, count_only: true });
+        assert_eq!(counting["event"]["action"], "would_block");
+        assert_eq!(counting["event"]["type"][1], "allowed");
+    }
+
+    #[test]
+    fn reasons_are_listed_once_with_their_wire_names() {
+        for r in Reason::ALL {
+            assert_eq!(serde_json::to_value(r).expect("serialize"), r.name());
+        }
+        let codes: Vec<_> = (0..16).filter_map(Reason::from_code).collect();
+        assert_eq!(codes, Reason::ALL, "every kernel reason code is in Reason::ALL");
+    }
+
+    #[test]
+    fn reopen_follows_log_rotation_and_format_changes() {
+        let dir = std::env::temp_dir().join(format!("rpz-guard-rotate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let path = dir.join("events.jsonl");
+        let rotated = dir.join("events.jsonl.1");
+        let _ = std::fs::remove_file(&path);
+        let sink = EventSink::open(&EventOutput::File(path.clone())).expect("open");
+        sink.record(&ev("10.0.0.66", "198.51.100.9"));
+        // logrotate renames; the sink keeps writing into the renamed file
+        // until it is told to reopen.
+        std::fs::rename(&path, &rotated).expect("rotate");
+        sink.record(&ev("10.0.0.66", "198.51.100.10"));
+        sink.configure(EventSettings { format: EventFormat::Ecs, count_only: false });
+        sink.reopen(&EventOutput::File(path.clone())).expect("reopen");
+        sink.record(&ev("10.0.0.66", "198.51.100.11"));
+        // A failed reopen keeps the current output.
+        assert!(sink.reopen(&EventOutput::File(dir.join("missing/dir/events.jsonl"))).is_err());
+        sink.record(&ev("10.0.0.66", "198.51.100.12"));
+        drop(sink);
+        let old = std::fs::read_to_string(&rotated).expect("rotated file");
+        let new = std::fs::read_to_string(&path).expect("new file");
+        assert_eq!(old.lines().count(), 2, "{old}");
+        let lines: Vec<serde_json::Value> =
+            new.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+        assert_eq!(lines.len(), 2, "{new}");
+        assert_eq!(lines[0]["destination"]["ip"], "198.51.100.11");
+        assert_eq!(lines[1]["destination"]["ip"], "198.51.100.12");
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 

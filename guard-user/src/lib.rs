@@ -15,4 +15,5 @@ pub mod openflow;
 pub mod policy;
 pub mod rpz;
 pub mod sync;
+pub mod systemd;
 pub mod xdp;

@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use guard_user::{
     config::{Config, Mode},
     daemon,
@@ -32,10 +32,12 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Enforce the RPZ allow set (runs until SIGINT/SIGTERM).
+    /// Enforce the RPZ allow set (runs until SIGINT/SIGTERM; SIGHUP reloads).
     ///
     /// Settings come from --config (TOML); flags override the file. With no
     /// config file, --iface and one of --zone-file or --server are needed.
+    /// SIGHUP re-reads the file: [policy] and [events] change in place and
+    /// the events file is reopened; other changes are refused.
     Run(Box<RunArgs>),
     /// Show counters, entries, sync state and top offending hosts of a running daemon.
     Status(StatusArgs),
@@ -52,9 +54,22 @@ enum Command {
         /// /sys/fs/bpf/rpz-guard/<iface>).
         dir: PathBuf,
     },
+    /// Print a shell completion script (e.g. `rpz-guard completions bash >
+    /// /etc/bash_completion.d/rpz-guard`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the rpz-guard(1) manual page (roff; `rpz-guard man | man -l -`),
+    /// or write every page, one per subcommand, into a directory.
+    Man {
+        /// Write rpz-guard.1 and rpz-guard-SUBCOMMAND.1 here instead.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 struct RunArgs {
     /// TOML config file (see README for every key).
     #[arg(long, short)]
@@ -121,6 +136,9 @@ struct RunArgs {
     /// Detection events: stdout, none, or a file (JSON lines).
     #[arg(long)]
     events: Option<String>,
+    /// Field layout of the events: native, or ecs (Elastic Common Schema).
+    #[arg(long, value_name = "FORMAT")]
+    events_format: Option<guard_user::events::EventFormat>,
     /// Status socket path.
     #[arg(long)]
     status_socket: Option<PathBuf>,
@@ -317,6 +335,9 @@ fn merge(args: RunArgs) -> anyhow::Result<Config> {
     if let Some(ev) = args.events {
         cfg.events.output = ev;
     }
+    if let Some(f) = args.events_format {
+        cfg.events.format = f;
+    }
     if let Some(s) = args.status_socket {
         cfg.status.socket = s;
     }
@@ -357,23 +378,35 @@ fn merge(args: RunArgs) -> anyhow::Result<Config> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let cfg = merge(args)?;
+    let cfg = merge(args.clone())?;
     let cancel = CancellationToken::new();
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
     let c = cancel.clone();
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
         else {
             tracing::error!("cannot install signal handlers");
             return;
         };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+                _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+                _ = hup.recv() => {
+                    // The file again, with the same flags on top of it.
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    let fresh = merge(args.clone()).map_err(|e| format!("{e:#}"));
+                    if reload_tx.send(fresh).is_err() {
+                        break;
+                    }
+                }
+            }
         }
         c.cancel();
     });
-    daemon::run(cfg, cancel).await?;
+    daemon::run_reloadable(cfg, cancel, reload_rx).await?;
     Ok(())
 }
 
@@ -439,6 +472,60 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the top page says beyond the flags: files, signals, related pages.
+const MAN_EXTRA: &str = r#".SH FILES
+.TP
+\fI/etc/rpz\-guard/rpz\-guard.toml\fR
+The configuration read by the packaged service (\fBrun \-\-config\fR); every key with its
+default is in /usr/share/doc/rpz\-guard/examples/rpz\-guard.example.toml.
+Validate it with \fBrpz\-guard check\-config\fR.
+.TP
+\fI/run/rpz\-guard/rpz\-guard.sock\fR
+The status socket asked by \fBrpz\-guard status\fR.
+.TP
+\fI/sys/fs/bpf/rpz\-guard\fR
+Pinned XDP program, link and maps (enforcement continues while the daemon is down).
+.TP
+\fI/var/log/rpz\-guard/events.jsonl\fR
+Detection events, one JSON object per line; the schema is in
+/usr/share/doc/rpz\-guard/events.schema.json.
+.SH SIGNALS
+SIGTERM and SIGINT stop the daemon; with a pin directory the program keeps enforcing.
+SIGHUP reloads the configuration (file and flags) without detaching: the [policy] and
+[events] sections change in place and the events file is reopened (log rotation); a
+change of any other key (the interface, the mode, ...) is refused, naming the keys,
+and the running configuration stays.
+.SH SEE ALSO
+\fBrpz\-guard\-run\fR(1), \fBrpz\-guard\-status\fR(1), \fBrpz\-guard\-learn\fR(1),
+\fBnamed.conf\fR(5), \fBsystemctl\fR(1); the operator's guide in /usr/share/doc/rpz\-guard/.
+"#;
+
+/// `rpz-guard man`: the top page on stdout, or every page into `out_dir`.
+fn man_pages(out_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    // Subcommand pages are named after their display name (rpz-guard-run).
+    cmd.build();
+    let mut top = Vec::new();
+    clap_mangen::Man::new(cmd.clone()).render(&mut top)?;
+    top.extend_from_slice(MAN_EXTRA.as_bytes());
+    let Some(dir) = out_dir else {
+        use std::io::Write as _;
+        std::io::stdout().write_all(&top)?;
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for sub in cmd.get_subcommands() {
+        let page = clap_mangen::Man::new(sub.clone())
+            .generate_to(dir)
+            .with_context(|| format!("writing a page into {}", dir.display()))?;
+        println!("{}", page.display());
+    }
+    let page = dir.join("rpz-guard.1");
+    std::fs::write(&page, top).with_context(|| format!("writing {}", page.display()))?;
+    println!("{}", page.display());
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
@@ -464,6 +551,12 @@ fn main() -> ExitCode {
                 println!("removed pinned rpz-guard state in {}", dir.display());
                 Ok(())
             }
+            Command::Completions { shell } => {
+                let mut cmd = Cli::command();
+                clap_complete::generate(shell, &mut cmd, "rpz-guard", &mut std::io::stdout());
+                Ok(())
+            }
+            Command::Man { out_dir } => man_pages(out_dir.as_deref()),
         }
     });
     match result {

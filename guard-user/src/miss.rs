@@ -78,6 +78,8 @@ pub struct MissResolver {
     /// Bumped by every invalidation: an answer to a question asked before
     /// an invalidation may predate a revocation, so it is not cached.
     generation: std::sync::atomic::AtomicU64,
+    /// How long each question to the source took (failed ones included).
+    latency: crate::metrics::Histogram,
 }
 
 #[derive(Default)]
@@ -108,7 +110,13 @@ const MAX_CACHE: usize = 200_000;
 impl MissResolver {
     /// A resolver over `source`.
     pub fn new(source: Arc<dyn RpzSource>, ttl: CacheTtl) -> Self {
-        MissResolver { source, ttl, state: Mutex::new(State::default()), generation: Default::default() }
+        MissResolver {
+            source,
+            ttl,
+            state: Mutex::new(State::default()),
+            generation: Default::default(),
+            latency: Default::default(),
+        }
     }
 
     /// The cache lifetimes in use.
@@ -153,6 +161,11 @@ impl MissResolver {
         }
     }
 
+    /// Durations of the questions asked so far.
+    pub fn latency(&self) -> crate::metrics::HistogramSnapshot {
+        self.latency.snapshot()
+    }
+
     /// The invalidation generation. A caller that caches an answer
     /// elsewhere (the kernel) reads it before asking and writes only if it is
     /// unchanged afterwards, under the same lock as the invalidation.
@@ -162,7 +175,9 @@ impl MissResolver {
 
     async fn ask(&self, ip: IpAddr, tx: watch::Sender<Option<Classes>>) -> (Classes, Duration) {
         let asked_at = self.generation();
+        let started = Instant::now();
         let res = self.source.classes(ip).await;
+        self.latency.observe(started.elapsed());
         let (classes, ttl) = match &res {
             Ok(c) if c.is_empty() => (*c, self.ttl.negative),
             Ok(c) => (*c, self.ttl.positive),

@@ -340,41 +340,46 @@ impl SyncState {
         let mut out = Vec::new();
         for (t, c) in [("udp", &n.udp), ("tcp", &n.tcp)] {
             out.push(g(
-                "notify_received",
+                "notify_received_total",
                 "NOTIFY messages received, by transport.",
                 Some(("transport", t)),
                 c.received,
             ));
             out.push(g(
-                "notify_accepted",
+                "notify_accepted_total",
                 "NOTIFYs that passed every check, by transport.",
                 Some(("transport", t)),
                 c.accepted,
             ));
         }
-        out.push(g("notify_tcp_connections", "NOTIFY TCP connections accepted.", None, n.tcp.connections));
+        out.push(g(
+            "notify_tcp_connections_total",
+            "NOTIFY TCP connections accepted.",
+            None,
+            n.tcp.connections,
+        ));
         out.push(g("notify_tcp_open", "NOTIFY TCP connections open now.", None, n.tcp.open));
         for (reason, v) in &n.rejected {
             out.push(g(
-                "notify_rejected",
+                "notify_rejected_total",
                 "NOTIFYs (or TCP connections) refused, by reason.",
                 Some(("reason", reason)),
                 *v,
             ));
         }
         out.push(g(
-            "notify_not_newer",
+            "notify_not_newer_total",
             "Accepted NOTIFYs whose serial was not newer (no transfer).",
             None,
             n.not_newer,
         ));
-        out.push(g("sync_polls", "SOA queries made.", None, self.polls));
+        out.push(g("sync_polls_total", "SOA queries made.", None, self.polls));
         let l = &self.learned;
         for (via, v) in
             [("notify-udp", l.notify_udp), ("notify-tcp", l.notify_tcp), ("poll", l.poll), ("file", l.file)]
         {
             out.push(g(
-                "sync_changes",
+                "sync_changes_total",
                 "Changes of the allow set, by how they were learned.",
                 Some(("via", via)),
                 v,

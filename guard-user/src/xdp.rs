@@ -259,16 +259,7 @@ impl Enforcer {
     /// arrive. It shares this program's maps; it is not pinned (without the
     /// daemon there is no learner to copy to) and detaches with this value.
     pub fn attach_outside(&mut self, iface: &str, mode: AttachMode) -> Result<AttachMode, XdpError> {
-        let perr = |what, source| XdpError::Program { what, iface: iface.to_owned(), source };
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(OUTSIDE_PROGRAM)
-            .ok_or(perr("lookup", aya::programs::ProgramError::NotLoaded))?
-            .try_into()
-            .map_err(|e| perr("lookup", e))?;
-        if prog.fd().is_err() {
-            prog.load().map_err(|e| perr("load", e))?;
-        }
+        let prog = loaded_xdp(&mut self.ebpf, OUTSIDE_PROGRAM, iface)?;
         let (_, used) = attach_in_mode(prog, iface, mode)?;
         self.outside = Some((iface.to_owned(), used));
         Ok(used)
@@ -587,15 +578,7 @@ impl Enforcer {
     ) -> Result<(u32, Duration), XdpError> {
         use aya::programs::{TestRun, TestRunOptions};
         let perr = |what, source| XdpError::Program { what, iface: "-".into(), source };
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(perr("lookup", aya::programs::ProgramError::NotLoaded))?
-            .try_into()
-            .map_err(|e| perr("lookup", e))?;
-        if prog.fd().is_err() {
-            prog.load().map_err(|e| perr("load", e))?;
-        }
+        let prog = loaded_xdp(&mut self.ebpf, name, "-")?;
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.repeat = repeat.max(1);
@@ -699,6 +682,21 @@ impl AllowWriter {
         };
         Classes::from_bits(bits.unwrap_or(0))
     }
+}
+
+/// The XDP program `name` of the object, loaded on first use (errors name
+/// `iface`, the interface it is for, or `-`).
+fn loaded_xdp<'a>(ebpf: &'a mut Ebpf, name: &str, iface: &str) -> Result<&'a mut Xdp, XdpError> {
+    let perr = |what, source| XdpError::Program { what, iface: iface.to_owned(), source };
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or(perr("lookup", aya::programs::ProgramError::NotLoaded))?
+        .try_into()
+        .map_err(|e| perr("lookup", e))?;
+    if prog.fd().is_err() {
+        prog.load().map_err(|e| perr("load", e))?;
+    }
+    Ok(prog)
 }
 
 /// Attaches `prog` to `iface` in `mode` (auto: native, else generic).

@@ -25,6 +25,7 @@
 //!
 //! Needs root (namespaces, XDP, named on port 53).
 mod common;
+mod daemon_support;
 mod learn_common;
 mod learn_hierarchy;
 
@@ -42,6 +43,7 @@ use std::{
 };
 
 use common::{Named, NamedConfig, ZONE};
+use daemon_support::eventually;
 use guard_user::{
     daemon::StatusReport,
     events::DetectionEvent,
@@ -305,18 +307,6 @@ impl Guard {
         assert!(status.success(), "{} exit status {status}:\n{}", p.name, p.log_text());
         p.log_text()
     }
-}
-
-/// Polls `f` until true or `within` passes; the time taken.
-fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
-    let t = Instant::now();
-    while t.elapsed() < within {
-        if f() {
-            return Some(t.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
 }
 
 /// What the RPZ says about `ip` (dig from the resolver namespace).

@@ -354,9 +354,9 @@ fn matrix(kind: PrimaryKind) {
     // The counters in Prometheus text too.
     let text = daemon_support::metrics(&d);
     for want in [
-        "rpz_guard_notify_accepted{transport=\"tcp\"}",
-        "rpz_guard_notify_rejected{reason=\"tsig\"} 1",
-        "rpz_guard_sync_changes{via=\"notify-",
+        "rpz_guard_notify_accepted_total{transport=\"tcp\"}",
+        "rpz_guard_notify_rejected_total{reason=\"tsig\"} 1",
+        "rpz_guard_sync_changes_total{via=\"notify-",
     ] {
         assert!(text.contains(want), "{name}: metrics lack {want}:\n{text}");
     }

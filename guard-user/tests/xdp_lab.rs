@@ -315,13 +315,7 @@ fn bind_lost_later_keeps_enforcing() {
     let rogue = SocketAddr::new(IpAddr::V4(LabAddrs::inet_v4(66)), 25);
     assert_eq!(connect(&lab, Role::Pc, mx, SHORT), Conn::Open);
     // End the lab's named (a process the lab started; its pid file names it).
-    let pids = lab.state_dir().join("pids");
-    let named_pid = std::fs::read_dir(&pids)
-        .expect("pid dir")
-        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
-        .find(|l| l.trim_end().ends_with(" named"))
-        .and_then(|l| l.split_whitespace().next()?.parse::<i32>().ok())
-        .expect("named pid recorded by the lab");
+    let named_pid = daemon_support::named_pid(&lab);
     // SAFETY: kill(2) on a pid the lab started.
     assert_eq!(unsafe { libc::kill(named_pid, libc::SIGTERM) }, 0);
     eventually(Duration::from_secs(10), || d.status().sync.last_error.is_some())

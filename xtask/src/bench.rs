@@ -78,6 +78,12 @@ const BENCHES: &[Bench] = &[
         limit: Duration::from_secs(420),
     },
     Bench {
+        name: "afxdp",
+        what: "AF_XDP miss path: first-packet latency hold → release vs drop → retransmit, hold-path capacity",
+        bin: Some("afxdp"),
+        limit: Duration::from_secs(300),
+    },
+    Bench {
         name: "openflow",
         what: "OpenFlow controllers on one OVS bridge: Ryu baseline vs rpz-guard, with harness ceiling",
         bin: Some("openflow"),

@@ -8,6 +8,7 @@ mod demo;
 mod fuzz;
 mod gen_pcap;
 mod lab;
+mod package;
 mod run;
 mod setup;
 mod test;
@@ -43,6 +44,8 @@ enum Task {
     Bench(bench::Args),
     /// Build and run the cargo-fuzz targets (fuzz/) for a bounded time each.
     Fuzz(fuzz::Args),
+    /// Build the Debian package (target/debian/rpz-guard_*.deb) with cargo-deb.
+    Package(package::Args),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Task::Test(args) => test::run(&args),
         Task::Bench(args) => bench::run(&args),
         Task::Fuzz(args) => fuzz::run(&args),
+        Task::Package(args) => package::run(&args),
         Task::BuildEbpf => {
             command::run_step("build-ebpf", command::cargo().args(["build", "-p", "guard-user"]))
         }

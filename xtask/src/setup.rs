@@ -47,7 +47,15 @@ pub const PACKAGES: &[&str] = &[
     "libpolly-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
+    // The package and its tests: `systemd-analyze verify` of the units,
+    // `man -l` of the pages, `logrotate -d` of the snippet.
+    "systemd",
+    "man-db",
+    "logrotate",
 ];
+
+/// cargo-deb release that builds with rustc 1.95 (`cargo xtask package`).
+const CARGO_DEB_VERSION: &str = "3.8.0";
 
 /// The Ryu baseline (the paper's controller) lives in this venv.
 pub const RYU_VENV: &str = "/opt/rpz-guard/ryu-venv";
@@ -76,11 +84,13 @@ pub fn run(args: &Args) -> Result<()> {
         require_root("setup")?;
     }
     let mut missing = Vec::new();
-    let steps: [(&str, Step); 5] = [
+    let steps: [(&str, Step); 7] = [
         ("apt packages", apt_packages),
+        ("promtool", promtool),
         ("nightly rust-src", rust_src),
         ("bpf-linker", bpf_linker),
         ("cargo-fuzz", cargo_fuzz),
+        ("cargo-deb", cargo_deb),
         ("ryu venv", ryu_venv),
     ];
     for (name, step) in steps {
@@ -187,6 +197,60 @@ fn stop_packaged_daemons(installed: &[&str]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `promtool` (checks the shipped alert rules) comes with Debian's
+/// `prometheus` package; without its recommends, and without starting the
+/// server it brings.
+fn promtool(check: bool) -> Result<Option<String>> {
+    if succeeds(Command::new("promtool").arg("--version")) {
+        return Ok(None);
+    }
+    let what = "promtool (Debian package prometheus)".to_owned();
+    if check {
+        return Ok(Some(what));
+    }
+    let _no_daemons = PolicyRcGuard::install()?;
+    run_step("promtool (apt-get update)", Command::new("apt-get").args(["-q", "update"]))?;
+    let mut cmd = Command::new("apt-get");
+    cmd.env("DEBIAN_FRONTEND", "noninteractive").args([
+        "-y",
+        "-q",
+        "--no-install-recommends",
+        "-o",
+        "Dpkg::Options::=--force-confdef",
+        "-o",
+        "Dpkg::Options::=--force-confold",
+        "install",
+        "prometheus",
+    ]);
+    run_step("promtool (apt-get install prometheus)", &mut cmd)?;
+    if !succeeds(Command::new("promtool").arg("--version")) {
+        bail!("prometheus was installed but `promtool --version` fails");
+    }
+    Ok(Some(what))
+}
+
+/// `cargo deb` for `cargo xtask package`.
+fn cargo_deb(check: bool) -> Result<Option<String>> {
+    let out = output(Command::new("cargo").args(["deb", "--version"]));
+    if out.is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(CARGO_DEB_VERSION))
+    {
+        return Ok(None);
+    }
+    let what = format!("cargo-deb {CARGO_DEB_VERSION}");
+    if check {
+        return Ok(Some(what));
+    }
+    println!("setup: building {what} from crates.io; this takes about 3 minutes on 2 cores");
+    run_step(
+        "cargo-deb",
+        Command::new("cargo").args(["install", "cargo-deb", "--locked", "--version", CARGO_DEB_VERSION]),
+    )?;
+    if !succeeds(Command::new("cargo").args(["deb", "--version"])) {
+        bail!("cargo-deb was built but `cargo deb --version` fails; is ~/.cargo/bin on PATH?");
+    }
+    Ok(Some(what))
 }
 
 /// Writes `/usr/sbin/policy-rc.d` (exit 101 = "do not start") while alive,

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 
 use crate::{
     command::{cargo, repo_root, run_step, run_step_counting_tests},
-    fuzz, setup,
+    fuzz, package, setup,
 };
 
 /// Options of `cargo xtask test`.
@@ -83,6 +83,11 @@ pub fn run(args: &Args) -> Result<()> {
             "warnings",
         ]);
         run_step("clippy-ebpf", &mut cmd)
+    })?;
+    // The release build and the .deb, timed on their own; the package test
+    // (guard-user/tests/package_deb.rs) then reuses this build.
+    step("package", &mut || {
+        package::build(&package::Args { fast: true, ..package::Args::default() }).map(drop)
     })?;
     let mut totals = (0, 0);
     step("tests", &mut || {

@@ -21,7 +21,6 @@
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     os::fd::AsRawFd,
-    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -30,11 +29,10 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use guard_benches::{Chart, Opts, Section, Summary, Table, percentile, write_section};
+use guard_benches::{Chart, Opts, Section, Summary, Table, daemon::LabDaemon, percentile, write_section};
 use guard_common::Settings;
 use guard_tests::{Lab, LabChild, LabConfig, ResponderMode, Role};
 use guard_user::{
-    daemon::StatusReport,
     learn::{
         Hints,
         live::{LiveAllow, LiveLearner, serve_ring},
@@ -407,69 +405,6 @@ fn resolver_addr(lab: &Lab) -> Ipv4Addr {
     Ipv4Addr::new(10, lab.addrs().subnet, 0, 54)
 }
 
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/rpz-guard")
-}
-
-struct Daemon {
-    child: LabChild,
-    socket: PathBuf,
-}
-
-impl Daemon {
-    fn start(lab: &Lab, tag: &str, learn: &[&str]) -> Result<Daemon> {
-        let a = lab.addrs();
-        let socket = lab.state_dir().join(format!("live-{tag}.sock"));
-        let server = format!("{}:53", a.dns_v4);
-        let notify = format!("{}:{}", a.router_in_v4, lab.notify_port());
-        let key = lab.tsig_key_file().to_string_lossy().into_owned();
-        let exempt = [format!("{}/32", a.dns_v4), format!("{}/32", resolver_addr(lab))];
-        let internal = format!("10.{}.0.0/16", a.subnet);
-        let (b, sock) = (bin().to_string_lossy().into_owned(), socket.to_string_lossy().into_owned());
-        let mut args = vec![
-            b.as_str(),
-            "run",
-            "--iface",
-            lab.router_inside_iface(),
-            "--server",
-            &server,
-            "--tsig-key",
-            &key,
-            "--notify-listen",
-            &notify,
-            "--exempt",
-            &exempt[0],
-            "--exempt",
-            &exempt[1],
-            "--internal",
-            &internal,
-            "--status-socket",
-            &sock,
-            "--events",
-            "none",
-        ];
-        args.extend_from_slice(learn);
-        let mut child = lab.spawn(Role::Router, &args)?;
-        let t = Instant::now();
-        while status(&socket).is_err() {
-            if !child.is_running() {
-                bail!("rpz-guard exited:\n{}", child.log());
-            }
-            if t.elapsed() > Duration::from_secs(20) {
-                bail!("rpz-guard not ready:\n{}", child.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(Daemon { child, socket })
-    }
-}
-
-fn status(socket: &std::path::Path) -> Result<StatusReport> {
-    let out =
-        std::process::Command::new(bin()).args(["status", "--json", "--socket"]).arg(socket).output()?;
-    serde_json::from_slice(&out.stdout).context("status JSON")
-}
-
 /// The bench world: one authoritative server for `.` and `bench.` (so the
 /// root hints trust it), `d<i>.bench MX 10 mx.d<i>.bench` with a fresh A.
 fn zone_files(n: u32) -> (String, String) {
@@ -592,6 +527,9 @@ fn first_syn(
     let hints = rdir.join("root.hints").to_string_lossy().into_owned();
     let journal = state.join("live.journal").to_string_lossy().into_owned();
     let resolver_pfx = format!("{res}/32");
+    let notify = format!("{}:{}", lab.addrs().router_in_v4, lab.notify_port());
+    let resolver_exempt = format!("{res}/32");
+    let extra = vec!["--notify-listen", notify.as_str(), "--exempt", resolver_exempt.as_str()];
     let learn_args = [
         "--learn",
         "--learn-outside",
@@ -606,7 +544,7 @@ fn first_syn(
 
     // 1. Today: no live learning; a freshly resolved destination's SYN is dropped.
     let today = {
-        let d = Daemon::start(&lab, "today", &[])?;
+        let d = LabDaemon::start(&lab, "live-today", &extra)?;
         guard_tests::netns::wait_for_udp_dns(
             &lab.ns(Role::Pc),
             SocketAddr::new(IpAddr::V4(res), 53),
@@ -629,7 +567,7 @@ fn first_syn(
         for i in 0..n.min(50) {
             lab.rpz_add_v4(fresh_mx(260 + i), Ipv4Addr::new(127, 0, 0, 25))?;
         }
-        let d = Daemon::start(&lab, "pre", &[])?;
+        let d = LabDaemon::start(&lab, "live-pre", &extra)?;
         let mut v = Vec::new();
         for i in 0..n.min(50) {
             resolve(&lab, 260 + i)?;
@@ -642,7 +580,9 @@ fn first_syn(
     };
 
     // 3. Live learning: fresh destinations, first SYN.
-    let d = Daemon::start(&lab, "live", &learn_args)?;
+    let mut with_learn = extra.clone();
+    with_learn.extend_from_slice(&learn_args);
+    let d = LabDaemon::start(&lab, "live-learn", &with_learn)?;
     let mut live_ms = Vec::new();
     let mut dropped = 0;
     for i in 0..n {
@@ -654,7 +594,7 @@ fn first_syn(
     }
     // Let the pusher finish, then read the daemon's lag samples.
     std::thread::sleep(Duration::from_millis(1500));
-    let st = status(&d.socket)?;
+    let st = d.status()?;
     drop(d.child);
     drop(resolver);
     drop(auth);

@@ -145,8 +145,19 @@ pub struct HoldStats {
     malformed: AtomicU64,
     release_errors: AtomicU64,
     questions: AtomicU64,
+    holding: AtomicU64,
     hold_hist: [AtomicU64; HOLD_BUCKETS_US.len() + 1],
     hold_sum_ns: AtomicU64,
+}
+
+impl HoldStats {
+    /// Moves this worker's share of the `holding` gauge from `*was` to `now`.
+    fn holding_add(&self, now: u64, was: &mut u64) {
+        if now != *was {
+            self.holding.fetch_add(now.wrapping_sub(*was), Ordering::Relaxed);
+            *was = now;
+        }
+    }
 }
 
 fn inc(c: &AtomicU64) {
@@ -175,6 +186,7 @@ impl HoldStats {
             malformed: g(&self.malformed),
             release_errors: g(&self.release_errors),
             questions: g(&self.questions),
+            holding: g(&self.holding),
             hold_hist: self.hold_hist.iter().map(g).collect(),
             hold_sum_ns: g(&self.hold_sum_ns),
             kernel: XskStats::default(),
@@ -206,6 +218,8 @@ pub struct HoldSnapshot {
     pub release_errors: u64,
     /// Decisions that needed the live learner or the RPZ.
     pub questions: u64,
+    /// Frames held right now (0 when idle: nothing leaks).
+    pub holding: u64,
     /// Hold time (receipt to release) per bucket of [`HOLD_BUCKETS_US`], then +Inf.
     pub hold_hist: Vec<u64>,
     /// Sum of hold times, ns.
@@ -252,8 +266,16 @@ impl HoldSnapshot {
             ("malformed", "Frames that did not parse as protected packets (dropped).", self.malformed),
             ("release_errors", "Releases that failed (dropped).", self.release_errors),
             ("questions", "Hold-path decisions that waited for the live learner or the RPZ.", self.questions),
-            ("kernel_dropped", "Frames the kernel dropped at the AF_XDP sockets.", self.kernel.rx_dropped),
-            ("kernel_ring_full", "Frames dropped because an RX ring was full.", self.kernel.rx_ring_full),
+            (
+                "kernel_dropped",
+                "Frames the kernel could not deliver to the AF_XDP sockets.",
+                self.kernel.drops(),
+            ),
+            (
+                "kernel_ring_full",
+                "Of those: an RX ring was full (userspace behind).",
+                self.kernel.rx_ring_full,
+            ),
         ] {
             let _ = writeln!(o, "# HELP rpz_guard_afxdp_{name}_total {help}");
             let _ = writeln!(o, "# TYPE rpz_guard_afxdp_{name}_total counter");
@@ -394,6 +416,7 @@ impl HoldPath {
                 wake: wake.clone(),
                 stop: stop.clone(),
                 kernel: kernel.clone(),
+                published_held: 0,
             };
             let t = std::thread::Builder::new()
                 .name(format!("afxdp-q{q}"))
@@ -458,6 +481,16 @@ impl Drop for HoldPath {
     }
 }
 
+/// What a received frame is: a whole protected packet (its headers and
+/// service), or `None` for anything else (truncated, not IP, a fragment,
+/// an unprotected port), which is dropped and never released.
+pub fn judge(frame: &[u8], ports: &HashMap<(u8, u16), Service>) -> Option<(PacketInfo, Service)> {
+    let info = packet::parse(frame).ok()?;
+    let (_, dport) = info.ports.filter(|_| !info.fragment)?;
+    let service = *ports.get(&(info.proto, dport))?;
+    Some((info, service))
+}
+
 /// A frame waiting for its destination's decision.
 struct Held {
     frame: Frame,
@@ -486,6 +519,8 @@ struct Worker {
     wake: Arc<Wake>,
     stop: Arc<AtomicBool>,
     kernel: Arc<std::sync::Mutex<XskStats>>,
+    /// This worker's last contribution to the `holding` gauge.
+    published_held: u64,
 }
 
 const BATCH: usize = 64;
@@ -522,6 +557,7 @@ impl Worker {
             }
             self.expire();
             self.sock.refill();
+            self.stats.holding_add(self.held as u64, &mut self.published_held);
             if last_stats.elapsed() > Duration::from_millis(500) {
                 self.publish_kernel_stats();
                 last_stats = Instant::now();
@@ -533,6 +569,8 @@ impl Worker {
                 self.sock.recycle(h.frame);
             }
         }
+        self.held = 0;
+        self.stats.holding_add(0, &mut self.published_held);
         self.publish_kernel_stats();
         *self.kernel.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -551,12 +589,7 @@ impl Worker {
     fn on_frame(&mut self, frame: Frame) {
         let at = Instant::now();
         inc(&self.stats.received);
-        let parsed = packet::parse(self.sock.data(frame)).ok().and_then(|info| {
-            let (_, dport) = info.ports.filter(|_| !info.fragment)?;
-            let service = *self.ports.get(&(info.proto, dport))?;
-            Some((info, service))
-        });
-        let Some((info, service)) = parsed else {
+        let Some((info, service)) = judge(self.sock.data(frame), &self.ports) else {
             // Never released: what we cannot judge is dropped.
             inc(&self.stats.malformed);
             self.sock.recycle(frame);
@@ -715,5 +748,76 @@ impl Worker {
             inc(&self.stats.hold_timeouts);
             self.sock.recycle(h.frame);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Transport;
+
+    fn ports() -> HashMap<(u8, u16), Service> {
+        [
+            ProtectedPort { proto: Transport::Tcp, port: 25, service: Service::Smtp },
+            ProtectedPort { proto: Transport::Udp, port: 53, service: Service::Dns },
+        ]
+        .iter()
+        .map(|p| ((p.proto.number(), p.port), p.service))
+        .collect()
+    }
+
+    fn syn(dport: u16) -> Vec<u8> {
+        let mut f = vec![0u8; 12];
+        f.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0]);
+        f.extend_from_slice(&[10, 0, 0, 10, 198, 51, 100, 25]);
+        f.extend_from_slice(&[0x9c, 0x40]);
+        f.extend_from_slice(&dport.to_be_bytes());
+        f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+        f
+    }
+
+    #[test]
+    fn only_whole_protected_packets_are_judged() {
+        let p = ports();
+        let (info, service) = judge(&syn(25), &p).expect("a protected SYN");
+        assert_eq!((service, info.dst), (Service::Smtp, "198.51.100.25".parse().expect("ip")));
+        // Unprotected port, every truncation, a later fragment, a bad IHL: never.
+        assert!(judge(&syn(80), &p).is_none());
+        let f = syn(25);
+        for cut in 0..37 {
+            assert!(judge(&f[..cut], &p).is_none(), "cut at {cut}");
+        }
+        let mut frag = syn(25);
+        frag[20] = 0x00;
+        frag[21] = 0x10;
+        assert!(judge(&frag, &p).is_none());
+        let mut ihl = syn(25);
+        ihl[14] = 0x43;
+        assert!(judge(&ihl, &p).is_none());
+    }
+
+    proptest::proptest! {
+        /// Arbitrary bytes never panic, and what passes is protected.
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            if let Some((info, service)) = judge(&bytes, &ports()) {
+                let dport = info.ports.map(|p| p.1);
+                proptest::prop_assert!(matches!((service, dport), (Service::Smtp, Some(25)) | (Service::Dns, Some(53))));
+            }
+        }
+    }
+
+    #[test]
+    fn quantiles_and_prometheus() {
+        let s = HoldStats::default();
+        for us in [5u64, 30, 30, 150, 700] {
+            s.observe_hold(Duration::from_micros(us));
+        }
+        let snap = s.snapshot();
+        assert_eq!(snap.hold_quantile_us(0.5), Some(50));
+        assert_eq!(snap.hold_quantile_us(0.99), Some(1_000));
+        let text = snap.prometheus();
+        assert!(text.contains("rpz_guard_afxdp_hold_seconds_bucket{le=\"0.0002\"} 4"), "{text}");
+        assert!(text.contains("rpz_guard_afxdp_hold_seconds_count 5"));
     }
 }

@@ -52,15 +52,25 @@ impl std::fmt::Display for BindMode {
     }
 }
 
-/// Kernel counters of one socket (`XDP_STATISTICS`).
+/// Kernel counters of one socket (`XDP_STATISTICS`). A frame the kernel
+/// could not deliver is counted in `rx_dropped` (no free frame, too big)
+/// or in `rx_ring_full` (userspace behind), never in both; see
+/// [`XskStats::drops`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct XskStats {
-    /// Frames the kernel dropped for this socket (no room, too big, ...).
+    /// Frames dropped for want of a free UMEM frame (fill ring empty) or room in one (too big).
     pub rx_dropped: u64,
-    /// Of those: the RX ring was full (userspace too slow).
+    /// Frames dropped because the RX ring was full (userspace behind).
     pub rx_ring_full: u64,
-    /// Times the fill ring was empty when a frame arrived.
+    /// Times the fill ring was found empty (a cause of `rx_dropped`).
     pub rx_fill_ring_empty: u64,
+}
+
+impl XskStats {
+    /// Every frame the kernel redirected to the socket but could not deliver.
+    pub fn drops(&self) -> u64 {
+        self.rx_dropped + self.rx_ring_full
+    }
 }
 
 impl std::ops::AddAssign for XskStats {

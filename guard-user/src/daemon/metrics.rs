@@ -11,15 +11,19 @@ use super::{
 };
 use crate::{
     events::now_ms,
-    metrics::{Gauge, render_prometheus},
+    metrics::{Gauge, render_histogram, render_prometheus},
 };
 
 impl Shared {
-    /// Prometheus text.
+    /// Prometheus text: names and types by the Prometheus conventions
+    /// (`_total` counters, units in names, labels instead of one metric per
+    /// class or result).
     pub fn metrics(&self) -> String {
         let r = self.report();
         let sync = &r.sync;
         let stats = self.stats();
+        let secs = |ms: Option<u64>| ms.map_or(0.0, |ms| ms as f64 / 1000.0);
+        let flag = |b: bool| f64::from(u8::from(b));
         let mut g = vec![
             gauge("entries", "Allow entries by class.", Some(("class", "any")), r.entries.0 as f64),
             gauge("entries", "Allow entries by class.", Some(("class", "dns")), r.entries.1 as f64),
@@ -32,11 +36,10 @@ impl Shared {
             ),
             gauge(
                 "sync_healthy",
-                "1 when the last sync succeeded.",
+                "1 when the last sync succeeded and the maps hold the set.",
                 None,
-                f64::from(u8::from(sync.last_error.is_none() && sync.mirror_error.is_none())),
+                flag(sync.last_error.is_none() && sync.mirror_error.is_none()),
             ),
-            gauge("sync_full_loads", "Full transfers or file reads.", None, sync.full_loads as f64),
             gauge(
                 "deny_protected",
                 "1 while no allow set is in force (start-up, primary down, no snapshot).",
@@ -56,37 +59,93 @@ impl Shared {
                 f64::from(sync.snapshot_serial.unwrap_or(0)),
             ),
             gauge(
-                "sync_incremental",
+                "source_up",
+                "1 while the allow-set source (the RPZ primary) answers.",
+                None,
+                flag(sync.last_error.is_none()),
+            ),
+            gauge(
+                "map_update_failing",
+                "1 while writing the allow set into the enforcement maps fails (retried).",
+                None,
+                flag(sync.mirror_error.is_some()),
+            ),
+            gauge(
+                "running_on_pinned_set",
+                "1 while enforcing the pinned set because the source failed at start.",
+                None,
+                flag(sync.stale_start),
+            ),
+            gauge(
+                "last_sync_timestamp_seconds",
+                "When the last transfer or SOA check succeeded, seconds since the epoch (0: never).",
+                None,
+                secs(sync.last_sync_ms),
+            ),
+            gauge(
+                "last_change_timestamp_seconds",
+                "When the allow set last changed, seconds since the epoch (0: never).",
+                None,
+                secs(sync.last_change_ms),
+            ),
+            gauge("sync_full_loads_total", "Full transfers or file reads.", None, sync.full_loads as f64),
+            gauge(
+                "sync_incremental_total",
                 "Incremental transfers that changed the set.",
                 None,
                 sync.incremental as f64,
             ),
-            gauge("sync_notifies", "NOTIFY messages accepted (UDP and TCP).", None, sync.notifies as f64),
-            gauge("miss_lookups", "RPZ questions asked by the miss path.", None, r.miss.lookups as f64),
-            gauge("miss_coalesced", "Misses that waited on another question.", None, r.miss.coalesced as f64),
-            gauge("miss_errors", "Failed RPZ questions (denied).", None, r.miss.errors as f64),
-            gauge("events", "Detection events recorded.", None, r.events_total as f64),
-            gauge("events_write_errors", "Detection events not written.", None, r.events_write_errors as f64),
-            gauge("uptime_seconds", "Seconds since start.", None, r.uptime_secs as f64),
+            gauge("sync_notifies_total", "NOTIFY messages received.", None, sync.notifies as f64),
+            gauge("miss_lookups_total", "RPZ questions asked by the miss path.", None, r.miss.lookups as f64),
+            gauge(
+                "miss_coalesced_total",
+                "Misses that waited on another question.",
+                None,
+                r.miss.coalesced as f64,
+            ),
+            gauge("miss_errors_total", "Failed RPZ questions (denied).", None, r.miss.errors as f64),
+            gauge(
+                "miss_cache_entries",
+                "Verdicts in the miss path's userspace cache.",
+                None,
+                r.miss.cached as f64,
+            ),
+            gauge("events_total", "Detection events recorded.", None, r.events_total as f64),
+            gauge(
+                "events_write_errors_total",
+                "Detection events not written (output failed or the writer fell behind).",
+                None,
+                r.events_write_errors as f64,
+            ),
         ];
+        for (result, n) in
+            [("applied", r.reloads.applied), ("refused", r.reloads.refused), ("failed", r.reloads.failed)]
+        {
+            g.push(Gauge {
+                name: "reloads_total",
+                help: "SIGHUP reloads by result.",
+                label: Some(("result", result.to_owned())),
+                value: n as f64,
+            });
+        }
         if let Some(l) = &r.live {
             let n = |v: u64| v as f64;
             g.extend([
-                gauge("live_responses", "Live learning: DNS responses seen.", None, n(l.responses)),
+                gauge("live_responses_total", "Live learning: DNS responses seen.", None, n(l.responses)),
                 gauge(
-                    "live_matched",
+                    "live_matched_total",
                     "Live learning: responses matched to a resolver's query.",
                     None,
                     n(l.matched),
                 ),
                 gauge(
-                    "live_unmatched",
+                    "live_unmatched_total",
                     "Live learning: responses without a query (forged, late).",
                     None,
                     n(l.unmatched),
                 ),
                 gauge(
-                    "live_learned",
+                    "live_learned_total",
                     "Live learning: entries learned that the zone lacked.",
                     None,
                     n(l.learned),
@@ -98,11 +157,21 @@ impl Shared {
                     l.unconfirmed as f64,
                 ),
                 gauge("live_queued", "Live learning: entries waiting to be pushed.", None, l.queued as f64),
-                gauge("live_pushed", "Live learning: records accepted by the primary.", None, n(l.pushed)),
-                gauge("live_push_errors", "Live learning: failed UPDATEs.", None, n(l.push_errors)),
-                gauge("live_overflow", "Live learning: entries not taken (queue full).", None, n(l.overflow)),
                 gauge(
-                    "live_raced_misses",
+                    "live_pushed_total",
+                    "Live learning: records accepted by the primary.",
+                    None,
+                    n(l.pushed),
+                ),
+                gauge("live_push_errors_total", "Live learning: failed UPDATEs.", None, n(l.push_errors)),
+                gauge(
+                    "live_overflow_total",
+                    "Live learning: entries not taken (queue full).",
+                    None,
+                    n(l.overflow),
+                ),
+                gauge(
+                    "live_raced_misses_total",
                     "Live learning: misses for entries learned live.",
                     None,
                     n(l.raced_misses),
@@ -149,6 +218,12 @@ impl Shared {
             ));
             text.push_str(&r.miss_transport.hold.prometheus());
         }
+        render_histogram(
+            &mut text,
+            "rpz_guard_miss_lookup_duration_seconds",
+            "Time to answer one RPZ question of the miss path.",
+            &self.resolver.latency(),
+        );
         text
     }
 }

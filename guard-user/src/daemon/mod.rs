@@ -7,13 +7,15 @@
 //! [`miss`] (deciding a miss the kernel handed up), [`learn`] (live
 //! learning from the resolvers' DNS), [`openflow`] (the
 //! controller enforcement point), [`status`] and [`metrics`] (what operators
-//! read), [`pin`] (the pinned-state lock). This file is the start sequence.
+//! read), [`pin`] (the pinned-state lock), [`reload`] (SIGHUP). This file is
+//! the start sequence, with the service manager's readiness and watchdog.
 
 mod learn;
 mod metrics;
 mod miss;
 mod openflow;
 mod pin;
+mod reload;
 mod snapshot;
 mod source;
 mod status;
@@ -21,10 +23,14 @@ mod xdp;
 
 use std::sync::{Arc, Mutex};
 
-use tokio::{net::TcpListener, sync::watch};
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, watch},
+};
 use tokio_util::sync::CancellationToken;
 
 pub use self::{
+    reload::{ReloadRequest, ReloadStats, changed_keys, fixed_changes},
     source::source_from,
     status::{MissTransportReport, Shared, StatusReport, query_status, render_status},
 };
@@ -88,6 +94,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Runs the daemon until `cancel` fires.
 pub async fn run(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonError> {
+    run_reloadable(cfg, cancel, mpsc::unbounded_channel().1).await
+}
+
+/// Runs the daemon until `cancel` fires, applying each configuration that
+/// arrives on `reloads` (`SIGHUP`, see [`reload`]).
+pub async fn run_reloadable(
+    cfg: Config,
+    cancel: CancellationToken,
+    reloads: mpsc::UnboundedReceiver<ReloadRequest>,
+) -> Result<(), DaemonError> {
     cfg.validate()?;
     // Decide where to pin (on by default) before anything is loaded.
     let cfg = pin::prepare(cfg)?;
@@ -99,7 +115,7 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonErr
         Some(dir) => Some(pin::lock_pin_dir(&dir, &status_path)?),
         None => None,
     };
-    let result = run_bound(cfg, status, cancel).await;
+    let result = run_bound(cfg, status, reloads, cancel).await;
     let _ = std::fs::remove_file(&status_path);
     result
 }
@@ -120,6 +136,7 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> Result<(), DaemonErr
 async fn run_bound(
     cfg: Config,
     status: tokio::net::UnixListener,
+    reloads: mpsc::UnboundedReceiver<ReloadRequest>,
     cancel: CancellationToken,
 ) -> Result<(), DaemonError> {
     let events = Arc::new(EventSink::open(&cfg.events.output()).map_err(|source| DaemonError::Io {
@@ -127,6 +144,7 @@ async fn run_bound(
         path: cfg.events.output.clone(),
         source,
     })?);
+    events.configure(cfg.event_settings());
     let source = source_from(&cfg)?;
     let sync_state: SharedSyncState =
         Arc::new(Mutex::new(SyncState { source: source.describe(), ..SyncState::default() }));
@@ -194,6 +212,7 @@ async fn run_bound(
     };
 
     let enforcer = enforcer.map(|e| Arc::new(Mutex::new(e)));
+    let reload_enforcer = enforcer.clone();
     let shared = Arc::new(
         Shared::new(
             cfg.clone(),
@@ -275,8 +294,29 @@ async fn run_bound(
         tracing::info!(%addr, "metrics at http://{addr}/metrics");
         tasks.spawn(metrics::serve_metrics(l, shared.clone(), cancel.clone()));
     }
+    tasks.spawn(reload::serve(reloads, cfg.clone(), shared.clone(), reload_enforcer, cancel.clone()));
+    if let Some(every) = shared.notify.watchdog_interval() {
+        tasks.spawn(watchdog(shared.clone(), every, cancel.clone()));
+    }
+    // Attached and enforcing the best set there is (after the first sync,
+    // or the last known one while the primary is down): ready.
+    shared.notify.ready(&ready_status(&shared));
     let r = enforcing.await;
+    shared.notify.stopping();
     finish(r, cancel, tasks).await
+}
+
+/// The `STATUS=` line sent with `READY=1`.
+fn ready_status(shared: &Shared) -> String {
+    let st = lock(&shared.sync);
+    let point = lock(&shared.point).clone();
+    match (st.serial, &st.last_error) {
+        (Some(serial), None) => format!("enforcing on {point}: serial {serial}, {} entries", st.entries),
+        (_, Some(e)) => {
+            format!("enforcing on {point} ({} entries); the source fails, retrying: {e}", st.entries)
+        }
+        (None, None) => format!("enforcing on {point} ({} entries)", st.entries),
+    }
 }
 
 /// Ends the other tasks once the enforcement point has stopped.
@@ -341,4 +381,21 @@ async fn openflow_loaded(
 /// "N s ago" for a time in ms since the epoch.
 fn ago(ms: u64) -> String {
     format!("{} s ago", now_ms().saturating_sub(ms) / 1000)
+}
+/// Pings the service manager's watchdog while the daemon works: each ping
+/// follows a read of the enforcement point's counters, which takes the
+/// enforcer's lock, so a stuck map update or event reader stops the pings
+/// and systemd restarts the service (the pinned program keeps enforcing).
+async fn watchdog(shared: Arc<Shared>, every: std::time::Duration, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let s = shared.clone();
+        if tokio::task::spawn_blocking(move || s.stats()).await.is_ok() {
+            shared.notify.watchdog();
+        }
+    }
 }

@@ -66,6 +66,9 @@ pub struct StatusReport {
     /// How misses reach userspace (XDP mode), and the AF_XDP hold path's counters.
     #[serde(default)]
     pub miss_transport: MissTransportReport,
+    /// SIGHUP reloads: counts and the last outcome.
+    #[serde(default)]
+    pub reloads: super::reload::ReloadStats,
 }
 
 /// The miss transport in force and the AF_XDP hold path's counters.
@@ -121,6 +124,10 @@ pub struct Shared {
     pub live: Option<Arc<LiveAllow>>,
     /// The miss transport (XDP mode).
     pub(super) transport: Mutex<MissTransportState>,
+    /// The service manager's notification socket (systemd `Type=notify`).
+    pub(super) notify: crate::systemd::Notifier,
+    /// SIGHUP reloads.
+    pub(super) reloads: Mutex<super::reload::ReloadStats>,
 }
 
 impl Shared {
@@ -147,6 +154,8 @@ impl Shared {
             extra: Mutex::new(None),
             live: None,
             transport: Mutex::new(MissTransportState::default()),
+            notify: crate::systemd::Notifier::from_env(),
+            reloads: Mutex::default(),
         }
     }
 
@@ -199,6 +208,7 @@ impl Shared {
                 }
                 r
             },
+            reloads: lock(&self.reloads).clone(),
         }
     }
 }
@@ -378,7 +388,7 @@ pub fn render_status(r: &StatusReport) -> String {
                 t.queues,
                 if t.zerocopy { "zero-copy" } else { "copy" },
                 t.release_device,
-                h.kernel.rx_dropped
+                h.kernel.drops()
             );
         }
     }
@@ -406,6 +416,17 @@ pub fn render_status(r: &StatusReport) -> String {
         for (ip, h) in &r.top_destinations {
             let _ = writeln!(o, "  {:<40} {:>8} blocked", ip.to_string(), h.blocked);
         }
+    }
+    if let (Some(msg), Some(at)) = (&r.reloads.last_message, r.reloads.last_ms) {
+        let _ = writeln!(
+            o,
+            "\nreload     {} ({}s ago)   applied {}  refused {}  failed {}",
+            msg,
+            now_ms().saturating_sub(at) / 1000,
+            r.reloads.applied,
+            r.reloads.refused,
+            r.reloads.failed
+        );
     }
     if let Ok(of) = serde_json::from_value::<crate::openflow::ControllerStatus>(r.extra.clone()) {
         let _ = write!(o, "\n{}", of.render());

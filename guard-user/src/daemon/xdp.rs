@@ -27,7 +27,17 @@ pub(super) fn load(cfg: &Config) -> Result<Enforcer, DaemonError> {
     let mut e = Enforcer::load(cfg.enforce.effective_pin_dir().as_deref())?;
     e.check_pinned_link(cfg.enforce.iface.as_deref().unwrap_or_default())?;
     let state = if e.adopted_maps() { e.state()? } else { STATE_NOT_LOADED };
-    e.configure(&ProgramConfig {
+    let mut pc = program_config(cfg);
+    pc.settings.state = state;
+    e.configure(&pc)?;
+    Ok(e)
+}
+
+/// What the configuration tells the program (also on reload). The state
+/// (loaded or deny-protected) and the miss transport belong to the running
+/// program and are set apart.
+pub(super) fn program_config(cfg: &Config) -> ProgramConfig {
+    ProgramConfig {
         ports: cfg.policy.protected_ports(),
         exempt_sources: cfg.policy.exempt_sources.clone(),
         internal_networks: cfg.policy.internal_networks.clone(),
@@ -36,12 +46,10 @@ pub(super) fn load(cfg: &Config) -> Result<Enforcer, DaemonError> {
             events_per_source_per_sec: cfg.events.per_source_per_sec,
             pending_ms: cfg.cache.pending_ms,
             misses_per_source_per_sec: cfg.events.misses_per_source_per_sec,
-            state,
             // Ring buffer until the AF_XDP sockets exist (miss::start_transport).
             ..Settings::default()
         },
-    })?;
-    Ok(e)
+    }
 }
 
 /// Attaches the program (or swaps it into the pinned link) before any

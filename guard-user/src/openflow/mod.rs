@@ -390,27 +390,31 @@ impl ControllerStatus {
         let mut g = vec![
             one("openflow_switches", "Switches past the handshake.", self.switches.len() as f64),
             one("openflow_open_connections", "Controller connections open.", self.open_connections as f64),
-            one("openflow_connections", "Connections accepted.", self.connections as f64),
-            one("openflow_flows_installed", "FLOW_MOD adds sent.", self.flows_installed as f64),
-            one("openflow_flows_deleted", "FLOW_MOD deletes sent.", self.flows_deleted as f64),
-            one("openflow_packet_ins", "Packet-ins received.", self.packet_ins as f64),
-            one("openflow_packet_ins_dropped", "Packet-ins shed by limits.", self.packet_ins_dropped as f64),
+            one("openflow_connections_total", "Connections accepted.", self.connections as f64),
+            one("openflow_flows_installed_total", "FLOW_MOD adds sent.", self.flows_installed as f64),
+            one("openflow_flows_deleted_total", "FLOW_MOD deletes sent.", self.flows_deleted as f64),
+            one("openflow_packet_ins_total", "Packet-ins received.", self.packet_ins as f64),
             one(
-                "openflow_protocol_errors",
+                "openflow_packet_ins_dropped_total",
+                "Packet-ins shed by limits.",
+                self.packet_ins_dropped as f64,
+            ),
+            one(
+                "openflow_protocol_errors_total",
                 "Connections closed for protocol violations.",
                 self.protocol_errors as f64,
             ),
-            one("openflow_switch_errors", "ERROR messages from switches.", self.switch_errors as f64),
-            one("openflow_resyncs", "Full resynchronisations.", self.resyncs as f64),
+            one("openflow_switch_errors_total", "ERROR messages from switches.", self.switch_errors as f64),
+            one("openflow_resyncs_total", "Full resynchronisations.", self.resyncs as f64),
             one(
-                "openflow_stalled_disconnects",
+                "openflow_stalled_disconnects_total",
                 "Switches disconnected for not draining their send queue.",
                 self.stalled_disconnects as f64,
             ),
         ];
         for (r, n) in &self.refused {
             g.push(Gauge {
-                name: "openflow_refused",
+                name: "openflow_refused_total",
                 help: "Peers refused, by reason.",
                 label: Some(("reason", r.name().to_owned())),
                 value: *n as f64,
@@ -421,7 +425,7 @@ impl ControllerStatus {
             ("openflow_switch_connected_since_seconds", "Connected since (Unix time).", |s| {
                 s.since_ms as f64 / 1000.0
             }),
-            ("openflow_switch_flows_installed", "FLOW_MOD adds sent to the switch.", |s| {
+            ("openflow_switch_flows_installed_total", "FLOW_MOD adds sent to the switch.", |s| {
                 s.flows_installed as f64
             }),
             ("openflow_switch_proactive_flows", "Proactive allow flows installed.", |s| {
@@ -430,8 +434,10 @@ impl ControllerStatus {
             ("openflow_switch_send_queue_bytes", "Bytes queued toward the switch.", |s| {
                 s.send_queue_bytes as f64
             }),
-            ("openflow_switch_resyncs", "Full resynchronisations of the datapath.", |s| s.resyncs as f64),
-            ("openflow_switch_packet_ins", "Packet-ins from the switch.", |s| s.packet_ins as f64),
+            ("openflow_switch_resyncs_total", "Full resynchronisations of the datapath.", |s| {
+                s.resyncs as f64
+            }),
+            ("openflow_switch_packet_ins_total", "Packet-ins from the switch.", |s| s.packet_ins as f64),
         ];
         for (name, help, f) in per {
             for s in &self.switches {

@@ -85,6 +85,16 @@ pub fn metrics(d: &Daemon) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Pid of the lab's `named` (a process the lab started; its pid file names it).
+pub fn named_pid(lab: &Lab) -> i32 {
+    std::fs::read_dir(lab.state_dir().join("pids"))
+        .expect("pid dir")
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .find(|l| l.trim_end().ends_with(" named"))
+        .and_then(|l| l.split_whitespace().next()?.parse::<i32>().ok())
+        .expect("named pid recorded by the lab")
+}
+
 /// Registers `ip` in the lab's RPZ with A `answer` (TSIG-signed nsupdate).
 pub fn rpz_add(lab: &Lab, ip: IpAddr, answer: &str) {
     let owner = encode_owner(&Prefix::host(ip), ZONE);
@@ -168,7 +178,9 @@ impl Daemon {
             {
                 panic!("rpz-guard exited early:\n{}", c.log());
             }
-            d.try_status().is_some()
+            // The status socket answers before the enforcement point is up
+            // (XDP attached, controller listening): wait for that too.
+            d.try_status().is_some_and(|s| !s.point.is_empty())
         });
         assert!(ready.is_some(), "rpz-guard did not answer on its status socket; lab {}", lab.prefix());
         d
@@ -185,12 +197,12 @@ impl Daemon {
         self.try_status().expect("rpz-guard status answers")
     }
 
-    /// The detection events written so far.
+    /// The detection events written so far (native layout), each checked
+    /// against the event schema first.
     pub fn events(&self) -> Vec<DetectionEvent> {
-        std::fs::read_to_string(&self.events)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event line {l:?}: {e}")))
+        self.event_lines()
+            .into_iter()
+            .map(|v| serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("bad event line {v}: {e}")))
             .collect()
     }
 
@@ -202,6 +214,12 @@ impl Daemon {
     /// Its resident memory, KiB (`VmRSS`).
     pub fn rss_kib(&self) -> u64 {
         rss_kib(self.pid())
+    }
+
+    /// The event lines written so far, in whichever layout, each checked
+    /// against the event schema.
+    pub fn event_lines(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.events).unwrap_or_default().lines().map(check_event_line).collect()
     }
 
     /// Its log so far.
@@ -248,6 +266,38 @@ fn default_events(lab: &Lab, tag: &str) -> PathBuf {
     let events = lab.state_dir().join(format!("{tag}-{}-events.jsonl", std::process::id()));
     let _ = std::fs::remove_file(&events);
     events
+}
+
+/// `docs/events.schema.json`, compiled once, with `format` asserted (IP
+/// addresses, timestamps), as a strict consumer would.
+pub fn event_validator() -> &'static jsonschema::Validator {
+    static V: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    V.get_or_init(|| {
+        let schema: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(event_schema_path()).expect("read the event schema"),
+        )
+        .expect("the event schema is JSON");
+        jsonschema::options()
+            .should_validate_formats(true)
+            .build(&schema)
+            .unwrap_or_else(|e| panic!("the event schema does not compile: {e}"))
+    })
+}
+
+/// Where the event schema lives.
+pub fn event_schema_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/events.schema.json")
+}
+
+/// Parses one event line and checks it against the schema; panics naming
+/// the line and every violation.
+pub fn check_event_line(line: &str) -> serde_json::Value {
+    let v: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("event line is not JSON ({e}): {line}"));
+    let errors: Vec<String> =
+        event_validator().iter_errors(&v).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+    assert!(errors.is_empty(), "event line violates docs/events.schema.json: {line}\n{}", errors.join("\n"));
+    v
 }
 
 fn path_str(p: &Path) -> &str {
