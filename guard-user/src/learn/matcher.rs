@@ -106,7 +106,8 @@ impl Matcher {
 
     /// Expires old queries; runs at most once per half window of capture time.
     fn sweep(&mut self, now_ns: u64) {
-        if now_ns < self.last_sweep_ns + self.window_ns / 2 {
+        // Saturating: a capture's timestamps are untrusted and may be near u64::MAX.
+        if now_ns < self.last_sweep_ns.saturating_add(self.window_ns / 2) {
             return;
         }
         self.last_sweep_ns = now_ns;
@@ -143,5 +144,17 @@ mod tests {
         assert_eq!(m.response(2_000_000_000, key(3), b"\x03com", 2, 1), MatchResult::NoQuery);
         assert_eq!(m.pending(), 0);
         assert_eq!(m.expired(), 1);
+    }
+
+    /// Found by the `learn_capture` fuzz target: a capture timestamp near
+    /// `u64::MAX` overflowed the sweep deadline.
+    #[test]
+    fn timestamps_near_the_end_of_time_do_not_overflow() {
+        let mut m = Matcher::new(10_000_000_000);
+        assert!(m.query(u64::MAX - 1, key(1), b"\x03com", 2, 1));
+        assert!(m.query(u64::MAX, key(2), b"\x03com", 2, 1));
+        assert_eq!(m.response(u64::MAX, key(1), b"\x03com", 2, 1), MatchResult::Matched);
+        assert!(m.query(5, key(3), b"\x03com", 2, 1));
+        assert_eq!(m.pending(), 2);
     }
 }
