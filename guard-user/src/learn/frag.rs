@@ -131,7 +131,7 @@ impl Reassembler {
 
     /// Drops datagrams older than the timeout (checked at most once a second).
     pub fn expire(&mut self, now_ns: u64, discard: &mut impl FnMut(Discard)) {
-        if now_ns < self.last_sweep_ns + 1_000_000_000 || self.table.is_empty() {
+        if now_ns < self.last_sweep_ns.saturating_add(1_000_000_000) || self.table.is_empty() {
             return;
         }
         self.last_sweep_ns = now_ns;

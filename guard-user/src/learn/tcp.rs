@@ -147,7 +147,7 @@ impl TcpReassembler {
     }
 
     fn sweep(&mut self, now_ns: u64) {
-        if now_ns < self.last_sweep_ns + 10_000_000_000 {
+        if now_ns < self.last_sweep_ns.saturating_add(10_000_000_000) {
             return;
         }
         self.last_sweep_ns = now_ns;
