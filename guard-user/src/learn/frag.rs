@@ -193,4 +193,14 @@ mod tests {
         assert_eq!(drops, vec![Discard::FragmentTimeout]);
         assert_eq!((r.in_progress(), r.held()), (0, 0));
     }
+
+    /// Found by the `learn_capture` fuzz target: capture timestamps near
+    /// `u64::MAX` overflowed the expiry deadline.
+    #[test]
+    fn timestamps_near_the_end_of_time_do_not_overflow() {
+        let mut r = Reassembler::new();
+        r.last_sweep_ns = u64::MAX - 1;
+        r.expire(u64::MAX, &mut |_| {});
+        r.expire(3, &mut |_| {});
+    }
 }

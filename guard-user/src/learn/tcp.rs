@@ -246,4 +246,14 @@ mod tests {
         assert_eq!((t.buffered(), t.flows()), (0, 0));
         assert!(drops.is_empty());
     }
+
+    /// Found by the `learn_capture` fuzz target: capture timestamps near
+    /// `u64::MAX` overflowed the sweep deadline.
+    #[test]
+    fn timestamps_near_the_end_of_time_do_not_overflow() {
+        let mut r = TcpReassembler::new();
+        r.sweep(u64::MAX - 1);
+        r.sweep(u64::MAX);
+        r.sweep(3);
+    }
 }
