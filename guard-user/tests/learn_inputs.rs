@@ -187,16 +187,12 @@ fn two_part_capture() -> (Conv, Conv) {
     first.exchange(RESOLVER, ROOT_A, q, r);
     let mut b = Conv::new();
     b.ts = 5_000_000_000;
-    b.exchange(
-        RESOLVER,
+    b.ask(
         TLD,
-        query(2, "example.com.", RecordType::NS),
-        response(
-            2,
-            "example.com.",
-            RecordType::NS,
-            NoError,
-            vec![],
+        2,
+        "example.com.",
+        RecordType::NS,
+        referral(
             vec![learn_common::ns("example.com.", "ns1.example.com.")],
             vec![a("ns1.example.com.", "203.0.113.10")],
         ),

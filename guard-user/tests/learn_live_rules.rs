@@ -58,33 +58,19 @@ fn feed(l: &mut LiveLearner, frames: &[(u64, Vec<u8>)]) {
 
 /// Root and TLD referrals down to example.com (ns1 with glue).
 fn delegation(c: &mut Conv) {
-    c.exchange(
-        RESOLVER,
+    c.ask(
         ROOT_A,
-        query(1, "example.com.", RecordType::MX),
-        response(
-            1,
-            "example.com.",
-            RecordType::MX,
-            NoError,
-            vec![],
-            vec![ns("com.", "a.gtld-servers.net.")],
-            vec![a("a.gtld-servers.net.", TLD)],
-        ),
+        1,
+        "example.com.",
+        RecordType::MX,
+        referral(vec![ns("com.", "a.gtld-servers.net.")], vec![a("a.gtld-servers.net.", TLD)]),
     );
-    c.exchange(
-        RESOLVER,
+    c.ask(
         TLD,
-        query(2, "example.com.", RecordType::MX),
-        response(
-            2,
-            "example.com.",
-            RecordType::MX,
-            NoError,
-            vec![],
-            vec![ns("example.com.", "ns1.example.com.")],
-            vec![a("ns1.example.com.", NS1)],
-        ),
+        2,
+        "example.com.",
+        RecordType::MX,
+        referral(vec![ns("example.com.", "ns1.example.com.")], vec![a("ns1.example.com.", NS1)]),
     );
 }
 
@@ -159,19 +145,12 @@ fn zone_name_servers_are_trusted_after_a_restart() {
     // A restarted learner: the resolver has the TLD cached and asks it
     // directly. The zone already holds the TLD server as a name server.
     let mut c = Conv::new();
-    c.exchange(
-        RESOLVER,
+    c.ask(
         TLD,
-        query(2, "example.com.", RecordType::MX),
-        response(
-            2,
-            "example.com.",
-            RecordType::MX,
-            NoError,
-            vec![],
-            vec![ns("example.com.", "ns1.example.com.")],
-            vec![a("ns1.example.com.", NS1)],
-        ),
+        2,
+        "example.com.",
+        RecordType::MX,
+        referral(vec![ns("example.com.", "ns1.example.com.")], vec![a("ns1.example.com.", NS1)]),
     );
     let (mut strict, _, none) = learner(&[TLD], false);
     feed(&mut strict, &c.frames);

@@ -12,16 +12,12 @@ const TLD6: &str = "2001:503:a83e::2:30";
 
 /// Root referral for `qname` delegating com. with glue; then the TLD is trusted.
 fn root_referral(c: &mut Conv, id: u16, qname: &str, qtype: RecordType) {
-    c.exchange(
-        RESOLVER,
+    c.ask(
         ROOT_A,
-        query(id, qname, qtype),
-        response(
-            id,
-            qname,
-            qtype,
-            NoError,
-            vec![],
+        id,
+        qname,
+        qtype,
+        referral(
             vec![ns("com.", "a.gtld-servers.net.")],
             vec![a("a.gtld-servers.net.", TLD), aaaa("a.gtld-servers.net.", TLD6)],
         ),
@@ -60,19 +56,12 @@ fn rule2_qname_minimisation_referrals_chain() {
     let mut c = Conv::new();
     // Minimised: the root is asked `com. NS`, the TLD `example.com. NS`.
     root_referral(&mut c, 1, "com.", RecordType::NS);
-    c.exchange(
-        RESOLVER,
+    c.ask(
         TLD,
-        query(2, "example.com.", RecordType::NS),
-        response(
-            2,
-            "example.com.",
-            RecordType::NS,
-            NoError,
-            vec![],
-            vec![ns("example.com.", "ns1.example.com.")],
-            vec![a("ns1.example.com.", "203.0.113.10")],
-        ),
+        2,
+        "example.com.",
+        RecordType::NS,
+        referral(vec![ns("example.com.", "ns1.example.com.")], vec![a("ns1.example.com.", "203.0.113.10")]),
     );
     let (set, _) = c.learn();
     assert_eq!(set.lookup(ip("203.0.113.10")), DNS);
@@ -82,19 +71,12 @@ fn rule2_qname_minimisation_referrals_chain() {
 fn rule2_ns_in_answer_section_counts() {
     let mut c = Conv::new();
     root_referral(&mut c, 1, "com.", RecordType::NS);
-    c.exchange(
-        RESOLVER,
+    c.ask(
         TLD,
-        query(2, "example.com.", RecordType::NS),
-        response(
-            2,
-            "example.com.",
-            RecordType::NS,
-            NoError,
-            vec![ns("example.com.", "ns1.example.com.")],
-            vec![],
-            vec![aaaa("ns1.example.com.", "2001:db8::10")],
-        ),
+        2,
+        "example.com.",
+        RecordType::NS,
+        answer(vec![ns("example.com.", "ns1.example.com.")], vec![aaaa("ns1.example.com.", "2001:db8::10")]),
     );
     let (set, _) = c.learn();
     assert_eq!(set.lookup(ip("2001:db8::10")), DNS);
@@ -105,50 +87,29 @@ fn rule2_out_of_bailiwick_ns_learned_from_later_answer() {
     let mut c = Conv::new();
     root_referral(&mut c, 1, "example.com.", RecordType::MX);
     // Referral without glue: the NS name is elsewhere.
-    c.exchange(
-        RESOLVER,
+    c.ask(
         TLD,
-        query(2, "example.com.", RecordType::MX),
-        response(
-            2,
-            "example.com.",
-            RecordType::MX,
-            NoError,
-            vec![],
-            vec![ns("example.com.", "dns1.hoster.com.")],
-            vec![],
-        ),
+        2,
+        "example.com.",
+        RecordType::MX,
+        referral(vec![ns("example.com.", "dns1.hoster.com.")], vec![]),
     );
     // hoster.com's own delegation with glue, then its server answers for dns1.
-    c.exchange(
-        RESOLVER,
+    c.ask(
         TLD,
-        query(3, "dns1.hoster.com.", RecordType::A),
-        response(
-            3,
-            "dns1.hoster.com.",
-            RecordType::A,
-            NoError,
-            vec![],
-            vec![ns("hoster.com.", "ns.hoster.com.")],
-            vec![a("ns.hoster.com.", "203.0.113.1")],
-        ),
+        3,
+        "dns1.hoster.com.",
+        RecordType::A,
+        referral(vec![ns("hoster.com.", "ns.hoster.com.")], vec![a("ns.hoster.com.", "203.0.113.1")]),
     );
     let (before, _) = c.learn();
     assert_eq!(before.lookup(ip("203.0.113.2")), Classes::NONE, "no address before the answer");
-    c.exchange(
-        RESOLVER,
+    c.ask(
         "203.0.113.1",
-        query(4, "dns1.hoster.com.", RecordType::A),
-        response(
-            4,
-            "dns1.hoster.com.",
-            RecordType::A,
-            NoError,
-            vec![a("dns1.hoster.com.", "203.0.113.2")],
-            vec![],
-            vec![],
-        ),
+        4,
+        "dns1.hoster.com.",
+        RecordType::A,
+        answer(vec![a("dns1.hoster.com.", "203.0.113.2")], vec![]),
     );
     let (set, _) = c.learn();
     assert_eq!(set.lookup(ip("203.0.113.1")), DNS);
@@ -160,19 +121,12 @@ fn rule2_ns_outside_the_question_is_ignored() {
     let mut c = Conv::new();
     root_referral(&mut c, 1, "example.com.", RecordType::A);
     // The TLD server, asked about example.com, slips in a delegation of bank.org.
-    c.exchange(
-        RESOLVER,
+    c.ask(
         TLD,
-        query(2, "example.com.", RecordType::A),
-        response(
-            2,
-            "example.com.",
-            RecordType::A,
-            NoError,
-            vec![],
-            vec![ns("bank.org.", "ns.evil.net.")],
-            vec![a("ns.evil.net.", "203.0.113.66")],
-        ),
+        2,
+        "example.com.",
+        RecordType::A,
+        referral(vec![ns("bank.org.", "ns.evil.net.")], vec![a("ns.evil.net.", "203.0.113.66")]),
     );
     let (set, _) = c.learn();
     assert_eq!(set.lookup(ip("203.0.113.66")), Classes::NONE);
@@ -180,19 +134,12 @@ fn rule2_ns_outside_the_question_is_ignored() {
 
 fn delegated_example(c: &mut Conv) {
     root_referral(c, 1, "example.com.", RecordType::MX);
-    c.exchange(
-        RESOLVER,
+    c.ask(
         TLD,
-        query(2, "example.com.", RecordType::MX),
-        response(
-            2,
-            "example.com.",
-            RecordType::MX,
-            NoError,
-            vec![],
-            vec![ns("example.com.", "ns1.example.com.")],
-            vec![a("ns1.example.com.", "203.0.113.10")],
-        ),
+        2,
+        "example.com.",
+        RecordType::MX,
+        referral(vec![ns("example.com.", "ns1.example.com.")], vec![a("ns1.example.com.", "203.0.113.10")]),
     );
 }
 
@@ -200,17 +147,13 @@ fn delegated_example(c: &mut Conv) {
 fn rule3_mx_with_additional_addresses_becomes_smtp() {
     let mut c = Conv::new();
     delegated_example(&mut c);
-    c.exchange(
-        RESOLVER,
+    c.ask(
         "203.0.113.10",
-        query(3, "example.com.", RecordType::MX),
-        response(
-            3,
-            "example.com.",
-            RecordType::MX,
-            NoError,
+        3,
+        "example.com.",
+        RecordType::MX,
+        answer(
             vec![mx("example.com.", 10, "mail.example.com."), mx("example.com.", 20, "mail2.example.com.")],
-            vec![],
             vec![a("mail.example.com.", "203.0.113.25"), aaaa("mail2.example.com.", "2001:db8::25")],
         ),
     );
@@ -224,48 +167,30 @@ fn rule3_mx_with_additional_addresses_becomes_smtp() {
 fn rule3_mx_host_address_from_later_answer_following_cnames() {
     let mut c = Conv::new();
     delegated_example(&mut c);
-    c.exchange(
-        RESOLVER,
+    c.ask(
         "203.0.113.10",
-        query(3, "example.com.", RecordType::MX),
-        response(
-            3,
-            "example.com.",
-            RecordType::MX,
-            NoError,
-            vec![mx("example.com.", 10, "mx.example.com.")],
-            vec![],
-            vec![],
-        ),
+        3,
+        "example.com.",
+        RecordType::MX,
+        answer(vec![mx("example.com.", 10, "mx.example.com.")], vec![]),
     );
-    c.exchange(
-        RESOLVER,
+    c.ask(
         "203.0.113.10",
-        query(4, "mx.example.com.", RecordType::A),
-        response(
-            4,
-            "mx.example.com.",
-            RecordType::A,
-            NoError,
+        4,
+        "mx.example.com.",
+        RecordType::A,
+        answer(
             vec![cname("mx.example.com.", "host.example.com."), a("host.example.com.", "203.0.113.26")],
-            vec![],
             vec![],
         ),
     );
     // The resolver may also ask for the CNAME target separately.
-    c.exchange(
-        RESOLVER,
+    c.ask(
         "203.0.113.10",
-        query(5, "host.example.com.", RecordType::AAAA),
-        response(
-            5,
-            "host.example.com.",
-            RecordType::AAAA,
-            NoError,
-            vec![aaaa("host.example.com.", "2001:db8::26")],
-            vec![],
-            vec![],
-        ),
+        5,
+        "host.example.com.",
+        RecordType::AAAA,
+        answer(vec![aaaa("host.example.com.", "2001:db8::26")], vec![]),
     );
     let (set, _) = c.learn();
     assert_eq!(set.lookup(ip("203.0.113.26")), SMTP);
@@ -276,17 +201,13 @@ fn rule3_mx_host_address_from_later_answer_following_cnames() {
 fn rule3_mx_answered_through_cname_chain() {
     let mut c = Conv::new();
     delegated_example(&mut c);
-    c.exchange(
-        RESOLVER,
+    c.ask(
         "203.0.113.10",
-        query(3, "alias.example.com.", RecordType::MX),
-        response(
-            3,
-            "alias.example.com.",
-            RecordType::MX,
-            NoError,
+        3,
+        "alias.example.com.",
+        RecordType::MX,
+        answer(
             vec![cname("alias.example.com.", "example.com."), mx("example.com.", 10, "mail.example.com.")],
-            vec![],
             vec![a("mail.example.com.", "203.0.113.27")],
         ),
     );
@@ -388,17 +309,13 @@ fn rule4_negative_answers_teach_nothing() {
 fn rule4_additional_records_for_unrelated_names_are_ignored() {
     let mut c = Conv::new();
     delegated_example(&mut c);
-    c.exchange(
-        RESOLVER,
+    c.ask(
         "203.0.113.10",
-        query(3, "www.example.com.", RecordType::A),
-        response(
-            3,
-            "www.example.com.",
-            RecordType::A,
-            NoError,
+        3,
+        "www.example.com.",
+        RecordType::A,
+        answer(
             vec![a("www.example.com.", "203.0.113.80")],
-            vec![],
             vec![a("smtp.other.org.", "203.0.113.81"), a("loop.example.com.", "127.0.0.1")],
         ),
     );
@@ -411,16 +328,12 @@ fn rule4_additional_records_for_unrelated_names_are_ignored() {
 fn rule4_loopback_glue_is_never_an_entry() {
     let mut c = Conv::new();
     root_referral(&mut c, 1, "com.", RecordType::NS);
-    c.exchange(
-        RESOLVER,
+    c.ask(
         TLD,
-        query(2, "example.com.", RecordType::NS),
-        response(
-            2,
-            "example.com.",
-            RecordType::NS,
-            NoError,
-            vec![],
+        2,
+        "example.com.",
+        RecordType::NS,
+        referral(
             vec![ns("example.com.", "ns1.example.com.")],
             vec![a("ns1.example.com.", "127.0.0.1"), a("ns1.example.com.", "0.0.0.0")],
         ),
@@ -433,19 +346,12 @@ fn rule4_loopback_glue_is_never_an_entry() {
 fn mid_stream_capture_needs_trust_initial() {
     // The resolver already knew the TLD server: no root referral in the capture.
     let mut c = Conv::new();
-    c.exchange(
-        RESOLVER,
+    c.ask(
         TLD,
-        query(2, "example.com.", RecordType::NS),
-        response(
-            2,
-            "example.com.",
-            RecordType::NS,
-            NoError,
-            vec![],
-            vec![ns("example.com.", "ns1.example.com.")],
-            vec![a("ns1.example.com.", "203.0.113.10")],
-        ),
+        2,
+        "example.com.",
+        RecordType::NS,
+        referral(vec![ns("example.com.", "ns1.example.com.")], vec![a("ns1.example.com.", "203.0.113.10")]),
     );
     let (strict, s) = c.learn();
     assert!(beyond_roots(&strict).is_empty(), "never-delegated servers teach nothing");

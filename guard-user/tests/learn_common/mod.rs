@@ -198,6 +198,24 @@ pub fn eth_tcp(
     out
 }
 
+/// The record sections of a response.
+#[derive(Default)]
+pub struct Sections {
+    pub answer: Vec<Record>,
+    pub authority: Vec<Record>,
+    pub additional: Vec<Record>,
+}
+
+/// An answer: records in the answer section, addresses in the additional one.
+pub fn answer(answer: Vec<Record>, additional: Vec<Record>) -> Sections {
+    Sections { answer, authority: vec![], additional }
+}
+
+/// A referral: NS records in the authority section, glue in the additional one.
+pub fn referral(ns: Vec<Record>, glue: Vec<Record>) -> Sections {
+    Sections { answer: vec![], authority: ns, additional: glue }
+}
+
 /// A conversation: frames with timestamps (ns), fed in order.
 #[derive(Default)]
 pub struct Conv {
@@ -222,6 +240,13 @@ impl Conv {
         let p = self.next_port;
         self.push(eth_udp(ip(client), ip(server), p, 53, &q));
         self.push(eth_udp(ip(server), ip(client), 53, p, &r));
+    }
+
+    /// The resolver asks `server` about `qname`/`qtype` with ID `id` and gets
+    /// a NOERROR response with sections `s`.
+    pub fn ask(&mut self, server: &str, id: u16, qname: &str, qtype: RecordType, s: Sections) {
+        let r = response(id, qname, qtype, ResponseCode::NoError, s.answer, s.authority, s.additional);
+        self.exchange(RESOLVER, server, query(id, qname, qtype), r);
     }
 
     /// Only a response, no query.
