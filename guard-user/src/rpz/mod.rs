@@ -18,6 +18,7 @@
 //! # Modules
 //!
 //! * [`zonefile`]: write the allow set as a zone file, parse zone files.
+//! * [`meta`]: each entry's lifetime state (TXT beside the trigger).
 //! * [`tsig`]: BIND key files → [`tsig::TsigKey`].
 //! * [`transfer`]: AXFR, IXFR (deltas applied to a copy) and SOA serial.
 //! * [`update`]: TSIG-signed RFC 2136 UPDATE pushes, batched.
@@ -59,6 +60,7 @@ use std::{
 use crate::policy::{Classes, Prefix};
 
 pub mod lookup;
+pub mod meta;
 pub mod notify;
 pub mod snapshot;
 pub mod transfer;
