@@ -8,7 +8,7 @@ use guard_common::Stat;
 use guard_user::{
     events::{EventOutput, EventSink},
     metrics::Counters,
-    miss::{CacheTtl, MissResolver, SetSource},
+    miss::{BoxFuture, CacheTtl, LookupError, MissResolver, RpzSource, SetSource},
     openflow::{
         ControllerConfig, ControllerShared,
         codec::{
@@ -43,8 +43,18 @@ struct Rig {
 }
 
 async fn rig(set: AllowSet, tweak: impl FnOnce(&mut ControllerConfig)) -> Rig {
+    rig_with(set, None, tweak).await
+}
+
+/// As [`rig`]; the miss path asks `rpz` instead of the mirrored set.
+async fn rig_with(
+    set: AllowSet,
+    rpz: Option<Arc<dyn RpzSource>>,
+    tweak: impl FnOnce(&mut ControllerConfig),
+) -> Rig {
     let (tx, rx) = watch::channel(Arc::new(set));
-    let resolver = Arc::new(MissResolver::new(Arc::new(SetSource(rx.clone())), CacheTtl::default()));
+    let rpz = rpz.unwrap_or_else(|| Arc::new(SetSource(rx.clone())));
+    let resolver = Arc::new(MissResolver::new(rpz, CacheTtl::default()));
     let events = Arc::new(EventSink::open(&EventOutput::None).expect("events"));
     let counters = Arc::new(Counters::default());
     let shared = ControllerShared::new(rx, resolver, events.clone(), counters.clone());
@@ -395,4 +405,65 @@ async fn shutdown_and_listen_errors() {
             .await;
     assert!(eof.is_ok(), "connections are closed on shutdown");
     assert!(shared.status().switches.is_empty());
+}
+
+/// An RPZ whose first answer is read at once but delivered only when the
+/// test says so: a slow lookup that a zone change overtakes.
+struct HeldRpz {
+    zone: watch::Receiver<Arc<AllowSet>>,
+    asked: Arc<tokio::sync::Notify>,
+    release: Arc<tokio::sync::Semaphore>,
+    first: std::sync::atomic::AtomicBool,
+}
+
+impl RpzSource for HeldRpz {
+    fn classes(&self, ip: std::net::IpAddr) -> BoxFuture<'_, Result<Classes, LookupError>> {
+        let c = self.zone.borrow().lookup(ip);
+        let hold = self.first.swap(false, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move {
+            if hold {
+                self.asked.notify_one();
+                self.release.acquire().await.expect("open").forget();
+            }
+            Ok(c)
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_verdict_taken_on_an_older_set_is_taken_again() {
+    // The RPZ allows 198.51.100.25 for SMTP when the packet-in is asked
+    // about; the zone revokes it (and the set changes) before the answer
+    // arrives. The stale "allow" must not become a flow or a packet-out.
+    let mail = pfx("198.51.100.25");
+    let (zone_tx, zone_rx) =
+        watch::channel(Arc::new([(mail, Classes::SMTP)].into_iter().collect::<AllowSet>()));
+    let held = Arc::new(HeldRpz {
+        zone: zone_rx,
+        asked: Arc::new(tokio::sync::Notify::new()),
+        release: Arc::new(tokio::sync::Semaphore::new(0)),
+        first: true.into(),
+    });
+    let r = rig_with(AllowSet::new(), Some(held.clone()), |_| {}).await;
+    let mut sw = FakeSwitch::connect(r.addr, 11).await;
+    sw.until_barrier().await;
+
+    sw.send(packet_in([198, 51, 100, 25], 6, 25)).await;
+    timeout(Duration::from_secs(5), held.asked.notified()).await.expect("the miss path asked the RPZ");
+    zone_tx.send_replace(Arc::new(AllowSet::new()));
+    r.allow.send_modify(|s| {
+        let mut n = (**s).clone();
+        n.add(pfx("192.0.2.53"), Classes::DNS);
+        *s = Arc::new(n);
+    });
+    sw.until_barrier().await;
+    held.release.add_permits(1);
+
+    let ms = sw.drain(Duration::from_millis(500)).await;
+    let verdicts: Vec<_> = flow_mods(&ms).into_iter().filter(|f| f.cookie == COOKIE_VERDICT).collect();
+    assert_eq!(verdicts.len(), 1, "{ms:?}");
+    assert!(verdicts[0].instructions.is_empty(), "a drop verdict, not the stale allow: {:?}", verdicts[0]);
+    assert!(!ms.iter().any(|m| matches!(m.body, Body::PacketOut(_))), "the packet is not sent on");
+    assert_eq!(r.counters.snapshot()[Stat::DropNotRegistered as usize], 1);
+    r.cancel.cancel();
 }

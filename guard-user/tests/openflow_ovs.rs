@@ -526,6 +526,8 @@ fn ovs_enforces_the_paper_behaviour() {
     wait_for("revoked flow removed", Duration::from_secs(2), || {
         !lab.flows().contains("priority=30000,tcp,nw_dst=10.77.0.103")
     });
+    // The connection above left a cached datapath flow; wait for OVS to drop it.
+    lab.ovs.revalidated().expect("revalidator/wait");
     assert!(!smtp(&bot, None, ip("10.77.0.103"), 465, SHORT), "revoked :465 must fail again");
 
     // Counters and events, same names as XDP mode.

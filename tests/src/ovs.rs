@@ -121,6 +121,15 @@ impl Ovs {
         self.ofctl(&["dump-flows", &self.mgmt(bridge)])
     }
 
+    /// Waits until `ovs-vswitchd` has revalidated its datapath flows against
+    /// the current flow tables (`ovs-appctl revalidator/wait`). A flow
+    /// deletion takes effect in the OpenFlow table at once, but a cached
+    /// datapath flow may forward a few more packets until revalidation.
+    pub fn revalidated(&self) -> Result<String> {
+        let ctl = format!("{}/vswitchd.ctl", self.dir.display());
+        self.output("ovs-appctl", &["-t", &ctl, "revalidator/wait"])
+    }
+
     /// Starts `ovs-vswitchd` (after [`Ovs::stop_vswitchd`]); waits for its control socket.
     pub fn start_vswitchd(&mut self) -> Result<()> {
         let d = self.dir.display().to_string();

@@ -32,6 +32,11 @@ pub(super) struct Conn {
     pub(super) live: Arc<SwitchLive>,
     /// The connection is TLS.
     pub(super) tls: bool,
+    /// Generation of the allow set this switch has. A set change holds it
+    /// for writing while it sends its flow deletions; a decision holds it
+    /// for reading while it installs its verdict, so that no verdict taken
+    /// on an older set lands after the deletions that revoked it.
+    pub(super) set_gate: tokio::sync::RwLock<u64>,
 }
 
 impl Conn {

@@ -72,18 +72,36 @@ impl Conn {
         self.shared.counters.inc(Stat::EventsSent);
     }
 
-    /// Finishes a decision that needed the RPZ.
+    /// Finishes a decision that needed the RPZ. `known` is what the set of
+    /// generation `seen` held for the destination.
     pub(super) async fn decide_miss(
         self: Arc<Self>,
         info: PacketInfo,
         pp: ProtectedPort,
-        known: Classes,
+        mut known: Classes,
+        mut seen: u64,
         in_port: u32,
         pi: PacketIn,
     ) {
-        let (answer, ttl) = self.shared.resolver.classes(info.dst).await;
-        let classes = known.union(answer);
-        let verdict = Verdict::decide(pp.service, classes);
+        let mut tries = 0;
+        let (verdict, ttl, _gate) = loop {
+            let (answer, ttl) = self.shared.resolver.classes(info.dst).await;
+            let verdict = Verdict::decide(pp.service, known.union(answer));
+            let gate = self.set_gate.read().await;
+            if *gate == seen {
+                // Held until the verdict is queued: a set change waits for it.
+                break (verdict, ttl, gate);
+            }
+            // The set changed under us (its flows and the resolver's cache
+            // were just replaced): decide again on the new one.
+            seen = *gate;
+            known = Classes::NONE;
+            tries += 1;
+            if tries == 3 {
+                debug!(dst = %info.dst, "allow set changing too fast; packet-in dropped");
+                return;
+            }
+        };
         let counters = &self.shared.counters;
         match Reason::from_verdict(verdict) {
             None => {
@@ -192,6 +210,7 @@ impl Session {
             return conn.forward(in_port, &pi).await;
         }
         counters.inc(Stat::Miss);
+        let seen = *conn.set_gate.read().await;
         let Ok(permit) = conn.decisions.clone().try_acquire_owned() else {
             bump(&board.packet_ins_dropped);
             return true;
@@ -201,7 +220,7 @@ impl Session {
             async move {
                 tokio::select! {
                     () = stop.cancelled() => {}
-                    () = task_conn.decide_miss(info, pp, known, in_port, pi) => {}
+                    () = task_conn.decide_miss(info, pp, known, seen, in_port, pi) => {}
                 }
                 drop(permit);
             }

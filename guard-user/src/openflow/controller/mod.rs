@@ -286,6 +286,7 @@ async fn run_connection(
         stop: tasks_stop.clone(),
         live: live.clone(),
         tls,
+        set_gate: tokio::sync::RwLock::new(0),
     });
     let mut session = Session {
         conn: conn.clone(),

@@ -93,6 +93,11 @@ impl Session {
             self.applied = new;
             return Ok(());
         }
+        // Decisions in flight wait until this change is on the switch, and
+        // re-decide if they were taken on the older set.
+        let conn = self.conn.clone();
+        let mut generation = conn.set_gate.write().await;
+        *generation += 1;
         let resolver = &self.conn.shared.resolver;
         let touched = diff.remove.iter().chain(diff.upsert.iter().map(|(p, _)| p));
         if touched.clone().all(Prefix::is_host) {
