@@ -535,6 +535,40 @@ pub struct Learn {
     /// Journal of the entries not yet confirmed, re-read at start so none
     /// is lost across a restart. Empty: no journal.
     pub journal: Option<PathBuf>,
+    /// OpenFlow mode: what the switch does with an answer toward a
+    /// resolver. `hold`: only the controller gets it, learns from it,
+    /// installs the learned flows, then releases it (the client's first SYN
+    /// finds its flow, by construction); `copy`: the answer goes on at once
+    /// and the controller gets a copy (the first SYN may then take the
+    /// packet-in path).
+    pub openflow_answers: AnswerHandling,
+    /// OpenFlow mode: packet-ins per second the learning meter lets through
+    /// (held answers over it are dropped and counted; the resolver retries).
+    pub openflow_packet_in_rate: u32,
+}
+
+/// `learn.openflow_answers`: how OpenFlow mode handles the answers toward
+/// the resolvers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnswerHandling {
+    /// To the controller only; released after the learned flows are in.
+    #[default]
+    Hold,
+    /// Forwarded at once (`NORMAL`) and copied to the controller.
+    Copy,
+}
+
+impl std::str::FromStr for AnswerHandling {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "hold" => Ok(AnswerHandling::Hold),
+            "copy" => Ok(AnswerHandling::Copy),
+            other => Err(format!("answer handling {other:?} is not one of hold, copy")),
+        }
+    }
 }
 
 impl Default for Learn {
@@ -552,6 +586,8 @@ impl Default for Learn {
             push_batch: 500,
             queue_limit: 200_000,
             journal: Some(PathBuf::from("/var/lib/rpz-guard/live-learned.journal")),
+            openflow_answers: AnswerHandling::Hold,
+            openflow_packet_in_rate: 10_000,
         }
     }
 }
@@ -565,13 +601,6 @@ impl Learn {
     fn validate(&self, cfg: &Config) -> Result<(), ConfigError> {
         if !self.enabled {
             return Ok(());
-        }
-        if cfg.enforce.mode == Mode::Openflow {
-            return Err(invalid(
-                "learn.enabled",
-                "true",
-                "live learning runs in XDP mode only for now (enforce.mode = \"xdp\")",
-            ));
         }
         let resolvers = self.resolvers_or(&cfg.policy.exempt_sources);
         if resolvers.is_empty() {
@@ -615,6 +644,22 @@ impl Learn {
                     ));
                 }
                 Some(_) => {}
+            }
+        }
+        if cfg.enforce.mode == Mode::Openflow {
+            // The query copy refines each exempt-source flow (whatever it
+            // matches): a resolver outside them has no such flow to refine.
+            if let Some(p) = resolvers.iter().find(|r| {
+                !cfg.policy.exempt_sources.iter().any(|e| e.len() <= r.len() && e.contains(r.addr()))
+            }) {
+                return Err(invalid(
+                    "learn.resolvers",
+                    p,
+                    "in OpenFlow mode every resolver must lie inside policy.exempt_sources",
+                ));
+            }
+            if self.openflow_packet_in_rate == 0 {
+                return Err(invalid("learn.openflow_packet_in_rate", 0, "must be at least 1"));
             }
         }
         if !(1..=3600).contains(&self.window_secs) {
@@ -968,10 +1013,20 @@ mod tests {
             let e = parse(&text).expect_err(&text).to_string();
             assert!(e.contains(needle), "error for {text:?} should name {needle:?}: {e}");
         }
-        let e = parse("[enforce]\nmode = \"openflow\"\n[rpz]\nzone_file = \"z\"\n[policy]\nexempt_sources = [\"10.0.0.53\"]\n[learn]\nenabled = true\n")
-            .expect_err("openflow")
-            .to_string();
-        assert!(e.contains("learn.enabled"), "{e}");
+        let of = "[enforce]\nmode = \"openflow\"\n[rpz]\nzone_file = \"z\"\n[policy]\nexempt_sources = [\"10.0.0.0/24\"]\n[learn]\nenabled = true\n";
+        let c = parse(of).expect("OpenFlow mode learns live (no outside interface needed)");
+        assert_eq!(c.learn.openflow_answers, AnswerHandling::Hold);
+        let c =
+            parse(&format!("{of}openflow_answers = \"copy\"\nresolvers = [\"10.0.0.53\"]\n")).expect("copy");
+        assert_eq!(c.learn.openflow_answers, AnswerHandling::Copy);
+        for (extra, needle) in [
+            ("resolvers = [\"10.0.1.53\"]\n", "learn.resolvers"),
+            ("openflow_answers = \"drop\"\n", "openflow_answers"),
+            ("openflow_packet_in_rate = 0\n", "learn.openflow_packet_in_rate"),
+        ] {
+            let e = parse(&format!("{of}{extra}")).expect_err(extra).to_string();
+            assert!(e.contains(needle), "error for {extra:?} should name {needle:?}: {e}");
+        }
         let e = parse("[enforce]\niface = \"in0\"\n[rpz]\nzone_file = \"z\"\n[learn]\nenabled = true\noutside_iface = \"out0\"\n")
             .expect_err("no resolvers")
             .to_string();

@@ -152,6 +152,8 @@ struct RunArgs {
     /// Learn live from the resolvers' DNS traffic as it crosses the router
     /// (the same rules as `rpz-guard learn`): new name servers and mail
     /// exchangers are enforced at once and pushed to --server by UPDATE.
+    /// XDP mode needs --learn-outside; OpenFlow mode copies the resolvers'
+    /// DNS to the controller (the resolvers must be --exempt sources).
     #[arg(long)]
     learn: bool,
     /// Live learning, XDP mode: the outside interface, where the answers to
@@ -173,6 +175,12 @@ struct RunArgs {
     /// Live learning: enforce new entries locally only, never UPDATE the primary.
     #[arg(long)]
     learn_no_push: bool,
+    /// Live learning, OpenFlow mode: hold (default: an answer toward a
+    /// resolver goes to the controller only and is released once its
+    /// learned flows are installed, so the client's first SYN finds them)
+    /// or copy (forwarded at once, copied to the controller).
+    #[arg(long, value_name = "hold|copy")]
+    learn_openflow_answers: Option<guard_user::config::AnswerHandling>,
     /// How a miss reaches userspace in XDP mode: afxdp (hold the packet,
     /// decide, release it; falls back to ringbuf when AF_XDP is unavailable)
     /// or ringbuf (drop it and ask; the retransmission passes).
@@ -363,6 +371,9 @@ fn merge(args: RunArgs) -> anyhow::Result<Config> {
     }
     if args.learn_no_push {
         l.push = false;
+    }
+    if let Some(a) = args.learn_openflow_answers {
+        l.openflow_answers = a;
     }
     if let Some(t) = args.miss_transport {
         cfg.enforce.miss_transport = t;

@@ -44,6 +44,7 @@ use std::{
 
 use common::{Named, NamedConfig, ZONE};
 use daemon_support::eventually;
+use guard_tests::ovs::Ovs;
 use guard_user::{
     daemon::StatusReport,
     events::DetectionEvent,
@@ -53,6 +54,9 @@ use guard_user::{
 use learn_hierarchy::{Netns, Proc, World, Zone, dig, ip_cmd, ns_cmd, port53};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rpz-guard");
+/// OpenFlow lab: the bridge and its datapath id.
+const OF_BRIDGE: &str = "ofbr";
+const OF_DPID: u64 = 0x0000_0000_0009_1ea5;
 const RESOLVER: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 53);
 const RESOLVER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 0x53);
 const RPZ: Ipv4Addr = Ipv4Addr::new(198, 19, 1, 54);
@@ -77,12 +81,16 @@ struct LiveLab {
     procs: Vec<Proc>,
     smtp: Option<SmtpSink>,
     rpz: Option<Named>,
-    lan: Netns,
+    /// OpenFlow mode: the private Open vSwitch in the router namespace.
+    ovs: Option<Ovs>,
+    /// XDP mode: the LAN bridge namespace.
+    lan: Option<Netns>,
     client: Netns,
     bot: Netns,
     resolver: Netns,
     router: Netns,
-    router2: Netns,
+    /// XDP mode: the second router (follows the RPZ by IXFR).
+    router2: Option<Netns>,
     outside: Netns,
     dir: tempfile::TempDir,
 }
@@ -95,22 +103,23 @@ impl LiveLab {
             procs: Vec::new(),
             smtp: None,
             rpz: None,
-            lan: n("l"),
+            ovs: None,
+            lan: Some(n("l")),
             client: n("c"),
             bot: n("b"),
             resolver: n("r"),
             router: n("g"),
-            router2: n("h"),
+            router2: Some(n("h")),
             outside: n("o"),
             dir,
         };
         let (l, c, b, r, g, h, o) = (
-            lab.lan.name.as_str(),
+            lab.lan.as_ref().map_or("", |n| n.name.as_str()),
             lab.client.name.as_str(),
             lab.bot.name.as_str(),
             lab.resolver.name.as_str(),
             lab.router.name.as_str(),
-            lab.router2.name.as_str(),
+            lab.router2.as_ref().map_or("", |n| n.name.as_str()),
             lab.outside.name.as_str(),
         );
         ip_cmd(&["-n", l, "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0"]);
@@ -173,6 +182,112 @@ impl LiveLab {
             let cidr = if a.is_ipv4() { format!("{a}/32") } else { format!("{a}/128") };
             ip_cmd(&["-n", o, "addr", "add", &cidr, "dev", "lo"]);
         }
+        lab
+    }
+
+    /// OpenFlow mode: the same hosts and addresses, but the LAN is a
+    /// private Open vSwitch bridge (`fail_mode=secure`, controller
+    /// rpz-guard) in the router namespace, whose internal port `ofbr` is the
+    /// router's inside interface (198.19.1.1); `b0` leads outside as before.
+    ///
+    /// ```text
+    ///  client .10 ─┐  OVS bridge ofbr       router ns (rpz-guard, OpenFlow)
+    ///  bot    .66 ─┼─ (enforces) ── ofbr .1 ── kernel routing ── b0 ── outside
+    ///  resolver .53, RPZ .54 ─┘
+    /// ```
+    fn up_openflow(prefix: &str, outside_addrs: &BTreeSet<IpAddr>, of_port: u16) -> LiveLab {
+        let dir = tempfile::Builder::new().prefix("learn-live-of-").tempdir().expect("temp dir");
+        let n = |s: &str| Netns::new(&format!("{prefix}{s}"));
+        let mut lab = LiveLab {
+            procs: Vec::new(),
+            smtp: None,
+            rpz: None,
+            ovs: None,
+            lan: None,
+            client: n("c"),
+            bot: n("b"),
+            resolver: n("r"),
+            router: n("g"),
+            router2: None,
+            outside: n("o"),
+            dir,
+        };
+        let g = lab.router.name.clone();
+        let ovs = Ovs::start(lab.dir.path().join("ovs"), Some(&g))
+            .unwrap_or_else(|e| panic!("private OVS (install openvswitch-switch): {e}"));
+        ovs.add_secure_bridge(OF_BRIDGE, Some(OF_DPID)).expect("add-br");
+        let (c, b, r, o) = (
+            lab.client.name.as_str(),
+            lab.bot.name.as_str(),
+            lab.resolver.name.as_str(),
+            lab.outside.name.as_str(),
+        );
+        for (ns, port, inner) in [(c, "pc", "c0"), (b, "pb", "c0"), (r, "pr", "r0")] {
+            ip_cmd(&["-n", &g, "link", "add", port, "type", "veth", "peer", "name", inner, "netns", ns]);
+            ip_cmd(&["-n", &g, "link", "set", port, "up"]);
+            ip_cmd(&["-n", ns, "link", "set", inner, "up"]);
+            // The netdev datapath reads frames with packet sockets and does
+            // not complete checksums the veth left to offload.
+            ns_cmd(ns, &["ethtool", "-K", inner, "tx", "off"]);
+            ovs.vsctl(&["add-port", OF_BRIDGE, port]).expect("add-port");
+        }
+        ip_cmd(&["-n", &g, "link", "add", "b0", "type", "veth", "peer", "name", "b1", "netns", o]);
+        let addrs: [(&str, &str, &str); 12] = [
+            (c, "c0", "198.19.1.10/24"),
+            (c, "c0", "2001:db8:c::10/64"),
+            (b, "c0", "198.19.1.66/24"),
+            (b, "c0", "2001:db8:c::66/64"),
+            (r, "r0", "198.19.1.53/24"),
+            (r, "r0", "2001:db8:c::53/64"),
+            (r, "r0", "198.19.1.54/24"),
+            (&g, OF_BRIDGE, "198.19.1.1/24"),
+            (&g, OF_BRIDGE, "2001:db8:c::1/64"),
+            (&g, "b0", "198.19.255.1/30"),
+            (&g, "b0", "2001:db8:ff::1/64"),
+            (o, "b1", "198.19.255.2/30"),
+        ];
+        for (ns, dev, a) in addrs {
+            ip_cmd(&["-n", ns, "addr", "add", a, "dev", dev, "nodad"]);
+        }
+        ip_cmd(&["-n", o, "addr", "add", "2001:db8:ff::2/64", "dev", "b1", "nodad"]);
+        for (ns, dev) in [(g.as_str(), OF_BRIDGE), (g.as_str(), "b0"), (o, "b1")] {
+            ip_cmd(&["-n", ns, "link", "set", dev, "up"]);
+        }
+        for ns in [c, b, r] {
+            ip_cmd(&["-n", ns, "route", "add", "default", "via", "198.19.1.1"]);
+            ip_cmd(&["-n", ns, "-6", "route", "add", "default", "via", "2001:db8:c::1"]);
+        }
+        ip_cmd(&["-n", &g, "route", "add", "default", "via", "198.19.255.2"]);
+        ip_cmd(&["-n", &g, "-6", "route", "add", "default", "via", "2001:db8:ff::2"]);
+        ip_cmd(&["-n", o, "route", "add", "198.19.0.0/16", "via", "198.19.255.1"]);
+        ip_cmd(&["-n", o, "-6", "route", "add", "2001:db8:c::/64", "via", "2001:db8:ff::1"]);
+        for (ns, dev) in [(g.as_str(), "b0"), (o, "b1")] {
+            ns_cmd(ns, &["ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off"]);
+        }
+        ns_cmd(&g, &["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"]);
+        // The netdev datapath reads its ports with packet sockets, so the
+        // router's own stack sees their frames too: it must neither answer
+        // ARP for its addresses there (the hosts would address the router
+        // past OVS) nor route anything that arrives on them.
+        for port in ["pc", "pb", "pr"] {
+            ns_cmd(
+                &g,
+                &[
+                    "sysctl",
+                    "-qw",
+                    &format!("net.ipv4.conf.{port}.forwarding=0"),
+                    &format!("net.ipv4.conf.{port}.arp_ignore=8"),
+                    &format!("net.ipv6.conf.{port}.disable_ipv6=1"),
+                ],
+            );
+        }
+        for a in outside_addrs {
+            let cidr = if a.is_ipv4() { format!("{a}/32") } else { format!("{a}/128") };
+            ip_cmd(&["-n", o, "addr", "add", &cidr, "dev", "lo"]);
+        }
+        ovs.vsctl(&["set-controller", OF_BRIDGE, &format!("tcp:127.0.0.1:{of_port}")])
+            .expect("set-controller");
+        lab.ovs = Some(ovs);
         lab
     }
 
@@ -396,6 +511,25 @@ fn forged_responses(lab: &LiveLab, world: &World) {
         // To a host that is not a resolver.
         learn_common::eth_udp(trusted, CLIENT.into(), 53, 40055, &msg(0x5153)),
     ];
+    // Behind a router (OpenFlow lab) the frames must be addressed to it.
+    let frames = match &lab.ovs {
+        None => frames,
+        Some(_) => {
+            let mac = |ns: &str, dev: &str| -> Vec<u8> {
+                let out = ns_cmd(ns, &["cat", &format!("/sys/class/net/{dev}/address")]);
+                out.trim().split(':').map(|h| u8::from_str_radix(h, 16).expect("MAC")).collect()
+            };
+            let (dst, src) = (mac(&lab.router.name, "b0"), mac(&lab.outside.name, "b1"));
+            frames
+                .into_iter()
+                .map(|mut f| {
+                    f[..6].copy_from_slice(&dst);
+                    f[6..12].copy_from_slice(&src);
+                    f
+                })
+                .collect()
+        }
+    };
     guard_tests::netns::send_frames(&lab.outside.name, "b1", &frames).expect("send forged responses");
 }
 
@@ -422,11 +556,23 @@ fn axfr(ns: &str, named: &Named) -> AllowSet {
     .expect("enter the resolver namespace")
 }
 
-fn daemon_args<'a>(lab: &'a LiveLab, key: &'a str, hints: &'a str, journal: &'a str) -> Vec<String> {
-    let _ = lab;
-    [
-        "--iface",
-        "i0",
+fn daemon_args(mode: Mode, key: &str, hints: &str, journal: &str) -> Vec<String> {
+    let of_listen = format!("127.0.0.1:{}", mode.of_port());
+    let point: Vec<&str> = match mode {
+        Mode::Xdp => vec!["--iface", "i0", "--learn-outside", "b0"],
+        // The LAN (resolver, RPZ primary, the router itself) is internal.
+        Mode::Openflow(_) => vec![
+            "--mode",
+            "openflow",
+            "--openflow-listen",
+            &of_listen,
+            "--internal",
+            "198.19.1.0/24",
+            "--internal",
+            "2001:db8:c::/64",
+        ],
+    };
+    let common = [
         "--server",
         "198.19.1.54:53",
         "--tsig-key",
@@ -440,15 +586,27 @@ fn daemon_args<'a>(lab: &'a LiveLab, key: &'a str, hints: &'a str, journal: &'a 
         "--exempt",
         "2001:db8:c::53/128",
         "--learn",
-        "--learn-outside",
-        "b0",
         "--learn-root-hints",
         hints,
         "--learn-journal",
         journal,
-    ]
-    .map(str::to_owned)
-    .to_vec()
+    ];
+    point.into_iter().chain(common).map(str::to_owned).collect()
+}
+
+/// The enforcement point a scenario runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// XDP on the router's inside interface, the copy program on its outside one.
+    Xdp,
+    /// A private Open vSwitch bridge controlled by rpz-guard, on this port.
+    Openflow(u16),
+}
+
+impl Mode {
+    fn of_port(self) -> u16 {
+        if let Mode::Openflow(p) = self { p } else { 0 }
+    }
 }
 
 /// Which parts of the story a scenario runs.
@@ -458,23 +616,40 @@ enum Extent {
     Full,
     /// Learning and the first SYNs only.
     Learning,
+    /// Learning, then the forged and bot cases (nothing learned, events).
+    BadInput,
 }
 
 /// The large MX answer comes over TCP (EDNS 1232, BIND's default), no
 /// QNAME minimisation; then every other check.
 #[test]
 fn live_learning_xdp_real_bind_hierarchy() {
-    scenario("t", 1232, "off", Extent::Full);
+    scenario("t", 1232, "off", Extent::Full, Mode::Xdp);
+}
+
+/// OpenFlow mode (a real Open vSwitch, answers toward the resolver held
+/// until their flows are in): the large MX answer over TCP; first SYNs
+/// over IPv4 and IPv6, entries at BIND, the forged and bot cases.
+#[test]
+fn live_learning_openflow_real_ovs_and_bind() {
+    scenario("o", 1232, "off", Extent::BadInput, Mode::Openflow(common::free_port()));
+}
+
+/// OpenFlow mode with the large MX answer in IPv4 fragments (the later
+/// fragments toward the resolver are held too) and QNAME minimisation.
+#[test]
+fn live_learning_openflow_fragments() {
+    scenario("p", 4096, "relaxed", Extent::Learning, Mode::Openflow(common::free_port()));
 }
 
 /// The large MX answer comes as IPv4 fragments (EDNS 4096), with QNAME
 /// minimisation: the same entries, the same first SYNs.
 #[test]
 fn live_learning_xdp_fragments_and_qname_minimisation() {
-    scenario("f", 4096, "relaxed", Extent::Learning);
+    scenario("f", 4096, "relaxed", Extent::Learning, Mode::Xdp);
 }
 
-fn scenario(tag: &str, udp_size: u16, qmin: &str, extent: Extent) {
+fn scenario(tag: &str, udp_size: u16, qmin: &str, extent: Extent, mode: Mode) {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root (namespaces, XDP, named on port 53)");
     let started = Instant::now();
@@ -485,7 +660,10 @@ fn scenario(tag: &str, udp_size: u16, qmin: &str, extent: Extent) {
     outside.insert(addr(ROGUE));
     outside.insert(addr(BOT_SMTP));
     let prefix = format!("ll{}{tag}", std::process::id() % 100_000);
-    let mut lab = LiveLab::up(&prefix, &outside);
+    let mut lab = match mode {
+        Mode::Xdp => LiveLab::up(&prefix, &outside),
+        Mode::Openflow(port) => LiveLab::up_openflow(&prefix, &outside, port),
+    };
     let auth = learn_hierarchy::start_authoritative(
         &lab.outside.name,
         lab.dir.path(),
@@ -511,11 +689,17 @@ fn scenario(tag: &str, udp_size: u16, qmin: &str, extent: Extent) {
     let journal = lab.path("live.journal");
     let (hints_s, journal_s) =
         (hints.to_str().expect("utf-8").to_owned(), journal.to_str().expect("utf-8").to_owned());
-    let args = daemon_args(&lab, &key, &hints_s, &journal_s);
+    let args = daemon_args(mode, &key, &hints_s, &journal_s);
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let router = lab.router.name.clone();
     let guard = Guard::start(&mut lab, "router", &router, &argv);
-    let router2 = start_router2(&mut lab, &key);
+    if mode != Mode::Xdp {
+        let connected = eventually(Duration::from_secs(15), || {
+            guard.status().extra["switches"].as_array().is_some_and(|s| !s.is_empty())
+        });
+        assert!(connected.is_some(), "the bridge connects to the controller: {:?}", guard.status().extra);
+    }
+    let router2 = (mode == Mode::Xdp).then(|| start_router2(&mut lab, &key));
     start_resolver(&mut lab, &world, udp_size, qmin);
 
     // The bot first: blocked, and nothing it does is learned.
@@ -567,6 +751,27 @@ fn scenario(tag: &str, udp_size: u16, qmin: &str, extent: Extent) {
     assert_eq!((live.queued, live.push_errors), (0, 0), "{live:?}");
     let lag = live.lag_enforced.expect("lag answer → enforced measured");
     assert!(lag.p99_us < 50_000.0, "answer → enforced {lag:?}");
+    if mode != Mode::Xdp {
+        // Held answers were released behind their flows, confirmed by barriers.
+        let flows = live.lag_flows.expect("answer → flows confirmed measured");
+        assert!(flows.samples > 0 && flows.p99_us < 200_000.0, "answer → flows {flows:?}");
+        let of = guard.status().extra;
+        assert!(of["learn_released"].as_u64().is_some_and(|n| n > 0), "held answers released: {of:?}");
+        assert_eq!(of["learn_shed"].as_u64(), Some(0), "{of:?}");
+        let dump = lab.ovs.as_ref().expect("ovs").dump_flows(OF_BRIDGE).expect("dump-flows");
+        for (a, _) in &conns {
+            assert!(dump.contains(&format!("={a},")), "the proactive flows of {a} are in OVS:\n{dump}");
+        }
+        // The large MX answer took the held path it had to: TCP, or fragments.
+        let held = if udp_size > 1500 {
+            "ip,nw_dst=198.19.1.53,nw_frag=later"
+        } else {
+            "tcp,nw_dst=198.19.1.53,tp_src=53"
+        };
+        let line =
+            dump.lines().find(|l| l.contains(held)).unwrap_or_else(|| panic!("no {held} flow:\n{dump}"));
+        assert!(!line.contains("n_packets=0,"), "the large answer came through {held}:\n{line}");
+    }
 
     if extent == Extent::Learning {
         eprintln!("live learning lab {tag}: {:?}; connects {conns:?}; lag {lag:?}", started.elapsed());
@@ -601,6 +806,10 @@ fn scenario(tag: &str, udp_size: u16, qmin: &str, extent: Extent) {
         "an event names the bot's DNS to the rogue: {events:?}"
     );
     assert!(events.iter().all(|e| e.src != IpAddr::from(CLIENT)), "the client was never blocked: {events:?}");
+    if extent == Extent::BadInput {
+        eprintln!("live learning lab {tag}: {:?}; connects {conns:?}; lag {lag:?}", started.elapsed());
+        return;
+    }
 
     // A flood of DNS responses toward the resolver neither starves
     // enforcement nor grows the daemon.
@@ -608,7 +817,7 @@ fn scenario(tag: &str, udp_size: u16, qmin: &str, extent: Extent) {
 
     // A second router following the RPZ by IXFR enforces the learned
     // entries without seeing any DNS.
-    second_router(&mut lab, &router2, &conns, smtp.len());
+    second_router(&mut lab, router2.as_ref().expect("XDP mode has a second router"), &conns, smtp.len());
 
     // BIND unreachable: new entries stay enforced and queued, survive a
     // restart (journal), and are pushed once BIND is back.
@@ -720,7 +929,7 @@ fn response_flood(lab: &LiveLab, guard: &Guard, conns: &[(IpAddr, Duration)]) {
 /// link to the outside), no live learning, following the RPZ (SOA poll,
 /// then IXFR). Started before anything is learned.
 fn start_router2(lab: &mut LiveLab, key: &str) -> Guard {
-    let h = lab.router2.name.clone();
+    let h = lab.router2.as_ref().expect("XDP lab").name.clone();
     let args = [
         "--iface",
         "i0",

@@ -1,6 +1,9 @@
 //! The controller against synthetic switches over loopback (no privileges):
 //! handshake and resync sequence, packet-in decisions, allow-set diffs,
-//! echo keepalive and dead-peer detection, several switches at once.
+//! echo keepalive and dead-peer detection, several switches at once; live
+//! learning (learning flows, held answers released behind the learned
+//! flows and a barrier, the limit shedding without releasing).
+mod learn_common;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -10,7 +13,7 @@ use guard_user::{
     metrics::Counters,
     miss::{BoxFuture, CacheTtl, LookupError, MissResolver, RpzSource, SetSource},
     openflow::{
-        ControllerConfig, ControllerShared,
+        ControllerConfig, ControllerShared, Learning,
         codec::{
             Action, Body, FeaturesReply, FlowMod, Instruction, Message, OFPP_NORMAL, PacketIn, flow_cmd,
             frag, message_len, meter_cmd,
@@ -52,12 +55,33 @@ async fn rig_with(
     rpz: Option<Arc<dyn RpzSource>>,
     tweak: impl FnOnce(&mut ControllerConfig),
 ) -> Rig {
+    rig_full(set, rpz, None, tweak).await
+}
+
+/// A rig whose controller feeds the learning flows' packet-ins to `learning`.
+async fn rig_learning(
+    set: AllowSet,
+    tweak: impl FnOnce(&mut ControllerConfig),
+    learning: Option<Arc<Learning>>,
+) -> Rig {
+    rig_full(set, None, learning, tweak).await
+}
+
+async fn rig_full(
+    set: AllowSet,
+    rpz: Option<Arc<dyn RpzSource>>,
+    learning: Option<Arc<Learning>>,
+    tweak: impl FnOnce(&mut ControllerConfig),
+) -> Rig {
     let (tx, rx) = watch::channel(Arc::new(set));
     let rpz = rpz.unwrap_or_else(|| Arc::new(SetSource(rx.clone())));
     let resolver = Arc::new(MissResolver::new(rpz, CacheTtl::default()));
     let events = Arc::new(EventSink::open(&EventOutput::None).expect("events"));
     let counters = Arc::new(Counters::default());
-    let shared = ControllerShared::new(rx, resolver, events.clone(), counters.clone());
+    let mut shared = ControllerShared::new(rx, resolver, events.clone(), counters.clone());
+    if let Some(l) = learning {
+        shared = shared.with_learning(l);
+    }
     let mut cfg =
         ControllerConfig { echo_interval_secs: 1, dead_peer_secs: 2, ..ControllerConfig::default() };
     tweak(&mut cfg);
@@ -466,4 +490,275 @@ async fn a_verdict_taken_on_an_older_set_is_taken_again() {
     assert!(!ms.iter().any(|m| matches!(m.body, Body::PacketOut(_))), "the packet is not sent on");
     assert_eq!(r.counters.snapshot()[Stat::DropNotRegistered as usize], 1);
     r.cancel.cancel();
+}
+
+mod live {
+    //! Live learning through the controller (issue 9).
+    use guard_user::{
+        learn::{Hints, live::LiveAllow},
+        openflow::{
+            codec::{Instruction, OFPP_CONTROLLER, PacketOut},
+            flows::{COOKIE_LEARN_HELD, COOKIE_LEARN_QUERY, LEARN_METER, PRIO_LEARN},
+        },
+    };
+    use hickory_proto::{op::ResponseCode::NoError, rr::RecordType};
+
+    use super::{learn_common::*, *};
+
+    const TLD: &str = "192.5.6.30";
+    const NS1: &str = "203.0.113.10";
+    const MAIL: &str = "203.0.113.25";
+    const MAIL6: &str = "2001:db8::25";
+    const IN_PORT: u32 = 3;
+
+    fn learning() -> (Arc<Learning>, Arc<LiveAllow>) {
+        let live = Arc::new(LiveAllow::new(1000).expect("eventfd"));
+        let l =
+            Learning::new(&Hints::root(), 10_000_000_000, true, live.clone(), Box::new(|_| Classes::NONE));
+        (l, live)
+    }
+
+    fn learn_cfg(c: &mut ControllerConfig) {
+        c.exempt_sources = vec![pfx(RESOLVER)];
+        c.learn_resolvers = vec![pfx(RESOLVER)];
+    }
+
+    /// The resolver's conversation down to example.com's MX: queries and answers.
+    fn conversation() -> Vec<Vec<u8>> {
+        let mut c = Conv::new();
+        c.exchange(
+            RESOLVER,
+            ROOT_A,
+            query(1, "example.com.", RecordType::MX),
+            response(
+                1,
+                "example.com.",
+                RecordType::MX,
+                NoError,
+                vec![],
+                vec![ns("com.", "a.gtld-servers.net.")],
+                vec![a("a.gtld-servers.net.", TLD)],
+            ),
+        );
+        c.exchange(
+            RESOLVER,
+            TLD,
+            query(2, "example.com.", RecordType::MX),
+            response(
+                2,
+                "example.com.",
+                RecordType::MX,
+                NoError,
+                vec![],
+                vec![ns("example.com.", "ns1.example.com.")],
+                vec![a("ns1.example.com.", NS1)],
+            ),
+        );
+        c.exchange(
+            RESOLVER,
+            NS1,
+            query(3, "example.com.", RecordType::MX),
+            response(
+                3,
+                "example.com.",
+                RecordType::MX,
+                NoError,
+                vec![mx("example.com.", 10, "mail.example.com.")],
+                vec![],
+                vec![a("mail.example.com.", MAIL), aaaa("mail.example.com.", MAIL6)],
+            ),
+        );
+        c.frames.into_iter().map(|(_, f)| f).collect()
+    }
+
+    fn learn_in(cookie: u64, frame: Vec<u8>) -> Message {
+        Message::new(
+            0,
+            Body::PacketIn(PacketIn {
+                buffer_id: u32::MAX,
+                total_len: u16::try_from(frame.len()).expect("small"),
+                reason: 1,
+                table_id: 0,
+                cookie,
+                r#match: Match::new(vec![Oxm::InPort(IN_PORT)]),
+                data: frame,
+            }),
+        )
+    }
+
+    fn packet_out(m: &Message) -> Option<&PacketOut> {
+        if let Body::PacketOut(p) = &m.body { Some(p) } else { None }
+    }
+
+    #[tokio::test]
+    async fn learning_flows_copy_queries_and_hold_answers() {
+        let (l, _) = learning();
+        let r = rig_learning(AllowSet::new(), learn_cfg, Some(l)).await;
+        let mut sw = FakeSwitch::connect(r.addr, 0x10).await;
+        let ms = sw.until_barrier().await;
+        assert!(
+            ms.iter().any(|m| matches!(&m.body, Body::MeterMod(mm) if mm.meter_id == LEARN_METER
+                && mm.command == meter_cmd::ADD && mm.bands[0].rate == 10_000)),
+            "the learning meter"
+        );
+        let fms = flow_mods(&ms);
+        let queries: Vec<_> = fms.iter().filter(|f| f.cookie == COOKIE_LEARN_QUERY).collect();
+        assert_eq!(queries.len(), 2, "udp and tcp queries of the one resolver: {queries:?}");
+        for q in &queries {
+            assert_eq!(q.priority, PRIO_LEARN);
+            assert!(q.r#match.fields.contains(&Oxm::Ipv4Src([10, 1, 0, 53].into(), None)));
+            assert!(
+                q.r#match.fields.contains(&Oxm::UdpDst(53)) || q.r#match.fields.contains(&Oxm::TcpDst(53))
+            );
+            assert_eq!(
+                q.instructions,
+                vec![Instruction::ApplyActions(vec![
+                    Action::output(OFPP_NORMAL),
+                    Action::output(OFPP_CONTROLLER)
+                ])],
+                "forwarded as the exempt flow does, and copied"
+            );
+        }
+        let held: Vec<_> = fms.iter().filter(|f| f.cookie == COOKIE_LEARN_HELD).collect();
+        assert_eq!(held.len(), 3, "udp, tcp answers and later fragments toward the resolver: {held:?}");
+        for h in &held {
+            assert!(h.r#match.fields.contains(&Oxm::Ipv4Dst([10, 1, 0, 53].into(), None)));
+            assert_eq!(
+                h.instructions,
+                vec![
+                    Instruction::Meter(LEARN_METER),
+                    Instruction::ApplyActions(vec![Action::output(OFPP_CONTROLLER)])
+                ],
+                "held: the controller only, metered"
+            );
+        }
+        r.cancel.cancel();
+
+        // Copy mode: answers forwarded at once and copied, no meter.
+        let (l, _) = learning();
+        let r = rig_learning(
+            AllowSet::new(),
+            |c| {
+                learn_cfg(c);
+                c.learn_hold_answers = false;
+            },
+            Some(l),
+        )
+        .await;
+        let mut sw = FakeSwitch::connect(r.addr, 0x11).await;
+        let ms = sw.until_barrier().await;
+        assert!(!ms.iter().any(|m| matches!(&m.body, Body::MeterMod(mm) if mm.meter_id == LEARN_METER)));
+        assert!(flow_mods(&ms).iter().all(|f| f.cookie != COOKIE_LEARN_HELD));
+        r.cancel.cancel();
+    }
+
+    /// The ordering by construction: every held answer that teaches
+    /// entries is released after their allow flows and a barrier; the
+    /// query copies are never sent on (the switch forwarded them).
+    #[tokio::test]
+    async fn held_answers_are_released_behind_the_learned_flows() {
+        let (l, live) = learning();
+        let r = rig_learning(AllowSet::new(), learn_cfg, Some(l)).await;
+        let mut sw = FakeSwitch::connect(r.addr, 0x12).await;
+        sw.until_barrier().await;
+        let frames = conversation();
+        for (i, f) in frames.iter().enumerate() {
+            let is_answer = i % 2 == 1;
+            let cookie = if is_answer { COOKIE_LEARN_HELD } else { COOKIE_LEARN_QUERY };
+            sw.send(learn_in(cookie, f.clone())).await;
+            let ms = sw.drain(Duration::from_millis(200)).await;
+            if !is_answer {
+                assert!(ms.is_empty(), "a query copy gets no answer: {ms:?}");
+                continue;
+            }
+            let out = ms.iter().position(|m| packet_out(m).is_some()).expect("the held answer is released");
+            let po = packet_out(&ms[out]).expect("packet-out");
+            assert_eq!(
+                (po.in_port, po.actions.clone(), &po.data),
+                (IN_PORT, vec![Action::output(OFPP_NORMAL)], f)
+            );
+            let barrier = ms.iter().position(|m| m.body == Body::BarrierRequest).expect("a barrier");
+            let adds: Vec<usize> = ms
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| matches!(&m.body, Body::FlowMod(f) if f.cookie == COOKIE_PROACTIVE && f.command == flow_cmd::ADD))
+                .map(|(i, _)| i)
+                .collect();
+            assert!(!adds.is_empty(), "answer {i} teaches an entry: {ms:?}");
+            assert!(
+                adds.iter().all(|a| *a < barrier) && barrier < out,
+                "flows, barrier, then the answer: {ms:?}"
+            );
+            sw.send(Message::new(ms[barrier].xid, Body::BarrierReply)).await;
+        }
+        // The mail host: SMTP (25/465/587) and DNS ports, v4 and v6.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(live.lookup(ip(MAIL)), Classes::SMTP);
+        assert_eq!(live.lookup(ip(MAIL6)), Classes::SMTP);
+        let st = live.stats();
+        assert_eq!(st.learned, 4, "{st:?}");
+        assert!(st.lag_flows.is_some_and(|l| l.samples == 3), "answer → flows confirmed: {st:?}");
+        let c = r.counters.snapshot();
+        assert_eq!(c[Stat::DnsCopied as usize], 6);
+        assert_eq!(r.shared.status().learn_released, 3);
+
+        // An unsolicited answer teaches nothing and is released alone.
+        let forged = eth_udp(ip(NS1), ip(RESOLVER), 53, 40999, &query(9, "evil.example.", RecordType::MX));
+        sw.send(learn_in(COOKIE_LEARN_HELD, forged)).await;
+        let ms = sw.drain(Duration::from_millis(200)).await;
+        assert_eq!(ms.len(), 1, "only the packet-out: {ms:?}");
+        assert!(packet_out(&ms[0]).is_some());
+
+        // A switch connecting later gets the live entries in its resync.
+        let mut b = FakeSwitch::connect(r.addr, 0x13).await;
+        let ms = b.until_barrier().await;
+        let mail = flow_mods(&ms)
+            .into_iter()
+            .filter(|f| f.cookie == COOKIE_PROACTIVE && dst_of(f) == Some(MAIL.parse().expect("ip")))
+            .count();
+        assert_eq!(mail, 5, "SMTP entry: 25/465/587 and DNS udp/tcp");
+
+        // The zone confirms the entry: its flows stay (no delete, no re-add).
+        r.allow.send_modify(|s| {
+            let mut n = (**s).clone();
+            n.add(pfx(MAIL), Classes::SMTP);
+            *s = Arc::new(n);
+        });
+        let ms = sw.until_barrier().await;
+        assert!(
+            flow_mods(&ms).iter().all(|f| dst_of(f) != Some(MAIL.parse().expect("ip"))),
+            "a confirmed live entry keeps its flows: {ms:?}"
+        );
+        r.cancel.cancel();
+    }
+
+    /// Over the controller's limit a held answer is shed: counted as a lost
+    /// copy, never released.
+    #[tokio::test]
+    async fn shed_answers_are_never_released() {
+        let (l, _) = learning();
+        let r = rig_learning(
+            AllowSet::new(),
+            |c| {
+                learn_cfg(c);
+                c.max_packet_ins_per_sec = 5;
+            },
+            Some(l),
+        )
+        .await;
+        let mut sw = FakeSwitch::connect(r.addr, 0x14).await;
+        sw.until_barrier().await;
+        let answer = eth_udp(ip(NS1), ip(RESOLVER), 53, 41000, &query(9, "x.example.", RecordType::A));
+        for _ in 0..40 {
+            sw.send(learn_in(COOKIE_LEARN_HELD, answer.clone())).await;
+        }
+        let ms = sw.drain(Duration::from_millis(500)).await;
+        let outs = ms.iter().filter(|m| packet_out(m).is_some()).count() as u64;
+        let st = r.shared.status();
+        let lost = r.counters.snapshot()[Stat::DnsCopyLost as usize];
+        assert!(st.learn_shed > 0 && outs < 40, "shed {} released {outs}", st.learn_shed);
+        assert_eq!(outs + st.learn_shed, 40, "every held answer is released or shed");
+        assert_eq!(lost, st.learn_shed, "shed copies are counted lost");
+        r.cancel.cancel();
+    }
 }

@@ -1,5 +1,7 @@
 //! Live learning in the daemon (issue 9): the learner thread reading the
-//! kernel's copy ring, the UPDATE pusher, the journal replay at start.
+//! kernel's copy ring (XDP mode) or the learner the OpenFlow sessions feed
+//! ([`crate::openflow::learn`]), the UPDATE pusher, the journal replay at
+//! start.
 //!
 //! ```text
 //!  XDP inside (queries from resolvers) ─┐
@@ -35,9 +37,10 @@ use crate::{
         live::{LiveAllow, LiveLearner, monotonic_ns},
         push::{PushConfig, load_journal, push_loop},
     },
+    openflow::Learning,
     policy::AllowSet,
     rpz::tsig::TsigKey,
-    xdp::{AllowWriter, Enforcer},
+    xdp::Enforcer,
 };
 
 /// Starts live learning for XDP mode: names the resolvers to the program,
@@ -51,24 +54,16 @@ pub(super) fn start_xdp(
     cancel: &CancellationToken,
 ) -> Result<Arc<LiveAllow>, DaemonError> {
     let l = &cfg.learn;
-    let hints = learn::load_hints(l.root_hints.as_deref(), &l.trust_initial)
-        .map_err(|e| DaemonError::Learn(e.to_string()))?;
-    let live = Arc::new(LiveAllow::new(l.queue_limit).map_err(|source| DaemonError::Io {
-        what: "cannot create the live learner's eventfd",
-        path: "-".into(),
-        source,
-    })?);
+    let (hints, live) = prepare(cfg)?;
     let resolvers = l.resolvers_or(&cfg.policy.exempt_sources);
     enforcer.set_resolvers(&resolvers)?;
     let ring = enforcer.take_dns_copy()?;
     let mut writer = enforcer.allow_writer()?;
-    replay_journal(cfg, &live, &mut writer, &zone);
+    replay_journal(cfg, &live, &zone, |ip, c| writer.set(ip, c).map_err(|e| e.to_string()));
 
-    let z = zone.clone();
-    let lookup: learn::live::ZoneLookup = Box::new(move |ip| z.borrow().lookup(ip));
     let enforce: learn::live::Enforce = Box::new(move |ip, c| writer.set(ip, c).map_err(|e| e.to_string()));
-    let window_ns = l.window_secs.saturating_mul(1_000_000_000);
-    let learner = LiveLearner::new(&hints, window_ns, l.trust_zone, live.clone(), lookup, enforce);
+    let learner =
+        LiveLearner::new(&hints, window_ns(cfg), l.trust_zone, live.clone(), zone_lookup(&zone), enforce);
     let stop = Arc::new(AtomicBool::new(false));
     let thread_stop = stop.clone();
     let thread = std::thread::Builder::new()
@@ -94,7 +89,83 @@ pub(super) fn start_xdp(
         stop.store(true, Ordering::Release);
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     });
+    start_pusher(cfg, &live, zone, tasks, cancel)?;
 
+    let outside = l.outside_iface.clone().unwrap_or_default();
+    let mode = enforcer.attach_outside(&outside, cfg.enforce.xdp_mode)?;
+    tracing::info!(
+        outside = %outside,
+        mode = %mode,
+        resolvers = ?resolvers.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "live learning: copying the resolvers' DNS"
+    );
+    Ok(live)
+}
+
+/// Starts live learning for OpenFlow mode: the learner the controller's
+/// sessions feed (the learning flows go in with each switch's resync),
+/// the journal replay (its entries are installed by every switch's
+/// resync) and the pusher.
+pub(super) fn start_openflow(
+    cfg: &Config,
+    zone: watch::Receiver<Arc<AllowSet>>,
+    tasks: &mut tokio::task::JoinSet<()>,
+    cancel: &CancellationToken,
+) -> Result<Arc<Learning>, DaemonError> {
+    let (hints, live) = prepare(cfg)?;
+    replay_journal(cfg, &live, &zone, |_, _| Ok(()));
+    let learning =
+        Learning::new(&hints, window_ns(cfg), cfg.learn.trust_zone, live.clone(), zone_lookup(&zone));
+    let (l, c) = (learning.clone(), cancel.clone());
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                () = c.cancelled() => return,
+                _ = tick.tick() => l.publish(),
+            }
+        }
+    });
+    start_pusher(cfg, &live, zone, tasks, cancel)?;
+    tracing::info!(
+        resolvers = ?cfg.learn.resolvers_or(&cfg.policy.exempt_sources).iter().map(ToString::to_string).collect::<Vec<_>>(),
+        answers = ?cfg.learn.openflow_answers,
+        "live learning: the switches copy the resolvers' DNS to the controller"
+    );
+    Ok(learning)
+}
+
+/// The hints the learner trusts first and the shared live state.
+fn prepare(cfg: &Config) -> Result<(learn::Hints, Arc<LiveAllow>), DaemonError> {
+    let l = &cfg.learn;
+    let hints = learn::load_hints(l.root_hints.as_deref(), &l.trust_initial)
+        .map_err(|e| DaemonError::Learn(e.to_string()))?;
+    let live = Arc::new(LiveAllow::new(l.queue_limit).map_err(|source| DaemonError::Io {
+        what: "cannot create the live learner's eventfd",
+        path: "-".into(),
+        source,
+    })?);
+    Ok((hints, live))
+}
+
+fn window_ns(cfg: &Config) -> u64 {
+    cfg.learn.window_secs.saturating_mul(1_000_000_000)
+}
+
+fn zone_lookup(zone: &watch::Receiver<Arc<AllowSet>>) -> learn::live::ZoneLookup {
+    let z = zone.clone();
+    Box::new(move |ip| z.borrow().lookup(ip))
+}
+
+/// The UPDATE pusher (or only the journal, without a primary to push to).
+fn start_pusher(
+    cfg: &Config,
+    live: &Arc<LiveAllow>,
+    zone: watch::Receiver<Arc<AllowSet>>,
+    tasks: &mut tokio::task::JoinSet<()>,
+    cancel: &CancellationToken,
+) -> Result<(), DaemonError> {
+    let l = &cfg.learn;
     let key = match (&cfg.rpz.server, &cfg.rpz.tsig_key, l.push) {
         (Some(server), Some(path), true) => Some((*server, cfg.rpz.zone.clone(), TsigKey::from_file(path)?)),
         _ => None,
@@ -122,24 +193,17 @@ pub(super) fn start_xdp(
     tasks.spawn(async move {
         push_loop(p_live, push, zone, p_cancel).await;
     });
-
-    let outside = l.outside_iface.clone().unwrap_or_default();
-    let mode = enforcer.attach_outside(&outside, cfg.enforce.xdp_mode)?;
-    tracing::info!(
-        outside = %outside,
-        mode = %mode,
-        resolvers = ?resolvers.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "live learning: copying the resolvers' DNS"
-    );
-    Ok(live)
+    Ok(())
 }
 
 /// Entries of the journal the zone still lacks: enforced and queued again.
+/// `enforce` writes one to the kernel maps (XDP mode; OpenFlow mode installs
+/// every live entry with each switch's resync).
 fn replay_journal(
     cfg: &Config,
     live: &LiveAllow,
-    writer: &mut AllowWriter,
     zone: &watch::Receiver<Arc<AllowSet>>,
+    mut enforce: impl FnMut(std::net::IpAddr, crate::policy::Classes) -> Result<(), String>,
 ) {
     let Some(path) = cfg.learn.journal.as_deref() else { return };
     match load_journal(path) {
@@ -153,7 +217,7 @@ fn replay_journal(
                 }
                 if let Some(now) = live.insert(ip, c, monotonic_ns()) {
                     taken += 1;
-                    if let Err(e) = writer.set(ip, now.union(have)) {
+                    if let Err(e) = enforce(ip, now.union(have)) {
                         tracing::warn!(%ip, error = %e, "enforcing a journalled entry failed");
                     }
                 }

@@ -177,16 +177,17 @@ impl Shared {
                     n(l.raced_misses),
                 ),
             ]);
-            for (what, lag) in [("enforced", &l.lag_enforced), ("pushed", &l.lag_pushed)] {
+            for (name, lag) in [
+                ("live_lag_enforced_seconds", &l.lag_enforced),
+                ("live_lag_pushed_seconds", &l.lag_pushed),
+                ("live_lag_flows_seconds", &l.lag_flows),
+            ] {
                 if let Some(lag) = lag {
                     for (q, v) in [("0.5", lag.p50_us), ("0.99", lag.p99_us)] {
                         g.push(Gauge {
-                            name: if what == "enforced" {
-                                "live_lag_enforced_seconds"
-                            } else {
-                                "live_lag_pushed_seconds"
-                            },
-                            help: "Live learning: answer to entry enforced / accepted by the primary.",
+                            name,
+                            help: "Live learning: answer to entry enforced / accepted by the primary / \
+                                   its OpenFlow flows confirmed by the switch.",
                             label: Some(("quantile", q.to_owned())),
                             value: v / 1e6,
                         });

@@ -206,9 +206,13 @@ async fn run_bound(
     let mut tasks = tokio::task::JoinSet::new();
     // Live learning: after the initial mirror (its diff would take back
     // journalled entries), before the enforcer is shared.
-    let live = match (cfg.learn.enabled, enforcer.as_mut()) {
-        (true, Some(e)) => Some(learn::start_xdp(&cfg, e, allow_rx.clone(), &mut tasks, &cancel)?),
-        _ => None,
+    let (live, learning) = match (cfg.learn.enabled, enforcer.as_mut()) {
+        (true, Some(e)) => (Some(learn::start_xdp(&cfg, e, allow_rx.clone(), &mut tasks, &cancel)?), None),
+        (true, None) => {
+            let l = learn::start_openflow(&cfg, allow_rx.clone(), &mut tasks, &cancel)?;
+            (Some(l.live().clone()), Some(l))
+        }
+        _ => (None, None),
     };
 
     let enforcer = enforcer.map(|e| Arc::new(Mutex::new(e)));
@@ -235,7 +239,7 @@ async fn run_bound(
         _ => {
             let c = cfg.clone();
             let (sh, cn) = (shared.clone(), cancel.clone());
-            tokio::spawn(async move { openflow::run(&c, sh, cn).await })
+            tokio::spawn(async move { openflow::run(&c, sh, learning, cn).await })
         }
     };
     if cfg.enforce.mode == Mode::Openflow {

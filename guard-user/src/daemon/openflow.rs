@@ -1,5 +1,5 @@
 //! The OpenFlow enforcement point: the controller serving the same allow
-//! set, miss path, events and counters as XDP mode.
+//! set, miss path, events, counters and live learning as XDP mode.
 
 use std::sync::Arc;
 
@@ -12,6 +12,7 @@ use crate::config::Config;
 pub(super) async fn run(
     cfg: &Config,
     shared: Arc<Shared>,
+    learning: Option<Arc<crate::openflow::Learning>>,
     cancel: CancellationToken,
 ) -> Result<(), DaemonError> {
     use crate::openflow::{ControllerConfig, ControllerShared};
@@ -23,6 +24,10 @@ pub(super) async fn run(
         shared.events.clone(),
         shared.counters.clone(),
     );
+    let cshared = match learning {
+        Some(l) => cshared.with_learning(l),
+        None => cshared,
+    };
     let view = cshared.clone();
     *lock(&shared.extra) = Some(Box::new(move || serde_json::to_value(view.status()).unwrap_or_default()));
     *lock(&shared.point) = format!("openflow:{}", of.listen);

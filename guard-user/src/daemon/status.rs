@@ -469,6 +469,9 @@ fn render_live(o: &mut String, l: &LiveStats) {
     }
     let _ = writeln!(o, "  answer → enforced  {}", lag(&l.lag_enforced));
     let _ = writeln!(o, "  answer → at BIND   {}", lag(&l.lag_pushed));
+    if l.lag_flows.is_some() {
+        let _ = writeln!(o, "  answer → flows in  {}  (OpenFlow: switch confirmed)", lag(&l.lag_flows));
+    }
 }
 
 /// The start-up and outage lines (issue 17): what was enforced at start,

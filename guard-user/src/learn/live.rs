@@ -133,6 +133,10 @@ pub struct LiveStats {
     pub lag_enforced: Option<Lag>,
     /// Answer → entry accepted by the primary.
     pub lag_pushed: Option<Lag>,
+    /// OpenFlow mode: answer packet-in → the switch confirmed the learned
+    /// flows (its BARRIER_REPLY); the answer is released right behind them.
+    #[serde(default)]
+    pub lag_flows: Option<Lag>,
 }
 
 /// Live-learned entries, the learner's progress, the push queue and the
@@ -153,6 +157,7 @@ pub struct LiveAllow {
     packets: AtomicU64,
     lag_enforced: Mutex<Samples>,
     lag_pushed: Mutex<Samples>,
+    lag_flows: Mutex<Samples>,
 }
 
 impl std::fmt::Debug for LiveAllow {
@@ -189,6 +194,7 @@ impl LiveAllow {
             packets: AtomicU64::new(0),
             lag_enforced: Mutex::new(Samples::default()),
             lag_pushed: Mutex::new(Samples::default()),
+            lag_flows: Mutex::new(Samples::default()),
         })
     }
 
@@ -417,6 +423,11 @@ impl LiveAllow {
         lock(&self.lag_enforced).push(ns);
     }
 
+    /// Records one answer → flows confirmed by the switch lag (OpenFlow).
+    pub fn flows_confirmed_after(&self, ns: u64) {
+        lock(&self.lag_flows).push(ns);
+    }
+
     /// Copies the learner has read so far (cheap: no lock, no percentiles).
     pub fn packets(&self) -> u64 {
         self.packets.load(Ordering::Acquire)
@@ -427,6 +438,7 @@ impl LiveAllow {
         let mut s = lock(&self.stats).clone();
         s.lag_enforced = lock(&self.lag_enforced).percentiles();
         s.lag_pushed = lock(&self.lag_pushed).percentiles();
+        s.lag_flows = lock(&self.lag_flows).percentiles();
         s
     }
 }
@@ -478,12 +490,15 @@ impl LiveLearner {
     }
 
     /// Feeds one Ethernet frame copied at kernel time `ts_ns`; entries it
-    /// teaches are enforced before this returns.
-    pub fn packet(&mut self, ts_ns: u64, frame: &[u8]) {
+    /// teaches are enforced before this returns. Returns them, each with
+    /// every class it must now pass with (what was given to the enforce
+    /// function; empty for almost every packet, without allocating).
+    pub fn packet(&mut self, ts_ns: u64, frame: &[u8]) -> Vec<(IpAddr, Classes)> {
         self.pipeline.packet(ts_ns, LINKTYPE_ETHERNET, frame);
         let new = self.pipeline.take_new_entries();
+        let mut taught = Vec::new();
         if new.is_empty() {
-            return;
+            return taught;
         }
         for (p, c) in new {
             let ip = p.addr();
@@ -493,6 +508,7 @@ impl LiveLearner {
                 continue;
             }
             let Some(live) = self.live.insert(ip, c, ts_ns) else { continue };
+            taught.push((ip, live.union(zone)));
             let res = (self.enforce)(ip, live.union(zone));
             let done = monotonic_ns();
             match res {
@@ -507,6 +523,7 @@ impl LiveLearner {
             }
             self.live.update_stats(|s| s.learned += 1);
         }
+        taught
     }
 
     /// Ends a batch: publishes progress `drained_from_ns` (the time taken

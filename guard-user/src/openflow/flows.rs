@@ -23,6 +23,19 @@ pub const COOKIE_PROACTIVE: u64 = COOKIE_TAG | (2 << 32);
 /// Kind: reactive verdict flows installed after a packet-in.
 pub const COOKIE_VERDICT: u64 = COOKIE_TAG | (3 << 32);
 
+/// Kind: live learning, the resolvers' DNS sent to the controller (issue 9).
+pub const COOKIE_LEARN: u64 = COOKIE_TAG | (4 << 32);
+/// A resolver's query: forwarded as its exempt flow would, and copied.
+pub const COOKIE_LEARN_QUERY: u64 = COOKIE_LEARN | 1;
+/// An answer toward a resolver, held: the controller learns from it,
+/// installs the learned flows, then releases it.
+pub const COOKIE_LEARN_HELD: u64 = COOKIE_LEARN | 2;
+/// An answer toward a resolver, forwarded at once and copied.
+pub const COOKIE_LEARN_COPY: u64 = COOKIE_LEARN | 3;
+
+/// Priority of the live-learning flows: above the exempt-source flows they
+/// refine (queries) and everything an answer toward a resolver could match.
+pub const PRIO_LEARN: u16 = 40_100;
 /// Priority of exempt-source rules.
 pub const PRIO_EXEMPT: u16 = 40_000;
 /// Priority of internal-destination rules.
@@ -41,6 +54,12 @@ pub const PRIO_MISS: u16 = 0;
 
 /// Meter id used to rate-limit packet-ins.
 pub const PACKET_IN_METER: u32 = 1;
+/// Meter id bounding the held answers sent to the controller (live
+/// learning), apart from [`PACKET_IN_METER`] so that neither path starves
+/// the other.
+pub const LEARN_METER: u32 = 2;
+/// The DNS port whose traffic live learning copies.
+const DNS_PORT: u16 = 53;
 
 const ETH_IPV4: u16 = 0x0800;
 const ETH_IPV6: u16 = 0x86dd;
@@ -209,4 +228,87 @@ pub fn verdict_flow(
 /// Number of proactive flows an entry needs.
 pub fn allow_flow_count(cfg: &ControllerConfig, classes: Classes) -> usize {
     allowed_ports(cfg, classes).count()
+}
+
+/// True for a live-learning cookie ([`COOKIE_LEARN`] kind).
+pub fn is_learn_cookie(cookie: u64) -> bool {
+    cookie & COOKIE_KIND_MASK == COOKIE_LEARN
+}
+
+/// Replaces the source-address field of an exempt flow's match by
+/// `resolver` (same family); `None` when the match has no source field.
+fn refine_source(m: &Match, resolver: &Prefix) -> Option<Vec<Oxm>> {
+    let src = prefix_fields(resolver, false).pop().filter(|_| !resolver.is_empty())?;
+    let mut found = false;
+    let fields = m
+        .fields
+        .iter()
+        .map(|f| match f {
+            Oxm::Ipv4Src(a, mask) if resolver.addr().is_ipv4() => {
+                let p = Prefix::new(IpAddr::V4(*a), mask.map_or(32, |m| u32::from(m).count_ones() as u8));
+                found = p.is_ok_and(|p| p.len() <= resolver.len() && p.contains(resolver.addr()));
+                src.clone()
+            }
+            Oxm::Ipv6Src(a, mask) if resolver.addr().is_ipv6() => {
+                let p = Prefix::new(IpAddr::V6(*a), mask.map_or(128, |m| u128::from(m).count_ones() as u8));
+                found = p.is_ok_and(|p| p.len() <= resolver.len() && p.contains(resolver.addr()));
+                src.clone()
+            }
+            other => other.clone(),
+        })
+        .collect();
+    found.then_some(fields)
+}
+
+/// The live-learning flows (empty without [`ControllerConfig::learn_resolvers`]):
+///
+/// * a resolver's queries (UDP and TCP to port 53): every exempt-source
+///   flow covering the resolver, refined to the resolver's address and the
+///   DNS port — whatever else it matches (e.g. anti-spoofing fields) is
+///   kept — forwarding as it does (`NORMAL`) plus a copy to the controller.
+///   Not metered: a meter would drop the query itself, not only its copy.
+/// * answers toward a resolver (UDP and TCP from port 53) and later
+///   fragments toward it: held ([`ControllerConfig::learn_hold_answers`],
+///   meter [`LEARN_METER`] → controller only) or forwarded and copied.
+pub fn learn_flows(cfg: &ControllerConfig) -> Vec<FlowMod> {
+    let mut out = Vec::new();
+    if cfg.learn_resolvers.is_empty() {
+        return out;
+    }
+    let copy =
+        vec![Instruction::ApplyActions(vec![Action::output(OFPP_NORMAL), Action::output(OFPP_CONTROLLER)])];
+    for exempt in base_flows(cfg).iter().filter(|f| f.priority == PRIO_EXEMPT) {
+        for r in &cfg.learn_resolvers {
+            let Some(fields) = refine_source(&exempt.r#match, r) else { continue };
+            for proto in [17, 6] {
+                let mut f = fields.clone();
+                f.push(Oxm::IpProto(proto));
+                f.push(if proto == 6 { Oxm::TcpDst(DNS_PORT) } else { Oxm::UdpDst(DNS_PORT) });
+                out.push(FlowMod::add(COOKIE_LEARN_QUERY, PRIO_LEARN, Match::new(f), copy.clone()));
+            }
+        }
+    }
+    let (cookie, answer) = if cfg.learn_hold_answers {
+        let mut ins = Vec::with_capacity(2);
+        if cfg.learn_packet_in_rate > 0 {
+            ins.push(Instruction::Meter(LEARN_METER));
+        }
+        ins.push(Instruction::ApplyActions(vec![Action::output(OFPP_CONTROLLER)]));
+        (COOKIE_LEARN_HELD, ins)
+    } else {
+        (COOKIE_LEARN_COPY, copy)
+    };
+    for r in cfg.learn_resolvers.iter().filter(|r| !r.is_empty()) {
+        for proto in [17, 6] {
+            let mut f = prefix_fields(r, true);
+            f.push(Oxm::IpProto(proto));
+            f.push(if proto == 6 { Oxm::TcpSrc(DNS_PORT) } else { Oxm::UdpSrc(DNS_PORT) });
+            out.push(FlowMod::add(cookie, PRIO_LEARN, Match::new(f), answer.clone()));
+        }
+        // Large answers come in fragments: later ones carry no ports.
+        let mut f = prefix_fields(r, true);
+        f.push(Oxm::IpFrag(FRAG_LATER, Some(FRAG_LATER)));
+        out.push(FlowMod::add(cookie, PRIO_LEARN, Match::new(f), answer.clone()));
+    }
+    out
 }

@@ -5,6 +5,8 @@
 //!
 //! | priority | match | action | cookie kind |
 //! |---|---|---|---|
+//! | 40100 | live learning: a resolver's DNS queries (each exempt flow covering it, refined) | NORMAL + CONTROLLER | learn |
+//! | 40100 | live learning: answers toward a resolver (src port 53; later fragments) | meter 2 → CONTROLLER (held; released after the learned flows) | learn |
 //! | 40000 | `ip(v6)_src` in an exempt source prefix | NORMAL | base |
 //! | 39000 | `ip(v6)_dst` in an internal network | NORMAL | base |
 //! | 30000 | protected port toward an allow-set prefix whose class permits the service (DNS: any class; SMTP: SMTP) | NORMAL | proactive |
@@ -79,6 +81,7 @@ pub mod admission;
 pub mod codec;
 pub mod controller;
 pub mod flows;
+pub mod learn;
 pub mod oxm;
 pub mod tls;
 mod wire;
@@ -97,6 +100,7 @@ use tokio::sync::watch;
 
 pub use admission::{Dpid, Refusal, RefusedPeer};
 pub use controller::{serve, serve_listener};
+pub use learn::Learning;
 pub use tls::TlsConfig;
 
 use crate::{
@@ -161,6 +165,16 @@ pub struct ControllerConfig {
     pub max_packet_ins_per_sec: u32,
     /// Most RPZ questions in flight per connection.
     pub max_pending_decisions: usize,
+    /// Live learning: the resolvers whose DNS the switch copies to the
+    /// controller (empty: no learning flows; see [`flows::learn_flows`]).
+    pub learn_resolvers: Vec<Prefix>,
+    /// Live learning: answers toward the resolvers go to the controller
+    /// only and are released once the flows they teach are installed
+    /// (false: forwarded at once and copied).
+    pub learn_hold_answers: bool,
+    /// Live learning: held answers per second the learning meter lets
+    /// through (0 = no meter).
+    pub learn_packet_in_rate: u32,
 }
 
 impl Default for ControllerConfig {
@@ -188,6 +202,9 @@ impl Default for ControllerConfig {
             refusal_log_secs: 60,
             max_packet_ins_per_sec: 20_000,
             max_pending_decisions: 1024,
+            learn_resolvers: Vec::new(),
+            learn_hold_answers: true,
+            learn_packet_in_rate: 10_000,
         }
     }
 }
@@ -215,6 +232,13 @@ impl ControllerConfig {
             send_queue_bytes: of.send_queue_bytes,
             drain_timeout_secs: of.drain_timeout_secs,
             refusal_log_secs: of.refusal_log_secs,
+            learn_resolvers: if cfg.learn.enabled {
+                cfg.learn.resolvers_or(&cfg.policy.exempt_sources)
+            } else {
+                Vec::new()
+            },
+            learn_hold_answers: cfg.learn.openflow_answers == crate::config::AnswerHandling::Hold,
+            learn_packet_in_rate: cfg.learn.openflow_packet_in_rate,
             ..ControllerConfig::default()
         }
     }
@@ -284,6 +308,8 @@ pub struct ControllerShared {
     pub events: Arc<EventSink>,
     /// Counters shared with metrics and status.
     pub counters: Arc<Counters>,
+    /// Live learning (with [`ControllerConfig::learn_resolvers`]).
+    pub learning: Option<Arc<Learning>>,
     board: Arc<Board>,
 }
 
@@ -296,7 +322,13 @@ impl ControllerShared {
         events: Arc<EventSink>,
         counters: Arc<Counters>,
     ) -> Self {
-        ControllerShared { allow, resolver, events, counters, board: Arc::default() }
+        ControllerShared { allow, resolver, events, counters, learning: None, board: Arc::default() }
+    }
+
+    /// The same, feeding the learning flows' packet-ins to `learning`.
+    pub fn with_learning(mut self, learning: Arc<Learning>) -> Self {
+        self.learning = Some(learning);
+        self
     }
 
     /// A snapshot for `rpz-guard status`.
@@ -355,6 +387,20 @@ pub struct ControllerStatus {
     pub packet_ins_dropped: u64,
     /// Packets sent on with PACKET_OUT.
     pub packet_outs: u64,
+    /// Live learning: packet-ins of the learning flows (copies and held answers).
+    #[serde(default)]
+    pub learn_packet_ins: u64,
+    /// Live learning: held answers released after learning.
+    #[serde(default)]
+    pub learn_released: u64,
+    /// Live learning: packet-ins shed by the controller's limit (a held
+    /// answer with it: never released, the resolver retries).
+    #[serde(default)]
+    pub learn_shed: u64,
+    /// Live learning: packets the learning meter dropped at the switch
+    /// (held answers; read from the meter's statistics).
+    #[serde(default)]
+    pub learn_meter_drops: u64,
     /// FLOW_REMOVED messages received.
     pub flows_removed: u64,
     /// ERROR messages received from switches.
@@ -406,6 +452,26 @@ impl ControllerStatus {
             ),
             one("openflow_switch_errors_total", "ERROR messages from switches.", self.switch_errors as f64),
             one("openflow_resyncs_total", "Full resynchronisations.", self.resyncs as f64),
+            one(
+                "openflow_learn_packet_ins_total",
+                "Live learning: packet-ins of the learning flows.",
+                self.learn_packet_ins as f64,
+            ),
+            one(
+                "openflow_learn_released_total",
+                "Live learning: held answers released after learning.",
+                self.learn_released as f64,
+            ),
+            one(
+                "openflow_learn_shed_total",
+                "Live learning: packet-ins shed by the controller's limit (held answers never released).",
+                self.learn_shed as f64,
+            ),
+            one(
+                "openflow_learn_meter_drops_total",
+                "Live learning: held answers the learning meter dropped at the switch.",
+                self.learn_meter_drops as f64,
+            ),
             one(
                 "openflow_stalled_disconnects_total",
                 "Switches disconnected for not draining their send queue.",
@@ -472,6 +538,13 @@ impl ControllerStatus {
             self.protocol_errors,
             self.switch_errors
         );
+        if self.learn_packet_ins > 0 || self.learn_shed > 0 || self.learn_meter_drops > 0 {
+            let _ = writeln!(
+                o,
+                "learning   packet-ins {}  held answers released {}  shed {}  meter drops {}",
+                self.learn_packet_ins, self.learn_released, self.learn_shed, self.learn_meter_drops
+            );
+        }
         let _ = writeln!(
             o,
             "\n  {:<16}  {:<22} {:>10}  {:<3} {:>9} {:>9} {:>10} {:>7} {:>10}",
@@ -539,6 +612,10 @@ pub(crate) struct Board {
     pub(crate) packet_ins: AtomicU64,
     pub(crate) packet_ins_dropped: AtomicU64,
     pub(crate) packet_outs: AtomicU64,
+    pub(crate) learn_packet_ins: AtomicU64,
+    pub(crate) learn_released: AtomicU64,
+    pub(crate) learn_shed: AtomicU64,
+    pub(crate) learn_meter_drops: AtomicU64,
     pub(crate) flows_removed: AtomicU64,
     pub(crate) switch_errors: AtomicU64,
     pub(crate) protocol_errors: AtomicU64,
@@ -621,6 +698,10 @@ impl Board {
             packet_ins: g(&self.packet_ins),
             packet_ins_dropped: g(&self.packet_ins_dropped),
             packet_outs: g(&self.packet_outs),
+            learn_packet_ins: g(&self.learn_packet_ins),
+            learn_released: g(&self.learn_released),
+            learn_shed: g(&self.learn_shed),
+            learn_meter_drops: g(&self.learn_meter_drops),
             flows_removed: g(&self.flows_removed),
             switch_errors: g(&self.switch_errors),
             protocol_errors: g(&self.protocol_errors),

@@ -55,6 +55,16 @@ impl Conn {
         })
     }
 
+    /// Queues a BARRIER_REQUEST (as [`Conn::send`]); returns its xid.
+    pub(super) async fn send_barrier(&self) -> Result<u32, SessionEnd> {
+        let xid = self.next_xid();
+        self.queue.send(&Message::new(xid, Body::BarrierRequest)).await.map_err(|e| match e {
+            QueueError::Closed if !self.queue.stalled() => SessionEnd::Writer,
+            _ => SessionEnd::Stalled(self.cfg.drain_timeout()),
+        })?;
+        Ok(xid)
+    }
+
     /// Queues a reply to `xid` without waiting; false when shed.
     pub(super) fn try_send_reply(&self, xid: u32, body: Body) -> bool {
         self.count(&body);

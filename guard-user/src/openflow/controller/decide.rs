@@ -202,7 +202,11 @@ impl Session {
             counters.inc(Stat::InternalDest);
             return conn.forward(in_port, &pi).await;
         }
-        let known = self.applied.lookup(info.dst);
+        let mut known = self.applied.lookup(info.dst);
+        if !pp.service.allows(known) {
+            // Learned live, its flows not in yet (another switch, over budget).
+            known = known.union(self.live_classes(info.dst));
+        }
         if pp.service.allows(known) {
             counters.inc(Stat::PassAllowed);
             conn.install_verdict(&info, &pp, true, Duration::from_secs(u64::from(cfg.verdict_hard_secs)))

@@ -18,12 +18,15 @@
 //! Files: this one accepts connections and runs each one's life;
 //! [`session`] reads and frames messages, does the handshake and the main
 //! loop; [`program`] programs the switch's flows (resync, allow-set diffs);
-//! [`decide`] answers packet-ins (local set, then the RPZ); [`conn`] is the
+//! [`decide`] answers packet-ins (local set, then the RPZ); [`learn`] feeds
+//! the learning flows' packet-ins to live learning and installs what they
+//! teach before a held answer is released; [`conn`] is the
 //! send side shared by the session and its decision tasks; [`queue`] the
 //! bounded byte queue and the writer task.
 
 mod conn;
 mod decide;
+mod learn;
 mod program;
 mod queue;
 mod session;
@@ -298,6 +301,10 @@ async fn run_connection(
         proactive_flows: 0,
         bucket: TokenBucket::new(cfg.max_packet_ins_per_sec),
         decode_errors: 0,
+        extra: std::collections::HashMap::new(),
+        learn_bucket: TokenBucket::new(cfg.max_packet_ins_per_sec),
+        learned: shared.learning.as_ref().map(|l| l.subscribe()),
+        barriers: std::collections::VecDeque::new(),
     };
     let end = session.run(peer, hs.saturating_sub(started.elapsed()), &cancel).await;
     match &end {

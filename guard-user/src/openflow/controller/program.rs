@@ -5,7 +5,7 @@ use std::sync::{Arc, atomic::Ordering};
 
 use tracing::info;
 
-use super::{SessionEnd, session::Session};
+use super::{SessionEnd, conn::Conn, session::Session};
 use crate::{
     openflow::{
         bump,
@@ -41,13 +41,16 @@ impl Session {
         for fm in flows::base_flows(&cfg) {
             c.send(Body::FlowMod(fm)).await?;
         }
+        install_learning(c).await?;
         self.skipped.clear();
+        self.extra.clear();
         self.proactive_flows = 0;
         self.applied = c.shared.allow.borrow().clone();
         let set = self.applied.clone();
         for (p, cl) in set.iter() {
             self.try_install(p, *cl).await?;
         }
+        self.install_all_live().await?;
         self.conn.send(Body::BarrierRequest).await?;
         bump(&self.conn.shared.board().resyncs);
         self.conn.shared.board().count_resync(self.conn.dpid.load(Ordering::Relaxed));
@@ -76,7 +79,7 @@ impl Session {
     /// before the change being applied).
     pub(super) async fn uninstall(&mut self, p: &Prefix) -> Result<(), SessionEnd> {
         let cfg = self.conn.cfg.clone();
-        let old = self.applied.get(p);
+        let old = self.applied.get(p).union(self.extra.remove(p).unwrap_or(Classes::NONE));
         if !self.skipped.remove(p) && flows::allow_flow_count(&cfg, old) > 0 {
             for fm in flows::allow_flows(&cfg, p, old, flow_cmd::DELETE_STRICT) {
                 self.conn.send(Body::FlowMod(fm)).await?;
@@ -88,10 +91,14 @@ impl Session {
 
     /// Applies an allow-set change as a diff against what this switch has.
     pub(super) async fn apply(&mut self, new: Arc<AllowSet>) -> Result<(), SessionEnd> {
-        let diff = self.applied.diff(&new);
+        let mut diff = self.applied.diff(&new);
         if diff.is_empty() {
             self.applied = new;
             return Ok(());
+        }
+        if let Some(l) = &self.conn.shared.learning {
+            // Never take away what was learned live and is not confirmed yet.
+            l.live().merge_into_diff(&mut diff);
         }
         // Decisions in flight wait until this change is on the switch, and
         // re-decide if they were taken on the older set.
@@ -110,7 +117,12 @@ impl Session {
             self.uninstall(p).await?;
         }
         for (p, c) in &diff.upsert {
-            if self.applied.get(p) == Classes::NONE {
+            let installed = self.applied.get(p).union(self.extra.get(p).copied().unwrap_or(Classes::NONE));
+            if installed == *c && !self.skipped.contains(p) {
+                // Only the zone caught up with a live entry: its flows stay.
+                continue;
+            }
+            if installed == Classes::NONE {
                 // New entry: earlier drop verdicts inside it must go now.
                 self.conn.send(Body::FlowMod(flows::delete_verdicts_in(p))).await?;
             } else {
@@ -119,6 +131,14 @@ impl Session {
             self.try_install(p, *c).await?;
         }
         self.applied = new;
+        for (p, c) in &diff.upsert {
+            let beyond = c.without(self.applied.get(p));
+            if beyond == Classes::NONE || self.skipped.contains(p) {
+                self.extra.remove(p);
+            } else {
+                self.extra.insert(*p, beyond);
+            }
+        }
         if had_over && !diff.remove.is_empty() {
             // Room may have opened: retry the skipped entries in set order.
             let retry = std::mem::take(&mut self.skipped);
@@ -148,4 +168,33 @@ impl Session {
             s.resyncs = self.conn.shared.board().resyncs_of(s.dpid);
         }
     }
+}
+
+/// Live learning's meter and flows (none without learning).
+async fn install_learning(c: &Conn) -> Result<(), SessionEnd> {
+    let cfg = c.cfg.clone();
+    if cfg.learn_resolvers.is_empty() {
+        return Ok(());
+    }
+    if cfg.learn_hold_answers && cfg.learn_packet_in_rate > 0 {
+        c.send(Body::MeterMod(MeterMod {
+            command: meter_cmd::DELETE,
+            flags: 0,
+            meter_id: flows::LEARN_METER,
+            bands: Vec::new(),
+        }))
+        .await?;
+        let burst = (cfg.learn_packet_in_rate / 10).max(1);
+        c.send(Body::MeterMod(MeterMod {
+            command: meter_cmd::ADD,
+            flags: meter_flags::PKTPS | meter_flags::BURST | meter_flags::STATS,
+            meter_id: flows::LEARN_METER,
+            bands: vec![MeterBand::drop(cfg.learn_packet_in_rate, burst)],
+        }))
+        .await?;
+    }
+    for fm in flows::learn_flows(&cfg) {
+        c.send(Body::FlowMod(fm)).await?;
+    }
+    Ok(())
 }

@@ -3,13 +3,13 @@
 //! changes).
 
 use std::{
-    collections::HashSet,
-    net::SocketAddr,
+    collections::{HashMap, HashSet, VecDeque},
+    net::{IpAddr, SocketAddr},
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
-use tokio::io::AsyncReadExt;
+use tokio::{io::AsyncReadExt, sync::broadcast};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -23,7 +23,7 @@ use crate::{
             message_len,
         },
     },
-    policy::{AllowSet, Prefix},
+    policy::{AllowSet, Classes, Prefix},
 };
 
 /// Cuts messages out of the byte stream.
@@ -83,6 +83,17 @@ pub(super) struct Session {
     pub(super) proactive_flows: usize,
     pub(super) bucket: TokenBucket,
     pub(super) decode_errors: u32,
+    /// Live learning: classes installed beyond `applied` (entries learned
+    /// live and not yet in the zone), so what is installed for `p` is
+    /// `applied.get(p) ∪ extra[p]`.
+    pub(super) extra: HashMap<Prefix, Classes>,
+    /// Live learning: the learning flows' own packet-in limit.
+    pub(super) learn_bucket: TokenBucket,
+    /// Live learning: entries taught by any session (taken by the main loop).
+    pub(super) learned: Option<broadcast::Receiver<(IpAddr, Classes)>>,
+    /// Live learning: barriers sent behind learned flows, with the time
+    /// their answer arrived (for the answer → flows confirmed lag).
+    pub(super) barriers: VecDeque<(u32, u64)>,
 }
 
 impl Session {
@@ -245,6 +256,7 @@ impl Session {
         }
         let mut stats_tick = tokio::time::interval(Duration::from_secs(1));
         let queue = self.conn.queue.clone();
+        let mut learned = self.learned.take();
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return Ok(()),
@@ -267,6 +279,13 @@ impl Session {
                     self.conn.send(Body::EchoRequest(Vec::new())).await?;
                 }
                 _ = stats_tick.tick() => self.publish(),
+                r = recv_learned(&mut learned) => {
+                    if matches!(r, Err(broadcast::error::RecvError::Closed)) {
+                        learned = None;
+                    } else {
+                        self.learned_elsewhere(r).await?;
+                    }
+                }
                 r = allow.changed(), if watching => {
                     if r.is_err() {
                         watching = false;
@@ -293,6 +312,10 @@ impl Session {
                 bump(&board.flows_removed);
                 debug!(cookie = f.cookie, reason = f.reason, packets = f.packet_count, "flow removed");
             }
+            Body::PacketIn(pi) if crate::openflow::flows::is_learn_cookie(pi.cookie) => {
+                return self.learn_packet_in(pi).await;
+            }
+            Body::BarrierReply => self.barrier_reply(m.xid),
             Body::PacketIn(pi) => {
                 return if self.packet_in(pi).await {
                     Ok(())
@@ -306,5 +329,15 @@ impl Session {
             _ => {}
         }
         Ok(())
+    }
+}
+
+/// The next learned entry; pending forever without live learning.
+async fn recv_learned(
+    rx: &mut Option<broadcast::Receiver<(IpAddr, Classes)>>,
+) -> Result<(IpAddr, Classes), broadcast::error::RecvError> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
