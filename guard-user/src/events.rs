@@ -9,7 +9,7 @@
 //! pipeline takes without a mapping.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     fs::{File, OpenOptions},
     io::{self, Write},
     net::IpAddr,
@@ -300,10 +300,40 @@ pub struct HostStats {
     pub last_ms: u64,
 }
 
+/// One recent blocked attempt toward a destination (what `rpz-guard
+/// explain` lists): the event without its destination.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecentAttempt {
+    /// Wall-clock time, milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// The internal host that sent it.
+    pub src: IpAddr,
+    /// `tcp` or `udp`.
+    pub proto: String,
+    /// Destination port.
+    pub dport: u16,
+    /// The protected service.
+    pub service: Service,
+    /// Why it was blocked.
+    pub reason: Reason,
+    /// Where it was enforced.
+    pub point: String,
+}
+
+/// Attempts kept per destination (newest first when read).
+pub const RECENT_PER_DESTINATION: usize = 8;
+
+/// Destinations with a ring of recent attempts. Beyond it the half with the
+/// oldest last attempt is dropped, so a scan of many destinations costs
+/// bounded memory: at most this many rings of [`RECENT_PER_DESTINATION`].
+pub const RECENT_DESTINATIONS: usize = 4096;
+
 #[derive(Default)]
 struct Aggregate {
     by_source: HashMap<IpAddr, HostStats>,
     by_destination: HashMap<IpAddr, HostStats>,
+    /// The last few attempts toward each of the most recent destinations.
+    recent: HashMap<IpAddr, VecDeque<RecentAttempt>>,
     total: u64,
 }
 
@@ -402,6 +432,22 @@ impl EventSink {
             h.blocked += 1;
             h.last_ms = ev.time_ms;
         }
+        if agg.recent.len() >= RECENT_DESTINATIONS && !agg.recent.contains_key(&ev.dst) {
+            prune_recent(&mut agg.recent);
+        }
+        let ring = agg.recent.entry(ev.dst).or_default();
+        if ring.len() >= RECENT_PER_DESTINATION {
+            ring.pop_front();
+        }
+        ring.push_back(RecentAttempt {
+            time_ms: ev.time_ms,
+            src: ev.src,
+            proto: ev.proto.clone(),
+            dport: ev.dport,
+            service: ev.service,
+            reason: ev.reason,
+            point: ev.point.clone(),
+        });
         drop(agg);
         if let Some(tx) = self.tx.as_ref().filter(|_| self.writing.load(Ordering::Relaxed)) {
             let mut line = ev.to_line(self.settings()).into_bytes();
@@ -431,6 +477,19 @@ impl EventSink {
     /// The `n` destinations with the most blocked attempts, most first.
     pub fn top_destinations(&self, n: usize) -> Vec<(IpAddr, HostStats)> {
         top(&self.agg.lock().unwrap_or_else(|e| e.into_inner()).by_destination, n)
+    }
+
+    /// Blocked attempts toward `dst` (count and last time), if any was seen
+    /// (and not pruned since).
+    pub fn destination(&self, dst: IpAddr) -> Option<HostStats> {
+        self.agg.lock().unwrap_or_else(|e| e.into_inner()).by_destination.get(&dst).cloned()
+    }
+
+    /// The last [`RECENT_PER_DESTINATION`] blocked attempts toward `dst`,
+    /// newest first.
+    pub fn recent_toward(&self, dst: IpAddr) -> Vec<RecentAttempt> {
+        let agg = self.agg.lock().unwrap_or_else(|e| e.into_inner());
+        agg.recent.get(&dst).map(|r| r.iter().rev().cloned().collect()).unwrap_or_default()
     }
 }
 
@@ -514,6 +573,16 @@ fn prune(map: &mut HashMap<IpAddr, HostStats>) {
     let mut ranked: Vec<(u64, u64, IpAddr)> = map.iter().map(|(k, h)| (h.blocked, h.last_ms, *k)).collect();
     ranked.sort_unstable_by(|a, b| b.cmp(a));
     for (_, _, k) in ranked.into_iter().skip(MAX_TRACKED / 2) {
+        map.remove(&k);
+    }
+}
+
+/// Keeps the half of the rings whose last attempt is the most recent.
+fn prune_recent(map: &mut HashMap<IpAddr, VecDeque<RecentAttempt>>) {
+    let mut ranked: Vec<(u64, IpAddr)> =
+        map.iter().map(|(k, r)| (r.back().map_or(0, |a| a.time_ms), *k)).collect();
+    ranked.sort_unstable_by(|a, b| b.cmp(a));
+    for (_, k) in ranked.into_iter().skip(RECENT_DESTINATIONS / 2) {
         map.remove(&k);
     }
 }
@@ -681,6 +750,35 @@ mod tests {
         assert_eq!(lines[0]["destination"]["ip"], "198.51.100.11");
         assert_eq!(lines[1]["destination"]["ip"], "198.51.100.12");
         std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn recent_attempts_per_destination_are_a_bounded_ring() {
+        let sink = EventSink::open(&EventOutput::None).expect("open");
+        for i in 0..20u64 {
+            let mut e = ev("10.0.0.66", "198.51.100.9");
+            e.time_ms = i;
+            e.src = IpAddr::from([10, 0, 0, u8::try_from(i).expect("small")]);
+            sink.record(&e);
+        }
+        let dst: IpAddr = "198.51.100.9".parse().expect("ip");
+        let recent = sink.recent_toward(dst);
+        assert_eq!(recent.len(), RECENT_PER_DESTINATION);
+        assert_eq!(recent[0].time_ms, 19, "newest first");
+        assert_eq!(recent[RECENT_PER_DESTINATION - 1].time_ms, 20 - RECENT_PER_DESTINATION as u64);
+        assert_eq!(sink.destination(dst).map(|h| h.blocked), Some(20));
+        assert!(sink.recent_toward("198.51.100.10".parse().expect("ip")).is_empty());
+        // A scan of many destinations: the rings stay bounded, the newest stay.
+        for i in 0..(RECENT_DESTINATIONS as u32 * 3) {
+            let mut e = ev("10.0.0.66", "198.51.100.9");
+            e.dst = IpAddr::from((0x0a00_0000 + i).to_be_bytes());
+            e.time_ms = 100 + u64::from(i);
+            sink.record(&e);
+        }
+        let recent = &sink.agg.lock().expect("lock").recent;
+        assert!(recent.len() <= RECENT_DESTINATIONS);
+        let newest = IpAddr::from((0x0a00_0000 + RECENT_DESTINATIONS as u32 * 3 - 1).to_be_bytes());
+        assert!(recent.contains_key(&newest));
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod learn;
 pub mod metrics;
 pub mod miss;
 pub mod openflow;
+pub mod ops;
 pub mod policy;
 pub mod rpz;
 pub mod sync;

@@ -8,7 +8,8 @@ use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use guard_user::{
     config::{Config, Mode},
     daemon,
-    policy::Prefix,
+    ops::OpsError,
+    policy::{Classes, Prefix},
     xdp::AttachMode,
 };
 use tokio_util::sync::CancellationToken;
@@ -48,6 +49,49 @@ enum Command {
     },
     /// Learn the allow set from border DNS captures (pcap/pcapng).
     Learn(Box<LearnArgs>),
+    /// Allow an address or prefix by hand (a manual entry in the RPZ).
+    ///
+    /// Writes the address's trigger with the class (`A 127.0.0.1` for dns,
+    /// `A 127.0.0.25` for smtp; classes already there stay) and a TXT
+    /// companion record `src=manual` with the creation time, the expiry and
+    /// the comment, in ONE TSIG-signed UPDATE to the primary. A manual entry
+    /// is never aged out unless it has an expiry. An existing learned entry
+    /// becomes manual. A denied address is refused (revoke the deny first).
+    /// Every router following the zone (NOTIFY, IXFR) enforces it within
+    /// seconds.
+    #[command(after_help = OPS_AFTER_HELP)]
+    Allow(AllowArgs),
+    /// Remove an entry, learned or manual, or a deny (its A, TXT and CNAME
+    /// records) in one UPDATE.
+    ///
+    /// A learned address may be learned again from later DNS answers; to
+    /// keep it out for good, `deny` it.
+    #[command(after_help = OPS_AFTER_HELP)]
+    Revoke(ChangeArgs),
+    /// Deny an address or prefix: blocked in both modes even if learned, and
+    /// never learned back.
+    ///
+    /// Written as `CNAME .` at the trigger (the RPZ NXDOMAIN action, what
+    /// BIND operators use to block), replacing any A and TXT there, in one
+    /// UPDATE. A deny covering an address (host or prefix) beats any allow
+    /// of it: XDP keeps it out of the allow maps and the miss path answers
+    /// deny; OpenFlow installs no allow flow; the learner skips it (counted
+    /// as learn_denied). `revoke` removes the deny.
+    #[command(after_help = OPS_AFTER_HELP)]
+    Deny(ChangeArgs),
+    /// Everything about one destination: is it allowed, by which entry,
+    /// learned or manual, since when, from which answer, denied? In this
+    /// router's maps or flows, cached, blocked recently and from where?
+    ///
+    /// Asks the RPZ primary (signed queries of every trigger that can cover
+    /// the address) and the running daemon (its status socket) at once.
+    /// Either part may be unavailable (no daemon on this host, the primary
+    /// down); the output says which and why, and shows the other.
+    #[command(after_help = EXPLAIN_AFTER_HELP)]
+    Explain(ExplainArgs),
+    /// The allow set with its lifetime fields, read from the primary by AXFR.
+    #[command(after_help = OPS_AFTER_HELP)]
+    List(ListArgs),
     /// Remove the program and maps pinned by `run` (stops enforcement).
     Unpin {
         /// The pin directory (`run --pin DIR`, or the default
@@ -192,6 +236,162 @@ struct RunArgs {
     /// AF_XDP hold path: longest wait for a decision before a held packet is dropped.
     #[arg(long, value_name = "MS")]
     hold_timeout_ms: Option<u64>,
+}
+
+/// Exit codes and where settings come from, for every operator command.
+const OPS_AFTER_HELP: &str = "\
+The primary, zone and TSIG key come from the same config file as `run`
+(--config, default /etc/rpz-guard/rpz-guard.toml when it exists: rpz.server,
+rpz.zone, rpz.tsig_key, status.socket); flags override it.
+
+Exit codes:
+  0  done
+  1  other failure (unreadable config or key file, SERVFAIL, a bad answer)
+  2  bad usage: a bad address, prefix, class or duration; no server or key
+  3  the RPZ primary cannot be reached (connection refused, timeout)
+  4  the primary refused: the TSIG key (BADKEY, BADSIG, BADTIME) or its ACL
+     (REFUSED, NOTAUTH)
+  5  conflict with the zone: revoke of an entry that is not there, allow of
+     a denied address, or the entry kept changing meanwhile
+
+Examples:
+  rpz-guard allow 203.0.113.9 --class smtp --expires 7d --comment 'ticket 4711'
+  rpz-guard allow 198.51.100.0/24 --class dns
+  rpz-guard deny 192.0.2.66
+  rpz-guard revoke 203.0.113.9
+  rpz-guard list --class smtp --expiring-within 2d";
+
+/// `explain`'s help epilogue: the same, plus what `explain` exits with.
+const EXPLAIN_AFTER_HELP: &str = "\
+The primary, zone, TSIG key and status socket come from the same config file
+as `run` (--config, default /etc/rpz-guard/rpz-guard.toml when it exists);
+flags override it.
+
+Exit codes: 0 when at least one part answered (also for an address that is
+unknown everywhere); 2 for a bad address; otherwise the code of the primary's
+failure (3 unreachable, 4 refused, 1 other).
+
+Example: mail to 203.0.113.9 is bouncing:
+  rpz-guard explain 203.0.113.9            # why: not registered? denied? wrong class?
+  rpz-guard allow 203.0.113.9 --class smtp --comment 'partner relay, ticket 4711'";
+
+/// Where the operator commands find the primary, zone, key and daemon.
+#[derive(Args, Debug, Clone)]
+struct TargetArgs {
+    /// Config file to take rpz.server, rpz.zone, rpz.tsig_key and
+    /// status.socket from [default: /etc/rpz-guard/rpz-guard.toml, when it exists].
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The RPZ primary: ADDR, ADDR:PORT or [V6ADDR]:PORT (port 53 by default).
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = guard_user::ops::parse_server)]
+    server: Option<SocketAddr>,
+    /// The policy zone [default: rpz.zone of the config, else rpz.example.com].
+    #[arg(long, value_name = "NAME")]
+    zone: Option<String>,
+    /// TSIG key file (BIND `key` syntax, `tsig-keygen` output).
+    #[arg(long, value_name = "FILE")]
+    tsig_key: Option<PathBuf>,
+}
+
+impl TargetArgs {
+    fn spec(&self, socket: Option<PathBuf>) -> guard_user::ops::TargetSpec {
+        guard_user::ops::TargetSpec {
+            config: self.config.clone(),
+            server: self.server,
+            zone: self.zone.clone(),
+            tsig_key: self.tsig_key.clone(),
+            socket,
+        }
+    }
+}
+
+/// A class named on the command line.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum ClassArg {
+    /// Name server (RPZ answer 127.0.0.1): DNS may pass toward it.
+    Dns,
+    /// Mail exchanger (RPZ answer 127.0.0.25): SMTP and DNS may pass toward it.
+    Smtp,
+}
+
+impl From<ClassArg> for Classes {
+    fn from(c: ClassArg) -> Classes {
+        match c {
+            ClassArg::Dns => Classes::DNS,
+            ClassArg::Smtp => Classes::SMTP,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct AllowArgs {
+    /// The destination: an address (203.0.113.9, 2001:db8::25) or a prefix
+    /// (198.51.100.0/24).
+    #[arg(value_name = "ADDR|PREFIX", value_parser = guard_user::ops::parse_target)]
+    target: Prefix,
+    /// What it may receive: dns (a name server) or smtp (a mail exchanger);
+    /// repeat, or give dns,smtp, for both.
+    #[arg(long, value_enum, required = true, value_delimiter = ',')]
+    class: Vec<ClassArg>,
+    /// Remove the entry then (ageing does it): a duration from now (90m,
+    /// 12h, 7d, 1d12h) or a UTC time (2026-12-31, 2026-12-31T18:00:00Z,
+    /// @UNIXSECONDS). Without it the entry never expires.
+    #[arg(long, value_name = "DURATION|TIME")]
+    expires: Option<String>,
+    /// A note kept with the entry (at most 200 bytes), e.g. a ticket number.
+    #[arg(long, value_name = "TEXT")]
+    comment: Option<String>,
+    /// Print the outcome as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    target_args: TargetArgs,
+}
+
+#[derive(Args, Debug)]
+struct ChangeArgs {
+    /// The destination: an address (203.0.113.9, 2001:db8::25) or a prefix
+    /// (198.51.100.0/24).
+    #[arg(value_name = "ADDR|PREFIX", value_parser = guard_user::ops::parse_target)]
+    target: Prefix,
+    /// Print the outcome as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    target_args: TargetArgs,
+}
+
+#[derive(Args, Debug)]
+struct ExplainArgs {
+    /// The destination address.
+    #[arg(value_name = "ADDR")]
+    addr: std::net::IpAddr,
+    /// Print everything as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// The daemon's status socket [default: status.socket of the config,
+    /// else /run/rpz-guard/rpz-guard.sock].
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    #[command(flatten)]
+    target_args: TargetArgs,
+}
+
+#[derive(Args, Debug)]
+struct ListArgs {
+    /// Only entries holding this class.
+    #[arg(long, value_enum)]
+    class: Option<ClassArg>,
+    /// Only entries that expire within this long (90m, 12h, 7d): manual
+    /// entries with an expiry, and learned entries whose last confirmation
+    /// is older than max_age minus this.
+    #[arg(long, value_name = "DURATION", value_parser = guard_user::ops::when::parse_duration)]
+    expiring_within: Option<u64>,
+    /// Print the entries as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    target_args: TargetArgs,
 }
 
 #[derive(Args, Debug)]
@@ -483,6 +683,64 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `allow`, `revoke`, `deny`.
+async fn change(
+    req: guard_user::ops::change::Request,
+    args: &TargetArgs,
+    json: bool,
+) -> Result<(), OpsError> {
+    use guard_user::ops::{change, when};
+    let target = args.spec(None).resolve()?;
+    let outcome = change::apply(&target, &req, when::now_secs()).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&outcome).unwrap_or_default());
+    } else {
+        println!("{outcome}");
+    }
+    Ok(())
+}
+
+async fn allow(a: AllowArgs) -> Result<(), OpsError> {
+    use guard_user::ops::{change::Request, when};
+    let expires = match &a.expires {
+        Some(e) => Some(when::parse_expiry(e, when::now_secs()).map_err(OpsError::Usage)?),
+        None => None,
+    };
+    let classes = a.class.iter().fold(Classes::NONE, |c, k| c.union((*k).into()));
+    let req = Request::Allow { prefix: a.target, classes, expires, note: a.comment };
+    change(req, &a.target_args, a.json).await
+}
+
+async fn explain(a: ExplainArgs) -> Result<(), OpsError> {
+    use guard_user::ops::{explain, when};
+    let target = a.target_args.spec(a.socket.clone()).resolve()?;
+    let (e, rpz_err) = explain::explain(&target, a.addr, when::now_secs()).await;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&e).unwrap_or_default());
+    } else {
+        print!("{}", e.render());
+    }
+    // Neither part answered: fail with the primary's error (its exit code).
+    match (rpz_err, &e.router) {
+        (Some(err), None) => Err(err),
+        _ => Ok(()),
+    }
+}
+
+async fn list(a: ListArgs) -> Result<(), OpsError> {
+    use guard_user::ops::{list, when};
+    let target = a.target_args.spec(None).resolve()?;
+    let now = when::now_secs();
+    let filter = list::ListFilter { class: a.class.map(Into::into), expiring_within: a.expiring_within };
+    let listing = list::list(&target, &filter, now).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&listing).unwrap_or_default());
+    } else {
+        print!("{}", listing.render(now));
+    }
+    Ok(())
+}
+
 /// What the top page says beyond the flags: files, signals, related pages.
 const MAN_EXTRA: &str = r#".SH FILES
 .TP
@@ -547,34 +805,53 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = rt.block_on(async {
-        match cli.command {
-            Command::Run(a) => run(*a).await,
-            Command::Status(a) => status(a).await,
-            Command::Learn(a) => learn(*a).await,
-            Command::CheckConfig { file } => {
-                let cfg = Config::load(&file)?;
-                print!("{}", toml::to_string_pretty(&cfg)?);
-                Ok(())
-            }
-            Command::Unpin { dir } => {
-                guard_user::xdp::remove_pins(&dir)?;
-                println!("removed pinned rpz-guard state in {}", dir.display());
-                Ok(())
-            }
-            Command::Completions { shell } => {
-                let mut cmd = Cli::command();
-                clap_complete::generate(shell, &mut cmd, "rpz-guard", &mut std::io::stdout());
-                Ok(())
-            }
-            Command::Man { out_dir } => man_pages(out_dir.as_deref()),
+    // Operator commands: errors carry their exit code (ops::exit).
+    let ops = |r: Result<(), OpsError>| match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
         }
-    });
-    match result {
+    };
+    let other = |r: anyhow::Result<()>| match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    rt.block_on(async {
+        match cli.command {
+            Command::Allow(a) => ops(allow(a).await),
+            Command::Revoke(a) => {
+                let req = guard_user::ops::change::Request::Revoke { prefix: a.target };
+                ops(change(req, &a.target_args, a.json).await)
+            }
+            Command::Deny(a) => {
+                let req = guard_user::ops::change::Request::Deny { prefix: a.target };
+                ops(change(req, &a.target_args, a.json).await)
+            }
+            Command::Explain(a) => ops(explain(a).await),
+            Command::List(a) => ops(list(a).await),
+            Command::Run(a) => other(run(*a).await),
+            Command::Status(a) => other(status(a).await),
+            Command::Learn(a) => other(learn(*a).await),
+            Command::CheckConfig { file } => other((|| {
+                let cfg = Config::load(&file)?;
+                print!("{}", toml::to_string_pretty(&cfg)?);
+                Ok(())
+            })()),
+            Command::Unpin { dir } => other((|| {
+                guard_user::xdp::remove_pins(&dir)?;
+                println!("removed pinned rpz-guard state in {}", dir.display());
+                Ok(())
+            })()),
+            Command::Completions { shell } => {
+                let mut cmd = Cli::command();
+                clap_complete::generate(shell, &mut cmd, "rpz-guard", &mut std::io::stdout());
+                ExitCode::SUCCESS
+            }
+            Command::Man { out_dir } => other(man_pages(out_dir.as_deref())),
+        }
+    })
 }

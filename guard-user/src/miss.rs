@@ -224,6 +224,14 @@ impl MissResolver {
         st.cache.clear();
     }
 
+    /// The cached verdict for `ip` and the time it has left, if one is
+    /// cached and fresh (`rpz-guard explain`; asks nothing).
+    pub fn cached(&self, ip: IpAddr) -> Option<(Classes, Duration)> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (c, exp) = st.cache.get(&ip).copied()?;
+        exp.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()).map(|d| (c, d))
+    }
+
     /// Counters for status and metrics.
     pub fn stats(&self) -> MissStats {
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -415,6 +423,9 @@ mod tests {
         assert_eq!(src.calls.load(Ordering::SeqCst), 1);
         // Cached now: no new question.
         assert_eq!(r.classes(ip).await.0, Classes::SMTP);
+        assert!(
+            r.cached(ip).is_some_and(|(c, left)| c == Classes::SMTP && left <= CacheTtl::default().positive)
+        );
         assert_eq!(src.calls.load(Ordering::SeqCst), 1);
         r.invalidate([ip]);
         assert_eq!(r.classes(ip).await.0, Classes::SMTP);

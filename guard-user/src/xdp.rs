@@ -635,6 +635,53 @@ impl Enforcer {
         Ok(VerdictCache { map })
     }
 
+    /// What the allow maps hold for destination `ip`: `(host map, prefix
+    /// trie's longest match)`; the program allows on either (`rpz-guard
+    /// explain`). Point lookups, never a walk of the maps.
+    pub fn allow_of(&self, ip: IpAddr) -> Result<(Classes, Classes), XdpError> {
+        let ip = Prefix::host(ip).addr();
+        let found = |r: Result<u32, MapError>, name| match r {
+            Ok(v) => Ok(Classes::from_bits(v)),
+            Err(MapError::KeyNotFound) => Ok(Classes::NONE),
+            Err(e) => Err(map_err(name)(e)),
+        };
+        match ip {
+            IpAddr::V4(a) => {
+                let h: HashMap<&MapData, [u8; 4], u32> = self.typed_ref(MAP_ALLOW_V4)?;
+                let t: LpmTrie<&MapData, [u8; 4], u32> = self.typed_ref(MAP_ALLOW_PFX_V4)?;
+                Ok((
+                    found(h.get(&a.octets(), 0), MAP_ALLOW_V4)?,
+                    found(t.get(&Key::new(32, a.octets()), 0), MAP_ALLOW_PFX_V4)?,
+                ))
+            }
+            IpAddr::V6(a) => {
+                let h: HashMap<&MapData, [u8; 16], u32> = self.typed_ref(MAP_ALLOW_V6)?;
+                let t: LpmTrie<&MapData, [u8; 16], u32> = self.typed_ref(MAP_ALLOW_PFX_V6)?;
+                Ok((
+                    found(h.get(&a.octets(), 0), MAP_ALLOW_V6)?,
+                    found(t.get(&Key::new(128, a.octets()), 0), MAP_ALLOW_PFX_V6)?,
+                ))
+            }
+        }
+    }
+
+    /// The verdict cache's entry for `ip`, with the time it has left
+    /// (`None`: no entry, or an expired one the program treats as a miss).
+    pub fn cached_verdict(&self, ip: IpAddr) -> Result<Option<KernelVerdict>, XdpError> {
+        let cache: HashMap<&MapData, [u8; 16], CacheEntry> = self.typed_ref(MAP_CACHE)?;
+        let e = match cache.get(&cache_key(Prefix::host(ip).addr()), 0) {
+            Ok(e) => e,
+            Err(MapError::KeyNotFound) => return Ok(None),
+            Err(e) => return Err(map_err(MAP_CACHE)(e)),
+        };
+        let now = monotonic_ns();
+        Ok((e.expires_ns > now).then(|| KernelVerdict {
+            classes: Classes::from_bits(e.classes),
+            pending: e.flags & guard_common::CACHE_PENDING != 0,
+            expires_in_ms: (e.expires_ns - now) / 1_000_000,
+        }))
+    }
+
     fn typed<'a, T>(&'a mut self, name: &'static str) -> Result<T, XdpError>
     where
         T: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
@@ -656,6 +703,17 @@ impl Enforcer {
     ) -> Result<Array<&'a mut MapData, V>, XdpError> {
         self.typed(name)
     }
+}
+
+/// One entry of the kernel verdict cache (see [`Enforcer::cached_verdict`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KernelVerdict {
+    /// The classes cached (`none`: a negative answer, or a failed question).
+    pub classes: Classes,
+    /// Userspace is still asking the RPZ.
+    pub pending: bool,
+    /// Milliseconds until the entry goes stale.
+    pub expires_in_ms: u64,
 }
 
 /// Writes host entries into the allow maps, independently of the

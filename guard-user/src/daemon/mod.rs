@@ -32,7 +32,10 @@ use tokio_util::sync::CancellationToken;
 pub use self::{
     reload::{ReloadRequest, ReloadStats, changed_keys, fixed_changes},
     source::source_from,
-    status::{MissTransportReport, Shared, StatusReport, query_status, render_status},
+    status::{
+        CachedAnswer, FlowView, KernelView, MissTransportReport, RouterView, Shared, StatusReport,
+        query_explain, query_status, render_status, utc,
+    },
 };
 use guard_common::STATE_LOADED;
 

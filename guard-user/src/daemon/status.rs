@@ -20,13 +20,13 @@ use tokio_util::sync::CancellationToken;
 use super::{DaemonError, lock};
 use crate::{
     config::{Config, Mode},
-    events::{EventSink, HostStats, now_ms},
+    events::{EventSink, HostStats, RecentAttempt, now_ms},
     learn::live::{LiveAllow, LiveStats},
     metrics::{Counters, StatSnapshot},
     miss::{MissResolver, MissStats},
-    policy::AllowSet,
+    policy::{AllowSet, Classes, Prefix},
     sync::{SharedSyncState, SyncState},
-    xdp::Enforcer,
+    xdp::{Enforcer, KernelVerdict},
 };
 
 /// What `rpz-guard status` prints.
@@ -213,6 +213,134 @@ impl Shared {
     }
 }
 
+/// What one router knows about one destination: the answer to `explain
+/// ADDR` on the status socket (`rpz-guard explain` shows it beside what the
+/// RPZ itself holds).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterView {
+    /// The destination.
+    pub ip: IpAddr,
+    /// `xdp` or `openflow`.
+    pub mode: String,
+    /// Where enforcement happens.
+    pub point: String,
+    /// The zone serial in force.
+    pub serial: Option<u32>,
+    /// Entries of the allow set in force that cover the destination: its
+    /// host entry first, then prefixes from the longest.
+    pub entries: Vec<(Prefix, Classes)>,
+    /// The classes those entries give together (what a verdict uses).
+    pub classes: Classes,
+    /// Classes learned live and not yet in the zone (`None`: live learning off).
+    pub live: Option<Classes>,
+    /// XDP mode: the allow maps and the verdict cache of the kernel.
+    pub kernel: Option<KernelView>,
+    /// XDP mode: reading the maps failed (why).
+    pub kernel_error: Option<String>,
+    /// OpenFlow mode: the switches and this destination's proactive flow.
+    pub flows: Option<FlowView>,
+    /// The miss path's userspace verdict cache.
+    pub miss_cache: Option<CachedAnswer>,
+    /// Blocked attempts toward the destination since the daemon started
+    /// (count, last time).
+    pub blocked: Option<HostStats>,
+    /// The last blocked attempts toward it, newest first (bounded ring).
+    pub recent: Vec<RecentAttempt>,
+}
+
+/// The kernel's view of one destination (XDP mode).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelView {
+    /// Classes in the host allow map.
+    pub host: Classes,
+    /// Classes of the longest match in the prefix allow trie.
+    pub prefix: Classes,
+    /// The verdict cache entry, when fresh.
+    pub cache: Option<KernelVerdict>,
+}
+
+/// The OpenFlow view of one destination: flows follow the allow set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowView {
+    /// Switches connected now.
+    pub switches: usize,
+    /// Switches with allow-set entries left out for lack of flow budget.
+    pub over_budget_switches: usize,
+    /// A proactive allow flow for the destination is installed on each
+    /// connected switch (it is in the allow set in force).
+    pub allow_flow: bool,
+}
+
+/// A verdict the miss path cached in userspace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedAnswer {
+    /// Classes the RPZ gave (`none`: not registered, or the question failed).
+    pub classes: Classes,
+    /// Milliseconds until it expires.
+    pub expires_in_ms: u64,
+}
+
+impl Shared {
+    /// Everything this daemon knows about destination `ip` (the status
+    /// socket's `explain ADDR`). Point lookups only: cheap on any set size.
+    pub fn explain(&self, ip: IpAddr) -> RouterView {
+        let host = Prefix::host(ip);
+        let ip = host.addr();
+        let set = self.allow.borrow().clone();
+        let max = if ip.is_ipv4() { 32u8 } else { 128 };
+        let entries: Vec<(Prefix, Classes)> = std::iter::once(host)
+            .chain((0..max).rev().filter_map(|len| Prefix::new(ip, len).ok()))
+            .map(|p| (p, set.get(&p)))
+            .filter(|(_, c)| !c.is_empty())
+            .collect();
+        let (kernel, kernel_error) = match &self.enforcer {
+            None => (None, None),
+            Some(e) => {
+                let e = lock(e);
+                match e.allow_of(ip).and_then(|(host, prefix)| Ok((host, prefix, e.cached_verdict(ip)?))) {
+                    Ok((host, prefix, cache)) => (Some(KernelView { host, prefix, cache }), None),
+                    Err(err) => (None, Some(err.to_string())),
+                }
+            }
+        };
+        let flows = match self.config.enforce.mode {
+            Mode::Xdp => None,
+            Mode::Openflow => {
+                let of = lock(&self.extra)
+                    .as_ref()
+                    .and_then(|f| serde_json::from_value::<crate::openflow::ControllerStatus>(f()).ok())
+                    .unwrap_or_default();
+                Some(FlowView {
+                    switches: of.switches.len(),
+                    over_budget_switches: of.switches.iter().filter(|s| s.over_budget_entries > 0).count(),
+                    allow_flow: !entries.is_empty() && !of.switches.is_empty(),
+                })
+            }
+        };
+        RouterView {
+            ip,
+            mode: match self.config.enforce.mode {
+                Mode::Xdp => "xdp".into(),
+                Mode::Openflow => "openflow".into(),
+            },
+            point: lock(&self.point).clone(),
+            serial: lock(&self.sync).serial,
+            classes: set.lookup(ip),
+            entries,
+            live: self.live.as_ref().map(|l| l.lookup(ip)),
+            kernel,
+            kernel_error,
+            flows,
+            miss_cache: self.resolver.cached(ip).map(|(classes, left)| CachedAnswer {
+                classes,
+                expires_in_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
+            }),
+            blocked: self.events.destination(ip),
+            recent: self.events.recent_toward(ip),
+        }
+    }
+}
+
 /// Binds the status socket, replacing a stale one left by a crash.
 pub(super) fn bind_status(path: &Path) -> Result<UnixListener, DaemonError> {
     let io = |source| DaemonError::Io {
@@ -252,8 +380,9 @@ pub(super) async fn read_request<const N: usize>(conn: &mut (impl AsyncReadExt +
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
-/// Status socket protocol: the client writes one line, `status` (JSON reply)
-/// or `metrics` (Prometheus text), and reads to EOF.
+/// Status socket protocol: the client writes one line, `status` (JSON reply),
+/// `metrics` (Prometheus text) or `explain ADDR` (JSON [`RouterView`], or
+/// `{"error": ...}` for a bad address), and reads to EOF.
 pub(super) async fn serve_status(listener: UnixListener, shared: Arc<Shared>, cancel: CancellationToken) {
     loop {
         let mut conn = tokio::select! {
@@ -262,8 +391,10 @@ pub(super) async fn serve_status(listener: UnixListener, shared: Arc<Shared>, ca
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let body = match read_request::<64>(&mut conn).await.trim() {
+            let request = read_request::<128>(&mut conn).await;
+            let body = match request.trim() {
                 "metrics" => shared.metrics(),
+                r if r.starts_with("explain ") => explain_reply(&shared, &r["explain ".len()..]),
                 _ => serde_json::to_string(&shared.report()).unwrap_or_default(),
             };
             let _ = conn.write_all(body.as_bytes()).await;
@@ -272,7 +403,32 @@ pub(super) async fn serve_status(listener: UnixListener, shared: Arc<Shared>, ca
     }
 }
 
-/// Asks a running daemon over its status socket (`what`: `status` or `metrics`).
+/// The reply to `explain ADDR`.
+fn explain_reply(shared: &Shared, addr: &str) -> String {
+    match addr.trim().parse::<IpAddr>() {
+        Ok(ip) => serde_json::to_string(&shared.explain(ip)).unwrap_or_default(),
+        Err(_) => serde_json::json!({ "error": format!("{addr:?} is not an IP address") }).to_string(),
+    }
+}
+
+/// Asks a running daemon what it knows about `ip` (`explain` on its status socket).
+pub async fn query_explain(socket: &Path, ip: IpAddr) -> Result<RouterView, std::io::Error> {
+    let text = query_status(socket, &format!("explain {ip}")).await?;
+    serde_json::from_str(&text).map_err(|e| {
+        let why = match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(v) if v.get("error").is_some() => format!("the daemon refused: {}", v["error"]),
+            // An older daemon answers any other request with its status report.
+            Ok(v) if v.get("uptime_secs").is_some() => {
+                "the daemon predates `explain` (restart it with this version)".to_owned()
+            }
+            _ => format!("malformed explain reply: {e}"),
+        };
+        std::io::Error::new(std::io::ErrorKind::InvalidData, why)
+    })
+}
+
+/// Asks a running daemon over its status socket (`what`: `status`, `metrics`
+/// or `explain ADDR`).
 pub async fn query_status(socket: &Path, what: &str) -> Result<String, std::io::Error> {
     let mut s = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
         std::io::Error::new(
@@ -511,7 +667,7 @@ fn render_fail_closed(o: &mut String, sync: &crate::sync::SyncState) {
 
 /// `YYYY-MM-DD HH:MM:SS UTC` for ms since the Unix epoch (civil date from
 /// days, proleptic Gregorian).
-fn utc(ms: u64) -> String {
+pub fn utc(ms: u64) -> String {
     let secs = ms / 1000;
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
     let z = days + 719_468;

@@ -22,6 +22,8 @@
 //! * [`tsig`]: BIND key files → [`tsig::TsigKey`].
 //! * [`transfer`]: AXFR, IXFR (deltas applied to a copy) and SOA serial.
 //! * [`update`]: TSIG-signed RFC 2136 UPDATE pushes, batched.
+//! * [`edit`]: operator edits of one owner (one UPDATE with prerequisites),
+//!   and reading what one owner, or every owner covering an address, holds.
 //! * [`notify`]: a NOTIFY listener that tells the daemon to run IXFR.
 //! * [`snapshot`]: the local copy of the last zone applied, read at start.
 //! * [`lookup`]: [`lookup::RpzClient`], the miss path's per-IP question.
@@ -59,6 +61,7 @@ use std::{
 
 use crate::policy::{Classes, Prefix};
 
+pub mod edit;
 pub mod lookup;
 pub mod meta;
 pub mod notify;

@@ -1,0 +1,277 @@
+//! The operator commands (`allow`, `revoke`, `deny`, `list`, `explain`)
+//! run as an operator runs them (the binary, a config file, flags) against
+//! a real BIND 9 on loopback: what lands in the zone record by record,
+//! one UPDATE per command, and the errors: a bad address, a wrong key, an
+//! unreachable server, a conflict, each with its exit code.
+
+mod common;
+
+use std::{
+    process::{Command, Output},
+    time::Instant,
+};
+
+use common::{Named, NamedConfig, ZONE, free_port};
+use guard_user::{
+    ops::exit,
+    policy::{AllowSet, Classes, Prefix},
+    rpz::{edit, transfer},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rpz-guard");
+
+fn p(s: &str) -> Prefix {
+    s.parse().expect("test prefix")
+}
+
+/// Runs `rpz-guard ARGS` with a config file naming the primary and key.
+fn run(named: &Named, args: &[&str]) -> Output {
+    let conf = named.path().join("ops.toml");
+    if !conf.exists() {
+        std::fs::write(
+            &conf,
+            format!(
+                "[rpz]\nzone = \"{ZONE}\"\nserver = \"{}\"\ntsig_key = \"{}\"\n\n[status]\nsocket = \"{}\"\n",
+                named.addr,
+                named.key_file.display(),
+                named.path().join("no-daemon.sock").display()
+            ),
+        )
+        .expect("write config");
+    }
+    let out = Command::new(BIN).args(args).arg("--config").arg(&conf).output().expect("run rpz-guard");
+    eprintln!(
+        "$ rpz-guard {}\n{}{}(exit {:?})",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        out.status.code()
+    );
+    out
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().expect("exit code")
+}
+
+/// What the owner of `prefix` holds, read straight from BIND.
+fn owner(named: &Named, prefix: &str) -> edit::OwnerRecords {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(edit::read_owner(named.addr, ZONE, Some(&named.key), &p(prefix))).expect("read owner")
+}
+
+fn serial(named: &Named) -> u32 {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(transfer::soa_serial(named.addr, ZONE, Some(&named.key))).expect("SOA")
+}
+
+/// UPDATE messages BIND applied: its `updating zone` lines, told apart by
+/// the client connection that sent them (one connection per command).
+fn updates_logged(named: &Named) -> usize {
+    let clients: std::collections::BTreeSet<String> = named
+        .log()
+        .lines()
+        .filter(|l| l.contains("updating zone"))
+        .filter_map(|l| l.split(" client ").nth(1)?.split('/').next().map(str::to_owned))
+        .collect();
+    clients.len()
+}
+
+#[test]
+fn allow_revoke_deny_write_the_contract_records_in_one_update_each() {
+    let t = Instant::now();
+    let initial: AllowSet = [(p("198.51.100.7"), Classes::DNS)].into_iter().collect();
+    let named = Named::start(&NamedConfig { initial, serial: Some(10), ..Default::default() });
+
+    // allow: A 127.0.0.25 + TXT manual with exp and note; one serial step.
+    let before = serial(&named);
+    let o = run(
+        &named,
+        &["allow", "203.0.113.9", "--class", "smtp", "--expires", "7d", "--comment", "ticket 4711"],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("allowed 203.0.113.9 in zone rpz.example.com"), "{}", stdout(&o));
+    let r = owner(&named, "203.0.113.9");
+    assert_eq!(r.classes, Classes::SMTP);
+    assert_eq!(r.txt.len(), 1, "{r:?}");
+    let txt = &r.txt[0];
+    assert_eq!(&txt[..2], ["rpz-guard=1", "src=manual"], "{txt:?}");
+    assert!(txt.iter().any(|s| s.starts_with("first=")), "{txt:?}");
+    assert!(txt.iter().any(|s| s.starts_with("exp=")), "{txt:?}");
+    assert!(txt.iter().any(|s| s == "note=ticket 4711"), "{txt:?}");
+    assert_eq!(serial(&named), before + 1, "one UPDATE, one serial step");
+
+    // allow on a learned entry: classes added, TXT turns manual, no expiry.
+    let o = run(&named, &["allow", "198.51.100.7", "--class", "smtp"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let r = owner(&named, "198.51.100.7");
+    assert_eq!(r.classes, Classes::DNS.union(Classes::SMTP));
+    assert!(r.txt.len() == 1 && !r.txt[0].iter().any(|s| s.starts_with("exp=")), "{r:?}");
+    assert!(stdout(&o).contains("never expires"), "{}", stdout(&o));
+
+    // deny: A and TXT gone, CNAME . in their place.
+    let o = run(&named, &["deny", "203.0.113.9"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let r = owner(&named, "203.0.113.9");
+    assert!(r.is_deny() && r.classes.is_empty() && r.txt.is_empty(), "{r:?}");
+    assert!(stdout(&o).contains("DENIED"), "{}", stdout(&o));
+
+    // allow of a denied address: refused, nothing changed.
+    let s = serial(&named);
+    let o = run(&named, &["allow", "203.0.113.9", "--class", "smtp"]);
+    assert_eq!(code(&o), i32::from(exit::CONFLICT), "{}", stderr(&o));
+    assert!(stderr(&o).contains("is denied"), "{}", stderr(&o));
+    assert_eq!(serial(&named), s, "a refused allow changes nothing");
+
+    // A deny of a prefix uses the rpz-ip owner.
+    let o = run(&named, &["deny", "192.0.2.0/24"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(owner(&named, "192.0.2.0/24").is_deny());
+
+    // revoke: everything at the owner goes (the deny too).
+    let o = run(&named, &["revoke", "203.0.113.9"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(owner(&named, "203.0.113.9").is_empty());
+    // Again: nothing there, a conflict, nothing changed.
+    let s = serial(&named);
+    let o = run(&named, &["revoke", "203.0.113.9"]);
+    assert_eq!(code(&o), i32::from(exit::CONFLICT), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not in zone"), "{}", stderr(&o));
+    // Only covered by a prefix: the error names the prefix.
+    let o = run(&named, &["revoke", "192.0.2.7"]);
+    assert_eq!(code(&o), i32::from(exit::CONFLICT), "{}", stderr(&o));
+    assert!(stderr(&o).contains("covered by 192.0.2.0/24 (a deny)"), "{}", stderr(&o));
+    assert_eq!(serial(&named), s);
+
+    // Each successful command was one UPDATE in BIND's log: allow, allow, deny, deny, revoke.
+    assert_eq!(updates_logged(&named), 5, "{}", named.log());
+
+    // --json for scripts.
+    let o = run(&named, &["allow", "2001:db8::25", "--class", "dns,smtp", "--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON outcome");
+    assert_eq!(v["action"], "allowed");
+    assert_eq!(v["owner"], "128.25.zz.db8.2001.rpz-ip.rpz.example.com.");
+    assert_eq!(v["after"]["classes"], Classes::DNS.union(Classes::SMTP).bits());
+    assert!(t.elapsed().as_secs() < 60, "took {:?}", t.elapsed());
+}
+
+#[test]
+fn errors_name_what_was_wrong_with_their_exit_codes() {
+    let named = Named::start(&NamedConfig::default());
+    let s = serial(&named);
+
+    // A bad address or prefix: usage, before anything is sent.
+    for bad in ["203.0.113.999", "203.0.113.0/33", "0.0.0.0/0", "mail.example.net", "203.0.113.9/24"] {
+        let o = run(&named, &["allow", bad, "--class", "smtp"]);
+        assert_eq!(code(&o), i32::from(exit::USAGE), "{bad}: {}", stderr(&o));
+        assert!(stderr(&o).contains(bad), "the error names {bad}: {}", stderr(&o));
+    }
+    let o = run(&named, &["explain", "203.0.113.999"]);
+    assert_eq!(code(&o), i32::from(exit::USAGE), "{}", stderr(&o));
+    let o = run(&named, &["allow", "203.0.113.9", "--class", "smtp", "--expires", "yesterday"]);
+    assert_eq!(code(&o), i32::from(exit::USAGE), "{}", stderr(&o));
+    assert!(stderr(&o).contains("yesterday"), "{}", stderr(&o));
+    let o = run(&named, &["allow", "203.0.113.9", "--class", "smtp", "--comment", &"x".repeat(201)]);
+    assert_eq!(code(&o), i32::from(exit::USAGE), "{}", stderr(&o));
+
+    // A wrong key: same name, another secret → BADSIG, named as such.
+    let dir = tempfile::tempdir().expect("tmp");
+    let wrong = dir.path().join("wrong.key");
+    std::fs::write(&wrong, common::tsig_keygen("rpz-key")).expect("write key");
+    let o = run(
+        &named,
+        &["allow", "203.0.113.9", "--class", "smtp", "--tsig-key", wrong.to_str().expect("utf-8")],
+    );
+    assert_eq!(code(&o), i32::from(exit::REFUSED), "{}", stderr(&o));
+    assert!(stderr(&o).contains("BADSIG"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("key rpz-key"), "{}", stderr(&o));
+    // An unknown key name → BADKEY.
+    let unknown = dir.path().join("unknown.key");
+    std::fs::write(&unknown, common::tsig_keygen("other-key")).expect("write key");
+    let o = run(&named, &["deny", "203.0.113.9", "--tsig-key", unknown.to_str().expect("utf-8")]);
+    assert_eq!(code(&o), i32::from(exit::REFUSED), "{}", stderr(&o));
+    assert!(stderr(&o).contains("BADKEY"), "{}", stderr(&o));
+    let o = run(&named, &["list", "--tsig-key", unknown.to_str().expect("utf-8")]);
+    assert_eq!(code(&o), i32::from(exit::REFUSED), "{}", stderr(&o));
+    // A key file that is not one: the file is named.
+    let garbage = dir.path().join("garbage.key");
+    std::fs::write(&garbage, "not a key").expect("write");
+    let o = run(&named, &["revoke", "203.0.113.9", "--tsig-key", garbage.to_str().expect("utf-8")]);
+    assert_eq!(code(&o), i32::from(exit::FAILURE), "{}", stderr(&o));
+    assert!(stderr(&o).contains("garbage.key"), "{}", stderr(&o));
+
+    // An unreachable server: a closed port.
+    let closed = format!("127.0.0.1:{}", free_port());
+    let o = run(&named, &["deny", "203.0.113.9", "--server", &closed]);
+    assert_eq!(code(&o), i32::from(exit::UNREACHABLE), "{}", stderr(&o));
+    assert!(stderr(&o).contains(&closed), "{}", stderr(&o));
+    // explain without a daemon and without a primary: both parts named, exit 3.
+    let o = run(&named, &["explain", "203.0.113.9", "--server", &closed]);
+    assert_eq!(code(&o), i32::from(exit::UNREACHABLE), "{}", stderr(&o));
+    assert!(stdout(&o).contains("RPZ: UNAVAILABLE"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("this router: UNAVAILABLE"), "{}", stdout(&o));
+
+    // A wrong zone: the server is not its primary.
+    let o = run(&named, &["deny", "203.0.113.9", "--zone", "other.example"]);
+    assert_eq!(code(&o), i32::from(exit::REFUSED), "{}", stderr(&o));
+    assert!(stderr(&o).contains("other.example"), "{}", stderr(&o));
+
+    assert_eq!(serial(&named), s, "no failed command changed the zone");
+    assert_eq!(updates_logged(&named), 0, "{}", named.log());
+}
+
+#[test]
+fn list_and_explain_from_bind_alone() {
+    let initial: AllowSet =
+        [(p("198.51.100.7"), Classes::DNS), (p("203.0.113.0/24"), Classes::SMTP)].into_iter().collect();
+    let named = Named::start(&NamedConfig { initial, ..Default::default() });
+    assert_eq!(code(&run(&named, &["allow", "203.0.113.9", "--class", "smtp", "--expires", "2d"])), 0);
+    assert_eq!(code(&run(&named, &["deny", "192.0.2.66"])), 0);
+
+    let o = run(&named, &["list", "--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON listing");
+    let entries = v["entries"].as_array().expect("entries");
+    let find = |e: &str| entries.iter().find(|x| x["prefix"] == e).cloned();
+    assert!(find("198.51.100.7").is_some() && find("203.0.113.0/24").is_some(), "{v}");
+    let m = find("203.0.113.9").expect("manual entry listed");
+    assert_eq!(m["lifetime"]["source"], "manual", "{m}");
+    let o = run(&named, &["list", "--class", "dns"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("198.51.100.7") && !stdout(&o).contains("203.0.113.9"), "{}", stdout(&o));
+    let o = run(&named, &["list", "--expiring-within", "3d", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON listing");
+    let only: Vec<_> =
+        v["entries"].as_array().expect("entries").iter().map(|e| e["prefix"].clone()).collect();
+    assert_eq!(only, [serde_json::json!("203.0.113.9")], "{v}");
+
+    // explain with no daemon: the RPZ part, and the router part named unavailable.
+    let o = run(&named, &["explain", "203.0.113.9"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let text = stdout(&o);
+    for needle in [
+        "smtp  allowed",
+        "entry      203.0.113.9 (host trigger 203.0.113.9.rpz.example.com.)",
+        "source     manual",
+        "entry      203.0.113.0/24 (prefix trigger 24.0.113.0.203.rpz-ip.rpz.example.com.)",
+        "this router: UNAVAILABLE",
+    ] {
+        assert!(text.contains(needle), "explain lacks {needle:?}:\n{text}");
+    }
+    let o = run(&named, &["explain", "192.0.2.66", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON explain");
+    assert_eq!(v["rpz"]["entries"][0]["denied"], true, "{v}");
+    assert!(
+        v["router"].is_null() && v["router_error"].as_str().is_some_and(|e| e.contains("no-daemon.sock")),
+        "{v}"
+    );
+}
