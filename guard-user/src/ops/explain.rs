@@ -128,9 +128,19 @@ impl Explanation {
         };
         if let Some((classes, denied, from)) = verdict_from {
             for s in [Service::Smtp, Service::Dns] {
-                let _ = writeln!(o, "  {s:<5} {}", verdict_text(s, classes, denied));
+                let _ = writeln!(o, "  {:<10} {}", s.to_string(), verdict_text(s, classes, denied));
             }
-            let _ = writeln!(o, "  (by {from})");
+            let _ = writeln!(o, "  {:<10} {from}", "by");
+            if !denied && !Service::Smtp.allows(classes) {
+                let _ = writeln!(
+                    o,
+                    "  {:<10} rpz-guard allow {} --class {}   (if it is a legitimate {})",
+                    "to allow",
+                    self.ip,
+                    if classes.is_empty() { "smtp|dns" } else { "smtp" },
+                    if classes.is_empty() { "mail or name server" } else { "mail server" }
+                );
+            }
         }
         self.render_rpz(&mut o, now);
         self.render_router(&mut o, now);
@@ -223,7 +233,8 @@ impl Explanation {
             return;
         };
         let serial = v.serial.map_or("none yet".to_owned(), |s| s.to_string());
-        let _ = writeln!(o, "\nthis router {} (serial in force {serial})", v.point);
+        let _ = writeln!(o, "\nthis router: {}", v.point);
+        let _ = writeln!(o, "  serial     {serial} in force");
         if v.entries.is_empty() {
             let _ = writeln!(o, "  allow set  not in the set in force");
         } else {
@@ -309,9 +320,9 @@ impl Explanation {
             for a in &v.recent {
                 let _ = writeln!(
                     o,
-                    "    {}  from {:<15} {}/{} {} {} at {}",
+                    "    {}  from {}  {}/{} {} {} at {}",
                     when::utc(a.time_ms / 1000),
-                    a.src.to_string(),
+                    a.src,
                     a.proto,
                     a.dport,
                     a.service,
