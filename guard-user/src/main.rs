@@ -20,7 +20,10 @@ use tokio_util::sync::CancellationToken;
 /// The allow set lives in a BIND Response Policy Zone: name servers as
 /// `A 127.0.0.1`, mail exchangers as `A 127.0.0.25`. `run` enforces it at the
 /// border (XDP on a Linux router, or as an OpenFlow 1.3 controller for Open
-/// vSwitch); `status` asks a running daemon how it is doing.
+/// vSwitch); `status` asks a running daemon how it is doing. `explain`
+/// says why a destination is allowed or blocked; `allow`, `revoke` and
+/// `deny` change the zone by hand (TSIG UPDATE); `list` shows the set with
+/// its lifetime fields.
 #[derive(Parser, Debug)]
 #[command(name = "rpz-guard", version, about, long_about)]
 struct Cli {
@@ -79,9 +82,13 @@ enum Command {
     /// as learn_denied). `revoke` removes the deny.
     #[command(after_help = OPS_AFTER_HELP)]
     Deny(ChangeArgs),
-    /// Everything about one destination: is it allowed, by which entry,
-    /// learned or manual, since when, from which answer, denied? In this
-    /// router's maps or flows, cached, blocked recently and from where?
+    /// Everything about one destination: why it is allowed or blocked.
+    ///
+    /// In the RPZ? By which entry (host or prefix), which class, learned or
+    /// manual, first learned, last confirmed, from which DNS answer, until
+    /// when? Denied? In this router's kernel maps or OpenFlow flows? A cached
+    /// verdict, and when it expires? Recent blocked attempts toward it, and
+    /// from which hosts?
     ///
     /// Asks the RPZ primary (signed queries of every trigger that can cover
     /// the address) and the running daemon (its status socket) at once.
@@ -766,6 +773,8 @@ change of any other key (the interface, the mode, ...) is refused, naming the ke
 and the running configuration stays.
 .SH SEE ALSO
 \fBrpz\-guard\-run\fR(1), \fBrpz\-guard\-status\fR(1), \fBrpz\-guard\-learn\fR(1),
+\fBrpz\-guard\-explain\fR(1), \fBrpz\-guard\-allow\fR(1), \fBrpz\-guard\-revoke\fR(1),
+\fBrpz\-guard\-deny\fR(1), \fBrpz\-guard\-list\fR(1),
 \fBnamed.conf\fR(5), \fBsystemctl\fR(1); the operator's guide in /usr/share/doc/rpz\-guard/.
 "#;
 

@@ -22,6 +22,7 @@ use crate::{
     rpz::{
         edit::{self, Change, OwnerEdit, OwnerRecords, Prereq},
         encode_owner,
+        meta::{EntryMeta, MetaError, Source},
         transfer::{self, SyncError},
     },
 };
@@ -30,7 +31,7 @@ use crate::{
 pub const RETRIES: usize = 3;
 
 /// Longest `--comment`, in bytes (the TXT `note=` field).
-pub const MAX_NOTE: usize = 200;
+pub const MAX_NOTE: usize = crate::rpz::meta::MAX_NOTE;
 
 /// What an operator asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,14 +204,23 @@ async fn plan(req: &Request, have: &OwnerRecords, target: &Target, now: u64) -> 
                     "{owner} holds CNAME {other}, which is not an rpz-guard entry; refusing to change it"
                 )));
             }
-            let ours: Vec<&Vec<String>> = have.txt.iter().filter(|t| super::list::is_ours(t)).collect();
-            // A manual entry keeps its creation time; a learned one becomes manual now.
-            let first = ours
+            // Our TXT (also one this version cannot read) is replaced;
+            // somebody else's stays.
+            let ours: Vec<&Vec<String>> = have
+                .txt
                 .iter()
-                .find_map(|t| super::list::decode(t).filter(|m| m.source.as_deref() == Some("manual")))
-                .and_then(|m| m.first)
-                .unwrap_or(now);
-            let txt = super::list::manual_txt(first, *expires, note.as_deref());
+                .filter(|t| !matches!(EntryMeta::decode(t), Err(MetaError::NotOurs)))
+                .collect();
+            // A manual entry keeps its creation time and unknown keys; a
+            // learned one becomes manual now.
+            let mut meta = ours
+                .iter()
+                .find_map(|t| EntryMeta::decode(t).ok().filter(|m| m.source == Source::Manual))
+                .unwrap_or_else(|| EntryMeta::manual(now, None, None));
+            meta.expires = *expires;
+            meta.note = note.clone();
+            let txt =
+                meta.encode().map_err(|e| OpsError::Usage(format!("cannot write the entry's TXT: {e}")))?;
             let mut changes: Vec<Change> = ours.iter().map(|t| Change::DeleteTxt((*t).clone())).collect();
             changes.push(Change::AddClasses(*classes));
             changes.push(Change::AddTxt(txt));

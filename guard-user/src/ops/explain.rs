@@ -21,7 +21,7 @@ use super::{Target, list::EntryView, when};
 use crate::{
     daemon::{RouterView, query_explain},
     policy::{Classes, Prefix, Service, Verdict},
-    rpz::{edit, transfer},
+    rpz::{edit, meta::Source, transfer},
 };
 
 /// What the RPZ holds about the destination.
@@ -177,36 +177,39 @@ impl Explanation {
                 let _ = writeln!(o, "             remove with `rpz-guard revoke {}`", e.prefix);
                 continue;
             }
-            let l = &e.lifetime;
             let _ = writeln!(o, "  class      {}", e.classes);
             let _ = writeln!(o, "  source     {}", e.source());
-            match l.source.as_deref() {
-                Some("manual") => {
-                    if let Some(f) = l.first {
+            if let Some(err) = &e.meta_error {
+                let _ = writeln!(o, "  LIFETIME   unreadable TXT: {err} (treated as learned, times unknown)");
+            }
+            let m = e.meta.clone().unwrap_or_default();
+            match m.source {
+                Source::Manual => {
+                    if let Some(f) = m.first {
                         let _ = writeln!(o, "  created    {}", when::utc_relative(f, now));
                     }
                     let _ = writeln!(
                         o,
                         "  expires    {}",
-                        l.expires
+                        m.expires
                             .map_or("never (manual, no expiry)".to_owned(), |e| when::utc_relative(e, now))
                     );
                 }
-                _ => {
+                Source::Learned => {
                     let t = |v: Option<u64>| v.map_or("unknown".to_owned(), |t| when::utc_relative(t, now));
-                    let _ = writeln!(o, "  first      {}", t(l.first));
-                    let _ = writeln!(o, "  confirmed  {}", t(l.seen));
-                    if let Some(ev) = &l.evidence {
+                    let _ = writeln!(o, "  first      {}", t(m.first));
+                    let _ = writeln!(o, "  confirmed  {}", t(m.seen));
+                    if let Some(ev) = &m.evidence {
                         let _ = writeln!(
                             o,
                             "  evidence   {} {} answered by {}{}",
                             ev.qname,
                             ev.qtype,
                             ev.server,
-                            l.ttl.map_or(String::new(), |t| format!(", TTL {t}s"))
+                            m.ttl.map_or(String::new(), |t| format!(", TTL {t}s"))
                         );
                     }
-                    if l.source.is_none() {
+                    if e.meta.is_none() {
                         let _ = writeln!(
                             o,
                             "  ageing     no lifetime record yet (zone from an older version): the learning daemon adds one"
@@ -214,7 +217,7 @@ impl Explanation {
                     }
                 }
             }
-            if let Some(n) = &l.note {
+            if let Some(n) = &m.note {
                 let _ = writeln!(o, "  note       {n:?}");
             }
             if e.foreign_txt > 0 {

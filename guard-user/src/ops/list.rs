@@ -9,39 +9,12 @@ use serde::{Deserialize, Serialize};
 use super::when;
 use crate::{
     policy::{Classes, Prefix},
-    rpz::{edit::OwnerRecords, encode_owner},
+    rpz::{
+        edit::OwnerRecords,
+        encode_owner,
+        meta::{EntryMeta, MetaError, Source},
+    },
 };
-
-/// The answer that last confirmed a learned entry (TXT `ev=`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Evidence {
-    /// The name server that answered.
-    pub server: String,
-    /// The question's name.
-    pub qname: String,
-    /// The question's type.
-    pub qtype: String,
-}
-
-/// The lifetime fields of an entry (its TXT companion record).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Lifetime {
-    /// `learned` or `manual`; `None`: no rpz-guard TXT (a zone written by
-    /// an older version: treated as learned, times unknown).
-    pub source: Option<String>,
-    /// First learned, or creation of a manual entry (Unix seconds).
-    pub first: Option<u64>,
-    /// Last confirmed by DNS evidence (Unix seconds).
-    pub seen: Option<u64>,
-    /// TTL of the record that taught it (seconds).
-    pub ttl: Option<u64>,
-    /// The answer that last confirmed it.
-    pub evidence: Option<Evidence>,
-    /// Expiry of a manual entry (Unix seconds).
-    pub expires: Option<u64>,
-    /// Operator comment.
-    pub note: Option<String>,
-}
 
 /// One entry of the policy zone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,8 +27,12 @@ pub struct EntryView {
     pub classes: Classes,
     /// A deny (`CNAME .`).
     pub denied: bool,
-    /// Lifetime fields.
-    pub lifetime: Lifetime,
+    /// Lifetime fields (its `rpz-guard=1` TXT); `None` when it has none (a
+    /// zone written by an older version: learned, times unknown) or it
+    /// cannot be read (see `meta_error`).
+    pub meta: Option<EntryMeta>,
+    /// Why the entry's own TXT cannot be read, when it cannot.
+    pub meta_error: Option<String>,
     /// TXT records at the owner that are not rpz-guard's (kept, ignored).
     pub foreign_txt: usize,
 }
@@ -63,93 +40,57 @@ pub struct EntryView {
 impl EntryView {
     /// The entry the records at `prefix`'s owner make.
     pub fn from_records(prefix: Prefix, zone: &str, r: &OwnerRecords) -> EntryView {
-        let ours = r.txt.iter().find(|t| is_ours(t));
+        let (mut meta, mut meta_error, mut foreign_txt) = (None, None, 0);
+        for t in &r.txt {
+            match EntryMeta::decode(t) {
+                Ok(m) => meta = Some(m),
+                Err(MetaError::NotOurs) => foreign_txt += 1,
+                Err(e) => meta_error = Some(e.to_string()),
+            }
+        }
         EntryView {
             prefix,
             owner: encode_owner(&prefix, zone),
             classes: r.classes,
             denied: r.is_deny(),
-            lifetime: ours.and_then(|t| decode(t)).unwrap_or_default(),
-            foreign_txt: r.txt.iter().filter(|t| !is_ours(t)).count(),
+            meta,
+            meta_error,
+            foreign_txt,
         }
     }
 
     /// `learned`, `manual`, `deny`, or `learned (no lifetime record)`.
-    pub fn source(&self) -> &str {
-        if self.denied {
-            return "deny";
+    pub fn source(&self) -> &'static str {
+        match (&self.meta, self.denied) {
+            (_, true) => "deny",
+            (Some(m), false) => m.source.name(),
+            (None, false) => "learned (no lifetime record)",
         }
-        self.lifetime.source.as_deref().unwrap_or("learned (no lifetime record)")
     }
 
-    /// One line: `smtp, manual since …, expires …`.
+    /// One line: `smtp, manual, since …, expires …`.
     pub fn summary(&self, now: u64) -> String {
         if self.denied {
             return "DENIED (CNAME .)".to_owned();
         }
-        let l = &self.lifetime;
         let mut s = format!("{}, {}", self.classes, self.source());
-        if let Some(f) = l.first {
+        let Some(m) = &self.meta else { return s };
+        if let Some(f) = m.first {
             s.push_str(&format!(", since {}", when::utc(f)));
         }
-        if let Some(seen) = l.seen {
+        if let Some(seen) = m.seen {
             s.push_str(&format!(", confirmed {}", when::utc(seen)));
         }
-        match (l.expires, l.source.as_deref()) {
+        match (m.expires, m.source) {
             (Some(e), _) => s.push_str(&format!(", expires {}", when::utc_relative(e, now))),
-            (None, Some("manual")) => s.push_str(", never expires"),
-            _ => {}
+            (None, Source::Manual) => s.push_str(", never expires"),
+            (None, Source::Learned) => {}
         }
-        if let Some(n) = &l.note {
+        if let Some(n) = &m.note {
             s.push_str(&format!(", note {n:?}"));
         }
         s
     }
-}
-
-/// True for an rpz-guard TXT (its first string is the format version).
-pub fn is_ours(strings: &[String]) -> bool {
-    strings.first().is_some_and(|s| s == "rpz-guard=1")
-}
-
-/// The lifetime fields of one of our TXT records (`None` if not ours).
-pub fn decode(strings: &[String]) -> Option<Lifetime> {
-    if !is_ours(strings) {
-        return None;
-    }
-    let mut l = Lifetime::default();
-    for s in &strings[1..] {
-        let Some((k, v)) = s.split_once('=') else { continue };
-        match k {
-            "src" => l.source = Some(v.to_owned()),
-            "first" => l.first = v.parse().ok(),
-            "seen" => l.seen = v.parse().ok(),
-            "ttl" => l.ttl = v.parse().ok(),
-            "exp" => l.expires = v.parse().ok(),
-            "note" => l.note = Some(v.to_owned()),
-            "ev" => {
-                let mut parts = v.splitn(3, '|');
-                if let (Some(server), Some(qname), Some(qtype)) = (parts.next(), parts.next(), parts.next()) {
-                    l.evidence =
-                        Some(Evidence { server: server.into(), qname: qname.into(), qtype: qtype.into() });
-                }
-            }
-            _ => {}
-        }
-    }
-    Some(l)
-}
-
-/// The TXT strings of a manual entry.
-pub fn manual_txt(first: u64, expires: Option<u64>, note: Option<&str>) -> Vec<String> {
-    let mut v = vec!["rpz-guard=1".to_owned(), "src=manual".to_owned(), format!("first={first}")];
-    if let Some(e) = expires {
-        v.push(format!("exp={e}"));
-    }
-    if let Some(n) = note {
-        v.push(format!("note={n}"));
-    }
-    v
 }
 
 /// What `list` is asked for.
@@ -186,7 +127,8 @@ pub async fn list(target: &super::Target, filter: &ListFilter, now: u64) -> Resu
             owner: encode_owner(p, &target.zone),
             classes: *c,
             denied: false,
-            lifetime: Lifetime::default(),
+            meta: None,
+            meta_error: None,
             foreign_txt: 0,
         })
         .filter(|e| filter.keeps(e, now))
@@ -203,7 +145,7 @@ impl ListFilter {
             return false;
         }
         if let Some(within) = self.expiring_within {
-            let Some(at) = e.lifetime.expires else { return false };
+            let Some(at) = e.meta.as_ref().and_then(|m| m.expires) else { return false };
             if at > now.saturating_add(within) {
                 return false;
             }
@@ -233,11 +175,17 @@ impl Listing {
         let t =
             |v: Option<u64>| v.map_or("-".to_owned(), |t| when::utc(t).trim_end_matches(" UTC").to_owned());
         for e in &self.entries {
-            let l = &e.lifetime;
-            let source = if e.denied { "deny" } else { l.source.as_deref().unwrap_or("learned?") };
+            let m = e.meta.clone().unwrap_or_default();
+            let source = if e.denied {
+                "deny"
+            } else if e.meta.is_none() {
+                "learned?"
+            } else {
+                m.source.name()
+            };
             let class = if e.denied { "-".to_owned() } else { e.classes.to_string() };
-            let mut tail = l.expires.map_or(String::new(), |x| when::utc_relative(x, now));
-            if let Some(n) = &l.note {
+            let mut tail = m.expires.map_or(String::new(), |x| when::utc_relative(x, now));
+            if let Some(n) = &m.note {
                 tail.push_str(&format!("{}{n:?}", if tail.is_empty() { "" } else { "  " }));
             }
             let _ = writeln!(
@@ -246,8 +194,8 @@ impl Listing {
                 e.prefix.to_string(),
                 class,
                 source,
-                t(l.first),
-                t(l.seen),
+                t(m.first),
+                t(m.seen),
                 tail
             );
         }
