@@ -261,6 +261,22 @@ fn list_and_explain_from_bind_alone() {
     ] {
         assert!(text.contains(needle), "explain lacks {needle:?}:\n{text}");
     }
+    // IPv6: 129 candidate owners asked on one connection.
+    assert_eq!(code(&run(&named, &["allow", "2001:db8:100::/48", "--class", "dns"])), 0);
+    let t = Instant::now();
+    let o = run(&named, &["explain", "2001:db8:100::25"]);
+    let took = t.elapsed();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains(
+            "entry      2001:db8:100::/48 (prefix trigger 48.zz.100.db8.2001.rpz-ip.rpz.example.com.)"
+        ),
+        "{}",
+        stdout(&o)
+    );
+    assert!(took < std::time::Duration::from_secs(5), "explain of an IPv6 address took {took:?}");
+    eprintln!("explain 2001:db8:100::25 (129 owners asked) took {took:?}");
+
     let o = run(&named, &["explain", "192.0.2.66", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON explain");
     assert_eq!(v["rpz"]["entries"][0]["denied"], true, "{v}");
@@ -268,4 +284,79 @@ fn list_and_explain_from_bind_alone() {
         v["router"].is_null() && v["router_error"].as_str().is_some_and(|e| e.contains("no-daemon.sock")),
         "{v}"
     );
+}
+
+/// The prerequisites are BIND's to check: an UPDATE built on a stale read
+/// is refused whole (`NXRRSET`, `YXRRSET`, `NXDOMAIN`), leaving the zone as
+/// it was; `allow` then reads again and succeeds.
+#[test]
+fn stale_prerequisites_are_refused_whole_by_bind() {
+    use guard_user::rpz::{
+        edit::{Change, OwnerEdit, Prereq},
+        transfer::SyncError,
+    };
+    use hickory_proto::rr::RecordType;
+    let named = Named::start(&NamedConfig::default());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let apply = |edit: &OwnerEdit| rt.block_on(edit::apply(named.addr, ZONE, &named.key, edit));
+    let answer = |r: Result<(), SyncError>| match r {
+        Err(SyncError::Rejected { answer, .. }) => answer,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let host = p("203.0.113.9");
+    // A learner wrote the entry with its TXT...
+    named.nsupdate(
+        "update add 203.0.113.9.rpz.example.com. 60 A 127.0.0.25\n\
+         update add 203.0.113.9.rpz.example.com. 60 TXT \"rpz-guard=1\" \"src=learned\" \"seen=2\"",
+    );
+    let s = serial(&named);
+    // ... an allow decided on an older read (seen=1) is refused whole.
+    let stale = OwnerEdit {
+        prefix: host,
+        prereqs: vec![
+            Prereq::NoRrset(RecordType::CNAME),
+            Prereq::TxtIs(vec![vec!["rpz-guard=1".into(), "src=learned".into(), "seen=1".into()]]),
+        ],
+        changes: vec![
+            Change::DeleteTxt(vec!["rpz-guard=1".into(), "src=learned".into(), "seen=1".into()]),
+            Change::AddClasses(Classes::DNS),
+            Change::AddTxt(vec!["rpz-guard=1".into(), "src=manual".into()]),
+        ],
+    };
+    assert_eq!(answer(apply(&stale)), "NXRRSET");
+    // A deny in between: the no-CNAME prerequisite holds the allow off.
+    let other = p("203.0.113.10");
+    named.nsupdate("update add 203.0.113.10.rpz.example.com. 60 CNAME .");
+    let over_deny = OwnerEdit {
+        prefix: other,
+        prereqs: vec![Prereq::NoRrset(RecordType::CNAME)],
+        changes: vec![Change::AddClasses(Classes::SMTP)],
+    };
+    assert_eq!(answer(apply(&over_deny)), "YXRRSET");
+    // A revoke of what someone else removed meanwhile.
+    let gone = OwnerEdit {
+        prefix: p("203.0.113.11"),
+        prereqs: vec![Prereq::InUse],
+        changes: vec![Change::DeleteRrset(RecordType::A)],
+    };
+    assert_eq!(answer(apply(&gone)), "NXDOMAIN");
+    assert_eq!(serial(&named), s + 1, "only the nsupdate deny changed the zone");
+    let r = owner(&named, "203.0.113.9");
+    assert_eq!((r.classes, r.txt.len()), (Classes::SMTP, 1), "the learned entry is untouched: {r:?}");
+
+    // The command reads what is there now, so it succeeds, and the entry
+    // keeps the class it had (classes are added).
+    let o = run(&named, &["allow", "203.0.113.9", "--class", "dns"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let r = owner(&named, "203.0.113.9");
+    assert_eq!(r.classes, Classes::DNS.union(Classes::SMTP));
+    assert_eq!(r.txt.len(), 1, "the learned TXT replaced, not kept beside: {r:?}");
+    assert_eq!(&r.txt[0][..2], ["rpz-guard=1", "src=manual"]);
+    // Somebody else's TXT at the owner stays.
+    named.nsupdate("update add 203.0.113.9.rpz.example.com. 60 TXT \"v=spf1 -all\"");
+    let o = run(&named, &["allow", "203.0.113.9", "--class", "smtp", "--expires", "1d"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let r = owner(&named, "203.0.113.9");
+    assert_eq!(r.txt.len(), 2, "{r:?}");
+    assert!(r.txt.iter().any(|t| t == &["v=spf1 -all"]), "{r:?}");
 }
