@@ -36,7 +36,8 @@ fn ops(lab: &Lab, args: &[&str]) -> Output {
     let key = lab.tsig_key_file().display().to_string();
     let mut argv = vec![BIN];
     argv.extend_from_slice(args);
-    argv.extend(["--server", &server, "--tsig-key", &key]);
+    // Everything named, so a config file on the host is never read.
+    argv.extend(["--server", &server, "--tsig-key", &key, "--zone", lab.rpz_zone()]);
     let out = lab.exec(Role::Router, &argv).unwrap_or_else(|e| panic!("rpz-guard {args:?}: {e}"));
     eprintln!(
         "$ rpz-guard {}\n{}{}(exit {:?})",

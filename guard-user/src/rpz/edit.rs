@@ -202,7 +202,7 @@ pub async fn apply(server: SocketAddr, zone: &str, key: &TsigKey, edit: &OwnerEd
     conn.send(&req.bytes).await.map_err(|e| ctx.io(e))?;
     let bytes = conn.recv().await.map_err(|e| ctx.io(e))?;
     ctx.check_answer(bytes, req.id, &mut verifier)?;
-    tracing::info!(%server, zone, prefix = %edit.prefix, changes = edit.changes.len(), "UPDATE applied");
+    tracing::debug!(%server, zone, prefix = %edit.prefix, changes = edit.changes.len(), "UPDATE applied");
     Ok(())
 }
 
