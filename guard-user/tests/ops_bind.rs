@@ -298,8 +298,8 @@ fn stale_prerequisites_are_refused_whole_by_bind() {
     use hickory_proto::rr::RecordType;
     let named = Named::start(&NamedConfig::default());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let apply = |edit: &OwnerEdit| rt.block_on(edit::apply(named.addr, ZONE, &named.key, edit));
-    let answer = |r: Result<(), SyncError>| match r {
+    // The server's answer to an UPDATE that must be refused.
+    let refused = |edit: &OwnerEdit| match rt.block_on(edit::apply(named.addr, ZONE, &named.key, edit)) {
         Err(SyncError::Rejected { answer, .. }) => answer,
         other => panic!("expected a refusal, got {other:?}"),
     };
@@ -323,7 +323,7 @@ fn stale_prerequisites_are_refused_whole_by_bind() {
             Change::AddTxt(vec!["rpz-guard=1".into(), "src=manual".into()]),
         ],
     };
-    assert_eq!(answer(apply(&stale)), "NXRRSET");
+    assert_eq!(refused(&stale), "NXRRSET");
     // A deny in between: the no-CNAME prerequisite holds the allow off.
     let other = p("203.0.113.10");
     named.nsupdate("update add 203.0.113.10.rpz.example.com. 60 CNAME .");
@@ -332,14 +332,14 @@ fn stale_prerequisites_are_refused_whole_by_bind() {
         prereqs: vec![Prereq::NoRrset(RecordType::CNAME)],
         changes: vec![Change::AddClasses(Classes::SMTP)],
     };
-    assert_eq!(answer(apply(&over_deny)), "YXRRSET");
+    assert_eq!(refused(&over_deny), "YXRRSET");
     // A revoke of what someone else removed meanwhile.
     let gone = OwnerEdit {
         prefix: p("203.0.113.11"),
         prereqs: vec![Prereq::InUse],
         changes: vec![Change::DeleteRrset(RecordType::A)],
     };
-    assert_eq!(answer(apply(&gone)), "NXDOMAIN");
+    assert_eq!(refused(&gone), "NXDOMAIN");
     assert_eq!(serial(&named), s + 1, "only the nsupdate deny changed the zone");
     let r = owner(&named, "203.0.113.9");
     assert_eq!((r.classes, r.txt.len()), (Classes::SMTP, 1), "the learned entry is untouched: {r:?}");
