@@ -13,6 +13,11 @@ pub const CLASS_DNS: u32 = 1 << 0;
 pub const CLASS_SMTP: u32 = 1 << 1;
 /// All class bits this version knows.
 pub const CLASS_ALL: u32 = CLASS_DNS | CLASS_SMTP;
+/// Allow-map value bit (issue 11): a deny (RPZ `CNAME .`). It stands alone
+/// in a value and beats the classes of every other entry that matches the
+/// destination (host and prefix maps alike): the packet is dropped with
+/// [`reason::DENIED`].
+pub const VALUE_DENY: u32 = 1 << 31;
 
 /// Protected service: DNS (udp/tcp 53 by default). Passes with any class.
 pub const SERVICE_DNS: u32 = 1;
@@ -256,6 +261,8 @@ pub mod reason {
     pub const MALFORMED: u32 = 4;
     /// No allow set loaded yet (start-up, primary down, no snapshot).
     pub const NOT_LOADED: u32 = 5;
+    /// Destination covered by a deny (RPZ `CNAME .`), whatever allows it.
+    pub const DENIED: u32 = 6;
 }
 
 /// A drop or miss event sent to userspace on [`MAP_EVENTS`].

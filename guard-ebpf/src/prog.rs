@@ -17,7 +17,8 @@ use guard_common::{
     DNS_COPY_BYTES, DNS_COPY_MAX, DNS_DIR_QUERY, DNS_DIR_RESPONSE, DnsCopyBuf, DnsCopyHeader, EVENT_DROP,
     EVENT_MISS, EVENTS_BYTES, Event, MAX_ALLOW_V4, MAX_ALLOW_V6, MAX_CACHE, MAX_LPM_SMALL, MAX_PREFIXES,
     MAX_RATE, MAX_XSK_QUEUES, MISS_TRANSPORT_AFXDP, MODE_COUNT, PORT_TCP_SHIFT, PORT_UDP_SHIFT, PORTS_LEN,
-    RateState, SERVICE_DNS, STAT_COUNT, STATE_NOT_LOADED, Settings, Stat, classes_required, reason,
+    RateState, SERVICE_DNS, STAT_COUNT, STATE_NOT_LOADED, Settings, Stat, VALUE_DENY, classes_required,
+    reason,
 };
 
 /// Bound on IPv6 extension headers walked before giving up (and dropping).
@@ -533,7 +534,7 @@ fn check(ctx: &XdpContext, pkt: &Pkt, service: u32) -> u32 {
     let required = classes_required(service);
     // The common case first: a registered host, one hash lookup.
     let host = host_classes(pkt);
-    if host & required != 0 {
+    if host & required != 0 && host & VALUE_DENY == 0 {
         bump(Stat::PassAllowed, 1);
         return XDP_PASS;
     }
@@ -556,6 +557,12 @@ fn check(ctx: &XdpContext, pkt: &Pkt, service: u32) -> u32 {
         return XDP_PASS;
     }
     let classes = host | prefix_classes(pkt);
+    // A deny (RPZ `CNAME .`) beats every allow that matches too.
+    if classes & VALUE_DENY != 0 {
+        bump(Stat::DropNotRegistered, 1);
+        drop_event(reason::DENIED, pkt, service, now_ns());
+        return refuse();
+    }
     if classes != 0 {
         if classes & required != 0 {
             bump(Stat::PassAllowed, 1);

@@ -41,6 +41,9 @@ pub enum Reason {
     /// No allow set was loaded yet: the daemon was starting, or the primary
     /// was down at start with no snapshot (deny-protected mode).
     NotLoaded,
+    /// The destination is covered by a deny (RPZ `CNAME .`), which beats
+    /// any allow entry.
+    Denied,
 }
 
 /// Version of the event schema (`docs/events.schema.json`), written into
@@ -52,8 +55,14 @@ pub const ECS_VERSION: &str = "8.11.0";
 
 impl Reason {
     /// Every reason, in code order (the schema lists the same set).
-    pub const ALL: [Reason; 5] =
-        [Reason::NotRegistered, Reason::WrongClass, Reason::Pending, Reason::Malformed, Reason::NotLoaded];
+    pub const ALL: [Reason; 6] = [
+        Reason::NotRegistered,
+        Reason::WrongClass,
+        Reason::Pending,
+        Reason::Malformed,
+        Reason::NotLoaded,
+        Reason::Denied,
+    ];
 
     /// The name written into events (`not_registered`, ...).
     pub const fn name(self) -> &'static str {
@@ -63,6 +72,7 @@ impl Reason {
             Reason::Pending => "pending",
             Reason::Malformed => "malformed",
             Reason::NotLoaded => "not_loaded",
+            Reason::Denied => "denied",
         }
     }
 
@@ -83,6 +93,7 @@ impl Reason {
             guard_common::reason::PENDING => Some(Reason::Pending),
             guard_common::reason::MALFORMED => Some(Reason::Malformed),
             guard_common::reason::NOT_LOADED => Some(Reason::NotLoaded),
+            guard_common::reason::DENIED => Some(Reason::Denied),
             _ => None,
         }
     }

@@ -347,7 +347,14 @@ impl MissDecider {
     }
 
     fn memory(&self, ip: IpAddr, service: Service, generation: u64) -> Option<Decision> {
-        let classes = self.allow.borrow().lookup(ip).union(self.live.lookup(ip));
+        let classes = {
+            let set = self.allow.borrow();
+            // A deny beats live entries too.
+            if set.is_denied(ip) {
+                return None;
+            }
+            set.lookup(ip).union(self.live.lookup(ip))
+        };
         service.allows(classes).then(|| Decision {
             classes,
             ttl: self.resolver.ttl().positive,

@@ -7,13 +7,16 @@
 //! [`Classes::SMTP`] (paper, Table 1).
 
 use std::{
-    collections::BTreeMap,
+    borrow::Cow,
+    collections::{BTreeMap, BTreeSet},
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     str::FromStr,
 };
 
 use serde::{Deserialize, Serialize};
+
+use crate::rpz::meta::EntryMeta;
 
 /// A set of allow-set classes (bit set, same bits as `guard_common::CLASS_*`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -28,9 +31,25 @@ impl Classes {
     /// Legitimate mail exchanger, RPZ answer `127.0.0.25`.
     pub const SMTP: Classes = Classes(guard_common::CLASS_SMTP);
 
+    /// A deny (RPZ `CNAME .`) as the enforcement maps hold it: the
+    /// [`guard_common::VALUE_DENY`] bit, which beats every class. Only in
+    /// the enforced view of a set ([`AllowSet::enforced`]), never a class.
+    pub const DENY: Classes = Classes(guard_common::VALUE_DENY);
+
     /// Builds a set from raw bits, keeping only known classes.
     pub const fn from_bits(bits: u32) -> Self {
         Classes(bits & guard_common::CLASS_ALL)
+    }
+
+    /// An allow-map value as the kernel holds it: the classes, or
+    /// [`Classes::DENY`] (which then stands alone).
+    pub const fn from_map_value(bits: u32) -> Self {
+        if bits & guard_common::VALUE_DENY != 0 { Classes::DENY } else { Classes::from_bits(bits) }
+    }
+
+    /// True for the deny marker of the enforced view.
+    pub const fn is_deny(self) -> bool {
+        self.0 & guard_common::VALUE_DENY != 0
     }
 
     /// The raw bits (as stored in the eBPF maps).
@@ -85,6 +104,9 @@ impl Classes {
 
 impl fmt::Display for Classes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_deny() {
+            return f.write_str("deny");
+        }
         match (self.contains(Classes::DNS), self.contains(Classes::SMTP)) {
             (false, false) => f.write_str("none"),
             (true, false) => f.write_str("dns"),
@@ -124,7 +146,7 @@ impl Service {
 
     /// Whether a destination holding `classes` may receive this service.
     pub const fn allows(self, classes: Classes) -> bool {
-        classes.0 & guard_common::classes_required(self.number()) != 0
+        !classes.is_deny() && classes.0 & guard_common::classes_required(self.number()) != 0
     }
 }
 
@@ -186,7 +208,7 @@ impl Verdict {
     pub const fn decide(service: Service, classes: Classes) -> Verdict {
         if service.allows(classes) {
             Verdict::Allow
-        } else if classes.is_empty() {
+        } else if classes.is_empty() || classes.is_deny() {
             Verdict::DenyNotRegistered
         } else {
             Verdict::DenyWrongClass
@@ -336,10 +358,23 @@ impl AllowDiff {
 }
 
 /// The allow set: prefix → classes. Ordered, so diffs and output are stable.
+///
+/// It also mirrors the rest of the policy zone that matters to rpz-guard:
+/// the denies (`CNAME .` triggers, which beat any allow of the addresses
+/// they cover) and each entry's lifetime state ([`EntryMeta`], the TXT
+/// beside the trigger). [`AllowSet::diff`] and [`AllowSet::apply`] are about
+/// the allow entries only; enforcement points work on
+/// [`AllowSet::enforced`], where denies have become entries.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AllowSet {
     entries: BTreeMap<Prefix, Classes>,
+    denies: BTreeSet<Prefix>,
+    meta: BTreeMap<Prefix, EntryMeta>,
 }
+
+/// Above this many denies, [`AllowSet::denied_by`] probes each prefix
+/// length instead of scanning the denies.
+const DENY_SCAN: usize = 32;
 
 impl AllowSet {
     /// An empty set.
@@ -389,7 +424,27 @@ impl AllowSet {
     /// The classes that apply to a destination: its host entry together
     /// with the longest prefix entry covering it, as BIND picks the most
     /// specific `rpz-ip` trigger, and as the XDP maps (hash + LPM trie) decide.
+    /// A deny covering the destination beats both: [`Classes::NONE`].
     pub fn lookup(&self, ip: IpAddr) -> Classes {
+        let c = self.union_at(ip);
+        if c.is_deny() || self.denied_by(ip).is_some() { Classes::NONE } else { c }
+    }
+
+    /// As [`AllowSet::lookup`], but a denied destination is
+    /// [`Classes::DENY`] rather than [`Classes::NONE`]: for the learners,
+    /// which must neither learn nor push it.
+    pub fn zone_classes(&self, ip: IpAddr) -> Classes {
+        if self.is_denied(ip) { Classes::DENY } else { self.union_at(ip) }
+    }
+
+    /// True when a deny covers `ip` (in either form: a deny of this set,
+    /// or a [`Classes::DENY`] entry of an enforced view).
+    pub fn is_denied(&self, ip: IpAddr) -> bool {
+        self.denied_by(ip).is_some() || self.union_at(ip).is_deny()
+    }
+
+    /// The host entry's classes united with the longest prefix entry's.
+    fn union_at(&self, ip: IpAddr) -> Classes {
         let host = Prefix::host(ip);
         let max = if host.addr().is_ipv4() { 32u8 } else { 128 };
         let longest = (0..max)
@@ -397,7 +452,8 @@ impl AllowSet {
             .filter_map(|len| Prefix::new(host.addr(), len).ok())
             .find_map(|p| self.entries.get(&p).copied())
             .unwrap_or_default();
-        self.get(&host).union(longest)
+        let c = self.get(&host).union(longest);
+        if c.is_deny() { Classes::DENY } else { c }
     }
 
     /// Iterates over the entries in order.
@@ -412,7 +468,7 @@ impl AllowSet {
         })
     }
 
-    /// What must change to turn `self` into `target`.
+    /// What must change to turn `self` into `target` (allow entries only).
     pub fn diff(&self, target: &AllowSet) -> AllowDiff {
         let mut d = AllowDiff::default();
         for (p, c) in &target.entries {
@@ -441,6 +497,146 @@ impl AllowSet {
             }
         }
     }
+
+    // --- denies (RPZ `CNAME .`) ---
+
+    /// Records a deny of `prefix`; true if new.
+    pub fn deny(&mut self, prefix: Prefix) -> bool {
+        self.denies.insert(prefix)
+    }
+
+    /// Drops the deny of exactly `prefix`; true if there was one.
+    pub fn undeny(&mut self, prefix: &Prefix) -> bool {
+        self.denies.remove(prefix)
+    }
+
+    /// The denies, in order.
+    pub fn denies(&self) -> impl Iterator<Item = &Prefix> {
+        self.denies.iter()
+    }
+
+    /// Number of denies.
+    pub fn deny_count(&self) -> usize {
+        self.denies.len()
+    }
+
+    /// The most specific deny covering `ip`, if any.
+    pub fn denied_by(&self, ip: IpAddr) -> Option<Prefix> {
+        self.deny_covering(&Prefix::host(ip))
+    }
+
+    /// The most specific deny covering all of `prefix` (a deny at most as
+    /// long that contains it), if any.
+    pub fn deny_covering(&self, prefix: &Prefix) -> Option<Prefix> {
+        if self.denies.is_empty() {
+            return None;
+        }
+        if self.denies.len() <= DENY_SCAN {
+            return self
+                .denies
+                .iter()
+                .filter(|d| d.len() <= prefix.len() && d.contains(prefix.addr()))
+                .max_by_key(|d| d.len())
+                .copied();
+        }
+        (0..=prefix.len())
+            .rev()
+            .filter_map(|len| Prefix::new(prefix.addr(), len).ok())
+            .find(|p| self.denies.contains(p))
+    }
+
+    /// The set as an enforcement point must hold it: allow entries a deny
+    /// covers entirely are dropped, and each deny becomes an entry holding
+    /// [`Classes::DENY`]. A deny inside a wider allow prefix thus wins by
+    /// being more specific, and a deny over a host entry wins because the
+    /// host entry is gone (XDP also checks the deny bit of the union).
+    /// Without denies this is `self`, not a copy.
+    pub fn enforced(&self) -> Cow<'_, AllowSet> {
+        if self.denies.is_empty() {
+            return Cow::Borrowed(self);
+        }
+        let mut entries = self.entries.clone();
+        for d in &self.denies {
+            let (lo, hi) = span(d);
+            let covered: Vec<Prefix> = entries
+                .range(lo..=hi)
+                .map(|(p, _)| *p)
+                .filter(|p| p.len() >= d.len() && d.contains(p.addr()))
+                .collect();
+            for p in covered {
+                entries.remove(&p);
+            }
+        }
+        for d in &self.denies {
+            entries.insert(*d, Classes::DENY);
+        }
+        Cow::Owned(AllowSet { entries, denies: BTreeSet::new(), meta: BTreeMap::new() })
+    }
+
+    /// The enforced view as a shared set: `set` itself when it has no
+    /// denies (no copy), else a new one.
+    pub fn enforced_arc(set: &std::sync::Arc<AllowSet>) -> std::sync::Arc<AllowSet> {
+        match set.enforced() {
+            Cow::Borrowed(_) => set.clone(),
+            Cow::Owned(s) => std::sync::Arc::new(s),
+        }
+    }
+
+    /// The inverse of [`AllowSet::enforced`] as far as it can be (what
+    /// pinned maps hold, read back): [`Classes::DENY`] entries become denies.
+    #[must_use]
+    pub fn from_enforced(mut self) -> AllowSet {
+        let denies: Vec<Prefix> = self.entries.iter().filter(|(_, c)| c.is_deny()).map(|(p, _)| *p).collect();
+        for p in denies {
+            self.entries.remove(&p);
+            self.denies.insert(p);
+        }
+        self
+    }
+
+    // --- lifetime state (TXT beside each trigger) ---
+
+    /// The lifetime state of exactly `prefix`, when the zone holds one.
+    pub fn meta(&self, prefix: &Prefix) -> Option<&EntryMeta> {
+        self.meta.get(prefix)
+    }
+
+    /// Sets the lifetime state of `prefix`.
+    pub fn set_meta(&mut self, prefix: Prefix, meta: EntryMeta) {
+        self.meta.insert(prefix, meta);
+    }
+
+    /// Drops the lifetime state of `prefix`, returning it.
+    pub fn remove_meta(&mut self, prefix: &Prefix) -> Option<EntryMeta> {
+        self.meta.remove(prefix)
+    }
+
+    /// Every lifetime state, in prefix order.
+    pub fn metas(&self) -> impl Iterator<Item = (&Prefix, &EntryMeta)> {
+        self.meta.iter()
+    }
+
+    /// True when the denies or the lifetime state differ from `other`'s
+    /// (what [`AllowSet::diff`] does not see).
+    pub fn state_differs(&self, other: &AllowSet) -> bool {
+        self.denies != other.denies || self.meta != other.meta
+    }
+}
+
+/// The smallest and largest prefix keys inside `d`, for a range scan of a
+/// map ordered by (address, length).
+fn span(d: &Prefix) -> (Prefix, Prefix) {
+    let last = match d.addr() {
+        IpAddr::V4(a) => {
+            let host = if d.len() >= 32 { 0 } else { u32::MAX >> d.len() };
+            IpAddr::V4(Ipv4Addr::from(u32::from(a) | host))
+        }
+        IpAddr::V6(a) => {
+            let host = if d.len() >= 128 { 0 } else { u128::MAX >> d.len() };
+            IpAddr::V6(Ipv6Addr::from(u128::from(a) | host))
+        }
+    };
+    (Prefix { addr: d.addr(), len: 0 }, Prefix { addr: last, len: u8::MAX })
 }
 
 impl FromIterator<(Prefix, Classes)> for AllowSet {
@@ -530,6 +726,63 @@ mod tests {
         c.apply(&d);
         assert_eq!(c, b);
         assert!(b.diff(&b).is_empty());
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("test ip")
+    }
+
+    #[test]
+    fn a_deny_beats_any_allow_in_lookup() {
+        let mut s = AllowSet::new();
+        s.add(p("198.51.100.0/24"), Classes::DNS);
+        s.add(p("198.51.100.7"), Classes::SMTP);
+        s.add(p("203.0.113.0/24"), Classes::SMTP);
+        s.add(p("203.0.113.5"), Classes::SMTP);
+        s.deny(p("198.51.100.7"));
+        s.deny(p("203.0.0.0/16"));
+        for denied in ["198.51.100.7", "203.0.113.5", "203.0.113.99"] {
+            assert_eq!(s.lookup(ip(denied)), Classes::NONE, "{denied}");
+            assert_eq!(s.zone_classes(ip(denied)), Classes::DENY, "{denied}");
+            assert!(s.is_denied(ip(denied)));
+        }
+        assert_eq!(s.lookup(ip("198.51.100.8")), Classes::DNS);
+        assert_eq!(s.denied_by(ip("203.0.113.5")), Some(p("203.0.0.0/16")));
+        assert_eq!(Verdict::decide(Service::Dns, Classes::DENY), Verdict::DenyNotRegistered);
+    }
+
+    #[test]
+    fn enforced_view_gives_the_same_verdicts() {
+        let mut s = AllowSet::new();
+        s.add(p("198.51.100.0/24"), Classes::DNS);
+        s.add(p("198.51.100.7"), Classes::SMTP);
+        s.add(p("203.0.113.0/24"), Classes::SMTP);
+        s.add(p("203.0.113.5"), Classes::SMTP);
+        s.add(p("2001:db8::/32"), Classes::DNS);
+        s.deny(p("198.51.100.7"));
+        s.deny(p("203.0.0.0/16"));
+        s.deny(p("2001:db8:bad::/48"));
+        let e = s.enforced();
+        // Allows a deny covers are gone; denies are entries.
+        assert_eq!(e.get(&p("203.0.113.0/24")), Classes::NONE);
+        assert_eq!(e.get(&p("203.0.113.5")), Classes::NONE);
+        assert_eq!(e.get(&p("203.0.0.0/16")), Classes::DENY);
+        assert_eq!(e.get(&p("198.51.100.7")), Classes::DENY);
+        for a in [
+            "198.51.100.7",
+            "198.51.100.8",
+            "203.0.113.5",
+            "203.0.7.7",
+            "2001:db8:bad::1",
+            "2001:db8::1",
+            "192.0.2.1",
+        ] {
+            assert_eq!(e.lookup(ip(a)), s.lookup(ip(a)), "{a}");
+            assert_eq!(e.is_denied(ip(a)), s.is_denied(ip(a)), "{a}");
+        }
+        assert_eq!(e.clone().into_owned().from_enforced().denies().count(), 3);
+        let none = AllowSet::new();
+        assert!(matches!(none.enforced(), Cow::Borrowed(_)));
     }
 
     #[test]

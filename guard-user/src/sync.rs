@@ -513,8 +513,14 @@ fn publish(
     // together with its serial (the snapshot writer relies on it). The first
     // set from the source is sent even when equal: it ends deny-protected mode.
     let mut st = lock(state);
-    let diff = tx.borrow().diff(&set);
-    let changed = !diff.is_empty();
+    let (diff, changed) = {
+        let old = tx.borrow();
+        let diff = old.diff(&set);
+        // Denies and lifetime state are published too (enforcement and
+        // ageing follow them), though the allow entries' diff misses them.
+        let changed = !diff.is_empty() || old.state_differs(&set);
+        (diff, changed)
+    };
     let entries = set.len();
     if changed || st.serial.is_none() {
         tx.send_replace(Arc::new(set));

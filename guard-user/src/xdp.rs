@@ -493,31 +493,33 @@ impl Enforcer {
         self.update_settings(|s| s.state = if loaded { STATE_LOADED } else { STATE_NOT_LOADED }).map(|_| ())
     }
 
-    /// Reads the allow maps back (to adopt pinned state, and for tests).
+    /// Reads the allow maps back (to adopt pinned state, and for tests): the
+    /// enforced view, denies as [`Classes::DENY`] entries
+    /// ([`crate::policy::AllowSet::from_enforced`] turns them back).
     pub fn read_allow(&self) -> Result<crate::policy::AllowSet, XdpError> {
         let mut set = crate::policy::AllowSet::new();
         let a4: HashMap<&MapData, [u8; 4], u32> = self.typed_ref(MAP_ALLOW_V4)?;
         for kv in a4.iter() {
             let (k, v) = kv.map_err(map_err(MAP_ALLOW_V4))?;
-            set.add(Prefix::host(IpAddr::from(k)), Classes::from_bits(v));
+            set.add(Prefix::host(IpAddr::from(k)), Classes::from_map_value(v));
         }
         let a6: HashMap<&MapData, [u8; 16], u32> = self.typed_ref(MAP_ALLOW_V6)?;
         for kv in a6.iter() {
             let (k, v) = kv.map_err(map_err(MAP_ALLOW_V6))?;
-            set.add(Prefix::host(IpAddr::from(k)), Classes::from_bits(v));
+            set.add(Prefix::host(IpAddr::from(k)), Classes::from_map_value(v));
         }
         let p4: LpmTrie<&MapData, [u8; 4], u32> = self.typed_ref(MAP_ALLOW_PFX_V4)?;
         for kv in p4.iter() {
             let (k, v) = kv.map_err(map_err(MAP_ALLOW_PFX_V4))?;
             if let Ok(p) = Prefix::new(IpAddr::from(k.data()), k.prefix_len() as u8) {
-                set.add(p, Classes::from_bits(v));
+                set.add(p, Classes::from_map_value(v));
             }
         }
         let p6: LpmTrie<&MapData, [u8; 16], u32> = self.typed_ref(MAP_ALLOW_PFX_V6)?;
         for kv in p6.iter() {
             let (k, v) = kv.map_err(map_err(MAP_ALLOW_PFX_V6))?;
             if let Ok(p) = Prefix::new(IpAddr::from(k.data()), k.prefix_len() as u8) {
-                set.add(p, Classes::from_bits(v));
+                set.add(p, Classes::from_map_value(v));
             }
         }
         Ok(set)

@@ -171,3 +171,34 @@ fn entries_the_zone_has_are_not_enforced_again() {
     assert_eq!(live.stats().already_known, 2);
     assert_eq!(live.stats().queued, 0);
 }
+
+/// Issue 11: an address a deny of the zone covers is neither enforced nor
+/// queued for the primary, and the refusal is counted.
+#[test]
+fn denied_addresses_are_not_learned() {
+    let mut c = Conv::new();
+    delegation(&mut c);
+    c.exchange(RESOLVER, NS1, query(3, "example.com.", RecordType::MX), mx_answer(3, "example.com."));
+    let live = Arc::new(LiveAllow::new(1000).expect("eventfd"));
+    let enforced: Enforced = Arc::default();
+    let e = enforced.clone();
+    let denied = ip(MAIL);
+    let mut l = LiveLearner::new(
+        &Hints::root(),
+        10_000_000_000,
+        true,
+        live.clone(),
+        Box::new(move |a| if a == denied { Classes::DENY } else { Classes::NONE }),
+        Box::new(move |a, c| {
+            e.lock().expect("lock").push((a, c));
+            Ok(())
+        }),
+    );
+    feed(&mut l, &c.frames);
+    let got = enforced.lock().expect("lock").clone();
+    assert!(got.iter().all(|(a, _)| *a != denied), "{got:?}");
+    assert!(got.iter().any(|(a, _)| *a == ip(MAIL6)), "the rest is learned: {got:?}");
+    assert_eq!(live.lookup(denied), Classes::NONE);
+    assert!(live.next_batch(500).iter().all(|(p, _)| p.addr() != denied));
+    assert_eq!(live.stats().learn_denied, 1);
+}

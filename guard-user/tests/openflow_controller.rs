@@ -18,7 +18,10 @@ use guard_user::{
             Action, Body, FeaturesReply, FlowMod, Instruction, Message, OFPP_NORMAL, PacketIn, flow_cmd,
             frag, message_len, meter_cmd,
         },
-        flows::{COOKIE_PROACTIVE, COOKIE_TAG, COOKIE_TAG_MASK, COOKIE_VERDICT, PRIO_ALLOW, PRIO_VERDICT},
+        flows::{
+            COOKIE_PROACTIVE, COOKIE_TAG, COOKIE_TAG_MASK, COOKIE_VERDICT, PRIO_ALLOW, PRIO_DENY,
+            PRIO_VERDICT,
+        },
         oxm::{Match, Oxm},
         serve_listener,
     },
@@ -341,6 +344,46 @@ async fn allow_set_changes_apply_as_diffs() {
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(r.shared.status().switches.iter().all(|s| s.proactive_flows == 7));
+    r.cancel.cancel();
+}
+
+/// Issue 11: a deny (RPZ `CNAME .`) inside an allowed prefix gets flows
+/// above the allow flows, its packets are dropped and reported, even with
+/// the flow budget spent; lifting it takes its flows away.
+#[tokio::test]
+async fn denies_beat_allow_flows() {
+    let set: AllowSet = [(pfx("203.0.113.0/24"), Classes::SMTP)].into_iter().collect();
+    let r = rig(set, |c| c.flow_budget = 5).await;
+    let mut sw = FakeSwitch::connect(r.addr, 9).await;
+    sw.until_barrier().await;
+    r.allow.send_modify(|s| {
+        let mut n = (**s).clone();
+        n.deny(pfx("203.0.113.9"));
+        *s = Arc::new(n);
+    });
+    let ms = sw.until_barrier().await;
+    let adds: Vec<_> = flow_mods(&ms).into_iter().filter(|f| f.command == flow_cmd::ADD).collect();
+    assert_eq!(adds.len(), 5, "one deny flow per protected port, budget or not: {ms:?}");
+    assert!(adds.iter().all(|f| f.priority == PRIO_DENY && dst_of(f) == Some([203, 0, 113, 9].into())));
+    const { assert!(PRIO_DENY > PRIO_ALLOW) };
+    // The switch sends the denied packet up: dropped, reported, no flow.
+    sw.send(packet_in([203, 0, 113, 9], 6, 25)).await;
+    let ms = sw.drain(Duration::from_millis(300)).await;
+    assert!(flow_mods(&ms).is_empty() && !ms.iter().any(|m| matches!(m.body, Body::PacketOut(_))), "{ms:?}");
+    assert_eq!(r.counters.snapshot()[Stat::DropNotRegistered as usize], 1);
+    assert_eq!(r.events.total(), 1);
+    // The rest of the prefix is still allowed by the controller too.
+    sw.send(packet_in([203, 0, 113, 10], 6, 25)).await;
+    let ms = sw.drain(Duration::from_millis(300)).await;
+    assert!(ms.iter().any(|m| matches!(m.body, Body::PacketOut(_))));
+    r.allow.send_modify(|s| {
+        let mut n = (**s).clone();
+        n.undeny(&pfx("203.0.113.9"));
+        *s = Arc::new(n);
+    });
+    let ms = sw.until_barrier().await;
+    let strict = flow_mods(&ms).into_iter().filter(|f| f.command == flow_cmd::DELETE_STRICT).count();
+    assert_eq!(strict, 5, "the deny flows go: {ms:?}");
     r.cancel.cancel();
 }
 

@@ -502,6 +502,50 @@ fn count_mode_never_drops() {
     assert_eq!(delta(&e, &before, Stat::DropWrongClass), 1);
 }
 
+/// Issue 11: a deny (RPZ `CNAME .`) beats every allow covering the
+/// destination: a host entry, a wider prefix, a cached positive verdict.
+#[test]
+fn denies_beat_allows_host_prefix_and_cache() {
+    let mut e = enforcer(Settings::default());
+    let applied = e.read_allow().expect("read");
+    let mut raw = applied.clone();
+    raw.deny(Prefix::host(MX.into()));
+    raw.deny(p("203.0.113.128/25"));
+    raw.deny(p("2001:db8:100::25"));
+    raw.deny(p("198.51.100.96/28"));
+    // A positive verdict cached before the deny arrived.
+    e.cache_verdict(UNKNOWN.into(), Classes::SMTP, Duration::from_secs(60)).expect("cache");
+    let enforced = raw.enforced().into_owned();
+    e.apply_diff(&applied.diff(&enforced)).expect("mirror denies");
+    let v6pc = v6("fd00:1::10");
+    let denied: Vec<(&str, Vec<u8>)> = vec![
+        ("host allow, host deny", frame::v4(PC, MX, frame::TCP, 25)),
+        ("host allow, host deny, dns", frame::v4(PC, MX, frame::UDP, 53)),
+        ("prefix allow, longer deny", frame::v4(PC, Ipv4Addr::new(203, 0, 113, 200), frame::TCP, 25)),
+        ("cached allow, deny prefix", frame::v4(PC, UNKNOWN, frame::TCP, 25)),
+        ("v6 host deny", frame::v6(v6pc, v6("2001:db8:100::25"), frame::TCP, 25)),
+    ];
+    for (what, f) in &denied {
+        let before = e.stats().expect("stats");
+        assert_eq!(run(&mut e, f), XDP_DROP, "{what}");
+        assert_eq!(delta(&e, &before, Stat::DropNotRegistered), 1, "{what}");
+        assert_eq!(delta(&e, &before, Stat::EventsSent), 1, "{what}: a drop event (reason denied)");
+    }
+    // Outside the denies nothing changed.
+    assert_eq!(run(&mut e, &frame::v4(PC, NET_MX, frame::TCP, 25)), XDP_PASS, "rest of the /24");
+    assert_eq!(run(&mut e, &frame::v4(PC, NS, frame::UDP, 53)), XDP_PASS);
+    // Exempt sources stay exempt (the same order as OpenFlow's priorities).
+    assert_eq!(run(&mut e, &frame::v4(RESOLVER, MX, frame::TCP, 25)), XDP_PASS);
+    // The maps read back give the denies again (adopting pinned maps).
+    let back = e.read_allow().expect("read").from_enforced();
+    assert_eq!(back.deny_count(), 4);
+    assert!(back.is_denied(MX.into()));
+    // Lifting the denies restores the allows.
+    e.apply_diff(&enforced.diff(&applied)).expect("mirror without denies");
+    assert_eq!(run(&mut e, &denied[0].1), XDP_PASS);
+    assert_eq!(run(&mut e, &denied[2].1), XDP_PASS);
+}
+
 #[test]
 fn allow_maps_read_back_what_was_mirrored() {
     let e = enforcer(Settings::default());

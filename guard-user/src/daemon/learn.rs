@@ -154,7 +154,7 @@ fn window_ns(cfg: &Config) -> u64 {
 
 fn zone_lookup(zone: &watch::Receiver<Arc<AllowSet>>) -> learn::live::ZoneLookup {
     let z = zone.clone();
-    Box::new(move |ip| z.borrow().lookup(ip))
+    Box::new(move |ip| z.borrow().zone_classes(ip))
 }
 
 /// The UPDATE pusher (or only the journal, without a primary to push to).
@@ -212,7 +212,7 @@ fn replay_journal(
             let mut taken = 0;
             for (ip, c) in entries {
                 let have = set.lookup(ip);
-                if have.contains(c) {
+                if have.contains(c) || set.is_denied(ip) {
                     continue;
                 }
                 if let Some(now) = live.insert(ip, c, monotonic_ns()) {

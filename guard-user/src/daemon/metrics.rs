@@ -171,6 +171,12 @@ impl Shared {
                     n(l.overflow),
                 ),
                 gauge(
+                    "live_learn_denied_total",
+                    "Live learning: answers not learned because a deny covers the address.",
+                    None,
+                    n(l.learn_denied),
+                ),
+                gauge(
                     "live_raced_misses_total",
                     "Live learning: misses for entries learned live.",
                     None,

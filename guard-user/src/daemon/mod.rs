@@ -182,7 +182,9 @@ async fn run_bound(
             lock(&sync_state).snapshot_serial = Some(s.serial);
             (Some(s.serial), Some((from, s.set)))
         }
-        (None, Some(set)) => (None, Some((format!("pinned maps ({} entries)", set.len()), set.clone()))),
+        (None, Some(set)) => {
+            (None, Some((format!("pinned maps ({} entries)", set.len()), set.clone().from_enforced())))
+        }
         (None, None) => (None, None),
     };
     let in_force = start.is_some();

@@ -616,11 +616,11 @@ fn render_live(o: &mut String, l: &LiveStats) {
         l.push_errors,
         l.last_push_error.as_deref().map(|e| format!("  (LAST PUSH FAILED: {e})")).unwrap_or_default()
     );
-    if l.overflow > 0 || l.enforce_errors > 0 || l.raced_misses > 0 {
+    if l.overflow > 0 || l.enforce_errors > 0 || l.raced_misses > 0 || l.learn_denied > 0 {
         let _ = writeln!(
             o,
-            "  overflow {}  enforce errors {}  raced misses {}",
-            l.overflow, l.enforce_errors, l.raced_misses
+            "  overflow {}  enforce errors {}  raced misses {}  denied (not learned) {}",
+            l.overflow, l.enforce_errors, l.raced_misses, l.learn_denied
         );
     }
     let _ = writeln!(o, "  answer → enforced  {}", lag(&l.lag_enforced));

@@ -83,7 +83,10 @@ pub(super) fn mirror_initial(
     in_force: bool,
 ) -> Result<Arc<AllowSet>, DaemonError> {
     let started = Instant::now();
-    let diff = adopted.diff(&initial);
+    // The maps hold the enforced view (denies as deny entries).
+    let initial = Arc::new(initial);
+    let enforced = AllowSet::enforced_arc(&initial);
+    let diff = adopted.diff(&enforced);
     e.apply_diff(&diff)?;
     if in_force {
         e.set_loaded(true)?;
@@ -93,9 +96,10 @@ pub(super) fn mirror_initial(
         removals = diff.remove.len(),
         ms = started.elapsed().as_millis() as u64,
         entries = initial.len(),
+        denies = initial.deny_count(),
         "allow maps mirrored"
     );
-    Ok(Arc::new(initial))
+    Ok(enforced)
 }
 
 /// Enforces until `cancel` fires (the program is attached already): the map
@@ -144,10 +148,12 @@ async fn mirror(
             r = rx.changed() => if r.is_err() { return },
             () = async { match retry { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {}
         }
-        let target = rx.borrow_and_update().clone();
+        let target = AllowSet::enforced_arc(&rx.borrow_and_update().clone());
         let mut diff = applied.diff(&target);
-        // Never take away what live learning enforces ahead of the zone.
+        // Never take away what live learning enforces ahead of the zone,
+        // unless a deny covers it now.
         if let Some(live) = &shared.live {
+            live.drop_denied(|ip| target.is_denied(ip), &mut diff);
             live.merge_into_diff(&mut diff);
         }
         if diff.is_empty() {

@@ -110,6 +110,10 @@ pub struct LiveStats {
     pub already_known: u64,
     /// Entries not taken because [`LiveAllow`] was full (counted, not enforced).
     pub overflow: u64,
+    /// Entries not learned (nor pushed) because a deny of the zone covers
+    /// them (issue 11: a deny overrides learning).
+    #[serde(default)]
+    pub learn_denied: u64,
     /// Entries learned live awaiting confirmation by the zone.
     pub unconfirmed: usize,
     /// Of those, not yet accepted by the primary (the push queue).
@@ -397,6 +401,7 @@ impl LiveAllow {
         }
         for (p, c) in &mut diff.upsert {
             if p.is_host()
+                && !c.is_deny()
                 && let Some(e) = map.get(&p.addr())
             {
                 *c = c.union(e.classes);
@@ -411,6 +416,35 @@ impl LiveAllow {
             None => true,
         });
         diff.upsert.extend(kept);
+    }
+
+    /// Forgets the live entries a deny now covers (`denied(ip)`), and makes
+    /// `diff` take their host entries out of the enforcement point unless
+    /// it writes them already (a deny of exactly that host): they were
+    /// written there directly, so no zone diff knows them. Counted as
+    /// `learn_denied`.
+    pub fn drop_denied(&self, denied: impl Fn(IpAddr) -> bool, diff: &mut crate::policy::AllowDiff) {
+        let mut map = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        if map.is_empty() {
+            return;
+        }
+        let gone: Vec<IpAddr> = map.keys().copied().filter(|ip| denied(*ip)).collect();
+        if gone.is_empty() {
+            return;
+        }
+        for ip in &gone {
+            map.remove(ip);
+            let host = Prefix::host(*ip);
+            if !diff.upsert.iter().any(|(p, _)| *p == host) && !diff.remove.contains(&host) {
+                diff.remove.push(host);
+            }
+        }
+        let unconfirmed = map.len();
+        drop(map);
+        self.dirty.store(true, Ordering::Release);
+        let mut st = lock(&self.stats);
+        st.unconfirmed = unconfirmed;
+        st.learn_denied += gone.len() as u64;
     }
 
     /// Adds to the counters (the learner, after each batch of packets).
@@ -447,7 +481,9 @@ impl LiveAllow {
 /// `(address, all classes it must now pass with)`.
 pub type Enforce = Box<dyn FnMut(IpAddr, Classes) -> Result<(), String> + Send>;
 
-/// The classes the zone (the RPZ mirror) holds for an address.
+/// The classes the zone (the RPZ mirror) holds for an address;
+/// [`Classes::DENY`] when a deny covers it
+/// ([`crate::policy::AllowSet::zone_classes`]).
 pub type ZoneLookup = Box<dyn Fn(IpAddr) -> Classes + Send + Sync>;
 
 /// The learner side of live learning: one [`Pipeline`] (new-entry
@@ -503,6 +539,11 @@ impl LiveLearner {
         for (p, c) in new {
             let ip = p.addr();
             let zone = (self.zone)(ip);
+            if zone.is_deny() {
+                // A deny overrides learning: neither enforced nor pushed.
+                self.live.update_stats(|s| s.learn_denied += 1);
+                continue;
+            }
             if zone.contains(c) {
                 self.live.update_stats(|s| s.already_known += 1);
                 continue;
@@ -639,6 +680,24 @@ mod tests {
         live.merge_into_diff(&mut diff);
         assert!(diff.remove.is_empty());
         assert_eq!(diff.upsert, vec![(Prefix::host(ip("192.0.2.1")), Classes::SMTP)]);
+    }
+
+    #[test]
+    fn denied_live_entries_leave_the_maps() {
+        let live = LiveAllow::new(10).expect("eventfd");
+        live.insert(ip("192.0.2.1"), Classes::SMTP, 1);
+        live.insert(ip("192.0.2.2"), Classes::SMTP, 1);
+        live.insert(ip("192.0.2.3"), Classes::DNS, 1);
+        let deny = Prefix::host(ip("192.0.2.2"));
+        // The zone now denies 192.0.2.0/31 (.1) and exactly .2 (an upsert to DENY).
+        let mut diff = crate::policy::AllowDiff { upsert: vec![(deny, Classes::DENY)], remove: vec![] };
+        live.drop_denied(|a| a == ip("192.0.2.1") || a == ip("192.0.2.2"), &mut diff);
+        live.merge_into_diff(&mut diff);
+        assert_eq!(diff.upsert, vec![(deny, Classes::DENY)], "a deny is never widened by live classes");
+        assert_eq!(diff.remove, vec![Prefix::host(ip("192.0.2.1"))]);
+        assert_eq!(live.lookup(ip("192.0.2.1")), Classes::NONE);
+        assert_eq!(live.lookup(ip("192.0.2.3")), Classes::DNS);
+        assert_eq!(live.stats().learn_denied, 2);
     }
 
     #[tokio::test]

@@ -114,7 +114,7 @@ pub async fn push_loop(
                 let batch: Vec<_> = live
                     .next_batch(cfg.batch)
                     .into_iter()
-                    .filter(|(p, c)| !set.get(p).contains(*c))
+                    .filter(|(p, c)| !set.get(p).contains(*c) && !set.is_denied(p.addr()))
                     .collect();
                 if batch.is_empty() {
                     break;

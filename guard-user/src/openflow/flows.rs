@@ -40,6 +40,9 @@ pub const PRIO_LEARN: u16 = 40_100;
 pub const PRIO_EXEMPT: u16 = 40_000;
 /// Priority of internal-destination rules.
 pub const PRIO_INTERNAL: u16 = 39_000;
+/// Priority of deny flows (RPZ `CNAME .`): above every allow flow, below
+/// exempt sources and internal networks (the XDP program's order).
+pub const PRIO_DENY: u16 = 35_000;
 /// Priority of proactive allow flows.
 pub const PRIO_ALLOW: u16 = 30_000;
 /// Priority of reactive verdict flows (allow or drop).
@@ -176,13 +179,25 @@ pub fn allowed_ports(cfg: &ControllerConfig, classes: Classes) -> impl Iterator<
     cfg.protected.iter().filter(move |pp| pp.service.allows(classes))
 }
 
-/// Proactive allow flows for one allow-set entry (`command` ADD or DELETE_STRICT).
+/// Proactive flows for one entry of the enforced set (`command` ADD or
+/// DELETE_STRICT): allow flows (→ NORMAL) for the ports its classes permit;
+/// for a deny ([`Classes::DENY`]), one flow per protected port at
+/// [`PRIO_DENY`] sending the packet to the controller (metered), which
+/// drops it and reports it (reason `denied`).
 pub fn allow_flows(cfg: &ControllerConfig, prefix: &Prefix, classes: Classes, command: u8) -> Vec<FlowMod> {
-    allowed_ports(cfg, classes)
+    let deny = classes.is_deny();
+    let ports: Vec<&ProtectedPort> =
+        if deny { cfg.protected.iter().collect() } else { allowed_ports(cfg, classes).collect() };
+    ports
+        .into_iter()
         .map(|pp| {
             let mut f = prefix_fields(prefix, true);
             f.extend(port_fields(pp));
-            let mut fm = FlowMod::add(COOKIE_PROACTIVE, PRIO_ALLOW, Match::new(f), normal());
+            let mut fm = if deny {
+                FlowMod::add(COOKIE_PROACTIVE, PRIO_DENY, Match::new(f), to_controller(cfg))
+            } else {
+                FlowMod::add(COOKIE_PROACTIVE, PRIO_ALLOW, Match::new(f), normal())
+            };
             fm.command = command;
             if command != flow_cmd::ADD {
                 fm.cookie_mask = COOKIE_KIND_MASK;
@@ -227,7 +242,7 @@ pub fn verdict_flow(
 
 /// Number of proactive flows an entry needs.
 pub fn allow_flow_count(cfg: &ControllerConfig, classes: Classes) -> usize {
-    allowed_ports(cfg, classes).count()
+    if classes.is_deny() { cfg.protected.len() } else { allowed_ports(cfg, classes).count() }
 }
 
 /// True for a live-learning cookie ([`COOKIE_LEARN`] kind).

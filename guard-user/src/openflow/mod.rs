@@ -9,6 +9,7 @@
 //! | 40100 | live learning: answers toward a resolver (src port 53; later fragments) | meter 2 → CONTROLLER (held; released after the learned flows) | learn |
 //! | 40000 | `ip(v6)_src` in an exempt source prefix | NORMAL | base |
 //! | 39000 | `ip(v6)_dst` in an internal network | NORMAL | base |
+//! | 35000 | protected port toward a denied prefix or host (RPZ `CNAME .`): a deny beats every allow flow | meter 1 → CONTROLLER (dropped, reason `denied`) | proactive |
 //! | 30000 | protected port toward an allow-set prefix whose class permits the service (DNS: any class; SMTP: SMTP) | NORMAL | proactive |
 //! | 20000 | protected port toward one host (after a packet-in) | NORMAL or drop, idle/hard timeouts, `SEND_FLOW_REM` | verdict |
 //! | 15000 | `nw_frag=later` (IPv4 and IPv6) | NORMAL | base |

@@ -12,8 +12,15 @@
 //!   Policy Zone (RPZ) Rewriting"). Decoding accepts IPv4 hosts in either form.
 //!
 //! The record data holds the classes: `A 127.0.0.1` (DNS), `A 127.0.0.25` (SMTP),
-//! one record per class. Any other record (e.g. `CNAME .`, the NXDOMAIN
-//! policy, or local data) is counted as ignored, never read as an allow.
+//! one record per class. Beside them, at the same owner:
+//!
+//! * a TXT whose first string is `rpz-guard=1`: the entry's lifetime state
+//!   ([`meta`]); any other TXT is counted as ignored;
+//! * `CNAME .` (the RPZ NXDOMAIN action) instead of the `A` records: a
+//!   **deny**, which beats any allow of the addresses it covers.
+//!
+//! Any other record (another CNAME target, local data) is counted as
+//! ignored, never read as an allow.
 //!
 //! # Modules
 //!
@@ -88,6 +95,11 @@ pub enum IgnoreReason {
     OtherType(String),
     /// An `A` record whose address is neither `127.0.0.1` nor `127.0.0.25`.
     OtherAddress(Ipv4Addr),
+    /// A TXT that is not rpz-guard lifetime data (somebody else's).
+    ForeignTxt,
+    /// rpz-guard lifetime data that cannot be read (the entry stays, as
+    /// if it had no TXT).
+    BadMeta(meta::MetaError),
 }
 
 impl fmt::Display for IgnoreReason {
@@ -96,6 +108,8 @@ impl fmt::Display for IgnoreReason {
             IgnoreReason::Owner(e) => write!(f, "{e}"),
             IgnoreReason::OtherType(t) => write!(f, "type {t} is not an allow answer"),
             IgnoreReason::OtherAddress(a) => write!(f, "A {a} is neither 127.0.0.1 nor 127.0.0.25"),
+            IgnoreReason::ForeignTxt => f.write_str("TXT is not rpz-guard lifetime data"),
+            IgnoreReason::BadMeta(e) => write!(f, "{e}"),
         }
     }
 }
@@ -129,10 +143,17 @@ impl Ignored {
 }
 
 /// The data of a zone record, as far as the allow set cares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum RecordData<'a> {
     /// An `A` record.
     A(Ipv4Addr),
+    /// A `CNAME`: is its target the root (`CNAME .`, a deny)?
+    Cname {
+        /// The target is `.`.
+        root: bool,
+    },
+    /// A `TXT`, by its character-strings (wire bytes, no escapes).
+    Txt(Vec<&'a [u8]>),
     /// Any other type, by mnemonic.
     Other(&'a str),
 }
@@ -142,6 +163,10 @@ pub(crate) enum RecordData<'a> {
 pub(crate) enum Classified {
     /// An allow entry: this prefix holds this class.
     Entry(Prefix, Classes),
+    /// The lifetime state of the entry at this prefix.
+    Meta(Prefix, meta::EntryMeta),
+    /// A deny of this prefix (`CNAME .`).
+    Deny(Prefix),
     /// A record at the zone apex (SOA, NS, ...): structure, not policy.
     Apex,
     /// Anything else.
@@ -154,16 +179,23 @@ pub(crate) fn classify(owner: &str, zone: &str, data: RecordData<'_>) -> Classif
     if canonical(owner) == canonical(zone) {
         return Classified::Apex;
     }
-    let class = match data {
-        RecordData::Other(t) => return Classified::Ignored(IgnoreReason::OtherType(t.to_owned())),
-        RecordData::A(a) => match Classes::from_rpz_answer(a) {
-            Some(c) => c,
-            None => return Classified::Ignored(IgnoreReason::OtherAddress(a)),
-        },
-    };
-    match decode_owner(owner, zone) {
-        Ok(p) => Classified::Entry(p, class),
+    let on_owner = |f: &dyn Fn(Prefix) -> Classified| match decode_owner(owner, zone) {
+        Ok(p) => f(p),
         Err(e) => Classified::Ignored(IgnoreReason::Owner(e)),
+    };
+    match data {
+        RecordData::Other(t) => Classified::Ignored(IgnoreReason::OtherType(t.to_owned())),
+        RecordData::Cname { root: false } => Classified::Ignored(IgnoreReason::OtherType("CNAME".into())),
+        RecordData::Cname { root: true } => on_owner(&Classified::Deny),
+        RecordData::Txt(strings) => match meta::EntryMeta::decode(&strings) {
+            Ok(m) => on_owner(&|p| Classified::Meta(p, m.clone())),
+            Err(meta::MetaError::NotOurs) => Classified::Ignored(IgnoreReason::ForeignTxt),
+            Err(e) => Classified::Ignored(IgnoreReason::BadMeta(e)),
+        },
+        RecordData::A(a) => match Classes::from_rpz_answer(a) {
+            Some(c) => on_owner(&|p| Classified::Entry(p, c)),
+            None => Classified::Ignored(IgnoreReason::OtherAddress(a)),
+        },
     }
 }
 

@@ -1,20 +1,29 @@
-//! A local copy of the last policy zone applied (serial and allow entries),
+//! A local copy of the last policy zone applied (serial, allow entries,
+//! denies and lifetime state),
 //! so a daemon that starts while the primary is down enforces what it last
 //! knew at once, and catches up by IXFR from that serial when the primary
 //! answers (what a BIND secondary does with its zone file).
 //!
-//! # File format (version 1, little endian)
+//! # File format (version 2, little endian)
 //!
 //! ```text
 //! magic     8  "RPZGSNAP"
-//! version   4  1
+//! version   4  2
 //! zone_len  2  then the zone origin (lower case, no final dot)
 //! serial    4  SOA serial of the zone copy
 //! written   8  ms since the Unix epoch
 //! count     8  number of entries
-//! entries      count × (family 1 (4|6), prefix length 1, address 4|16, classes 4)
+//! entries      count × (prefix, classes 4)
+//! denies    8  then that many prefixes
+//! metas     8  then that many × (prefix, strings 1, strings × (length 1, bytes))
 //! crc32     4  CRC-32 (IEEE) of every byte before it
+//!
+//! prefix    =  family 1 (4|6), prefix length 1, address 4|16
 //! ```
+//!
+//! Version 1 (allow entries only) is refused: it was written by a build
+//! that ignored denies and TXT, so an IXFR from its serial would never
+//! bring them back. The daemon then starts with a full transfer.
 //!
 //! Written atomically: a temporary file in the same directory, `fsync`,
 //! `rename` over the old copy, `fsync` of the directory. A file that is not
@@ -27,12 +36,15 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::policy::{AllowSet, Classes, Prefix};
+use crate::{
+    policy::{AllowSet, Classes, Prefix},
+    rpz::meta::EntryMeta,
+};
 
 /// First bytes of a snapshot file.
 pub const MAGIC: &[u8; 8] = b"RPZGSNAP";
 /// The format version this build writes and reads.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// A snapshot as read back.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,21 +147,42 @@ pub fn encode(zone: &str, serial: u32, written_ms: u64, set: &AllowSet) -> Vec<u
     out.extend_from_slice(&written_ms.to_le_bytes());
     out.extend_from_slice(&(set.len() as u64).to_le_bytes());
     for (p, c) in set.iter() {
-        match p.addr() {
-            IpAddr::V4(a) => {
-                out.extend_from_slice(&[4, p.len()]);
-                out.extend_from_slice(&a.octets());
-            }
-            IpAddr::V6(a) => {
-                out.extend_from_slice(&[6, p.len()]);
-                out.extend_from_slice(&a.octets());
-            }
-        }
+        put_prefix(&mut out, p);
         out.extend_from_slice(&c.bits().to_le_bytes());
+    }
+    out.extend_from_slice(&(set.deny_count() as u64).to_le_bytes());
+    for p in set.denies() {
+        put_prefix(&mut out, p);
+    }
+    // A state that cannot be encoded (never from a zone) is left out.
+    let metas: Vec<(&Prefix, Vec<String>)> =
+        set.metas().filter_map(|(p, m)| m.encode().ok().map(|s| (p, s))).collect();
+    out.extend_from_slice(&(metas.len() as u64).to_le_bytes());
+    for (p, strings) in metas {
+        put_prefix(&mut out, p);
+        out.push(u8::try_from(strings.len()).unwrap_or(u8::MAX));
+        for st in strings.iter().take(usize::from(u8::MAX)) {
+            let b = &st.as_bytes()[..st.len().min(255)];
+            out.push(b.len() as u8);
+            out.extend_from_slice(b);
+        }
     }
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
+}
+
+fn put_prefix(out: &mut Vec<u8>, p: &Prefix) {
+    match p.addr() {
+        IpAddr::V4(a) => {
+            out.extend_from_slice(&[4, p.len()]);
+            out.extend_from_slice(&a.octets());
+        }
+        IpAddr::V6(a) => {
+            out.extend_from_slice(&[6, p.len()]);
+            out.extend_from_slice(&a.octets());
+        }
+    }
 }
 
 /// A bounds-checked reader over the file's bytes.
@@ -173,6 +206,27 @@ impl<'a> Reader<'a> {
         a.copy_from_slice(s);
         Ok(a)
     }
+
+    fn prefix(&mut self, index: u64) -> Result<Prefix, SnapshotError> {
+        let [family, len] = self.array("an entry")?;
+        let addr = match family {
+            4 => IpAddr::V4(Ipv4Addr::from(self.array::<4>("an IPv4 entry")?)),
+            6 => IpAddr::V6(Ipv6Addr::from(self.array::<16>("an IPv6 entry")?)),
+            f => return Err(SnapshotError::Entry { index, why: format!("address family {f}") }),
+        };
+        Prefix::new(addr, len).map_err(|e| SnapshotError::Entry { index, why: e.to_string() })
+    }
+
+    /// A count of items of at least `min` bytes each that the rest of the
+    /// file can hold (else truncation, found before allocating).
+    fn count(&mut self, min: usize, what: &'static str) -> Result<u64, SnapshotError> {
+        let n = u64::from_le_bytes(self.array(what)?);
+        let room = (self.buf.len().saturating_sub(self.pos + 4) / min) as u64;
+        if n > room {
+            return Err(SnapshotError::Truncated { len: self.buf.len(), what });
+        }
+        Ok(n)
+    }
 }
 
 /// Parses and checks a snapshot of `zone`.
@@ -195,30 +249,39 @@ pub fn decode(buf: &[u8], zone: &str) -> Result<Snapshot, SnapshotError> {
     let found = String::from_utf8_lossy(name).into_owned();
     let serial = u32::from_le_bytes(r.array("the serial")?);
     let written_ms = u64::from_le_bytes(r.array("the write time")?);
-    let count = u64::from_le_bytes(r.array("the entry count")?);
-    let body_start = r.pos;
     // Each entry takes at least 10 bytes: a count the file cannot hold is
     // truncation (or corruption), found before allocating for it.
-    let room = (buf.len().saturating_sub(body_start + 4) / 10) as u64;
-    if count > room {
-        return Err(SnapshotError::Truncated { len: buf.len(), what: "the entries" });
-    }
+    let count = r.count(10, "the entries")?;
     let mut set = AllowSet::new();
     for index in 0..count {
-        let [family, len] = r.array("an entry")?;
-        let addr = match family {
-            4 => IpAddr::V4(Ipv4Addr::from(r.array::<4>("an IPv4 entry")?)),
-            6 => IpAddr::V6(Ipv6Addr::from(r.array::<16>("an IPv6 entry")?)),
-            f => return Err(SnapshotError::Entry { index, why: format!("address family {f}") }),
-        };
+        let prefix = r.prefix(index)?;
         let bits = u32::from_le_bytes(r.array("an entry's classes")?);
-        let prefix =
-            Prefix::new(addr, len).map_err(|e| SnapshotError::Entry { index, why: e.to_string() })?;
         let classes = Classes::from_bits(bits);
         if classes.is_empty() || classes.bits() != bits {
             return Err(SnapshotError::Entry { index, why: format!("class bits {bits:#x}") });
         }
         set.add(prefix, classes);
+    }
+    let denies = r.count(6, "the denies")?;
+    for index in 0..denies {
+        let p = r.prefix(count + index)?;
+        if !set.deny(p) {
+            return Err(SnapshotError::Entry { index: count + index, why: "duplicate deny".into() });
+        }
+    }
+    let metas = r.count(7, "the lifetime states")?;
+    for index in 0..metas {
+        let at = count + denies + index;
+        let p = r.prefix(at)?;
+        let [n] = r.array("a lifetime state")?;
+        let mut strings = Vec::with_capacity(usize::from(n));
+        for _ in 0..n {
+            let [len] = r.array("a lifetime string")?;
+            strings.push(r.take(usize::from(len), "a lifetime string")?);
+        }
+        let m = EntryMeta::decode(&strings)
+            .map_err(|e| SnapshotError::Entry { index: at, why: e.to_string() })?;
+        set.set_meta(p, m);
     }
     let end = r.pos;
     let stored = u32::from_le_bytes(r.array("the checksum")?);
@@ -316,6 +379,30 @@ mod tests {
     }
 
     #[test]
+    fn denies_and_lifetime_state_round_trip() {
+        use crate::rpz::meta::Evidence;
+        let mut set = sample();
+        set.deny(Prefix::host("203.0.113.66".parse().expect("ip")));
+        set.deny("2001:db8:bad::/48".parse().expect("prefix"));
+        let ev = Evidence {
+            server: "192.0.2.53".parse().expect("ip"),
+            qname: "mx.example.net.".into(),
+            qtype: "MX".into(),
+        };
+        set.set_meta(
+            Prefix::host("198.51.100.25".parse().expect("ip")),
+            EntryMeta::learned(1_796_601_600, 3600, Some(ev)),
+        );
+        set.set_meta(
+            "203.0.113.0/24".parse().expect("prefix"),
+            EntryMeta::manual(5, Some(9), Some("ops \"x\"".into())),
+        );
+        let s = decode(&encode(Z, 9, 1, &set), Z).expect("decode");
+        assert_eq!(s.set, set);
+        assert!(!s.set.state_differs(&set));
+    }
+
+    #[test]
     fn every_flipped_byte_is_refused() {
         let bytes = encode(Z, 7, 0, &sample());
         for i in 0..bytes.len() {
@@ -329,9 +416,13 @@ mod tests {
     fn foreign_files_are_refused_by_name() {
         let bytes = encode(Z, 7, 0, &sample());
         assert!(matches!(decode(&bytes, "other.zone"), Err(SnapshotError::Zone { .. })));
-        let mut v2 = bytes.clone();
-        v2[8..12].copy_from_slice(&2u32.to_le_bytes());
-        assert!(matches!(decode(&v2, Z), Err(SnapshotError::Version { found: 2 })));
+        for other in [1u32, 3] {
+            // Version 1 lacks the denies and lifetime state: refused, so the
+            // daemon transfers the whole zone instead of IXFR from it.
+            let mut b = bytes.clone();
+            b[8..12].copy_from_slice(&other.to_le_bytes());
+            assert!(matches!(decode(&b, Z), Err(SnapshotError::Version { found }) if found == other));
+        }
         assert!(matches!(decode(b"$ORIGIN rpz.example.com.\n", Z), Err(SnapshotError::NotASnapshot)));
         let mut extra = bytes.clone();
         extra.push(0);

@@ -329,6 +329,8 @@ impl<'a> Xfr<'a> {
         let owner = r.name().to_ascii();
         let data = match r.data() {
             RData::A(a) => RecordData::A(a.0),
+            RData::CNAME(c) => RecordData::Cname { root: c.0.is_root() },
+            RData::TXT(t) => RecordData::Txt(t.txt_data().iter().map(AsRef::as_ref).collect()),
             _ => RecordData::Other(""),
         };
         let c = match classify(&owner, self.zone, data) {
@@ -360,6 +362,10 @@ impl<'a> Xfr<'a> {
                     (_, Classified::Entry(p, c)) => {
                         self.full.add(p, c);
                     }
+                    (_, Classified::Meta(p, m)) => self.full.set_meta(p, m),
+                    (_, Classified::Deny(p)) => {
+                        self.full.deny(p);
+                    }
                     (_, Classified::Apex) => {}
                     (owner, Classified::Ignored(why)) => self.ignored.push(&owner, why),
                 }
@@ -387,6 +393,21 @@ impl<'a> Xfr<'a> {
                             set.remove(&p, c);
                         }
                         self.touched.insert(p);
+                    }
+                    Classified::Meta(p, m) if adding => set.set_meta(p, m),
+                    // Only the record we hold goes: a deleted older TXT
+                    // of the same owner must not take the newer one along.
+                    Classified::Meta(p, m) => {
+                        if set.meta(&p) == Some(&m) {
+                            set.remove_meta(&p);
+                        }
+                    }
+                    Classified::Deny(p) => {
+                        if adding {
+                            set.deny(p);
+                        } else {
+                            set.undeny(&p);
+                        }
                     }
                     Classified::Apex => {}
                     Classified::Ignored(why) if adding => self.ignored.push(&owner, why),
@@ -523,7 +544,7 @@ pub async fn soa_serial(server: SocketAddr, zone: &str, key: Option<&TsigKey>) -
 mod tests {
     use std::net::Ipv4Addr;
 
-    use hickory_proto::rr::rdata::{A, CNAME};
+    use hickory_proto::rr::rdata::{A, CNAME, TXT};
 
     use super::*;
 
@@ -557,7 +578,9 @@ mod tests {
         assert_eq!(x.phase, Phase::Done);
         assert_eq!(x.full.get(&p("192.0.2.1")), Classes::DNS.union(Classes::SMTP));
         assert_eq!(x.full.len(), 1);
-        assert_eq!(x.ignored.count, 2);
+        // 192.0.2.2 A 127.0.0.2 is ignored; 9.9.9.9 CNAME . is a deny.
+        assert_eq!(x.ignored.count, 1);
+        assert_eq!(x.full.denies().copied().collect::<Vec<_>>(), vec![p("9.9.9.9")]);
         assert!(x.record(&a("192.0.2.3", 1)).is_err());
     }
 
@@ -589,6 +612,50 @@ mod tests {
                 .collect();
         assert_eq!(set, want);
         assert_eq!(x.touched.len(), 3);
+    }
+
+    fn txt(owner: &str, strings: &[&str]) -> Record {
+        let n = Name::from_ascii(format!("{owner}.{Z}")).expect("name");
+        Record::from_rdata(n, 60, RData::TXT(TXT::new(strings.iter().map(|s| (*s).to_owned()).collect())))
+    }
+
+    fn cname_root(owner: &str) -> Record {
+        let n = Name::from_ascii(format!("{owner}.{Z}")).expect("name");
+        Record::from_rdata(n, 60, RData::CNAME(CNAME(Name::root())))
+    }
+
+    #[test]
+    fn ixfr_carries_lifetime_state_and_denies() {
+        let mut current: AllowSet = [(p("192.0.2.1"), Classes::DNS)].into_iter().collect();
+        let old = ["rpz-guard=1", "src=learned", "first=10", "seen=10"];
+        current.set_meta(p("192.0.2.1"), crate::rpz::meta::EntryMeta::decode(&old).expect("meta"));
+        let mut x = Xfr::new(Z, Some(&current), Some(5));
+        let new = ["rpz-guard=1", "src=learned", "first=10", "seen=99"];
+        let seq = [
+            soa(6),
+            soa(5),
+            txt("192.0.2.1", &old),
+            soa(6),
+            txt("192.0.2.1", &new),
+            txt("192.0.2.1", &["v=spf1 -all"]),
+            cname_root("203.0.113.9"),
+            soa(6),
+        ];
+        for r in &seq {
+            x.record(r).expect("record");
+        }
+        let set = x.delta.expect("delta");
+        assert_eq!(set.meta(&p("192.0.2.1")).and_then(|m| m.seen), Some(99));
+        assert!(set.is_denied("203.0.113.9".parse().expect("ip")));
+        assert_eq!(x.ignored.count, 1, "the foreign TXT");
+        // Deleting an older TXT of the owner keeps the newer one.
+        let mut y = Xfr::new(Z, Some(&set), Some(6));
+        for r in [soa(7), soa(6), txt("192.0.2.1", &old), cname_root("203.0.113.9"), soa(7), soa(7)] {
+            y.record(&r).expect("record");
+        }
+        let set = y.delta.expect("delta");
+        assert_eq!(set.meta(&p("192.0.2.1")).and_then(|m| m.seen), Some(99));
+        assert!(!set.is_denied("203.0.113.9".parse().expect("ip")));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //!
 //! The writer produces what `named-checkzone` accepts: an SOA, an NS, then one
 //! `A 127.0.0.1` (DNS) or `A 127.0.0.25` (SMTP) record per class per entry,
+//! the entry's lifetime TXT when the set holds one, and `CNAME .` per deny,
 //! every name absolute.
 //!
 //! The reader understands the master-file syntax of RFC 1035 section 5.1 as
@@ -17,7 +18,7 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr},
 };
 
-use super::{Classified, Ignored, RECORD_TTL, RecordData, canonical, classify, encode_owner};
+use super::{Classified, Ignored, RECORD_TTL, RecordData, canonical, classify, encode_owner, meta::unescape};
 use crate::policy::AllowSet;
 
 /// Writes `set` as a zone file for `origin` with SOA serial `serial`.
@@ -41,6 +42,18 @@ pub fn write_zone(set: &AllowSet, origin: &str, serial: u32, out: &mut impl Writ
         for a in classes.rpz_answers() {
             writeln!(w, "{owner} {RECORD_TTL} IN A {a}")?;
         }
+        if let Some(m) = set.meta(prefix) {
+            let txt = m
+                .to_zone_text()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{prefix}: {e}")))?;
+            writeln!(w, "{owner} {RECORD_TTL} IN TXT {txt}")?;
+        }
+    }
+    for prefix in set.denies() {
+        if let Some(why) = super::unencodable(prefix) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, why));
+        }
+        writeln!(w, "{} {RECORD_TTL} IN CNAME .", encode_owner(prefix, &zone))?;
     }
     w.flush()
 }
@@ -446,6 +459,7 @@ impl Parser {
             return Err(self.err(l.line, format!("{rtype} record for {owner} has no data")));
         }
         self.out.records += 1;
+        let strings: Vec<Vec<u8>>;
         let data = match rtype.as_str() {
             "A" => {
                 let [a] = rdata else {
@@ -469,12 +483,32 @@ impl Parser {
                     .map_err(|_| self.err(l.line, format!("bad IPv6 address {:?}", a.text)))?;
                 RecordData::Other("AAAA")
             }
+            "CNAME" => {
+                let [target] = rdata else {
+                    return Err(self.err(l.line, format!("CNAME record for {owner} needs exactly one name")));
+                };
+                RecordData::Cname { root: self.absolute(&target.text, l.line)?.is_empty() }
+            }
+            "TXT" => {
+                strings = rdata
+                    .iter()
+                    .map(|t| {
+                        unescape(&t.text)
+                            .ok_or_else(|| self.err(l.line, format!("bad escape in {:?}", t.text)))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                RecordData::Txt(strings.iter().map(Vec::as_slice).collect())
+            }
             other => RecordData::Other(other),
         };
         let owner_fqdn = format!("{owner}.");
         match classify(&owner_fqdn, &self.zone, data) {
             Classified::Entry(p, c) => {
                 self.out.set.add(p, c);
+            }
+            Classified::Meta(p, m) => self.out.set.set_meta(p, m),
+            Classified::Deny(p) => {
+                self.out.set.deny(p);
             }
             Classified::Apex => {}
             Classified::Ignored(reason) => self.out.ignored.push(&owner_fqdn, reason),
@@ -613,10 +647,45 @@ $ORIGIN rpz-ip
         ]
         .into_iter()
         .collect();
-        assert_eq!(z.set, want);
-        assert_eq!(z.ignored.count, 5, "{:?}", z.ignored);
-        assert!(matches!(z.ignored.samples[1].reason, IgnoreReason::OtherType(ref t) if t == "CNAME"));
-        assert!(matches!(z.ignored.samples[2].reason, IgnoreReason::OtherAddress(_)));
+        assert_eq!(z.set.iter().collect::<Vec<_>>(), want.iter().collect::<Vec<_>>());
+        // `192.0.2.9 CNAME .` is a deny; the domain-name CNAME, the local
+        // data, the foreign TXT and the name outside the zone are ignored.
+        assert_eq!(z.set.denies().copied().collect::<Vec<_>>(), vec![p("192.0.2.9")]);
+        assert_eq!(z.ignored.count, 4, "{:?}", z.ignored);
+        assert!(matches!(z.ignored.samples[1].reason, IgnoreReason::OtherAddress(_)));
+        assert!(matches!(z.ignored.samples[2].reason, IgnoreReason::ForeignTxt));
+    }
+
+    #[test]
+    fn lifetime_state_and_denies_round_trip() {
+        use crate::rpz::meta::{EntryMeta, Evidence};
+        let mut set: AllowSet =
+            [(p("198.51.100.25"), Classes::SMTP), (p("2001:db8::53"), Classes::DNS)].into_iter().collect();
+        let ev = Evidence {
+            server: "192.0.2.1".parse().expect("ip"),
+            qname: "mx.example.net.".into(),
+            qtype: "MX".into(),
+        };
+        set.set_meta(p("198.51.100.25"), EntryMeta::learned(1_796_601_600, 3600, Some(ev)));
+        set.set_meta(p("2001:db8::53"), EntryMeta::manual(7, None, Some("say \"hi\" ; (x) \\".into())));
+        set.deny(p("203.0.113.9"));
+        set.deny(p("2001:db8:bad::/48"));
+        let mut out = Vec::new();
+        write_zone(&set, Z, 3, &mut out).expect("write");
+        let text = String::from_utf8(out).expect("utf8");
+        assert!(text.contains("203.0.113.9.rpz.example.com. 60 IN CNAME ."), "{text}");
+        let back = parse_zone(&text, Z).expect("parse");
+        assert_eq!(back.set, set);
+        assert_eq!(back.ignored.count, 0);
+        // A zone of an older version (no TXT) still loads, without state.
+        let old = "@ SOA a b 1 2 3 4 5\n198.51.100.25 A 127.0.0.25\n";
+        let z = parse_zone(old, Z).expect("parse");
+        assert_eq!((z.set.len(), z.set.metas().count()), (1, 0));
+        // Our TXT with a bad field: counted, the entry stays.
+        let bad = "@ SOA a b 1 2 3 4 5\n1.2.3.4 A 127.0.0.1\n1.2.3.4 TXT \"rpz-guard=1\" \"src=x\"\n";
+        let z = parse_zone(bad, Z).expect("parse");
+        assert_eq!((z.set.len(), z.ignored.count), (1, 1));
+        assert!(matches!(z.ignored.samples[0].reason, IgnoreReason::BadMeta(_)));
     }
 
     #[test]

@@ -202,6 +202,12 @@ impl Session {
             counters.inc(Stat::InternalDest);
             return conn.forward(in_port, &pi).await;
         }
+        // A deny (its flow sends the packet here) beats every allow.
+        if self.applied.is_denied(info.dst) {
+            counters.inc(Stat::DropNotRegistered);
+            conn.record(&info, &pp, Reason::Denied);
+            return true;
+        }
         let mut known = self.applied.lookup(info.dst);
         if !pp.service.allows(known) {
             // Learned live, its flows not in yet (another switch, over budget).

@@ -105,6 +105,11 @@ impl Session {
     /// flow budget nothing is installed: the packet-in path allows it from
     /// the live entry.
     pub(super) async fn install_live(&mut self, ip: IpAddr, classes: Classes) -> Result<(), SessionEnd> {
+        if self.applied.is_denied(ip) {
+            // A deny beats learning (the learner skips such answers; this
+            // covers one learned just before the deny arrived).
+            return Ok(());
+        }
         let p = Prefix::host(ip);
         let zone = self.applied.get(&p);
         let installed = !self.skipped.contains(&p);

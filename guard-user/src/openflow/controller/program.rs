@@ -45,7 +45,7 @@ impl Session {
         self.skipped.clear();
         self.extra.clear();
         self.proactive_flows = 0;
-        self.applied = c.shared.allow.borrow().clone();
+        self.applied = AllowSet::enforced_arc(&c.shared.allow.borrow().clone());
         let set = self.applied.clone();
         for (p, cl) in set.iter() {
             self.try_install(p, *cl).await?;
@@ -64,7 +64,9 @@ impl Session {
         if n == 0 {
             return Ok(());
         }
-        if self.proactive_flows + n > cfg.flow_budget {
+        // Denies are never skipped: a deny inside an allowed prefix would
+        // otherwise be allowed by the prefix's flow.
+        if self.proactive_flows + n > cfg.flow_budget && !classes.is_deny() {
             self.skipped.insert(*p);
             return Ok(());
         }
@@ -91,13 +93,16 @@ impl Session {
 
     /// Applies an allow-set change as a diff against what this switch has.
     pub(super) async fn apply(&mut self, new: Arc<AllowSet>) -> Result<(), SessionEnd> {
+        let new = AllowSet::enforced_arc(&new);
         let mut diff = self.applied.diff(&new);
         if diff.is_empty() {
             self.applied = new;
             return Ok(());
         }
         if let Some(l) = &self.conn.shared.learning {
-            // Never take away what was learned live and is not confirmed yet.
+            // Never take away what was learned live and is not confirmed
+            // yet, unless a deny covers it now.
+            l.live().drop_denied(|ip| new.is_denied(ip), &mut diff);
             l.live().merge_into_diff(&mut diff);
         }
         // Decisions in flight wait until this change is on the switch, and
