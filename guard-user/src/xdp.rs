@@ -638,12 +638,13 @@ impl Enforcer {
     }
 
     /// What the allow maps hold for destination `ip`: `(host map, prefix
-    /// trie's longest match)`; the program allows on either (`rpz-guard
-    /// explain`). Point lookups, never a walk of the maps.
+    /// trie's longest match)`, each classes or [`Classes::DENY`]; the
+    /// program allows on either unless one is a deny (`rpz-guard explain`).
+    /// Point lookups, never a walk of the maps.
     pub fn allow_of(&self, ip: IpAddr) -> Result<(Classes, Classes), XdpError> {
         let ip = Prefix::host(ip).addr();
         let found = |r: Result<u32, MapError>, name| match r {
-            Ok(v) => Ok(Classes::from_bits(v)),
+            Ok(v) => Ok(Classes::from_map_value(v)),
             Err(MapError::KeyNotFound) => Ok(Classes::NONE),
             Err(e) => Err(map_err(name)(e)),
         };

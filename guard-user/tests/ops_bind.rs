@@ -243,10 +243,26 @@ fn list_and_explain_from_bind_alone() {
     let entries = v["entries"].as_array().expect("entries");
     let find = |e: &str| entries.iter().find(|x| x["prefix"] == e).cloned();
     assert!(find("198.51.100.7").is_some() && find("203.0.113.0/24").is_some(), "{v}");
-    assert!(find("203.0.113.9").is_some(), "manual entry listed: {v}");
+    let m = find("203.0.113.9").expect("manual entry listed");
+    assert_eq!(m["meta"]["source"], "manual", "{m}");
+    assert!(m["meta"]["expires"].as_u64().is_some(), "{m}");
+    let d = find("192.0.2.66").expect("deny listed");
+    assert_eq!(d["denied"], true, "{d}");
     let o = run(&named, &["list", "--class", "dns"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(stdout(&o).contains("198.51.100.7") && !stdout(&o).contains("203.0.113.9"), "{}", stdout(&o));
+    let o = run(&named, &["list", "--expiring-within", "3d", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON listing");
+    let only: Vec<_> =
+        v["entries"].as_array().expect("entries").iter().map(|e| e["prefix"].clone()).collect();
+    assert_eq!(only, [serde_json::json!("203.0.113.9")], "{v}");
+    let o = run(&named, &["list"]);
+    let text = stdout(&o);
+    let line =
+        |e: &str| text.lines().find(|l| l.starts_with(&format!("{e} "))).unwrap_or_default().to_owned();
+    assert!(line("203.0.113.9").contains("manual"), "{text}");
+    assert!(line("192.0.2.66").contains("deny"), "{text}");
+    assert!(line("198.51.100.7").contains("learned?"), "an entry without TXT (older zone): {text}");
 
     // explain with no daemon: the RPZ part, and the router part named unavailable.
     let o = run(&named, &["explain", "203.0.113.9"]);

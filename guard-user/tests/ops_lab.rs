@@ -137,7 +137,9 @@ fn allow_deny_revoke_reach_both_routers() {
         connect(&lab, Role::Pc, smtp, Duration::from_millis(300)) == Conn::Open
     })
     .expect("router 1 passes SMTP to the allowed address");
-    let lag = until(&lab, &r2, mx, "router 2 holds the allow", |v| entries(v) == [format!("{mx}=2")]);
+    let lag = until(&lab, &r2, mx, "router 2 holds the allow", |v| {
+        entries(v) == [format!("{mx}=2")] && v["meta"][0][1]["source"] == "manual"
+    });
     eprintln!("router 2 followed the allow in {lag:?}");
     assert!(r2.status().sync.incremental > ixfr_before, "router 2 followed by IXFR: {:?}", r2.status().sync);
 
@@ -147,7 +149,9 @@ fn allow_deny_revoke_reach_both_routers() {
         connect(&lab, Role::Pc, smtp, Duration::from_millis(300)) == Conn::TimedOut
     })
     .expect("router 1 blocks the denied address");
-    until(&lab, &r2, mx, "router 2 drops the allow", |v| entries(v).is_empty());
+    until(&lab, &r2, mx, "router 2 holds the deny", |v| {
+        entries(v).is_empty() && v["denied_by"] == serde_json::json!(mx.to_string())
+    });
     let v = router_view(&lab, &r2, mx);
     assert_eq!(v["rpz"]["entries"][0]["denied"], true, "{v}");
 

@@ -25,6 +25,7 @@ use crate::{
     metrics::{Counters, StatSnapshot},
     miss::{MissResolver, MissStats},
     policy::{AllowSet, Classes, Prefix},
+    rpz::meta::EntryMeta,
     sync::{SharedSyncState, SyncState},
     xdp::{Enforcer, KernelVerdict},
 };
@@ -229,8 +230,18 @@ pub struct RouterView {
     /// Entries of the allow set in force that cover the destination: its
     /// host entry first, then prefixes from the longest.
     pub entries: Vec<(Prefix, Classes)>,
-    /// The classes those entries give together (what a verdict uses).
+    /// The classes those entries give together (what a verdict uses;
+    /// `none` when a deny covers the destination).
     pub classes: Classes,
+    /// The most specific deny (`CNAME .`) covering the destination, in the
+    /// set in force.
+    #[serde(default)]
+    pub denied_by: Option<Prefix>,
+    /// The lifetime state the set in force holds for the covering entries
+    /// (what the daemon last transferred: shown when the primary is not
+    /// asked or does not answer).
+    #[serde(default)]
+    pub meta: Vec<(Prefix, EntryMeta)>,
     /// Classes learned live and not yet in the zone (`None`: live learning off).
     pub live: Option<Classes>,
     /// XDP mode: the allow maps and the verdict cache of the kernel.
@@ -326,6 +337,8 @@ impl Shared {
             point: lock(&self.point).clone(),
             serial: lock(&self.sync).serial,
             classes: set.lookup(ip),
+            denied_by: set.denied_by(ip),
+            meta: entries.iter().filter_map(|(p, _)| set.meta(p).map(|m| (*p, m.clone()))).collect(),
             entries,
             live: self.live.as_ref().map(|l| l.lookup(ip)),
             kernel,

@@ -123,7 +123,7 @@ impl Explanation {
         // The verdict: from the zone when it answered, else from the router.
         let verdict_from = match (&self.rpz, &self.router) {
             (Some(r), _) => Some((r.classes(), r.deny().is_some(), "the RPZ")),
-            (None, Some(v)) => Some((v.classes, false, "this router's allow set")),
+            (None, Some(v)) => Some((v.classes, v.denied_by.is_some(), "this router's allow set")),
             (None, None) => None,
         };
         if let Some((classes, denied, from)) = verdict_from {
@@ -241,8 +241,18 @@ impl Explanation {
         if v.entries.is_empty() {
             let _ = writeln!(o, "  allow set  not in the set in force");
         } else {
-            let list: Vec<String> = v.entries.iter().map(|(p, c)| format!("{p} ({c})")).collect();
+            let list: Vec<String> = v
+                .entries
+                .iter()
+                .map(|(p, c)| match v.meta.iter().find(|(mp, _)| mp == p) {
+                    Some((_, m)) => format!("{p} ({c}, {})", m.source),
+                    None => format!("{p} ({c})"),
+                })
+                .collect();
             let _ = writeln!(o, "  allow set  {}", list.join(", "));
+        }
+        if let Some(d) = v.denied_by {
+            let _ = writeln!(o, "  deny       {d} (CNAME .) in force: dropped whatever allows it");
         }
         if let (Some(primary), Some(held)) = (self.rpz.as_ref().and_then(|r| r.serial), v.serial)
             && primary != held
@@ -262,6 +272,9 @@ impl Explanation {
         }
         if let Some(k) = &v.kernel {
             let _ = writeln!(o, "  kernel     host map {}, prefix map {}", k.host, k.prefix);
+            if k.host.is_deny() || k.prefix.is_deny() {
+                let _ = writeln!(o, "             (the deny bit: the program drops it, reason denied)");
+            }
             let cache = k.cache.map_or("none".to_owned(), |c| {
                 let what = if c.pending {
                     "pending (asking the RPZ)".to_owned()

@@ -33,7 +33,8 @@ pub struct EntryView {
     pub meta: Option<EntryMeta>,
     /// Why the entry's own TXT cannot be read, when it cannot.
     pub meta_error: Option<String>,
-    /// TXT records at the owner that are not rpz-guard's (kept, ignored).
+    /// TXT records at the owner that are not rpz-guard's (kept, ignored;
+    /// counted by `explain`, not by `list`).
     pub foreign_txt: usize,
 }
 
@@ -119,20 +120,23 @@ pub struct Listing {
 pub async fn list(target: &super::Target, filter: &ListFilter, now: u64) -> Result<Listing, super::OpsError> {
     let server = target.server()?;
     let snap = crate::rpz::transfer::axfr(server, &target.zone, target.key.as_ref()).await?;
-    let entries = snap
-        .set
-        .iter()
-        .map(|(p, c)| EntryView {
-            prefix: *p,
-            owner: encode_owner(p, &target.zone),
-            classes: *c,
-            denied: false,
-            meta: None,
+    let set = &snap.set;
+    let allows = set.iter().map(|(p, c)| (*p, *c, false));
+    let denies = set.denies().map(|p| (*p, Classes::NONE, true));
+    let mut entries: Vec<EntryView> = allows
+        .chain(denies)
+        .map(|(p, classes, denied)| EntryView {
+            prefix: p,
+            owner: encode_owner(&p, &target.zone),
+            classes,
+            denied,
+            meta: set.meta(&p).cloned(),
             meta_error: None,
             foreign_txt: 0,
         })
         .filter(|e| filter.keeps(e, now))
         .collect();
+    entries.sort_by_key(|e| e.prefix);
     Ok(Listing { server, zone: target.zone.clone(), serial: snap.serial, entries })
 }
 
@@ -140,7 +144,7 @@ impl ListFilter {
     /// True when `e` passes the filter.
     pub fn keeps(&self, e: &EntryView, now: u64) -> bool {
         if let Some(c) = self.class
-            && !e.classes.contains(c)
+            && (e.denied || !e.classes.contains(c))
         {
             return false;
         }
