@@ -278,8 +278,13 @@ pub struct FlowView {
     /// Switches with allow-set entries left out for lack of flow budget.
     pub over_budget_switches: usize,
     /// A proactive allow flow for the destination is installed on each
-    /// connected switch (it is in the allow set in force).
+    /// connected switch (it is in the allow set in force, and no deny
+    /// covers it).
     pub allow_flow: bool,
+    /// A deny flow covering it (above every allow flow) is installed on
+    /// each connected switch.
+    #[serde(default)]
+    pub deny_flow: bool,
 }
 
 /// A verdict the miss path cached in userspace.
@@ -314,6 +319,7 @@ impl Shared {
                 }
             }
         };
+        let denied_by = set.denied_by(ip);
         let flows = match self.config.enforce.mode {
             Mode::Xdp => None,
             Mode::Openflow => {
@@ -324,7 +330,8 @@ impl Shared {
                 Some(FlowView {
                     switches: of.switches.len(),
                     over_budget_switches: of.switches.iter().filter(|s| s.over_budget_entries > 0).count(),
-                    allow_flow: !entries.is_empty() && !of.switches.is_empty(),
+                    allow_flow: !entries.is_empty() && denied_by.is_none() && !of.switches.is_empty(),
+                    deny_flow: denied_by.is_some() && !of.switches.is_empty(),
                 })
             }
         };
@@ -337,7 +344,7 @@ impl Shared {
             point: lock(&self.point).clone(),
             serial: lock(&self.sync).serial,
             classes: set.lookup(ip),
-            denied_by: set.denied_by(ip),
+            denied_by,
             meta: entries.iter().filter_map(|(p, _)| set.meta(p).map(|m| (*p, m.clone()))).collect(),
             entries,
             live: self.live.as_ref().map(|l| l.lookup(ip)),

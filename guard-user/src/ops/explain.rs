@@ -293,9 +293,15 @@ impl Explanation {
         if let Some(f) = &v.flows {
             let _ = writeln!(
                 o,
-                "  flows      {} switch(es) connected; proactive allow flow: {}{}",
+                "  flows      {} switch(es) connected; {}{}",
                 f.switches,
-                if f.allow_flow { "yes" } else { "no (packets go to the controller's miss path)" },
+                if f.deny_flow {
+                    "deny flow: yes (the controller drops it)"
+                } else if f.allow_flow {
+                    "proactive allow flow: yes"
+                } else {
+                    "proactive allow flow: no (packets go to the controller's miss path)"
+                },
                 if f.over_budget_switches > 0 {
                     format!(
                         " ({} switch(es) over flow budget: some entries not installed)",
