@@ -136,6 +136,13 @@ fn allow_revoke_deny_write_the_contract_records_in_one_update_each() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(owner(&named, "192.0.2.0/24").is_deny());
 
+    // An allow inside a denied prefix is written, and the output warns
+    // that the wider deny still wins.
+    let o = run(&named, &["allow", "192.0.2.25", "--class", "smtp"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("WARNING 192.0.2.0/24 is denied"), "{}", stdout(&o));
+    assert_eq!(code(&run(&named, &["revoke", "192.0.2.25"])), 0);
+
     // revoke: everything at the owner goes (the deny too).
     let o = run(&named, &["revoke", "203.0.113.9"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
@@ -151,8 +158,9 @@ fn allow_revoke_deny_write_the_contract_records_in_one_update_each() {
     assert!(stderr(&o).contains("covered by 192.0.2.0/24 (a deny)"), "{}", stderr(&o));
     assert_eq!(serial(&named), s);
 
-    // Each successful command was one UPDATE in BIND's log: allow, allow, deny, deny, revoke.
-    assert_eq!(updates_logged(&named), 5, "{}", named.log());
+    // Each successful command was one UPDATE in BIND's log: allow, allow,
+    // deny, deny, allow, revoke, revoke.
+    assert_eq!(updates_logged(&named), 7, "{}", named.log());
 
     // --json for scripts.
     let o = run(&named, &["allow", "2001:db8::25", "--class", "dns,smtp", "--json"]);

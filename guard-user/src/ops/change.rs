@@ -102,6 +102,9 @@ pub struct Outcome {
     /// UPDATE messages sent (more than one only after a race; each was
     /// refused whole before the next).
     pub attempts: usize,
+    /// What the operator should know: e.g. an allow that a wider deny
+    /// still overrides.
+    pub warnings: Vec<String>,
 }
 
 impl fmt::Display for Outcome {
@@ -118,7 +121,11 @@ impl fmt::Display for Outcome {
             self.serial.map_or("unknown (SOA query failed)".to_owned(), |s| s.to_string()),
             self.prefix.addr()
         )?;
-        write!(f, "  by      {} at {}", self.by, when::utc(self.at))
+        write!(f, "  by      {} at {}", self.by, when::utc(self.at))?;
+        for w in &self.warnings {
+            write!(f, "\n  WARNING {w}")?;
+        }
+        Ok(())
     }
 }
 
@@ -142,6 +149,18 @@ pub async fn apply(target: &Target, req: &Request, now: u64) -> Result<Outcome, 
             Ok(()) => {
                 let after = edit::read_owner(server, zone, Some(key), &prefix).await.ok();
                 let serial = transfer::soa_serial(server, zone, Some(key)).await.ok();
+                let mut warnings = Vec::new();
+                if let Request::Allow { .. } = req {
+                    // A wider deny still wins over this allow.
+                    let covering =
+                        edit::read_covering(server, zone, Some(key), prefix.addr()).await.unwrap_or_default();
+                    for (p, _) in covering.iter().filter(|(p, r)| r.is_deny() && p.len() < prefix.len()) {
+                        warnings.push(format!(
+                            "{p} is denied (CNAME . at {}): the deny still blocks {prefix}; `rpz-guard revoke {p}` lifts it",
+                            encode_owner(p, zone)
+                        ));
+                    }
+                }
                 let outcome = Outcome {
                     action: req.verb(),
                     prefix,
@@ -154,6 +173,7 @@ pub async fn apply(target: &Target, req: &Request, now: u64) -> Result<Outcome, 
                     at: now,
                     by: super::operator(),
                     attempts,
+                    warnings,
                 };
                 tracing::info!(
                     action = outcome.action, %prefix, zone, %server, by = %outcome.by,
