@@ -53,6 +53,7 @@ fn policy() -> &'static Policy {
             exempt_sources: vec![p("10.1.0.53/32"), p("fd00:1::53/128")],
             internal_networks: vec![p("10.0.0.0/8"), p("fd00::/8")],
             settings: Settings::default(),
+            ..ProgramConfig::default()
         };
         e.configure(&cfg).expect("configure");
         let set: AllowSet = [

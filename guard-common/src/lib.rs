@@ -61,6 +61,23 @@ pub const MAP_ALLOW_PFX_V6: &str = "ALLOW_PFX_V6";
 pub const MAP_EXEMPT_V4: &str = "EXEMPT_V4";
 /// Map: exempt sources, `LpmTrie<[u8; 16], u32>`.
 pub const MAP_EXEMPT_V6: &str = "EXEMPT_V6";
+/// Map: source MACs that exempt sources may arrive from, `HashMap<[u8; 6], u32>`
+/// (consulted for entries flagged [`EXEMPT_VERIFY_MAC`]). Not pinned: the
+/// running program keeps its own instance alive, and a restart writes the
+/// new program's one before it replaces the old program.
+pub const MAP_EXEMPT_MACS: &str = "EXEMPT_MACS";
+/// Capacity of [`MAP_EXEMPT_MACS`].
+pub const MAX_EXEMPT_MACS: u32 = 256;
+/// Exempt-trie value bit: the prefix is exempt (every entry has it; an
+/// entry with no other bit is honoured from anywhere).
+pub const EXEMPT_HONOURED: u32 = 1 << 0;
+/// Exempt-trie value bit: honour the exemption only when the router's own
+/// route toward the source leaves by the interface the frame came in on
+/// (untagged frames) and its neighbour entry holds the frame's source MAC.
+pub const EXEMPT_VERIFY_ROUTE: u32 = 1 << 1;
+/// Exempt-trie value bit: honour the exemption only from a source MAC in
+/// [`MAP_EXEMPT_MACS`].
+pub const EXEMPT_VERIFY_MAC: u32 = 1 << 2;
 /// Map: internal destinations (never checked), `LpmTrie<[u8; 4], u32>`.
 pub const MAP_INTERNAL_V4: &str = "INTERNAL_V4";
 /// Map: internal destinations, `LpmTrie<[u8; 16], u32>`.
@@ -263,6 +280,10 @@ pub mod reason {
     pub const NOT_LOADED: u32 = 5;
     /// Destination covered by a deny (RPZ `CNAME .`), whatever allows it.
     pub const DENIED: u32 = 6;
+    // -- anti-spoofing (issue 13) --
+    /// An exempt source address arrived from a MAC or interface it is not
+    /// honoured from: an inside host spoofing the resolver or relay.
+    pub const SPOOFED_EXEMPT: u32 = 7;
 }
 
 /// A drop or miss event sent to userspace on [`MAP_EVENTS`].
@@ -291,6 +312,10 @@ pub struct Event {
     pub vlan: u32,
     /// Events suppressed for this source since the previous one was sent.
     pub suppressed: u32,
+    /// Source MAC of the frame (the sending host, or the last router).
+    pub src_mac: [u8; 6],
+    /// Padding to a multiple of 8 bytes; zero.
+    pub pad: [u8; 2],
 }
 
 /// Per-CPU counter indices of [`MAP_STATS`].
@@ -362,10 +387,17 @@ pub enum Stat {
     /// Protected packets dropped because no allow set is loaded yet
     /// (deny-protected start-up mode).
     DropNotLoaded = 27,
+    // -- anti-spoofing (issue 13) --
+    /// Protected packets from an exempt source address that arrived from a
+    /// MAC or interface the exemption is not honoured from: dropped.
+    DropSpoofedExempt = 28,
+    /// Protected packets from an exempt source whose origin the route check
+    /// could not confirm (no neighbour entry yet): judged as from any host.
+    ExemptUnverified = 29,
 }
 
 /// Number of entries of [`MAP_STATS`].
-pub const STAT_COUNT: u32 = 28;
+pub const STAT_COUNT: u32 = 30;
 
 impl Stat {
     /// Every counter, in index order.
@@ -399,11 +431,14 @@ impl Stat {
         Stat::Released,
         // -- fail-closed start (issue 17) --
         Stat::DropNotLoaded,
+        // -- anti-spoofing (issue 13) --
+        Stat::DropSpoofedExempt,
+        Stat::ExemptUnverified,
     ];
 
     /// The outcome counters: every frame the program sees lands in exactly
     /// one of them, so they sum to [`Stat::Packets`].
-    pub const OUTCOMES: [Stat; 13] = [
+    pub const OUTCOMES: [Stat; 14] = [
         Stat::NonIp,
         Stat::Unprotected,
         Stat::ExemptSource,
@@ -418,6 +453,8 @@ impl Stat {
         Stat::DropExtChain,
         // -- fail-closed start (issue 17) --
         Stat::DropNotLoaded,
+        // -- anti-spoofing (issue 13) --
+        Stat::DropSpoofedExempt,
     ];
 
     /// The snake_case name used in status output and metrics.
@@ -451,6 +488,8 @@ impl Stat {
             Stat::MissFallback => "miss_fallback",
             Stat::Released => "released",
             Stat::DropNotLoaded => "drop_not_loaded",
+            Stat::DropSpoofedExempt => "drop_spoofed_exempt",
+            Stat::ExemptUnverified => "exempt_unverified",
         }
     }
 }
@@ -458,7 +497,7 @@ impl Stat {
 const _: () = assert!(core::mem::size_of::<CacheEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<RateState>() == 16);
 const _: () = assert!(core::mem::size_of::<Settings>() == 28);
-const _: () = assert!(core::mem::size_of::<Event>() == 64);
+const _: () = assert!(core::mem::size_of::<Event>() == 72);
 const _: () = assert!(core::mem::size_of::<DnsCopyHeader>() == 16);
 const _: () = assert!(core::mem::size_of::<DnsCopyBuf>() == 16 + DNS_COPY_MAX);
 

@@ -2,11 +2,14 @@
 
 use aya_ebpf::{
     bindings::{
-        TC_ACT_SHOT,
+        BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED,
+        BPF_FIB_LKUP_RET_PROHIBIT, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNREACHABLE, TC_ACT_SHOT,
+        bpf_fib_lookup as FibLookup,
         xdp_action::{XDP_DROP, XDP_PASS},
     },
     helpers::{
-        bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, generated::bpf_redirect, generated::bpf_xdp_load_bytes,
+        bpf_ktime_get_coarse_ns, bpf_ktime_get_ns,
+        generated::{bpf_fib_lookup, bpf_redirect, bpf_xdp_load_bytes},
     },
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, XskMap, lpm_trie::Key},
@@ -15,10 +18,10 @@ use aya_ebpf::{
 use guard_common::{
     CACHE_PENDING, CacheEntry, DEFAULT_EVENTS_PER_SOURCE, DEFAULT_MISSES_PER_SOURCE, DEFAULT_PENDING_MS,
     DNS_COPY_BYTES, DNS_COPY_MAX, DNS_DIR_QUERY, DNS_DIR_RESPONSE, DnsCopyBuf, DnsCopyHeader, EVENT_DROP,
-    EVENT_MISS, EVENTS_BYTES, Event, MAX_ALLOW_V4, MAX_ALLOW_V6, MAX_CACHE, MAX_LPM_SMALL, MAX_PREFIXES,
-    MAX_RATE, MAX_XSK_QUEUES, MISS_TRANSPORT_AFXDP, MODE_COUNT, PORT_TCP_SHIFT, PORT_UDP_SHIFT, PORTS_LEN,
-    RateState, SERVICE_DNS, STAT_COUNT, STATE_NOT_LOADED, Settings, Stat, VALUE_DENY, classes_required,
-    reason,
+    EVENT_MISS, EVENTS_BYTES, EXEMPT_VERIFY_MAC, EXEMPT_VERIFY_ROUTE, Event, MAX_ALLOW_V4, MAX_ALLOW_V6,
+    MAX_CACHE, MAX_EXEMPT_MACS, MAX_LPM_SMALL, MAX_PREFIXES, MAX_RATE, MAX_XSK_QUEUES, MISS_TRANSPORT_AFXDP,
+    MODE_COUNT, PORT_TCP_SHIFT, PORT_UDP_SHIFT, PORTS_LEN, RateState, SERVICE_DNS, STAT_COUNT,
+    STATE_NOT_LOADED, Settings, Stat, VALUE_DENY, classes_required, reason,
 };
 
 /// Bound on IPv6 extension headers walked before giving up (and dropping).
@@ -34,6 +37,8 @@ const ETH_P_8021AD: u16 = 0x88A8;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const NS_PER_SEC: u64 = 1_000_000_000;
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 /// `bpf_redirect` flag: deliver to the device's receive path, not its transmit path.
@@ -55,6 +60,8 @@ static ALLOW_PFX_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_PREF
 static EXEMPT_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_LPM_SMALL, BPF_F_NO_PREALLOC);
 #[map(name = "EXEMPT_V6")]
 static EXEMPT_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_LPM_SMALL, BPF_F_NO_PREALLOC);
+#[map(name = "EXEMPT_MACS")]
+static EXEMPT_MACS: HashMap<[u8; 6], u32> = HashMap::with_max_entries(MAX_EXEMPT_MACS, 0);
 #[map(name = "INTERNAL_V4")]
 static INTERNAL_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_LPM_SMALL, BPF_F_NO_PREALLOC);
 #[map(name = "INTERNAL_V6")]
@@ -539,13 +546,24 @@ fn check(ctx: &XdpContext, pkt: &Pkt, service: u32) -> u32 {
         return XDP_PASS;
     }
     let exempt = if pkt.v4 {
-        EXEMPT_V4.get(Key::new(32, v4(&pkt.src))).is_some()
+        EXEMPT_V4.get(Key::new(32, v4(&pkt.src))).copied()
     } else {
-        EXEMPT_V6.get(Key::new(128, pkt.src)).is_some()
+        EXEMPT_V6.get(Key::new(128, pkt.src)).copied()
     };
-    if exempt {
-        bump(Stat::ExemptSource, 1);
-        return XDP_PASS;
+    if let Some(flags) = exempt {
+        match exempt_origin(ctx, pkt, flags) {
+            Origin::Honoured => {
+                bump(Stat::ExemptSource, 1);
+                return XDP_PASS;
+            }
+            Origin::Spoofed => {
+                bump(Stat::DropSpoofedExempt, 1);
+                drop_event(ctx, reason::SPOOFED_EXEMPT, pkt, service, now_ns());
+                return refuse();
+            }
+            // Judged like any other host's packet below.
+            Origin::Unverified => bump(Stat::ExemptUnverified, 1),
+        }
     }
     let internal = if pkt.v4 {
         INTERNAL_V4.get(Key::new(32, v4(&pkt.dst))).is_some()
@@ -560,7 +578,7 @@ fn check(ctx: &XdpContext, pkt: &Pkt, service: u32) -> u32 {
     // A deny (RPZ `CNAME .`) beats every allow that matches too.
     if classes & VALUE_DENY != 0 {
         bump(Stat::DropNotRegistered, 1);
-        drop_event(reason::DENIED, pkt, service, now_ns());
+        drop_event(ctx, reason::DENIED, pkt, service, now_ns());
         return refuse();
     }
     if classes != 0 {
@@ -569,7 +587,7 @@ fn check(ctx: &XdpContext, pkt: &Pkt, service: u32) -> u32 {
             return XDP_PASS;
         }
         bump(Stat::DropWrongClass, 1);
-        drop_event(reason::WRONG_CLASS, pkt, service, now_ns());
+        drop_event(ctx, reason::WRONG_CLASS, pkt, service, now_ns());
         return refuse();
     }
     let now = now_ns();
@@ -577,7 +595,7 @@ fn check(ctx: &XdpContext, pkt: &Pkt, service: u32) -> u32 {
     // (the zero state of SETTINGS, so a program never configured fails closed).
     if settings().state == STATE_NOT_LOADED {
         bump(Stat::DropNotLoaded, 1);
-        drop_event(reason::NOT_LOADED, pkt, service, now);
+        drop_event(ctx, reason::NOT_LOADED, pkt, service, now);
         return refuse();
     }
     // SAFETY: the value is copied out at once; a concurrent update at worst
@@ -606,7 +624,7 @@ fn check(ctx: &XdpContext, pkt: &Pkt, service: u32) -> u32 {
             (Stat::DropWrongClass, reason::WRONG_CLASS)
         };
         bump(stat, 1);
-        drop_event(why, pkt, service, now);
+        drop_event(ctx, why, pkt, service, now);
         return refuse();
     }
     bump(Stat::Miss, 1);
@@ -632,10 +650,92 @@ fn check(ctx: &XdpContext, pkt: &Pkt, service: u32) -> u32 {
         // through the ring buffer and drop, as without AF_XDP.
         bump(Stat::MissFallback, 1);
     }
-    if !write_event(EVENT_MISS, reason::PENDING, pkt, service, now, carried) {
+    if !write_event(ctx, EVENT_MISS, reason::PENDING, pkt, service, now, carried) {
         let _ = VERDICT_CACHE.remove(pkt.dst);
     }
     refuse()
+}
+
+/// What the anti-spoofing check made of a packet from an exempt source.
+enum Origin {
+    /// It comes from where the exemption is honoured (or nothing is checked).
+    Honoured,
+    /// It comes from a MAC or interface it is not honoured from: dropped.
+    Spoofed,
+    /// The route check could not tell (no neighbour entry yet, or the
+    /// interface does not route): not exempt, judged like any host.
+    Unverified,
+}
+
+/// Checks where a packet from an exempt source came from, per the entry's
+/// `flags` (the exempt-trie value). Runs only on the exempt path: allowed
+/// and unprotected traffic never gets here.
+#[inline(always)]
+fn exempt_origin(ctx: &XdpContext, pkt: &Pkt, flags: u32) -> Origin {
+    if flags & (EXEMPT_VERIFY_MAC | EXEMPT_VERIFY_ROUTE) == 0 {
+        return Origin::Honoured;
+    }
+    let Some(smac) = bytes_at::<6>(ctx, 6) else { return Origin::Spoofed };
+    // SAFETY: the value is not kept.
+    if flags & EXEMPT_VERIFY_MAC != 0 && unsafe { EXEMPT_MACS.get(smac) }.is_none() {
+        return Origin::Spoofed;
+    }
+    if flags & EXEMPT_VERIFY_ROUTE == 0 {
+        return Origin::Honoured;
+    }
+    route_origin(ctx, pkt, &smac)
+}
+
+/// The reverse-path check of an exempt source, with the kernel's own FIB
+/// and neighbour table (like strict `rp_filter`, which runs after XDP, plus
+/// the MAC): the router's route toward the source must leave by the
+/// interface the frame came in on, and its neighbour entry for the next hop
+/// must hold the frame's source MAC. Tagged frames arrived on a trunk whose
+/// VLAN devices the program does not know, so only their MAC is compared.
+#[inline(always)]
+fn route_origin(ctx: &XdpContext, pkt: &Pkt, smac: &[u8; 6]) -> Origin {
+    // SAFETY: all-zero is a valid value (integers and unions of integers).
+    let mut p: FibLookup = unsafe { core::mem::zeroed() };
+    let ingress = ctx.ingress_ifindex() as u32;
+    p.ifindex = ingress;
+    // The reversed flow: toward the exempt source, from the destination.
+    if pkt.v4 {
+        p.family = AF_INET;
+        p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(v4(&pkt.src));
+        p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(v4(&pkt.dst));
+    } else {
+        p.family = AF_INET6;
+        p.__bindgen_anon_4.ipv6_dst = words(&pkt.src);
+        p.__bindgen_anon_3.ipv6_src = words(&pkt.dst);
+    }
+    // SAFETY: `p` is a whole bpf_fib_lookup on the stack, its size passed.
+    let rc = unsafe { bpf_fib_lookup(ctx.ctx.cast(), &mut p, core::mem::size_of::<FibLookup>() as i32, 0) };
+    let same_iface = pkt.vlan != 0 || p.ifindex == ingress;
+    if rc == i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+        if same_iface && p.dmac == *smac { Origin::Honoured } else { Origin::Spoofed }
+    } else if rc == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
+        if same_iface { Origin::Unverified } else { Origin::Spoofed }
+    } else if rc == i64::from(BPF_FIB_LKUP_RET_BLACKHOLE)
+        || rc == i64::from(BPF_FIB_LKUP_RET_UNREACHABLE)
+        || rc == i64::from(BPF_FIB_LKUP_RET_PROHIBIT)
+        || rc == i64::from(BPF_FIB_LKUP_RET_NOT_FWDED)
+    {
+        // The router would never send to this source (or it is its own).
+        Origin::Spoofed
+    } else {
+        Origin::Unverified
+    }
+}
+
+/// An IPv6 address as the four 32-bit words of `bpf_fib_lookup`.
+#[inline(always)]
+fn words(a: &[u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ]
 }
 
 /// True when misses go to the AF_XDP hold path (never in count-only mode,
@@ -677,9 +777,10 @@ fn prefix_classes(pkt: &Pkt) -> u32 {
 
 /// Sends a drop event within the source's drop-event budget.
 #[inline(always)]
-fn drop_event(why: u32, pkt: &Pkt, service: u32, now: u64) {
+fn drop_event(ctx: &XdpContext, why: u32, pkt: &Pkt, service: u32, now: u64) {
     let s = settings();
     let _ = emit(
+        ctx,
         EVENT_DROP,
         why,
         pkt,
@@ -699,7 +800,12 @@ fn or_default(v: u32, default: u32) -> u32 {
 /// Sends an event unless the source is over its per-second `budget` in
 /// `rate`. Returns true when the event was written.
 #[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined into one verifier-checked body; a struct would only move the fields"
+)]
 fn emit(
+    ctx: &XdpContext,
     kind: u32,
     why: u32,
     pkt: &Pkt,
@@ -709,7 +815,7 @@ fn emit(
     budget: u32,
 ) -> bool {
     match within_budget(pkt, now, rate, budget) {
-        Some(carried) => write_event(kind, why, pkt, service, now, carried),
+        Some(carried) => write_event(ctx, kind, why, pkt, service, now, carried),
         None => false,
     }
 }
@@ -748,7 +854,17 @@ fn within_budget(pkt: &Pkt, now: u64, rate: &LruHashMap<[u8; 16], RateState>, bu
 
 /// Writes an event to the ring buffer; false when it is full (counted).
 #[inline(always)]
-fn write_event(kind: u32, why: u32, pkt: &Pkt, service: u32, now: u64, carried: u32) -> bool {
+fn write_event(
+    ctx: &XdpContext,
+    kind: u32,
+    why: u32,
+    pkt: &Pkt,
+    service: u32,
+    now: u64,
+    carried: u32,
+) -> bool {
+    // The Ethernet source (bytes 6..12), read only on this slow path.
+    let src_mac = bytes_at::<6>(ctx, 6).unwrap_or_default();
     let Some(mut slot) = EVENTS.reserve::<Event>(0) else {
         bump(Stat::EventsLost, 1);
         return false;
@@ -765,6 +881,8 @@ fn write_event(kind: u32, why: u32, pkt: &Pkt, service: u32, now: u64, carried: 
         service,
         vlan: pkt.vlan,
         suppressed: carried,
+        src_mac,
+        pad: [0; 2],
     });
     slot.submit(0);
     bump(Stat::EventsSent, 1);

@@ -16,7 +16,7 @@ use crate::{
     afxdp::xsk::BindMode,
     events::{EventFormat, EventOutput, EventSettings},
     miss::CacheTtl,
-    policy::{Prefix, ProtectedPort, Service, Transport},
+    policy::{MacAddr, Prefix, ProtectedPort, Service, Transport},
     xdp::AttachMode,
 };
 
@@ -253,6 +253,16 @@ pub struct Policy {
     pub dns_ports: Vec<u16>,
     /// Sources never checked: the organization's resolvers and mail relays.
     pub exempt_sources: Vec<Prefix>,
+    /// Anti-spoofing (XDP mode): an exempt source is honoured only when the
+    /// router's own route toward it leaves by the interface the frame came
+    /// in on and its neighbour entry holds the frame's source MAC; else the
+    /// packet is dropped and reported (`spoofed_exempt`). On by default on
+    /// an interface that routes (IP forwarding on).
+    pub exempt_route_check: bool,
+    /// Anti-spoofing (both modes): when set, exempt sources are honoured only
+    /// from these source MACs (the resolvers' and relays' own, or the
+    /// internal router's when they sit behind one).
+    pub exempt_macs: Vec<MacAddr>,
     /// Destinations never checked.
     pub internal_networks: Vec<Prefix>,
 }
@@ -263,6 +273,8 @@ impl Default for Policy {
             smtp_ports: vec![25, 465, 587],
             dns_ports: vec![53],
             exempt_sources: Vec::new(),
+            exempt_route_check: true,
+            exempt_macs: Vec::new(),
             internal_networks: ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7", "fe80::/10"]
                 .iter()
                 .filter_map(|s| s.parse().ok())
@@ -473,6 +485,9 @@ pub struct Openflow {
     pub handshake_timeout_secs: u64,
     /// A refused peer is logged at most once per this many seconds.
     pub refusal_log_secs: u64,
+    /// Anti-spoofing: when set, exempt sources are honoured only when they
+    /// arrive on these switch ports (OpenFlow port numbers, `in_port`).
+    pub exempt_in_ports: Vec<u32>,
 }
 
 impl Default for Openflow {
@@ -493,6 +508,7 @@ impl Default for Openflow {
             drain_timeout_secs: c.drain_timeout_secs,
             handshake_timeout_secs: c.handshake_secs,
             refusal_log_secs: c.refusal_log_secs,
+            exempt_in_ports: Vec::new(),
         }
     }
 }
@@ -744,7 +760,68 @@ impl Openflow {
     }
 }
 
+/// Most exempt-source flows (prefixes × MACs × ports) in OpenFlow mode.
+pub const MAX_EXEMPT_FLOWS: usize = 4096;
+
 impl Config {
+    /// Checks the anti-spoofing keys of exempt sources.
+    fn validate_anti_spoofing(&self) -> Result<(), ConfigError> {
+        let p = &self.policy;
+        if let Some(m) = p.exempt_macs.iter().find(|m| m.is_group() || m.is_zero()) {
+            return Err(invalid(
+                "policy.exempt_macs",
+                format!("\"{m}\""),
+                "a group (multicast/broadcast) or all-zero address is never a frame's source",
+            ));
+        }
+        if p.exempt_macs.len() > guard_common::MAX_EXEMPT_MACS as usize {
+            return Err(invalid(
+                "policy.exempt_macs",
+                p.exempt_macs.len(),
+                format!("at most {} addresses", guard_common::MAX_EXEMPT_MACS),
+            ));
+        }
+        let ports = &self.openflow.exempt_in_ports;
+        if let Some(port) = ports.iter().find(|n| !(1..=crate::openflow::codec::OFPP_MAX).contains(*n)) {
+            return Err(invalid(
+                "openflow.exempt_in_ports",
+                port,
+                format!("a switch port number is 1..={}", crate::openflow::codec::OFPP_MAX),
+            ));
+        }
+        if !ports.is_empty() && self.enforce.mode != Mode::Openflow {
+            return Err(invalid(
+                "openflow.exempt_in_ports",
+                format!("{ports:?}"),
+                "switch ports exist only with enforce.mode = \"openflow\" (XDP mode checks the route: policy.exempt_route_check)",
+            ));
+        }
+        for (key, set) in [
+            ("policy.exempt_macs", !p.exempt_macs.is_empty()),
+            ("openflow.exempt_in_ports", !ports.is_empty()),
+        ] {
+            if set && p.exempt_sources.is_empty() {
+                return Err(invalid(key, "(set)", "has no effect without policy.exempt_sources"));
+            }
+        }
+        if self.enforce.mode == Mode::Openflow {
+            let flows = p.exempt_sources.len() * p.exempt_macs.len().max(1) * ports.len().max(1);
+            if flows > MAX_EXEMPT_FLOWS {
+                return Err(invalid(
+                    "policy.exempt_macs",
+                    format!(
+                        "{} MACs × {} ports × {} prefixes",
+                        p.exempt_macs.len(),
+                        ports.len(),
+                        p.exempt_sources.len()
+                    ),
+                    format!("would need {flows} exempt flows; at most {MAX_EXEMPT_FLOWS}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// How the event sink writes, from `[events]` and `enforce.count_only`.
     pub fn event_settings(&self) -> EventSettings {
         EventSettings { format: self.events.format, count_only: self.enforce.count_only }
@@ -884,6 +961,7 @@ impl Config {
                 ));
             }
         }
+        self.validate_anti_spoofing()?;
         if !(1..=3600).contains(&self.cache.positive_ttl_secs) {
             return Err(invalid("cache.positive_ttl_secs", self.cache.positive_ttl_secs, "must be 1..=3600"));
         }
@@ -1139,6 +1217,90 @@ mod tests {
             let e = parse(text).expect_err(text).to_string();
             assert!(e.contains(needle), "error for {text:?} should name {needle:?}: {e}");
         }
+    }
+
+    #[test]
+    fn anti_spoofing_keys_are_validated() {
+        let xdp = "[enforce]\niface = \"eth1\"\n[rpz]\nzone_file = \"z\"\n";
+        let of = "[enforce]\nmode = \"openflow\"\n[rpz]\nzone_file = \"z\"\n";
+        let c = parse(xdp).expect("valid");
+        assert!(c.policy.exempt_route_check, "on by default");
+        assert!(c.policy.exempt_macs.is_empty() && c.openflow.exempt_in_ports.is_empty());
+        let ok = parse(&format!(
+            "{of}[policy]\nexempt_sources = [\"10.0.0.53\"]\nexempt_macs = [\"02:00:5e:10:00:53\"]\n\
+             [openflow]\nexempt_in_ports = [3, 4]\n"
+        ))
+        .expect("valid");
+        let oc = crate::openflow::ControllerConfig::from_config(&ok);
+        assert_eq!((oc.exempt_macs.len(), oc.exempt_in_ports.clone()), (1, vec![3, 4]));
+        let cases = [
+            (
+                format!(
+                    "{xdp}[policy]\nexempt_sources = [\"10.0.0.53\"]\nexempt_macs = [\"02:00:5e:10:00\"]\n"
+                ),
+                "02:00:5e:10:00",
+            ),
+            (
+                format!(
+                    "{xdp}[policy]\nexempt_sources = [\"10.0.0.53\"]\nexempt_macs = [\"ff:ff:ff:ff:ff:ff\"]\n"
+                ),
+                "policy.exempt_macs",
+            ),
+            (
+                format!(
+                    "{xdp}[policy]\nexempt_sources = [\"10.0.0.53\"]\nexempt_macs = [\"00:00:00:00:00:00\"]\n"
+                ),
+                "all-zero",
+            ),
+            (
+                format!("{xdp}[policy]\nexempt_macs = [\"02:00:5e:10:00:53\"]\n"),
+                "without policy.exempt_sources",
+            ),
+            (format!("{xdp}[policy]\nexempt_route_check = \"yes\"\n"), "exempt_route_check"),
+            (
+                format!(
+                    "{xdp}[policy]\nexempt_sources = [\"10.0.0.53\"]\n[openflow]\nexempt_in_ports = [3]\n"
+                ),
+                "openflow.exempt_in_ports",
+            ),
+            (
+                format!(
+                    "{of}[policy]\nexempt_sources = [\"10.0.0.53\"]\n[openflow]\nexempt_in_ports = [0]\n"
+                ),
+                "switch port number",
+            ),
+            (
+                format!(
+                    "{of}[policy]\nexempt_sources = [\"10.0.0.53\"]\n[openflow]\nexempt_in_ports = [4294967293]\n"
+                ),
+                "4294967293",
+            ),
+            (format!("{of}[openflow]\nexempt_in_ports = [3]\n"), "without policy.exempt_sources"),
+        ];
+        for (text, needle) in cases {
+            let e = parse(&text).expect_err(&text).to_string();
+            assert!(e.contains(needle), "error for {text:?} should name {needle:?}: {e}");
+        }
+        let many: Vec<String> = (0..=guard_common::MAX_EXEMPT_MACS)
+            .map(|i| format!("\"02:00:00:00:{:02x}:{:02x}\"", i >> 8, i & 0xff))
+            .collect();
+        let e = parse(&format!(
+            "{xdp}[policy]\nexempt_sources = [\"10.0.0.53\"]\nexempt_macs = [{}]\n",
+            many.join(",")
+        ))
+        .expect_err("too many")
+        .to_string();
+        assert!(e.contains("at most 256"), "{e}");
+        let prefixes: Vec<String> = (0..100).map(|i| format!("\"10.0.{i}.53\"")).collect();
+        let macs: Vec<String> = (0..50).map(|i| format!("\"02:00:00:00:00:{i:02x}\"")).collect();
+        let e = parse(&format!(
+            "{of}[policy]\nexempt_sources = [{}]\nexempt_macs = [{}]\n",
+            prefixes.join(","),
+            macs.join(",")
+        ))
+        .expect_err("too many flows")
+        .to_string();
+        assert!(e.contains("exempt flows"), "{e}");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{Service, Verdict};
+use crate::policy::{MacAddr, Service, Verdict};
 
 /// Why a packet was blocked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -44,6 +44,10 @@ pub enum Reason {
     /// The destination is covered by a deny (RPZ `CNAME .`), which beats
     /// any allow entry.
     Denied,
+    /// An exempt source address (a resolver, a relay) came from a MAC,
+    /// interface or switch port it is not honoured from: an inside host
+    /// spoofing it. `src_mac` names the sender.
+    SpoofedExempt,
 }
 
 /// Version of the event schema (`docs/events.schema.json`), written into
@@ -62,6 +66,7 @@ impl Reason {
         Reason::Malformed,
         Reason::NotLoaded,
         Reason::Denied,
+        Reason::SpoofedExempt,
     ];
 
     /// The name written into events (`not_registered`, ...).
@@ -73,6 +78,7 @@ impl Reason {
             Reason::Malformed => "malformed",
             Reason::NotLoaded => "not_loaded",
             Reason::Denied => "denied",
+            Reason::SpoofedExempt => "spoofed_exempt",
         }
     }
 
@@ -94,6 +100,7 @@ impl Reason {
             guard_common::reason::MALFORMED => Some(Reason::Malformed),
             guard_common::reason::NOT_LOADED => Some(Reason::NotLoaded),
             guard_common::reason::DENIED => Some(Reason::Denied),
+            guard_common::reason::SPOOFED_EXEMPT => Some(Reason::SpoofedExempt),
             _ => None,
         }
     }
@@ -124,6 +131,10 @@ pub struct DetectionEvent {
     /// Events for this source suppressed by rate limiting just before this one.
     #[serde(skip_serializing_if = "is_zero", default)]
     pub suppressed: u32,
+    /// Ethernet source of the frame: the sending host, or the last router
+    /// before the enforcement point.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub src_mac: Option<MacAddr>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -226,6 +237,11 @@ impl DetectionEvent {
         if count_only {
             ext["count_only"] = true.into();
         }
+        let mut source = serde_json::json!({ "ip": self.src });
+        if let Some(m) = self.src_mac {
+            // ECS writes MACs as uppercase hyphenated pairs.
+            source["mac"] = m.to_string().to_uppercase().replace(':', "-").into();
+        }
         serde_json::json!({
             "@timestamp": rfc3339_ms(self.time_ms),
             "ecs": { "version": ECS_VERSION },
@@ -242,7 +258,7 @@ impl DetectionEvent {
                 "dataset": "rpz_guard.events",
             },
             "rule": { "name": reason, "ruleset": "rpz-guard" },
-            "source": { "ip": self.src },
+            "source": source,
             "destination": { "ip": self.dst, "port": self.dport },
             "network": network,
             "observer": { "type": "firewall", "product": "rpz-guard", "version": env!("CARGO_PKG_VERSION") },
@@ -622,6 +638,7 @@ mod tests {
             vlan: None,
             point: "xdp:test".into(),
             suppressed: 0,
+            src_mac: None,
         }
     }
 

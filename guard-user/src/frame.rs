@@ -348,6 +348,8 @@ pub fn ports(ip: &IpPacket<'_>) -> Result<Option<(u16, u16)>, FrameError> {
 /// What an enforcement point needs to know about an Ethernet frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PacketInfo {
+    /// Ethernet source address (the sending host, or the last router).
+    pub src_mac: crate::policy::MacAddr,
     /// Outer VLAN id, when tagged.
     pub vlan: Option<u16>,
     /// Source address.
@@ -379,7 +381,13 @@ pub fn parse(frame: &[u8]) -> Result<PacketInfo, FrameError> {
     let ports = ports(&ip)?;
     // Both are sub-slices of `frame`.
     let at = |s: &[u8]| (s.as_ptr() as usize).wrapping_sub(frame.as_ptr() as usize);
+    let mut src_mac = [0u8; 6];
+    // `ethernet` accepted the frame, so its 14-byte header is there.
+    if let Some(m) = frame.get(6..12) {
+        src_mac.copy_from_slice(m);
+    }
     Ok(PacketInfo {
+        src_mac: crate::policy::MacAddr(src_mac),
         vlan,
         src: ip.src,
         dst: ip.dst,

@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod afxdp;
+pub mod antispoof;
 pub mod config;
 pub mod daemon;
 pub mod events;

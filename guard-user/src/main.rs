@@ -181,6 +181,19 @@ struct RunArgs {
     /// Exempt source prefix (repeatable): the organization's resolvers and relays.
     #[arg(long = "exempt", value_name = "PREFIX")]
     exempt: Vec<Prefix>,
+    /// Anti-spoofing: honour exempt sources only from this source MAC
+    /// (repeatable; both modes). Replaces policy.exempt_macs.
+    #[arg(long = "exempt-mac", value_name = "MAC")]
+    exempt_mac: Vec<guard_user::policy::MacAddr>,
+    /// Anti-spoofing, XDP mode: switch OFF the route+neighbour check of
+    /// exempt sources (on by default where the interface routes). Without
+    /// --exempt-mac, an inside host can then spoof the resolver's address.
+    #[arg(long)]
+    no_exempt_route_check: bool,
+    /// Anti-spoofing, OpenFlow mode: honour exempt sources only on this
+    /// switch port (repeatable). Replaces openflow.exempt_in_ports.
+    #[arg(long = "exempt-in-port", value_name = "PORT")]
+    exempt_in_port: Vec<u32>,
     /// Internal destination prefix (repeatable); replaces the defaults.
     #[arg(long = "internal", value_name = "PREFIX")]
     internal: Vec<Prefix>,
@@ -543,6 +556,15 @@ fn merge(args: RunArgs) -> anyhow::Result<Config> {
     }
     if !args.exempt.is_empty() {
         cfg.policy.exempt_sources = args.exempt;
+    }
+    if !args.exempt_mac.is_empty() {
+        cfg.policy.exempt_macs = args.exempt_mac;
+    }
+    if args.no_exempt_route_check {
+        cfg.policy.exempt_route_check = false;
+    }
+    if !args.exempt_in_port.is_empty() {
+        cfg.openflow.exempt_in_ports = args.exempt_in_port;
     }
     if !args.internal.is_empty() {
         cfg.policy.internal_networks = args.internal;

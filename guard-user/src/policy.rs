@@ -159,6 +159,64 @@ impl fmt::Display for Service {
     }
 }
 
+/// An Ethernet (MAC-48) address, written `02:00:5e:10:00:53` (hyphens are
+/// read too). Used to pin exempt sources to the hosts they live on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// True for a group (multicast or broadcast) address: never a frame's source.
+    pub const fn is_group(self) -> bool {
+        self.0[0] & 1 != 0
+    }
+
+    /// True for 00:00:00:00:00:00.
+    pub fn is_zero(self) -> bool {
+        self.0 == [0; 6]
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a MAC address like 02:00:5e:10:00:53");
+        let mut out = [0u8; 6];
+        let mut parts = s.split([':', '-']);
+        for byte in &mut out {
+            let part = parts.next().ok_or_else(bad)?;
+            if part.len() != 2 {
+                return Err(bad());
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        Ok(MacAddr(out))
+    }
+}
+
+impl Serialize for MacAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MacAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// A transport protocol of a protected port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -655,6 +713,27 @@ mod tests {
 
     fn p(s: &str) -> Prefix {
         s.parse().expect("test prefix")
+    }
+
+    #[test]
+    fn mac_addresses_parse_print_and_refuse_junk() {
+        let m: MacAddr = "02:00:5E:10:00:53".parse().expect("mac");
+        assert_eq!(m.0, [2, 0, 0x5e, 0x10, 0, 0x53]);
+        assert_eq!(m.to_string(), "02:00:5e:10:00:53");
+        assert_eq!("02-00-5e-10-00-53".parse::<MacAddr>(), Ok(m));
+        for bad in [
+            "",
+            "02:00:5e:10:00",
+            "02:00:5e:10:00:53:01",
+            "2:0:5e:10:0:53",
+            "zz:00:5e:10:00:53",
+            "02005e100053",
+        ] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
+        }
+        assert!("ff:ff:ff:ff:ff:ff".parse::<MacAddr>().expect("mac").is_group());
+        assert!("01:00:5e:00:00:01".parse::<MacAddr>().expect("mac").is_group());
+        assert!(!m.is_group() && !m.is_zero());
     }
 
     #[test]

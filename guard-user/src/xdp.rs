@@ -24,9 +24,9 @@ use aya::{
 };
 use guard_common::{
     CacheEntry, MAP_ALLOW_PFX_V4, MAP_ALLOW_PFX_V6, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_CACHE, MAP_DNS_COPY,
-    MAP_EVENTS, MAP_EXEMPT_V4, MAP_EXEMPT_V6, MAP_INTERNAL_V4, MAP_INTERNAL_V6, MAP_MISS_RATE, MAP_PORTS,
-    MAP_RATE, MAP_RESOLVERS_V4, MAP_RESOLVERS_V6, MAP_SETTINGS, MAP_STATS, MAP_XSKS, PORT_TCP_SHIFT,
-    PORT_UDP_SHIFT, STAT_COUNT, STATE_LOADED, STATE_NOT_LOADED, Settings, Stat,
+    MAP_EVENTS, MAP_EXEMPT_MACS, MAP_EXEMPT_V4, MAP_EXEMPT_V6, MAP_INTERNAL_V4, MAP_INTERNAL_V6,
+    MAP_MISS_RATE, MAP_PORTS, MAP_RATE, MAP_RESOLVERS_V4, MAP_RESOLVERS_V6, MAP_SETTINGS, MAP_STATS,
+    MAP_XSKS, PORT_TCP_SHIFT, PORT_UDP_SHIFT, STAT_COUNT, STATE_LOADED, STATE_NOT_LOADED, Settings, Stat,
 };
 
 use crate::{
@@ -161,6 +161,9 @@ pub struct ProgramConfig {
     pub ports: Vec<ProtectedPort>,
     /// Sources never checked (own resolvers, relays).
     pub exempt_sources: Vec<Prefix>,
+    /// Where exempt sources are honoured from (anti-spoofing; the default
+    /// checks nothing).
+    pub exempt_origin: crate::antispoof::ExemptOrigin,
     /// Destinations never checked.
     pub internal_networks: Vec<Prefix>,
     /// Kernel settings (mode, event budget, pending hold).
@@ -367,11 +370,26 @@ impl Enforcer {
                 }
             }
         }
-        for (v4, v6, list) in [
-            (MAP_EXEMPT_V4, MAP_EXEMPT_V6, &cfg.exempt_sources),
-            (MAP_INTERNAL_V4, MAP_INTERNAL_V6, &cfg.internal_networks),
-        ] {
-            self.replace_lpm(v4, v6, list)?;
+        // Allowed MACs go in before the entries that require them and leave
+        // after, so a live program never checks against a partial list.
+        let macs: Vec<[u8; 6]> = cfg.exempt_origin.macs.iter().map(|m| m.0).collect();
+        {
+            let mut m: HashMap<&mut MapData, [u8; 6], u32> = self.typed(MAP_EXEMPT_MACS)?;
+            for mac in &macs {
+                m.insert(mac, 1, 0).map_err(map_err(MAP_EXEMPT_MACS))?;
+            }
+        }
+        let origin = &cfg.exempt_origin;
+        self.replace_lpm_valued(MAP_EXEMPT_V4, MAP_EXEMPT_V6, &cfg.exempt_sources, |v6| {
+            origin.trie_flags(v6)
+        })?;
+        self.replace_lpm(MAP_INTERNAL_V4, MAP_INTERNAL_V6, &cfg.internal_networks)?;
+        {
+            let mut m: HashMap<&mut MapData, [u8; 6], u32> = self.typed(MAP_EXEMPT_MACS)?;
+            let stale: Vec<[u8; 6]> = m.keys().filter_map(Result::ok).filter(|k| !macs.contains(k)).collect();
+            for k in stale {
+                ignore_missing(m.remove(&k)).map_err(map_err(MAP_EXEMPT_MACS))?;
+            }
         }
         let mut settings: Array<&mut MapData, Settings> = self.array(MAP_SETTINGS)?;
         settings.set(0, cfg.settings, 0).map_err(map_err(MAP_SETTINGS))?;
@@ -382,6 +400,18 @@ impl Enforcer {
     /// inserted before unwanted ones go, so a live (adopted) program never
     /// sees the organisation's resolvers un-exempted mid-update.
     fn replace_lpm(&mut self, v4: &'static str, v6: &'static str, list: &[Prefix]) -> Result<(), XdpError> {
+        self.replace_lpm_valued(v4, v6, list, |_| 1)
+    }
+
+    /// As [`Enforcer::replace_lpm`], each entry holding `value(is_ipv6)`
+    /// (an existing entry's value is updated in place).
+    fn replace_lpm_valued(
+        &mut self,
+        v4: &'static str,
+        v6: &'static str,
+        list: &[Prefix],
+        value: impl Fn(bool) -> u32,
+    ) -> Result<(), XdpError> {
         let want4: Vec<Key<[u8; 4]>> = list
             .iter()
             .filter_map(|p| match p.addr() {
@@ -396,8 +426,8 @@ impl Enforcer {
                 IpAddr::V4(_) => None,
             })
             .collect();
-        sync_trie(self.typed::<LpmTrie<&mut MapData, [u8; 4], u32>>(v4)?, v4, &want4)?;
-        sync_trie(self.typed::<LpmTrie<&mut MapData, [u8; 16], u32>>(v6)?, v6, &want6)
+        sync_trie(self.typed::<LpmTrie<&mut MapData, [u8; 4], u32>>(v4)?, v4, &want4, value(false))?;
+        sync_trie(self.typed::<LpmTrie<&mut MapData, [u8; 16], u32>>(v6)?, v6, &want6, value(true))
     }
 
     /// Applies allow-set changes to the maps, and forgets cached verdicts
@@ -829,9 +859,10 @@ fn sync_trie<K: aya::Pod + PartialEq>(
     mut trie: LpmTrie<&mut MapData, K, u32>,
     name: &'static str,
     want: &[Key<K>],
+    value: u32,
 ) -> Result<(), XdpError> {
     for k in want {
-        trie.insert(k, 1, 0).map_err(map_err(name))?;
+        trie.insert(k, value, 0).map_err(map_err(name))?;
     }
     let have: Vec<Key<K>> = trie.keys().collect::<Result<_, _>>().map_err(map_err(name))?;
     for k in have {

@@ -599,3 +599,136 @@ fn openflow_primary_down_at_start_fails_closed() {
     assert!(tally.sent > 300, "prober ran: {tally:?}");
     assert_eq!(tally.answered, 0, "the bot got no answer at any point");
 }
+
+/// The MAC of `eth0` in namespace `ns`.
+fn eth0_mac(ns: &str) -> [u8; 6] {
+    let out = netns::exec(ns, &["cat", "/sys/class/net/eth0/address"]).expect("read MAC");
+    guard_tests::lab::parse_mac(String::from_utf8_lossy(&out.stdout).trim()).expect("a MAC")
+}
+
+/// Anti-spoofing in OpenFlow mode (issue 13, inside threats): the bot sends
+/// frames carrying the exempt relay's address from its own MAC and port,
+/// under load. Without `policy.exempt_macs` / `openflow.exempt_in_ports`
+/// they pass (the exempt flow matches the address only: the hole, and the
+/// status says the protection is OFF); with them the exempt flow also
+/// matches the relay's MAC and switch port, the spoofed packets reach the
+/// controller, which drops them, counts them and reports the bot's MAC, and
+/// the real relay still reaches anyone.
+#[test]
+fn openflow_exempt_source_spoofing_bot() {
+    use guard_tests::{
+        load::{Ends, Load},
+        spoof,
+    };
+    let t = Topo::up("ofsp");
+    let mx = inet4(25);
+    t.add(mx, "127.0.0.25");
+    let relay_ip: IpAddr = "10.99.0.53".parse().expect("ip");
+    let (bot_mac, relay_mac) = (eth0_mac(&t.bot), eth0_mac(&t.relay));
+    let inet_ns = format!("{}-n", t.lab.prefix());
+    let sp = spoof::Spoofer { src_mac: bot_mac, dst_mac: eth0_mac(&inet_ns), src: relay_ip };
+    let targets: Vec<SocketAddr> =
+        (150..160).flat_map(|h| [SocketAddr::new(inet4(h), 25), SocketAddr::new(inet4(h), 53)]).collect();
+    let spoof_for = |secs: u64| -> u64 {
+        let until = Instant::now() + Duration::from_secs(secs);
+        let (mut sent, mut seq) = (0u64, 0u16);
+        while Instant::now() < until {
+            let frames = sp.frames(&targets, seq);
+            netns::send_frames(&t.bot, "eth0", &frames).expect("send spoofed frames");
+            sent += frames.len() as u64;
+            seq = seq.wrapping_add(1);
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        sent
+    };
+    let connect = |d: &Daemon| {
+        t.ovs
+            .vsctl(&["set-controller", BRIDGE, &format!("ssl:127.0.0.1:{OF_PORT}")])
+            .expect("set-controller");
+        t.ovs.vsctl(&["set", "controller", BRIDGE, "max_backoff=1000"]).expect("controller options");
+        eventually(Duration::from_secs(20), || {
+            switch_connected(d) && t.flows().contains("priority=0 actions=NORMAL")
+        })
+        .unwrap_or_else(|| panic!("switch did not connect and sync; log:\n{}", d.log()));
+    };
+
+    // 1. The hole: exempt by address only.
+    let mut d = start_openflow(&t);
+    assert!(d.status().anti_spoofing.starts_with("OFF"), "status: {}", d.status().anti_spoofing);
+    connect(&d);
+    let counter = spoof::Counter::install(&inet_ns, relay_ip, "198.18.0.0/15").expect("nft counter");
+    let sent_off = spoof_for(2);
+    let through_off =
+        eventually(Duration::from_secs(3), || counter.packets().unwrap_or(0) * 10 >= sent_off * 9)
+            .map(|_| counter.packets().unwrap_or(0));
+    let log = d.stop();
+    assert!(
+        through_off.is_some(),
+        "control: without the binding the spoofed packets must pass ({:?} of {sent_off}); log:\n{log}",
+        counter.packets()
+    );
+    drop(counter);
+
+    // 2. Bound to the relay's MAC and switch port.
+    let port = t.ovs.vsctl(&["get", "Interface", "ofe", "ofport"]).expect("ofport").trim().to_owned();
+    let mac = guard_user::policy::MacAddr(relay_mac).to_string();
+    let d = start_openflow_with(&t, &[("--exempt-mac", &mac), ("--exempt-in-port", &port)]);
+    let st = d.status();
+    assert_eq!(st.anti_spoofing, format!("1 allowed MAC(s), switch port(s) [{port}]"), "status");
+    connect(&d);
+    let flows = t.flows();
+    assert!(
+        flows.lines().any(|l| l.contains("priority=40000")
+            && l.contains(&format!("dl_src={mac}"))
+            && l.contains("nw_src=10.99.0.53")
+            && l.contains("in_port=")),
+        "exempt flow bound to MAC and port missing:\n{flows}"
+    );
+    assert!(
+        !flows.contains("priority=40000,ip,nw_src=10.99.0.53 actions"),
+        "unbound exempt flow left:\n{flows}"
+    );
+    let counter = spoof::Counter::install(&inet_ns, relay_ip, "198.18.0.0/15").expect("nft counter");
+    let ends = Ends {
+        client_ns: t.pc.clone(),
+        bot_ns: t.bot.clone(),
+        bot_ip: "10.99.0.66".parse().expect("ip"),
+        inet_ns: inet_ns.clone(),
+    };
+    eventually(Duration::from_secs(10), || smtp(&t.pc, mx, 25, Duration::from_millis(500)))
+        .expect("MX reachable");
+    let rogues: Vec<SocketAddr> = (100..140).map(|h| SocketAddr::new(inet4(h), 25)).collect();
+    let load = Load::start_in(ends, vec![SocketAddr::new(mx, 25)], rogues).expect("load");
+    let relay_before = smtp(&t.relay, inet4(99), 25, SHORT);
+    let dropped0 = d.status().counters.iter().find(|(n, _)| n == "drop_spoofed_exempt").map_or(0, |c| c.1);
+    let sent = spoof_for(5);
+    std::thread::sleep(Duration::from_millis(500));
+    let relay_after = smtp(&t.relay, inet4(98), 25, SHORT);
+    let r = load.finish();
+    let through = counter.packets().expect("counter");
+    let st = d.status();
+    let dropped = st.counters.iter().find(|(n, _)| n == "drop_spoofed_exempt").map_or(0, |c| c.1) - dropped0;
+    let spoof_events: Vec<_> = d.events().into_iter().filter(|e| e.reason == Reason::SpoofedExempt).collect();
+    eprintln!(
+        "RELIABILITY | spoofing bot vs exempt relay (OpenFlow, real OVS) | unbound: {} of {sent_off} spoofed packets through; \
+         bound to MAC+port: {sent} spoofed sent, {through} through, {dropped} dropped by the controller as spoofed_exempt \
+         (the rest met the packet-in meter), {} events naming the bot's MAC; relay still exempt: {relay_before}/{relay_after}; {r}",
+        through_off.unwrap_or(0),
+        spoof_events.len()
+    );
+    assert_eq!(through, 0, "spoofed packets got through the bound exempt flows");
+    assert!(dropped > 0, "no spoofed packet reached the controller: {:?}", st.counters);
+    assert!(relay_before && relay_after, "the real relay lost its exemption");
+    assert!(!spoof_events.is_empty(), "no spoofed_exempt event");
+    for e in &spoof_events {
+        assert_eq!(
+            e.src_mac,
+            Some(guard_user::policy::MacAddr(bot_mac)),
+            "event must name the spoofer: {e:?}"
+        );
+        assert_eq!(e.src, relay_ip);
+    }
+    assert_eq!(r.legit_failed, 0, "{r}");
+    assert_eq!(r.bot_packets_through, 0, "{r}");
+    assert!(r.legit_ok > 30 && r.bot_tries > 30, "load too small: {r}");
+}

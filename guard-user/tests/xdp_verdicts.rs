@@ -12,8 +12,9 @@ use guard_tests::{
     netns::OwnedNetns,
 };
 use guard_user::{
+    antispoof::ExemptOrigin,
     policy::{
-        AllowSet, Classes, Prefix, Service,
+        AllowSet, Classes, MacAddr, Prefix, Service,
         Transport::{Tcp, Udp},
     },
     xdp::{AttachMode, Enforcer, ProgramConfig, ProtectedPort},
@@ -148,6 +149,11 @@ fn enforcer(settings: Settings) -> Enforcer {
 
 /// As [`enforcer`], keeping `settings.state` as given.
 fn enforcer_in(settings: Settings) -> Enforcer {
+    enforcer_with(settings, |_| {})
+}
+
+/// As [`enforcer_in`], with `adjust` applied to the program configuration.
+fn enforcer_with(settings: Settings, adjust: impl FnOnce(&mut ProgramConfig)) -> Enforcer {
     let mut e =
         Enforcer::load(None).unwrap_or_else(|e| panic!("loading the XDP program (needs root): {e:?}"));
     let ports = [(Tcp, 25, Service::Smtp), (Tcp, 465, Service::Smtp), (Tcp, 587, Service::Smtp)]
@@ -155,13 +161,15 @@ fn enforcer_in(settings: Settings) -> Enforcer {
         .chain([(Udp, 53, Service::Dns), (Tcp, 53, Service::Dns)])
         .map(|(proto, port, service)| ProtectedPort { proto, port, service })
         .collect();
-    e.configure(&ProgramConfig {
+    let mut pc = ProgramConfig {
         ports,
         exempt_sources: vec![p("10.1.0.53/32"), p("fd00:1::53/128")],
         internal_networks: vec![p("10.0.0.0/8"), p("fd00::/8")],
         settings,
-    })
-    .expect("configure");
+        ..ProgramConfig::default()
+    };
+    adjust(&mut pc);
+    e.configure(&pc).expect("configure");
     let set: AllowSet = [
         (Prefix::host(NS.into()), Classes::DNS),
         (Prefix::host(MX.into()), Classes::SMTP),
@@ -753,4 +761,148 @@ fn batched_mirror_matches_one_by_one() {
     single.apply_diff_one_by_one(&to_second).expect("one-by-one diff");
     assert_eq!(batched.read_allow().expect("read"), second);
     assert_eq!(single.read_allow().expect("read"), second);
+}
+
+// --- anti-spoofing of exempt sources (issue 13) ---
+
+const RESOLVER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x53];
+const SPOOFER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x66];
+
+fn from_mac(mut frame: Vec<u8>, mac: [u8; 6]) -> Vec<u8> {
+    frame[6..12].copy_from_slice(&mac);
+    frame
+}
+
+/// Drop events read from the ring buffer: (reason, source, source MAC).
+fn drop_events(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<(u32, IpAddr, [u8; 6])> {
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        assert!(item.len() >= std::mem::size_of::<guard_common::Event>(), "short event record");
+        // SAFETY: the program wrote a whole Event (length checked); read unaligned.
+        let ev: guard_common::Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+        if ev.kind == guard_common::EVENT_DROP {
+            let src = Prefix::host(IpAddr::from(ev.src)).addr();
+            out.push((ev.reason, src, ev.src_mac));
+        }
+    }
+    out
+}
+
+/// With an allowed-MAC list, the resolver's address is exempt from its own
+/// MAC only; from another MAC it is dropped, counted and reported with
+/// that MAC. What any host may do (a registered destination) still passes.
+#[test]
+fn exempt_source_from_another_mac_is_dropped_and_reported() {
+    let mut e = enforcer_with(Settings { state: STATE_LOADED, ..Settings::default() }, |pc| {
+        pc.exempt_origin = ExemptOrigin { macs: vec![MacAddr(RESOLVER_MAC)], ..ExemptOrigin::default() };
+    });
+    e.set_loaded(true).expect("loaded");
+    let mut ring = e.take_events().expect("events");
+    let r6 = v6("fd00:1::53");
+    let before = e.stats().expect("stats");
+    assert_eq!(run(&mut e, &from_mac(frame::v4(RESOLVER, UNKNOWN, frame::UDP, 53), RESOLVER_MAC)), XDP_PASS);
+    assert_eq!(
+        run(&mut e, &from_mac(frame::v6(r6, v6("2001:db8:100::99"), frame::UDP, 53), RESOLVER_MAC)),
+        XDP_PASS
+    );
+    assert_eq!(delta(&e, &before, Stat::ExemptSource), 2);
+    let before = e.stats().expect("stats");
+    assert_eq!(run(&mut e, &from_mac(frame::v4(RESOLVER, UNKNOWN, frame::UDP, 53), SPOOFER_MAC)), XDP_DROP);
+    assert_eq!(
+        run(&mut e, &from_mac(frame::v6(r6, v6("2001:db8:100::99"), frame::TCP, 25), SPOOFER_MAC)),
+        XDP_DROP
+    );
+    assert_eq!(delta(&e, &before, Stat::DropSpoofedExempt), 2);
+    assert_eq!(delta(&e, &before, Stat::ExemptSource), 0);
+    assert_eq!(delta(&e, &before, Stat::Miss), 0, "a spoofed packet never asks the RPZ");
+    let evs = drop_events(&mut ring);
+    assert_eq!(
+        evs,
+        vec![
+            (guard_common::reason::SPOOFED_EXEMPT, IpAddr::V4(RESOLVER), SPOOFER_MAC),
+            (guard_common::reason::SPOOFED_EXEMPT, IpAddr::V6(r6), SPOOFER_MAC),
+        ]
+    );
+    // Toward a registered destination the spoofed packet is any host's: allowed.
+    let before = e.stats().expect("stats");
+    assert_eq!(run(&mut e, &from_mac(frame::v4(RESOLVER, NS, frame::UDP, 53), SPOOFER_MAC)), XDP_PASS);
+    assert_eq!(delta(&e, &before, Stat::PassAllowed), 1);
+    // Count-only mode counts it and passes it.
+    e.update_settings(|s| s.mode = MODE_COUNT).expect("count mode");
+    let before = e.stats().expect("stats");
+    assert_eq!(run(&mut e, &from_mac(frame::v4(RESOLVER, UNKNOWN, frame::UDP, 53), SPOOFER_MAC)), XDP_PASS);
+    assert_eq!(delta(&e, &before, Stat::DropSpoofedExempt), 1);
+    assert_eq!(delta(&e, &before, Stat::WouldDrop), 1);
+    // Other drop events carry the sender's MAC too.
+    e.update_settings(|s| s.mode = guard_common::MODE_ENFORCE).expect("enforce");
+    assert_eq!(run(&mut e, &from_mac(frame::v4(PC, NS, frame::TCP, 25), SPOOFER_MAC)), XDP_DROP);
+    assert_eq!(
+        drop_events(&mut ring).last(),
+        Some(&(guard_common::reason::WRONG_CLASS, IpAddr::V4(PC), SPOOFER_MAC))
+    );
+}
+
+/// The route check with the kernel's own FIB and neighbour table, on a real
+/// veth with the program attached natively: the resolver's address is
+/// exempt only from the MAC the router's neighbour entry holds; from
+/// another MAC it is dropped; without a neighbour entry it is judged like
+/// any host (never exempt by accident); an exempt address the router has no
+/// route back to is spoofed by definition.
+#[test]
+fn exempt_route_check_follows_the_kernel_fib_and_neighbours() {
+    let net = veth_ns();
+    let ns = net.name().to_owned();
+    let ip = |args: &[&str]| {
+        let mut a = vec!["-n", ns.as_str()];
+        a.extend_from_slice(args);
+        guard_tests::netns::exec_ok_root(&a).unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
+    };
+    ip(&["addr", "add", "10.1.0.1/24", "dev", "awb"]);
+    guard_tests::netns::exec(&ns, &["sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"]).expect("forwarding");
+    ip(&["neigh", "replace", "10.1.0.53", "lladdr", "02:00:00:00:00:53", "dev", "awb", "nud", "permanent"]);
+    let no_neigh = Ipv4Addr::new(10, 1, 0, 54);
+    let no_route = Ipv4Addr::new(10, 9, 0, 53);
+    let mut e = enforcer_with(Settings { state: STATE_LOADED, ..Settings::default() }, |pc| {
+        pc.exempt_sources = vec![p("10.1.0.53/32"), p("10.1.0.54/32"), p("10.9.0.53/32")];
+        pc.exempt_origin = ExemptOrigin { route_v4: true, ..ExemptOrigin::default() };
+    });
+    e.set_loaded(true).expect("loaded");
+    guard_tests::netns::run_in_netns(&ns, || e.attach("awb", AttachMode::Native))
+        .expect("enter namespace")
+        .expect("attach natively to the veth");
+    let send = |frame: Vec<u8>, stat: Stat| -> Result<(), String> {
+        let before = e.stats().expect("stats");
+        guard_tests::netns::send_frames(&ns, "awa", &[frame]).expect("send");
+        let t0 = std::time::Instant::now();
+        while delta(&e, &before, Stat::Packets) == 0 && t0.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let (n, hit) = (delta(&e, &before, Stat::Packets), delta(&e, &before, stat));
+        if n == 1 && hit == 1 { Ok(()) } else { Err(format!("{n} packets, {} +{hit}", stat.name())) }
+    };
+    let cases = [
+        ("resolver from its own MAC", RESOLVER, RESOLVER_MAC, Stat::ExemptSource),
+        ("resolver's address from another MAC", RESOLVER, SPOOFER_MAC, Stat::DropSpoofedExempt),
+        ("exempt address without a neighbour entry", no_neigh, SPOOFER_MAC, Stat::ExemptUnverified),
+        ("exempt address with no route back", no_route, RESOLVER_MAC, Stat::DropSpoofedExempt),
+    ];
+    let mut wrong = Vec::new();
+    for (name, src, mac, stat) in cases {
+        if let Err(why) = send(from_mac(frame::v4(src, UNKNOWN, frame::UDP, 53), mac), stat) {
+            wrong.push(format!("{name}: {why}"));
+        }
+    }
+    // The unverified one went on to the miss path like any host's packet.
+    let before = e.stats().expect("stats");
+    if let Err(why) = send(from_mac(frame::v4(no_neigh, UNKNOWN, frame::TCP, 25), RESOLVER_MAC), Stat::Miss) {
+        wrong.push(format!("unverified then judged: {why}"));
+    }
+    assert_eq!(delta(&e, &before, Stat::ExemptUnverified), 1);
+    assert!(wrong.is_empty(), "route check disagrees:\n{}", wrong.join("\n"));
+    // The neighbour entry moves (a failover to a new MAC): the check follows it.
+    ip(&["neigh", "replace", "10.1.0.53", "lladdr", "02:00:00:00:00:66", "dev", "awb", "nud", "permanent"]);
+    send(from_mac(frame::v4(RESOLVER, UNKNOWN, frame::UDP, 53), SPOOFER_MAC), Stat::ExemptSource)
+        .expect("new MAC honoured");
+    send(from_mac(frame::v4(RESOLVER, UNKNOWN, frame::UDP, 53), RESOLVER_MAC), Stat::DropSpoofedExempt)
+        .expect("old MAC refused");
 }

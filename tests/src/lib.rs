@@ -48,6 +48,7 @@ pub mod probe;
 pub mod process;
 pub mod responder;
 pub mod smtp;
+pub mod spoof;
 
 use std::time::Duration;
 

@@ -17,9 +17,14 @@ pub struct Args {
     /// Skip `cargo xtask setup` (the machine is known to be ready).
     #[arg(long)]
     pub no_setup: bool,
-    /// Time each fuzz target runs after the tests (`30s`, `2m`; see `cargo xtask fuzz`).
-    #[arg(long, default_value = "30s", value_parser = fuzz::parse_duration_secs)]
+    /// Wall-time cap of each fuzz target after the tests (`90s`, `2m`). The
+    /// fuzz step is deterministic: a fixed seed and a fixed number of inputs
+    /// per target (see `cargo xtask fuzz --ci`).
+    #[arg(long, default_value = "90s", value_parser = fuzz::parse_duration_secs)]
     pub fuzz_time: u64,
+    /// libFuzzer seed of the fuzz step.
+    #[arg(long, default_value_t = fuzz::CI_SEED)]
+    pub fuzz_seed: u32,
     /// Skip the fuzz step.
     #[arg(long)]
     pub no_fuzz: bool,
@@ -100,8 +105,10 @@ pub fn run(args: &Args) -> Result<()> {
         Ok(())
     })?;
     if !args.no_fuzz {
-        // Every target, bounded; a crash, hang or runaway allocation fails CI.
-        step("fuzz", &mut || fuzz::run_targets(&fuzz::targets()?, args.fuzz_time))?;
+        // Every target, deterministic and bounded (fixed seed, fixed inputs,
+        // committed seeds only); a crash, hang or runaway allocation fails CI.
+        let plan = fuzz::Plan::ci(args.fuzz_time, args.fuzz_seed);
+        step("fuzz", &mut || fuzz::run_targets(&fuzz::targets()?, &plan))?;
     }
     println!("test: all steps passed in {:.1} s", started.elapsed().as_secs_f64());
     for (name, secs) in times {

@@ -112,6 +112,7 @@ fn memory_case(lab: &Lab, trials: usize, burst: usize) -> Result<Memory> {
         internal_networks: vec!["10.0.0.0/8".parse()?],
         // One source floods: lift its question budget for the capacity run.
         settings: Settings { misses_per_source_per_sec: u32::MAX, ..Settings::default() },
+        ..ProgramConfig::default()
     })?;
     e.attach(lab.router_inside_iface(), AttachMode::Auto)?;
     let set: AllowSet = [

@@ -195,6 +195,7 @@ impl Rig {
             internal_networks: vec![],
             // As a running daemon: an allow set in force, misses go to userspace.
             settings: Settings { state: guard_common::STATE_LOADED, ..Settings::default() },
+            ..ProgramConfig::default()
         })?;
         e.set_resolvers(&[Prefix::host(RESOLVER.into())])?;
         let ring = e.take_dns_copy()?;

@@ -728,6 +728,7 @@ impl Worker {
             vlan: h.info.vlan,
             point: self.point.clone(),
             suppressed: 0,
+            src_mac: Some(h.info.src_mac),
         });
     }
 

@@ -235,6 +235,7 @@ async fn run_bound(
         .with_live(live),
     );
     *lock(&shared.point) = point;
+    shared.set_anti_spoofing(&cfg);
 
     // 3. Enforcement tasks before any transfer.
     let mut enforcing = match (cfg.enforce.mode, enforcer) {

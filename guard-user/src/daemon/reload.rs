@@ -189,6 +189,9 @@ fn apply(
         ));
     }
     shared.events.configure(new.event_settings());
+    if new.policy != current.policy {
+        shared.set_anti_spoofing(&new);
+    }
     *current = new;
     Outcome::Applied(if changed.is_empty() {
         "no changes; event output reopened".to_owned()

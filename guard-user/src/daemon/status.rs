@@ -70,6 +70,9 @@ pub struct StatusReport {
     /// SIGHUP reloads: counts and the last outcome.
     #[serde(default)]
     pub reloads: super::reload::ReloadStats,
+    /// Anti-spoofing of exempt sources: the checks in force, or `OFF`.
+    #[serde(default)]
+    pub anti_spoofing: String,
 }
 
 /// The miss transport in force and the AF_XDP hold path's counters.
@@ -129,6 +132,8 @@ pub struct Shared {
     pub(super) notify: crate::systemd::Notifier,
     /// SIGHUP reloads.
     pub(super) reloads: Mutex<super::reload::ReloadStats>,
+    /// Anti-spoofing of exempt sources, as the report says it.
+    anti_spoofing: Mutex<String>,
 }
 
 impl Shared {
@@ -157,7 +162,21 @@ impl Shared {
             transport: Mutex::new(MissTransportState::default()),
             notify: crate::systemd::Notifier::from_env(),
             reloads: Mutex::default(),
+            anti_spoofing: Mutex::default(),
         }
+    }
+
+    /// Records (and logs) the anti-spoofing checks of exempt sources that
+    /// `cfg` puts in force; a loud error when some exempt source is open to
+    /// spoofing.
+    pub(super) fn set_anti_spoofing(&self, cfg: &Config) {
+        let origin = crate::antispoof::ExemptOrigin::plan(cfg);
+        let summary = origin.summary(&cfg.policy.exempt_sources);
+        match origin.warning(cfg) {
+            Some(w) => tracing::error!("{w}"),
+            None => tracing::info!(anti_spoofing = %summary, "exempt sources"),
+        }
+        *lock(&self.anti_spoofing) = summary;
     }
 
     /// The same, with live learning's shared state.
@@ -210,6 +229,7 @@ impl Shared {
                 r
             },
             reloads: lock(&self.reloads).clone(),
+            anti_spoofing: lock(&self.anti_spoofing).clone(),
         }
     }
 }
@@ -567,6 +587,9 @@ pub fn render_status(r: &StatusReport) -> String {
                 h.kernel.drops()
             );
         }
+    }
+    if !r.anti_spoofing.is_empty() {
+        let _ = writeln!(o, "exempt     anti-spoofing: {}", r.anti_spoofing);
     }
     let _ = writeln!(
         o,

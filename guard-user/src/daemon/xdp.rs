@@ -40,6 +40,7 @@ pub(super) fn program_config(cfg: &Config) -> ProgramConfig {
     ProgramConfig {
         ports: cfg.policy.protected_ports(),
         exempt_sources: cfg.policy.exempt_sources.clone(),
+        exempt_origin: crate::antispoof::ExemptOrigin::plan(cfg),
         internal_networks: cfg.policy.internal_networks.clone(),
         settings: Settings {
             mode: if cfg.enforce.count_only { guard_common::MODE_COUNT } else { guard_common::MODE_ENFORCE },
@@ -286,6 +287,8 @@ fn handle_event(
         vlan: u16::try_from(ev.vlan).ok().filter(|v| *v != 0),
         point: point.to_owned(),
         suppressed,
+        // All zero: an event of a program older than the MAC field.
+        src_mac: Some(crate::policy::MacAddr(ev.src_mac)).filter(|m| !m.is_zero()),
     };
     match ev.kind {
         EVENT_DROP => {

@@ -7,7 +7,7 @@
 //! |---|---|---|---|
 //! | 40100 | live learning: a resolver's DNS queries (each exempt flow covering it, refined) | NORMAL + CONTROLLER | learn |
 //! | 40100 | live learning: answers toward a resolver (src port 53; later fragments) | meter 2 → CONTROLLER (held; released after the learned flows) | learn |
-//! | 40000 | `ip(v6)_src` in an exempt source prefix | NORMAL | base |
+//! | 40000 | `ip(v6)_src` in an exempt source prefix (and, for anti-spoofing, `eth_src` in `policy.exempt_macs` / `in_port` in `openflow.exempt_in_ports`) | NORMAL | base |
 //! | 39000 | `ip(v6)_dst` in an internal network | NORMAL | base |
 //! | 35000 | protected port toward a denied prefix or host (RPZ `CNAME .`): a deny beats every allow flow | meter 1 → CONTROLLER (dropped, reason `denied`) | proactive |
 //! | 30000 | protected port toward an allow-set prefix whose class permits the service (DNS: any class; SMTP: SMTP) | NORMAL | proactive |
@@ -108,7 +108,7 @@ use crate::{
     events::EventSink,
     metrics::{Counters, Gauge},
     miss::MissResolver,
-    policy::{AllowSet, Prefix},
+    policy::{AllowSet, MacAddr, Prefix},
 };
 
 pub use crate::policy::{ProtectedPort, Transport};
@@ -132,6 +132,12 @@ pub struct ControllerConfig {
     pub protected: Vec<ProtectedPort>,
     /// Sources never checked (own resolvers, mail relays).
     pub exempt_sources: Vec<Prefix>,
+    /// Anti-spoofing: exempt sources are honoured only from these source
+    /// MACs (empty: any). See [`crate::antispoof`].
+    pub exempt_macs: Vec<MacAddr>,
+    /// Anti-spoofing: exempt sources are honoured only on these switch
+    /// ports (empty: any).
+    pub exempt_in_ports: Vec<u32>,
     /// Destinations never checked.
     pub internal_networks: Vec<Prefix>,
     /// Most proactive allow flows per switch.
@@ -187,6 +193,8 @@ impl Default for ControllerConfig {
             allowed_sources: Vec::new(),
             protected: crate::config::Policy::default().protected_ports(),
             exempt_sources: Vec::new(),
+            exempt_macs: Vec::new(),
+            exempt_in_ports: Vec::new(),
             internal_networks: Vec::new(),
             flow_budget: 50_000,
             packet_in_rate: 2_000,
@@ -222,6 +230,8 @@ impl ControllerConfig {
             allowed_sources: of.allowed_sources.clone(),
             protected: cfg.policy.protected_ports(),
             exempt_sources: cfg.policy.exempt_sources.clone(),
+            exempt_macs: cfg.policy.exempt_macs.clone(),
+            exempt_in_ports: of.exempt_in_ports.clone(),
             internal_networks: cfg.policy.internal_networks.clone(),
             flow_budget: of.flow_budget,
             packet_in_rate: of.packet_in_rate,
@@ -241,6 +251,15 @@ impl ControllerConfig {
             learn_hold_answers: cfg.learn.openflow_answers == crate::config::AnswerHandling::Hold,
             learn_packet_in_rate: cfg.learn.openflow_packet_in_rate,
             ..ControllerConfig::default()
+        }
+    }
+
+    /// Where exempt sources are honoured from (anti-spoofing).
+    pub fn exempt_origin(&self) -> crate::antispoof::ExemptOrigin {
+        crate::antispoof::ExemptOrigin {
+            macs: self.exempt_macs.clone(),
+            in_ports: self.exempt_in_ports.clone(),
+            ..crate::antispoof::ExemptOrigin::default()
         }
     }
 

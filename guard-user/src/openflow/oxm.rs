@@ -22,6 +22,7 @@ pub const CLASS_NXM1: u16 = 0x0001;
 pub const MATCH_TYPE_OXM: u16 = 1;
 
 const F_IN_PORT: u8 = 0;
+const F_ETH_SRC: u8 = 4;
 const F_ETH_TYPE: u8 = 5;
 const F_VLAN_VID: u8 = 6;
 const F_IP_PROTO: u8 = 10;
@@ -148,6 +149,12 @@ fn hdr(out: &mut Vec<u8>, class: u16, field: u8, has_mask: bool, len: usize) {
 }
 
 impl Oxm {
+    /// `OXM_OF_ETH_SRC` (exact), kept as [`Oxm::Other`] as the decoder
+    /// reads it, so a match round-trips unchanged.
+    pub fn eth_src(mac: [u8; 6]) -> Oxm {
+        Oxm::Other { class: CLASS_BASIC, field: F_ETH_SRC, has_mask: false, payload: mac.to_vec() }
+    }
+
     fn encode(&self, out: &mut Vec<u8>) {
         let basic = |out: &mut Vec<u8>, field: u8, v: &[u8], m: Option<&[u8]>| {
             hdr(out, CLASS_BASIC, field, m.is_some(), v.len() + m.map_or(0, <[u8]>::len));

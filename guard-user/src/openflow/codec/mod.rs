@@ -41,6 +41,8 @@ pub const OFP_VERSION: u8 = 0x04;
 /// Size of `ofp_header`.
 pub const HEADER_LEN: usize = 8;
 
+/// `OFPP_MAX`: the highest number of a physical or logical switch port.
+pub const OFPP_MAX: u32 = 0xffff_ff00;
 /// `OFPP_IN_PORT`: send the packet out the port it came in on.
 pub const OFPP_IN_PORT: u32 = 0xffff_fff8;
 /// `OFPP_TABLE`: submit the packet to the first flow table (packet-out only).

@@ -66,6 +66,7 @@ impl Conn {
             vlan: info.vlan,
             point: self.point(),
             suppressed: 0,
+            src_mac: Some(info.src_mac),
         };
         info!(src = %ev.src, dst = %ev.dst, dport = ev.dport, reason = ?reason, "blocked");
         self.shared.events.record(&ev);
@@ -195,6 +196,13 @@ impl Session {
             return conn.forward(in_port, &pi).await;
         };
         if in_any(&cfg.exempt_sources, info.src) {
+            // The exempt flows match only where the exemption is honoured,
+            // so what reaches the controller is mostly spoofed.
+            if !cfg.exempt_origin().honours(info.src_mac, in_port) {
+                counters.inc(Stat::DropSpoofedExempt);
+                conn.record(&info, &pp, Reason::SpoofedExempt);
+                return true;
+            }
             counters.inc(Stat::ExemptSource);
             return conn.forward(in_port, &pi).await;
         }
