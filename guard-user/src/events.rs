@@ -59,7 +59,7 @@ pub const ECS_VERSION: &str = "8.11.0";
 
 impl Reason {
     /// Every reason, in code order (the schema lists the same set).
-    pub const ALL: [Reason; 6] = [
+    pub const ALL: [Reason; 7] = [
         Reason::NotRegistered,
         Reason::WrongClass,
         Reason::Pending,
