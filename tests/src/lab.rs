@@ -747,6 +747,15 @@ impl Lab {
         self.spawn_with(role, &argv, &name, true)
     }
 
+    /// Like [`spawn`](Lab::spawn), in a namespace made by
+    /// [`create_namespace`](Lab::create_namespace).
+    pub fn spawn_in(&self, ns: &str, args: &[&str]) -> Result<LabChild> {
+        let name = args.first().map(|a| basename(a)).unwrap_or_default();
+        let mut argv: Vec<&std::ffi::OsStr> = vec!["netns".as_ref(), "exec".as_ref(), ns.as_ref()];
+        argv.extend(args.iter().map(std::ffi::OsStr::new));
+        self.spawn_with_launcher("ip", &argv, &name, false)
+    }
+
     fn spawn_os(&self, role: Role, args: &[&std::ffi::OsStr], name: &str) -> Result<LabChild> {
         self.spawn_with(role, args, name, false)
     }

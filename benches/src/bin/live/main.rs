@@ -15,8 +15,13 @@
 //!   registered in the RPZ beforehand, and with today's behaviour (no live
 //!   learning: the first SYN is dropped). Answer → enforced and answer → at
 //!   BIND come from the daemon's own lag samples.
+//! * **OpenFlow mode** ([`openflow`]): the same on a real Open vSwitch
+//!   bridge, plus the DNS answer latency that holding answers until their
+//!   flows are in adds (against copying them, and against no learning).
 //!
 //! Needs root.
+
+mod openflow;
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -57,8 +62,12 @@ fn main() -> Result<()> {
     let mut notes = Vec::new();
     let mut tables = Vec::new();
     let mut charts = Vec::new();
-    throughput(&opts, &mut notes, &mut tables, &mut charts)?;
-    first_syn(&opts, &mut notes, &mut tables, &mut charts)?;
+    // `--openflow-only`: just the OpenFlow rows (a partial section).
+    if !opts.rest.iter().any(|a| a == "--openflow-only") {
+        throughput(&opts, &mut notes, &mut tables, &mut charts)?;
+        first_syn(&opts, &mut notes, &mut tables, &mut charts)?;
+    }
+    openflow::rows(&opts, &mut notes, &mut tables, &mut charts)?;
     write_section(
         &opts.out,
         &Section {
