@@ -105,7 +105,7 @@ const BENCHES: &[Bench] = &[
         name: "live",
         what: "live learning: learner throughput on one core, first SYN to a freshly resolved destination, lags; OpenFlow mode: answer hold vs copy latency, first SYN",
         bin: Some("live"),
-        limit: Duration::from_secs(300),
+        limit: Duration::from_secs(480),
     },
     Bench {
         name: "criterion",
