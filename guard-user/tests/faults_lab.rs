@@ -201,6 +201,16 @@ fn zone_files(lab: &Lab) -> (PathBuf, PathBuf) {
 /// A zone file for the lab's policy zone with `serial` and `entries`
 /// (`(IPv4 host, answer)`), plus `bulk` extra hosts in 100.64.0.0/10.
 fn write_zone(path: &Path, serial: u32, entries: &[(IpAddr, &str)], bulk: u32) {
+    write_zone_from(path, serial, entries, 0, bulk);
+}
+
+/// The `bulk` extra host number `i` (100.64.0.0/10, from 100.64.0.0).
+fn bulk_host(i: u32) -> IpAddr {
+    IpAddr::V4(std::net::Ipv4Addr::from(0x6440_0000u32 + i))
+}
+
+/// As [`write_zone`], the extra hosts being `bulk_host(first..first + bulk)`.
+fn write_zone_from(path: &Path, serial: u32, entries: &[(IpAddr, &str)], first: u32, bulk: u32) {
     use std::fmt::Write;
     let mut z = format!(
         "$TTL 60\n@ IN SOA localhost. root.localhost. {serial} 3600 600 86400 60\n@ IN NS localhost.\n"
@@ -208,9 +218,8 @@ fn write_zone(path: &Path, serial: u32, entries: &[(IpAddr, &str)], bulk: u32) {
     for (ip, answer) in entries {
         let _ = writeln!(z, "{ip}.{ZONE}. IN A {answer}");
     }
-    for i in 0..bulk {
-        let [_, b, c, d] = (0x0040_0000u32 + i).to_be_bytes();
-        let _ = writeln!(z, "{d}.{c}.{b}.100.{ZONE}. IN A 127.0.0.25");
+    for i in first..first + bulk {
+        let _ = writeln!(z, "{}.{ZONE}. IN A 127.0.0.25", bulk_host(i));
     }
     std::fs::write(path, z).expect("write zone file");
 }
@@ -586,4 +595,189 @@ fn tsig_badtime_and_badkey_under_load() {
     assert!(mx_during_badtime && mx_during_badkey, "the registered MX was blocked during a TSIG failure");
     assert_eq!(r.legit_failed, 0, "{r}");
     assert_eq!(r.bot_packets_through, 0, "{r}");
+}
+
+/// The default pin directory of a daemon on the lab router's inside
+/// interface in the host's mount namespace; unpinned on drop (also when
+/// the test fails).
+struct Pins(PathBuf);
+
+impl Pins {
+    fn of(lab: &Lab) -> Pins {
+        Pins(PathBuf::from(format!(
+            "/sys/fs/bpf/rpz-guard/{}/{}",
+            lab.ns(Role::Router),
+            lab.router_inside_iface()
+        )))
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = Command::new(env!("CARGO_BIN_EXE_rpz-guard")).arg("unpin").arg(&self.0).output();
+        if let Some(parent) = self.0.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+/// What the pinned maps in `dir` allow, read from the test process.
+fn pinned_set(dir: &Path) -> guard_user::policy::AllowSet {
+    let e =
+        guard_user::xdp::Enforcer::load(Some(dir)).unwrap_or_else(|e| panic!("open the pinned maps: {e}"));
+    assert!(e.adopted_maps(), "no pinned maps in {}", dir.display());
+    e.read_allow().expect("read the pinned allow maps")
+}
+
+/// The daemon is SIGKILLed in the middle of mirroring a large change into
+/// its pinned maps: 120k entries out, 120k others in (BIND restarted with a
+/// new zone and no journal, so the daemon's IXFR gets the whole zone and
+/// applies the difference). While it is down the pinned program keeps
+/// enforcing, and what the maps hold is checked entry by entry: every entry
+/// is in the old or the new zone with its class from one of them, so
+/// nothing the RPZ never allowed is allowed. The restarted daemon adopts
+/// the maps and converges to exactly the new zone. Under load throughout.
+#[test]
+fn daemon_sigkilled_mid_map_diff_under_load() {
+    const BULK: u32 = 120_000;
+    let lab = up("fdif");
+    let pins = Pins::of(&lab);
+    let (db, jnl) = zone_files(&lab);
+    let mxe = [(mx().ip(), "127.0.0.25")];
+    kill_named(&lab, libc::SIGTERM);
+    let _ = std::fs::remove_file(&jnl);
+    write_zone_from(&db, 10, &mxe, 0, BULK);
+    let mut named = Some(start_named(&lab));
+    let a = lab.addrs().clone();
+    let (exempt, internal) = (format!("{}/32", a.dns_v4), format!("10.{}.0.0/16", a.subnet));
+    let source = daemon_support::lab_bind_args(&lab);
+    let mut args: Vec<&str> = vec![
+        "--iface",
+        lab.router_inside_iface(),
+        "--exempt",
+        &exempt,
+        "--internal",
+        &internal,
+        "--poll-interval",
+        "1",
+    ];
+    args.extend(source.iter().map(String::as_str));
+    let mut d = Daemon::start_host_mounts(&lab, "fdif1", &args);
+    let loaded = eventually(Duration::from_secs(60), || d.status().entries.0 == BULK as usize + 1);
+    assert!(loaded.is_some(), "old zone not loaded: {:?}", d.status().sync);
+    assert!(d.log().contains(&format!("pinned at {}", pins.0.display())), "not pinned:\n{}", d.log());
+    let rss0 = d.rss_kib();
+    let load = Load::start(&lab, vec![mx()], rogues()).expect("load");
+
+    // The new zone: the same MX, the other BULK hosts.
+    kill_named(&lab, libc::SIGTERM);
+    drop(named.take());
+    let _ = std::fs::remove_file(&jnl);
+    write_zone_from(&db, 11, &mxe, BULK, BULK);
+    named = Some(start_named(&lab));
+    // Kill the moment the maps start to change (watched from this process
+    // on the pinned maps): the mirror has just begun.
+    let watch = guard_user::xdp::Enforcer::load(Some(&pins.0)).expect("open the pinned maps");
+    let holds = |i: u32| watch.allow_of(bulk_host(i)).is_ok_and(|(host, _)| !host.is_empty());
+    let published =
+        eventually(Duration::from_secs(60), || d.try_status().is_some_and(|s| s.sync.serial == Some(11)));
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(30)
+        && holds(0)
+        && holds(BULK / 2)
+        && holds(BULK - 1)
+        && !holds(BULK)
+    {}
+    let first_change = t0.elapsed();
+    let log = d.kill();
+    drop(watch);
+    assert!(published.is_some(), "the new zone never arrived; log:\n{log}");
+    let mirrored_before_kill =
+        log.lines().any(|l| l.contains("allow maps updated") && l.contains("upserts=200000"));
+    let down = Instant::now();
+    let before_down = load.snapshot();
+
+    let held = pinned_set(&pins.0);
+    let (mut old_left, mut new_in, mut foreign) = (0u32, 0u32, Vec::new());
+    for (p, c) in held.iter() {
+        let ip = p.addr();
+        let i = match ip {
+            IpAddr::V4(v) => u32::from(v).wrapping_sub(0x6440_0000),
+            IpAddr::V6(_) => u32::MAX,
+        };
+        let ok_class = *c == guard_user::policy::Classes::SMTP;
+        match i {
+            _ if ip == mx().ip() && ok_class => {}
+            i if i < BULK && ok_class => old_left += 1,
+            i if (BULK..2 * BULK).contains(&i) && ok_class => new_in += 1,
+            _ => foreign.push(format!("{p} {c}")),
+        }
+    }
+    // Enforcement while the daemon is down: the load keeps running.
+    std::thread::sleep(Duration::from_secs(2));
+    let while_down = load.snapshot();
+    let down_for = down.elapsed();
+
+    let t = Instant::now();
+    let d2 = Daemon::start_host_mounts(&lab, "fdif2", &args);
+    let adopted = d2.log().contains("replaced the program inside the pinned XDP link");
+    let want: guard_user::policy::AllowSet =
+        std::iter::once((guard_user::policy::Prefix::host(mx().ip()), guard_user::policy::Classes::SMTP))
+            .chain(
+                (BULK..2 * BULK).map(|i| {
+                    (guard_user::policy::Prefix::host(bulk_host(i)), guard_user::policy::Classes::SMTP)
+                }),
+            )
+            .collect();
+    // The status may show the new serial before the maps hold it (the
+    // snapshot, or a mirror in progress): the maps themselves are compared.
+    let converged = eventually(Duration::from_secs(60), || {
+        d2.status().sync.serial == Some(11) && pinned_set(&pins.0).diff(&want).is_empty()
+    });
+    let took = t.elapsed();
+    let after = pinned_set(&pins.0);
+    let off = after.diff(&want);
+    let exact = off.is_empty();
+    if !exact {
+        eprintln!(
+            "after the restart: {} entries; to reach the new zone: {} upserts (e.g. {:?}), {} removals (e.g. {:?}); log:\n{}",
+            after.len(),
+            off.upsert.len(),
+            off.upsert.first(),
+            off.remove.len(),
+            off.remove.first(),
+            d2.log()
+        );
+    }
+    let r = load.finish();
+    let rss1 = d2.rss_kib();
+    report(
+        "daemon SIGKILLed mid map diff (120k out, 120k in, pinned)",
+        &format!(
+            "{r}; killed {} ms after the new zone was published ({}, at the first map change {} ms later); pinned maps then held {old_left} of {BULK} old-only and {new_in} of {BULK} new-only entries, {} entries in neither zone; \
+             while down ({} ms): {} legit failed, {} bot packets through; restart adopted the link: {adopted}, converged to exactly the new zone in {} ms: {exact}; RSS {rss0} → {rss1} KiB",
+            published.map_or(0, |p| p.as_millis()),
+            if mirrored_before_kill { "mirror had finished" } else { "mid-mirror" },
+            first_change.as_millis(),
+            foreign.len(),
+            down_for.as_millis(),
+            while_down.legit_failed - before_down.legit_failed,
+            while_down.bot_packets_through - before_down.bot_packets_through,
+            took.as_millis()
+        ),
+    );
+    assert!(
+        foreign.is_empty(),
+        "entries in neither zone after the crash: {:?}",
+        &foreign[..foreign.len().min(10)]
+    );
+    assert!(adopted, "the restart did not adopt the pinned link:\n{}", d2.log());
+    assert!(converged.is_some(), "no convergence after the restart: {:?}", d2.status().sync);
+    assert!(exact, "the maps differ from the new zone after the restart");
+    assert_eq!(r.legit_failed, 0, "{r}");
+    assert_eq!(r.bot_packets_through, 0, "{r}");
+    assert!(rss1 < rss0 + 512 * 1024, "RSS grew from {rss0} to {rss1} KiB");
+    drop(d2);
+    drop(named);
+    drop(pins);
 }
