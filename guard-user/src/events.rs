@@ -345,6 +345,10 @@ pub struct RecentAttempt {
     pub reason: Reason,
     /// Where it was enforced.
     pub point: String,
+    /// Ethernet source of the frame (the sending host, or the last router
+    /// before the enforcement point), when known.
+    #[serde(default)]
+    pub src_mac: Option<MacAddr>,
 }
 
 /// Attempts kept per destination (newest first when read).
@@ -475,6 +479,7 @@ impl EventSink {
             service: ev.service,
             reason: ev.reason,
             point: ev.point.clone(),
+            src_mac: ev.src_mac,
         });
         drop(agg);
         if let Some(tx) = self.tx.as_ref().filter(|_| self.writing.load(Ordering::Relaxed)) {

@@ -203,6 +203,27 @@ fn normalise(text: &str, lab: &Lab) -> String {
         out.push_str(rest);
         s = out;
     }
+    // MAC addresses (veth addresses are random): `xx:xx:xx:xx:xx:xx`.
+    let is_mac = |w: &str| {
+        w.len() == 17
+            && w.bytes().enumerate().all(|(i, b)| if i % 3 == 2 { b == b':' } else { b.is_ascii_hexdigit() })
+    };
+    let mut masked = String::new();
+    let mut i = 0;
+    while i < s.len() {
+        if s.is_char_boundary(i)
+            && s.is_char_boundary((i + 17).min(s.len()))
+            && is_mac(&s[i..(i + 17).min(s.len())])
+        {
+            masked.push_str("<MAC>");
+            i += 17;
+        } else {
+            let ch = s[i..].chars().next().unwrap_or(' ');
+            masked.push(ch);
+            i += ch.len_utf8();
+        }
+    }
+    s = masked;
     // `YYYY-MM-DD HH:MM:SS UTC` (but the seeded ones) and spans `(in 6d 23h)`, `(3s ago)`.
     let mut out = String::new();
     for line in s.lines() {

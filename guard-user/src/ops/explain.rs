@@ -342,9 +342,10 @@ impl Explanation {
             for a in &v.recent {
                 let _ = writeln!(
                     o,
-                    "    {}  from {}  {}/{} {} {} at {}",
+                    "    {}  from {}{}  {}/{} {} {} at {}",
                     when::utc(a.time_ms / 1000),
                     a.src,
+                    a.src_mac.map_or(String::new(), |m| format!(" ({m})")),
                     a.proto,
                     a.dport,
                     a.service,
