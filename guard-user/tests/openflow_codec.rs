@@ -392,3 +392,49 @@ fn rejects_bad_input_with_errors() {
     let m = Message::decode(&hex("04630009 00000001 ff")).expect("unknown type");
     assert_eq!(m.body, Body::Unknown { msg_type: 0x63, data: vec![0xff] });
 }
+
+/// Meter statistics (live learning reads the learning meter's drops):
+/// request and reply both ways, and as OVS prints them.
+#[test]
+fn meter_stats_request_and_reply() {
+    use guard_user::openflow::codec::{METER_ALL, MeterStats};
+    let req = "04 12 0018 00000007 0009 0000 00000000 ffffffff 00000000";
+    golden(
+        req,
+        Message::new(
+            7,
+            Body::MultipartRequest(MultipartRequest {
+                flags: 0,
+                body: MultipartRequestBody::Meter(METER_ALL),
+            }),
+        ),
+    );
+    assert!(ofp_print(&hex(req)).contains("OFPST_METER request"), "{}", ofp_print(&hex(req)));
+    let reply = "04 13 0048 00000007 0009 0000 00000000 \
+                 00000002 0038 000000000000 00000003 0000000000000064 0000000000001f40 0000000a 00000000 \
+                 0000000000000007 00000000000001c0";
+    golden(
+        reply,
+        Message::new(
+            7,
+            Body::MultipartReply(MultipartReply {
+                flags: 0,
+                body: MultipartReplyBody::Meter(vec![MeterStats {
+                    meter_id: 2,
+                    flow_count: 3,
+                    packet_in_count: 100,
+                    byte_in_count: 8000,
+                    duration_sec: 10,
+                    duration_nsec: 0,
+                    bands: vec![(7, 448)],
+                }]),
+            }),
+        ),
+    );
+    let printed = ofp_print(&hex(reply));
+    assert!(printed.contains("meter:2") && printed.contains("packet_count:7"), "{printed}");
+    // A length that is not 40 + 16 per band is an error, not a guess.
+    let mut bad = hex(reply);
+    bad[21] = 0x39;
+    assert!(Message::decode(&bad).is_err());
+}

@@ -28,7 +28,7 @@ mod switch;
 pub use flow::{Action, FlowMod, FlowRemoved, Instruction, flow_cmd, flow_flags};
 pub use meter::{METER_ALL, MeterBand, MeterMod, meter_cmd, meter_flags};
 pub use multipart::{
-    FlowStats, FlowStatsRequest, MP_MORE, MultipartReply, MultipartReplyBody, MultipartRequest,
+    FlowStats, FlowStatsRequest, MP_MORE, MeterStats, MultipartReply, MultipartReplyBody, MultipartRequest,
     MultipartRequestBody, PortDesc, SwitchDesc, mp_type,
 };
 pub use packet_io::{PacketIn, PacketOut};

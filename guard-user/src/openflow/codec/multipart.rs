@@ -1,5 +1,5 @@
 //! MULTIPART_REQUEST and MULTIPART_REPLY bodies: switch description, flow
-//! statistics and port descriptions (OpenFlow 1.3.5 §7.3.5).
+//! statistics, port descriptions and meter statistics (OpenFlow 1.3.5 §7.3.5).
 
 use super::{
     DecodeError, Instruction,
@@ -21,6 +21,8 @@ pub mod mp_type {
     pub const FLOW: u16 = 1;
     /// Port descriptions.
     pub const PORT_DESC: u16 = 13;
+    /// Meter statistics.
+    pub const METER: u16 = 9;
 }
 
 /// `OFPMPF_REQ_MORE` / `OFPMPF_REPLY_MORE`.
@@ -44,6 +46,8 @@ pub enum MultipartRequestBody {
     Flow(FlowStatsRequest),
     /// `OFPMP_PORT_DESC` (empty body).
     PortDesc,
+    /// `OFPMP_METER`: statistics of one meter, or [`METER_ALL`](super::METER_ALL).
+    Meter(u32),
     /// Anything else.
     Unknown {
         /// `OFPMP_*`.
@@ -88,6 +92,8 @@ pub enum MultipartReplyBody {
     Flow(Vec<FlowStats>),
     /// `OFPMP_PORT_DESC`.
     PortDesc(Vec<PortDesc>),
+    /// `OFPMP_METER`.
+    Meter(Vec<MeterStats>),
     /// Anything else.
     Unknown {
         /// `OFPMP_*`.
@@ -163,6 +169,12 @@ impl MultipartRequest {
         let (typ, data) = match &self.body {
             MultipartRequestBody::Desc => (mp_type::DESC, Vec::new()),
             MultipartRequestBody::PortDesc => (mp_type::PORT_DESC, Vec::new()),
+            MultipartRequestBody::Meter(id) => {
+                let mut d = Vec::with_capacity(8);
+                d.put_u32(*id);
+                d.put_zeros(4);
+                (mp_type::METER, d)
+            }
             MultipartRequestBody::Flow(f) => {
                 let mut d = Vec::with_capacity(40);
                 d.put_u8(f.table_id);
@@ -190,6 +202,11 @@ impl MultipartRequest {
         let body = match mp {
             mp_type::DESC if r.remaining() == 0 => MultipartRequestBody::Desc,
             mp_type::PORT_DESC if r.remaining() == 0 => MultipartRequestBody::PortDesc,
+            mp_type::METER if r.remaining() == 8 => {
+                let id = r.u32()?;
+                r.skip(4)?;
+                MultipartRequestBody::Meter(id)
+            }
             mp_type::FLOW => {
                 let table_id = r.u8()?;
                 r.skip(3)?;
@@ -223,6 +240,7 @@ impl MultipartReply {
             MultipartReplyBody::Desc(_) => mp_type::DESC,
             MultipartReplyBody::Flow(_) => mp_type::FLOW,
             MultipartReplyBody::PortDesc(_) => mp_type::PORT_DESC,
+            MultipartReplyBody::Meter(_) => mp_type::METER,
             MultipartReplyBody::Unknown { mp_type, .. } => *mp_type,
         };
         out.put_u16(typ);
@@ -276,6 +294,7 @@ impl MultipartReply {
                     }
                 }
             }
+            MultipartReplyBody::Meter(ms) => encode_meter_stats(ms, out),
             MultipartReplyBody::Unknown { data, .. } => out.extend_from_slice(data),
         }
     }
@@ -293,6 +312,7 @@ impl MultipartReply {
                 dp_desc: get_str(r, 256)?,
             }),
             mp_type::FLOW => MultipartReplyBody::Flow(decode_flow_stats(r)?),
+            mp_type::METER => MultipartReplyBody::Meter(decode_meter_stats(r)?),
             mp_type::PORT_DESC if r.remaining().is_multiple_of(PORT_LEN) => {
                 let mut ps = Vec::new();
                 while r.remaining() > 0 {
@@ -366,6 +386,78 @@ fn decode_flow_stats(r: &mut Reader<'_>) -> Result<Vec<FlowStats>, DecodeError> 
             byte_count,
             r#match: m,
             instructions,
+        });
+    }
+    Ok(out)
+}
+
+/// `ofp_meter_stats` (OpenFlow 1.3.5 §7.3.5.12): 40 bytes, then 16 per band.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeterStats {
+    /// Meter id.
+    pub meter_id: u32,
+    /// Flows bound to the meter.
+    pub flow_count: u32,
+    /// Packets that entered the meter.
+    pub packet_in_count: u64,
+    /// Bytes that entered the meter.
+    pub byte_in_count: u64,
+    /// Age, seconds.
+    pub duration_sec: u32,
+    /// Age, nanoseconds.
+    pub duration_nsec: u32,
+    /// Per band, in band order: (packets, bytes) the band applied to (for
+    /// a drop band: dropped).
+    pub bands: Vec<(u64, u64)>,
+}
+
+const METER_STATS_LEN: usize = 40;
+const METER_BAND_STATS_LEN: usize = 16;
+
+fn encode_meter_stats(ms: &[MeterStats], out: &mut Vec<u8>) {
+    for m in ms {
+        out.put_u32(m.meter_id);
+        out.put_u16(len16(METER_STATS_LEN + METER_BAND_STATS_LEN * m.bands.len()));
+        out.put_zeros(6);
+        out.put_u32(m.flow_count);
+        out.put_u64(m.packet_in_count);
+        out.put_u64(m.byte_in_count);
+        out.put_u32(m.duration_sec);
+        out.put_u32(m.duration_nsec);
+        for (p, b) in &m.bands {
+            out.put_u64(*p);
+            out.put_u64(*b);
+        }
+    }
+}
+
+fn decode_meter_stats(r: &mut Reader<'_>) -> Result<Vec<MeterStats>, DecodeError> {
+    let mut out = Vec::new();
+    while r.remaining() > 0 {
+        let meter_id = r.u32()?;
+        let len = usize::from(r.u16()?);
+        if len < METER_STATS_LEN || !(len - METER_STATS_LEN).is_multiple_of(METER_BAND_STATS_LEN) {
+            return Err(DecodeError::Malformed { what: "meter stats", why: "length not 40 + 16 per band" });
+        }
+        let mut e = Reader::new(r.bytes(len - 6)?, "meter stats");
+        e.skip(6)?;
+        let flow_count = e.u32()?;
+        let packet_in_count = e.u64()?;
+        let byte_in_count = e.u64()?;
+        let duration_sec = e.u32()?;
+        let duration_nsec = e.u32()?;
+        let mut bands = Vec::new();
+        while e.remaining() > 0 {
+            bands.push((e.u64()?, e.u64()?));
+        }
+        out.push(MeterStats {
+            meter_id,
+            flow_count,
+            packet_in_count,
+            byte_in_count,
+            duration_sec,
+            duration_nsec,
+            bands,
         });
     }
     Ok(out)

@@ -16,7 +16,9 @@ use crate::{
     learn::live::monotonic_ns,
     openflow::{
         bump,
-        codec::{Body, OFPP_CONTROLLER, PacketIn, flow_cmd},
+        codec::{
+            Body, MeterStats, MultipartRequest, MultipartRequestBody, OFPP_CONTROLLER, PacketIn, flow_cmd,
+        },
         flows::{self, COOKIE_LEARN_HELD},
     },
     policy::{Classes, Prefix},
@@ -173,6 +175,34 @@ impl Session {
         self.barriers.drain(..=i);
         if let Some(l) = &self.conn.shared.learning {
             l.live().flows_confirmed_after(monotonic_ns().saturating_sub(ts));
+        }
+    }
+
+    /// Asks for the learning meter's statistics (each stats tick): what
+    /// its drop band dropped are held answers lost at the switch.
+    pub(super) fn poll_learn_meter(&self) {
+        let cfg = &self.conn.cfg;
+        if cfg.learn_resolvers.is_empty() || !cfg.learn_hold_answers || cfg.learn_packet_in_rate == 0 {
+            return;
+        }
+        let req = MultipartRequest { flags: 0, body: MultipartRequestBody::Meter(flows::LEARN_METER) };
+        let _ = self.conn.try_send_reply(self.conn.next_xid(), Body::MultipartRequest(req));
+    }
+
+    /// The learning meter's statistics: new drops since the last reply are
+    /// counted as lost copies (the meter starts from zero at each resync).
+    pub(super) fn learn_meter_stats(&mut self, stats: &[MeterStats]) {
+        let Some(m) = stats.iter().find(|m| m.meter_id == flows::LEARN_METER) else { return };
+        let dropped: u64 = m.bands.iter().map(|b| b.0).sum();
+        // Below the last reading: the meter was re-added (resync) and counts from zero.
+        let base = if dropped < self.learn_meter_seen { 0 } else { self.learn_meter_seen };
+        let new = dropped - base;
+        self.learn_meter_seen = dropped;
+        if new > 0 {
+            let board = self.conn.shared.board();
+            board.learn_meter_drops.fetch_add(new, std::sync::atomic::Ordering::Relaxed);
+            self.conn.shared.counters.add(Stat::DnsCopyLost, new);
+            warn!(dropped = new, "the learning meter dropped held answers (they were not released)");
         }
     }
 

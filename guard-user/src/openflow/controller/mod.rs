@@ -305,6 +305,7 @@ async fn run_connection(
         learn_bucket: TokenBucket::new(cfg.max_packet_ins_per_sec),
         learned: shared.learning.as_ref().map(|l| l.subscribe()),
         barriers: std::collections::VecDeque::new(),
+        learn_meter_seen: 0,
     };
     let end = session.run(peer, hs.saturating_sub(started.elapsed()), &cancel).await;
     match &end {

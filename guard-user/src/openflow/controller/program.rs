@@ -44,6 +44,7 @@ impl Session {
         install_learning(c).await?;
         self.skipped.clear();
         self.extra.clear();
+        self.learn_meter_seen = 0;
         self.proactive_flows = 0;
         self.applied = AllowSet::enforced_arc(&c.shared.allow.borrow().clone());
         let set = self.applied.clone();

@@ -19,8 +19,8 @@ use crate::{
     openflow::{
         SwitchStatus, bump,
         codec::{
-            Body, DecodeError, ErrorMsg, HEADER_LEN, Message, OFP_VERSION, error_code, error_type,
-            message_len,
+            Body, DecodeError, ErrorMsg, HEADER_LEN, Message, MultipartReply, MultipartReplyBody,
+            OFP_VERSION, error_code, error_type, message_len,
         },
     },
     policy::{AllowSet, Classes, Prefix},
@@ -94,6 +94,8 @@ pub(super) struct Session {
     /// Live learning: barriers sent behind learned flows, with the time
     /// their answer arrived (for the answer → flows confirmed lag).
     pub(super) barriers: VecDeque<(u32, u64)>,
+    /// Live learning: drops of the learning meter counted so far.
+    pub(super) learn_meter_seen: u64,
 }
 
 impl Session {
@@ -278,7 +280,10 @@ impl Session {
                     }
                     self.conn.send(Body::EchoRequest(Vec::new())).await?;
                 }
-                _ = stats_tick.tick() => self.publish(),
+                _ = stats_tick.tick() => {
+                    self.publish();
+                    self.poll_learn_meter();
+                }
                 r = recv_learned(&mut learned) => {
                     if matches!(r, Err(broadcast::error::RecvError::Closed)) {
                         learned = None;
@@ -316,6 +321,9 @@ impl Session {
                 return self.learn_packet_in(pi).await;
             }
             Body::BarrierReply => self.barrier_reply(m.xid),
+            Body::MultipartReply(MultipartReply { body: MultipartReplyBody::Meter(ms), .. }) => {
+                self.learn_meter_stats(&ms);
+            }
             Body::PacketIn(pi) => {
                 return if self.packet_in(pi).await {
                     Ok(())
