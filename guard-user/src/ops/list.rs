@@ -192,8 +192,7 @@ impl Listing {
             if let Some(n) = &m.note {
                 tail.push_str(&format!("{}{n:?}", if tail.is_empty() { "" } else { "  " }));
             }
-            let _ = writeln!(
-                o,
+            let line = format!(
                 "{:<40} {:<9} {:<8} {:<20} {:<20} {}",
                 e.prefix.to_string(),
                 class,
@@ -202,6 +201,7 @@ impl Listing {
                 t(m.seen),
                 tail
             );
+            let _ = writeln!(o, "{}", line.trim_end());
         }
         o
     }
