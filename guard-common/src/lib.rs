@@ -171,24 +171,34 @@ pub const MAX_RATE: u32 = 1 << 14;
 /// Size of [`MAP_EVENTS`] in bytes (4096 events).
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 
-/// Expected `(name, key size, value size, max entries)` of every map, so a
-/// daemon can refuse pinned maps of another layout instead of misreading them.
-pub const MAP_LAYOUT: [(&str, u32, u32, u32); 15] = [
-    (MAP_STATS, 4, 8, STAT_COUNT),
-    (MAP_PORTS, 4, 4, PORTS_LEN),
-    (MAP_ALLOW_V4, 4, 4, MAX_ALLOW_V4),
-    (MAP_ALLOW_V6, 16, 4, MAX_ALLOW_V6),
-    (MAP_ALLOW_PFX_V4, 8, 4, MAX_PREFIXES),
-    (MAP_ALLOW_PFX_V6, 20, 4, MAX_PREFIXES),
-    (MAP_EXEMPT_V4, 8, 4, MAX_LPM_SMALL),
-    (MAP_EXEMPT_V6, 20, 4, MAX_LPM_SMALL),
-    (MAP_INTERNAL_V4, 8, 4, MAX_LPM_SMALL),
-    (MAP_INTERNAL_V6, 20, 4, MAX_LPM_SMALL),
-    (MAP_CACHE, 16, core::mem::size_of::<CacheEntry>() as u32, MAX_CACHE),
-    (MAP_RATE, 16, core::mem::size_of::<RateState>() as u32, MAX_RATE),
-    (MAP_MISS_RATE, 16, core::mem::size_of::<RateState>() as u32, MAX_RATE),
-    (MAP_EVENTS, 0, 0, EVENTS_BYTES),
-    (MAP_SETTINGS, 4, core::mem::size_of::<Settings>() as u32, 1),
+/// `BPF_F_NO_PREALLOC`: elements are allocated per insert. Required for
+/// LPM tries; the host allow maps are preallocated instead (issue 17):
+/// an insert then takes a free element instead of allocating one, which
+/// halves the kernel's cost of a 1M-entry load, for a fixed ~146 MiB of
+/// kernel memory (64 B × [`MAX_ALLOW_V4`] + 72 B × [`MAX_ALLOW_V6`]; the
+/// 16 B-per-bucket tables, 36 MiB, exist either way).
+pub const MAP_F_NO_PREALLOC: u32 = 1;
+
+/// Expected `(name, key size, value size, max entries, map flags)` of every
+/// map, so a daemon can refuse (or migrate, see guard-user's
+/// `xdp::check_pinned_layout`) pinned maps of another layout instead of
+/// misreading them.
+pub const MAP_LAYOUT: [(&str, u32, u32, u32, u32); 15] = [
+    (MAP_STATS, 4, 8, STAT_COUNT, 0),
+    (MAP_PORTS, 4, 4, PORTS_LEN, 0),
+    (MAP_ALLOW_V4, 4, 4, MAX_ALLOW_V4, 0),
+    (MAP_ALLOW_V6, 16, 4, MAX_ALLOW_V6, 0),
+    (MAP_ALLOW_PFX_V4, 8, 4, MAX_PREFIXES, MAP_F_NO_PREALLOC),
+    (MAP_ALLOW_PFX_V6, 20, 4, MAX_PREFIXES, MAP_F_NO_PREALLOC),
+    (MAP_EXEMPT_V4, 8, 4, MAX_LPM_SMALL, MAP_F_NO_PREALLOC),
+    (MAP_EXEMPT_V6, 20, 4, MAX_LPM_SMALL, MAP_F_NO_PREALLOC),
+    (MAP_INTERNAL_V4, 8, 4, MAX_LPM_SMALL, MAP_F_NO_PREALLOC),
+    (MAP_INTERNAL_V6, 20, 4, MAX_LPM_SMALL, MAP_F_NO_PREALLOC),
+    (MAP_CACHE, 16, core::mem::size_of::<CacheEntry>() as u32, MAX_CACHE, 0),
+    (MAP_RATE, 16, core::mem::size_of::<RateState>() as u32, MAX_RATE, 0),
+    (MAP_MISS_RATE, 16, core::mem::size_of::<RateState>() as u32, MAX_RATE, 0),
+    (MAP_EVENTS, 0, 0, EVENTS_BYTES, 0),
+    (MAP_SETTINGS, 4, core::mem::size_of::<Settings>() as u32, 1, 0),
 ];
 
 /// [`CacheEntry::flags`]: the kernel saw a miss and is waiting for userspace;

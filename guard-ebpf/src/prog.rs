@@ -18,10 +18,10 @@ use aya_ebpf::{
 use guard_common::{
     CACHE_PENDING, CacheEntry, DEFAULT_EVENTS_PER_SOURCE, DEFAULT_MISSES_PER_SOURCE, DEFAULT_PENDING_MS,
     DNS_COPY_BYTES, DNS_COPY_MAX, DNS_DIR_QUERY, DNS_DIR_RESPONSE, DnsCopyBuf, DnsCopyHeader, EVENT_DROP,
-    EVENT_MISS, EVENTS_BYTES, EXEMPT_VERIFY_MAC, EXEMPT_VERIFY_ROUTE, Event, MAX_ALLOW_V4, MAX_ALLOW_V6,
-    MAX_CACHE, MAX_EXEMPT_MACS, MAX_LPM_SMALL, MAX_PREFIXES, MAX_RATE, MAX_XSK_QUEUES, MISS_TRANSPORT_AFXDP,
-    MODE_COUNT, PORT_TCP_SHIFT, PORT_UDP_SHIFT, PORTS_LEN, RateState, SERVICE_DNS, STAT_COUNT,
-    STATE_NOT_LOADED, Settings, Stat, VALUE_DENY, classes_required, reason,
+    EVENT_MISS, EVENTS_BYTES, EXEMPT_VERIFY_MAC, EXEMPT_VERIFY_ROUTE, Event, MAP_F_NO_PREALLOC, MAX_ALLOW_V4,
+    MAX_ALLOW_V6, MAX_CACHE, MAX_EXEMPT_MACS, MAX_LPM_SMALL, MAX_PREFIXES, MAX_RATE, MAX_XSK_QUEUES,
+    MISS_TRANSPORT_AFXDP, MODE_COUNT, PORT_TCP_SHIFT, PORT_UDP_SHIFT, PORTS_LEN, RateState, SERVICE_DNS,
+    STAT_COUNT, STATE_NOT_LOADED, Settings, Stat, VALUE_DENY, classes_required, reason,
 };
 
 /// Bound on IPv6 extension headers walked before giving up (and dropping).
@@ -40,7 +40,6 @@ const NS_PER_SEC: u64 = 1_000_000_000;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
-const BPF_F_NO_PREALLOC: u32 = 1;
 /// `bpf_redirect` flag: deliver to the device's receive path, not its transmit path.
 const BPF_F_INGRESS: u64 = 1;
 
@@ -49,23 +48,23 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 #[map(name = "PORTS")]
 static PORTS: Array<u32> = Array::with_max_entries(PORTS_LEN, 0);
 #[map(name = "ALLOW_V4")]
-static ALLOW_V4: HashMap<[u8; 4], u32> = HashMap::with_max_entries(MAX_ALLOW_V4, BPF_F_NO_PREALLOC);
+static ALLOW_V4: HashMap<[u8; 4], u32> = HashMap::with_max_entries(MAX_ALLOW_V4, 0);
 #[map(name = "ALLOW_V6")]
-static ALLOW_V6: HashMap<[u8; 16], u32> = HashMap::with_max_entries(MAX_ALLOW_V6, BPF_F_NO_PREALLOC);
+static ALLOW_V6: HashMap<[u8; 16], u32> = HashMap::with_max_entries(MAX_ALLOW_V6, 0);
 #[map(name = "ALLOW_PFX_V4")]
-static ALLOW_PFX_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_PREFIXES, BPF_F_NO_PREALLOC);
+static ALLOW_PFX_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_PREFIXES, MAP_F_NO_PREALLOC);
 #[map(name = "ALLOW_PFX_V6")]
-static ALLOW_PFX_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_PREFIXES, BPF_F_NO_PREALLOC);
+static ALLOW_PFX_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_PREFIXES, MAP_F_NO_PREALLOC);
 #[map(name = "EXEMPT_V4")]
-static EXEMPT_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_LPM_SMALL, BPF_F_NO_PREALLOC);
+static EXEMPT_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_LPM_SMALL, MAP_F_NO_PREALLOC);
 #[map(name = "EXEMPT_V6")]
-static EXEMPT_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_LPM_SMALL, BPF_F_NO_PREALLOC);
+static EXEMPT_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_LPM_SMALL, MAP_F_NO_PREALLOC);
 #[map(name = "EXEMPT_MACS")]
 static EXEMPT_MACS: HashMap<[u8; 6], u32> = HashMap::with_max_entries(MAX_EXEMPT_MACS, 0);
 #[map(name = "INTERNAL_V4")]
-static INTERNAL_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_LPM_SMALL, BPF_F_NO_PREALLOC);
+static INTERNAL_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_LPM_SMALL, MAP_F_NO_PREALLOC);
 #[map(name = "INTERNAL_V6")]
-static INTERNAL_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_LPM_SMALL, BPF_F_NO_PREALLOC);
+static INTERNAL_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_LPM_SMALL, MAP_F_NO_PREALLOC);
 #[map(name = "VERDICT_CACHE")]
 static VERDICT_CACHE: LruHashMap<[u8; 16], CacheEntry> = LruHashMap::with_max_entries(MAX_CACHE, 0);
 #[map(name = "EVENT_RATE")]
@@ -78,9 +77,9 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 // --- live learning (issue 9) ---
 #[map(name = "RESOLVERS_V4")]
-static RESOLVERS_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_LPM_SMALL, BPF_F_NO_PREALLOC);
+static RESOLVERS_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_LPM_SMALL, MAP_F_NO_PREALLOC);
 #[map(name = "RESOLVERS_V6")]
-static RESOLVERS_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_LPM_SMALL, BPF_F_NO_PREALLOC);
+static RESOLVERS_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_LPM_SMALL, MAP_F_NO_PREALLOC);
 #[map(name = "DNS_COPY")]
 static DNS_COPY: RingBuf = RingBuf::with_byte_size(DNS_COPY_BYTES, 0);
 #[map(name = "DNS_SCRATCH")]

@@ -187,16 +187,22 @@ impl Enforcer {
     pub fn load(pin_dir: Option<&Path>) -> Result<Self, XdpError> {
         let mut loader = EbpfLoader::new();
         let mut adopted = false;
+        let mut migration = None;
         let paths: Vec<(&str, PathBuf)> = match pin_dir {
             Some(dir) => {
                 check_bpffs(dir)?;
                 std::fs::create_dir_all(dir)
                     .map_err(|e| XdpError::Pin { dir: dir.into(), why: format!("create directory: {e}") })?;
                 adopted = dir.join(MAP_STATS).exists();
-                if adopted {
-                    check_pinned_layout(dir)?;
+                if adopted && let Some(why) = check_pinned_layout(dir)? {
+                    migration = Some(Migration::read(dir, why)?);
                 }
-                MAP_NAMES.iter().map(|n| (*n, dir.join(n))).collect()
+                // Migrating: fresh maps, pinned in place of the old ones below.
+                if migration.is_some() {
+                    Vec::new()
+                } else {
+                    MAP_NAMES.iter().map(|n| (*n, dir.join(n))).collect()
+                }
             }
             None => Vec::new(),
         };
@@ -206,14 +212,49 @@ impl Enforcer {
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(|source| XdpError::Load { source })?;
         let prog = program(&mut ebpf, "-")?;
         prog.load().map_err(|source| XdpError::Program { what: "load", iface: "-".into(), source })?;
-        Ok(Enforcer {
+        let mut e = Enforcer {
             ebpf,
             attached: None,
             pinned_link: None,
             pin_dir: pin_dir.map(Path::to_owned),
             adopted,
             outside: None,
-        })
+        };
+        if let (Some(m), Some(dir)) = (migration, pin_dir) {
+            e.migrate(m, dir)?;
+        }
+        Ok(e)
+    }
+
+    /// Fills the fresh maps with what the old layout's pinned maps held,
+    /// then pins them in their place. The old program (in the pinned link)
+    /// keeps enforcing its maps until [`Enforcer::attach`] swaps this one
+    /// in, holding the same set: no gap. A crash in between leaves either
+    /// the old pins (migrated again next start) or this build's (adopted).
+    fn migrate(&mut self, m: Migration, dir: &Path) -> Result<(), XdpError> {
+        let started = std::time::Instant::now();
+        self.apply_diff(&crate::policy::AllowSet::new().diff(&m.set))?;
+        self.update_settings(|s| s.state = m.state)?;
+        let perr = |why: String| XdpError::Pin { dir: dir.into(), why };
+        for name in MAP_NAMES {
+            let path = dir.join(name);
+            let map = self.ebpf.map(name).ok_or_else(|| missing(name))?;
+            if path.exists() {
+                std::fs::remove_file(&path)
+                    .map_err(|e| perr(format!("remove old pin {}: {e}", path.display())))?;
+            }
+            map.pin(&path).map_err(|e| perr(format!("pin {}: {e}", path.display())))?;
+        }
+        tracing::warn!(
+            dir = %dir.display(),
+            entries = m.set.len(),
+            loaded = m.state == STATE_LOADED,
+            ms = started.elapsed().as_millis() as u64,
+            differs = m.why,
+            "pinned maps of another layout migrated: their allow set and state are carried into this build's \
+             maps, which replace them (counters and cached verdicts start afresh)"
+        );
+        Ok(())
     }
 
     /// True when the maps were adopted from an earlier (pinned) run.
@@ -435,12 +476,21 @@ impl Enforcer {
     ///
     /// Changes go in with `BPF_MAP_DELETE_BATCH` / `BPF_MAP_UPDATE_BATCH`
     /// (one syscall per [`BATCH_CHUNK`] entries) where the kernel has them
-    /// for the map type, one syscall per entry where not. A failing entry
-    /// (e.g. a full map) does not stop the others, and the cache is flushed
-    /// for everything touched either way; the first error is returned so
-    /// the caller can report it and retry.
+    /// for the map type, one syscall per entry where not; a diff of more
+    /// than [`PARALLEL_MIN`] entries is spread over [`mirror_threads`]
+    /// threads (the kernel's hash maps lock per bucket, so inserts scale).
+    /// All removals land before any insert (a full map makes room first).
+    /// A failing entry (e.g. a full map) does not stop the others, and the
+    /// cache is flushed for everything touched either way; the first error
+    /// is returned so the caller can report it and retry.
     pub fn apply_diff(&mut self, diff: &AllowDiff) -> Result<(), XdpError> {
-        self.apply_diff_with(diff, MirrorPath::Batched)
+        self.apply_diff_with(diff, MirrorPath::Batched { threads: mirror_threads() })
+    }
+
+    /// As [`Enforcer::apply_diff`] with the batches on `threads` threads
+    /// (1: all on the caller's thread), for benchmarks and tests.
+    pub fn apply_diff_threads(&mut self, diff: &AllowDiff, threads: usize) -> Result<(), XdpError> {
+        self.apply_diff_with(diff, MirrorPath::Batched { threads: threads.max(1) })
     }
 
     /// As [`Enforcer::apply_diff`] with one `BPF_MAP_UPDATE_ELEM` /
@@ -452,7 +502,7 @@ impl Enforcer {
 
     fn apply_diff_with(&mut self, diff: &AllowDiff, path: MirrorPath) -> Result<(), XdpError> {
         let mut touched_prefixes: Vec<Prefix> = Vec::new();
-        let mut touched_hosts: HashSet<[u8; 16]> = HashSet::new();
+        let mut touched_hosts: Vec<[u8; 16]> = Vec::with_capacity(diff.remove.len() + diff.upsert.len());
         // Per map: removals (keys) and upserts (keys, values), as raw bytes.
         let mut ops: [MapOps; 4] = [
             MapOps::new(MAP_ALLOW_V4, 4),
@@ -463,50 +513,74 @@ impl Enforcer {
         let removals = diff.remove.iter().map(|p| (p, Classes::NONE));
         let upserts = diff.upsert.iter().map(|(p, c)| (p, *c));
         for (p, c) in removals.chain(upserts) {
-            let len = u32::from(p.len());
-            let (i, key): (usize, Vec<u8>) = match (p.addr(), p.is_host()) {
+            let len = u32::from(p.len()).to_ne_bytes();
+            let bits = c.bits();
+            match (p.addr(), p.is_host()) {
                 (IpAddr::V4(a), true) => {
-                    touched_hosts.insert(a.to_ipv6_mapped().octets());
-                    (0, a.octets().to_vec())
+                    touched_hosts.push(a.to_ipv6_mapped().octets());
+                    ops[0].push(&[&a.octets()], bits);
                 }
                 (IpAddr::V6(a), true) => {
-                    touched_hosts.insert(a.octets());
-                    (1, a.octets().to_vec())
+                    touched_hosts.push(a.octets());
+                    ops[1].push(&[&a.octets()], bits);
                 }
                 (IpAddr::V4(a), false) => {
                     touched_prefixes.push(*p);
-                    (2, [len.to_ne_bytes().as_slice(), &a.octets()].concat())
+                    ops[2].push(&[&len, &a.octets()], bits);
                 }
                 (IpAddr::V6(a), false) => {
                     touched_prefixes.push(*p);
-                    (3, [len.to_ne_bytes().as_slice(), &a.octets()].concat())
+                    ops[3].push(&[&len, &a.octets()], bits);
                 }
-            };
-            ops[i].push(&key, c.bits());
+            }
         }
-        let mut first_err: Option<XdpError> = None;
+        let mut fds = Vec::with_capacity(ops.len());
         for op in &ops {
             let map = self.ebpf.map(op.name).ok_or_else(|| missing(op.name))?;
-            let fd = map_data(map).ok_or_else(|| missing(op.name))?.fd().as_fd();
-            if let Err(e) = op.apply(fd, path)
-                && first_err.is_none()
-            {
-                first_err = Some(e);
-            }
+            fds.push(map_data(map).ok_or_else(|| missing(op.name))?.fd().as_fd());
         }
+        let first_err = apply_ops(&ops, &fds, path);
+        self.flush_cache(touched_hosts, &touched_prefixes)?;
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Forgets the cached verdicts of `hosts` and of every address inside
+    /// `prefixes`. Deleting by key costs one syscall per changed host, a
+    /// scan one per cached entry (at most [`guard_common::MAX_CACHE`]):
+    /// the cheaper is taken, so a 1M-entry load into an empty cache costs
+    /// nothing here.
+    fn flush_cache(&mut self, hosts: Vec<[u8; 16]>, prefixes: &[Prefix]) -> Result<(), XdpError> {
         let mut cache: HashMap<&mut MapData, [u8; 16], CacheEntry> = self.typed(MAP_CACHE)?;
-        if !touched_prefixes.is_empty() {
-            for k in cache.keys().collect::<Result<Vec<_>, _>>().map_err(map_err(MAP_CACHE))? {
-                let ip = Prefix::host(IpAddr::from(k)).addr();
-                if touched_prefixes.iter().any(|p| p.contains(ip)) {
-                    touched_hosts.insert(k);
-                }
+        // With prefixes every cached address must be looked at anyway.
+        let limit = if prefixes.is_empty() { hosts.len() } else { usize::MAX };
+        let mut cached = Vec::new();
+        let mut complete = true;
+        for k in cache.keys() {
+            if cached.len() >= limit {
+                complete = false;
+                break;
             }
+            cached.push(k.map_err(map_err(MAP_CACHE))?);
         }
-        for k in touched_hosts {
+        let doomed: Vec<[u8; 16]> = if complete {
+            let hosts: HashSet<[u8; 16]> =
+                if cached.is_empty() { HashSet::new() } else { hosts.into_iter().collect() };
+            cached
+                .into_iter()
+                .filter(|k| {
+                    hosts.contains(k) || {
+                        let ip = Prefix::host(IpAddr::from(*k)).addr();
+                        prefixes.iter().any(|p| p.contains(ip))
+                    }
+                })
+                .collect()
+        } else {
+            hosts
+        };
+        for k in doomed {
             ignore_missing(cache.remove(&k)).map_err(map_err(MAP_CACHE))?;
         }
-        first_err.map_or(Ok(()), Err)
+        Ok(())
     }
 
     /// The start-up state the program runs in ([`STATE_NOT_LOADED`] or
@@ -897,12 +971,25 @@ fn program<'a>(ebpf: &'a mut Ebpf, iface: &str) -> Result<&'a mut Xdp, XdpError>
 /// vanishes, small enough that one call holds the CPU only a few ms.
 pub const BATCH_CHUNK: usize = 16 * 1024;
 
+/// Diffs of at least this many entries are spread over threads.
+pub const PARALLEL_MIN: usize = 4 * BATCH_CHUNK;
+
+/// Threads the mirror uses for a large diff: the CPUs this process may
+/// run on, at most 4 (more contend on the kernel's allocator and locks).
+pub fn mirror_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
+
 /// How [`Enforcer`] writes allow-set changes into the maps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum MirrorPath {
-    /// `BPF_MAP_*_BATCH`, falling back per map where the kernel lacks it.
-    Batched,
-    /// One syscall per entry.
+    /// `BPF_MAP_*_BATCH` on up to `threads` threads, falling back per map
+    /// where the kernel lacks the batch op.
+    Batched {
+        /// Threads for a diff of at least [`PARALLEL_MIN`] entries.
+        threads: usize,
+    },
+    /// One syscall per entry, on the caller's thread.
     OneByOne,
 }
 
@@ -921,54 +1008,113 @@ impl MapOps {
         MapOps { name, key_size, remove: Vec::new(), upsert_keys: Vec::new(), upsert_values: Vec::new() }
     }
 
-    /// Class bits 0 mean "remove".
-    fn push(&mut self, key: &[u8], bits: u32) {
-        if bits == 0 {
-            self.remove.extend_from_slice(key);
-        } else {
-            self.upsert_keys.extend_from_slice(key);
+    /// Adds the key made of `parts`; class bits 0 mean "remove".
+    fn push(&mut self, parts: &[&[u8]], bits: u32) {
+        let keys = if bits == 0 { &mut self.remove } else { &mut self.upsert_keys };
+        for p in parts {
+            keys.extend_from_slice(p);
+        }
+        if bits != 0 {
             self.upsert_values.extend_from_slice(&bits.to_ne_bytes());
         }
     }
 
-    /// Removals first, then upserts; every entry is tried, the first error
-    /// is returned.
-    fn apply(&self, fd: BorrowedFd<'_>, path: MirrorPath) -> Result<(), XdpError> {
-        let err = |e: std::io::Error| XdpError::Map {
+    fn error(&self, e: std::io::Error) -> XdpError {
+        XdpError::Map {
             name: self.name,
             source: MapError::SyscallError(aya::sys::SyscallError { call: "bpf_map_batch", io_error: e }),
-        };
-        let mut first: Option<XdpError> = None;
-        let mut note = |r: std::io::Result<()>| {
-            if let Err(e) = r
-                && first.is_none()
-            {
-                first = Some(err(e));
-            }
-        };
+        }
+    }
+}
+
+/// One unit of mirror work: a chunk of removals or of upserts on one map.
+struct Job<'a> {
+    map: usize,
+    fd: BorrowedFd<'a>,
+    key_size: usize,
+    keys: &'a [u8],
+    /// None: a removal.
+    values: Option<&'a [u8]>,
+}
+
+impl Job<'_> {
+    fn run(&self, path: MirrorPath) -> std::io::Result<()> {
         let ks = self.key_size;
-        match path {
-            MirrorPath::Batched => {
-                for keys in self.remove.chunks(ks * BATCH_CHUNK) {
-                    note(batch_delete(fd, keys, ks));
+        match (path, self.values) {
+            (MirrorPath::Batched { .. }, None) => batch_delete(self.fd, self.keys, ks),
+            (MirrorPath::Batched { .. }, Some(v)) => batch_update(self.fd, self.keys, v, ks),
+            (MirrorPath::OneByOne, values) => {
+                let mut first = Ok(());
+                for (i, key) in self.keys.chunks(ks).enumerate() {
+                    let r = match values {
+                        None => elem_delete(self.fd, key),
+                        Some(v) => elem_update(self.fd, key, &v[i * 4..i * 4 + 4]),
+                    };
+                    if r.is_err() && first.is_ok() {
+                        first = r;
+                    }
                 }
-                for (keys, values) in
-                    self.upsert_keys.chunks(ks * BATCH_CHUNK).zip(self.upsert_values.chunks(4 * BATCH_CHUNK))
-                {
-                    note(batch_update(fd, keys, values, ks));
-                }
-            }
-            MirrorPath::OneByOne => {
-                for key in self.remove.chunks(ks) {
-                    note(elem_delete(fd, key));
-                }
-                for (key, value) in self.upsert_keys.chunks(ks).zip(self.upsert_values.chunks(4)) {
-                    note(elem_update(fd, key, value));
-                }
+                first
             }
         }
-        first.map_or(Ok(()), Err)
     }
+}
+
+/// Writes `ops` into the maps `fds`: every removal, then every upsert, in
+/// chunks of [`BATCH_CHUNK`] spread over the path's threads. Every chunk
+/// is tried; returns the first error (of the lowest-numbered map).
+fn apply_ops(ops: &[MapOps], fds: &[BorrowedFd<'_>], path: MirrorPath) -> Option<XdpError> {
+    let mut removals = Vec::new();
+    let mut upserts = Vec::new();
+    for (map, (op, fd)) in ops.iter().zip(fds).enumerate() {
+        let ks = op.key_size;
+        for keys in op.remove.chunks(ks * BATCH_CHUNK) {
+            removals.push(Job { map, fd: *fd, key_size: ks, keys, values: None });
+        }
+        for (keys, values) in
+            op.upsert_keys.chunks(ks * BATCH_CHUNK).zip(op.upsert_values.chunks(4 * BATCH_CHUNK))
+        {
+            upserts.push(Job { map, fd: *fd, key_size: ks, keys, values: Some(values) });
+        }
+    }
+    let entries: usize = ops.iter().map(|o| (o.remove.len() + o.upsert_keys.len()) / o.key_size).sum();
+    let threads = match path {
+        MirrorPath::Batched { threads } if entries >= PARALLEL_MIN => threads,
+        _ => 1,
+    };
+    let errors: std::sync::Mutex<Vec<Option<std::io::Error>>> =
+        std::sync::Mutex::new((0..ops.len()).map(|_| None).collect());
+    for phase in [&removals, &upserts] {
+        run_jobs(phase, threads, path, &errors);
+    }
+    let errors = errors.into_inner().unwrap_or_else(|e| e.into_inner());
+    errors.into_iter().zip(ops).find_map(|(e, op)| e.map(|e| op.error(e)))
+}
+
+/// Runs `jobs` on `threads` threads (the caller's included), each taking
+/// the next job until none is left; keeps the first error per map.
+fn run_jobs(
+    jobs: &[Job<'_>],
+    threads: usize,
+    path: MirrorPath,
+    errors: &std::sync::Mutex<Vec<Option<std::io::Error>>>,
+) {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || {
+        while let Some(job) = jobs.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+            if let Err(e) = job.run(path) {
+                let mut errs = errors.lock().unwrap_or_else(|p| p.into_inner());
+                errs[job.map].get_or_insert(e);
+            }
+        }
+    };
+    let threads = threads.min(jobs.len()).max(1);
+    std::thread::scope(|s| {
+        for _ in 1..threads {
+            s.spawn(work);
+        }
+        work();
+    });
 }
 
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
@@ -1265,31 +1411,136 @@ pub fn pin_lifetime(dir: &Path) -> PinLifetime {
     }
 }
 
-/// Refuses pinned maps whose layout differs from this build's (an older or
-/// newer rpz-guard): reading them with this build's types would be wrong.
-fn check_pinned_layout(dir: &Path) -> Result<(), XdpError> {
-    for (name, key, value, max) in guard_common::MAP_LAYOUT {
+/// Compares the pinned maps in `dir` with this build's [`guard_common::MAP_LAYOUT`]:
+/// Ok(None) when they match (adopt them), Ok(Some(why)) when they differ
+/// but the allow set and state can be carried over ([`Migration`]), an
+/// error when not even that can be read safely.
+fn check_pinned_layout(dir: &Path) -> Result<Option<String>, XdpError> {
+    let mut differs = Vec::new();
+    for (name, key, value, max, flags) in guard_common::MAP_LAYOUT {
         let path = dir.join(name);
         let info = aya::maps::MapInfo::from_pin(&path).map_err(|e| XdpError::Pin {
             dir: dir.into(),
             why: format!("pinned map {name} is missing or unreadable ({e}); remove the old state with `rpz-guard unpin {}`", dir.display()),
         })?;
-        let have = (info.key_size(), info.value_size(), info.max_entries());
-        if have != (key, value, max) {
+        let have = (info.key_size(), info.value_size(), info.max_entries(), info.map_flags());
+        if have == (key, value, max, flags) {
+            continue;
+        }
+        let what = format!(
+            "{name} (key {}, value {}, entries {}, flags {:#x}; this build: {key}, {value}, {max}, {flags:#x})",
+            have.0, have.1, have.2, have.3
+        );
+        let readable = match name {
+            n if MIGRATED_MAPS.contains(&n) => have.0 == key && have.1 >= 4,
+            MAP_SETTINGS => have.0 == key,
+            _ => true,
+        };
+        if !readable {
             return Err(XdpError::Pin {
                 dir: dir.into(),
                 why: format!(
-                    "pinned map {name} has layout (key {}, value {}, entries {}) but this build needs ({key}, {value}, {max}); \
-                     it comes from another rpz-guard version: `rpz-guard unpin {}` (stops enforcement) or use a new --pin directory",
-                    have.0,
-                    have.1,
-                    have.2,
+                    "pinned map {what} comes from another rpz-guard version whose allow set this build cannot read; \
+                     the old program keeps enforcing its last set. `rpz-guard unpin {}` (stops enforcement) \
+                     or use a new --pin directory",
                     dir.display()
                 ),
             });
         }
+        differs.push(what);
     }
-    Ok(())
+    Ok((!differs.is_empty()).then(|| differs.join(", ")))
+}
+
+/// The allow maps a layout migration carries over: their keys are the same
+/// in every layout so far, and the class bits are the first `u32` of a value.
+const MIGRATED_MAPS: [&str; 4] = [MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_ALLOW_PFX_V4, MAP_ALLOW_PFX_V6];
+
+/// What a pin directory of another map layout held, carried into a fresh
+/// set of maps: the new program gets the same allow set and start-up state
+/// before it replaces the old one inside the pinned link, so an upgrade
+/// across a layout change never opens (nor freezes) enforcement.
+struct Migration {
+    set: crate::policy::AllowSet,
+    state: u32,
+    why: String,
+}
+
+impl Migration {
+    /// Reads the allow maps and the settings' state of the pinned maps in
+    /// `dir`, whatever their value sizes (class bits first).
+    fn read(dir: &Path, why: String) -> Result<Self, XdpError> {
+        let perr = |why: String| XdpError::Pin { dir: dir.into(), why };
+        let mut set = crate::policy::AllowSet::new();
+        for name in MIGRATED_MAPS {
+            let data =
+                MapData::from_pin(dir.join(name)).map_err(|e| perr(format!("open pinned {name}: {e}")))?;
+            let info = data.info().map_err(|e| perr(format!("pinned {name}: {e}")))?;
+            let entries =
+                raw_entries(data.fd().as_fd(), info.key_size() as usize, info.value_size() as usize)
+                    .map_err(|e| perr(format!("read pinned {name}: {e}")))?;
+            for (k, v) in entries {
+                let classes = Classes::from_bits(u32::from_ne_bytes([v[0], v[1], v[2], v[3]]));
+                let prefix = match k.len() {
+                    4 => Some(Prefix::host(IpAddr::from(<[u8; 4]>::try_from(&k[..]).unwrap_or_default()))),
+                    16 => Some(Prefix::host(IpAddr::from(<[u8; 16]>::try_from(&k[..]).unwrap_or_default()))),
+                    8 | 20 => {
+                        let len = u32::from_ne_bytes([k[0], k[1], k[2], k[3]]);
+                        let addr = match <[u8; 4]>::try_from(&k[4..]) {
+                            Ok(a) => IpAddr::from(a),
+                            Err(_) => IpAddr::from(<[u8; 16]>::try_from(&k[4..]).unwrap_or_default()),
+                        };
+                        u8::try_from(len).ok().and_then(|l| Prefix::new(addr, l).ok())
+                    }
+                    _ => None,
+                };
+                if let Some(p) = prefix.filter(|_| !classes.is_empty()) {
+                    set.add(p, classes);
+                }
+            }
+        }
+        let data = MapData::from_pin(dir.join(MAP_SETTINGS))
+            .map_err(|e| perr(format!("open pinned {MAP_SETTINGS}: {e}")))?;
+        let info = data.info().map_err(|e| perr(format!("pinned {MAP_SETTINGS}: {e}")))?;
+        let settings = raw_entries(data.fd().as_fd(), 4, info.value_size() as usize)
+            .map_err(|e| perr(format!("read pinned {MAP_SETTINGS}: {e}")))?;
+        // Layouts before the state field enforced their set as loaded.
+        let offset = std::mem::offset_of!(Settings, state);
+        let state = settings
+            .first()
+            .and_then(|(_, v)| v.get(offset..offset + 4))
+            .map_or(STATE_LOADED, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+        Ok(Migration { set, state: if state == STATE_LOADED { STATE_LOADED } else { STATE_NOT_LOADED }, why })
+    }
+}
+
+/// Every `(key, value)` of a map, read with `BPF_MAP_GET_NEXT_KEY` and
+/// `BPF_MAP_LOOKUP_ELEM` (any map type, any sizes). Values shorter than 4
+/// bytes are padded (the callers read a `u32` at their start).
+fn raw_entries(fd: BorrowedFd<'_>, ks: usize, vs: usize) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+    const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+    let mut out = Vec::new();
+    let mut key: Option<Vec<u8>> = None;
+    loop {
+        let mut next = vec![0u8; ks];
+        let cur = key.as_ref().map_or(0, |k| k.as_ptr() as u64);
+        let mut attr = [fd_u64(fd), cur, next.as_mut_ptr() as u64, 0, 0, 0, 0, 0];
+        match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
+            Err(e) => return Err(e),
+            Ok(()) => {}
+        }
+        let mut value = vec![0u8; vs.max(4)];
+        let mut attr = [fd_u64(fd), next.as_ptr() as u64, value.as_mut_ptr() as u64, 0, 0, 0, 0, 0];
+        match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+            // Deleted between the two calls: skip it.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e),
+            Ok(()) => out.push((next.clone(), value)),
+        }
+        key = Some(next);
+    }
 }
 
 /// The interface index a pinned XDP link is attached to (0 once its

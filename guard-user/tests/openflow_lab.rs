@@ -569,19 +569,49 @@ fn openflow_primary_down_at_start_fails_closed() {
         .unwrap_or_else(|| panic!("switch did not connect; log:\n{}", d.log()));
     };
 
+    // The deny-protected flows: cookie kind 4, priority 25000, one per
+    // protected port and IP version.
+    let deny_flows = |flows: &str| flows.lines().filter(|l| l.contains("cookie=0x5250470400000000")).count();
+    let counter =
+        |d: &Daemon, name: &str| d.status().counters.iter().find(|(n, _)| n == name).map_or(0, |(_, v)| *v);
+
     // No snapshot, primary down: up, deny-protected, nothing passes.
     let mut d1 = start_openflow_with(&t, &[("--server", &dead)]);
     connect(&d1);
     let st = d1.status();
     assert!(st.sync.deny_protected && st.sync.last_error.is_some(), "{:?}", st.sync);
+    let flows = t.flows();
+    assert_eq!(deny_flows(&flows), 10, "deny-protected flows (5 ports × v4/v6) on the switch:\n{flows}");
+    assert!(flows.contains("priority=25000"), "{flows}");
     assert!(!smtp(&t.pc, mx, 25, BLOCKED), "deny-protected: even a registered host waits for the set");
     std::thread::sleep(Duration::from_secs(2));
     assert!(d1.is_running(), "the controller stays up with the primary down");
+    // Dropped without asking the RPZ (which is down), counted and reported.
+    assert!(counter(&d1, "drop_not_loaded") >= 20, "drops counted: {:?}", d1.status().counters);
+    assert_eq!(counter(&d1, "miss"), 0, "no RPZ question while no set is loaded");
+    let evs = d1.events();
+    assert!(
+        evs.iter().any(|e| e.dst == rogue.ip() && e.reason == Reason::NotLoaded),
+        "not_loaded events: {evs:?}"
+    );
+    let per_sec = f64::from(guard_common::DEFAULT_EVENTS_PER_SOURCE);
+    let bot_events = evs.iter().filter(|e| e.dst == rogue.ip()).count() as f64;
+    assert!(
+        bot_events <= per_sec * 1.5 * d1.status().uptime_secs.max(1) as f64,
+        "events rate-limited: {bot_events}"
+    );
     d1.stop();
+    // The controller gone: the switch keeps the deny-protected flows.
+    assert_eq!(deny_flows(&t.flows()), 10, "still in place with no controller");
 
-    // A normal run writes the snapshot.
+    // A normal run writes the snapshot; its first set removes the
+    // deny-protected flows once the allow flows are in.
     let mut d2 = start_openflow(&t);
+    connect(&d2);
     let serial = d2.status().sync.serial;
+    eventually(Duration::from_secs(10), || deny_flows(&t.flows()) == 0)
+        .unwrap_or_else(|| panic!("deny-protected flows removed once loaded:\n{}", t.flows()));
+    assert!(smtp(&t.pc, mx, 25, SHORT), "the registered mail server passes once loaded");
     eventually(Duration::from_secs(10), || d2.status().sync.snapshot_serial == serial)
         .expect("snapshot written");
     d2.stop();
@@ -594,6 +624,7 @@ fn openflow_primary_down_at_start_fails_closed() {
     assert!(st.sync.started_from.as_deref().is_some_and(|s| s.contains("snapshot")), "{:?}", st.sync);
     assert_eq!(st.entries.0, 1);
     assert!(smtp(&t.pc, mx, 25, SHORT), "the snapshot's mail server passes while the primary is down");
+    assert_eq!(deny_flows(&t.flows()), 0, "a snapshot in force: no deny-protected flows");
     let tally = bot.stop();
     eprintln!("openflow, primary down at start: bot {tally:?}");
     assert!(tally.sent > 300, "prober ran: {tally:?}");

@@ -905,4 +905,198 @@ fn exempt_route_check_follows_the_kernel_fib_and_neighbours() {
         .expect("new MAC honoured");
     send(from_mac(frame::v4(RESOLVER, UNKNOWN, frame::UDP, 53), RESOLVER_MAC), Stat::DropSpoofedExempt)
         .expect("old MAC refused");
+
+/// The threaded batched mirror (a diff above `PARALLEL_MIN`, on 3 threads)
+/// leaves the same maps as one update per entry, for a load and a diff
+/// with removals.
+#[test]
+fn threaded_mirror_matches_one_by_one() {
+    let n = guard_user::xdp::PARALLEL_MIN as u32 + 777;
+    let host = |i: u32| -> IpAddr {
+        if i.is_multiple_of(7) {
+            IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x500, 0, 0, 0, (i >> 16) as u16, i as u16))
+        } else {
+            IpAddr::V4(Ipv4Addr::from(0x6440_0000 + i))
+        }
+    };
+    let first: AllowSet = (0..n)
+        .map(|i| (Prefix::host(host(i)), if i % 2 == 0 { Classes::SMTP } else { Classes::DNS }))
+        .collect();
+    let mut second = first.clone();
+    for i in (0..n).step_by(2) {
+        second.remove(&Prefix::host(host(i)), Classes::from_bits(3));
+    }
+    let mut threaded = enforcer(Settings::default());
+    let mut single = enforcer(Settings::default());
+    let base = threaded.read_allow().expect("read");
+    let to_first = base.diff(&first);
+    threaded.apply_diff_threads(&to_first, 3).expect("threaded load");
+    single.apply_diff_one_by_one(&to_first).expect("one-by-one load");
+    assert_eq!(threaded.read_allow().expect("read"), first);
+    assert_eq!(single.read_allow().expect("read"), first);
+    let to_second = first.diff(&second);
+    assert!(to_second.remove.len() >= guard_user::xdp::PARALLEL_MIN / 2);
+    threaded.apply_diff_threads(&to_second, 3).expect("threaded diff");
+    single.apply_diff_one_by_one(&to_second).expect("one-by-one diff");
+    assert_eq!(threaded.read_allow().expect("read"), second);
+    assert_eq!(single.read_allow().expect("read"), second);
+}
+
+/// A diff forgets the cached verdicts it could contradict, whichever way
+/// the mirror finds them: by key (fewer changed hosts than cached
+/// verdicts), by scanning the cache (more changed hosts), or by prefix.
+#[test]
+fn diff_flushes_contradicted_cached_verdicts() {
+    let mut e = enforcer(Settings::default());
+    let ip = |s: &str| -> Ipv4Addr { s.parse().expect("ip") };
+    let (a, b, c, d) = (ip("192.0.2.1"), ip("192.0.2.2"), ip("192.0.2.3"), ip("198.18.7.7"));
+    let smtp = |dst: Ipv4Addr| frame::v4(PC, dst, frame::TCP, 25);
+    let ttl = Duration::from_secs(600);
+    // a and b were allowed by the miss path (cached), c is cached as not
+    // registered, d lies in a prefix about to be revoked.
+    for (dst, classes) in [(a, Classes::SMTP), (b, Classes::SMTP), (c, Classes::NONE), (d, Classes::SMTP)] {
+        e.cache_verdict(dst.into(), classes, ttl).expect("cache");
+    }
+    let pfx: AllowSet = [(p("198.18.0.0/16"), Classes::SMTP)].into_iter().collect();
+    e.apply_diff(&AllowSet::new().diff(&pfx)).expect("mirror prefix");
+    assert_eq!(run(&mut e, &smtp(d)), XDP_PASS);
+    e.cache_verdict(d.into(), Classes::SMTP, ttl).expect("cache");
+
+    // By key: one changed host, four cached verdicts. The RPZ now says c is
+    // a mail exchanger: its negative verdict must go, the others stay.
+    let one: AllowSet = [(Prefix::host(c.into()), Classes::SMTP)].into_iter().collect();
+    e.apply_diff(&AllowSet::new().diff(&one)).expect("mirror");
+    assert_eq!(run(&mut e, &smtp(c)), XDP_PASS, "c's negative verdict was forgotten");
+    assert_eq!(run(&mut e, &smtp(a)), XDP_PASS, "a's cached verdict stays");
+    // Revoking c: no cached verdict may keep it open.
+    e.apply_diff(&one.diff(&AllowSet::new())).expect("mirror");
+    assert_eq!(run(&mut e, &smtp(c)), XDP_DROP);
+
+    // By scan: a diff of 500 hosts (more than the cached verdicts) that
+    // adds then revokes b.
+    let many: AllowSet = (0..500u32)
+        .map(|i| (Prefix::host(Ipv4Addr::from(0xc633_6400 + i).into()), Classes::SMTP))
+        .chain([(Prefix::host(b.into()), Classes::SMTP)])
+        .collect();
+    e.apply_diff(&AllowSet::new().diff(&many)).expect("mirror");
+    e.apply_diff(&many.diff(&AllowSet::new())).expect("mirror");
+    assert_eq!(run(&mut e, &smtp(b)), XDP_DROP, "b's cached allow was forgotten with its entry");
+    assert_eq!(run(&mut e, &smtp(a)), XDP_PASS, "a was not touched");
+
+    // By prefix: revoking the /16 forgets d's cached verdict.
+    e.apply_diff(&pfx.diff(&AllowSet::new())).expect("mirror");
+    assert_eq!(run(&mut e, &smtp(d)), XDP_DROP);
+}
+
+/// Raw `bpf(2)` helpers: pinned maps of an older layout, built by hand.
+mod old_layout {
+    use std::{ffi::CString, os::fd::RawFd, path::Path};
+
+    fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> i64 {
+        // SAFETY: a zeroed bpf_attr of ample size; pointers set by callers stay valid.
+        unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), std::mem::size_of_val(attr)) }
+    }
+
+    /// A hash map (type 1) with `flags`, pinned at `path` (replacing the pin there).
+    pub fn pinned_hash(path: &Path, key_size: u32, value_size: u32, max: u32, flags: u32) -> RawFd {
+        let mut attr = [0u64; 16];
+        attr[0] = 1 | u64::from(key_size) << 32;
+        attr[1] = u64::from(value_size) | u64::from(max) << 32;
+        attr[2] = u64::from(flags);
+        let fd = bpf(0, &mut attr);
+        assert!(fd >= 0, "BPF_MAP_CREATE: {}", std::io::Error::last_os_error());
+        let _ = std::fs::remove_file(path);
+        let c = CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+        let mut attr = [0u64; 16];
+        attr[0] = c.as_ptr() as u64;
+        attr[1] = fd as u64;
+        assert_eq!(bpf(6, &mut attr), 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
+        fd as RawFd
+    }
+
+    /// `BPF_MAP_UPDATE_ELEM`.
+    pub fn put(fd: RawFd, key: &[u8], value: &[u8]) {
+        let mut attr = [0u64; 16];
+        attr[0] = fd as u64;
+        attr[1] = key.as_ptr() as u64;
+        attr[2] = value.as_ptr() as u64;
+        assert_eq!(bpf(2, &mut attr), 0, "BPF_MAP_UPDATE_ELEM: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// A pin directory left by a build whose host allow maps were not
+/// preallocated (and whose allow values were wider) is migrated at start:
+/// the set and state are carried into this build's maps, which replace the
+/// old pins; a layout whose allow set cannot be read is refused, naming it.
+#[test]
+fn pinned_maps_of_an_older_layout_are_migrated_or_refused() {
+    use guard_common::{MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_F_NO_PREALLOC, MAX_ALLOW_V4, MAX_ALLOW_V6};
+    let root = std::path::Path::new(guard_user::xdp::BPFFS_ROOT);
+    guard_user::xdp::ensure_bpffs(&root.join("x")).expect("bpffs");
+    let dir = root.join(format!("rpzg-migrate-{}", std::process::id()));
+    let _ = guard_user::xdp::remove_pins(&dir);
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = guard_user::xdp::remove_pins(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+
+    // This build's pins, then the host allow maps swapped for old-layout ones
+    // (per-insert allocation, 8-byte values with the class bits first).
+    {
+        let mut e = Enforcer::load(Some(&dir)).expect("load pinned");
+        e.configure(&ProgramConfig { settings: Settings::default(), ..ProgramConfig::default() })
+            .expect("cfg");
+        e.set_loaded(true).expect("loaded");
+    }
+    let m4 = old_layout::pinned_hash(&dir.join(MAP_ALLOW_V4), 4, 8, MAX_ALLOW_V4, MAP_F_NO_PREALLOC);
+    let m6 = old_layout::pinned_hash(&dir.join(MAP_ALLOW_V6), 16, 8, MAX_ALLOW_V6, MAP_F_NO_PREALLOC);
+    let mut want = AllowSet::new();
+    for i in 0..300u32 {
+        let a = Ipv4Addr::from(0xc633_6400 + i);
+        let c = if i % 2 == 0 { Classes::SMTP } else { Classes::DNS };
+        old_layout::put(m4, &a.octets(), &[c.bits().to_ne_bytes(), 0xdead_beef_u32.to_ne_bytes()].concat());
+        want.add(Prefix::host(a.into()), c);
+    }
+    let a6 = v6("2001:db8:100::53");
+    old_layout::put(m6, &a6.octets(), &[Classes::DNS.bits().to_ne_bytes(), [0; 4]].concat());
+    want.add(Prefix::host(a6.into()), Classes::DNS);
+    // SAFETY: descriptors this test opened; the pins keep the maps.
+    unsafe {
+        libc::close(m4);
+        libc::close(m6);
+    }
+
+    let mut e = Enforcer::load(Some(&dir)).expect("migrating load");
+    assert!(e.adopted_maps(), "a migrated set counts as adopted");
+    assert_eq!(e.read_allow().expect("read"), want, "the old set was carried over");
+    assert_eq!(e.state().expect("state"), STATE_LOADED, "the old state was carried over");
+    for name in [MAP_ALLOW_V4, MAP_ALLOW_V6] {
+        let info = aya::maps::MapInfo::from_pin(dir.join(name)).expect("pinned");
+        assert_eq!((info.value_size(), info.map_flags()), (4, 0), "{name} re-pinned in this build's layout");
+    }
+    e.configure(&ProgramConfig {
+        ports: vec![ProtectedPort { proto: Tcp, port: 25, service: Service::Smtp }],
+        settings: Settings { state: STATE_LOADED, ..Settings::default() },
+        ..ProgramConfig::default()
+    })
+    .expect("configure");
+    assert_eq!(run(&mut e, &frame::v4(PC, Ipv4Addr::from(0xc633_6400), frame::TCP, 25)), XDP_PASS);
+    assert_eq!(run(&mut e, &frame::v4(PC, UNKNOWN, frame::TCP, 25)), XDP_DROP);
+    drop(e);
+    // The next start adopts them as they are.
+    let e = Enforcer::load(Some(&dir)).expect("adopting load");
+    assert_eq!(e.read_allow().expect("read"), want);
+    drop(e);
+
+    // Keys of another size: this build cannot read the set; refused, and
+    // the pins are left alone (the old program keeps enforcing them).
+    let bad = old_layout::pinned_hash(&dir.join(MAP_ALLOW_V4), 8, 4, MAX_ALLOW_V4, MAP_F_NO_PREALLOC);
+    // SAFETY: as above.
+    unsafe { libc::close(bad) };
+    let err = Enforcer::load(Some(&dir)).err().expect("refused").to_string();
+    assert!(err.contains("ALLOW_V4") && err.contains("cannot read"), "{err}");
+    assert_eq!(aya::maps::MapInfo::from_pin(dir.join(MAP_ALLOW_V4)).expect("pin").key_size(), 8);
 }

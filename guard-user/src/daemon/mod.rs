@@ -245,12 +245,11 @@ async fn run_bound(
         _ => {
             let c = cfg.clone();
             let (sh, cn) = (shared.clone(), cancel.clone());
-            tokio::spawn(async move { openflow::run(&c, sh, learning, cn).await })
+            let (loaded_tx, loaded_rx) = watch::channel(in_force);
+            tasks.spawn(openflow_loaded(allow_rx.clone(), sync_state.clone(), loaded_tx, cancel.clone()));
+            tokio::spawn(async move { openflow::run(&c, sh, learning, loaded_rx, cn).await })
         }
     };
-    if cfg.enforce.mode == Mode::Openflow {
-        tasks.spawn(openflow_loaded(allow_rx.clone(), sync_state.clone(), cancel.clone()));
-    }
 
     // 4. The first sync with a server (a zone file is read by the follower
     //    at once); a primary that is down does not stop the daemon.
@@ -366,18 +365,28 @@ async fn finish_with(
     result
 }
 
-/// OpenFlow mode: deny-protected (no allow flows, every protected miss
-/// asked at the RPZ) ends when the first set from the source is published.
+/// OpenFlow mode: deny-protected (the switches hold the not-loaded flows,
+/// protected packet-ins are dropped without asking the RPZ) ends when the
+/// first set from the source is published; `loaded` tells the controller.
 async fn openflow_loaded(
     mut rx: watch::Receiver<Arc<crate::policy::AllowSet>>,
     state: SharedSyncState,
+    loaded: watch::Sender<bool>,
     cancel: CancellationToken,
 ) {
     loop {
         {
             let mut st = lock(&state);
             if !st.deny_protected || st.serial.is_some() {
+                if st.deny_protected {
+                    tracing::info!(
+                        serial = st.serial,
+                        entries = st.entries,
+                        "first allow set in force; deny-protected mode ends"
+                    );
+                }
                 st.deny_protected = false;
+                loaded.send_replace(true);
                 return;
             }
         }

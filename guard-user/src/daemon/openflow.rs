@@ -8,11 +8,13 @@ use tokio_util::sync::CancellationToken;
 use super::{DaemonError, Shared, lock};
 use crate::config::Config;
 
-/// Serves switches until `cancel` fires.
+/// Serves switches until `cancel` fires. While `loaded` is false the
+/// switches hold the deny-protected flows (no allow set yet).
 pub(super) async fn run(
     cfg: &Config,
     shared: Arc<Shared>,
     learning: Option<Arc<crate::openflow::Learning>>,
+    loaded: tokio::sync::watch::Receiver<bool>,
     cancel: CancellationToken,
 ) -> Result<(), DaemonError> {
     use crate::openflow::{ControllerConfig, ControllerShared};
@@ -23,7 +25,8 @@ pub(super) async fn run(
         shared.resolver.clone(),
         shared.events.clone(),
         shared.counters.clone(),
-    );
+    )
+    .with_loaded(loaded);
     let cshared = match learning {
         Some(l) => cshared.with_learning(l),
         None => cshared,

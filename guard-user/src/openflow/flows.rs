@@ -346,6 +346,38 @@ pub fn learn_flows(cfg: &ControllerConfig) -> Vec<FlowMod> {
     out
 }
 
+// -- fail-closed start (issue 17) --
+
+/// Kind: deny-protected rules, in place until the first allow set is loaded.
+pub const COOKIE_NOT_LOADED: u64 = COOKIE_TAG | (4 << 32);
+/// Priority of the deny-protected rules: below exempt sources, internal
+/// destinations and proactive allow flows, above verdict flows and the
+/// protected → controller rule.
+pub const PRIO_NOT_LOADED: u16 = 25_000;
+
+/// Deny-protected mode (no allow set loaded yet, e.g. the primary down at
+/// the first start): every protected port, IPv4 and IPv6, → meter →
+/// CONTROLLER, which drops the packet and reports it (reason `not_loaded`)
+/// without asking the RPZ. The switch never forwards such a packet on its
+/// own, so the mode holds with the controller gone too; `ovs-ofctl
+/// dump-flows` shows it (cookie kind 4) and counts every packet.
+pub fn not_loaded_flows(cfg: &ControllerConfig) -> Vec<FlowMod> {
+    let mut out = Vec::new();
+    for et in [ETH_IPV4, ETH_IPV6] {
+        for pp in &cfg.protected {
+            let mut f = vec![Oxm::EthType(et)];
+            f.extend(port_fields(pp));
+            out.push(FlowMod::add(COOKIE_NOT_LOADED, PRIO_NOT_LOADED, Match::new(f), to_controller(cfg)));
+        }
+    }
+    out
+}
+
+/// Deletes the deny-protected rules (the first allow set is in place).
+pub fn delete_not_loaded() -> FlowMod {
+    FlowMod::delete_by_cookie(COOKIE_NOT_LOADED, COOKIE_KIND_MASK, Match::default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

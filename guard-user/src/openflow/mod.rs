@@ -11,6 +11,7 @@
 //! | 39000 | `ip(v6)_dst` in an internal network | NORMAL | base |
 //! | 35000 | protected port toward a denied prefix or host (RPZ `CNAME .`): a deny beats every allow flow | meter 1 → CONTROLLER (dropped, reason `denied`) | proactive |
 //! | 30000 | protected port toward an allow-set prefix whose class permits the service (DNS: any class; SMTP: SMTP) | NORMAL | proactive |
+//! | 25000 | protected port, only until the first allow set is loaded ([`flows::not_loaded_flows`]) | meter 1 → CONTROLLER, which drops and reports `not_loaded` | not loaded |
 //! | 20000 | protected port toward one host (after a packet-in) | NORMAL or drop, idle/hard timeouts, `SEND_FLOW_REM` | verdict |
 //! | 15000 | `nw_frag=later` (IPv4 and IPv6) | NORMAL | base |
 //! | 10000 | protected port (SMTP tcp 25/465/587, DNS udp+tcp 53 by default), IPv4 and IPv6 | meter 1 → CONTROLLER | base |
@@ -331,6 +332,9 @@ pub struct ControllerShared {
     /// Live learning (with [`ControllerConfig::learn_resolvers`]).
     pub learning: Option<Arc<Learning>>,
     board: Arc<Board>,
+    /// False while no allow set is loaded (deny-protected start-up mode,
+    /// see [`ControllerShared::with_loaded`]).
+    loaded: watch::Receiver<bool>,
 }
 
 impl ControllerShared {
@@ -342,13 +346,36 @@ impl ControllerShared {
         events: Arc<EventSink>,
         counters: Arc<Counters>,
     ) -> Self {
-        ControllerShared { allow, resolver, events, counters, learning: None, board: Arc::default() }
+        // Loaded unless the daemon says otherwise: a controller given a set
+        // by its caller enforces that set.
+        let loaded = watch::channel(true).1;
+        ControllerShared { allow, resolver, events, counters, learning: None, board: Arc::default(), loaded }
     }
 
     /// The same, feeding the learning flows' packet-ins to `learning`.
     pub fn with_learning(mut self, learning: Arc<Learning>) -> Self {
         self.learning = Some(learning);
         self
+    }
+
+    /// Follows the daemon's start-up state: while `loaded` is false (no
+    /// allow set from the source or a snapshot yet) every switch holds the
+    /// deny-protected flows ([`flows::not_loaded_flows`]) and protected
+    /// packet-ins are dropped and reported (reason `not_loaded`) without
+    /// asking the RPZ, as the XDP program does.
+    #[must_use]
+    pub fn with_loaded(mut self, loaded: watch::Receiver<bool>) -> Self {
+        self.loaded = loaded;
+        self
+    }
+
+    /// True once an allow set is loaded.
+    pub fn is_loaded(&self) -> bool {
+        *self.loaded.borrow()
+    }
+
+    pub(crate) fn loaded_rx(&self) -> watch::Receiver<bool> {
+        self.loaded.clone()
     }
 
     /// A snapshot for `rpz-guard status`.

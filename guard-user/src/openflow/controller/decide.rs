@@ -55,6 +55,18 @@ impl Conn {
     }
 
     pub(super) fn record(&self, info: &PacketInfo, pp: &ProtectedPort, reason: Reason) {
+        self.record_suppressed(info, pp, reason, 0);
+    }
+
+    /// As [`Conn::record`], saying how many events of this source the rate
+    /// limit suppressed before this one.
+    pub(super) fn record_suppressed(
+        &self,
+        info: &PacketInfo,
+        pp: &ProtectedPort,
+        reason: Reason,
+        suppressed: u32,
+    ) {
         let ev = DetectionEvent {
             time_ms: now_ms(),
             src: info.src,
@@ -65,7 +77,7 @@ impl Conn {
             reason,
             vlan: info.vlan,
             point: self.point(),
-            suppressed: 0,
+            suppressed,
             src_mac: Some(info.src_mac),
         };
         info!(src = %ev.src, dst = %ev.dst, dport = ev.dport, reason = ?reason, "blocked");
@@ -149,6 +161,43 @@ impl TokenBucket {
     }
 }
 
+/// Per-source event budget for deny-protected drops (the XDP program's
+/// `EVENT_RATE` map, here per switch): at most `per_sec` events per source
+/// per second, the rest counted and reported with the next one sent.
+pub(super) struct SourceBudget {
+    per_sec: u32,
+    /// Source → (window start, sent in the window, suppressed since the last sent).
+    seen: std::collections::HashMap<IpAddr, (Instant, u32, u32)>,
+}
+
+impl SourceBudget {
+    /// Sources remembered; beyond it the table starts afresh (a spoofed
+    /// flood cannot grow it, and a fresh table only lets events through).
+    const MAX_SOURCES: usize = 4096;
+
+    pub(super) fn new(per_sec: u32) -> Self {
+        SourceBudget { per_sec: per_sec.max(1), seen: std::collections::HashMap::new() }
+    }
+
+    /// Some(suppressed before this one) when an event for `src` may go now.
+    pub(super) fn admit(&mut self, src: IpAddr, now: Instant) -> Option<u32> {
+        if self.seen.len() >= Self::MAX_SOURCES && !self.seen.contains_key(&src) {
+            self.seen.clear();
+        }
+        let e = self.seen.entry(src).or_insert((now, 0, 0));
+        if now.duration_since(e.0) >= Duration::from_secs(1) {
+            (e.0, e.1) = (now, 0);
+        }
+        if e.1 < self.per_sec {
+            e.1 += 1;
+            Some(std::mem::take(&mut e.2))
+        } else {
+            e.2 = e.2.saturating_add(1);
+            None
+        }
+    }
+}
+
 impl Session {
     /// Decides one packet-in; false when the switch stopped reading.
     pub(super) async fn packet_in(&mut self, pi: PacketIn) -> bool {
@@ -226,6 +275,16 @@ impl Session {
             conn.install_verdict(&info, &pp, true, Duration::from_secs(u64::from(cfg.verdict_hard_secs)))
                 .await;
             return conn.forward(in_port, &pi).await;
+        }
+        if !conn.shared.is_loaded() {
+            // Deny-protected (no allow set yet): dropped and reported
+            // without asking the RPZ, and no verdict flow (none is final).
+            counters.inc(Stat::DropNotLoaded);
+            match self.not_loaded_events.admit(info.src, Instant::now()) {
+                Some(suppressed) => conn.record_suppressed(&info, &pp, Reason::NotLoaded, suppressed),
+                None => counters.inc(Stat::EventsRateLimited),
+            }
+            return true;
         }
         counters.inc(Stat::Miss);
         let seen = *conn.set_gate.read().await;

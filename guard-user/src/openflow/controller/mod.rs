@@ -306,6 +306,8 @@ async fn run_connection(
         learned: shared.learning.as_ref().map(|l| l.subscribe()),
         barriers: std::collections::VecDeque::new(),
         learn_meter_seen: 0,
+        not_loaded: false,
+        not_loaded_events: decide::SourceBudget::new(guard_common::DEFAULT_EVENTS_PER_SOURCE),
     };
     let end = session.run(peer, hs.saturating_sub(started.elapsed()), &cancel).await;
     match &end {

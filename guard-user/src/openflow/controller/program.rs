@@ -42,6 +42,14 @@ impl Session {
             c.send(Body::FlowMod(fm)).await?;
         }
         install_learning(c).await?;
+        // Read before the set: a set that arrives after this still finds
+        // the deny-protected flows in place, and `serve` removes them.
+        self.not_loaded = !c.shared.is_loaded();
+        if self.not_loaded {
+            for fm in flows::not_loaded_flows(&cfg) {
+                c.send(Body::FlowMod(fm)).await?;
+            }
+        }
         self.skipped.clear();
         self.extra.clear();
         self.learn_meter_seen = 0;
@@ -163,6 +171,23 @@ impl Session {
             "allow set applied"
         );
         self.publish();
+        Ok(())
+    }
+
+    /// The first allow set is loaded: with its proactive flows in place
+    /// (`apply` ran first), the deny-protected flows go.
+    pub(super) async fn leave_not_loaded(&mut self) -> Result<(), SessionEnd> {
+        if !self.not_loaded {
+            return Ok(());
+        }
+        let set = self.conn.shared.allow.borrow().clone();
+        if !Arc::ptr_eq(&set, &self.applied) {
+            self.apply(set).await?;
+        }
+        self.conn.send(Body::FlowMod(flows::delete_not_loaded())).await?;
+        self.conn.send(Body::BarrierRequest).await?;
+        self.not_loaded = false;
+        info!(entries = self.applied.len(), "first allow set in place; deny-protected flows removed");
         Ok(())
     }
 

@@ -96,6 +96,10 @@ pub(super) struct Session {
     pub(super) barriers: VecDeque<(u32, u64)>,
     /// Live learning: drops of the learning meter counted so far.
     pub(super) learn_meter_seen: u64,
+    /// The deny-protected flows are on the switch (no allow set loaded yet).
+    pub(super) not_loaded: bool,
+    /// Event budget per source for deny-protected drops.
+    pub(super) not_loaded_events: super::decide::SourceBudget,
 }
 
 impl Session {
@@ -256,6 +260,11 @@ impl Session {
             let now = allow.borrow().clone();
             self.apply(now).await?;
         }
+        let mut loaded = self.conn.shared.loaded_rx();
+        let mut watching_loaded = true;
+        if *loaded.borrow_and_update() {
+            self.leave_not_loaded().await?;
+        }
         let mut stats_tick = tokio::time::interval(Duration::from_secs(1));
         let queue = self.conn.queue.clone();
         let mut learned = self.learned.take();
@@ -298,6 +307,13 @@ impl Session {
                     }
                     let new = allow.borrow_and_update().clone();
                     self.apply(new).await?;
+                }
+                r = loaded.changed(), if watching_loaded => {
+                    // The daemon drops the sender once loaded: read it either way.
+                    watching_loaded = r.is_ok();
+                    if *loaded.borrow_and_update() {
+                        self.leave_not_loaded().await?;
+                    }
                 }
             }
         }
