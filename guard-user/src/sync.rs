@@ -34,7 +34,7 @@ use crate::{
     policy::{AllowSet, Prefix},
     rpz::{
         notify::{NotifyConfig, NotifyCounters, NotifyEvent, NotifyStats, Transport, listen_notify},
-        transfer::{IxfrOutcome, axfr, ixfr, serial_newer, soa_serial},
+        transfer::{IxfrOutcome, SoaInfo, axfr, ixfr, serial_newer, soa},
         tsig::{TsigKey, TsigKeyError},
         zonefile::parse_zone,
     },
@@ -323,9 +323,30 @@ pub struct SyncState {
     /// The last failure to write or read the snapshot.
     #[serde(default)]
     pub snapshot_error: Option<String>,
+    /// The zone's SOA expire, seconds (from the primary, or the snapshot).
+    #[serde(default)]
+    pub soa_expire_secs: Option<u32>,
+    /// When the set in force was last confirmed by the primary (a transfer
+    /// or an SOA check; at start from a snapshot, its write time), ms since
+    /// the epoch: the SOA expire counts from here.
+    #[serde(default)]
+    pub confirmed_ms: Option<u64>,
+    /// The past-expire warning was logged for the current outage.
+    #[serde(skip)]
+    pub expire_warned: bool,
 }
 
 impl SyncState {
+    /// When the set in force went past the zone's SOA expire (ms since the
+    /// epoch), if the source is failing and it has: a BIND secondary would
+    /// stop serving the zone here. rpz-guard keeps enforcing it (fail
+    /// closed) and says so in status, metrics and the log.
+    pub fn expired_since(&self, now: u64) -> Option<u64> {
+        self.failing_since_ms?;
+        let at = self.confirmed_ms?.saturating_add(u64::from(self.soa_expire_secs?) * 1000);
+        (now >= at).then_some(at)
+    }
+
     /// Prometheus gauges of NOTIFY (per transport, refusals by reason),
     /// polling and how changes were learned.
     pub fn gauges(&self) -> Vec<crate::metrics::Gauge> {
@@ -488,6 +509,34 @@ fn record_error(state: &SharedSyncState, e: &SourceError) {
     st.last_error = Some(e.to_string());
     st.last_error_ms = Some(now);
     st.failing_since_ms.get_or_insert(now);
+    if let Some(at) = st.expired_since(now)
+        && !st.expire_warned
+    {
+        st.expire_warned = true;
+        tracing::warn!(
+            expire_s = st.soa_expire_secs,
+            expired_s_ago = now.saturating_sub(at) / 1000,
+            serial = st.serial,
+            entries = st.entries,
+            "ZONE EXPIRED: the primary has not confirmed the policy zone for longer than its SOA expire; \
+             the last set stays in force (fail closed) until it answers"
+        );
+    }
+}
+
+/// The primary confirmed the set in force (a transfer or an SOA check).
+fn confirmed(st: &mut SyncState, now: u64) {
+    st.last_sync_ms = Some(now);
+    st.confirmed_ms = Some(now);
+    st.last_error = None;
+    st.failing_since_ms = None;
+    st.stale_start = false;
+    if std::mem::take(&mut st.expire_warned) {
+        tracing::info!(
+            serial = st.serial,
+            "the primary answers again; the zone is no longer past its SOA expire"
+        );
+    }
 }
 
 fn lock(state: &SharedSyncState) -> std::sync::MutexGuard<'_, SyncState> {
@@ -528,10 +577,7 @@ fn publish(
     let now = now_ms();
     st.serial = Some(serial);
     st.entries = entries;
-    st.last_sync_ms = Some(now);
-    st.last_error = None;
-    st.failing_since_ms = None;
-    st.stale_start = false;
+    confirmed(&mut st, now);
     if full {
         st.full_loads += 1;
     } else if changed {
@@ -725,21 +771,20 @@ async fn step(
     state: &SharedSyncState,
 ) -> Result<(u32, bool), SourceError> {
     let Some(have) = serial else {
+        // The SOA first: its expire tells how long the set may be held
+        // without the primary (the transfer's own SOA is not kept).
+        note_soa(state, soa(addr, zone, key).await?);
         let snap = axfr(addr, zone, key).await?;
         let changed = publish(tx, state, snap.serial, snap.set, true, trigger);
         return Ok((snap.serial, changed));
     };
     let up_to_date = |serial: u32| {
-        let mut st = lock(state);
-        st.last_sync_ms = Some(now_ms());
-        st.last_error = None;
-        st.failing_since_ms = None;
-        st.stale_start = false;
+        confirmed(&mut lock(state), now_ms());
         (serial, false)
     };
     if trigger.via == LearnedVia::Poll {
         lock(state).polls += 1;
-        let theirs = soa_serial(addr, zone, key).await?;
+        let theirs = note_soa(state, soa(addr, zone, key).await?);
         if theirs != have && !serial_newer(theirs, have) {
             // The zone went backwards (recreated): our base is unknown to it.
             tracing::warn!(ours = have, theirs, "zone serial went backwards; transferring the whole zone");
@@ -777,6 +822,12 @@ async fn step(
             Ok((snap.serial, publish(tx, state, snap.serial, snap.set, true, trigger)))
         }
     }
+}
+
+/// Keeps the SOA's expire; returns its serial.
+fn note_soa(state: &SharedSyncState, soa: SoaInfo) -> u32 {
+    lock(state).soa_expire_secs = Some(soa.expire);
+    soa.serial
 }
 
 async fn follow_file(

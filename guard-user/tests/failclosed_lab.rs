@@ -253,7 +253,7 @@ fn bad_snapshots_are_refused_and_ignored() {
     std::fs::create_dir_all(file.parent().expect("dir")).expect("mkdir");
     let set: AllowSet =
         [(Prefix::host(IpAddr::V4(LabAddrs::inet_v4(25))), Classes::SMTP)].into_iter().collect();
-    let good = snapshot::encode(ZONE, 7, 0, &set);
+    let good = snapshot::encode(ZONE, 7, None, 0, &set);
     let mut flipped = good.clone();
     let mid = flipped.len() / 2;
     flipped[mid] ^= 0xff;
@@ -261,7 +261,7 @@ fn bad_snapshots_are_refused_and_ignored() {
         ("garbage", b"this is not a snapshot at all\n".to_vec(), "bad magic"),
         ("truncated", good[..good.len() - 7].to_vec(), "truncated"),
         ("corrupt", flipped, "checksum mismatch"),
-        ("foreign", snapshot::encode("other.example", 7, 0, &set), "holds zone"),
+        ("foreign", snapshot::encode("other.example", 7, None, 0, &set), "holds zone"),
     ];
     for (what, bytes, why) in cases {
         std::fs::write(&file, &bytes).expect("write the bad snapshot");
@@ -416,4 +416,88 @@ fn default_config_survives_restart_and_sigkill() {
     assert!(st.point.contains("pinned at"), "{}", st.point);
     drop(d3);
     drop(pins);
+}
+
+/// `rpz-guard status` as an operator reads it.
+fn status_text(d: &Daemon) -> String {
+    let out = Command::new(BIN).args(["status", "--socket"]).arg(&d.socket).output().expect("status");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Past the SOA expire (4 s here) with the primary down, the last set
+/// stays in force (fail closed) and the daemon says so loudly: `EXPIRED`
+/// in status, `rpz_guard_zone_expired 1`, one warning in the log. The
+/// primary back: cleared. A restart from the snapshot with the primary
+/// still down knows the expire (kept in the snapshot) and is expired at once.
+#[test]
+fn past_soa_expire_keeps_enforcing_loudly() {
+    let lab = up("fcexp");
+    let mx = IpAddr::V4(LabAddrs::inet_v4(25));
+    rpz_add(&lab, mx, "127.0.0.25");
+    // BIND serves the SOA timers as given.
+    lab.nsupdate(&[&format!("update add {ZONE}. 60 IN SOA localhost. root.localhost. 1000 3600 600 4 60")])
+        .expect("nsupdate SOA");
+    let mut args = xdp_args(&lab);
+    args.push("--no-pin".into());
+    let expired_metric =
+        |d: &Daemon| daemon_support::metrics(d).lines().any(|l| l.trim() == "rpz_guard_zone_expired 1");
+    let mut d1 = Daemon::start(&lab, "fcexp1", &refs(&args));
+    let st = d1.status();
+    assert_eq!(st.sync.soa_expire_secs, Some(4), "expire read from the primary's SOA: {:?}", st.sync);
+    assert!(!expired_metric(&d1), "{}", daemon_support::metrics(&d1));
+    assert!(!status_text(&d1).contains("EXPIRED"), "{}", status_text(&d1));
+    eventually(Duration::from_secs(10), || d1.status().sync.snapshot_serial == d1.status().sync.serial)
+        .expect("snapshot written");
+
+    let bot = bot_prober(&lab);
+    stop_named(&lab);
+    eventually(Duration::from_secs(30), || expired_metric(&d1))
+        .unwrap_or_else(|| panic!("never flagged expired; status:\n{}", status_text(&d1)));
+    let text = status_text(&d1);
+    assert!(text.contains("EXPIRED") && text.contains("the last set stays in force"), "{text}");
+    eventually(Duration::from_secs(70), || d1.log().contains("ZONE EXPIRED"))
+        .unwrap_or_else(|| panic!("no warning logged:\n{}", d1.log()));
+    assert_eq!(d1.log().matches("ZONE EXPIRED").count(), 1, "warned once per outage");
+    assert!(smtp_open(&lab, mx), "past expire, the registered mail server still passes");
+    assert_eq!(d1.status().entries.0, 1, "the set stays in force");
+
+    // The primary back: no longer expired.
+    let named = start_named(&lab);
+    eventually(Duration::from_secs(30), || {
+        !expired_metric(&d1) && d1.status().sync.failing_since_ms.is_none()
+    })
+    .unwrap_or_else(|| panic!("still expired after the primary came back:\n{}", status_text(&d1)));
+    assert!(!status_text(&d1).contains("EXPIRED"));
+    let t = bot.stop();
+    eprintln!("expire, first run: bot {t:?}");
+    assert!(t.sent > 300, "{t:?}");
+    assert_eq!(t.answered, 0, "no bot query answered through the outage");
+    d1.stop();
+
+    // A restart with the primary down: the snapshot carries the expire.
+    drop(named);
+    stop_named_if_running(&lab);
+    std::thread::sleep(Duration::from_secs(5));
+    let bot = bot_prober(&lab);
+    let d2 = Daemon::start(&lab, "fcexp2", &refs(&args));
+    let attached = seen_in_log(&d2, "XDP program attached", Duration::from_secs(5));
+    eventually(Duration::from_secs(10), || expired_metric(&d2))
+        .unwrap_or_else(|| panic!("restart past expire not flagged:\n{}", status_text(&d2)));
+    assert!(smtp_open(&lab, mx), "the snapshot's set is enforced");
+    assert!(d2.log().contains("ZONE EXPIRED"), "warned at once:\n{}", d2.log());
+    let after = bot.answered_sent_after(attached);
+    let t = bot.stop();
+    eprintln!("expire, restart: bot {t:?}");
+    assert!(t.sent > 50, "{t:?}");
+    assert_eq!(after, 0, "no bot query answered after attach");
+}
+
+/// Ends the lab's named when one runs (the one `start_named` spawned ends
+/// with its `LabChild`; the lab's original may still be recorded).
+fn stop_named_if_running(lab: &Lab) {
+    if let Some(pid) = named_pid(lab)
+        && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"))
+    {
+        stop_named(lab);
+    }
 }

@@ -905,6 +905,7 @@ fn exempt_route_check_follows_the_kernel_fib_and_neighbours() {
         .expect("new MAC honoured");
     send(from_mac(frame::v4(RESOLVER, UNKNOWN, frame::UDP, 53), RESOLVER_MAC), Stat::DropSpoofedExempt)
         .expect("old MAC refused");
+}
 
 /// The threaded batched mirror (a diff above `PARALLEL_MIN`, on 3 threads)
 /// leaves the same maps as one update per entry, for a load and a diff

@@ -53,6 +53,12 @@ impl Shared {
                 sync.failing_since_ms.map_or(0.0, |t| now_ms().saturating_sub(t) as f64 / 1000.0),
             ),
             gauge(
+                "zone_expired",
+                "1 while the source fails and the set in force is past the zone's SOA expire (it stays in force).",
+                None,
+                flag(sync.expired_since(now_ms()).is_some()),
+            ),
+            gauge(
                 "snapshot_serial",
                 "Serial of the last zone snapshot written (0: none).",
                 None,

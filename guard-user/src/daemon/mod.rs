@@ -179,7 +179,14 @@ async fn run_bound(
                 s.set.len(),
                 ago(s.written_ms)
             );
-            lock(&sync_state).snapshot_serial = Some(s.serial);
+            {
+                // The SOA expire counts from the snapshot's write (the last
+                // change the primary confirmed that we know of).
+                let mut st = lock(&sync_state);
+                st.snapshot_serial = Some(s.serial);
+                st.soa_expire_secs = s.expire;
+                st.confirmed_ms = Some(s.written_ms);
+            }
             (Some(s.serial), Some((from, s.set)))
         }
         (None, Some(set)) => {

@@ -69,16 +69,18 @@ pub(super) async fn keep(
             () = cancel.cancelled() => {}
             () = tokio::time::sleep(MIN_INTERVAL) => {}
         }
-        let (serial, set) = {
+        let (serial, expire, set) = {
             let st = lock(&state);
-            (st.serial, rx.borrow_and_update().clone())
+            (st.serial, st.soa_expire_secs, rx.borrow_and_update().clone())
         };
         let Some(serial) = serial else { continue };
         if written == Some(serial) {
             continue;
         }
         let (p, z) = (path.clone(), zone.clone());
-        let res = tokio::task::spawn_blocking(move || snapshot::write(&p, &z, serial, now_ms(), &set)).await;
+        let res =
+            tokio::task::spawn_blocking(move || snapshot::write(&p, &z, serial, expire, now_ms(), &set))
+                .await;
         let mut st = lock(&state);
         match res {
             Ok(Ok(())) => {

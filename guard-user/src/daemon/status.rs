@@ -687,6 +687,14 @@ fn render_fail_closed(o: &mut String, sync: &crate::sync::SyncState) {
             "DENY-PROTECTED  no allow set yet: protected traffic that is not exempt or internal is dropped (reason not_loaded)"
         );
     }
+    if let (Some(at_ms), Some(expire)) = (sync.expired_since(now_ms()), sync.soa_expire_secs) {
+        let _ = writeln!(
+            o,
+            "EXPIRED    the zone is past its SOA expire ({expire} s without the primary) since {}; \
+             the last set stays in force (fail closed)",
+            at(at_ms)
+        );
+    }
     if let Some(since) = sync.failing_since_ms {
         if sync.last_sync_ms.is_none() {
             let _ = writeln!(o, "waiting for the primary since {}; retrying with backoff", at(since));

@@ -4,13 +4,14 @@
 //! knew at once, and catches up by IXFR from that serial when the primary
 //! answers (what a BIND secondary does with its zone file).
 //!
-//! # File format (version 2, little endian)
+//! # File format (version 3, little endian)
 //!
 //! ```text
 //! magic     8  "RPZGSNAP"
-//! version   4  2
+//! version   4  3
 //! zone_len  2  then the zone origin (lower case, no final dot)
 //! serial    4  SOA serial of the zone copy
+//! expire    4  SOA expire in seconds (0: unknown); not in version 2
 //! written   8  ms since the Unix epoch
 //! count     8  number of entries
 //! entries      count × (prefix, classes 4)
@@ -21,9 +22,10 @@
 //! prefix    =  family 1 (4|6), prefix length 1, address 4|16
 //! ```
 //!
-//! Version 1 (allow entries only) is refused: it was written by a build
-//! that ignored denies and TXT, so an IXFR from its serial would never
-//! bring them back. The daemon then starts with a full transfer.
+//! Version 2 (no expire) is still read, its expire unknown. Version 1
+//! (allow entries only) is refused: it was written by a build that ignored
+//! denies and TXT, so an IXFR from its serial would never bring them back.
+//! The daemon then starts with a full transfer.
 //!
 //! Written atomically: a temporary file in the same directory, `fsync`,
 //! `rename` over the old copy, `fsync` of the directory. A file that is not
@@ -43,8 +45,9 @@ use crate::{
 
 /// First bytes of a snapshot file.
 pub const MAGIC: &[u8; 8] = b"RPZGSNAP";
-/// The format version this build writes and reads.
-pub const VERSION: u32 = 2;
+/// The format version this build writes (it also reads version 2, which
+/// has no expire field).
+pub const VERSION: u32 = 3;
 
 /// A snapshot as read back.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +56,8 @@ pub struct Snapshot {
     pub zone: String,
     /// The zone's SOA serial.
     pub serial: u32,
+    /// The zone's SOA expire in seconds, when known.
+    pub expire: Option<u32>,
     /// When it was written, ms since the Unix epoch.
     pub written_ms: u64,
     /// The allow entries.
@@ -76,7 +81,7 @@ pub enum SnapshotError {
     #[error("not an rpz-guard snapshot (bad magic)")]
     NotASnapshot,
     /// Written by another format version.
-    #[error("format version {found}, this build reads version {VERSION}")]
+    #[error("format version {found}, this build reads versions 2 and {VERSION}")]
     Version {
         /// The version in the file.
         found: u32,
@@ -135,7 +140,7 @@ fn normalise(zone: &str) -> String {
 }
 
 /// The file's bytes for a zone copy.
-pub fn encode(zone: &str, serial: u32, written_ms: u64, set: &AllowSet) -> Vec<u8> {
+pub fn encode(zone: &str, serial: u32, expire: Option<u32>, written_ms: u64, set: &AllowSet) -> Vec<u8> {
     let zone = normalise(zone);
     let mut out = Vec::with_capacity(40 + zone.len() + set.len() * 22);
     out.extend_from_slice(MAGIC);
@@ -144,6 +149,7 @@ pub fn encode(zone: &str, serial: u32, written_ms: u64, set: &AllowSet) -> Vec<u
     out.extend_from_slice(&zlen.to_le_bytes());
     out.extend_from_slice(&zone.as_bytes()[..usize::from(zlen)]);
     out.extend_from_slice(&serial.to_le_bytes());
+    out.extend_from_slice(&expire.unwrap_or(0).to_le_bytes());
     out.extend_from_slice(&written_ms.to_le_bytes());
     out.extend_from_slice(&(set.len() as u64).to_le_bytes());
     for (p, c) in set.iter() {
@@ -237,7 +243,8 @@ pub fn decode(buf: &[u8], zone: &str) -> Result<Snapshot, SnapshotError> {
     }
     r.take(MAGIC.len(), "the magic")?;
     let found = u32::from_le_bytes(r.array("the version")?);
-    if found != VERSION {
+    let version = found;
+    if !(2..=VERSION).contains(&version) {
         return Err(SnapshotError::Version { found });
     }
     // The checksum covers everything else: check it before trusting lengths.
@@ -248,6 +255,11 @@ pub fn decode(buf: &[u8], zone: &str) -> Result<Snapshot, SnapshotError> {
     let name = r.take(zlen, "the zone name")?;
     let found = String::from_utf8_lossy(name).into_owned();
     let serial = u32::from_le_bytes(r.array("the serial")?);
+    let expire = if version >= 3 {
+        Some(u32::from_le_bytes(r.array("the expire")?)).filter(|e| *e != 0)
+    } else {
+        None
+    };
     let written_ms = u64::from_le_bytes(r.array("the write time")?);
     // Each entry takes at least 10 bytes: a count the file cannot hold is
     // truncation (or corruption), found before allocating for it.
@@ -298,7 +310,7 @@ pub fn decode(buf: &[u8], zone: &str) -> Result<Snapshot, SnapshotError> {
     if set.len() as u64 != count {
         return Err(SnapshotError::Entry { index: count, why: "duplicate entries".into() });
     }
-    Ok(Snapshot { zone: found, serial, written_ms, set })
+    Ok(Snapshot { zone: found, serial, expire, written_ms, set })
 }
 
 /// Reads the snapshot at `path`: `Ok(None)` when there is none.
@@ -316,6 +328,7 @@ pub fn write(
     path: &Path,
     zone: &str,
     serial: u32,
+    expire: Option<u32>,
     written_ms: u64,
     set: &AllowSet,
 ) -> Result<(), SnapshotError> {
@@ -326,7 +339,7 @@ pub fn write(
     let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&encode(zone, serial, written_ms, set))?;
+        f.write_all(&encode(zone, serial, expire, written_ms, set))?;
         f.sync_all()?;
         drop(f);
         std::fs::rename(&tmp, path)?;
@@ -358,17 +371,17 @@ mod tests {
 
     #[test]
     fn round_trip_and_zone_case() {
-        let bytes = encode("RPZ.Example.COM.", 2026, 1234, &sample());
+        let bytes = encode("RPZ.Example.COM.", 2026, Some(86400), 1234, &sample());
         let s = decode(&bytes, Z).expect("decode");
-        assert_eq!((s.serial, s.written_ms, s.zone.as_str()), (2026, 1234, Z));
+        assert_eq!((s.serial, s.expire, s.written_ms, s.zone.as_str()), (2026, Some(86400), 1234, Z));
         assert_eq!(s.set, sample());
-        let empty = decode(&encode(Z, 1, 0, &AllowSet::new()), Z).expect("empty");
+        let empty = decode(&encode(Z, 1, None, 0, &AllowSet::new()), Z).expect("empty");
         assert!(empty.set.is_empty());
     }
 
     #[test]
     fn every_truncation_is_refused() {
-        let bytes = encode(Z, 7, 0, &sample());
+        let bytes = encode(Z, 7, None, 0, &sample());
         for n in 0..bytes.len() {
             let e = decode(&bytes[..n], Z).expect_err("truncated");
             assert!(
@@ -397,14 +410,14 @@ mod tests {
             "203.0.113.0/24".parse().expect("prefix"),
             EntryMeta::manual(5, Some(9), Some("ops \"x\"".into())),
         );
-        let s = decode(&encode(Z, 9, 1, &set), Z).expect("decode");
+        let s = decode(&encode(Z, 9, None, 1, &set), Z).expect("decode");
         assert_eq!(s.set, set);
         assert!(!s.set.state_differs(&set));
     }
 
     #[test]
     fn every_flipped_byte_is_refused() {
-        let bytes = encode(Z, 7, 0, &sample());
+        let bytes = encode(Z, 7, None, 0, &sample());
         for i in 0..bytes.len() {
             let mut b = bytes.clone();
             b[i] ^= 0x41;
@@ -414,9 +427,9 @@ mod tests {
 
     #[test]
     fn foreign_files_are_refused_by_name() {
-        let bytes = encode(Z, 7, 0, &sample());
+        let bytes = encode(Z, 7, None, 0, &sample());
         assert!(matches!(decode(&bytes, "other.zone"), Err(SnapshotError::Zone { .. })));
-        for other in [1u32, 3] {
+        for other in [1u32, 4] {
             // Version 1 lacks the denies and lifetime state: refused, so the
             // daemon transfers the whole zone instead of IXFR from it.
             let mut b = bytes.clone();
@@ -429,10 +442,24 @@ mod tests {
         assert!(matches!(decode(&extra, Z), Err(SnapshotError::Trailing { extra: 1 })));
     }
 
+    /// Version 2 (before the expire field) is still read, expire unknown.
+    #[test]
+    fn version_2_is_still_read() {
+        let v3 = encode(Z, 7, Some(86400), 99, &sample());
+        let expire_at = 8 + 4 + 2 + Z.len() + 4;
+        let mut v2 = v3[..expire_at].to_vec();
+        v2.extend_from_slice(&v3[expire_at + 4..v3.len() - 4]);
+        v2[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let crc = crc32fast::hash(&v2);
+        v2.extend_from_slice(&crc.to_le_bytes());
+        let s = decode(&v2, Z).expect("version 2");
+        assert_eq!((s.serial, s.expire, s.written_ms, s.set), (7, None, 99, sample()));
+    }
+
     #[test]
     fn huge_count_fails_before_allocating() {
-        let mut b = encode(Z, 7, 0, &AllowSet::new());
-        let at = 8 + 4 + 2 + Z.len() + 4 + 8;
+        let mut b = encode(Z, 7, None, 0, &AllowSet::new());
+        let at = 8 + 4 + 2 + Z.len() + 4 + 4 + 8;
         b[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(matches!(decode(&b, Z), Err(SnapshotError::Truncated { .. })));
     }
@@ -442,10 +469,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = path(dir.path(), Z);
         assert!(read(&p, Z).expect("absent is fine").is_none());
-        write(&p, Z, 1, 10, &sample()).expect("write");
-        write(&p, Z, 2, 20, &AllowSet::new()).expect("overwrite");
+        write(&p, Z, 1, None, 10, &sample()).expect("write");
+        write(&p, Z, 2, Some(600), 20, &AllowSet::new()).expect("overwrite");
         let s = read(&p, Z).expect("read").expect("present");
-        assert_eq!((s.serial, s.set.len()), (2, 0));
+        assert_eq!((s.serial, s.expire, s.set.len()), (2, Some(600), 0));
         let leftovers: Vec<_> = std::fs::read_dir(dir.path()).expect("ls").collect();
         assert_eq!(leftovers.len(), 1, "no temporary file left behind");
     }

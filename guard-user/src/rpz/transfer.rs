@@ -525,6 +525,21 @@ pub async fn ixfr(
 /// The SOA serial of `zone` at `server` (a signed query over TCP when a key
 /// is given, so it passes the same ACL as the transfers).
 pub async fn soa_serial(server: SocketAddr, zone: &str, key: Option<&TsigKey>) -> Result<u32, SyncError> {
+    soa(server, zone, key).await.map(|s| s.serial)
+}
+
+/// The fields of the zone's SOA that rpz-guard uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SoaInfo {
+    /// The serial.
+    pub serial: u32,
+    /// The expire timer, seconds: how long a secondary may serve the zone
+    /// without reaching the primary.
+    pub expire: u32,
+}
+
+/// Asks `server` for the SOA of `zone` (over TCP, signed with `key`).
+pub async fn soa(server: SocketAddr, zone: &str, key: Option<&TsigKey>) -> Result<SoaInfo, SyncError> {
     let ctx = Ctx { server, zone, op: "SOA query", key };
     let name = wire::zone_name(zone).map_err(|why| ctx.bad(why))?;
     let req = wire::encode_request(query(&name, RecordType::SOA), key).map_err(|e| ctx.request_error(e))?;
@@ -536,7 +551,12 @@ pub async fn soa_serial(server: SocketAddr, zone: &str, key: Option<&TsigKey>) -
     msg.answers()
         .iter()
         .find(|r| r.record_type() == RecordType::SOA && r.name() == &name)
-        .and_then(soa_serial_of)
+        .and_then(|r| match r.data() {
+            RData::SOA(soa) => {
+                Some(SoaInfo { serial: soa.serial(), expire: u32::try_from(soa.expire()).unwrap_or(0) })
+            }
+            _ => None,
+        })
         .ok_or_else(|| ctx.bad("no SOA for the zone in the answer (is the server authoritative for it?)"))
 }
 
