@@ -43,16 +43,36 @@ fn fresh() -> Result<Enforcer> {
     Ok(e)
 }
 
-/// Seconds to apply `diff` to a fresh program: batched on `threads`
-/// threads, or one by one (`threads` = 0).
-fn fill(diff: &AllowDiff, threads: usize) -> Result<(f64, Enforcer)> {
-    let mut e = fresh()?;
+/// CPU seconds (user + system, all threads) this process has used.
+fn cpu_secs() -> f64 {
+    // SAFETY: a zeroed rusage is a valid out-parameter.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer; RUSAGE_SELF always exists.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
+/// One fill: wall seconds, CPU seconds, and the program load time.
+struct Fill {
+    wall: f64,
+    cpu: f64,
+    load: f64,
+}
+
+/// Applies `diff` to a fresh program: batched on `threads` threads, or one
+/// by one (`threads` = 0).
+fn fill(diff: &AllowDiff, threads: usize) -> Result<(Fill, Enforcer)> {
+    let (e, load) = guard_benches::timed(fresh);
+    let mut e = e?;
+    let cpu0 = cpu_secs();
     let (r, took) = guard_benches::timed(|| match threads {
         0 => e.apply_diff_one_by_one(diff),
         n => e.apply_diff_threads(diff, n),
     });
+    let cpu = cpu_secs() - cpu0;
     r.context("fill the allow maps")?;
-    Ok((took.as_secs_f64(), e))
+    Ok((Fill { wall: took.as_secs_f64(), cpu, load: load.as_secs_f64() }, e))
 }
 
 /// The machine's load while measuring (other work shares the CPUs).
@@ -81,16 +101,19 @@ fn main() -> Result<()> {
             format!("batched, {threads} threads (s)"),
             "speed-up vs one by one".into(),
             "entries/s".into(),
+            "CPU s: one by one / batched 1 thread".into(),
         ],
         rows: Vec::new(),
     };
     let mut chart = Chart { title: "Mirror time, largest size".into(), unit: "s".into(), bars: vec![] };
     let mut verdict = String::new();
     let mut diff_rows = Vec::new();
+    let mut loads = Vec::new();
     for &n in &sizes {
         let target = set(n);
         let diff = AllowSet::new().diff(&target);
         let (mut one, mut single, mut multi) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut cpu_one, mut cpu_single) = (Vec::new(), Vec::new());
         for _ in 0..trials {
             let (t1, e1) = fill(&diff, 0)?;
             drop(e1);
@@ -100,9 +123,12 @@ fn main() -> Result<()> {
             if em.read_allow().context("read back")?.len() != n {
                 bail!("batched mirror of {n} entries read back a different set");
             }
-            one.push(t1);
-            single.push(ts);
-            multi.push(tm);
+            one.push(t1.wall);
+            single.push(ts.wall);
+            multi.push(tm.wall);
+            cpu_one.push(t1.cpu);
+            cpu_single.push(ts.cpu);
+            loads.extend([t1.load, ts.load, tm.load]);
             if n == *sizes.last().unwrap_or(&0) && diff_rows.is_empty() {
                 diff_rows = diff_bench(&target, em)?;
             }
@@ -116,6 +142,7 @@ fn main() -> Result<()> {
             sm.fmt(3),
             format!("{:.1}×", so.median / best),
             format!("{:.0}", n as f64 / best),
+            format!("{:.3} / {:.3}", Summary::of(&cpu_one).median, Summary::of(&cpu_single).median),
         ]);
         if n == *sizes.last().unwrap_or(&0) {
             chart.bars = vec![so.bar("one by one"), ss.bar("batched, 1 thread"), sm.bar("batched, threads")];
@@ -144,6 +171,13 @@ fn main() -> Result<()> {
                 loadavg()
             ),
             if verdict.is_empty() { "Quick run: the 1M size was not measured.".into() } else { verdict },
+            format!(
+                "CPU s is user + system time of the whole process during the fill (getrusage): on a loaded \
+                 machine it is the better guide to the time on an idle core. Loading and configuring a fresh \
+                 program (not in the times above; the preallocated maps are filled with free elements then) \
+                 took {} s, median (min–max).",
+                Summary::of(&loads).fmt(3)
+            ),
         ],
         tables: vec![
             table,
