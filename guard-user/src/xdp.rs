@@ -1480,7 +1480,7 @@ impl Migration {
                 raw_entries(data.fd().as_fd(), info.key_size() as usize, info.value_size() as usize)
                     .map_err(|e| perr(format!("read pinned {name}: {e}")))?;
             for (k, v) in entries {
-                let classes = Classes::from_bits(u32::from_ne_bytes([v[0], v[1], v[2], v[3]]));
+                let classes = Classes::from_map_value(u32::from_ne_bytes([v[0], v[1], v[2], v[3]]));
                 let prefix = match k.len() {
                     4 => Some(Prefix::host(IpAddr::from(<[u8; 4]>::try_from(&k[..]).unwrap_or_default()))),
                     16 => Some(Prefix::host(IpAddr::from(<[u8; 16]>::try_from(&k[..]).unwrap_or_default()))),
