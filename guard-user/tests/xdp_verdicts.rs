@@ -1061,6 +1061,10 @@ fn pinned_maps_of_an_older_layout_are_migrated_or_refused() {
         old_layout::put(m4, &a.octets(), &[c.bits().to_ne_bytes(), 0xdead_beef_u32.to_ne_bytes()].concat());
         want.add(Prefix::host(a.into()), c);
     }
+    // A deny (the kernel's deny bit) is carried over as a deny.
+    let denied = Ipv4Addr::new(203, 0, 113, 66);
+    old_layout::put(m4, &denied.octets(), &[guard_common::VALUE_DENY.to_ne_bytes(), [0; 4]].concat());
+    want.add(Prefix::host(denied.into()), Classes::DENY);
     let a6 = v6("2001:db8:100::53");
     old_layout::put(m6, &a6.octets(), &[Classes::DNS.bits().to_ne_bytes(), [0; 4]].concat());
     want.add(Prefix::host(a6.into()), Classes::DNS);
