@@ -569,9 +569,9 @@ fn openflow_primary_down_at_start_fails_closed() {
         .unwrap_or_else(|| panic!("switch did not connect; log:\n{}", d.log()));
     };
 
-    // The deny-protected flows: cookie kind 4, priority 25000, one per
+    // The deny-protected flows: cookie kind 5, priority 25000, one per
     // protected port and IP version.
-    let deny_flows = |flows: &str| flows.lines().filter(|l| l.contains("cookie=0x5250470400000000")).count();
+    let deny_flows = |flows: &str| flows.lines().filter(|l| l.contains("cookie=0x5250470500000000")).count();
     let counter =
         |d: &Daemon, name: &str| d.status().counters.iter().find(|(n, _)| n == name).map_or(0, |(_, v)| *v);
 

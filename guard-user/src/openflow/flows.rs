@@ -349,7 +349,7 @@ pub fn learn_flows(cfg: &ControllerConfig) -> Vec<FlowMod> {
 // -- fail-closed start (issue 17) --
 
 /// Kind: deny-protected rules, in place until the first allow set is loaded.
-pub const COOKIE_NOT_LOADED: u64 = COOKIE_TAG | (4 << 32);
+pub const COOKIE_NOT_LOADED: u64 = COOKIE_TAG | (5 << 32);
 /// Priority of the deny-protected rules: below exempt sources, internal
 /// destinations and proactive allow flows, above verdict flows and the
 /// protected → controller rule.
@@ -360,7 +360,7 @@ pub const PRIO_NOT_LOADED: u16 = 25_000;
 /// CONTROLLER, which drops the packet and reports it (reason `not_loaded`)
 /// without asking the RPZ. The switch never forwards such a packet on its
 /// own, so the mode holds with the controller gone too; `ovs-ofctl
-/// dump-flows` shows it (cookie kind 4) and counts every packet.
+/// dump-flows` shows it (cookie kind 5) and counts every packet.
 pub fn not_loaded_flows(cfg: &ControllerConfig) -> Vec<FlowMod> {
     let mut out = Vec::new();
     for et in [ETH_IPV4, ETH_IPV6] {
