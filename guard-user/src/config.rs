@@ -344,6 +344,10 @@ pub struct Rpz {
     /// Keep a snapshot of the last zone applied and start from it (default
     /// true; only with `server`: a zone file is its own local copy).
     pub snapshot: bool,
+    /// Most records one transfer may carry; a longer (endless or oversized)
+    /// answer is refused and the set in force kept. Bounds the memory a
+    /// broken primary can make the daemon use.
+    pub max_transfer_records: usize,
 }
 
 impl Default for Rpz {
@@ -367,6 +371,7 @@ impl Default for Rpz {
             query_timeout_ms: 500,
             state_dir: PathBuf::from("/var/lib/rpz-guard"),
             snapshot: true,
+            max_transfer_records: crate::rpz::transfer::DEFAULT_MAX_TRANSFER_RECORDS,
         }
     }
 }
@@ -936,6 +941,13 @@ impl Config {
                 "must be 1..=4096",
             ));
         }
+        if self.rpz.max_transfer_records < 1000 {
+            return Err(invalid(
+                "rpz.max_transfer_records",
+                self.rpz.max_transfer_records,
+                "must be at least 1000",
+            ));
+        }
         if !(10..=60_000).contains(&self.rpz.query_timeout_ms) {
             return Err(invalid("rpz.query_timeout_ms", self.rpz.query_timeout_ms, "must be 10..=60000"));
         }
@@ -1212,6 +1224,10 @@ mod tests {
             ("[enforce]\niface = \"eth1\"\npin_dir = \"rel/dir\"\n[rpz]\nzone_file = \"z\"", "rel/dir"),
             ("[enforce]\niface = \"eth1\"\n[rpz]\nzone_file = \"z\"\nstate_dir = \"var\"", "rpz.state_dir"),
             ("[enforce]\niface = \"eth1\"\n[rpz]\nzone_file = \"z\"\n[events]\nformat = \"cef\"", "cef"),
+            (
+                "[enforce]\niface = \"eth1\"\n[rpz]\nzone_file = \"z\"\nmax_transfer_records = 10",
+                "rpz.max_transfer_records",
+            ),
         ];
         for (text, needle) in cases {
             let e = parse(text).expect_err(text).to_string();

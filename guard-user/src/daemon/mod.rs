@@ -149,6 +149,7 @@ async fn run_bound(
     })?);
     events.configure(cfg.event_settings());
     let source = source_from(&cfg)?;
+    crate::rpz::transfer::set_max_transfer_records(cfg.rpz.max_transfer_records);
     let sync_state: SharedSyncState =
         Arc::new(Mutex::new(SyncState { source: source.describe(), ..SyncState::default() }));
 

@@ -268,6 +268,10 @@ struct Xfr<'a> {
     phase: Phase,
     serial: u32,
     records: usize,
+    /// Every record read, whatever it was (at most `max_records`).
+    seen: usize,
+    /// [`max_transfer_records`] when the transfer began.
+    max_records: usize,
     versions: usize,
     /// Set built from a full transfer.
     full: AllowSet,
@@ -288,6 +292,8 @@ impl<'a> Xfr<'a> {
             phase: Phase::Start,
             serial: 0,
             records: 0,
+            seen: 0,
+            max_records: max_transfer_records(),
             versions: 0,
             full: AllowSet::new(),
             delta: current.cloned(),
@@ -343,6 +349,14 @@ impl<'a> Xfr<'a> {
     }
 
     fn record(&mut self, r: &Record) -> Result<(), String> {
+        self.seen += 1;
+        let max = self.max_records;
+        if self.seen > max {
+            return Err(format!(
+                "more than {max} records (rpz.max_transfer_records): an endless or oversized transfer is cut; \
+                 the set in force is kept"
+            ));
+        }
         let soa = if r.record_type() == RecordType::SOA { soa_serial_of(r) } else { None };
         match (self.phase, soa) {
             (Phase::Start, Some(s)) => {
@@ -420,9 +434,45 @@ impl<'a> Xfr<'a> {
     }
 }
 
+/// Default of [`max_transfer_records`]: twice what the XDP maps can hold
+/// (an entry is an A record, perhaps with a TXT beside it).
+pub const DEFAULT_MAX_TRANSFER_RECORDS: usize = 2
+    * (guard_common::MAX_ALLOW_V4 as usize
+        + guard_common::MAX_ALLOW_V6 as usize
+        + 2 * guard_common::MAX_PREFIXES as usize);
+
+/// Longest a whole transfer may take (each message also has its own
+/// read timeout): a primary that trickles records forever is cut.
+pub const TRANSFER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
+
+static MAX_TRANSFER_RECORDS: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_TRANSFER_RECORDS);
+
+/// Most records one transfer may carry before it is refused (memory bound
+/// against an endless or oversized answer); process-wide, set by the daemon
+/// from `rpz.max_transfer_records`.
+pub fn max_transfer_records() -> usize {
+    MAX_TRANSFER_RECORDS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Sets [`max_transfer_records`].
+pub fn set_max_transfer_records(n: usize) {
+    MAX_TRANSFER_RECORDS.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Sends `msg` and feeds every answer record into `xfr` until it is done
-/// (or, for IXFR, the first message holds a lone SOA). Returns messages read.
+/// (or, for IXFR, the first message holds a lone SOA), within
+/// [`TRANSFER_DEADLINE`]. Returns messages read.
 async fn run_xfr(ctx: &Ctx<'_>, msg: Message, xfr: &mut Xfr<'_>) -> Result<usize, SyncError> {
+    tokio::time::timeout(TRANSFER_DEADLINE, run_xfr_unbounded(ctx, msg, xfr)).await.map_err(|_| {
+        ctx.io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the transfer took longer than {} s", TRANSFER_DEADLINE.as_secs()),
+        ))
+    })?
+}
+
+async fn run_xfr_unbounded(ctx: &Ctx<'_>, msg: Message, xfr: &mut Xfr<'_>) -> Result<usize, SyncError> {
     let req = wire::encode_request(msg, ctx.key).map_err(|e| ctx.request_error(e))?;
     let mut verifier = req.verifier;
     let mut conn = Conn::connect(ctx.server).await.map_err(|e| ctx.connect(e))?;
@@ -602,6 +652,29 @@ mod tests {
         assert_eq!(x.ignored.count, 1);
         assert_eq!(x.full.denies().copied().collect::<Vec<_>>(), vec![p("9.9.9.9")]);
         assert!(x.record(&a("192.0.2.3", 1)).is_err());
+    }
+
+    #[test]
+    fn endless_transfer_is_cut_at_the_record_cap() {
+        let mut x = Xfr::new(Z, None, None);
+        x.max_records = 100;
+        x.record(&soa(5)).expect("soa");
+        let mut n = 1;
+        let err = loop {
+            let o = (n % 250) as u8;
+            match x.record(&a(&format!("192.0.{}.{o}", n / 250), 25)) {
+                Ok(()) => n += 1,
+                Err(e) => break e,
+            }
+            assert!(n < 1000, "never cut");
+        };
+        assert_eq!(n, 100, "cut at the cap");
+        assert!(err.contains("rpz.max_transfer_records"), "{err}");
+        assert_eq!(
+            max_transfer_records(),
+            DEFAULT_MAX_TRANSFER_RECORDS,
+            "tests never change the process-wide cap"
+        );
     }
 
     #[test]
