@@ -544,7 +544,7 @@ mod live {
             flows::{COOKIE_LEARN_HELD, COOKIE_LEARN_QUERY, LEARN_METER, PRIO_LEARN},
         },
     };
-    use hickory_proto::{op::ResponseCode::NoError, rr::RecordType};
+    use hickory_proto::rr::RecordType;
 
     use super::{learn_common::*, *};
 
@@ -569,48 +569,23 @@ mod live {
     /// The resolver's conversation down to example.com's MX: queries and answers.
     fn conversation() -> Vec<Vec<u8>> {
         let mut c = Conv::new();
-        c.exchange(
-            RESOLVER,
+        let q = "example.com.";
+        c.ask(
             ROOT_A,
-            query(1, "example.com.", RecordType::MX),
-            response(
-                1,
-                "example.com.",
-                RecordType::MX,
-                NoError,
-                vec![],
-                vec![ns("com.", "a.gtld-servers.net.")],
-                vec![a("a.gtld-servers.net.", TLD)],
-            ),
+            1,
+            q,
+            RecordType::MX,
+            referral(vec![ns("com.", "a.gtld-servers.net.")], vec![a("a.gtld-servers.net.", TLD)]),
         );
-        c.exchange(
-            RESOLVER,
+        c.ask(
             TLD,
-            query(2, "example.com.", RecordType::MX),
-            response(
-                2,
-                "example.com.",
-                RecordType::MX,
-                NoError,
-                vec![],
-                vec![ns("example.com.", "ns1.example.com.")],
-                vec![a("ns1.example.com.", NS1)],
-            ),
+            2,
+            q,
+            RecordType::MX,
+            referral(vec![ns(q, "ns1.example.com.")], vec![a("ns1.example.com.", NS1)]),
         );
-        c.exchange(
-            RESOLVER,
-            NS1,
-            query(3, "example.com.", RecordType::MX),
-            response(
-                3,
-                "example.com.",
-                RecordType::MX,
-                NoError,
-                vec![mx("example.com.", 10, "mail.example.com.")],
-                vec![],
-                vec![a("mail.example.com.", MAIL), aaaa("mail.example.com.", MAIL6)],
-            ),
-        );
+        let mail = vec![a("mail.example.com.", MAIL), aaaa("mail.example.com.", MAIL6)];
+        c.ask(NS1, 3, q, RecordType::MX, answer(vec![mx(q, 10, "mail.example.com.")], mail));
         c.frames.into_iter().map(|(_, f)| f).collect()
     }
 

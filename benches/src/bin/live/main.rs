@@ -452,8 +452,13 @@ fn spawn_named(lab: &Lab, role: Role, dir: &std::path::Path, conf: &str) -> Resu
 /// Connects from the pc to `ip`:25 once; the connect time and TCP_INFO's
 /// retransmissions (None: not established within `timeout`).
 fn connect(lab: &Lab, ip: Ipv4Addr, timeout: Duration) -> Option<(f64, u32)> {
+    connect_in(&lab.ns(Role::Pc), ip, timeout)
+}
+
+/// The same from namespace `ns`.
+fn connect_in(ns: &str, ip: Ipv4Addr, timeout: Duration) -> Option<(f64, u32)> {
     let t = Instant::now();
-    let s = lab.tcp_connect(Role::Pc, SocketAddr::new(IpAddr::V4(ip), 25), timeout).ok()?;
+    let s = guard_tests::tcp_connect_in(ns, SocketAddr::new(IpAddr::V4(ip), 25), timeout).ok()?;
     let ms = t.elapsed().as_secs_f64() * 1e3;
     // SAFETY: zeroed tcp_info is a valid out-parameter of TCP_INFO.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };

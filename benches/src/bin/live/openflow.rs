@@ -23,7 +23,6 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
-    os::fd::AsRawFd,
     time::{Duration, Instant},
 };
 
@@ -32,7 +31,7 @@ use guard_benches::{Chart, Opts, Summary, Table, load, percentile};
 use guard_tests::{Lab, LabChild, LabConfig, ResponderMode, netns, ovs::Ovs};
 use guard_user::daemon::StatusReport;
 
-use super::{header, mx_query, name};
+use super::{connect_in as connect, header, mx_query, name};
 
 const BRIDGE: &str = "lvbr";
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 10);
@@ -265,27 +264,6 @@ fn recursive_mx(id: u16, domain: &str) -> Vec<u8> {
     m.extend_from_slice(&15u16.to_be_bytes());
     m.extend_from_slice(&1u16.to_be_bytes());
     m
-}
-
-/// Connects from `ns` to `ip`:25; (ms, retransmissions) or None.
-fn connect(ns: &str, ip: Ipv4Addr, timeout: Duration) -> Option<(f64, u32)> {
-    let t = Instant::now();
-    let s = guard_tests::tcp_connect_in(ns, SocketAddr::new(IpAddr::V4(ip), 25), timeout).ok()?;
-    let ms = t.elapsed().as_secs_f64() * 1e3;
-    // SAFETY: zeroed tcp_info is a valid out-parameter of TCP_INFO.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: a valid socket, buffer and length.
-    unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&raw mut info).cast(),
-            &raw mut len,
-        )
-    };
-    Some((ms, info.tcpi_total_retrans))
 }
 
 /// What one mode measured.
