@@ -9,7 +9,7 @@ use std::{
 };
 
 use guard_common::Stat;
-use tracing::{Instrument, debug, info};
+use tracing::{Instrument, debug};
 
 use super::{conn::Conn, session::Session};
 use crate::{
@@ -80,7 +80,9 @@ impl Conn {
             suppressed,
             src_mac: Some(info.src_mac),
         };
-        info!(src = %ev.src, dst = %ev.dst, dport = ev.dport, reason = ?reason, "blocked");
+        // The event is the record, as in XDP mode; a log line per block
+        // would flood the journal under a scan.
+        debug!(src = %ev.src, dst = %ev.dst, dport = ev.dport, reason = ?reason, "blocked");
         self.shared.events.record(&ev);
         self.shared.counters.inc(Stat::EventsSent);
     }
