@@ -571,13 +571,14 @@ fn answer_flood_openflow(lab: &LiveLab, guard: &Guard, conns: &[(IpAddr, Duratio
         .expect("send the flood");
     // Settled: OVS's flow statistics (refreshed about once a second) and
     // the controller's counters stop moving.
-    let mut last = (0, 0, 0, 0);
-    let settled = eventually(Duration::from_secs(20), || {
+    // Twice in a row: OVS's revalidators can be late under load.
+    let (mut last, mut stable_for) = ((0, 0, 0, 0), 0);
+    let settled = eventually(Duration::from_secs(30), || {
         std::thread::sleep(Duration::from_millis(1200));
         let now = (matched().unwrap_or(0), of("learn_packet_ins"), of("learn_meter_drops"), of("learn_shed"));
-        let stable = now == last;
+        stable_for = if now == last { stable_for + 1 } else { 0 };
         last = now;
-        stable
+        stable_for >= 2
     });
     assert!(settled.is_some(), "the flood settled: {last:?}");
     let (m, seen, drops, shed) = (last.0 - before.0, last.1 - before.1, last.2 - before.2, last.3 - before.3);
@@ -585,10 +586,13 @@ fn answer_flood_openflow(lab: &LiveLab, guard: &Guard, conns: &[(IpAddr, Duratio
     // The netdev datapath reads its ports with packet sockets and loses part
     // of a burst before any flow sees it; what a flow matched is accounted.
     assert!(m >= N as u64 / 10, "the flood reached the switch: {m} of {N}");
-    // The resolver's own answers may cross meanwhile: a little slack.
+    // The resolver's own answers may cross meanwhile (a little slack up);
+    // OVS's own packet-in queue toward a busy controller may drop a few
+    // (down): those answers are not released either, but only OVS counts
+    // them (see the closing note of issue 9).
     assert!(
-        seen + drops >= m && seen + drops <= m + 20,
-        "matched {m} = packet-ins {seen} + meter drops {drops}"
+        seen + drops <= m + 20 && seen + drops + m / 50 >= m,
+        "matched {m} ≈ packet-ins {seen} + meter drops {drops}"
     );
     assert_eq!(
         guard.counter("dns_copy_lost") - lost_before,
