@@ -156,6 +156,18 @@ pub struct CacheEntry {
     pub expires_ns: u64,
 }
 
+/// Map (issue 11): when allowed traffic last went to a destination,
+/// `LruHashMap<[u8; 16], u32>` (IPv4 as v4-mapped IPv6), value a tick of
+/// `bpf_ktime_get_coarse_ns() >> HIT_SHIFT`. Written only when the tick
+/// changed (about once a second per destination), so the hot path mostly
+/// reads. Ageing keeps entries used within `lifetime.idle_secs`.
+pub const MAP_LAST_HIT: &str = "LAST_HIT";
+/// Capacity of [`MAP_LAST_HIT`] (least recently hit destinations go first).
+pub const MAX_LAST_HIT: u32 = 1 << 17;
+/// [`MAP_LAST_HIT`] ticks are `CLOCK_MONOTONIC_COARSE` ns shifted by this
+/// (one tick = 2^30 ns, about 1.07 s).
+pub const HIT_SHIFT: u32 = 30;
+
 /// Capacity of [`MAP_ALLOW_V4`].
 pub const MAX_ALLOW_V4: u32 = 1 << 21;
 /// Capacity of [`MAP_ALLOW_V6`].
@@ -183,7 +195,7 @@ pub const MAP_F_NO_PREALLOC: u32 = 1;
 /// map, so a daemon can refuse (or migrate, see guard-user's
 /// `xdp::check_pinned_layout`) pinned maps of another layout instead of
 /// misreading them.
-pub const MAP_LAYOUT: [(&str, u32, u32, u32, u32); 15] = [
+pub const MAP_LAYOUT: [(&str, u32, u32, u32, u32); 16] = [
     (MAP_STATS, 4, 8, STAT_COUNT, 0),
     (MAP_PORTS, 4, 4, PORTS_LEN, 0),
     (MAP_ALLOW_V4, 4, 4, MAX_ALLOW_V4, 0),
@@ -199,6 +211,7 @@ pub const MAP_LAYOUT: [(&str, u32, u32, u32, u32); 15] = [
     (MAP_MISS_RATE, 16, core::mem::size_of::<RateState>() as u32, MAX_RATE, 0),
     (MAP_EVENTS, 0, 0, EVENTS_BYTES, 0),
     (MAP_SETTINGS, 4, core::mem::size_of::<Settings>() as u32, 1, 0),
+    (MAP_LAST_HIT, 16, 4, MAX_LAST_HIT, 0),
 ];
 
 /// [`CacheEntry::flags`]: the kernel saw a miss and is waiting for userspace;

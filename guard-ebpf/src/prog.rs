@@ -18,10 +18,11 @@ use aya_ebpf::{
 use guard_common::{
     CACHE_PENDING, CacheEntry, DEFAULT_EVENTS_PER_SOURCE, DEFAULT_MISSES_PER_SOURCE, DEFAULT_PENDING_MS,
     DNS_COPY_BYTES, DNS_COPY_MAX, DNS_DIR_QUERY, DNS_DIR_RESPONSE, DnsCopyBuf, DnsCopyHeader, EVENT_DROP,
-    EVENT_MISS, EVENTS_BYTES, EXEMPT_VERIFY_MAC, EXEMPT_VERIFY_ROUTE, Event, MAP_F_NO_PREALLOC, MAX_ALLOW_V4,
-    MAX_ALLOW_V6, MAX_CACHE, MAX_EXEMPT_MACS, MAX_LPM_SMALL, MAX_PREFIXES, MAX_RATE, MAX_XSK_QUEUES,
-    MISS_TRANSPORT_AFXDP, MODE_COUNT, PORT_TCP_SHIFT, PORT_UDP_SHIFT, PORTS_LEN, RateState, SERVICE_DNS,
-    STAT_COUNT, STATE_NOT_LOADED, Settings, Stat, VALUE_DENY, classes_required, reason,
+    EVENT_MISS, EVENTS_BYTES, EXEMPT_VERIFY_MAC, EXEMPT_VERIFY_ROUTE, Event, HIT_SHIFT, MAP_F_NO_PREALLOC,
+    MAX_ALLOW_V4, MAX_ALLOW_V6, MAX_CACHE, MAX_EXEMPT_MACS, MAX_LAST_HIT, MAX_LPM_SMALL, MAX_PREFIXES,
+    MAX_RATE, MAX_XSK_QUEUES, MISS_TRANSPORT_AFXDP, MODE_COUNT, PORT_TCP_SHIFT, PORT_UDP_SHIFT, PORTS_LEN,
+    RateState, SERVICE_DNS, STAT_COUNT, STATE_NOT_LOADED, Settings, Stat, VALUE_DENY, classes_required,
+    reason,
 };
 
 /// Bound on IPv6 extension headers walked before giving up (and dropping).
@@ -84,6 +85,9 @@ static RESOLVERS_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_LPM_
 static DNS_COPY: RingBuf = RingBuf::with_byte_size(DNS_COPY_BYTES, 0);
 #[map(name = "DNS_SCRATCH")]
 static DNS_SCRATCH: PerCpuArray<DnsCopyBuf> = PerCpuArray::with_max_entries(1, 0);
+// --- lifetime (issue 11) ---
+#[map(name = "LAST_HIT")]
+static LAST_HIT: LruHashMap<[u8; 16], u32> = LruHashMap::with_max_entries(MAX_LAST_HIT, 0);
 // --- afxdp (issue 10) ---
 #[map(name = "XSKS")]
 static XSKS: XskMap = XskMap::with_max_entries(MAX_XSK_QUEUES, 0);
@@ -542,6 +546,7 @@ fn check(ctx: &XdpContext, pkt: &Pkt, service: u32) -> u32 {
     let host = host_classes(pkt);
     if host & required != 0 && host & VALUE_DENY == 0 {
         bump(Stat::PassAllowed, 1);
+        note_hit(&pkt.dst);
         return XDP_PASS;
     }
     let exempt = if pkt.v4 {
@@ -583,6 +588,7 @@ fn check(ctx: &XdpContext, pkt: &Pkt, service: u32) -> u32 {
     if classes != 0 {
         if classes & required != 0 {
             bump(Stat::PassAllowed, 1);
+            note_hit(&pkt.dst);
             return XDP_PASS;
         }
         bump(Stat::DropWrongClass, 1);
@@ -751,6 +757,18 @@ fn afxdp(s: &Settings) -> bool {
 fn now_ns() -> u64 {
     // SAFETY: a helper without arguments, available to every program type.
     unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// Records that allowed traffic went to `dst` now (for ageing: entries in
+/// use are kept). Written only when the coarse tick changed, so the hot
+/// path mostly reads.
+#[inline(always)]
+fn note_hit(dst: &[u8; 16]) {
+    let tick = (now_ns() >> HIT_SHIFT) as u32;
+    // SAFETY: the value is copied out at once.
+    if unsafe { LAST_HIT.get(dst) }.copied() != Some(tick) {
+        let _ = LAST_HIT.insert(dst, &tick, 0);
+    }
 }
 
 /// Classes of the destination's host entry.

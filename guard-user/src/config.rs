@@ -113,6 +113,8 @@ pub struct Config {
     pub learn: Learn,
     /// The AF_XDP hold path (`enforce.miss_transport = "afxdp"`).
     pub afxdp: Afxdp,
+    /// Lifetime of learned entries: refresh and ageing (issue 11).
+    pub lifetime: Lifetime,
 }
 
 /// `[enforce]`
@@ -568,6 +570,119 @@ pub struct Learn {
     pub openflow_packet_in_rate: u32,
 }
 
+/// `[lifetime]`: how long learned entries live (issue 11). Each entry's
+/// state is a TXT beside its trigger in the RPZ (`rpz::meta`). The daemon
+/// that learns refreshes `seen` when DNS confirms an entry, and removes
+/// (TSIG UPDATE) learned entries not confirmed within `max_age` (never
+/// before `seen` + the record TTL that taught them) unless allowed traffic
+/// used them within `idle`. Manual entries age only with an expiry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Lifetime {
+    /// Age entries out: `true`, `false`, or unset = in the daemon that
+    /// learns and pushes (`learn.enabled`, `learn.push`, with `rpz.server`
+    /// and `rpz.tsig_key`). `true` needs `rpz.server` and `rpz.tsig_key`.
+    pub ageing: Option<bool>,
+    /// Learned `DNS` (name server) entries not confirmed for this long go, seconds.
+    pub max_age_dns_secs: u64,
+    /// Learned `SMTP` (mail host) entries not confirmed for this long go, seconds.
+    pub max_age_smtp_secs: u64,
+    /// An entry that allowed traffic used within this long stays, seconds.
+    pub idle_secs: u64,
+    /// A confirmation rewrites `seen` only when it is older than this,
+    /// seconds (unset: a fourteenth of the shorter max age, at most a day).
+    pub refresh_secs: Option<u64>,
+    /// How often the ageing pass runs, seconds.
+    pub interval_secs: u64,
+    /// Most entries removed per UPDATE.
+    pub batch: usize,
+    /// Most entries removed per second.
+    pub rate: u32,
+    /// List what would expire (log and status), remove nothing.
+    pub dry_run: bool,
+}
+
+impl Default for Lifetime {
+    fn default() -> Self {
+        Lifetime {
+            ageing: None,
+            max_age_dns_secs: 14 * 86_400,
+            max_age_smtp_secs: 14 * 86_400,
+            idle_secs: 86_400,
+            refresh_secs: None,
+            interval_secs: 300,
+            batch: 50,
+            rate: 100,
+            dry_run: false,
+        }
+    }
+}
+
+impl Lifetime {
+    /// The refresh granularity in force, seconds.
+    pub fn refresh(&self) -> u64 {
+        self.refresh_secs
+            .unwrap_or_else(|| (self.max_age_dns_secs.min(self.max_age_smtp_secs) / 14).clamp(1, 86_400))
+    }
+
+    /// The max age of an entry holding `classes` (the longest of its classes).
+    pub fn max_age(&self, classes: crate::policy::Classes) -> u64 {
+        use crate::policy::Classes;
+        let dns = if classes.contains(Classes::DNS) { self.max_age_dns_secs } else { 0 };
+        let smtp = if classes.contains(Classes::SMTP) { self.max_age_smtp_secs } else { 0 };
+        dns.max(smtp)
+    }
+
+    /// True when this daemon ages entries out.
+    pub fn ageing_on(&self, cfg: &Config) -> bool {
+        let pushes =
+            cfg.learn.enabled && cfg.learn.push && cfg.rpz.server.is_some() && cfg.rpz.tsig_key.is_some();
+        self.ageing.unwrap_or(pushes)
+    }
+
+    fn validate(&self, cfg: &Config) -> Result<(), ConfigError> {
+        for (key, v) in [
+            ("lifetime.max_age_dns_secs", self.max_age_dns_secs),
+            ("lifetime.max_age_smtp_secs", self.max_age_smtp_secs),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, v, "must be at least 1 (a max age of 0 would remove every entry)"));
+            }
+        }
+        let shorter = self.max_age_dns_secs.min(self.max_age_smtp_secs);
+        if let Some(r) = self.refresh_secs
+            && (r == 0 || r >= shorter)
+        {
+            return Err(invalid(
+                "lifetime.refresh_secs",
+                r,
+                format!("must be 1..{shorter} (below the shorter max age)"),
+            ));
+        }
+        if self.interval_secs == 0 || self.interval_secs > 86_400 {
+            return Err(invalid("lifetime.interval_secs", self.interval_secs, "must be 1..=86400"));
+        }
+        if !(1..=super::learn::push::MAX_OWNERS_PER_UPDATE).contains(&self.batch) {
+            return Err(invalid(
+                "lifetime.batch",
+                self.batch,
+                format!("must be 1..={}", super::learn::push::MAX_OWNERS_PER_UPDATE),
+            ));
+        }
+        if self.rate == 0 {
+            return Err(invalid("lifetime.rate", 0, "must be at least 1 entry per second"));
+        }
+        if self.ageing == Some(true) && (cfg.rpz.server.is_none() || cfg.rpz.tsig_key.is_none()) {
+            return Err(invalid(
+                "lifetime.ageing",
+                true,
+                "ageing removes entries by UPDATE: it needs rpz.server and rpz.tsig_key (or set lifetime.ageing = false)",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// `learn.openflow_answers`: how OpenFlow mode handles the answers toward
 /// the resolvers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -1003,6 +1118,7 @@ impl Config {
         }
         self.openflow.validate()?;
         self.learn.validate(self)?;
+        self.lifetime.validate(self)?;
         if !(1..=65_536).contains(&self.afxdp.hold_queue) {
             return Err(invalid("afxdp.hold_queue", self.afxdp.hold_queue, "must be 1..=65536"));
         }
@@ -1080,6 +1196,30 @@ mod tests {
         let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.enforce.iface.as_deref(), Some("eth1"));
         assert_eq!(c.status.metrics_listen, Some("127.0.0.1:9466".parse().expect("addr")));
+    }
+
+    #[test]
+    fn lifetime_section_defaults_and_errors() {
+        let base = "[enforce]\niface = \"in0\"\n[rpz]\nzone_file = \"z\"\n";
+        let c = parse(base).expect("valid");
+        assert_eq!(c.lifetime.max_age(crate::policy::Classes::SMTP), 14 * 86_400);
+        assert_eq!(c.lifetime.refresh(), 86_400);
+        assert!(!c.lifetime.ageing_on(&c), "no learning, no ageing");
+        let short = parse(&format!("{base}[lifetime]\nmax_age_dns_secs = 28\nmax_age_smtp_secs = 56\n"))
+            .expect("valid");
+        assert_eq!(short.lifetime.refresh(), 2);
+        for (extra, needle) in [
+            ("[lifetime]\nmax_age_dns_secs = 0\n", "lifetime.max_age_dns_secs"),
+            ("[lifetime]\nrefresh_secs = 2000000\n", "lifetime.refresh_secs"),
+            ("[lifetime]\nbatch = 0\n", "lifetime.batch"),
+            ("[lifetime]\nrate = 0\n", "lifetime.rate"),
+            ("[lifetime]\ninterval_secs = 0\n", "lifetime.interval_secs"),
+            ("[lifetime]\nageing = true\n", "lifetime.ageing"),
+            ("[lifetime]\nmax_age = 5\n", "max_age"),
+        ] {
+            let e = parse(&format!("{base}{extra}")).expect_err(extra).to_string();
+            assert!(e.contains(needle), "{extra}: {e}");
+        }
     }
 
     #[test]

@@ -25,8 +25,9 @@ use aya::{
 use guard_common::{
     CacheEntry, MAP_ALLOW_PFX_V4, MAP_ALLOW_PFX_V6, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_CACHE, MAP_DNS_COPY,
     MAP_EVENTS, MAP_EXEMPT_MACS, MAP_EXEMPT_V4, MAP_EXEMPT_V6, MAP_INTERNAL_V4, MAP_INTERNAL_V6,
-    MAP_MISS_RATE, MAP_PORTS, MAP_RATE, MAP_RESOLVERS_V4, MAP_RESOLVERS_V6, MAP_SETTINGS, MAP_STATS,
-    MAP_XSKS, PORT_TCP_SHIFT, PORT_UDP_SHIFT, STAT_COUNT, STATE_LOADED, STATE_NOT_LOADED, Settings, Stat,
+    MAP_LAST_HIT, MAP_MISS_RATE, MAP_PORTS, MAP_RATE, MAP_RESOLVERS_V4, MAP_RESOLVERS_V6, MAP_SETTINGS,
+    MAP_STATS, MAP_XSKS, PORT_TCP_SHIFT, PORT_UDP_SHIFT, STAT_COUNT, STATE_LOADED, STATE_NOT_LOADED,
+    Settings, Stat,
 };
 
 use crate::{
@@ -51,7 +52,7 @@ pub const REFERENCE_PROGRAM: &str = "pass_all";
 pub const RELEASE_PROGRAM: &str = "rpz_release";
 
 /// Every map the program defines; all are pinned with `--pin`.
-pub const MAP_NAMES: [&str; 15] = [
+pub const MAP_NAMES: [&str; 16] = [
     MAP_STATS,
     MAP_PORTS,
     MAP_ALLOW_V4,
@@ -67,6 +68,7 @@ pub const MAP_NAMES: [&str; 15] = [
     MAP_MISS_RATE,
     MAP_EVENTS,
     MAP_SETTINGS,
+    MAP_LAST_HIT,
 ];
 
 /// File name of the pinned XDP link inside the pin directory.
@@ -723,6 +725,23 @@ impl Enforcer {
         }
         prog.attach(iface, TcAttachType::Ingress).map_err(|e| perr("attach release program", e))?;
         Ok(())
+    }
+
+    /// When allowed traffic last went to each destination the program
+    /// noted (`LAST_HIT`), as seconds ago (issue 11: ageing keeps entries
+    /// in use).
+    pub fn last_hits(&self) -> Result<Vec<(IpAddr, u64)>, XdpError> {
+        let map: HashMap<&MapData, [u8; 16], u32> = self.typed_ref(MAP_LAST_HIT)?;
+        let now = coarse_tick();
+        let mut out = Vec::new();
+        for kv in map.iter() {
+            let (k, tick) = kv.map_err(map_err(MAP_LAST_HIT))?;
+            let ago_ticks = u64::from(now.wrapping_sub(tick));
+            // A tick is 2^HIT_SHIFT ns.
+            let secs = (ago_ticks << guard_common::HIT_SHIFT) / 1_000_000_000;
+            out.push((Prefix::host(IpAddr::from(k)).addr(), secs));
+        }
+        Ok(out)
     }
 
     /// A handle on the verdict cache usable from another thread without
@@ -1419,6 +1438,12 @@ fn check_pinned_layout(dir: &Path) -> Result<Option<String>, XdpError> {
     let mut differs = Vec::new();
     for (name, key, value, max, flags) in guard_common::MAP_LAYOUT {
         let path = dir.join(name);
+        if !path.exists() {
+            // A map this build added (e.g. LAST_HIT, issue 11): the old
+            // layout is carried over into a fresh set of maps.
+            differs.push(format!("{name} (absent; new in this build)"));
+            continue;
+        }
         let info = aya::maps::MapInfo::from_pin(&path).map_err(|e| XdpError::Pin {
             dir: dir.into(),
             why: format!("pinned map {name} is missing or unreadable ({e}); remove the old state with `rpz-guard unpin {}`", dir.display()),
@@ -1541,6 +1566,16 @@ fn raw_entries(fd: BorrowedFd<'_>, ks: usize, vs: usize) -> std::io::Result<Vec<
         }
         key = Some(next);
     }
+}
+
+/// The program's [`guard_common::MAP_LAST_HIT`] clock now: `CLOCK_MONOTONIC_COARSE`
+/// (what `bpf_ktime_get_coarse_ns` reads) shifted by `HIT_SHIFT`.
+pub fn coarse_tick() -> u32 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec; the clock always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    let ns = u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0);
+    (ns >> guard_common::HIT_SHIFT) as u32
 }
 
 /// The interface index a pinned XDP link is attached to (0 once its

@@ -188,6 +188,7 @@ fn start_pusher(
         batch: l.push_batch,
         timeout: Duration::from_secs(5),
         journal: l.journal.clone(),
+        refresh_secs: Some(cfg.lifetime.refresh()),
     };
     let (p_live, p_cancel) = (live.clone(), cancel.clone());
     tasks.spawn(async move {

@@ -134,9 +134,54 @@ impl Shared {
                 value: n as f64,
             });
         }
+        if let Some(a) = &r.ageing {
+            let n = |v: u64| v as f64;
+            g.extend([
+                gauge("ageing_passes_total", "Ageing: passes run.", None, n(a.passes)),
+                gauge(
+                    "ageing_due",
+                    "Ageing: learned entries past their max age (last pass).",
+                    None,
+                    a.due as f64,
+                ),
+                gauge(
+                    "ageing_kept_used",
+                    "Ageing: due entries kept because traffic used them within idle (last pass).",
+                    None,
+                    a.kept_used as f64,
+                ),
+                gauge("ageing_removed_total", "Ageing: entries removed from the RPZ.", None, n(a.removed)),
+                gauge(
+                    "ageing_stamped_total",
+                    "Ageing: entries without lifetime state given seen = now.",
+                    None,
+                    n(a.stamped),
+                ),
+                gauge(
+                    "ageing_conflicts_total",
+                    "Ageing: removals refused because the entry was confirmed meanwhile.",
+                    None,
+                    n(a.conflicts),
+                ),
+                gauge("ageing_updates_total", "Ageing: UPDATEs sent.", None, n(a.updates)),
+                gauge(
+                    "ageing_update_errors_total",
+                    "Ageing: UPDATEs that failed (nothing removed).",
+                    None,
+                    n(a.update_errors),
+                ),
+                gauge("ageing_dry_run", "Ageing: 1 in dry-run mode.", None, f64::from(u8::from(a.dry_run))),
+            ]);
+        }
         if let Some(l) = &r.live {
             let n = |v: u64| v as f64;
             g.extend([
+                gauge(
+                    "live_refreshed_total",
+                    "Live learning: entries whose seen time was refreshed in the RPZ.",
+                    None,
+                    n(l.refreshed),
+                ),
                 gauge("live_responses_total", "Live learning: DNS responses seen.", None, n(l.responses)),
                 gauge(
                     "live_matched_total",

@@ -10,6 +10,7 @@
 //! read), [`pin`] (the pinned-state lock), [`reload`] (SIGHUP). This file is
 //! the start sequence, with the service manager's readiness and watchdog.
 
+pub mod ageing;
 mod learn;
 mod metrics;
 mod miss;
@@ -44,6 +45,7 @@ use crate::{
     events::{EventSink, now_ms},
     metrics::Counters,
     policy::AllowSet,
+    rpz::tsig::TsigKey,
     sync::{SharedSyncState, Source, SyncState},
 };
 
@@ -297,6 +299,21 @@ async fn run_bound(
         None => serial,
     };
 
+    if cfg.lifetime.ageing_on(&cfg)
+        && let (Some(server), Some(path)) = (cfg.rpz.server, cfg.rpz.tsig_key.as_deref())
+    {
+        let target = ageing::Target { server, zone: cfg.rpz.zone.clone(), key: TsigKey::from_file(path)? };
+        let s = shared.clone();
+        let hits: ageing::LastHits = Box::new(move || s.last_hits());
+        tasks.spawn(ageing::run(
+            cfg.lifetime.clone(),
+            target,
+            allow_rx.clone(),
+            hits,
+            shared.ageing.clone(),
+            cancel.clone(),
+        ));
+    }
     tasks.spawn(crate::sync::follow(source, serial, allow_tx, sync_state.clone(), cancel.clone()));
     if let Some(path) = snapshot_path {
         tasks.spawn(snapshot::keep(path, cfg.rpz.zone.clone(), allow_rx, sync_state, cancel.clone()));

@@ -73,6 +73,9 @@ pub struct StatusReport {
     /// Anti-spoofing of exempt sources: the checks in force, or `OFF`.
     #[serde(default)]
     pub anti_spoofing: String,
+    /// Ageing of learned entries (issue 11), when this daemon ages.
+    #[serde(default)]
+    pub ageing: Option<super::ageing::AgeingStats>,
 }
 
 /// The miss transport in force and the AF_XDP hold path's counters.
@@ -134,6 +137,8 @@ pub struct Shared {
     pub(super) reloads: Mutex<super::reload::ReloadStats>,
     /// Anti-spoofing of exempt sources, as the report says it.
     anti_spoofing: Mutex<String>,
+    /// Ageing of learned entries (issue 11), when this daemon ages.
+    pub ageing: super::ageing::SharedAgeing,
 }
 
 impl Shared {
@@ -163,6 +168,20 @@ impl Shared {
             notify: crate::systemd::Notifier::from_env(),
             reloads: Mutex::default(),
             anti_spoofing: Mutex::default(),
+            ageing: Arc::default(),
+        }
+    }
+
+    /// When allowed traffic last went to each destination (XDP: the
+    /// program's `LAST_HIT` map), seconds ago; `None` without such times.
+    pub fn last_hits(&self) -> Option<Vec<(IpAddr, u64)>> {
+        let e = self.enforcer.as_ref()?;
+        match lock(e).last_hits() {
+            Ok(v) => Some(v),
+            Err(err) => {
+                tracing::warn!(error = %err, "reading the last-hit map failed");
+                None
+            }
         }
     }
 
@@ -230,6 +249,7 @@ impl Shared {
             },
             reloads: lock(&self.reloads).clone(),
             anti_spoofing: lock(&self.anti_spoofing).clone(),
+            ageing: Some(lock(&self.ageing).clone()).filter(|a| a.enabled),
         }
     }
 }
@@ -536,6 +556,9 @@ pub fn render_status(r: &StatusReport) -> String {
     }
     o.push_str(&sync.render_learning());
     render_fail_closed(&mut o, sync);
+    if let Some(a) = &r.ageing {
+        render_ageing(&mut o, a);
+    }
     let _ = writeln!(o, "\ncounters");
     for (name, v) in &r.counters {
         if *v != 0
@@ -670,6 +693,31 @@ fn render_live(o: &mut String, l: &LiveStats) {
     let _ = writeln!(o, "  answer → at BIND   {}", lag(&l.lag_pushed));
     if l.lag_flows.is_some() {
         let _ = writeln!(o, "  answer → flows in  {}  (OpenFlow: switch confirmed)", lag(&l.lag_flows));
+    }
+}
+
+/// The ageing lines (issue 11).
+fn render_ageing(o: &mut String, a: &super::ageing::AgeingStats) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        o,
+        "ageing     {}passes {}  due {} (kept: used {}, starting {})  removed {}  stamped {}  conflicts {}  updates {} (failed {})",
+        if a.dry_run { "[DRY RUN] " } else { "" },
+        a.passes,
+        a.due,
+        a.kept_used,
+        a.kept_starting,
+        a.removed,
+        a.stamped,
+        a.conflicts,
+        a.updates,
+        a.update_errors
+    );
+    if let Some(e) = &a.last_error {
+        let _ = writeln!(o, "AGEING UPDATE FAILED (nothing removed): {e}");
+    }
+    for w in &a.would_expire {
+        let _ = writeln!(o, "  would expire {w}");
     }
 }
 

@@ -24,6 +24,20 @@ pub const TYPE_SOA: u16 = 6;
 pub const TYPE_MX: u16 = 15;
 /// RR type AAAA (RFC 3596).
 pub const TYPE_AAAA: u16 = 28;
+
+/// The mnemonic of a question type (`TYPE65` style for the rest).
+pub fn type_name(t: u16) -> String {
+    match t {
+        TYPE_A => "A".into(),
+        TYPE_NS => "NS".into(),
+        TYPE_CNAME => "CNAME".into(),
+        TYPE_SOA => "SOA".into(),
+        TYPE_MX => "MX".into(),
+        TYPE_AAAA => "AAAA".into(),
+        255 => "ANY".into(),
+        n => format!("TYPE{n}"),
+    }
+}
 /// Class IN.
 pub const CLASS_IN: u16 = 1;
 
@@ -312,6 +326,14 @@ impl<'a> Message<'a> {
         let mut v = Vec::with_capacity(32);
         self.name_into(at, &mut v)?;
         Ok(v)
+    }
+
+    /// The TTL of a record (RFC 1035 3.2.1), read from the wire.
+    pub fn ttl(&self, r: &Record) -> Option<u32> {
+        // TTL (4) and RDLENGTH (2) come right before the rdata.
+        let at = r.rdata_at.checked_sub(6)?;
+        let b: [u8; 4] = self.buf.get(at..at + 4)?.try_into().ok()?;
+        Some(u32::from_be_bytes(b))
     }
 
     /// The IPv4 address of an A record.

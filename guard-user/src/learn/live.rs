@@ -110,6 +110,10 @@ pub struct LiveStats {
     pub already_known: u64,
     /// Entries not taken because [`LiveAllow`] was full (counted, not enforced).
     pub overflow: u64,
+    /// Entries whose lifetime state (`seen`) was refreshed in the zone by
+    /// a confirming answer (issue 11).
+    #[serde(default)]
+    pub refreshed: u64,
     /// Entries not learned (nor pushed) because a deny of the zone covers
     /// them (issue 11: a deny overrides learning).
     #[serde(default)]
@@ -143,11 +147,27 @@ pub struct LiveStats {
     pub lag_flows: Option<Lag>,
 }
 
+/// The newest DNS answer that confirmed an address, for its lifetime
+/// state in the zone (`seen`, `ttl`, `ev`; issue 11).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Confirmed {
+    /// The classes the answer gives.
+    pub classes: Classes,
+    /// The answer: server, question, type.
+    pub evidence: crate::rpz::meta::Evidence,
+    /// The address record's TTL.
+    pub ttl: u32,
+    /// When (Unix seconds).
+    pub at: u64,
+}
+
 /// Live-learned entries, the learner's progress, the push queue and the
 /// counters, shared by the learner thread, the pusher, the miss path and
 /// the status report.
 pub struct LiveAllow {
     entries: RwLock<HashMap<IpAddr, Entry>>,
+    /// The newest confirmation of each address since the pusher last took them.
+    confirmed: Mutex<HashMap<IpAddr, Confirmed>>,
     limit: usize,
     queue: Mutex<VecDeque<IpAddr>>,
     /// Set when the queue grew past a batch or the entries changed.
@@ -187,6 +207,7 @@ impl LiveAllow {
         let wake = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(LiveAllow {
             entries: RwLock::new(HashMap::new()),
+            confirmed: Mutex::new(HashMap::new()),
             limit,
             queue: Mutex::new(VecDeque::new()),
             queue_signal: tokio::sync::Notify::new(),
@@ -418,6 +439,31 @@ impl LiveAllow {
         diff.upsert.extend(kept);
     }
 
+    /// The most entries (and waiting confirmations) held.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Counts lifetime records (TXT) refreshed in the zone.
+    pub fn refreshed(&self, n: usize) {
+        lock(&self.stats).refreshed += n as u64;
+    }
+
+    /// Records that a DNS answer confirmed `ip` (the newest one wins); at
+    /// most `limit` addresses wait (further ones are dropped: the next
+    /// answer for them confirms them again).
+    pub fn confirm(&self, ip: IpAddr, c: Confirmed) {
+        let mut m = lock(&self.confirmed);
+        if m.len() < self.limit || m.contains_key(&ip) {
+            m.insert(ip, c);
+        }
+    }
+
+    /// The confirmations recorded since the last call.
+    pub fn take_confirmed(&self) -> HashMap<IpAddr, Confirmed> {
+        std::mem::take(&mut *lock(&self.confirmed))
+    }
+
     /// Forgets the live entries a deny now covers (`denied(ip)`), and makes
     /// `diff` take their host entries out of the enforcement point unless
     /// it writes them already (a deny of exactly that host): they were
@@ -518,6 +564,7 @@ impl LiveLearner {
         let mut pipeline = Pipeline::new(hints, window_ns);
         let zone = std::sync::Arc::new(zone);
         pipeline.learner_mut().record_new_entries(true);
+        pipeline.learner_mut().record_confirmations(true);
         if trust_zone {
             let z = zone.clone();
             pipeline.learner_mut().also_trust(AlsoTrusted(Box::new(move |ip| z(ip).contains(Classes::DNS))));
@@ -531,6 +578,7 @@ impl LiveLearner {
     /// function; empty for almost every packet, without allocating).
     pub fn packet(&mut self, ts_ns: u64, frame: &[u8]) -> Vec<(IpAddr, Classes)> {
         self.pipeline.packet(ts_ns, LINKTYPE_ETHERNET, frame);
+        self.confirm();
         let new = self.pipeline.take_new_entries();
         let mut taught = Vec::new();
         if new.is_empty() {
@@ -565,6 +613,28 @@ impl LiveLearner {
             self.live.update_stats(|s| s.learned += 1);
         }
         taught
+    }
+
+    /// Hands the answers that confirmed addresses to [`LiveAllow::confirm`]
+    /// (denied addresses are left out): the pusher refreshes their
+    /// lifetime state in the zone.
+    fn confirm(&mut self) {
+        let confirmations = self.pipeline.take_confirmations();
+        if confirmations.is_empty() {
+            return;
+        }
+        let now = crate::rpz::meta::unix_now();
+        for c in confirmations {
+            if (self.zone)(c.ip).is_deny() {
+                continue;
+            }
+            let evidence = crate::rpz::meta::Evidence {
+                server: c.server,
+                qname: c.qname,
+                qtype: super::dns::type_name(c.qtype),
+            };
+            self.live.confirm(c.ip, Confirmed { classes: c.classes, evidence, ttl: c.ttl, at: now });
+        }
     }
 
     /// Ends a batch: publishes progress `drained_from_ns` (the time taken

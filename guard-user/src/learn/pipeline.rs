@@ -67,6 +67,12 @@ impl Pipeline {
         &mut self.learner
     }
 
+    /// Confirmations since the last call (only when recording is on, see
+    /// [`Learner::record_confirmations`]).
+    pub fn take_confirmations(&mut self) -> Vec<super::rules::Confirmation> {
+        self.learner.take_confirmations()
+    }
+
     /// Entries added since the last call (only when recording is on).
     pub fn take_new_entries(&mut self) -> Vec<(Prefix, Classes)> {
         self.learner.take_new_entries()

@@ -7,6 +7,13 @@
 //! The zone stays the source of truth: an entry leaves [`LiveAllow`] only
 //! once the zone, read back by IXFR, holds it; every other router following
 //! the zone gets it the same way.
+//!
+//! Lifetime state (issue 11): a new entry goes in with its TXT
+//! (`src=learned first seen ttl ev`, [`crate::rpz::meta`]) in the same
+//! UPDATE as its `A` records. An answer that confirms an entry the zone
+//! already holds refreshes its `seen` (and `ttl`, `ev`), but only once
+//! `seen` is older than the refresh granularity, so hot names cause no
+//! UPDATE storm; refreshes go out in batches, at most one UPDATE per second.
 use std::{
     io::Write as _,
     net::{IpAddr, SocketAddr},
@@ -18,10 +25,14 @@ use std::{
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::live::{LiveAllow, monotonic_ns};
+use super::live::{Confirmed, LiveAllow, monotonic_ns};
 use crate::{
-    policy::{AllowSet, Classes},
-    rpz::{tsig::TsigKey, update::push_records},
+    policy::{AllowSet, Classes, Prefix},
+    rpz::{
+        edit::{Change, OwnerEdit, apply_batch},
+        meta::{EntryMeta, Source, unix_now},
+        tsig::TsigKey,
+    },
 };
 
 /// Where and how often to push.
@@ -37,6 +48,91 @@ pub struct PushConfig {
     pub timeout: Duration,
     /// The journal of unconfirmed entries.
     pub journal: Option<PathBuf>,
+    /// Refresh `seen` of a confirmed entry only when it is older than this
+    /// (seconds); `None`: confirmations are not written back.
+    pub refresh_secs: Option<u64>,
+}
+
+/// Most owners per UPDATE: each may carry two TXT records (the old one
+/// deleted, the new one added) of up to ~600 bytes, and a message must stay
+/// under 64 KiB.
+pub const MAX_OWNERS_PER_UPDATE: usize = 80;
+
+/// Least time between two refresh UPDATEs.
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
+
+/// The UPDATE edit of a new live entry: its `A` records and its lifetime
+/// TXT (replacing ours when the zone has one: a class added to a known
+/// entry keeps its `first`). A manual entry's TXT is left alone.
+fn new_entry_edit(
+    set: &AllowSet,
+    p: Prefix,
+    classes: Classes,
+    conf: Option<&Confirmed>,
+    now: u64,
+) -> OwnerEdit {
+    let mut changes = vec![Change::AddClasses(classes)];
+    let old = set.meta(&p);
+    if old.is_none_or(|m| m.source == Source::Learned) {
+        let mut m = old.cloned().unwrap_or_else(|| EntryMeta::learned(now, 0, None));
+        m.first = m.first.or(Some(now));
+        m.seen = Some(conf.map_or(now, |c| c.at));
+        if let Some(c) = conf {
+            m.ttl = Some(c.ttl);
+            m.evidence = Some(c.evidence.clone());
+        }
+        txt_swap(&mut changes, old, &m);
+    }
+    OwnerEdit { prefix: p, prereqs: Vec::new(), changes }
+}
+
+/// Deletes our old TXT (exactly that record: others at the owner stay)
+/// and adds the new one.
+fn txt_swap(changes: &mut Vec<Change>, old: Option<&EntryMeta>, new: &EntryMeta) {
+    if let Some(strings) = old.and_then(|o| o.encode().ok()) {
+        changes.push(Change::DeleteTxt(strings));
+    }
+    if let Ok(strings) = new.encode() {
+        changes.push(Change::AddTxt(strings));
+    }
+}
+
+/// What to do with a confirmation of `ip`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refresh {
+    /// Write this edit (its `seen` is stale or unknown).
+    Write(OwnerEdit),
+    /// Nothing to write (fresh, manual, or denied): forget it.
+    Done,
+    /// The zone lacks the entry: it is a new one, pushed with its `A`.
+    NotInZone,
+}
+
+/// Decides the refresh of an entry the answer `conf` confirmed at `conf.at`:
+/// only a learned entry (or one of an older zone, without TXT) whose `seen`
+/// is older than `granularity` seconds is rewritten.
+pub fn refresh_edit(set: &AllowSet, ip: IpAddr, conf: &Confirmed, granularity: u64) -> Refresh {
+    let p = Prefix::host(ip);
+    if set.is_denied(ip) {
+        return Refresh::Done;
+    }
+    if !set.get(&p).contains(conf.classes) {
+        return Refresh::NotInZone;
+    }
+    let old = set.meta(&p);
+    if old.is_some_and(|m| {
+        m.source == Source::Manual || m.seen.is_some_and(|s| conf.at.saturating_sub(s) < granularity)
+    }) {
+        return Refresh::Done;
+    }
+    // An entry of an older zone: `first` stays unknown, `seen` starts now.
+    let mut m = old.cloned().unwrap_or_default();
+    m.seen = Some(conf.at);
+    m.ttl = Some(conf.ttl);
+    m.evidence = Some(conf.evidence.clone());
+    let mut changes = Vec::new();
+    txt_swap(&mut changes, old, &m);
+    Refresh::Write(OwnerEdit { prefix: p, prereqs: Vec::new(), changes })
 }
 
 /// Most back-off between failed pushes.
@@ -89,6 +185,8 @@ pub async fn push_loop(
 ) {
     let mut backoff = Duration::from_millis(500);
     let mut retry_at = tokio::time::Instant::now();
+    let mut pending: std::collections::HashMap<IpAddr, Confirmed> = std::collections::HashMap::new();
+    let mut next_refresh = tokio::time::Instant::now();
     loop {
         let tick = tokio::time::sleep(cfg.interval);
         tokio::select! {
@@ -107,19 +205,32 @@ pub async fn push_loop(
         }
         let set = zone.borrow_and_update().clone();
         live.prune_confirmed(|ip| set.lookup(ip));
+        for (ip, c) in live.take_confirmed() {
+            // Bounded like the live set; a dropped one is confirmed again
+            // by the next answer.
+            if pending.len() < live.limit() || pending.contains_key(&ip) {
+                pending.insert(ip, c);
+            }
+        }
         if let Some((server, name, key)) = &cfg.target
             && tokio::time::Instant::now() >= retry_at
         {
+            let now = unix_now();
             loop {
+                let per_update = cfg.batch.min(MAX_OWNERS_PER_UPDATE);
                 let batch: Vec<_> = live
-                    .next_batch(cfg.batch)
+                    .next_batch(per_update)
                     .into_iter()
                     .filter(|(p, c)| !set.get(p).contains(*c) && !set.is_denied(p.addr()))
                     .collect();
                 if batch.is_empty() {
                     break;
                 }
-                let res = tokio::time::timeout(cfg.timeout, push_records(*server, name, key, &batch)).await;
+                let edits: Vec<OwnerEdit> = batch
+                    .iter()
+                    .map(|(p, c)| new_entry_edit(&set, *p, *c, pending.get(&p.addr()), now))
+                    .collect();
+                let res = tokio::time::timeout(cfg.timeout, apply_batch(*server, name, key, &edits)).await;
                 match res {
                     Ok(Ok(_)) => {
                         live.mark_pushed(&batch, monotonic_ns());
@@ -134,8 +245,47 @@ pub async fn push_loop(
                         break;
                     }
                 }
-                if batch.len() < cfg.batch {
+                if batch.len() < per_update {
                     break;
+                }
+            }
+            if let Some(granularity) = cfg.refresh_secs
+                && !pending.is_empty()
+                && tokio::time::Instant::now() >= next_refresh
+                && tokio::time::Instant::now() >= retry_at
+            {
+                next_refresh = tokio::time::Instant::now() + REFRESH_EVERY;
+                let mut edits = Vec::new();
+                let mut taken = Vec::new();
+                pending.retain(|ip, c| match refresh_edit(&set, *ip, c, granularity) {
+                    Refresh::Write(e) if edits.len() < cfg.batch.min(MAX_OWNERS_PER_UPDATE) => {
+                        edits.push(e);
+                        taken.push((*ip, c.clone()));
+                        false
+                    }
+                    Refresh::Write(_) => true,
+                    Refresh::Done => false,
+                    // Pushed as a new entry (with its TXT); kept a while for that.
+                    Refresh::NotInZone => now.saturating_sub(c.at) < granularity.max(60),
+                });
+                if !edits.is_empty() {
+                    let res =
+                        tokio::time::timeout(cfg.timeout, apply_batch(*server, name, key, &edits)).await;
+                    let err = match res {
+                        Ok(Ok(())) => None,
+                        Ok(Err(e)) => Some(e.to_string()),
+                        Err(_) => Some(format!("UPDATE to {server} timed out")),
+                    };
+                    match err {
+                        None => live.refreshed(edits.len()),
+                        Some(why) => {
+                            // Retried with the next confirmations or tick.
+                            for (ip, c) in taken {
+                                pending.entry(ip).or_insert(c);
+                            }
+                            fail(&live, &mut backoff, &mut retry_at, why);
+                        }
+                    }
                 }
             }
         }
@@ -163,6 +313,55 @@ fn save_if_dirty(live: &LiveAllow, journal: Option<&Path>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rpz::meta::Evidence;
+
+    fn conf(at: u64) -> Confirmed {
+        let evidence = Evidence {
+            server: "192.0.2.53".parse().expect("ip"),
+            qname: "example.com.".into(),
+            qtype: "MX".into(),
+        };
+        Confirmed { classes: Classes::SMTP, evidence, ttl: 300, at }
+    }
+
+    #[test]
+    fn refresh_only_when_seen_is_stale() {
+        let ip: IpAddr = "198.51.100.25".parse().expect("ip");
+        let p = Prefix::host(ip);
+        let mut set = AllowSet::new();
+        assert_eq!(refresh_edit(&set, ip, &conf(1000), 100), Refresh::NotInZone);
+        set.add(p, Classes::SMTP);
+        // An entry of an older zone (no TXT): seen = the answer's time, first unknown.
+        let Refresh::Write(e) = refresh_edit(&set, ip, &conf(1000), 100) else { panic!("stamp") };
+        assert_eq!(e.changes.len(), 1);
+        let Change::AddTxt(strings) = &e.changes[0] else { panic!("add") };
+        let m = EntryMeta::decode(strings).expect("ours");
+        assert_eq!((m.first, m.seen, m.ttl), (None, Some(1000), Some(300)));
+        set.set_meta(p, EntryMeta::learned(900, 60, None));
+        assert_eq!(refresh_edit(&set, ip, &conf(950), 100), Refresh::Done, "seen 50 s ago: no UPDATE");
+        let Refresh::Write(e) = refresh_edit(&set, ip, &conf(1000), 100) else { panic!("refresh") };
+        assert!(matches!(&e.changes[0], Change::DeleteTxt(_)), "the old TXT goes exactly");
+        let Change::AddTxt(strings) = &e.changes[1] else { panic!("add") };
+        let m = EntryMeta::decode(strings).expect("ours");
+        assert_eq!((m.first, m.seen), (Some(900), Some(1000)), "first is kept");
+        assert_eq!(m.evidence.expect("ev").qname, "example.com.");
+        set.set_meta(p, EntryMeta::manual(1, None, None));
+        assert_eq!(refresh_edit(&set, ip, &conf(5000), 100), Refresh::Done, "manual entries are not touched");
+        set.deny(p);
+        assert_eq!(refresh_edit(&set, ip, &conf(5000), 100), Refresh::Done);
+    }
+
+    #[test]
+    fn new_entries_carry_their_txt() {
+        let p = Prefix::host("198.51.100.25".parse().expect("ip"));
+        let e = new_entry_edit(&AllowSet::new(), p, Classes::SMTP, Some(&conf(77)), 80);
+        assert_eq!(e.changes[0], Change::AddClasses(Classes::SMTP));
+        let Change::AddTxt(strings) = &e.changes[1] else { panic!("txt") };
+        let m = EntryMeta::decode(strings).expect("ours");
+        assert_eq!((m.source, m.first, m.seen, m.ttl), (Source::Learned, Some(80), Some(77), Some(300)));
+        let msg = crate::rpz::edit::batch_message("rpz.example.com", &[e.clone(), e]).expect("message");
+        assert_eq!(msg.name_servers().len(), 4);
+    }
 
     #[test]
     fn journal_round_trip_and_bad_lines() {

@@ -73,6 +73,48 @@ pub enum Outcome {
     Learned(usize),
 }
 
+/// One answer record that taught (or confirmed) an entry: the evidence
+/// the lifetime state keeps (`rpz::meta`: `ev=server|qname|qtype`, `ttl=`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Confirmation {
+    /// The address.
+    pub ip: IpAddr,
+    /// The classes this answer gives it.
+    pub classes: Classes,
+    /// The server that answered.
+    pub server: IpAddr,
+    /// The question name, dotted, with a trailing dot.
+    pub qname: String,
+    /// The question type.
+    pub qtype: u16,
+    /// The address record's TTL.
+    pub ttl: u32,
+}
+
+/// A question name in the learner's label form (length-prefixed, lower
+/// case) as text with a trailing dot; bytes outside `[a-z0-9-_*]` become `?`
+/// (the evidence is for people, never parsed back into a name).
+pub fn name_text(labels: &[u8]) -> String {
+    let mut out = String::with_capacity(labels.len() + 1);
+    let mut i = 0;
+    while let Some(&len) = labels.get(i) {
+        let end = (i + 1 + usize::from(len)).min(labels.len());
+        for &b in &labels[i + 1..end] {
+            let ok = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'*');
+            out.push(if ok { char::from(b) } else { '?' });
+        }
+        out.push('.');
+        i = end;
+        if len == 0 {
+            break;
+        }
+    }
+    if out.is_empty() {
+        out.push('.');
+    }
+    out
+}
+
 /// The learner state. Grows only with what was learned (names of name
 /// servers and mail hosts, trusted addresses, the allow set).
 #[derive(Debug)]
@@ -82,6 +124,7 @@ pub struct Learner {
     mx_names: HashSet<Box<[u8]>>,
     allow: AllowSet,
     new_entries: Option<Vec<(Prefix, Classes)>>,
+    confirmations: Option<Vec<Confirmation>>,
     also_trusted: Option<AlsoTrusted>,
     // Scratch space reused between responses.
     arena: Vec<u8>,
@@ -130,6 +173,7 @@ impl Learner {
             mx_names: HashSet::new(),
             allow: AllowSet::new(),
             new_entries: None,
+            confirmations: None,
             also_trusted: None,
             arena: Vec::with_capacity(1024),
             chain: Vec::new(),
@@ -150,6 +194,18 @@ impl Learner {
     /// (for live learning). Off by default to save memory in batch runs.
     pub fn record_new_entries(&mut self, on: bool) {
         self.new_entries = on.then(Vec::new);
+    }
+
+    /// Keep every answer record that teaches or confirms an entry (new or
+    /// known), with its evidence, until [`Learner::take_confirmations`]:
+    /// the lifetime state's `seen`, `ttl` and `ev`. Off by default.
+    pub fn record_confirmations(&mut self, on: bool) {
+        self.confirmations = on.then(Vec::new);
+    }
+
+    /// Confirmations since the last call (empty unless recording).
+    pub fn take_confirmations(&mut self) -> Vec<Confirmation> {
+        self.confirmations.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// Entries added or extended since the last call (empty unless recording).
@@ -353,6 +409,13 @@ impl Learner {
             }
             if !classes.is_empty() && self.add(ip, classes) {
                 learned += 1;
+            }
+            if !classes.is_empty() && is_learnable(ip) && self.confirmations.is_some() {
+                let ttl = msg.ttl(r).unwrap_or(0);
+                let qname = name_text(&self.arena[qs..qe]);
+                if let Some(v) = self.confirmations.as_mut() {
+                    v.push(Confirmation { ip, classes, server, qname, qtype: q.qtype, ttl });
+                }
             }
         }
         if learned > 0 { Outcome::Learned(learned) } else { Outcome::Nothing }

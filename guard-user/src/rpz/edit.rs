@@ -116,17 +116,16 @@ pub struct OwnerEdit {
 impl OwnerEdit {
     /// The UPDATE message (unsigned) for `zone`.
     pub fn message(&self, zone: &str) -> Result<Message, String> {
+        batch_message(zone, std::slice::from_ref(self))
+    }
+
+    /// Appends this edit's prerequisites and changes to `msg`.
+    fn fill(&self, zone: &str, msg: &mut Message) -> Result<(), String> {
         if let Some(why) = super::unencodable(&self.prefix) {
             return Err(why);
         }
-        let zone_name = wire::zone_name(zone)?;
         let owner = Name::from_ascii(encode_owner(&self.prefix, zone))
             .map_err(|e| format!("owner name for {}: {e}", self.prefix))?;
-        let mut msg = Message::new();
-        msg.set_id(wire::random_id()).set_message_type(MessageType::Query).set_op_code(OpCode::Update);
-        let mut zq = Query::query(zone_name, RecordType::SOA);
-        zq.set_query_class(DNSClass::IN);
-        msg.add_query(zq);
         let empty = |rtype: RecordType, class: DNSClass| {
             let mut r = Record::update0(owner.clone(), 0, rtype);
             r.set_dns_class(class);
@@ -149,7 +148,7 @@ impl OwnerEdit {
                     for r in records {
                         msg.add_answer(txt(r, 0, DNSClass::IN)?);
                     }
-                    &mut msg
+                    &mut *msg
                 }
             };
         }
@@ -181,8 +180,44 @@ impl OwnerEdit {
                 }
             }
         }
-        Ok(msg)
+        Ok(())
     }
+}
+
+/// One UPDATE message (unsigned) for `zone` holding every edit of `edits`:
+/// BIND applies it whole or not at all, prerequisites of every owner
+/// included (the learner's and the ageing's batches).
+pub fn batch_message(zone: &str, edits: &[OwnerEdit]) -> Result<Message, String> {
+    let zone_name = wire::zone_name(zone)?;
+    let mut msg = Message::new();
+    msg.set_id(wire::random_id()).set_message_type(MessageType::Query).set_op_code(OpCode::Update);
+    let mut zq = Query::query(zone_name, RecordType::SOA);
+    zq.set_query_class(DNSClass::IN);
+    msg.add_query(zq);
+    for e in edits {
+        e.fill(zone, &mut msg)?;
+    }
+    Ok(msg)
+}
+
+/// Sends `edits` to `server` as one TSIG-signed UPDATE (see
+/// [`batch_message`]) and checks the answer, like [`apply`].
+pub async fn apply_batch(
+    server: SocketAddr,
+    zone: &str,
+    key: &TsigKey,
+    edits: &[OwnerEdit],
+) -> Result<(), SyncError> {
+    let ctx = Ctx { server, zone, op: "UPDATE", key: Some(key) };
+    let msg = batch_message(zone, edits).map_err(|why| ctx.bad(why))?;
+    let req = wire::encode_request(msg, Some(key)).map_err(|e| ctx.request_error(e))?;
+    let mut verifier = req.verifier;
+    let mut conn = Conn::connect(server).await.map_err(|e| ctx.connect(e))?;
+    conn.send(&req.bytes).await.map_err(|e| ctx.io(e))?;
+    let bytes = conn.recv().await.map_err(|e| ctx.io(e))?;
+    ctx.check_answer(bytes, req.id, &mut verifier)?;
+    tracing::debug!(%server, zone, owners = edits.len(), "UPDATE batch applied");
+    Ok(())
 }
 
 /// Checks that `zone` is a valid zone name (before anything is sent).
@@ -194,16 +229,7 @@ pub fn check_zone(zone: &str) -> Result<(), String> {
 /// (rcode `NOERROR` and the answer's TSIG). A failed prerequisite is
 /// [`SyncError::Rejected`] with the server's rcode (`NXDOMAIN`, `YXRRSET`).
 pub async fn apply(server: SocketAddr, zone: &str, key: &TsigKey, edit: &OwnerEdit) -> Result<(), SyncError> {
-    let ctx = Ctx { server, zone, op: "UPDATE", key: Some(key) };
-    let msg = edit.message(zone).map_err(|why| ctx.bad(why))?;
-    let req = wire::encode_request(msg, Some(key)).map_err(|e| ctx.request_error(e))?;
-    let mut verifier = req.verifier;
-    let mut conn = Conn::connect(server).await.map_err(|e| ctx.connect(e))?;
-    conn.send(&req.bytes).await.map_err(|e| ctx.io(e))?;
-    let bytes = conn.recv().await.map_err(|e| ctx.io(e))?;
-    ctx.check_answer(bytes, req.id, &mut verifier)?;
-    tracing::debug!(%server, zone, prefix = %edit.prefix, changes = edit.changes.len(), "UPDATE applied");
-    Ok(())
+    apply_batch(server, zone, key, std::slice::from_ref(edit)).await
 }
 
 /// The records at the owner of `prefix` (one signed `ANY` query over TCP;

@@ -265,6 +265,11 @@ impl EntryMeta {
     }
 }
 
+/// Seconds since the Unix epoch now (the clock of `first`, `seen`, `exp`).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 fn check_note(note: &str) -> Result<(), MetaError> {
     if note.len() > MAX_NOTE {
         return Err(field("note", note, "longer than 200 bytes"));
