@@ -767,7 +767,7 @@ fn note_hit(dst: &[u8; 16]) {
     let tick = (now_ns() >> HIT_SHIFT) as u32;
     // SAFETY: the value is copied out at once.
     if unsafe { LAST_HIT.get(dst) }.copied() != Some(tick) {
-        let _ = LAST_HIT.insert(dst, &tick, 0);
+        let _ = LAST_HIT.insert(dst, tick, 0);
     }
 }
 
