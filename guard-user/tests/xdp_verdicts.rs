@@ -554,6 +554,26 @@ fn denies_beat_allows_host_prefix_and_cache() {
     assert_eq!(run(&mut e, &denied[2].1), XDP_PASS);
 }
 
+/// Issue 11: allowed packets note when their destination was last used
+/// (host and prefix entries); drops and misses do not.
+#[test]
+fn allowed_traffic_notes_last_hit() {
+    let mut e = enforcer(Settings::default());
+    assert!(e.last_hits().expect("read").is_empty());
+    assert_eq!(run(&mut e, &frame::v4(PC, MX, frame::TCP, 25)), XDP_PASS);
+    assert_eq!(run(&mut e, &frame::v4(PC, NET_MX, frame::TCP, 25)), XDP_PASS);
+    assert_eq!(run(&mut e, &frame::v6(v6("fd00:1::10"), v6("2001:db8:100::25"), frame::TCP, 25)), XDP_PASS);
+    assert_eq!(run(&mut e, &frame::v4(PC, UNKNOWN, frame::TCP, 25)), XDP_DROP);
+    assert_eq!(run(&mut e, &frame::v4(PC, NS, frame::TCP, 25)), XDP_DROP, "wrong class");
+    let hits = e.last_hits().expect("read");
+    let mut ips: Vec<IpAddr> = hits.iter().map(|(ip, _)| *ip).collect();
+    ips.sort();
+    let mut want: Vec<IpAddr> = vec![MX.into(), NET_MX.into(), v6("2001:db8:100::25").into()];
+    want.sort();
+    assert_eq!(ips, want);
+    assert!(hits.iter().all(|(_, ago)| *ago <= 2), "{hits:?}");
+}
+
 #[test]
 fn allow_maps_read_back_what_was_mirrored() {
     let e = enforcer(Settings::default());
