@@ -811,7 +811,11 @@ fn scenario(tag: &str, udp_size: u16, qmin: &str, extent: Extent, mode: Mode) {
         .chain(smtp.iter().map(|ip| (Prefix::host(*ip), Classes::SMTP)))
         .collect();
     let named = lab.rpz.as_ref().expect("rpz named");
-    let took = eventually(Duration::from_secs(10), || axfr(&lab.resolver.name, named) == expected);
+    // The allow entries (their lifetime TXT is checked below).
+    let entries = |s: &AllowSet| s.iter().map(|(p, c)| (*p, *c)).collect::<Vec<_>>();
+    let took = eventually(Duration::from_secs(10), || {
+        entries(&axfr(&lab.resolver.name, named)) == entries(&expected)
+    });
     assert!(
         took.is_some(),
         "the RPZ should hold exactly the learned set; missing {:?}, extra {:?}; status {:?}",
@@ -827,6 +831,16 @@ fn scenario(tag: &str, udp_size: u16, qmin: &str, extent: Extent, mode: Mode) {
     );
     for (a, _) in &conns {
         assert_eq!(rpz_answer(&lab, *a), vec!["127.0.0.25".to_owned()], "mail host {a} at BIND");
+    }
+    // Issue 11: every learned entry went in with its lifetime state, taught
+    // by a real answer of the hierarchy (server, question, type, TTL).
+    let zone = axfr(&lab.resolver.name, named);
+    for (p, _) in zone.iter() {
+        let m = zone.meta(p).unwrap_or_else(|| panic!("{p} has no lifetime TXT"));
+        assert_eq!(m.source, guard_user::rpz::meta::Source::Learned, "{p}: {m:?}");
+        assert!(m.first.is_some() && m.seen >= m.first && m.ttl.is_some(), "{p}: {m:?}");
+        let ev = m.evidence.as_ref().unwrap_or_else(|| panic!("{p}: no evidence {m:?}"));
+        assert!(ev.qname.ends_with('.') && !ev.qtype.is_empty(), "{p}: {ev:?}");
     }
     let live = guard.status().live.expect("live");
     assert!(live.pushed >= expected.len() as u64, "{live:?}");

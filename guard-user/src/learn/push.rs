@@ -74,9 +74,10 @@ fn new_entry_edit(
     let mut changes = vec![Change::AddClasses(classes)];
     let old = set.meta(&p);
     if old.is_none_or(|m| m.source == Source::Learned) {
-        let mut m = old.cloned().unwrap_or_else(|| EntryMeta::learned(now, 0, None));
-        m.first = m.first.or(Some(now));
-        m.seen = Some(conf.map_or(now, |c| c.at));
+        let at = conf.map_or(now, |c| c.at);
+        let mut m = old.cloned().unwrap_or_else(|| EntryMeta::learned(at, 0, None));
+        m.first = m.first.or(Some(at));
+        m.seen = Some(at);
         if let Some(c) = conf {
             m.ttl = Some(c.ttl);
             m.evidence = Some(c.evidence.clone());
@@ -358,7 +359,7 @@ mod tests {
         assert_eq!(e.changes[0], Change::AddClasses(Classes::SMTP));
         let Change::AddTxt(strings) = &e.changes[1] else { panic!("txt") };
         let m = EntryMeta::decode(strings).expect("ours");
-        assert_eq!((m.source, m.first, m.seen, m.ttl), (Source::Learned, Some(80), Some(77), Some(300)));
+        assert_eq!((m.source, m.first, m.seen, m.ttl), (Source::Learned, Some(77), Some(77), Some(300)));
         let msg = crate::rpz::edit::batch_message("rpz.example.com", &[e.clone(), e]).expect("message");
         assert_eq!(msg.name_servers().len(), 4);
     }
