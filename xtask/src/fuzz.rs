@@ -52,7 +52,7 @@ const MAX_LEN: u32 = 65_536;
 pub const CI_SEED: u32 = 13;
 /// Wall-time cap per target of deterministic runs (a safety net: the
 /// input budgets of [`ci_runs`] take well under it on a 2-core box).
-pub const CI_TIME_CAP_SECS: u64 = 90;
+pub const CI_TIME_CAP_SECS: u64 = 60;
 
 /// Inputs a deterministic run tries per target: about 20–40 s each on the
 /// 2-core development VM under load (measured rates in the issue-13 note),
@@ -104,7 +104,7 @@ impl Plan {
 pub struct Args {
     /// Time per target, e.g. `60s`, `5m`, `1h` (a bare number is seconds).
     /// With `--ci` or `--runs`: a cap on each target's wall time
-    /// (default then 90s).
+    /// (default then 60s).
     #[arg(long, value_parser = parse_duration_secs)]
     pub time: Option<u64>,
     /// Deterministic, bounded run as CI does it: seed 13 (or `--seed`), a

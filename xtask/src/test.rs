@@ -17,10 +17,10 @@ pub struct Args {
     /// Skip `cargo xtask setup` (the machine is known to be ready).
     #[arg(long)]
     pub no_setup: bool,
-    /// Wall-time cap of each fuzz target after the tests (`90s`, `2m`). The
+    /// Wall-time cap of each fuzz target after the tests (`60s`, `2m`). The
     /// fuzz step is deterministic: a fixed seed and a fixed number of inputs
     /// per target (see `cargo xtask fuzz --ci`).
-    #[arg(long, default_value = "90s", value_parser = fuzz::parse_duration_secs)]
+    #[arg(long, default_value = "60s", value_parser = fuzz::parse_duration_secs)]
     pub fuzz_time: u64,
     /// libFuzzer seed of the fuzz step.
     #[arg(long, default_value_t = fuzz::CI_SEED)]
