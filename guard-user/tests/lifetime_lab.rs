@@ -76,3 +76,43 @@ fn unconfirmed_entries_age_out_used_ones_stay_until_idle() {
     drop(d);
     assert!(t.elapsed() < Duration::from_secs(60), "took {:?}", t.elapsed());
 }
+
+/// A daemon restart keeps the times: they live in the zone (TXT), so an
+/// entry past its max age before the restart goes right after it (once
+/// `idle` has passed), not a whole max age later; a fresh one stays.
+#[test]
+fn restart_keeps_the_times() {
+    let t = Instant::now();
+    let lab = Lab::up(LabConfig::for_test("agerst")).unwrap_or_else(|e| panic!("lab up failed: {e}"));
+    let now = guard_user::rpz::meta::unix_now();
+    let old = IpAddr::V4(LabAddrs::inet_v4_alt(11));
+    let fresh = IpAddr::V4(LabAddrs::inet_v4_alt(12));
+    add_learned(&lab, old, now - 25);
+    add_learned(&lab, fresh, now);
+    std::fs::create_dir_all(state_dir(&lab)).expect("state dir");
+    let cfg = state_dir(&lab).join("lifetime.toml");
+    std::fs::write(
+        &cfg,
+        "[lifetime]\nageing = true\nmax_age_dns_secs = 20\nmax_age_smtp_secs = 20\nidle_secs = 2\ninterval_secs = 1\n",
+    )
+    .expect("config");
+    let cfg = cfg.to_str().expect("utf8").to_owned();
+    let mut d = start_xdp(&lab, &["--config", &cfg]);
+    assert!(eventually(Duration::from_secs(5), || d.status().entries.0 == 2).is_some());
+    d.stop();
+    drop(d);
+    let restarted = Instant::now();
+    let d = start_xdp(&lab, &["--config", &cfg]);
+    assert!(
+        eventually(Duration::from_secs(10), || d.status().entries.0 == 1).is_some(),
+        "the old entry goes after the restart: {:?}",
+        d.status().ageing
+    );
+    let took = restarted.elapsed();
+    assert!(took < Duration::from_secs(10), "not a whole max age (20 s) after the restart: {took:?}");
+    assert_eq!(d.status().ageing.expect("ageing").removed, 1, "removed by the restarted daemon");
+    assert_eq!(connect(&lab, Role::Pc, SocketAddr::new(old, 25), Duration::from_millis(800)), Conn::TimedOut);
+    assert_eq!(connect(&lab, Role::Pc, SocketAddr::new(fresh, 25), Duration::from_millis(800)), Conn::Open);
+    drop(d);
+    assert!(t.elapsed() < Duration::from_secs(60), "took {:?}", t.elapsed());
+}
