@@ -259,11 +259,21 @@ fn list_and_explain_from_bind_alone() {
     let o = run(&named, &["list", "--class", "dns"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(stdout(&o).contains("198.51.100.7") && !stdout(&o).contains("203.0.113.9"), "{}", stdout(&o));
+    // A learned entry last confirmed 13 days ago ages out within a day
+    // (default max_age 14 days); the manual one expires in 2 days.
+    let seen = guard_user::ops::when::now_secs() - 13 * 86_400;
+    named.nsupdate(&format!(
+        "update add 198.51.100.8.rpz.example.com. 60 A 127.0.0.1\n\
+         update add 198.51.100.8.rpz.example.com. 60 TXT \"rpz-guard=1\" \"src=learned\" \"first={seen}\" \"seen={seen}\" \"ttl=60\""
+    ));
     let o = run(&named, &["list", "--expiring-within", "3d", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON listing");
     let only: Vec<_> =
         v["entries"].as_array().expect("entries").iter().map(|e| e["prefix"].clone()).collect();
-    assert_eq!(only, [serde_json::json!("203.0.113.9")], "{v}");
+    assert_eq!(only, [serde_json::json!("198.51.100.8"), serde_json::json!("203.0.113.9")], "{v}");
+    let o = run(&named, &["list", "--expiring-within", "12h", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON listing");
+    assert_eq!(v["entries"], serde_json::json!([]), "{v}");
     let o = run(&named, &["list"]);
     let text = stdout(&o);
     let line =

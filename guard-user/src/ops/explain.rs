@@ -86,7 +86,10 @@ pub async fn explain(target: &Target, ip: IpAddr, now: u64) -> (Explanation, Opt
             server,
             zone: target.zone.clone(),
             serial,
-            entries: covering.iter().map(|(p, r)| EntryView::from_records(*p, &target.zone, r)).collect(),
+            entries: covering
+                .iter()
+                .map(|(p, r)| EntryView::from_records(*p, &target.zone, r).with_ageing(&target.lifetime))
+                .collect(),
         })
     };
     let router = query_explain(&target.socket, ip);
@@ -209,11 +212,27 @@ impl Explanation {
                             m.ttl.map_or(String::new(), |t| format!(", TTL {t}s"))
                         );
                     }
-                    if e.meta.is_none() {
-                        let _ = writeln!(
-                            o,
-                            "  ageing     no lifetime record yet (zone from an older version): the learning daemon adds one"
-                        );
+                    match e.ages_out {
+                        Some(at) => {
+                            let _ = writeln!(
+                                o,
+                                "  ages out   {} unless confirmed again or in use (max_age {})",
+                                when::utc_relative(at, now),
+                                when::span(at.saturating_sub(m.seen.unwrap_or(at)))
+                            );
+                        }
+                        None if e.meta.is_none() => {
+                            let _ = writeln!(
+                                o,
+                                "  ageing     no lifetime record yet (zone from an older version): the learning daemon adds one"
+                            );
+                        }
+                        None => {
+                            let _ = writeln!(
+                                o,
+                                "  ageing     clock not started (no last confirmation recorded yet)"
+                            );
+                        }
                     }
                 }
             }

@@ -33,6 +33,12 @@ pub struct EntryView {
     pub meta: Option<EntryMeta>,
     /// Why the entry's own TXT cannot be read, when it cannot.
     pub meta_error: Option<String>,
+    /// When ageing may remove it (Unix seconds): a learned entry at `seen`
+    /// plus the class's `max_age` (at least the TTL that taught it; kept
+    /// past it while traffic uses it), a manual one at its expiry. `None`:
+    /// never, or not known yet (no lifetime record).
+    #[serde(default)]
+    pub ages_out: Option<u64>,
     /// TXT records at the owner that are not rpz-guard's (kept, ignored;
     /// counted by `explain`, not by `list`).
     pub foreign_txt: usize,
@@ -56,8 +62,18 @@ impl EntryView {
             denied: r.is_deny(),
             meta,
             meta_error,
+            ages_out: None,
             foreign_txt,
         }
+    }
+
+    /// The same, with [`EntryView::ages_out`] from `lifetime`'s max ages.
+    #[must_use]
+    pub fn with_ageing(mut self, lifetime: &crate::config::Lifetime) -> EntryView {
+        if !self.denied {
+            self.ages_out = self.meta.as_ref().and_then(|m| m.ages_out_at(lifetime.max_age(self.classes)));
+        }
+        self
     }
 
     /// `learned`, `manual`, `deny`, or `learned (no lifetime record)`.
@@ -132,8 +148,10 @@ pub async fn list(target: &super::Target, filter: &ListFilter, now: u64) -> Resu
             denied,
             meta: set.meta(&p).cloned(),
             meta_error: None,
+            ages_out: None,
             foreign_txt: 0,
         })
+        .map(|e| e.with_ageing(&target.lifetime))
         .filter(|e| filter.keeps(e, now))
         .collect();
     entries.sort_by_key(|e| e.prefix);
@@ -149,7 +167,7 @@ impl ListFilter {
             return false;
         }
         if let Some(within) = self.expiring_within {
-            let Some(at) = e.meta.as_ref().and_then(|m| m.expires) else { return false };
+            let Some(at) = e.ages_out else { return false };
             if at > now.saturating_add(within) {
                 return false;
             }
@@ -173,7 +191,7 @@ impl Listing {
         );
         let _ = writeln!(
             o,
-            "{:<40} {:<9} {:<8} {:<20} {:<20} EXPIRES / NOTE",
+            "{:<40} {:<9} {:<8} {:<20} {:<20} AGES OUT / NOTE",
             "ENTRY", "CLASS", "SOURCE", "FIRST", "CONFIRMED"
         );
         let t =
@@ -188,7 +206,7 @@ impl Listing {
                 m.source.name()
             };
             let class = if e.denied { "-".to_owned() } else { e.classes.to_string() };
-            let mut tail = m.expires.map_or(String::new(), |x| when::utc_relative(x, now));
+            let mut tail = e.ages_out.map_or(String::new(), |x| when::utc_relative(x, now));
             if let Some(n) = &m.note {
                 tail.push_str(&format!("{}{n:?}", if tail.is_empty() { "" } else { "  " }));
             }

@@ -170,6 +170,8 @@ pub struct Target {
     pub socket: PathBuf,
     /// The config file read, if any.
     pub config: Option<PathBuf>,
+    /// `[lifetime]` of that config: when learned entries age out.
+    pub lifetime: crate::config::Lifetime,
 }
 
 impl Target {
@@ -215,7 +217,7 @@ impl TargetSpec {
             None => None,
         };
         let socket = self.socket.clone().unwrap_or(cfg.status.socket);
-        Ok(Target { server, zone, key, socket, config: path })
+        Ok(Target { server, zone, key, socket, config: path, lifetime: cfg.lifetime })
     }
 }
 
