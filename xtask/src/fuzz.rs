@@ -14,10 +14,11 @@
 //! * **Deterministic** (`cargo xtask fuzz --ci`, what `cargo xtask test`
 //!   runs): a fixed libFuzzer `-seed`, a fixed number of inputs per target
 //!   (`-runs`, [`ci_runs`]), the committed seeds only and a fresh corpus in
-//!   a temporary directory. The same build tries the same inputs on every
-//!   run, so CI cannot turn red at random on a rare crash found by luck;
-//!   `--time` caps each target's wall time as a safety net on a slow box
-//!   (a capped run tried a prefix of the same sequence, and says so).
+//!   a temporary directory. CI no longer explores a random new region on
+//!   every run; runs are close to, not exactly, repeatable (mutation follows
+//!   coverage, and the code under test iterates randomly seeded hash maps).
+//!   `--time` caps each target's wall time as a safety net on a slow box (a
+//!   capped run says so).
 //!   Targets that talk over sockets between threads (`openflow_stream`,
 //!   `rpz_xfr`, `rpz_udp`) keep some timing-dependent coverage feedback.
 //!
