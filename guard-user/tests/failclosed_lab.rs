@@ -485,6 +485,9 @@ fn past_soa_expire_keeps_enforcing_loudly() {
         .unwrap_or_else(|| panic!("restart past expire not flagged:\n{}", status_text(&d2)));
     assert!(smtp_open(&lab, mx), "the snapshot's set is enforced");
     assert!(d2.log().contains("ZONE EXPIRED"), "warned at once:\n{}", d2.log());
+    // On a quiet machine all of the above takes a few hundred ms: probe on
+    // for a second after the attach so that the count below means something.
+    std::thread::sleep((attached + Duration::from_secs(1)).saturating_duration_since(Instant::now()));
     let after = bot.answered_sent_after(attached);
     let t = bot.stop();
     eprintln!("expire, restart: bot {t:?}");
