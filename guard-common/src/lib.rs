@@ -49,9 +49,9 @@ pub const PORTS_LEN: u32 = 65536;
 pub const PORT_TCP_SHIFT: u32 = 0;
 /// Shift of the UDP service in a [`MAP_PORTS`] value.
 pub const PORT_UDP_SHIFT: u32 = 8;
-/// Map: IPv4 host allow entries, `HashMap<[u8; 4], u32>` (value: class bits).
+/// Map: IPv4 host allow entries, `HashMap<[u8; 4], HostValue>`.
 pub const MAP_ALLOW_V4: &str = "ALLOW_V4";
-/// Map: IPv6 host allow entries, `HashMap<[u8; 16], u32>` (value: class bits).
+/// Map: IPv6 host allow entries, `HashMap<[u8; 16], HostValue>`.
 pub const MAP_ALLOW_V6: &str = "ALLOW_V6";
 /// Map: IPv4 prefix allow entries, `LpmTrie<[u8; 4], u32>`.
 pub const MAP_ALLOW_PFX_V4: &str = "ALLOW_PFX_V4";
@@ -156,17 +156,34 @@ pub struct CacheEntry {
     pub expires_ns: u64,
 }
 
-/// Map (issue 11): when allowed traffic last went to a destination,
-/// `LruHashMap<[u8; 16], u32>` (IPv4 as v4-mapped IPv6), value a tick of
-/// `bpf_ktime_get_coarse_ns() >> HIT_SHIFT`. Written only when the tick
-/// changed (about once a second per destination), so the hot path mostly
-/// reads. Ageing keeps entries used within `lifetime.idle_secs`.
-pub const MAP_LAST_HIT: &str = "LAST_HIT";
-/// Capacity of [`MAP_LAST_HIT`] (least recently hit destinations go first).
-pub const MAX_LAST_HIT: u32 = 1 << 17;
-/// [`MAP_LAST_HIT`] ticks are `CLOCK_MONOTONIC_COARSE` ns shifted by this
-/// (one tick = 2^30 ns, about 1.07 s).
+/// Value of the host allow maps ([`MAP_ALLOW_V4`], [`MAP_ALLOW_V6`]).
+///
+/// The last-hit time lives beside the classes (issue 11: ageing keeps
+/// entries in use) so that the allowed path, which has the value in hand,
+/// notes it without a second map lookup. The program writes only `hit`,
+/// and only when the tick changed: a write that lands on an element the
+/// map just recycled can at worst keep another entry alive one idle period
+/// longer, never change what is allowed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostValue {
+    /// Class bits, or [`VALUE_DENY`]; the first `u32` as in every layout.
+    pub classes: u32,
+    /// `bpf_ktime_get_coarse_ns() >> HIT_SHIFT` of the last allowed packet;
+    /// 0: none since userspace wrote the entry.
+    pub hit: u32,
+}
+const _: () = assert!(core::mem::size_of::<HostValue>() == 8);
+
+/// Maps of earlier layouts that this build no longer has; their pins are
+/// removed when the pinned state is migrated or unpinned. `LAST_HIT` was
+/// a separate LRU map of last-hit ticks, now [`HostValue::hit`].
+pub const RETIRED_MAPS: [&str; 1] = ["LAST_HIT"];
+/// [`HostValue::hit`] ticks are `CLOCK_MONOTONIC_COARSE` ns shifted by this
+/// (one tick = 2^30 ns, about 1.07 s; a u32 of them lasts 146 years).
 pub const HIT_SHIFT: u32 = 30;
+/// Size of [`HostValue`], as [`MAP_LAYOUT`] lists it.
+pub const HOST_VALUE_SIZE: u32 = core::mem::size_of::<HostValue>() as u32;
 
 /// Capacity of [`MAP_ALLOW_V4`].
 pub const MAX_ALLOW_V4: u32 = 1 << 21;
@@ -195,11 +212,11 @@ pub const MAP_F_NO_PREALLOC: u32 = 1;
 /// map, so a daemon can refuse (or migrate, see guard-user's
 /// `xdp::check_pinned_layout`) pinned maps of another layout instead of
 /// misreading them.
-pub const MAP_LAYOUT: [(&str, u32, u32, u32, u32); 16] = [
+pub const MAP_LAYOUT: [(&str, u32, u32, u32, u32); 15] = [
     (MAP_STATS, 4, 8, STAT_COUNT, 0),
     (MAP_PORTS, 4, 4, PORTS_LEN, 0),
-    (MAP_ALLOW_V4, 4, 4, MAX_ALLOW_V4, 0),
-    (MAP_ALLOW_V6, 16, 4, MAX_ALLOW_V6, 0),
+    (MAP_ALLOW_V4, 4, HOST_VALUE_SIZE, MAX_ALLOW_V4, 0),
+    (MAP_ALLOW_V6, 16, HOST_VALUE_SIZE, MAX_ALLOW_V6, 0),
     (MAP_ALLOW_PFX_V4, 8, 4, MAX_PREFIXES, MAP_F_NO_PREALLOC),
     (MAP_ALLOW_PFX_V6, 20, 4, MAX_PREFIXES, MAP_F_NO_PREALLOC),
     (MAP_EXEMPT_V4, 8, 4, MAX_LPM_SMALL, MAP_F_NO_PREALLOC),
@@ -211,7 +228,6 @@ pub const MAP_LAYOUT: [(&str, u32, u32, u32, u32); 16] = [
     (MAP_MISS_RATE, 16, core::mem::size_of::<RateState>() as u32, MAX_RATE, 0),
     (MAP_EVENTS, 0, 0, EVENTS_BYTES, 0),
     (MAP_SETTINGS, 4, core::mem::size_of::<Settings>() as u32, 1, 0),
-    (MAP_LAST_HIT, 16, 4, MAX_LAST_HIT, 0),
 ];
 
 /// [`CacheEntry::flags`]: the kernel saw a miss and is waiting for userspace;
@@ -526,9 +542,11 @@ const _: () = assert!(core::mem::size_of::<DnsCopyBuf>() == 16 + DNS_COPY_MAX);
 
 #[cfg(feature = "user")]
 mod pod {
-    use super::{CacheEntry, DnsCopyBuf, DnsCopyHeader, Event, RateState, Settings};
+    use super::{CacheEntry, DnsCopyBuf, DnsCopyHeader, Event, HostValue, RateState, Settings};
     // SAFETY: all are repr(C), Copy, with explicit padding and no invalid bit patterns.
     unsafe impl aya::Pod for CacheEntry {}
+    // SAFETY: repr(C), two u32, no padding.
+    unsafe impl aya::Pod for HostValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for RateState {}
     // SAFETY: as above.

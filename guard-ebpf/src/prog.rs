@@ -18,8 +18,8 @@ use aya_ebpf::{
 use guard_common::{
     CACHE_PENDING, CacheEntry, DEFAULT_EVENTS_PER_SOURCE, DEFAULT_MISSES_PER_SOURCE, DEFAULT_PENDING_MS,
     DNS_COPY_BYTES, DNS_COPY_MAX, DNS_DIR_QUERY, DNS_DIR_RESPONSE, DnsCopyBuf, DnsCopyHeader, EVENT_DROP,
-    EVENT_MISS, EVENTS_BYTES, EXEMPT_VERIFY_MAC, EXEMPT_VERIFY_ROUTE, Event, HIT_SHIFT, MAP_F_NO_PREALLOC,
-    MAX_ALLOW_V4, MAX_ALLOW_V6, MAX_CACHE, MAX_EXEMPT_MACS, MAX_LAST_HIT, MAX_LPM_SMALL, MAX_PREFIXES,
+    EVENT_MISS, EVENTS_BYTES, EXEMPT_VERIFY_MAC, EXEMPT_VERIFY_ROUTE, Event, HIT_SHIFT, HostValue,
+    MAP_F_NO_PREALLOC, MAX_ALLOW_V4, MAX_ALLOW_V6, MAX_CACHE, MAX_EXEMPT_MACS, MAX_LPM_SMALL, MAX_PREFIXES,
     MAX_RATE, MAX_XSK_QUEUES, MISS_TRANSPORT_AFXDP, MODE_COUNT, PORT_TCP_SHIFT, PORT_UDP_SHIFT, PORTS_LEN,
     RateState, SERVICE_DNS, STAT_COUNT, STATE_NOT_LOADED, Settings, Stat, VALUE_DENY, classes_required,
     reason,
@@ -49,9 +49,9 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 #[map(name = "PORTS")]
 static PORTS: Array<u32> = Array::with_max_entries(PORTS_LEN, 0);
 #[map(name = "ALLOW_V4")]
-static ALLOW_V4: HashMap<[u8; 4], u32> = HashMap::with_max_entries(MAX_ALLOW_V4, 0);
+static ALLOW_V4: HashMap<[u8; 4], HostValue> = HashMap::with_max_entries(MAX_ALLOW_V4, 0);
 #[map(name = "ALLOW_V6")]
-static ALLOW_V6: HashMap<[u8; 16], u32> = HashMap::with_max_entries(MAX_ALLOW_V6, 0);
+static ALLOW_V6: HashMap<[u8; 16], HostValue> = HashMap::with_max_entries(MAX_ALLOW_V6, 0);
 #[map(name = "ALLOW_PFX_V4")]
 static ALLOW_PFX_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_PREFIXES, MAP_F_NO_PREALLOC);
 #[map(name = "ALLOW_PFX_V6")]
@@ -85,9 +85,6 @@ static RESOLVERS_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_LPM_
 static DNS_COPY: RingBuf = RingBuf::with_byte_size(DNS_COPY_BYTES, 0);
 #[map(name = "DNS_SCRATCH")]
 static DNS_SCRATCH: PerCpuArray<DnsCopyBuf> = PerCpuArray::with_max_entries(1, 0);
-// --- lifetime (issue 11) ---
-#[map(name = "LAST_HIT")]
-static LAST_HIT: LruHashMap<[u8; 16], u32> = LruHashMap::with_max_entries(MAX_LAST_HIT, 0);
 // --- afxdp (issue 10) ---
 #[map(name = "XSKS")]
 static XSKS: XskMap = XskMap::with_max_entries(MAX_XSK_QUEUES, 0);
@@ -542,12 +539,18 @@ fn v4(a: &[u8; 16]) -> [u8; 4] {
 #[inline(always)]
 fn check(ctx: &XdpContext, pkt: &Pkt, service: u32) -> u32 {
     let required = classes_required(service);
-    // The common case first: a registered host, one hash lookup.
-    let host = host_classes(pkt);
-    if host & required != 0 && host & VALUE_DENY == 0 {
-        bump(Stat::PassAllowed, 1);
-        note_hit(&pkt.dst);
-        return XDP_PASS;
+    // The common case first: a registered host, one hash lookup, and the
+    // value in hand notes the hit.
+    let entry = host_entry(pkt);
+    let mut host = 0;
+    if let Some(e) = entry {
+        // SAFETY: a map value pointer, valid for this program run.
+        host = unsafe { (*e).classes };
+        if host & required != 0 && host & VALUE_DENY == 0 {
+            bump(Stat::PassAllowed, 1);
+            note_hit(e);
+            return XDP_PASS;
+        }
     }
     let exempt = if pkt.v4 {
         EXEMPT_V4.get(Key::new(32, v4(&pkt.src))).copied()
@@ -586,9 +589,9 @@ fn check(ctx: &XdpContext, pkt: &Pkt, service: u32) -> u32 {
         return refuse();
     }
     if classes != 0 {
+        // Allowed by a prefix (manual entries, never aged: no hit noted).
         if classes & required != 0 {
             bump(Stat::PassAllowed, 1);
-            note_hit(&pkt.dst);
             return XDP_PASS;
         }
         bump(Stat::DropWrongClass, 1);
@@ -759,27 +762,25 @@ fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-/// Records that allowed traffic went to `dst` now (for ageing: entries in
-/// use are kept). Written only when the coarse tick changed, so the hot
-/// path mostly reads.
+/// Records that allowed traffic went to a host entry now (for ageing:
+/// entries in use are kept). Written only when the coarse tick changed, so
+/// the hot path mostly reads.
 #[inline(always)]
-fn note_hit(dst: &[u8; 16]) {
+fn note_hit(e: *mut HostValue) {
     let tick = (now_ns() >> HIT_SHIFT) as u32;
-    // SAFETY: the value is copied out at once.
-    if unsafe { LAST_HIT.get(dst) }.copied() != Some(tick) {
-        let _ = LAST_HIT.insert(dst, tick, 0);
+    // SAFETY: a map value pointer, valid for this program run; only `hit`
+    // is written (see `HostValue`).
+    unsafe {
+        if (*e).hit != tick {
+            (*e).hit = tick;
+        }
     }
 }
 
-/// Classes of the destination's host entry.
+/// The destination's host entry, if any.
 #[inline(always)]
-fn host_classes(pkt: &Pkt) -> u32 {
-    // SAFETY: values are copied out immediately.
-    if pkt.v4 {
-        unsafe { ALLOW_V4.get(v4(&pkt.dst)) }.copied().unwrap_or(0)
-    } else {
-        unsafe { ALLOW_V6.get(pkt.dst) }.copied().unwrap_or(0)
-    }
+fn host_entry(pkt: &Pkt) -> Option<*mut HostValue> {
+    if pkt.v4 { ALLOW_V4.get_ptr_mut(v4(&pkt.dst)) } else { ALLOW_V6.get_ptr_mut(pkt.dst) }
 }
 
 /// Classes of the longest prefix entry covering the destination.

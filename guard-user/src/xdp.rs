@@ -23,9 +23,9 @@ use aya::{
     },
 };
 use guard_common::{
-    CacheEntry, MAP_ALLOW_PFX_V4, MAP_ALLOW_PFX_V6, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_CACHE, MAP_DNS_COPY,
-    MAP_EVENTS, MAP_EXEMPT_MACS, MAP_EXEMPT_V4, MAP_EXEMPT_V6, MAP_INTERNAL_V4, MAP_INTERNAL_V6,
-    MAP_LAST_HIT, MAP_MISS_RATE, MAP_PORTS, MAP_RATE, MAP_RESOLVERS_V4, MAP_RESOLVERS_V6, MAP_SETTINGS,
+    CacheEntry, HOST_VALUE_SIZE, HostValue, MAP_ALLOW_PFX_V4, MAP_ALLOW_PFX_V6, MAP_ALLOW_V4, MAP_ALLOW_V6,
+    MAP_CACHE, MAP_DNS_COPY, MAP_EVENTS, MAP_EXEMPT_MACS, MAP_EXEMPT_V4, MAP_EXEMPT_V6, MAP_INTERNAL_V4,
+    MAP_INTERNAL_V6, MAP_MISS_RATE, MAP_PORTS, MAP_RATE, MAP_RESOLVERS_V4, MAP_RESOLVERS_V6, MAP_SETTINGS,
     MAP_STATS, MAP_XSKS, PORT_TCP_SHIFT, PORT_UDP_SHIFT, STAT_COUNT, STATE_LOADED, STATE_NOT_LOADED,
     Settings, Stat,
 };
@@ -52,7 +52,7 @@ pub const REFERENCE_PROGRAM: &str = "pass_all";
 pub const RELEASE_PROGRAM: &str = "rpz_release";
 
 /// Every map the program defines; all are pinned with `--pin`.
-pub const MAP_NAMES: [&str; 16] = [
+pub const MAP_NAMES: [&str; 15] = [
     MAP_STATS,
     MAP_PORTS,
     MAP_ALLOW_V4,
@@ -68,7 +68,6 @@ pub const MAP_NAMES: [&str; 16] = [
     MAP_MISS_RATE,
     MAP_EVENTS,
     MAP_SETTINGS,
-    MAP_LAST_HIT,
 ];
 
 /// File name of the pinned XDP link inside the pin directory.
@@ -247,6 +246,7 @@ impl Enforcer {
             }
             map.pin(&path).map_err(|e| perr(format!("pin {}: {e}", path.display())))?;
         }
+        remove_retired_pins(dir)?;
         tracing::warn!(
             dir = %dir.display(),
             entries = m.set.len(),
@@ -507,10 +507,10 @@ impl Enforcer {
         let mut touched_hosts: Vec<[u8; 16]> = Vec::with_capacity(diff.remove.len() + diff.upsert.len());
         // Per map: removals (keys) and upserts (keys, values), as raw bytes.
         let mut ops: [MapOps; 4] = [
-            MapOps::new(MAP_ALLOW_V4, 4),
-            MapOps::new(MAP_ALLOW_V6, 16),
-            MapOps::new(MAP_ALLOW_PFX_V4, 8),
-            MapOps::new(MAP_ALLOW_PFX_V6, 20),
+            MapOps::new(MAP_ALLOW_V4, 4, true),
+            MapOps::new(MAP_ALLOW_V6, 16, true),
+            MapOps::new(MAP_ALLOW_PFX_V4, 8, false),
+            MapOps::new(MAP_ALLOW_PFX_V6, 20, false),
         ];
         let removals = diff.remove.iter().map(|p| (p, Classes::NONE));
         let upserts = diff.upsert.iter().map(|(p, c)| (p, *c));
@@ -604,15 +604,8 @@ impl Enforcer {
     /// ([`crate::policy::AllowSet::from_enforced`] turns them back).
     pub fn read_allow(&self) -> Result<crate::policy::AllowSet, XdpError> {
         let mut set = crate::policy::AllowSet::new();
-        let a4: HashMap<&MapData, [u8; 4], u32> = self.typed_ref(MAP_ALLOW_V4)?;
-        for kv in a4.iter() {
-            let (k, v) = kv.map_err(map_err(MAP_ALLOW_V4))?;
-            set.add(Prefix::host(IpAddr::from(k)), Classes::from_map_value(v));
-        }
-        let a6: HashMap<&MapData, [u8; 16], u32> = self.typed_ref(MAP_ALLOW_V6)?;
-        for kv in a6.iter() {
-            let (k, v) = kv.map_err(map_err(MAP_ALLOW_V6))?;
-            set.add(Prefix::host(IpAddr::from(k)), Classes::from_map_value(v));
+        for (ip, v) in self.host_entries()? {
+            set.add(Prefix::host(ip), Classes::from_map_value(v.classes));
         }
         let p4: LpmTrie<&MapData, [u8; 4], u32> = self.typed_ref(MAP_ALLOW_PFX_V4)?;
         for kv in p4.iter() {
@@ -727,21 +720,29 @@ impl Enforcer {
         Ok(())
     }
 
-    /// When allowed traffic last went to each destination the program
-    /// noted (`LAST_HIT`), as seconds ago (issue 11: ageing keeps entries
-    /// in use).
-    pub fn last_hits(&self) -> Result<Vec<(IpAddr, u64)>, XdpError> {
-        let map: HashMap<&MapData, [u8; 16], u32> = self.typed_ref(MAP_LAST_HIT)?;
-        let now = coarse_tick();
+    /// Every host allow entry with its value (classes and last-hit tick).
+    fn host_entries(&self) -> Result<Vec<(IpAddr, HostValue)>, XdpError> {
         let mut out = Vec::new();
-        for kv in map.iter() {
-            let (k, tick) = kv.map_err(map_err(MAP_LAST_HIT))?;
-            let ago_ticks = u64::from(now.wrapping_sub(tick));
-            // A tick is 2^HIT_SHIFT ns.
-            let secs = (ago_ticks << guard_common::HIT_SHIFT) / 1_000_000_000;
-            out.push((Prefix::host(IpAddr::from(k)).addr(), secs));
+        let a4: HashMap<&MapData, [u8; 4], HostValue> = self.typed_ref(MAP_ALLOW_V4)?;
+        for kv in a4.iter() {
+            let (k, v) = kv.map_err(map_err(MAP_ALLOW_V4))?;
+            out.push((IpAddr::from(k), v));
+        }
+        let a6: HashMap<&MapData, [u8; 16], HostValue> = self.typed_ref(MAP_ALLOW_V6)?;
+        for kv in a6.iter() {
+            let (k, v) = kv.map_err(map_err(MAP_ALLOW_V6))?;
+            out.push((IpAddr::from(k), v));
         }
         Ok(out)
+    }
+
+    /// When allowed traffic last went to each host entry, as seconds ago
+    /// (issue 11: ageing keeps entries in use). Entries with no allowed
+    /// packet since userspace wrote them are left out.
+    pub fn last_hits(&self) -> Result<Vec<(IpAddr, u64)>, XdpError> {
+        let now = coarse_tick();
+        let hits = self.host_entries()?.into_iter().filter(|(_, v)| v.hit != 0);
+        Ok(hits.map(|(ip, v)| (ip, ticks_to_secs(now.wrapping_sub(v.hit)))).collect())
     }
 
     /// A handle on the verdict cache usable from another thread without
@@ -771,20 +772,21 @@ impl Enforcer {
             Err(MapError::KeyNotFound) => Ok(Classes::NONE),
             Err(e) => Err(map_err(name)(e)),
         };
+        let classes = |v: HostValue| v.classes;
         match ip {
             IpAddr::V4(a) => {
-                let h: HashMap<&MapData, [u8; 4], u32> = self.typed_ref(MAP_ALLOW_V4)?;
+                let h: HashMap<&MapData, [u8; 4], HostValue> = self.typed_ref(MAP_ALLOW_V4)?;
                 let t: LpmTrie<&MapData, [u8; 4], u32> = self.typed_ref(MAP_ALLOW_PFX_V4)?;
                 Ok((
-                    found(h.get(&a.octets(), 0), MAP_ALLOW_V4)?,
+                    found(h.get(&a.octets(), 0).map(classes), MAP_ALLOW_V4)?,
                     found(t.get(&Key::new(32, a.octets()), 0), MAP_ALLOW_PFX_V4)?,
                 ))
             }
             IpAddr::V6(a) => {
-                let h: HashMap<&MapData, [u8; 16], u32> = self.typed_ref(MAP_ALLOW_V6)?;
+                let h: HashMap<&MapData, [u8; 16], HostValue> = self.typed_ref(MAP_ALLOW_V6)?;
                 let t: LpmTrie<&MapData, [u8; 16], u32> = self.typed_ref(MAP_ALLOW_PFX_V6)?;
                 Ok((
-                    found(h.get(&a.octets(), 0), MAP_ALLOW_V6)?,
+                    found(h.get(&a.octets(), 0).map(classes), MAP_ALLOW_V6)?,
                     found(t.get(&Key::new(128, a.octets()), 0), MAP_ALLOW_PFX_V6)?,
                 ))
             }
@@ -845,26 +847,35 @@ pub struct KernelVerdict {
 /// Writes host entries into the allow maps, independently of the
 /// [`Enforcer`] (see [`Enforcer::allow_writer`]).
 pub struct AllowWriter {
-    v4: HashMap<MapData, [u8; 4], u32>,
-    v6: HashMap<MapData, [u8; 16], u32>,
+    v4: HashMap<MapData, [u8; 4], HostValue>,
+    v6: HashMap<MapData, [u8; 16], HostValue>,
 }
 
 impl AllowWriter {
-    /// Sets the classes of host `ip` (replacing what the map held).
+    /// Sets the classes of host `ip`. The last-hit time of an entry that
+    /// stays allowed is kept; unchanged classes write nothing.
     pub fn set(&mut self, ip: IpAddr, classes: Classes) -> Result<(), XdpError> {
+        let old = self.value(ip);
+        if old.is_some_and(|v| v.classes == classes.bits()) {
+            return Ok(());
+        }
+        let value = HostValue { classes: classes.bits(), hit: old.map_or(0, |v| v.hit) };
         match ip {
-            IpAddr::V4(a) => self.v4.insert(a.octets(), classes.bits(), 0).map_err(map_err(MAP_ALLOW_V4)),
-            IpAddr::V6(a) => self.v6.insert(a.octets(), classes.bits(), 0).map_err(map_err(MAP_ALLOW_V6)),
+            IpAddr::V4(a) => self.v4.insert(a.octets(), value, 0).map_err(map_err(MAP_ALLOW_V4)),
+            IpAddr::V6(a) => self.v6.insert(a.octets(), value, 0).map_err(map_err(MAP_ALLOW_V6)),
         }
     }
 
     /// The classes the maps hold for host `ip`.
     pub fn get(&self, ip: IpAddr) -> Classes {
-        let bits = match ip {
+        Classes::from_bits(self.value(ip).map_or(0, |v| v.classes))
+    }
+
+    fn value(&self, ip: IpAddr) -> Option<HostValue> {
+        match ip {
             IpAddr::V4(a) => self.v4.get(&a.octets(), 0).ok(),
             IpAddr::V6(a) => self.v6.get(&a.octets(), 0).ok(),
-        };
-        Classes::from_bits(bits.unwrap_or(0))
+        }
     }
 }
 
@@ -1017,14 +1028,23 @@ enum MirrorPath {
 struct MapOps {
     name: &'static str,
     key_size: usize,
+    /// Values are [`HostValue`]s (else a bare `u32` of class bits).
+    host: bool,
     remove: Vec<u8>,
     upsert_keys: Vec<u8>,
     upsert_values: Vec<u8>,
 }
 
 impl MapOps {
-    fn new(name: &'static str, key_size: usize) -> Self {
-        MapOps { name, key_size, remove: Vec::new(), upsert_keys: Vec::new(), upsert_values: Vec::new() }
+    fn new(name: &'static str, key_size: usize, host: bool) -> Self {
+        MapOps {
+            name,
+            key_size,
+            host,
+            remove: Vec::new(),
+            upsert_keys: Vec::new(),
+            upsert_values: Vec::new(),
+        }
     }
 
     /// Adds the key made of `parts`; class bits 0 mean "remove".
@@ -1035,7 +1055,16 @@ impl MapOps {
         }
         if bits != 0 {
             self.upsert_values.extend_from_slice(&bits.to_ne_bytes());
+            if self.host {
+                // HostValue::hit: no allowed packet yet.
+                self.upsert_values.extend_from_slice(&0u32.to_ne_bytes());
+            }
         }
+    }
+
+    /// Bytes per value.
+    fn value_size(&self) -> usize {
+        if self.host { HOST_VALUE_SIZE as usize } else { 4 }
     }
 
     fn error(&self, e: std::io::Error) -> XdpError {
@@ -1051,6 +1080,7 @@ struct Job<'a> {
     map: usize,
     fd: BorrowedFd<'a>,
     key_size: usize,
+    value_size: usize,
     keys: &'a [u8],
     /// None: a removal.
     values: Option<&'a [u8]>,
@@ -1067,7 +1097,9 @@ impl Job<'_> {
                 for (i, key) in self.keys.chunks(ks).enumerate() {
                     let r = match values {
                         None => elem_delete(self.fd, key),
-                        Some(v) => elem_update(self.fd, key, &v[i * 4..i * 4 + 4]),
+                        Some(v) => {
+                            elem_update(self.fd, key, &v[i * self.value_size..(i + 1) * self.value_size])
+                        }
                     };
                     if r.is_err() && first.is_ok() {
                         first = r;
@@ -1086,14 +1118,14 @@ fn apply_ops(ops: &[MapOps], fds: &[BorrowedFd<'_>], path: MirrorPath) -> Option
     let mut removals = Vec::new();
     let mut upserts = Vec::new();
     for (map, (op, fd)) in ops.iter().zip(fds).enumerate() {
-        let ks = op.key_size;
+        let (ks, vs) = (op.key_size, op.value_size());
         for keys in op.remove.chunks(ks * BATCH_CHUNK) {
-            removals.push(Job { map, fd: *fd, key_size: ks, keys, values: None });
+            removals.push(Job { map, fd: *fd, key_size: ks, value_size: vs, keys, values: None });
         }
         for (keys, values) in
-            op.upsert_keys.chunks(ks * BATCH_CHUNK).zip(op.upsert_values.chunks(4 * BATCH_CHUNK))
+            op.upsert_keys.chunks(ks * BATCH_CHUNK).zip(op.upsert_values.chunks(vs * BATCH_CHUNK))
         {
-            upserts.push(Job { map, fd: *fd, key_size: ks, keys, values: Some(values) });
+            upserts.push(Job { map, fd: *fd, key_size: ks, value_size: vs, keys, values: Some(values) });
         }
     }
     let entries: usize = ops.iter().map(|o| (o.remove.len() + o.upsert_keys.len()) / o.key_size).sum();
@@ -1439,7 +1471,7 @@ fn check_pinned_layout(dir: &Path) -> Result<Option<String>, XdpError> {
     for (name, key, value, max, flags) in guard_common::MAP_LAYOUT {
         let path = dir.join(name);
         if !path.exists() {
-            // A map this build added (e.g. LAST_HIT, issue 11): the old
+            // A map this build added: the old
             // layout is carried over into a fresh set of maps.
             differs.push(format!("{name} (absent; new in this build)"));
             continue;
@@ -1568,7 +1600,7 @@ fn raw_entries(fd: BorrowedFd<'_>, ks: usize, vs: usize) -> std::io::Result<Vec<
     }
 }
 
-/// The program's [`guard_common::MAP_LAST_HIT`] clock now: `CLOCK_MONOTONIC_COARSE`
+/// The program's last-hit clock ([`HostValue::hit`]) now: `CLOCK_MONOTONIC_COARSE`
 /// (what `bpf_ktime_get_coarse_ns` reads) shifted by `HIT_SHIFT`.
 pub fn coarse_tick() -> u32 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -1619,8 +1651,25 @@ fn pinned_link_ifindex(path: &Path) -> std::io::Result<u32> {
     Ok(info[4])
 }
 
-/// Removes every pin rpz-guard makes in `dir`, and the directory if empty.
+/// Removes the pins of maps that earlier layouts had and this build has not
+/// ([`guard_common::RETIRED_MAPS`]), so a migration leaves no stale state.
+fn remove_retired_pins(dir: &Path) -> Result<(), XdpError> {
+    for name in guard_common::RETIRED_MAPS {
+        let p = dir.join(name);
+        if p.exists() {
+            std::fs::remove_file(&p).map_err(|e| XdpError::Pin {
+                dir: dir.into(),
+                why: format!("remove {}: {e}", p.display()),
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes every pin rpz-guard makes in `dir` (earlier layouts' too), and
+/// the directory if empty.
 pub fn remove_pins(dir: &Path) -> Result<(), XdpError> {
+    remove_retired_pins(dir)?;
     for name in MAP_NAMES.iter().copied().chain([LINK_PIN_NAME]) {
         let p = dir.join(name);
         if p.exists() {
@@ -1637,4 +1686,9 @@ pub fn remove_pins(dir: &Path) -> Result<(), XdpError> {
 /// A fd-bearing map is needed by tokio's `AsyncFd`; re-exported for the daemon.
 pub fn ring_fd(rb: &RingBuf<MapData>) -> std::os::fd::BorrowedFd<'_> {
     rb.as_fd()
+}
+
+/// A number of last-hit ticks as whole seconds (a tick is 2^`HIT_SHIFT` ns).
+fn ticks_to_secs(ticks: u32) -> u64 {
+    (u64::from(ticks) << guard_common::HIT_SHIFT) / 1_000_000_000
 }

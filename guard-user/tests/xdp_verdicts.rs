@@ -554,8 +554,9 @@ fn denies_beat_allows_host_prefix_and_cache() {
     assert_eq!(run(&mut e, &denied[2].1), XDP_PASS);
 }
 
-/// Issue 11: allowed packets note when their destination was last used
-/// (host and prefix entries); drops and misses do not.
+/// Issue 11: allowed packets note when their host entry was last used, in
+/// the entry itself; prefix entries (manual, never aged), drops and misses
+/// do not. Userspace rewriting an entry with the same classes keeps it.
 #[test]
 fn allowed_traffic_notes_last_hit() {
     let mut e = enforcer(Settings::default());
@@ -568,10 +569,15 @@ fn allowed_traffic_notes_last_hit() {
     let hits = e.last_hits().expect("read");
     let mut ips: Vec<IpAddr> = hits.iter().map(|(ip, _)| *ip).collect();
     ips.sort();
-    let mut want: Vec<IpAddr> = vec![MX.into(), NET_MX.into(), v6("2001:db8:100::25").into()];
+    let mut want: Vec<IpAddr> = vec![MX.into(), v6("2001:db8:100::25").into()];
     want.sort();
     assert_eq!(ips, want);
     assert!(hits.iter().all(|(_, ago)| *ago <= 2), "{hits:?}");
+    // The allow set still reads back without the hit times in it.
+    assert_eq!(e.allow_of(MX.into()).expect("lookup").0, Classes::SMTP);
+    let mut w = e.allow_writer().expect("writer");
+    w.set(MX.into(), Classes::SMTP).expect("same classes");
+    assert!(e.last_hits().expect("read").iter().any(|(ip, _)| *ip == IpAddr::from(MX)), "hit kept");
 }
 
 #[test]
@@ -1046,9 +1052,10 @@ mod old_layout {
 }
 
 /// A pin directory left by a build whose host allow maps were not
-/// preallocated (and whose allow values were wider) is migrated at start:
-/// the set and state are carried into this build's maps, which replace the
-/// old pins; a layout whose allow set cannot be read is refused, naming it.
+/// preallocated, held bare class bits and had a separate `LAST_HIT` map is
+/// migrated at start: the set and state are carried into this build's
+/// maps, which replace the old pins, and the retired map's pin is removed;
+/// a layout whose allow set cannot be read is refused, naming it.
 #[test]
 fn pinned_maps_of_an_older_layout_are_migrated_or_refused() {
     use guard_common::{MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_F_NO_PREALLOC, MAX_ALLOW_V4, MAX_ALLOW_V6};
@@ -1065,33 +1072,35 @@ fn pinned_maps_of_an_older_layout_are_migrated_or_refused() {
     let _cleanup = Cleanup(dir.clone());
 
     // This build's pins, then the host allow maps swapped for old-layout ones
-    // (per-insert allocation, 8-byte values with the class bits first).
+    // (per-insert allocation, 4-byte values of class bits), and a LAST_HIT.
     {
         let mut e = Enforcer::load(Some(&dir)).expect("load pinned");
         e.configure(&ProgramConfig { settings: Settings::default(), ..ProgramConfig::default() })
             .expect("cfg");
         e.set_loaded(true).expect("loaded");
     }
-    let m4 = old_layout::pinned_hash(&dir.join(MAP_ALLOW_V4), 4, 8, MAX_ALLOW_V4, MAP_F_NO_PREALLOC);
-    let m6 = old_layout::pinned_hash(&dir.join(MAP_ALLOW_V6), 16, 8, MAX_ALLOW_V6, MAP_F_NO_PREALLOC);
+    let m4 = old_layout::pinned_hash(&dir.join(MAP_ALLOW_V4), 4, 4, MAX_ALLOW_V4, MAP_F_NO_PREALLOC);
+    let m6 = old_layout::pinned_hash(&dir.join(MAP_ALLOW_V6), 16, 4, MAX_ALLOW_V6, MAP_F_NO_PREALLOC);
+    let hits = old_layout::pinned_hash(&dir.join("LAST_HIT"), 16, 4, 1 << 17, 0);
     let mut want = AllowSet::new();
     for i in 0..300u32 {
         let a = Ipv4Addr::from(0xc633_6400 + i);
         let c = if i % 2 == 0 { Classes::SMTP } else { Classes::DNS };
-        old_layout::put(m4, &a.octets(), &[c.bits().to_ne_bytes(), 0xdead_beef_u32.to_ne_bytes()].concat());
+        old_layout::put(m4, &a.octets(), &c.bits().to_ne_bytes());
         want.add(Prefix::host(a.into()), c);
     }
     // A deny (the kernel's deny bit) is carried over as a deny.
     let denied = Ipv4Addr::new(203, 0, 113, 66);
-    old_layout::put(m4, &denied.octets(), &[guard_common::VALUE_DENY.to_ne_bytes(), [0; 4]].concat());
+    old_layout::put(m4, &denied.octets(), &guard_common::VALUE_DENY.to_ne_bytes());
     want.add(Prefix::host(denied.into()), Classes::DENY);
     let a6 = v6("2001:db8:100::53");
-    old_layout::put(m6, &a6.octets(), &[Classes::DNS.bits().to_ne_bytes(), [0; 4]].concat());
+    old_layout::put(m6, &a6.octets(), &Classes::DNS.bits().to_ne_bytes());
     want.add(Prefix::host(a6.into()), Classes::DNS);
     // SAFETY: descriptors this test opened; the pins keep the maps.
     unsafe {
         libc::close(m4);
         libc::close(m6);
+        libc::close(hits);
     }
 
     let mut e = Enforcer::load(Some(&dir)).expect("migrating load");
@@ -1100,8 +1109,9 @@ fn pinned_maps_of_an_older_layout_are_migrated_or_refused() {
     assert_eq!(e.state().expect("state"), STATE_LOADED, "the old state was carried over");
     for name in [MAP_ALLOW_V4, MAP_ALLOW_V6] {
         let info = aya::maps::MapInfo::from_pin(dir.join(name)).expect("pinned");
-        assert_eq!((info.value_size(), info.map_flags()), (4, 0), "{name} re-pinned in this build's layout");
+        assert_eq!((info.value_size(), info.map_flags()), (8, 0), "{name} re-pinned in this build's layout");
     }
+    assert!(!dir.join("LAST_HIT").exists(), "the retired map's pin was removed");
     e.configure(&ProgramConfig {
         ports: vec![ProtectedPort { proto: Tcp, port: 25, service: Service::Smtp }],
         settings: Settings { state: STATE_LOADED, ..Settings::default() },

@@ -4,7 +4,7 @@
 //!
 //! Each pass (every `interval_secs`) reads the zone as mirrored by IXFR,
 //! with each entry's lifetime state (`rpz::meta`), and the last-hit times
-//! of the enforcement point (XDP: the `LAST_HIT` map). Due entries are
+//! of the enforcement point (XDP: the hit times in the host allow map values). Due entries are
 //! removed by TSIG UPDATE in batches of `batch` owners, at most `rate`
 //! entries per second. Each removal carries a prerequisite: the entry's TXT
 //! is still the one this pass read, so an entry another learner just

@@ -173,7 +173,8 @@ impl Shared {
     }
 
     /// When allowed traffic last went to each destination (XDP: the
-    /// program's `LAST_HIT` map), seconds ago; `None` without such times.
+    /// hit times in the program's host allow entries), seconds ago; `None`
+    /// without such times.
     pub fn last_hits(&self) -> Option<Vec<(IpAddr, u64)>> {
         let e = self.enforcer.as_ref()?;
         match lock(e).last_hits() {
