@@ -536,14 +536,21 @@ fn v4(a: &[u8; 16]) -> [u8; 4] {
 }
 
 /// The verdict for a protected packet.
+///
+/// Ordered so that each path pays only for the lookups that can change its
+/// outcome: an allowed host, one hash lookup; a destination the miss path
+/// already judged, that lookup plus the verdict cache and the exempt trie.
+/// A cached verdict stands for the internal and prefix tries too: it only
+/// exists for an address that neither covered when it missed, and
+/// userspace forgets it when either changes (`Enforcer::configure`,
+/// `Enforcer::apply_diff`).
 #[inline(always)]
 fn check(ctx: &XdpContext, pkt: &Pkt, service: u32) -> u32 {
     let required = classes_required(service);
     // The common case first: a registered host, one hash lookup, and the
     // value in hand notes the hit.
-    let entry = host_entry(pkt);
     let mut host = 0;
-    if let Some(e) = entry {
+    if let Some(e) = host_entry(pkt) {
         // SAFETY: a map value pointer, valid for this program run.
         host = unsafe { (*e).classes };
         if host & required != 0 && host & VALUE_DENY == 0 {
@@ -552,6 +559,25 @@ fn check(ctx: &XdpContext, pkt: &Pkt, service: u32) -> u32 {
             return XDP_PASS;
         }
     }
+    let now = now_ns();
+    let s = settings();
+    // A host entry is the RPZ's own word on the address: no cached verdict
+    // is looked at beside it. Nor before the first load (see below).
+    let cached = if host == 0 && s.state != STATE_NOT_LOADED {
+        // SAFETY: the value is copied out at once; a concurrent update at
+        // worst gives an older verdict, which the TTL bounds anyway.
+        unsafe { VERDICT_CACHE.get(pkt.dst) }.copied().filter(|e| now < e.expires_ns)
+    } else {
+        None
+    };
+    if let Some(e) = cached
+        && e.flags & CACHE_PENDING == 0
+        && e.classes & required != 0
+    {
+        bump(Stat::PassCached, 1);
+        return XDP_PASS;
+    }
+    // Everything below drops, holds or asks, unless the source is exempt.
     let exempt = if pkt.v4 {
         EXEMPT_V4.get(Key::new(32, v4(&pkt.src))).copied()
     } else {
@@ -565,12 +591,15 @@ fn check(ctx: &XdpContext, pkt: &Pkt, service: u32) -> u32 {
             }
             Origin::Spoofed => {
                 bump(Stat::DropSpoofedExempt, 1);
-                drop_event(ctx, reason::SPOOFED_EXEMPT, pkt, service, now_ns());
+                drop_event(ctx, reason::SPOOFED_EXEMPT, pkt, service, now);
                 return refuse();
             }
             // Judged like any other host's packet below.
             Origin::Unverified => bump(Stat::ExemptUnverified, 1),
         }
+    }
+    if let Some(e) = cached {
+        return cached_refusal(ctx, pkt, service, &e, now);
     }
     let internal = if pkt.v4 {
         INTERNAL_V4.get(Key::new(32, v4(&pkt.dst))).is_some()
@@ -585,7 +614,7 @@ fn check(ctx: &XdpContext, pkt: &Pkt, service: u32) -> u32 {
     // A deny (RPZ `CNAME .`) beats every allow that matches too.
     if classes & VALUE_DENY != 0 {
         bump(Stat::DropNotRegistered, 1);
-        drop_event(ctx, reason::DENIED, pkt, service, now_ns());
+        drop_event(ctx, reason::DENIED, pkt, service, now);
         return refuse();
     }
     if classes != 0 {
@@ -595,50 +624,19 @@ fn check(ctx: &XdpContext, pkt: &Pkt, service: u32) -> u32 {
             return XDP_PASS;
         }
         bump(Stat::DropWrongClass, 1);
-        drop_event(ctx, reason::WRONG_CLASS, pkt, service, now_ns());
+        drop_event(ctx, reason::WRONG_CLASS, pkt, service, now);
         return refuse();
     }
-    let now = now_ns();
     // Before the first allow set is loaded nothing can be decided: deny
     // (the zero state of SETTINGS, so a program never configured fails closed).
-    if settings().state == STATE_NOT_LOADED {
+    if s.state == STATE_NOT_LOADED {
         bump(Stat::DropNotLoaded, 1);
         drop_event(ctx, reason::NOT_LOADED, pkt, service, now);
-        return refuse();
-    }
-    // SAFETY: the value is copied out at once; a concurrent update at worst
-    // gives an older verdict, which the TTL bounds anyway.
-    if let Some(e) = unsafe { VERDICT_CACHE.get(pkt.dst) }.copied()
-        && now < e.expires_ns
-    {
-        if e.flags & CACHE_PENDING != 0 {
-            bump(Stat::Miss, 1);
-            // Joins the wait: held with the first packet, or dropped.
-            if afxdp(&settings())
-                && let Ok(action) = XSKS.redirect(ctx.rx_queue_index(), 0)
-            {
-                bump(Stat::MissHeld, 1);
-                return action;
-            }
-            return refuse();
-        }
-        if e.classes & required != 0 {
-            bump(Stat::PassCached, 1);
-            return XDP_PASS;
-        }
-        let (stat, why) = if e.classes == 0 {
-            (Stat::DropNotRegistered, reason::NOT_REGISTERED)
-        } else {
-            (Stat::DropWrongClass, reason::WRONG_CLASS)
-        };
-        bump(stat, 1);
-        drop_event(ctx, why, pkt, service, now);
         return refuse();
     }
     bump(Stat::Miss, 1);
     // Pending first, so a fast userspace answer cannot be overwritten by it;
     // withdrawn when no event reached userspace (the next packet asks again).
-    let s = settings();
     let hold = if s.pending_ms == 0 { DEFAULT_PENDING_MS } else { s.pending_ms };
     let pending =
         CacheEntry { classes: 0, flags: CACHE_PENDING, expires_ns: now + u64::from(hold) * 1_000_000 };
@@ -661,6 +659,31 @@ fn check(ctx: &XdpContext, pkt: &Pkt, service: u32) -> u32 {
     if !write_event(ctx, EVENT_MISS, reason::PENDING, pkt, service, now, carried) {
         let _ = VERDICT_CACHE.remove(pkt.dst);
     }
+    refuse()
+}
+
+/// The outcome for a non-exempt packet whose destination has a cached
+/// verdict that does not pass it: a pending question (join the wait: held
+/// with the first packet, or dropped), or a cached refusal.
+#[inline(always)]
+fn cached_refusal(ctx: &XdpContext, pkt: &Pkt, service: u32, e: &CacheEntry, now: u64) -> u32 {
+    if e.flags & CACHE_PENDING != 0 {
+        bump(Stat::Miss, 1);
+        if afxdp(&settings())
+            && let Ok(action) = XSKS.redirect(ctx.rx_queue_index(), 0)
+        {
+            bump(Stat::MissHeld, 1);
+            return action;
+        }
+        return refuse();
+    }
+    let (stat, why) = if e.classes == 0 {
+        (Stat::DropNotRegistered, reason::NOT_REGISTERED)
+    } else {
+        (Stat::DropWrongClass, reason::WRONG_CLASS)
+    };
+    bump(stat, 1);
+    drop_event(ctx, why, pkt, service, now);
     refuse()
 }
 

@@ -427,6 +427,9 @@ impl Enforcer {
             origin.trie_flags(v6)
         })?;
         self.replace_lpm(MAP_INTERNAL_V4, MAP_INTERNAL_V6, &cfg.internal_networks)?;
+        // A cached verdict stands for the internal tries too (see `check` in
+        // guard-ebpf): none may exist for an internal destination.
+        self.flush_cache(Vec::new(), &cfg.internal_networks)?;
         {
             let mut m: HashMap<&mut MapData, [u8; 6], u32> = self.typed(MAP_EXEMPT_MACS)?;
             let stale: Vec<[u8; 6]> = m.keys().filter_map(Result::ok).filter(|k| !macs.contains(k)).collect();
@@ -535,6 +538,13 @@ impl Enforcer {
                     ops[3].push(&[&len, &a.octets()], bits);
                 }
             }
+        }
+        // The program lets a cached verdict stand for the prefix tries (see
+        // `check` in guard-ebpf): verdicts inside a changed prefix are
+        // forgotten before the change, so none outlives a new deny, and
+        // after it, for those cached in between.
+        if !touched_prefixes.is_empty() {
+            self.flush_cache(Vec::new(), &touched_prefixes)?;
         }
         let mut fds = Vec::with_capacity(ops.len());
         for op in &ops {

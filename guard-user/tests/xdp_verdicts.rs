@@ -1015,6 +1015,42 @@ fn diff_flushes_contradicted_cached_verdicts() {
     assert_eq!(run(&mut e, &smtp(d)), XDP_DROP);
 }
 
+/// The program lets a cached verdict stand for the internal and prefix
+/// tries (it skips them on the cached path); userspace keeps that sound:
+/// a new deny prefix or internal network leaves no cached verdict that
+/// contradicts it, and exempt sources still pass a cached refusal.
+#[test]
+fn cached_verdicts_never_outlive_a_deny_prefix_or_internal_network() {
+    let mut e = enforcer(Settings::default());
+    let ip = |s: &str| -> Ipv4Addr { s.parse().expect("ip") };
+    let (allowed, refused) = (ip("198.19.1.1"), ip("198.19.2.2"));
+    let smtp = |dst: Ipv4Addr| frame::v4(PC, dst, frame::TCP, 25);
+    let ttl = Duration::from_secs(600);
+    e.cache_verdict(allowed.into(), Classes::SMTP, ttl).expect("cache");
+    e.cache_verdict(refused.into(), Classes::NONE, ttl).expect("cache");
+    assert_eq!(run(&mut e, &smtp(allowed)), XDP_PASS);
+    assert_eq!(run(&mut e, &smtp(refused)), XDP_DROP);
+    assert_eq!(
+        run(&mut e, &frame::v4(RESOLVER, refused, frame::TCP, 25)),
+        XDP_PASS,
+        "exempt beats the cache"
+    );
+    // A deny prefix over the cached allow: dropped at once.
+    let deny: AllowSet = [(p("198.19.1.0/24"), Classes::DENY)].into_iter().collect();
+    e.apply_diff(&AllowSet::new().diff(&deny)).expect("mirror deny");
+    assert_eq!(run(&mut e, &smtp(allowed)), XDP_DROP, "a deny prefix beats a cached allow");
+    // The cached refusal becomes internal: passed, as internal destinations are.
+    e.cache_verdict(refused.into(), Classes::NONE, ttl).expect("cache");
+    e.configure(&ProgramConfig {
+        ports: vec![ProtectedPort { proto: Tcp, port: 25, service: Service::Smtp }],
+        internal_networks: vec![p("198.19.2.0/24")],
+        settings: Settings { state: STATE_LOADED, ..Settings::default() },
+        ..ProgramConfig::default()
+    })
+    .expect("configure");
+    assert_eq!(run(&mut e, &smtp(refused)), XDP_PASS, "a new internal network beats a cached refusal");
+}
+
 /// Raw `bpf(2)` helpers: pinned maps of an older layout, built by hand.
 mod old_layout {
     use std::{ffi::CString, os::fd::RawFd, path::Path};
