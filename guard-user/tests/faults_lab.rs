@@ -181,14 +181,53 @@ fn kill_named(lab: &Lab, sig: i32) {
 
 /// Starts named again on the lab's configuration; waits until it answers.
 fn start_named(lab: &Lab) -> guard_tests::LabChild {
+    start_named_within(lab, Duration::from_secs(15))
+}
+
+/// As [`start_named`], waiting up to `within` (a large zone loads first).
+fn start_named_within(lab: &Lab, within: Duration) -> guard_tests::LabChild {
     let conf = lab.state_dir().join("bind/named.conf");
     let child = lab
         .spawn(Role::Dns, &["named", "-g", "-n", "1", "-c", conf.to_str().expect("utf-8")])
         .expect("spawn named");
     let addr = SocketAddr::new(lab.bind_addr(), 53);
-    guard_tests::wait_for_udp_dns(&lab.ns(Role::Dns), addr, Duration::from_secs(15))
+    guard_tests::wait_for_udp_dns(&lab.ns(Role::Dns), addr, within)
         .unwrap_or_else(|e| panic!("named did not come back: {e}\n{}", lab.bind_log()));
     child
+}
+
+/// Makes the lab's policy zone static with `ixfr-from-differences yes`: a
+/// rewritten zone file reloaded with SIGHUP becomes one journal delta,
+/// served as an IXFR. (A dynamic zone is not reloaded from its file, and one
+/// UPDATE message holds only a few thousand records.) The journal is
+/// unbounded and any delta is served as an IXFR: by default BIND compacts
+/// the journal to twice the zone's size and answers a delta larger than the
+/// zone with the whole zone, so a delta as large as the zone would never be
+/// an IXFR. Call while named is stopped.
+fn ixfr_from_differences(lab: &Lab) {
+    let conf = lab.state_dir().join("bind/named.conf");
+    let text = std::fs::read_to_string(&conf).expect("named.conf");
+    let allow = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("allow-update"))
+        .expect("the lab zone has allow-update")
+        .to_owned();
+    std::fs::write(
+        &conf,
+        text.replace(
+            &allow,
+            "    ixfr-from-differences yes;\n    max-journal-size unlimited;\n    max-ixfr-ratio unlimited;",
+        ),
+    )
+    .expect("write named.conf");
+}
+
+/// Sends SIGHUP to the lab's named: it reloads the zone file (and, with
+/// [`ixfr_from_differences`], journals the difference and NOTIFYs).
+fn reload_named(lab: &Lab) {
+    let pid = named_pid(lab).expect("named running");
+    // SAFETY: kill(2) on a process the lab started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0, "SIGHUP named");
 }
 
 /// The lab's zone file and its journal.
@@ -285,9 +324,9 @@ fn lab_zone_writer_is_read_back() {
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
 
-/// Entries of the daemon's `VERDICT_CACHE` map (the XDP program on the
-/// router's inside interface → its maps → the one of that name).
-fn verdict_cache_entries(lab: &Lab) -> usize {
+/// Id of the map named `name` of the XDP program on the router's inside
+/// interface.
+fn xdp_map_id(lab: &Lab, name: &str) -> String {
     let link =
         lab.exec_ok(Role::Router, &["ip", "-j", "link", "show", lab.router_inside_iface()]).expect("ip link");
     let v: serde_json::Value = serde_json::from_str(&link).expect("ip -j");
@@ -301,14 +340,33 @@ fn verdict_cache_entries(lab: &Lab) -> usize {
         let id = id.as_u64().expect("id").to_string();
         let out = Command::new("bpftool").args(["-j", "map", "show", "id", &id]).output().expect("bpftool");
         let m: serde_json::Value = serde_json::from_slice(&out.stdout).expect("map json");
-        if m["name"] == "VERDICT_CACHE" {
-            let out =
-                Command::new("bpftool").args(["-j", "map", "dump", "id", &id]).output().expect("bpftool");
-            let d: serde_json::Value = serde_json::from_slice(&out.stdout).expect("dump json");
-            return d.as_array().map_or(0, Vec::len);
+        if m["name"] == name {
+            return id;
         }
     }
-    panic!("no VERDICT_CACHE map on program {prog}");
+    panic!("no {name} map on program {prog}");
+}
+
+/// Entries of the daemon's `VERDICT_CACHE` map.
+fn verdict_cache_entries(lab: &Lab) -> usize {
+    let id = xdp_map_id(lab, "VERDICT_CACHE");
+    let out = Command::new("bpftool").args(["-j", "map", "dump", "id", &id]).output().expect("bpftool");
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).expect("dump json");
+    d.as_array().map_or(0, Vec::len)
+}
+
+/// The daemon's `ALLOW_V4` map (host → class bits), opened by id: large
+/// sets are read key by key, not through bpftool's JSON.
+fn allow_v4_map(lab: &Lab) -> aya::maps::HashMap<aya::maps::MapData, [u8; 4], u32> {
+    let id: u32 = xdp_map_id(lab, guard_common::MAP_ALLOW_V4).parse().expect("map id");
+    let data = aya::maps::MapData::from_id(id).expect("open ALLOW_V4 by id");
+    let map = aya::maps::Map::from_map_data(data).expect("ALLOW_V4 map");
+    aya::maps::HashMap::try_from(map).expect("ALLOW_V4 is a hash of [u8; 4] → u32")
+}
+
+/// The hosts in `ALLOW_V4`.
+fn allow_v4_hosts(lab: &Lab) -> Vec<std::net::Ipv4Addr> {
+    allow_v4_map(lab).keys().map(|k| std::net::Ipv4Addr::from(k.expect("read a key"))).collect()
 }
 
 /// A counter of the daemon's status by name.
@@ -502,6 +560,140 @@ fn bind_killed_mid_transfer_of_a_large_zone() {
     assert_eq!(r.bot_packets_through, 0, "{r}");
     // 300k entries: the set, its mirror and the transfer buffers.
     assert!(rss1 < rss0 + 512 * 1024, "RSS grew from {rss0} to {rss1} KiB");
+}
+
+/// Small TCP buffers in `role`'s namespace (only BIND, or only the daemon,
+/// opens TCP connections there): a zone transfer can then not sit whole in
+/// kernel buffers ahead of its reader, it lasts as long as the daemon
+/// reads, and killing BIND cuts it.
+fn small_tcp_buffers(lab: &Lab, role: Role) {
+    for key in ["net.ipv4.tcp_wmem", "net.ipv4.tcp_rmem"] {
+        lab.exec_ok(role, &["sysctl", "-qw", &format!("{key}=4096 16384 65536")]).expect("sysctl");
+    }
+}
+
+/// Checks that the `ALLOW_V4` map holds exactly the MX and
+/// `bulk_host(first..first + bulk)`; returns what is off (up to 5 examples).
+fn maps_hold_exactly(lab: &Lab, first: u32, bulk: u32) -> Result<(), String> {
+    let hosts = allow_v4_hosts(lab);
+    let foreign: Vec<_> = hosts
+        .iter()
+        .filter(|h| {
+            let i = u32::from(**h).wrapping_sub(0x6440_0000);
+            IpAddr::V4(**h) != mx().ip() && !(first..first + bulk).contains(&i)
+        })
+        .take(5)
+        .collect();
+    if foreign.is_empty() && hosts.len() == bulk as usize + 1 {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} hosts in ALLOW_V4 (want {}), e.g. outside the zone: {foreign:?}",
+            hosts.len(),
+            bulk + 1
+        ))
+    }
+}
+
+/// BIND is SIGKILLed in the middle of an IXFR of one large journal delta
+/// (25k entries out, 25k others in: 50k records, made by
+/// `ixfr-from-differences` from a rewritten zone file). The daemon keeps
+/// exactly the set it had (checked entry by entry in the map) and enforcing
+/// it, reports the failure, and takes the whole change incrementally once
+/// BIND is back, without a legitimate failure or a bot packet through.
+#[test]
+fn bind_killed_mid_ixfr_of_a_large_change() {
+    const BULK: u32 = 25_000;
+    let lab = up("fixf");
+    let (db, jnl) = zone_files(&lab);
+    let mxe = [(mx().ip(), "127.0.0.25")];
+    kill_named(&lab, libc::SIGTERM);
+    let _ = std::fs::remove_file(&jnl);
+    ixfr_from_differences(&lab);
+    write_zone_from(&db, 10, &mxe, 0, BULK);
+    small_tcp_buffers(&lab, Role::Dns);
+    small_tcp_buffers(&lab, Role::Router);
+    let mut named = Some(start_named(&lab));
+    let d = start_xdp(&lab, "fixf", &["--poll-interval", "2"], None);
+    let loaded = eventually(Duration::from_secs(60), || {
+        let s = d.status();
+        s.sync.serial == Some(10) && s.entries.0 == BULK as usize + 1
+    });
+    assert!(loaded.is_some(), "first zone not loaded: {:?}", d.status().sync);
+    let rss0 = d.rss_kib();
+    let load = Load::start(&lab, vec![mx()], rogues()).expect("load");
+    // Incremental transfers only ("AXFR-style IXFR" is a full answer).
+    let ixfr_lines = |what: &str| {
+        let pat = format!("IXFR {what}");
+        lab.bind_log().lines().filter(|l| l.contains(&pat) && !l.contains("AXFR-style")).count()
+    };
+    let (mut tries, mut killed_mid, mut serial) = (0u32, false, 10u32);
+    while !killed_mid && tries < 3 {
+        tries += 1;
+        let (started0, ended0) = (ixfr_lines("started"), ixfr_lines("ended"));
+        // Zone `tries`: the previous BULK hosts out, the next BULK in.
+        serial += 1;
+        write_zone_from(&db, serial, &mxe, tries * BULK, BULK);
+        reload_named(&lab);
+        let started = eventually(Duration::from_secs(30), || ixfr_lines("started") > started0);
+        assert!(started.is_some(), "no IXFR to the daemon after the reload:\n{}", lab.bind_log());
+        kill_named(&lab, libc::SIGKILL);
+        drop(named.take());
+        killed_mid = ixfr_lines("ended") == ended0;
+        if !killed_mid {
+            let took = eventually(Duration::from_secs(30), || d.status().sync.serial == Some(serial));
+            assert!(took.is_some(), "a finished IXFR was not taken: {:?}", d.status().sync);
+            named = Some(start_named(&lab));
+        }
+    }
+    assert!(killed_mid, "BIND finished the IXFR before it could be killed (3 tries)");
+    let old_first = (tries - 1) * BULK;
+    let failed = eventually(Duration::from_secs(20), || d.status().sync.last_error.is_some());
+    let during = d.status();
+    let kept = maps_hold_exactly(&lab, old_first, BULK);
+    let mx_open = lab.tcp_connect(Role::Pc, mx(), Duration::from_secs(2)).is_ok();
+    // BIND back, its journal holding the delta: the daemon takes it whole.
+    let t = Instant::now();
+    let _named = start_named(&lab);
+    let converged = eventually(Duration::from_secs(60), || {
+        let s = d.status();
+        s.sync.serial == Some(serial) && s.sync.last_error.is_none() && s.sync.mirror_error.is_none()
+    });
+    let took = t.elapsed();
+    // The map is written after the set is published: wait for it too.
+    let taken = eventually(Duration::from_secs(20), || maps_hold_exactly(&lab, tries * BULK, BULK).is_ok());
+    let after = d.status();
+    let last = after.sync.changes.last().cloned();
+    let r = load.finish();
+    let rss1 = d.rss_kib();
+    report(
+        "BIND killed mid-IXFR (one 50k-record delta: 25k out, 25k in)",
+        &format!(
+            "{r}; killed mid-IXFR on try {tries}; failure reported: {:?}; set kept exactly (serial {:?}, {} entries): {}; MX reachable while BIND down: {mx_open}; \
+             whole delta taken {} ms after BIND restart ({:?}); RSS {rss0} → {rss1} KiB",
+            during.sync.last_error,
+            during.sync.serial,
+            during.entries.0,
+            kept.is_ok(),
+            took.as_millis(),
+            last.as_ref().map(|c| format!("+{} −{} full={} {} ms", c.upserts, c.removals, c.full, c.took_ms)),
+        ),
+    );
+    assert!(failed.is_some(), "the failed transfer is not in status: {:?}", during.sync);
+    assert_eq!(during.sync.serial, Some(serial - 1), "a cut IXFR changed the serial");
+    assert_eq!(during.entries.0, BULK as usize + 1, "a cut IXFR changed the set");
+    kept.unwrap_or_else(|e| panic!("the maps changed after a cut IXFR: {e}"));
+    assert!(mx_open, "the registered mail server was blocked while BIND was down");
+    assert!(converged.is_some(), "the change was not taken after BIND came back: {:?}", after.sync);
+    assert!(taken.is_some(), "maps after the change: {:?}", maps_hold_exactly(&lab, tries * BULK, BULK));
+    let last = last.expect("a change recorded");
+    assert!(
+        !last.full && last.upserts == BULK as usize && last.removals == BULK as usize,
+        "not the whole delta as one incremental change: {last:?}"
+    );
+    assert_eq!(r.legit_failed, 0, "{r}");
+    assert_eq!(r.bot_packets_through, 0, "{r}");
+    assert!(rss1 < rss0 + 128 * 1024, "RSS grew from {rss0} to {rss1} KiB");
 }
 
 /// libfaketime, preloaded into the daemon so its clock can be skewed at
