@@ -108,6 +108,9 @@ pub fn rpz_delete(lab: &Lab, ip: IpAddr) {
     lab.nsupdate(&[&format!("update delete {owner}")]).unwrap_or_else(|e| panic!("nsupdate: {e}"));
 }
 
+/// How long [`Daemon::start`] waits for the status socket.
+const READY_WITHIN: Duration = Duration::from_secs(20);
+
 /// `rpz-guard run` in the router namespace; SIGTERM on drop (and the exit
 /// status must be a success unless the test is already failing).
 pub struct Daemon {
@@ -125,7 +128,7 @@ impl Daemon {
     /// lab's [`state_dir`], never the host's /var/lib/rpz-guard.
     pub fn start(lab: &Lab, tag: &str, args: &[&str]) -> Daemon {
         let events = default_events(lab, tag);
-        Daemon::start_full(lab, tag, &[], args, events, false)
+        Daemon::start_full(lab, tag, &[], args, events, false, READY_WITHIN)
     }
 
     /// As [`Daemon::start`], in the host's mount namespace (`nsenter --net`):
@@ -133,18 +136,26 @@ impl Daemon {
     /// the daemon, as on a real router.
     pub fn start_host_mounts(lab: &Lab, tag: &str, args: &[&str]) -> Daemon {
         let events = default_events(lab, tag);
-        Daemon::start_full(lab, tag, &[], args, events, true)
+        Daemon::start_full(lab, tag, &[], args, events, true, READY_WITHIN)
+    }
+
+    /// Like [`Daemon::start`], waiting up to `within` for the status socket:
+    /// it answers only after the first sync, which takes tens of seconds
+    /// for a zone of a million records.
+    pub fn start_within(lab: &Lab, tag: &str, args: &[&str], within: Duration) -> Daemon {
+        let events = default_events(lab, tag);
+        Daemon::start_full(lab, tag, &[], args, events, false, within)
     }
 
     /// Like [`Daemon::start`], with the event output at `events`.
     pub fn start_with_events(lab: &Lab, tag: &str, args: &[&str], events: PathBuf) -> Daemon {
-        Daemon::start_full(lab, tag, &[], args, events, false)
+        Daemon::start_full(lab, tag, &[], args, events, false, READY_WITHIN)
     }
 
     /// Like [`Daemon::start_with_events`], run through `wrapper` (e.g.
     /// `env LD_PRELOAD=...`), which must exec the daemon in its place.
     pub fn start_wrapped(lab: &Lab, tag: &str, wrapper: &[&str], args: &[&str], events: PathBuf) -> Daemon {
-        Daemon::start_full(lab, tag, wrapper, args, events, false)
+        Daemon::start_full(lab, tag, wrapper, args, events, false, READY_WITHIN)
     }
 
     fn start_full(
@@ -154,6 +165,7 @@ impl Daemon {
         args: &[&str],
         events: PathBuf,
         host_mounts: bool,
+        within: Duration,
     ) -> Daemon {
         let dir = lab.state_dir();
         let socket = dir.join(format!("{tag}-{}.sock", std::process::id()));
@@ -172,7 +184,7 @@ impl Daemon {
         };
         let child = spawned.unwrap_or_else(|e| panic!("spawn rpz-guard: {e}"));
         let mut d = Daemon { child: Some(child), socket, events };
-        let ready = eventually(Duration::from_secs(20), || {
+        let ready = eventually(within, || {
             if let Some(c) = d.child.as_mut()
                 && !c.is_running()
             {
