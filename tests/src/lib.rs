@@ -39,6 +39,7 @@ pub mod awkward;
 pub mod bind;
 pub mod capture;
 pub mod dns;
+pub mod flood;
 pub mod lab;
 pub mod load;
 pub mod netns;

@@ -123,7 +123,7 @@ fn udp_query(sport: u16, dport: u16) -> Vec<u8> {
     h
 }
 
-fn sum(b: &[u8]) -> u32 {
+pub(crate) fn sum(b: &[u8]) -> u32 {
     b.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum()
 }
 
