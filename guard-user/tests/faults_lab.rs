@@ -375,11 +375,13 @@ fn xdp_map(lab: &Lab, name: &str) -> aya::maps::Map {
     aya::maps::Map::from_map_data(data).unwrap_or_else(|e| panic!("{name} map: {e}"))
 }
 
-/// Entries of the daemon's `VERDICT_CACHE` map.
+/// Entries of the daemon's `VERDICT_CACHE` map: distinct keys, as a walk
+/// restarts from the first key when the one it stands on is removed.
 fn verdict_cache_entries(lab: &Lab) -> usize {
     let map: aya::maps::HashMap<_, [u8; 16], guard_common::CacheEntry> =
         aya::maps::HashMap::try_from(xdp_map(lab, guard_common::MAP_CACHE)).expect("VERDICT_CACHE type");
-    map.keys().filter(Result::is_ok).count()
+    let cap = 4 * guard_common::MAX_CACHE as usize;
+    map.keys().filter_map(Result::ok).take(cap).collect::<std::collections::HashSet<_>>().len()
 }
 
 /// The daemon's `ALLOW_V4` map (host → class bits).
