@@ -384,10 +384,10 @@ fn verdict_cache_entries(lab: &Lab) -> usize {
     map.keys().filter_map(Result::ok).take(cap).collect::<std::collections::HashSet<_>>().len()
 }
 
-/// The daemon's `ALLOW_V4` map (host → class bits).
-fn allow_v4_map(lab: &Lab) -> aya::maps::HashMap<aya::maps::MapData, [u8; 4], u32> {
+/// The daemon's `ALLOW_V4` map (host → classes and last hit).
+fn allow_v4_map(lab: &Lab) -> aya::maps::HashMap<aya::maps::MapData, [u8; 4], guard_common::HostValue> {
     aya::maps::HashMap::try_from(xdp_map(lab, guard_common::MAP_ALLOW_V4))
-        .expect("ALLOW_V4 is a hash of [u8; 4] → u32")
+        .expect("ALLOW_V4 is a hash of [u8; 4] → HostValue")
 }
 
 /// The hosts in `ALLOW_V4`.
