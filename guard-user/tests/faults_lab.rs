@@ -412,7 +412,10 @@ fn counter(d: &Daemon, name: &str) -> u64 {
 #[test]
 fn flood_of_ten_million_unregistered_destinations() {
     const N: u64 = 10_000_000;
-    const BUDGET: Duration = Duration::from_secs(75);
+    // About 40 s alone on the 2-core machine; the lighter tests of this
+    // binary still run beside it (seen: 76 kpps with all of them).
+    const BUDGET: Duration = Duration::from_secs(120);
+    let _heavy = guard_tests::heavy::exclusive();
     let lab = up("f10m");
     rpz_add(&lab, mx().ip(), "127.0.0.25");
     let a = lab.addrs().clone();
@@ -697,6 +700,7 @@ fn bind_killed_mid_ixfr_of_a_large_change() {
 /// transfers 1M records (about 30 s); the only test at this scale.
 #[test]
 fn one_million_entry_rpz_and_a_10k_change_ixfr_under_load() {
+    let _heavy = guard_tests::heavy::exclusive();
     const BULK: u32 = 1_000_000;
     const OUT: u32 = 4_000;
     const IN: u32 = 6_000;

@@ -40,6 +40,7 @@ pub mod bind;
 pub mod capture;
 pub mod dns;
 pub mod flood;
+pub mod heavy;
 pub mod lab;
 pub mod load;
 pub mod netns;
