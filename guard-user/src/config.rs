@@ -333,6 +333,11 @@ pub struct Rpz {
     /// Longest wait between attempts while the server is down (doubling from
     /// `poll_interval_secs`; never below it).
     pub poll_max_backoff_secs: u64,
+    /// Bound on one SOA query (poll, or the check before a transfer), in
+    /// milliseconds: short, so a primary that accepts but does not answer
+    /// (BIND still loading a big zone) is retried with backoff instead of
+    /// holding the daemon for a transfer's 30 s read timeout.
+    pub soa_timeout_ms: u64,
     /// How the miss path asks.
     pub miss_query: MissQuery,
     /// Recursive BIND for `miss_query = "paper"` (defaults to `server`).
@@ -368,6 +373,7 @@ impl Default for Rpz {
             poll_fast_interval_ms: 500,
             poll_fast_for_secs: 30,
             poll_max_backoff_secs: 60,
+            soa_timeout_ms: 3000,
             miss_query: MissQuery::Zone,
             resolver: None,
             query_timeout_ms: 500,
@@ -1030,6 +1036,11 @@ impl Config {
                 "must be 1..=86400",
             ));
         }
+        // Above the transfer's 30 s message timeout it would no longer be
+        // the short bound it exists for.
+        if !(100..=30_000).contains(&self.rpz.soa_timeout_ms) {
+            return Err(invalid("rpz.soa_timeout_ms", self.rpz.soa_timeout_ms, "must be 100..=30000"));
+        }
         if let Some(list) = &self.rpz.notify_allow_from {
             if list.is_empty() {
                 return Err(invalid(
@@ -1356,6 +1367,14 @@ mod tests {
             (
                 "[enforce]\niface = \"eth1\"\n[rpz]\nzone_file = \"z\"\npoll_max_backoff_secs = 0",
                 "rpz.poll_max_backoff_secs",
+            ),
+            (
+                "[enforce]\niface = \"eth1\"\n[rpz]\nzone_file = \"z\"\nsoa_timeout_ms = 50",
+                "rpz.soa_timeout_ms",
+            ),
+            (
+                "[enforce]\niface = \"eth1\"\n[rpz]\nzone_file = \"z\"\nsoa_timeout_ms = 30001",
+                "rpz.soa_timeout_ms",
             ),
             (
                 "[enforce]\niface = \"eth1\"\npin = false\npin_dir = \"/sys/fs/bpf/g\"\n[rpz]\nzone_file = \"z\"",

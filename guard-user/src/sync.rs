@@ -34,7 +34,7 @@ use crate::{
     policy::{AllowSet, Prefix},
     rpz::{
         notify::{NotifyConfig, NotifyCounters, NotifyEvent, NotifyStats, Transport, listen_notify},
-        transfer::{IxfrOutcome, SoaInfo, axfr, ixfr, serial_newer, soa},
+        transfer::{IxfrOutcome, SoaInfo, axfr, ixfr, serial_newer, soa_within},
         tsig::{TsigKey, TsigKeyError},
         zonefile::parse_zone,
     },
@@ -51,6 +51,8 @@ pub struct PollConfig {
     pub fast_for: Duration,
     /// Longest wait between attempts while the primary fails.
     pub max_backoff: Duration,
+    /// Bound on one SOA query (`rpz.soa_timeout_ms`).
+    pub soa_timeout: Duration,
 }
 
 impl Default for PollConfig {
@@ -68,6 +70,7 @@ impl PollConfig {
             fast_interval: Duration::from_millis(rpz.poll_fast_interval_ms).min(interval),
             fast_for: Duration::from_secs(rpz.poll_fast_for_secs),
             max_backoff: Duration::from_secs(rpz.poll_max_backoff_secs).max(interval),
+            soa_timeout: Duration::from_millis(rpz.soa_timeout_ms),
         }
     }
 }
@@ -309,6 +312,12 @@ pub struct SyncState {
     /// primary since …".
     #[serde(default)]
     pub failing_since_ms: Option<u64>,
+    /// Since when the daemon waits for the primary's first answer (ms
+    /// since the epoch): set at start with a server source, cleared by the
+    /// first transfer or SOA check that succeeds. Status and metrics are
+    /// served meanwhile, from the first second.
+    #[serde(default)]
+    pub waiting_since_ms: Option<u64>,
     /// What the daemon enforced at start, before the source answered:
     /// a snapshot, pinned maps, or nothing (deny-protected).
     #[serde(default)]
@@ -528,6 +537,7 @@ fn record_error(state: &SharedSyncState, e: &SourceError) {
 fn confirmed(st: &mut SyncState, now: u64) {
     st.last_sync_ms = Some(now);
     st.confirmed_ms = Some(now);
+    st.waiting_since_ms = None;
     st.last_error = None;
     st.failing_since_ms = None;
     st.stale_start = false;
@@ -722,7 +732,7 @@ pub async fn follow(
                 Trigger { via: LearnedVia::of(ev.transport), at: Instant::now() }
             }
         };
-        match step(addr, &zone, key.as_ref(), serial, trigger, &tx, &state).await {
+        match step(addr, &zone, key.as_ref(), poll.soa_timeout, serial, trigger, &tx, &state).await {
             Ok((s, changed)) => {
                 serial = Some(s);
                 if changed {
@@ -747,12 +757,13 @@ pub async fn first_sync(
     addr: SocketAddr,
     zone: &str,
     key: Option<&TsigKey>,
+    soa_timeout: Duration,
     serial: Option<u32>,
     tx: &watch::Sender<Arc<AllowSet>>,
     state: &SharedSyncState,
 ) -> Result<u32, SourceError> {
     let trigger = Trigger { via: LearnedVia::Poll, at: Instant::now() };
-    let res = step(addr, zone, key, serial, trigger, tx, state).await.map(|(s, _)| s);
+    let res = step(addr, zone, key, soa_timeout, serial, trigger, tx, state).await.map(|(s, _)| s);
     if let Err(e) = &res {
         record_error(state, e);
     }
@@ -760,11 +771,13 @@ pub async fn first_sync(
 }
 
 /// One synchronisation step with the server; returns the serial in force
-/// and whether the set changed.
+/// and whether the set changed. Each SOA query is bounded by `soa_timeout`.
+#[expect(clippy::too_many_arguments, reason = "one step's whole context; a struct would be built per call")]
 async fn step(
     addr: SocketAddr,
     zone: &str,
     key: Option<&TsigKey>,
+    soa_timeout: Duration,
     serial: Option<u32>,
     trigger: Trigger,
     tx: &watch::Sender<Arc<AllowSet>>,
@@ -773,7 +786,7 @@ async fn step(
     let Some(have) = serial else {
         // The SOA first: its expire tells how long the set may be held
         // without the primary (the transfer's own SOA is not kept).
-        note_soa(state, soa(addr, zone, key).await?);
+        note_soa(state, soa_within(addr, zone, key, soa_timeout).await?);
         let snap = axfr(addr, zone, key).await?;
         let changed = publish(tx, state, snap.serial, snap.set, true, trigger);
         return Ok((snap.serial, changed));
@@ -784,7 +797,7 @@ async fn step(
     };
     if trigger.via == LearnedVia::Poll {
         lock(state).polls += 1;
-        let theirs = note_soa(state, soa(addr, zone, key).await?);
+        let theirs = note_soa(state, soa_within(addr, zone, key, soa_timeout).await?);
         if theirs != have && !serial_newer(theirs, have) {
             // The zone went backwards (recreated): our base is unknown to it.
             tracing::warn!(ours = have, theirs, "zone serial went backwards; transferring the whole zone");

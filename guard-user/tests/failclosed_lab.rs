@@ -119,6 +119,113 @@ fn start_named(lab: &Lab) -> LabChild {
     child
 }
 
+/// A primary that accepts TCP connections and never answers, as a BIND
+/// busy loading a big zone can: a listener in the lab's dns namespace that
+/// never accepts (the kernel completes the handshakes into its backlog).
+/// Closed on drop.
+struct SilentPrimary {
+    _listener: std::net::TcpListener,
+    addr: SocketAddr,
+}
+
+impl SilentPrimary {
+    fn start(lab: &Lab) -> SilentPrimary {
+        let addr = SocketAddr::new(IpAddr::V4(lab.addrs().dns_v4), 5398);
+        let listener = lab
+            .run_in(Role::Dns, move || std::net::TcpListener::bind(addr))
+            .expect("dns namespace")
+            .expect("bind the silent primary");
+        SilentPrimary { _listener: listener, addr }
+    }
+}
+
+/// XDP flags with `--server` at `primary`, unpinned, metrics on `metrics`.
+fn args_with_primary(lab: &Lab, primary: SocketAddr, metrics: SocketAddr) -> Vec<String> {
+    let mut v = xdp_args(lab);
+    let i = v.iter().position(|a| a == "--server").expect("--server");
+    v[i + 1] = primary.to_string();
+    v.extend(["--no-pin".to_owned(), "--metrics-listen".to_owned(), metrics.to_string()]);
+    v
+}
+
+/// Status and metrics are served from the first second, while the first
+/// sync is still under way (the primary accepts and does not answer; the
+/// SOA bound is set to its 30 s maximum so the sync stays open): they show
+/// "waiting for the primary since …" and deny-protected mode, and the bot
+/// gets no answer meanwhile.
+#[test]
+fn status_and_metrics_served_before_the_first_sync() {
+    let lab = up("fcearly");
+    let silent = SilentPrimary::start(&lab);
+    let metrics_at: SocketAddr = "127.0.0.1:9467".parse().expect("addr");
+    let config = lab.state_dir().join("fcearly.toml");
+    std::fs::write(&config, "[rpz]\nsoa_timeout_ms = 30000\n").expect("config");
+    let mut args = args_with_primary(&lab, silent.addr, metrics_at);
+    args.extend(["--config".to_owned(), config.display().to_string()]);
+    let bot = bot_prober(&lab);
+    let t0 = Instant::now();
+    let d = Daemon::start(&lab, "fcearly", &refs(&args));
+    let st = d.status();
+    let text = status_text(&d);
+    let metrics = daemon_support::metrics_http(&lab, metrics_at);
+    let read_after = t0.elapsed();
+    let attached = seen_in_log(&d, "XDP program attached", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(500));
+    let answered = bot.answered_sent_after(attached);
+    eprintln!("status and metrics read {read_after:?} after start; sync {:?}", st.sync);
+    assert!(read_after < Duration::from_secs(25), "the reads must fall inside the open first sync");
+    assert!(
+        st.sync.last_sync_ms.is_none() && st.sync.last_error.is_none(),
+        "first sync under way: {:?}",
+        st.sync
+    );
+    assert!(st.sync.waiting_since_ms.is_some() && st.sync.deny_protected, "{:?}", st.sync);
+    assert!(!st.point.is_empty(), "the enforcement point is up: {}", st.point);
+    assert!(
+        text.contains("waiting for the primary since") && text.contains("first transfer under way"),
+        "{text}"
+    );
+    assert!(text.contains("DENY-PROTECTED"), "{text}");
+    for line in [
+        "rpz_guard_waiting_for_primary 1",
+        "rpz_guard_deny_protected 1",
+        "rpz_guard_entries{class=\"any\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l.trim() == line), "metrics lack {line:?}:\n{metrics}");
+    }
+    let t = bot.stop();
+    // Answers before the attach are the router forwarding with no program yet.
+    eprintln!("bot: {t:?}, answered after attach {answered}");
+    assert!(t.sent > 20, "{t:?}");
+    assert_eq!(answered, 0, "no bot query answered while waiting for the primary");
+}
+
+/// An SOA query to a primary that accepts and does not answer (BIND still
+/// loading a big zone) gives up after `rpz.soa_timeout_ms` (3 s by
+/// default), not after a transfer's 30 s message timeout, and is retried
+/// with backoff; the daemon stays deny-protected meanwhile.
+#[test]
+fn soa_query_to_a_silent_primary_gives_up_in_seconds() {
+    let lab = up("fcsoa");
+    let silent = SilentPrimary::start(&lab);
+    let args = args_with_primary(&lab, silent.addr, "127.0.0.1:9468".parse().expect("addr"));
+    let t0 = Instant::now();
+    let d = Daemon::start(&lab, "fcsoa", &refs(&args));
+    let st = d.wait_first_sync();
+    let took = t0.elapsed();
+    eprintln!("first SOA query gave up after {took:?}: {:?}", st.sync.last_error);
+    let err = st.sync.last_error.clone().unwrap_or_default();
+    assert!(err.contains("SOA query") && err.contains("no answer within 3000 ms"), "{err}");
+    // 3 s plus start-up on a loaded machine; a 30 s bound cannot pass.
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    assert!(st.sync.deny_protected && st.sync.last_sync_ms.is_none(), "{:?}", st.sync);
+    assert!(status_text(&d).contains("waiting for the primary since"), "{}", status_text(&d));
+    // Retried: the error time moves on.
+    let first = st.sync.last_error_ms;
+    eventually(Duration::from_secs(20), || d.status().sync.last_error_ms > first)
+        .unwrap_or_else(|| panic!("not retried; log:\n{}", d.log()));
+}
+
 /// The primary is down at the very first start (no snapshot, no pins):
 /// the daemon stays up in deny-protected mode, the bot gets no answer,
 /// drops are counted and reported as rate-limited `not_loaded` events,
@@ -189,7 +296,7 @@ fn snapshot_enforced_while_primary_down_then_caught_up_by_ixfr() {
     };
     // First run: AXFR, snapshot written.
     let mut d1 = Daemon::start(&lab, "fcsnap1", &refs(&args));
-    let serial = d1.status().sync.serial.expect("serial");
+    let serial = d1.wait_loaded().sync.serial.expect("serial");
     eventually(Duration::from_secs(10), || d1.status().sync.snapshot_serial == Some(serial))
         .expect("snapshot written");
     d1.stop();
@@ -379,6 +486,7 @@ fn default_config_survives_restart_and_sigkill() {
     let pins = DefaultPins::of(&lab);
     let args = xdp_args(&lab);
     let mut d1 = Daemon::start_host_mounts(&lab, "fckill1", &refs(&args));
+    d1.wait_loaded();
     let log = d1.log();
     assert!(log.contains(&format!("pinned at {}", pins.0.display())), "pinned by default:\n{log}");
     assert!(pins.0.join("link").exists(), "link pinned at {}", pins.0.display());
@@ -442,7 +550,7 @@ fn past_soa_expire_keeps_enforcing_loudly() {
     let expired_metric =
         |d: &Daemon| daemon_support::metrics(d).lines().any(|l| l.trim() == "rpz_guard_zone_expired 1");
     let mut d1 = Daemon::start(&lab, "fcexp1", &refs(&args));
-    let st = d1.status();
+    let st = d1.wait_loaded();
     assert_eq!(st.sync.soa_expire_secs, Some(4), "expire read from the primary's SOA: {:?}", st.sync);
     assert!(!expired_metric(&d1), "{}", daemon_support::metrics(&d1));
     assert!(!status_text(&d1).contains("EXPIRED"), "{}", status_text(&d1));

@@ -44,15 +44,18 @@ fn xdp_args(lab: &Lab) -> Vec<String> {
     args
 }
 
-/// `rpz-guard run` with [`xdp_args`]; `extra` flags appended.
+/// `rpz-guard run` with [`xdp_args`]; `extra` flags appended. Returns
+/// once the first set is in force.
 fn start_xdp(lab: &Lab, tag: &str, extra: &[&str], events: Option<PathBuf>) -> Daemon {
     let base = xdp_args(lab);
     let mut args: Vec<&str> = base.iter().map(String::as_str).collect();
     args.extend_from_slice(extra);
-    match events {
+    let d = match events {
         Some(path) => Daemon::start_with_events(lab, tag, &args, path),
         None => Daemon::start(lab, tag, &args),
-    }
+    };
+    d.wait_loaded();
+    d
 }
 
 fn mx() -> SocketAddr {
@@ -720,8 +723,9 @@ fn one_million_entry_rpz_and_a_10k_change_ixfr_under_load() {
     let t = Instant::now();
     let args = xdp_args(&lab);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let d = Daemon::start_within(&lab, "f1m", &args, Duration::from_secs(120));
-    let started = eventually(Duration::from_secs(60), || d.log().contains("first allow set in force"));
+    let d = Daemon::start(&lab, "f1m", &args);
+    d.wait_loaded_within(Duration::from_secs(120));
+    let started = eventually(Duration::from_secs(5), || d.log().contains("first allow set in force"));
     let startup = t.elapsed();
     let st = d.status();
     assert!(started.is_some(), "1M set not in force: {:?}\n{}", st.sync, d.log());
@@ -840,6 +844,7 @@ fn tsig_badtime_and_badkey_under_load() {
     args.extend(source.iter().map(String::as_str));
     let events = lab.state_dir().join("ftsg-events.jsonl");
     let d = Daemon::start_wrapped(&lab, "ftsg", &wrapper, &args, events);
+    d.wait_loaded();
     let load = Load::start(&lab, vec![mx()], rogues()).expect("load");
     let error_with = |what: &str| {
         eventually(Duration::from_secs(20), || d.status().sync.last_error.is_some_and(|e| e.contains(what)))

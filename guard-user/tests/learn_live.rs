@@ -43,7 +43,7 @@ use std::{
 };
 
 use common::{Named, NamedConfig, ZONE};
-use daemon_support::eventually;
+use daemon_support::{eventually, loaded};
 use guard_tests::ovs::Ovs;
 use guard_user::{
     daemon::StatusReport,
@@ -391,6 +391,9 @@ impl Guard {
             std::thread::sleep(Duration::from_millis(50));
         }
         lab.procs.push(p);
+        // Status answers before the first transfer: wait for the set.
+        let in_force = eventually(Duration::from_secs(60), || g.try_status().is_some_and(|s| loaded(&s)));
+        assert!(in_force.is_some(), "rpz-guard {tag}: first allow set not in force: {:?}", g.status().sync);
         g
     }
 

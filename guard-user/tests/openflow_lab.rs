@@ -252,7 +252,7 @@ fn openflow_daemon_enforces_the_real_rpz() {
     t.add(mx_ip, "127.0.0.25");
     t.add(mx6, "127.0.0.25");
     let d = start_openflow(&t);
-    assert_eq!(d.status().entries.0, 3, "entries transferred by AXFR");
+    assert_eq!(d.wait_loaded().entries.0, 3, "entries transferred by AXFR");
     assert_eq!(d.status().mode, "openflow");
     t.ovs.vsctl(&["set-controller", BRIDGE, &format!("ssl:127.0.0.1:{OF_PORT}")]).expect("set-controller");
     t.ovs.vsctl(&["set", "controller", BRIDGE, "max_backoff=1000"]).expect("controller options");
@@ -409,6 +409,7 @@ fn openflow_follows_knot_and_powerdns() {
         let name = kind.product();
         let t = Topo::with_primary(&format!("of{}", kind.name()), kind);
         let d = start_openflow(&t);
+        d.wait_loaded();
         t.ovs
             .vsctl(&["set-controller", BRIDGE, &format!("ssl:127.0.0.1:{OF_PORT}")])
             .expect("set-controller");
@@ -578,7 +579,7 @@ fn openflow_primary_down_at_start_fails_closed() {
     // No snapshot, primary down: up, deny-protected, nothing passes.
     let mut d1 = start_openflow_with(&t, &[("--server", &dead)]);
     connect(&d1);
-    let st = d1.status();
+    let st = d1.wait_first_sync();
     assert!(st.sync.deny_protected && st.sync.last_error.is_some(), "{:?}", st.sync);
     let flows = t.flows();
     assert_eq!(deny_flows(&flows), 10, "deny-protected flows (5 ports × v4/v6) on the switch:\n{flows}");
@@ -608,7 +609,7 @@ fn openflow_primary_down_at_start_fails_closed() {
     // deny-protected flows once the allow flows are in.
     let mut d2 = start_openflow(&t);
     connect(&d2);
-    let serial = d2.status().sync.serial;
+    let serial = d2.wait_loaded().sync.serial;
     eventually(Duration::from_secs(10), || deny_flows(&t.flows()) == 0)
         .unwrap_or_else(|| panic!("deny-protected flows removed once loaded:\n{}", t.flows()));
     assert!(smtp(&t.pc, mx, 25, SHORT), "the registered mail server passes once loaded");
@@ -619,7 +620,7 @@ fn openflow_primary_down_at_start_fails_closed() {
     // Snapshot, primary down: the snapshot's destinations pass at once.
     let d3 = start_openflow_with(&t, &[("--server", &dead)]);
     connect(&d3);
-    let st = d3.status();
+    let st = d3.wait_first_sync();
     assert!(!st.sync.deny_protected && st.sync.last_error.is_some(), "{:?}", st.sync);
     assert!(st.sync.started_from.as_deref().is_some_and(|s| s.contains("snapshot")), "{:?}", st.sync);
     assert_eq!(st.entries.0, 1);

@@ -123,6 +123,8 @@ fn allow_deny_revoke_reach_both_routers() {
         .unwrap_or_else(|e| panic!("nsupdate: {e}"));
     let r1 = start_xdp(&lab, &[]);
     let r2 = start_second_router(&lab);
+    r1.wait_loaded();
+    r2.wait_loaded();
     let mx = IpAddr::V4(LabAddrs::inet_v4_alt(9));
     let smtp = SocketAddr::new(mx, 25);
     const SHORT: Duration = Duration::from_millis(1500);

@@ -267,7 +267,7 @@ fn matrix(kind: PrimaryKind) {
     let conf = dir.join("notify-only.toml");
     fs::write(&conf, "[rpz]\npoll_interval_secs = 30\npoll_fast_for_secs = 0\n").expect("write config");
     let d = start_xdp(&lab, &["--config", conf.to_str().expect("utf-8")]);
-    let st = d.status();
+    let st = d.wait_loaded();
     assert_eq!(st.entries.0, all.len(), "{name}: the AXFR brought the whole zone");
 
     phase("daemon up");

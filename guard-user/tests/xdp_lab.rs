@@ -38,7 +38,7 @@ fn paper_table1_fig8_and_policy_cases() {
     rpz_add(&lab, ns_ip, "127.0.0.1");
     rpz_add(&lab, mx_ip, "127.0.0.25");
     let d = start_xdp(&lab, &[]);
-    assert_eq!(d.status().entries.0, 2, "both entries transferred by AXFR");
+    assert_eq!(d.wait_loaded().entries.0, 2, "both entries transferred by AXFR");
 
     // Table 1: DNS to an unregistered server is blocked; to 127.0.0.1 and
     // 127.0.0.25 servers it passes.
@@ -116,6 +116,7 @@ fn counters_events_vlan_and_bad_frames() {
     let mx_ip = LabAddrs::inet_v4(25);
     rpz_add(&lab, IpAddr::V4(mx_ip), "127.0.0.25");
     let d = start_xdp(&lab, &["--metrics-listen", "127.0.0.1:9466"]);
+    d.wait_loaded();
     let a = lab.addrs().clone();
     let src_mac = lab.mac(Role::Bot, "eth0").expect("bot mac");
     let dst_mac = lab.mac(Role::Router, lab.router_inside_iface()).expect("router mac");
@@ -185,13 +186,7 @@ fn counters_events_vlan_and_bad_frames() {
     assert!(after.top_sources.iter().any(|(ip, h)| *ip == IpAddr::V4(a.bot_v4) && h.blocked >= sent));
 
     // Prometheus text over HTTP on the router, and over the status socket.
-    let mut http = lab
-        .tcp_connect(Role::Router, "127.0.0.1:9466".parse().expect("addr"), Duration::from_secs(2))
-        .expect("metrics endpoint");
-    std::io::Write::write_all(&mut http, b"GET /metrics HTTP/1.0\r\n\r\n").expect("request");
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut http, &mut text).expect("response");
-    assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+    let text = daemon_support::metrics_http(&lab, "127.0.0.1:9466".parse().expect("addr"));
     let line =
         format!("rpz_guard_packets_total{{outcome=\"drop_malformed\"}} {}", get(&after, "drop_malformed"));
     assert!(text.contains(&line), "metrics lack {line:?}:\n{text}");
@@ -216,6 +211,7 @@ fn pinned_state_survives_restart() {
     let rogue = SocketAddr::new(IpAddr::V4(LabAddrs::inet_v4(66)), 25);
 
     let mut d = start_xdp(&lab, &["--pin", &pin_s]);
+    d.wait_loaded();
     assert_eq!(connect(&lab, Role::Pc, mx, SHORT), Conn::Open);
     assert_eq!(connect(&lab, Role::Pc, rogue, SHORT), Conn::TimedOut);
     let log = d.stop();
@@ -227,7 +223,7 @@ fn pinned_state_survives_restart() {
     // Restart with BIND unreachable (wrong port): runs on the pinned set.
     let bad_server = SocketAddr::new(IpAddr::V4(lab.addrs().dns_v4), 5399).to_string();
     let mut d2 = start_xdp(&lab, &["--pin", &pin_s, "--server", &bad_server]);
-    let st = d2.status();
+    let st = d2.wait_first_sync();
     assert!(st.sync.stale_start && st.sync.last_error.is_some(), "status says it runs on the pinned set");
     assert_eq!(st.entries.0, 1);
     assert_eq!(connect(&lab, Role::Pc, mx, SHORT), Conn::Open);
@@ -273,7 +269,7 @@ fn unreachable_source_at_start_runs_deny_protected() {
     let lab = up("xdpe");
     let bad = SocketAddr::new(IpAddr::V4(lab.addrs().dns_v4), 5399).to_string();
     let d = start_xdp(&lab, &["--server", &bad, "--no-pin"]);
-    let st = d.status();
+    let st = d.wait_first_sync();
     assert!(st.sync.deny_protected, "deny-protected: {:?}", st.sync);
     let err = st.sync.last_error.clone().unwrap_or_default();
     assert!(err.contains("5399"), "status names the unreachable source: {err}");
@@ -311,6 +307,7 @@ fn bind_lost_later_keeps_enforcing() {
     let mx_ip = IpAddr::V4(LabAddrs::inet_v4(25));
     rpz_add(&lab, mx_ip, "127.0.0.25");
     let d = start_xdp(&lab, &["--poll-interval", "1"]);
+    d.wait_loaded();
     let mx = SocketAddr::new(mx_ip, 25);
     let rogue = SocketAddr::new(IpAddr::V4(LabAddrs::inet_v4(66)), 25);
     assert_eq!(connect(&lab, Role::Pc, mx, SHORT), Conn::Open);

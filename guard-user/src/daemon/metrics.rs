@@ -47,6 +47,12 @@ impl Shared {
                 f64::from(u8::from(sync.deny_protected)),
             ),
             gauge(
+                "waiting_for_primary",
+                "1 from start until the primary first answers (the snapshot, pinned set or deny-protected mode is in force meanwhile).",
+                None,
+                flag(sync.waiting_since_ms.is_some()),
+            ),
+            gauge(
                 "sync_failing_seconds",
                 "Seconds the source has been failing (0 when healthy); the last set stays in force.",
                 None,

@@ -133,8 +133,9 @@ pub async fn run_reloadable(
 /// 2. the last set known is enforced at once: the zone snapshot, else the
 ///    pinned maps, else nothing (deny-protected: protected traffic that is
 ///    not exempt or internal is dropped and reported);
-/// 3. the enforcement tasks start (kernel events, map mirror, or the
-///    OpenFlow controller with its base flows), before any transfer;
+/// 3. status and metrics are served, then the enforcement tasks start
+///    (kernel events, map mirror, or the OpenFlow controller with its base
+///    flows), all before any transfer;
 /// 4. the first sync with the source (IXFR from the snapshot's serial, or
 ///    AXFR); if the primary is down the daemon stays up, status says since
 ///    when, and [`crate::sync::follow`] retries with backoff.
@@ -152,8 +153,11 @@ async fn run_bound(
     events.configure(cfg.event_settings());
     let source = source_from(&cfg)?;
     crate::rpz::transfer::set_max_transfer_records(cfg.rpz.max_transfer_records);
-    let sync_state: SharedSyncState =
-        Arc::new(Mutex::new(SyncState { source: source.describe(), ..SyncState::default() }));
+    let sync_state: SharedSyncState = Arc::new(Mutex::new(SyncState {
+        source: source.describe(),
+        waiting_since_ms: matches!(source, Source::Server { .. }).then(now_ms),
+        ..SyncState::default()
+    }));
 
     // 1. Enforcement point first.
     let mut point = format!("openflow:{}", cfg.openflow.listen);
@@ -246,6 +250,19 @@ async fn run_bound(
     );
     *lock(&shared.point) = point;
     shared.set_anti_spoofing(&cfg);
+    // Status and metrics from the first second, before any transfer (which
+    // can take long: a primary still loading a big zone, a 1M-entry AXFR):
+    // waiting for the primary, the snapshot in force, or deny-protected.
+    tasks.spawn(status::serve_status(status, shared.clone(), cancel.clone()));
+    if let Some(addr) = cfg.status.metrics_listen {
+        let l = TcpListener::bind(addr).await.map_err(|source| DaemonError::Io {
+            what: "cannot listen for metrics on",
+            path: addr.to_string(),
+            source,
+        })?;
+        tracing::info!(%addr, "metrics at http://{addr}/metrics");
+        tasks.spawn(metrics::serve_metrics(l, shared.clone(), cancel.clone()));
+    }
 
     // 3. Enforcement tasks before any transfer.
     let mut enforcing = match (cfg.enforce.mode, enforcer) {
@@ -264,12 +281,12 @@ async fn run_bound(
     // 4. The first sync with a server (a zone file is read by the follower
     //    at once); a primary that is down does not stop the daemon.
     let first = match &source {
-        Source::Server { addr, zone, key, .. } => {
+        Source::Server { addr, zone, key, poll, .. } => {
             tracing::info!(source = %source.describe(), from_serial = serial, "synchronising with the source");
             tokio::select! {
                 () = cancel.cancelled() => None,
                 r = &mut enforcing => return finish(r, cancel, tasks).await,
-                r = crate::sync::first_sync(*addr, zone, key.as_ref(), serial, &allow_tx, &sync_state) => Some(r),
+                r = crate::sync::first_sync(*addr, zone, key.as_ref(), poll.soa_timeout, serial, &allow_tx, &sync_state) => Some(r),
             }
         }
         Source::File { .. } => None,
@@ -317,16 +334,6 @@ async fn run_bound(
     tasks.spawn(crate::sync::follow(source, serial, allow_tx, sync_state.clone(), cancel.clone()));
     if let Some(path) = snapshot_path {
         tasks.spawn(snapshot::keep(path, cfg.rpz.zone.clone(), allow_rx, sync_state, cancel.clone()));
-    }
-    tasks.spawn(status::serve_status(status, shared.clone(), cancel.clone()));
-    if let Some(addr) = cfg.status.metrics_listen {
-        let l = TcpListener::bind(addr).await.map_err(|source| DaemonError::Io {
-            what: "cannot listen for metrics on",
-            path: addr.to_string(),
-            source,
-        })?;
-        tracing::info!(%addr, "metrics at http://{addr}/metrics");
-        tasks.spawn(metrics::serve_metrics(l, shared.clone(), cancel.clone()));
     }
     tasks.spawn(reload::serve(reloads, cfg.clone(), shared.clone(), reload_enforcer, cancel.clone()));
     if let Some(every) = shared.notify.watchdog_interval() {

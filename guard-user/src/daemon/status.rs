@@ -744,12 +744,20 @@ fn render_fail_closed(o: &mut String, sync: &crate::sync::SyncState) {
             at(at_ms)
         );
     }
-    if let Some(since) = sync.failing_since_ms {
-        if sync.last_sync_ms.is_none() {
-            let _ = writeln!(o, "waiting for the primary since {}; retrying with backoff", at(since));
-        } else {
-            let _ = writeln!(o, "SOURCE DOWN since {}; the last set stays in force (fail closed)", at(since));
-        }
+    let waiting = sync.waiting_since_ms.or(sync.failing_since_ms).filter(|_| sync.last_sync_ms.is_none());
+    if let Some(since) = waiting {
+        let _ = writeln!(
+            o,
+            "waiting for the primary since {}; {}",
+            at(since),
+            if sync.failing_since_ms.is_some() {
+                "retrying with backoff"
+            } else {
+                "first transfer under way"
+            }
+        );
+    } else if let Some(since) = sync.failing_since_ms {
+        let _ = writeln!(o, "SOURCE DOWN since {}; the last set stays in force (fail closed)", at(since));
     }
     if let Some(from) = &sync.started_from {
         let _ = writeln!(o, "started    from {from}");

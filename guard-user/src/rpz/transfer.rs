@@ -588,16 +588,42 @@ pub struct SoaInfo {
     pub expire: u32,
 }
 
-/// Asks `server` for the SOA of `zone` (over TCP, signed with `key`).
+/// Default of [`soa_within`]'s bound (`rpz.soa_timeout_ms`).
+pub const DEFAULT_SOA_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Asks `server` for the SOA of `zone` (over TCP, signed with `key`),
+/// within [`DEFAULT_SOA_TIMEOUT`].
 pub async fn soa(server: SocketAddr, zone: &str, key: Option<&TsigKey>) -> Result<SoaInfo, SyncError> {
+    soa_within(server, zone, key, DEFAULT_SOA_TIMEOUT).await
+}
+
+/// Asks `server` for the SOA of `zone`, the whole exchange bounded by
+/// `timeout`. An SOA answer is one small message, so its bound is short,
+/// unlike a transfer's: a primary that accepts the connection but does not
+/// answer (BIND still loading a big zone) costs seconds, not the 30 s read
+/// timeout of a transfer message.
+pub async fn soa_within(
+    server: SocketAddr,
+    zone: &str,
+    key: Option<&TsigKey>,
+    timeout: std::time::Duration,
+) -> Result<SoaInfo, SyncError> {
     let ctx = Ctx { server, zone, op: "SOA query", key };
     let name = wire::zone_name(zone).map_err(|why| ctx.bad(why))?;
     let req = wire::encode_request(query(&name, RecordType::SOA), key).map_err(|e| ctx.request_error(e))?;
     let mut verifier = req.verifier;
-    let mut conn = Conn::connect(server).await.map_err(|e| ctx.connect(e))?;
-    conn.send(&req.bytes).await.map_err(|e| ctx.io(e))?;
-    let bytes = conn.recv().await.map_err(|e| ctx.io(e))?;
-    let msg = ctx.check_answer(bytes, req.id, &mut verifier)?;
+    let exchange = async {
+        let mut conn = Conn::connect(server).await.map_err(|e| ctx.connect(e))?;
+        conn.send(&req.bytes).await.map_err(|e| ctx.io(e))?;
+        conn.recv().await.map(<[u8]>::to_vec).map_err(|e| ctx.io(e))
+    };
+    let bytes = tokio::time::timeout(timeout, exchange).await.map_err(|_| {
+        ctx.io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {} ms (rpz.soa_timeout_ms)", timeout.as_millis()),
+        ))
+    })??;
+    let msg = ctx.check_answer(&bytes, req.id, &mut verifier)?;
     msg.answers()
         .iter()
         .find(|r| r.record_type() == RecordType::SOA && r.name() == &name)

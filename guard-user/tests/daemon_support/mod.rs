@@ -85,6 +85,17 @@ pub fn metrics(d: &Daemon) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The daemon's Prometheus text over HTTP (`--metrics-listen ADDR`, in
+/// the router namespace).
+pub fn metrics_http(lab: &Lab, addr: SocketAddr) -> String {
+    let mut http = lab.tcp_connect(Role::Router, addr, Duration::from_secs(2)).expect("metrics endpoint");
+    std::io::Write::write_all(&mut http, b"GET /metrics HTTP/1.0\r\n\r\n").expect("request");
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut http, &mut text).expect("response");
+    assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+    text
+}
+
 /// Pid of the lab's `named` (a process the lab started; its pid file names it).
 pub fn named_pid(lab: &Lab) -> i32 {
     std::fs::read_dir(lab.state_dir().join("pids"))
@@ -139,14 +150,6 @@ impl Daemon {
         Daemon::start_full(lab, tag, &[], args, events, true, READY_WITHIN)
     }
 
-    /// Like [`Daemon::start`], waiting up to `within` for the status socket:
-    /// it answers only after the first sync, which takes tens of seconds
-    /// for a zone of a million records.
-    pub fn start_within(lab: &Lab, tag: &str, args: &[&str], within: Duration) -> Daemon {
-        let events = default_events(lab, tag);
-        Daemon::start_full(lab, tag, &[], args, events, false, within)
-    }
-
     /// Like [`Daemon::start`], with the event output at `events`.
     pub fn start_with_events(lab: &Lab, tag: &str, args: &[&str], events: PathBuf) -> Daemon {
         Daemon::start_full(lab, tag, &[], args, events, false, READY_WITHIN)
@@ -196,6 +199,44 @@ impl Daemon {
         });
         assert!(ready.is_some(), "rpz-guard did not answer on its status socket; lab {}", lab.prefix());
         d
+    }
+
+    /// Waits until the first allow set from the source is in force
+    /// ([`loaded`]; up to 90 s, for 1M-entry loads) and returns the status
+    /// then. Status answers from the first second, before any transfer, so
+    /// a test that reads `entries` or `serial`, or expects registered
+    /// traffic to pass, waits here first.
+    pub fn wait_loaded(&self) -> StatusReport {
+        self.wait_loaded_within(Duration::from_secs(90))
+    }
+
+    /// As [`Daemon::wait_loaded`], waiting up to `within` (a zone of a
+    /// million records takes tens of seconds).
+    pub fn wait_loaded_within(&self, within: Duration) -> StatusReport {
+        self.wait_status("the first allow set in force", within, loaded)
+    }
+
+    /// Waits until the first sync with the source has ended, loaded or
+    /// failed ([`first_sync_ended`]), and returns the status then: for a
+    /// test whose primary is down or refuses.
+    pub fn wait_first_sync(&self) -> StatusReport {
+        self.wait_status("the first sync's outcome", Duration::from_secs(60), first_sync_ended)
+    }
+
+    /// Polls status until `f` holds; panics with the log and the last
+    /// status after `within`.
+    fn wait_status(&self, what: &str, within: Duration, f: fn(&StatusReport) -> bool) -> StatusReport {
+        let mut last = None;
+        let ok = eventually(within, || {
+            last = self.try_status();
+            last.as_ref().is_some_and(f)
+        });
+        match (ok, last) {
+            (Some(_), Some(st)) => st,
+            (_, last) => {
+                panic!("no {what} within {within:?}; status {:?}\nlog:\n{}", last.map(|s| s.sync), self.log())
+            }
+        }
     }
 
     /// The status report, if the daemon answers.
@@ -271,6 +312,19 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// True once the first allow set from the source is in force: a transfer
+/// (or zone-file read) succeeded and deny-protected mode has ended (in XDP
+/// mode that is when the maps hold the set).
+pub fn loaded(st: &StatusReport) -> bool {
+    st.sync.last_sync_ms.is_some() && !st.sync.deny_protected
+}
+
+/// True once the first sync with the source has ended: [`loaded`], or failed
+/// (the error is in status).
+pub fn first_sync_ended(st: &StatusReport) -> bool {
+    loaded(st) || st.sync.last_error.is_some()
 }
 
 /// `<lab state>/<tag>-<pid>-events.jsonl`, removed if left over.
