@@ -390,6 +390,25 @@ fn bad_snapshots_are_refused_and_ignored() {
     }
 }
 
+/// Entries of the 1M-entry zones besides the registered mail server.
+const MILLION: u32 = 1_000_000;
+
+/// The policy zone with [`MILLION`] hosts in 100.64.0.0/10 (DNS and SMTP
+/// alternately) and the registered mail server `mx`, in BIND's syntax.
+fn million_zone(serial: u32, mx: Ipv4Addr) -> String {
+    use std::fmt::Write as _;
+    let mut text = format!(
+        "$ORIGIN {ZONE}.\n$TTL 60\n@ IN SOA localhost. root.localhost. {serial} 3600 600 86400 60\n@ IN NS localhost.\n"
+    );
+    text.reserve(MILLION as usize * 40);
+    for i in 0..MILLION {
+        let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 64, 0, 0)) + i);
+        let _ = writeln!(text, "{ip} A 127.0.0.{}", if i % 2 == 0 { 25 } else { 1 });
+    }
+    let _ = writeln!(text, "{mx} A 127.0.0.25");
+    text
+}
+
 /// A 1M-entry start under a continuous prober: the program is attached
 /// (deny-protected) before the zone is read, so the bot gets no answer at
 /// any point of the load, and the whole set is in force at the end.
@@ -397,17 +416,8 @@ fn bad_snapshots_are_refused_and_ignored() {
 fn million_entry_start_under_probing() {
     let lab = up("fcmil");
     let zone_file = lab.state_dir().join("big.zone");
-    let mut text = format!(
-        "$ORIGIN {ZONE}.\n$TTL 60\n@ IN SOA localhost. root.localhost. 5 3600 600 86400 60\n@ IN NS localhost.\n"
-    );
-    text.reserve(1_000_000 * 40);
-    for i in 0..1_000_000u32 {
-        let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 64, 0, 0)) + i);
-        text.push_str(&format!("{ip} A 127.0.0.{}\n", if i % 2 == 0 { 25 } else { 1 }));
-    }
     let mx = LabAddrs::inet_v4(25);
-    text.push_str(&format!("{mx} A 127.0.0.25\n"));
-    std::fs::write(&zone_file, text).expect("write zone");
+    std::fs::write(&zone_file, million_zone(5, mx)).expect("write zone");
     let a = lab.addrs();
     let exempt = format!("{}/32", a.dns_v4);
     let internal = format!("10.{}.0.0/16", a.subnet);
@@ -430,7 +440,7 @@ fn million_entry_start_under_probing() {
     // Status may lag while the 1M diff is written (it reads the counters
     // under the enforcer lock): poll without insisting on every answer.
     eventually(Duration::from_secs(90), || {
-        d.try_status().is_some_and(|s| s.entries.0 == 1_000_001 && !s.sync.deny_protected)
+        d.try_status().is_some_and(|s| s.entries.0 == MILLION as usize + 1 && !s.sync.deny_protected)
     })
     .unwrap_or_else(|| panic!("1M set not in force; log:\n{}", d.log()));
     let loaded = t0.elapsed();
@@ -450,6 +460,61 @@ fn million_entry_start_under_probing() {
     {
         eprintln!("{l}");
     }
+}
+
+/// A 1M-entry start with the lab's real BIND as primary, under a
+/// continuous bot prober: BIND is restarted on the 1M-entry zone and the
+/// daemon started while BIND still loads it (its SOA queries get no
+/// answer or a refusal and are retried), then takes the whole zone by
+/// AXFR. The program is attached deny-protected before any of it, so the
+/// bot gets no answer at any point of the start-up.
+///
+/// About 35 s here (BIND loads 1M RPZ records, then sends them): the one
+/// start of its size from a real primary.
+#[test]
+fn million_entry_start_from_bind_under_probing() {
+    let lab = up("fcbind");
+    let mx = LabAddrs::inet_v4(25);
+    stop_named(&lab);
+    let bind_dir = lab.state_dir().join("bind");
+    let _ = std::fs::remove_file(bind_dir.join(format!("{ZONE}.db.jnl")));
+    std::fs::write(bind_dir.join(format!("{ZONE}.db")), million_zone(7, mx)).expect("write the zone");
+    let mut args = xdp_args(&lab);
+    args.push("--no-pin".into());
+    let bot = bot_prober(&lab);
+    // named is not waited for: the daemon starts while it loads the zone.
+    let conf = bind_dir.join("named.conf");
+    let _named = lab
+        .spawn(Role::Dns, &["named", "-g", "-n", "1", "-c", conf.to_str().expect("utf-8")])
+        .expect("named");
+    let t0 = Instant::now();
+    let d = Daemon::start(&lab, "fcbind", &refs(&args));
+    let attached = seen_in_log(&d, "XDP program attached", Duration::from_secs(10));
+    let status_at = t0.elapsed();
+    let st = d.wait_loaded();
+    let loaded = t0.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    let after_attach = bot.answered_sent_after(attached);
+    let t = bot.stop();
+    let log = d.log();
+    let failures: Vec<&str> = log.lines().filter(|l| l.contains("allow-set source failed")).collect();
+    let bind_loaded = lab.bind_log().lines().find(|l| l.contains("all zones loaded")).map(str::to_owned);
+    eprintln!(
+        "1M start from BIND: status served {status_at:?} after start, set in force after {loaded:?}; \
+         {} failed sync attempts before ({} SOA timeouts); bot {t:?}, answered after attach {after_attach}; \
+         BIND: {bind_loaded:?}",
+        failures.len(),
+        failures.iter().filter(|l| l.contains("no answer within")).count()
+    );
+    for l in failures.iter().take(5) {
+        eprintln!("  {l}");
+    }
+    assert_eq!(after_attach, 0, "no answer to the bot at any point of the 1M start");
+    assert!(t.sent > 100, "{t:?}");
+    assert_eq!((st.entries.0, st.sync.full_loads), (MILLION as usize + 1, 1), "{:?}", st.sync);
+    assert_eq!(st.sync.serial, Some(7));
+    assert!(counter(&st, "drop_not_loaded") > 0, "the bot was dropped while loading: {:?}", st.counters);
+    assert!(smtp_open(&lab, IpAddr::V4(mx)), "registered mail server passes once loaded");
 }
 
 /// The pinned state of a default-config daemon in the host's mount

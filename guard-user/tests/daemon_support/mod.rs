@@ -202,12 +202,12 @@ impl Daemon {
     }
 
     /// Waits until the first allow set from the source is in force
-    /// ([`loaded`]; up to 90 s, for 1M-entry loads) and returns the status
+    /// ([`loaded`]; up to 120 s, for 1M-entry loads from a real primary) and returns the status
     /// then. Status answers from the first second, before any transfer, so
     /// a test that reads `entries` or `serial`, or expects registered
     /// traffic to pass, waits here first.
     pub fn wait_loaded(&self) -> StatusReport {
-        self.wait_loaded_within(Duration::from_secs(90))
+        self.wait_loaded_within(Duration::from_secs(120))
     }
 
     /// As [`Daemon::wait_loaded`], waiting up to `within` (a zone of a
