@@ -632,6 +632,51 @@ fn openflow_primary_down_at_start_fails_closed() {
     assert_eq!(tally.answered, 0, "the bot got no answer at any point");
 }
 
+/// A clean restart under probing in OpenFlow mode, as `systemctl restart`
+/// does it (SIGTERM, then a start): the switch (secure mode) keeps its
+/// flows while no controller is connected, the new controller starts from
+/// the snapshot and resyncs the switch when it reconnects. A bot asking an
+/// unregistered DNS server gets no answer and the client's connections to
+/// the registered mail server never fail, before, across and after.
+#[test]
+fn openflow_restart_under_probing() {
+    use guard_tests::probe::Prober;
+    let t = Topo::up("ofrst");
+    let mx = inet4(25);
+    t.add(mx, "127.0.0.25");
+    let mut d1 = start_openflow(&t);
+    t.ovs.vsctl(&["set-controller", BRIDGE, &format!("ssl:127.0.0.1:{OF_PORT}")]).expect("set-controller");
+    t.ovs.vsctl(&["set", "controller", BRIDGE, "max_backoff=1000"]).expect("controller options");
+    eventually(Duration::from_secs(20), || switch_connected(&d1))
+        .unwrap_or_else(|| panic!("switch did not connect; log:\n{}", d1.log()));
+    let serial = d1.wait_loaded().sync.serial;
+    eventually(Duration::from_secs(10), || smtp(&t.pc, mx, 25, Duration::from_millis(500)))
+        .expect("MX reachable");
+    eventually(Duration::from_secs(10), || d1.status().sync.snapshot_serial == serial)
+        .expect("snapshot written");
+    let bot = Prober::dns_in(&t.bot, SocketAddr::new(inet4(99), 53), Duration::from_millis(10)).expect("bot");
+    let legit =
+        Prober::tcp_in(&t.pc, SocketAddr::new(mx, 25), Duration::from_millis(50), Duration::from_secs(3));
+    std::thread::sleep(Duration::from_millis(500));
+
+    let stopped = Instant::now();
+    d1.stop();
+    let d2 = start_openflow(&t);
+    let back = eventually(Duration::from_secs(30), || switch_connected(&d2) && of(&d2, "resyncs") >= 1);
+    let back_ms = stopped.elapsed().as_millis();
+    let st = d2.wait_loaded();
+    std::thread::sleep(Duration::from_secs(2));
+    let (b, l) = (bot.stop(), legit.stop());
+    eprintln!(
+        "openflow restart (SIGTERM + start): switch resynced {back_ms} ms after SIGTERM; bot {b:?}, legit {l:?}"
+    );
+    assert!(back.is_some(), "the switch did not come back to the new controller; log:\n{}", d2.log());
+    assert!(st.sync.started_from.as_deref().is_some_and(|s| s.contains("snapshot")), "{:?}", st.sync);
+    assert!(b.sent > 150 && l.sent > 30, "probers ran: {b:?} {l:?}");
+    assert_eq!(b.answered, 0, "no bot query answered across the restart");
+    assert_eq!(l.failed, 0, "no legitimate connection failed across the restart");
+}
+
 /// The MAC of `eth0` in namespace `ns`.
 fn eth0_mac(ns: &str) -> [u8; 6] {
     let out = netns::exec(ns, &["cat", "/sys/class/net/eth0/address"]).expect("read MAC");
