@@ -14,7 +14,6 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    path::PathBuf,
     process::Command,
     time::{Duration, Instant},
 };
@@ -29,7 +28,7 @@ use guard_user::{
 
 mod daemon_support;
 
-use daemon_support::{BIN, Daemon, ZONE, eventually, lab_bind_args, rpz_add, state_dir};
+use daemon_support::{BIN, Daemon, Pins, ZONE, eventually, lab_bind_args, pinned_set, rpz_add, state_dir};
 
 /// How often the bot asks.
 const PROBE_EVERY: Duration = Duration::from_millis(10);
@@ -517,29 +516,6 @@ fn million_entry_start_from_bind_under_probing() {
     assert!(smtp_open(&lab, IpAddr::V4(mx)), "registered mail server passes once loaded");
 }
 
-/// The pinned state of a default-config daemon in the host's mount
-/// namespace; removed on drop (also when the test fails).
-struct DefaultPins(PathBuf);
-
-impl DefaultPins {
-    fn of(lab: &Lab) -> DefaultPins {
-        DefaultPins(PathBuf::from(format!(
-            "/sys/fs/bpf/rpz-guard/{}/{}",
-            lab.ns(Role::Router),
-            lab.router_inside_iface()
-        )))
-    }
-}
-
-impl Drop for DefaultPins {
-    fn drop(&mut self) {
-        let _ = Command::new(BIN).arg("unpin").arg(&self.0).output();
-        if let Some(parent) = self.0.parent() {
-            let _ = std::fs::remove_dir(parent);
-        }
-    }
-}
-
 /// With the default config (pinned by default on the host's bpffs), a
 /// clean restart and a SIGKILL under probing let no bot query through and
 /// lose no legitimate connection; the restarted daemon adopts the state.
@@ -548,7 +524,7 @@ fn default_config_survives_restart_and_sigkill() {
     let lab = up("fckill");
     let mx = IpAddr::V4(LabAddrs::inet_v4(25));
     rpz_add(&lab, mx, "127.0.0.25");
-    let pins = DefaultPins::of(&lab);
+    let pins = Pins::of(&lab);
     let args = xdp_args(&lab);
     let mut d1 = Daemon::start_host_mounts(&lab, "fckill1", &refs(&args));
     d1.wait_loaded();
@@ -588,6 +564,84 @@ fn default_config_survives_restart_and_sigkill() {
     let st = d3.status();
     assert!(st.point.contains("pinned at"), "{}", st.point);
     drop(d3);
+    drop(pins);
+}
+
+/// A pinned-map layout migration under a live prober (README, "Upgrades
+/// across a map layout change"). While the daemon is down, its pinned host
+/// allow maps are swapped for maps of an older layout (per-insert
+/// allocation, 8-byte values) holding the same set, as an older build
+/// leaves them; the attached program keeps its own maps, as the older
+/// program would. The next start migrates the set into fresh maps, pins
+/// them and swaps its program into the pinned link: the bot gets no answer
+/// and the client's connections never fail across it.
+#[test]
+fn layout_migration_under_probing() {
+    use guard_common::{MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_F_NO_PREALLOC, MAX_ALLOW_V4, MAX_ALLOW_V6};
+    use guard_tests::old_layout;
+    let lab = up("fcmig");
+    let mx = IpAddr::V4(LabAddrs::inet_v4(25));
+    let owner = |ip: IpAddr| guard_user::rpz::encode_owner(&Prefix::host(ip), ZONE);
+    let mut lines = vec![format!("update add {} 60 IN A 127.0.0.25", owner(mx))];
+    for i in 0..200u8 {
+        lines.push(format!(
+            "update add {} 60 IN A 127.0.0.1",
+            owner(IpAddr::V4(Ipv4Addr::new(203, 0, 113, i)))
+        ));
+    }
+    lines.push(format!("update add {} 60 IN A 127.0.0.1", owner(IpAddr::V6(LabAddrs::inet_v6(0x53)))));
+    lab.nsupdate(&refs(&lines)).expect("nsupdate");
+    let pins = Pins::of(&lab);
+    let args = xdp_args(&lab);
+    let mut d1 = Daemon::start_host_mounts(&lab, "fcmig1", &refs(&args));
+    d1.wait_loaded();
+    assert!(smtp_open(&lab, mx));
+    let bot = bot_prober(&lab);
+    let legit = Prober::tcp(
+        &lab,
+        Role::Pc,
+        SocketAddr::new(mx, 25),
+        Duration::from_millis(50),
+        Duration::from_secs(3),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+
+    d1.stop();
+    let held = pinned_set(&pins.0);
+    assert_eq!(held.len(), 202, "the pinned set");
+    let m4 = old_layout::pinned_hash(&pins.0.join(MAP_ALLOW_V4), 4, 8, MAX_ALLOW_V4, MAP_F_NO_PREALLOC);
+    let m6 = old_layout::pinned_hash(&pins.0.join(MAP_ALLOW_V6), 16, 8, MAX_ALLOW_V6, MAP_F_NO_PREALLOC);
+    for (p, c) in held.iter() {
+        assert!(p.is_host(), "{p}");
+        let value = [c.bits().to_ne_bytes(), 0xdead_beef_u32.to_ne_bytes()].concat();
+        match p.addr() {
+            IpAddr::V4(a) => old_layout::put(m4, &a.octets(), &value),
+            IpAddr::V6(a) => old_layout::put(m6, &a.octets(), &value),
+        }
+    }
+    // SAFETY: descriptors this test opened; the pins keep the maps.
+    unsafe {
+        libc::close(m4);
+        libc::close(m6);
+    }
+
+    let d2 = Daemon::start_host_mounts(&lab, "fcmig2", &refs(&args));
+    let log = d2.log();
+    assert!(log.contains("pinned maps of another layout migrated"), "not migrated:\n{log}");
+    assert!(log.contains("replaced the program inside the pinned XDP link"), "{log}");
+    d2.wait_loaded();
+    std::thread::sleep(Duration::from_secs(1));
+    let (b, l) = (bot.stop(), legit.stop());
+    eprintln!("layout migration: bot {b:?}, legit {l:?}");
+    assert!(b.sent > 150 && l.sent > 20, "probers ran: {b:?} {l:?}");
+    assert_eq!(b.answered, 0, "no bot query answered across the migration");
+    assert_eq!(l.failed, 0, "no legitimate connection failed across the migration");
+    for name in [MAP_ALLOW_V4, MAP_ALLOW_V6] {
+        let info = aya::maps::MapInfo::from_pin(pins.0.join(name)).expect("pinned");
+        assert_eq!((info.value_size(), info.map_flags()), (4, 0), "{name} re-pinned in this build's layout");
+    }
+    assert_eq!(pinned_set(&pins.0), held, "the set carried over");
+    drop(d2);
     drop(pins);
 }
 

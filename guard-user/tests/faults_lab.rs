@@ -22,7 +22,7 @@ use guard_tests::{
 
 mod daemon_support;
 
-use daemon_support::{Daemon, ZONE, eventually, lab_bind_args, rpz_add};
+use daemon_support::{Daemon, Pins, ZONE, eventually, lab_bind_args, pinned_set, rpz_add};
 
 fn up(name: &str) -> Lab {
     Lab::up(LabConfig::for_test(name)).unwrap_or_else(|e| panic!("lab up failed: {e}"))
@@ -906,38 +906,6 @@ fn tsig_badtime_and_badkey_under_load() {
     assert!(mx_during_badtime && mx_during_badkey, "the registered MX was blocked during a TSIG failure");
     assert_eq!(r.legit_failed, 0, "{r}");
     assert_eq!(r.bot_packets_through, 0, "{r}");
-}
-
-/// The default pin directory of a daemon on the lab router's inside
-/// interface in the host's mount namespace; unpinned on drop (also when
-/// the test fails).
-struct Pins(PathBuf);
-
-impl Pins {
-    fn of(lab: &Lab) -> Pins {
-        Pins(PathBuf::from(format!(
-            "/sys/fs/bpf/rpz-guard/{}/{}",
-            lab.ns(Role::Router),
-            lab.router_inside_iface()
-        )))
-    }
-}
-
-impl Drop for Pins {
-    fn drop(&mut self) {
-        let _ = Command::new(env!("CARGO_BIN_EXE_rpz-guard")).arg("unpin").arg(&self.0).output();
-        if let Some(parent) = self.0.parent() {
-            let _ = std::fs::remove_dir(parent);
-        }
-    }
-}
-
-/// What the pinned maps in `dir` allow, read from the test process.
-fn pinned_set(dir: &Path) -> guard_user::policy::AllowSet {
-    let e =
-        guard_user::xdp::Enforcer::load(Some(dir)).unwrap_or_else(|e| panic!("open the pinned maps: {e}"));
-    assert!(e.adopted_maps(), "no pinned maps in {}", dir.display());
-    e.read_allow().expect("read the pinned allow maps")
 }
 
 /// The daemon is SIGKILLed in the middle of mirroring a large change into

@@ -44,6 +44,7 @@ pub mod heavy;
 pub mod lab;
 pub mod load;
 pub mod netns;
+pub mod old_layout;
 pub mod ovs;
 pub mod primary;
 pub mod probe;

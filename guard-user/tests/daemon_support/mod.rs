@@ -413,3 +413,38 @@ pub fn rss_kib(pid: u32) -> u64 {
 pub fn state_dir(lab: &Lab) -> PathBuf {
     lab.state_dir().join("rpz-guard-state")
 }
+
+/// The default pin directory of a daemon on the lab router's inside
+/// interface, in the host's mount namespace (where
+/// [`Daemon::start_host_mounts`] pins by default); unpinned on drop (also
+/// when the test fails).
+pub struct Pins(pub PathBuf);
+
+impl Pins {
+    /// The directory for `lab`'s router.
+    pub fn of(lab: &Lab) -> Pins {
+        Pins(PathBuf::from(format!(
+            "/sys/fs/bpf/rpz-guard/{}/{}",
+            lab.ns(Role::Router),
+            lab.router_inside_iface()
+        )))
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = Command::new(BIN).arg("unpin").arg(&self.0).output();
+        if let Some(parent) = self.0.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+/// What the pinned maps in `dir` allow (the enforced view: denies as deny
+/// entries), read from the test process.
+pub fn pinned_set(dir: &Path) -> guard_user::policy::AllowSet {
+    let e =
+        guard_user::xdp::Enforcer::load(Some(dir)).unwrap_or_else(|e| panic!("open the pinned maps: {e}"));
+    assert!(e.adopted_maps(), "no pinned maps in {}", dir.display());
+    e.read_allow().expect("read the pinned allow maps")
+}
