@@ -413,6 +413,7 @@ fn million_zone(serial: u32, mx: Ipv4Addr) -> String {
 /// any point of the load, and the whole set is in force at the end.
 #[test]
 fn million_entry_start_under_probing() {
+    let _heavy = guard_tests::heavy::exclusive();
     let lab = up("fcmil");
     let zone_file = lab.state_dir().join("big.zone");
     let mx = LabAddrs::inet_v4(25);
@@ -472,6 +473,7 @@ fn million_entry_start_under_probing() {
 /// start of its size from a real primary.
 #[test]
 fn million_entry_start_from_bind_under_probing() {
+    let _heavy = guard_tests::heavy::exclusive();
     let lab = up("fcbind");
     let mx = LabAddrs::inet_v4(25);
     stop_named(&lab);
@@ -609,11 +611,12 @@ fn layout_migration_under_probing() {
     d1.stop();
     let held = pinned_set(&pins.0);
     assert_eq!(held.len(), 202, "the pinned set");
-    let m4 = old_layout::pinned_hash(&pins.0.join(MAP_ALLOW_V4), 4, 8, MAX_ALLOW_V4, MAP_F_NO_PREALLOC);
-    let m6 = old_layout::pinned_hash(&pins.0.join(MAP_ALLOW_V6), 16, 8, MAX_ALLOW_V6, MAP_F_NO_PREALLOC);
+    // The layout before HostValue: per-insert allocation, bare class bits.
+    let m4 = old_layout::pinned_hash(&pins.0.join(MAP_ALLOW_V4), 4, 4, MAX_ALLOW_V4, MAP_F_NO_PREALLOC);
+    let m6 = old_layout::pinned_hash(&pins.0.join(MAP_ALLOW_V6), 16, 4, MAX_ALLOW_V6, MAP_F_NO_PREALLOC);
     for (p, c) in held.iter() {
         assert!(p.is_host(), "{p}");
-        let value = [c.bits().to_ne_bytes(), 0xdead_beef_u32.to_ne_bytes()].concat();
+        let value = c.bits().to_ne_bytes();
         match p.addr() {
             IpAddr::V4(a) => old_layout::put(m4, &a.octets(), &value),
             IpAddr::V6(a) => old_layout::put(m6, &a.octets(), &value),
@@ -638,7 +641,11 @@ fn layout_migration_under_probing() {
     assert_eq!(l.failed, 0, "no legitimate connection failed across the migration");
     for name in [MAP_ALLOW_V4, MAP_ALLOW_V6] {
         let info = aya::maps::MapInfo::from_pin(pins.0.join(name)).expect("pinned");
-        assert_eq!((info.value_size(), info.map_flags()), (4, 0), "{name} re-pinned in this build's layout");
+        assert_eq!(
+            (info.value_size(), info.map_flags()),
+            (guard_common::HOST_VALUE_SIZE, 0),
+            "{name} re-pinned in this build's layout"
+        );
     }
     assert_eq!(pinned_set(&pins.0), held, "the set carried over");
     drop(d2);
