@@ -731,6 +731,7 @@ fn openflow_exempt_source_spoofing_bot() {
 
     // 1. The hole: exempt by address only.
     let mut d = start_openflow(&t);
+    d.wait_loaded();
     assert!(d.status().anti_spoofing.starts_with("OFF"), "status: {}", d.status().anti_spoofing);
     connect(&d);
     let counter = spoof::Counter::install(&inet_ns, relay_ip, "198.18.0.0/15").expect("nft counter");
@@ -750,7 +751,7 @@ fn openflow_exempt_source_spoofing_bot() {
     let port = t.ovs.vsctl(&["get", "Interface", "ofe", "ofport"]).expect("ofport").trim().to_owned();
     let mac = guard_user::policy::MacAddr(relay_mac).to_string();
     let d = start_openflow_with(&t, &[("--exempt-mac", &mac), ("--exempt-in-port", &port)]);
-    let st = d.status();
+    let st = d.wait_loaded();
     assert_eq!(st.anti_spoofing, format!("1 allowed MAC(s), switch port(s) [{port}]"), "status");
     connect(&d);
     let flows = t.flows();
