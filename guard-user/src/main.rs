@@ -455,7 +455,11 @@ struct LearnArgs {
     #[arg(long, value_name = "NAME", default_value = "rpz.example.com")]
     zone: String,
     /// Add the entries the zone lacks to the RPZ primary at ADDR:PORT by
-    /// TSIG-signed dynamic UPDATE (the zone is read by AXFR first).
+    /// TSIG-signed dynamic UPDATE (the zone is read by AXFR first), each
+    /// with its lifetime TXT (first and last seen = the capture time of the
+    /// answer, its TTL and the answer), as live learning writes them; an
+    /// entry the zone holds gets its last-seen time refreshed; a denied one
+    /// is never added.
     #[arg(long, value_name = "ADDR:PORT", requires = "tsig_key")]
     update: Option<SocketAddr>,
     /// BIND key file (`tsig-keygen` output) for --update.
@@ -667,8 +671,13 @@ async fn learn(args: LearnArgs) -> anyhow::Result<()> {
         window,
         progress: !args.quiet && learn::stderr_is_terminal(),
     };
-    // The pipeline is CPU-bound and synchronous.
-    let outcome = tokio::task::spawn_blocking(move || learn::run(&opts)).await??;
+    // The pipeline is CPU-bound and synchronous. With --update, each
+    // entry's newest evidence goes into its lifetime TXT.
+    let evidence = key.is_some();
+    let outcome = tokio::task::spawn_blocking(move || {
+        if evidence { learn::run_with_evidence(&opts) } else { learn::run(&opts) }
+    })
+    .await??;
     if let Some(path) = &args.zone_file {
         learn::output::write_zone_to_path(&outcome.allow, &args.zone, path)
             .context("writing the zone file")?;
@@ -688,12 +697,18 @@ async fn learn(args: LearnArgs) -> anyhow::Result<()> {
         s.mb_per_s
     );
     if let (Some(server), Some(key)) = (args.update, key) {
-        let r = rpz::update::push_additions(server, &args.zone, &key, &outcome.allow)
-            .await
-            .with_context(|| format!("updating zone {} at {server}", args.zone))?;
+        let target = (server, args.zone.clone(), key);
+        let r = learn::push::push_learned(
+            &target,
+            &outcome.allow,
+            &outcome.confirmed,
+            std::time::Duration::from_secs(30),
+        )
+        .await
+        .with_context(|| format!("updating zone {} at {server}", args.zone))?;
         eprintln!(
-            "update {}: added {} records in {} batches, {} already present (serial before {})",
-            args.zone, r.added, r.batches, r.existing, r.serial_before
+            "update {}: added {} records in {} UPDATEs, {} already present, {} entries refreshed, {} denied (left out) (serial before {})",
+            args.zone, r.added, r.updates, r.existing, r.refreshed, r.denied, r.serial_before
         );
     }
     Ok(())

@@ -155,6 +155,13 @@ async fn transfers(
     let name = kind.product();
     let before =
         transfer::axfr(server, ZONE, Some(key)).await.unwrap_or_else(|e| panic!("{name}: AXFR: {e}"));
+    // The learned entries carry their lifetime TXT: `all` with that state.
+    let mut want = before.set.clone();
+    for (p, c) in bulk.iter() {
+        want.add(*p, *c);
+    }
+    assert!(want.iter().eq(all.iter()), "{name}: the learned entries and the bulk");
+    let all = &want;
     let report = update::push_additions(server, ZONE, key, bulk)
         .await
         .unwrap_or_else(|e| panic!("{name}: UPDATE: {e}"));

@@ -161,6 +161,19 @@ pub struct Confirmed {
     pub at: u64,
 }
 
+impl Confirmed {
+    /// The confirmation of one answer record (the learner's
+    /// [`Confirmation`](super::rules::Confirmation)) seen at `at` (Unix seconds).
+    pub fn from_answer(c: super::rules::Confirmation, at: u64) -> Confirmed {
+        let evidence = crate::rpz::meta::Evidence {
+            server: c.server,
+            qname: c.qname,
+            qtype: super::dns::type_name(c.qtype),
+        };
+        Confirmed { classes: c.classes, evidence, ttl: c.ttl, at }
+    }
+}
+
 /// Live-learned entries, the learner's progress, the push queue and the
 /// counters, shared by the learner thread, the pusher, the miss path and
 /// the status report.
@@ -628,12 +641,7 @@ impl LiveLearner {
             if (self.zone)(c.ip).is_deny() {
                 continue;
             }
-            let evidence = crate::rpz::meta::Evidence {
-                server: c.server,
-                qname: c.qname,
-                qtype: super::dns::type_name(c.qtype),
-            };
-            self.live.confirm(c.ip, Confirmed { classes: c.classes, evidence, ttl: c.ttl, at: now });
+            self.live.confirm(c.ip, Confirmed::from_answer(c, now));
         }
     }
 

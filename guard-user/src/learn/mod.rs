@@ -26,7 +26,9 @@ pub mod synth;
 pub mod tcp;
 
 use std::{
+    collections::HashMap,
     io::IsTerminal,
+    net::IpAddr,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -86,6 +88,10 @@ pub struct LearnOutcome {
     pub allow: AllowSet,
     /// Counters, elapsed time and throughput.
     pub summary: Summary,
+    /// The newest answer that taught or confirmed each address, at its
+    /// capture time (never later than now); empty unless asked for
+    /// ([`run_with_evidence`]).
+    pub confirmed: HashMap<IpAddr, live::Confirmed>,
 }
 
 /// Builds the trusted starting set: the built-in root hints, or `root_hints`
@@ -115,6 +121,19 @@ pub fn stderr_is_terminal() -> bool {
 
 /// Runs the whole pipeline over the inputs.
 pub fn run(opts: &LearnOptions) -> Result<LearnOutcome, LearnError> {
+    run_inner(opts, false)
+}
+
+/// [`run`], also keeping each address's newest evidence
+/// ([`LearnOutcome::confirmed`]): what the lifetime state of an entry
+/// pushed to the RPZ says (`seen`, `ttl`, `ev`; `rpz::meta`). The time is
+/// the answer's capture time: old evidence does not make an entry look
+/// freshly confirmed.
+pub fn run_with_evidence(opts: &LearnOptions) -> Result<LearnOutcome, LearnError> {
+    run_inner(opts, true)
+}
+
+fn run_inner(opts: &LearnOptions, evidence: bool) -> Result<LearnOutcome, LearnError> {
     if opts.inputs.is_empty() {
         return Err(LearnError::NoInput);
     }
@@ -137,6 +156,9 @@ pub fn run(opts: &LearnOptions) -> Result<LearnOutcome, LearnError> {
     };
     let window_ns = u64::try_from(opts.window.as_nanos()).unwrap_or(u64::MAX);
     let mut p = Pipeline::new(&opts.hints, window_ns);
+    p.learner_mut().record_confirmations(evidence);
+    let mut confirmed: HashMap<IpAddr, live::Confirmed> = HashMap::new();
+    let now = crate::rpz::meta::unix_now();
     let mut names = Vec::with_capacity(inputs.len());
     for input in &inputs {
         names.push(input.name());
@@ -150,6 +172,16 @@ pub fn run(opts: &LearnOptions) -> Result<LearnOutcome, LearnError> {
             input,
             &mut |ts, link, frame| {
                 p.packet(ts, link, frame);
+                if evidence {
+                    let at = (ts / 1_000_000_000).min(now);
+                    for c in p.take_confirmations() {
+                        // Files are read in time order, but not every
+                        // packet within one need be: keep the newest.
+                        if confirmed.get(&c.ip).is_none_or(|old| old.at <= at) {
+                            confirmed.insert(c.ip, live::Confirmed::from_answer(c, at));
+                        }
+                    }
+                }
                 true
             },
             &mut |d| problems.push(d),
@@ -185,5 +217,5 @@ pub fn run(opts: &LearnOptions) -> Result<LearnOutcome, LearnError> {
     summary.elapsed_secs = start.elapsed().as_secs_f64();
     summary.mb_per_s =
         if summary.elapsed_secs > 0.0 { summary.bytes as f64 / 1e6 / summary.elapsed_secs } else { 0.0 };
-    Ok(LearnOutcome { allow, summary })
+    Ok(LearnOutcome { allow, summary, confirmed })
 }

@@ -22,6 +22,7 @@ use std::{
     time::Duration,
 };
 
+use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -76,11 +77,14 @@ fn new_entry_edit(
     if old.is_none_or(|m| m.source == Source::Learned) {
         let at = conf.map_or(now, |c| c.at);
         let mut m = old.cloned().unwrap_or_else(|| EntryMeta::learned(at, 0, None));
-        m.first = m.first.or(Some(at));
-        m.seen = Some(at);
-        if let Some(c) = conf {
-            m.ttl = Some(c.ttl);
-            m.evidence = Some(c.evidence.clone());
+        m.first = Some(m.first.map_or(at, |f| f.min(at)));
+        // Older evidence (a capture of last week) never moves `seen` back.
+        if m.seen.is_none_or(|s| s <= at) {
+            m.seen = Some(at);
+            if let Some(c) = conf {
+                m.ttl = Some(c.ttl);
+                m.evidence = Some(c.evidence.clone());
+            }
         }
         txt_swap(&mut changes, old, &m);
     }
@@ -111,7 +115,8 @@ pub enum Refresh {
 
 /// Decides the refresh of an entry the answer `conf` confirmed at `conf.at`:
 /// only a learned entry (or one of an older zone, without TXT) whose `seen`
-/// is older than `granularity` seconds is rewritten.
+/// is older than `conf.at` by `granularity` seconds or more is rewritten
+/// (`seen` never moves back).
 pub fn refresh_edit(set: &AllowSet, ip: IpAddr, conf: &Confirmed, granularity: u64) -> Refresh {
     let p = Prefix::host(ip);
     if set.is_denied(ip) {
@@ -122,7 +127,7 @@ pub fn refresh_edit(set: &AllowSet, ip: IpAddr, conf: &Confirmed, granularity: u
     }
     let old = set.meta(&p);
     if old.is_some_and(|m| {
-        m.source == Source::Manual || m.seen.is_some_and(|s| conf.at.saturating_sub(s) < granularity)
+        m.source == Source::Manual || m.seen.is_some_and(|s| s >= conf.at || conf.at - s < granularity)
     }) {
         return Refresh::Done;
     }
@@ -134,6 +139,108 @@ pub fn refresh_edit(set: &AllowSet, ip: IpAddr, conf: &Confirmed, granularity: u
     let mut changes = Vec::new();
     txt_swap(&mut changes, old, &m);
     Refresh::Write(OwnerEdit { prefix: p, prereqs: Vec::new(), changes })
+}
+
+/// Sends `edits` as one UPDATE within `timeout`; the error in words.
+async fn send_edits(
+    (server, zone, key): &(SocketAddr, String, TsigKey),
+    edits: &[OwnerEdit],
+    timeout: Duration,
+) -> Result<(), String> {
+    match tokio::time::timeout(timeout, apply_batch(*server, zone, key, edits)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("UPDATE to {server} timed out")),
+    }
+}
+
+/// What [`push_learned`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LearnedReport {
+    /// Serial of the zone read before the push.
+    pub serial_before: u32,
+    /// Class records (`A`) added, each new entry with its lifetime TXT.
+    pub added: usize,
+    /// Learned class records the zone already held.
+    pub existing: usize,
+    /// Entries already in the zone whose `seen` (`ttl`, `ev`) newer
+    /// evidence refreshed.
+    pub refreshed: usize,
+    /// Learned entries left out because a deny covers them.
+    pub denied: usize,
+    /// UPDATE messages BIND accepted.
+    pub updates: usize,
+}
+
+/// A [`push_learned`] that failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PushLearnedError {
+    /// The zone could not be read (nothing was sent).
+    #[error("reading the zone first: {0}")]
+    Read(#[from] crate::rpz::transfer::SyncError),
+    /// An UPDATE failed; the ones before it stay applied (each is whole
+    /// or nothing, RFC 2136 §3.7).
+    #[error("{why} (before the failure: {} UPDATEs applied, {} records added, {} entries refreshed)", committed.updates, committed.added, committed.refreshed)]
+    Update {
+        /// What the server (or the connection) said.
+        why: String,
+        /// What was applied before.
+        committed: LearnedReport,
+    },
+}
+
+/// Puts learned entries into `zone` at `server` the way live learning
+/// does (one code path: the same edits, [`new_entry_edit`] and
+/// [`refresh_edit`]): the zone is read first (AXFR); an entry it lacks goes
+/// in with its `A` records and its lifetime TXT; one it holds gets its
+/// `seen` refreshed when `confirmed` has newer evidence for it; a denied
+/// one is left out. UPDATEs of at most [`MAX_OWNERS_PER_UPDATE`] owners.
+/// A deny added after the read still wins: BIND ignores an `A` or TXT added
+/// beside a CNAME (RFC 2136 §3.4.2.2).
+pub async fn push_learned(
+    target: &(SocketAddr, String, TsigKey),
+    learned: &AllowSet,
+    confirmed: &std::collections::HashMap<IpAddr, Confirmed>,
+    timeout: Duration,
+) -> Result<LearnedReport, PushLearnedError> {
+    let (server, zone, key) = target;
+    let snap = crate::rpz::transfer::axfr(*server, zone, Some(key)).await?;
+    let set = &snap.set;
+    let now = unix_now();
+    let mut report = LearnedReport { serial_before: snap.serial, ..LearnedReport::default() };
+    let records = |c: Classes| c.rpz_answers().len();
+    let mut edits = Vec::new();
+    let mut sizes = Vec::new();
+    for (p, c) in learned.iter() {
+        let conf = confirmed.get(&p.addr()).filter(|_| p.is_host());
+        if set.is_denied(p.addr()) || set.deny_covering(p).is_some() {
+            report.denied += 1;
+            continue;
+        }
+        let missing = c.without(set.get(p));
+        report.existing += records(c.without(missing));
+        if !missing.is_empty() {
+            edits.push(new_entry_edit(set, *p, missing, conf, now));
+            sizes.push((records(missing), 0));
+        } else if let Some(conf) = conf
+            // A capture run writes each entry once: any newer evidence counts.
+            && let Refresh::Write(e) = refresh_edit(set, p.addr(), conf, 1)
+        {
+            edits.push(e);
+            sizes.push((0, 1));
+        }
+    }
+    for (chunk, sizes) in edits.chunks(MAX_OWNERS_PER_UPDATE).zip(sizes.chunks(MAX_OWNERS_PER_UPDATE)) {
+        if let Err(why) = send_edits(target, chunk, timeout).await {
+            return Err(PushLearnedError::Update { why, committed: report });
+        }
+        report.updates += 1;
+        report.added += sizes.iter().map(|s| s.0).sum::<usize>();
+        report.refreshed += sizes.iter().map(|s| s.1).sum::<usize>();
+    }
+    tracing::info!(%server, zone, added = report.added, refreshed = report.refreshed, denied = report.denied, updates = report.updates, "learned entries pushed");
+    Ok(report)
 }
 
 /// Most back-off between failed pushes.
@@ -213,7 +320,7 @@ pub async fn push_loop(
                 pending.insert(ip, c);
             }
         }
-        if let Some((server, name, key)) = &cfg.target
+        if let Some(target) = &cfg.target
             && tokio::time::Instant::now() >= retry_at
         {
             let now = unix_now();
@@ -231,18 +338,13 @@ pub async fn push_loop(
                     .iter()
                     .map(|(p, c)| new_entry_edit(&set, *p, *c, pending.get(&p.addr()), now))
                     .collect();
-                let res = tokio::time::timeout(cfg.timeout, apply_batch(*server, name, key, &edits)).await;
-                match res {
-                    Ok(Ok(_)) => {
+                match send_edits(target, &edits, cfg.timeout).await {
+                    Ok(()) => {
                         live.mark_pushed(&batch, monotonic_ns());
                         backoff = Duration::from_millis(500);
                     }
-                    Ok(Err(e)) => {
-                        fail(&live, &mut backoff, &mut retry_at, e.to_string());
-                        break;
-                    }
-                    Err(_) => {
-                        fail(&live, &mut backoff, &mut retry_at, format!("UPDATE to {server} timed out"));
+                    Err(why) => {
+                        fail(&live, &mut backoff, &mut retry_at, why);
                         break;
                     }
                 }
@@ -270,16 +372,9 @@ pub async fn push_loop(
                     Refresh::NotInZone => now.saturating_sub(c.at) < granularity.max(60),
                 });
                 if !edits.is_empty() {
-                    let res =
-                        tokio::time::timeout(cfg.timeout, apply_batch(*server, name, key, &edits)).await;
-                    let err = match res {
-                        Ok(Ok(())) => None,
-                        Ok(Err(e)) => Some(e.to_string()),
-                        Err(_) => Some(format!("UPDATE to {server} timed out")),
-                    };
-                    match err {
-                        None => live.refreshed(edits.len()),
-                        Some(why) => {
+                    match send_edits(target, &edits, cfg.timeout).await {
+                        Ok(()) => live.refreshed(edits.len()),
+                        Err(why) => {
                             // Retried with the next confirmations or tick.
                             for (ip, c) in taken {
                                 pending.entry(ip).or_insert(c);
@@ -346,6 +441,12 @@ mod tests {
         let m = EntryMeta::decode(strings).expect("ours");
         assert_eq!((m.first, m.seen), (Some(900), Some(1000)), "first is kept");
         assert_eq!(m.evidence.expect("ev").qname, "example.com.");
+        set.set_meta(p, EntryMeta::learned(900, 60, None));
+        assert_eq!(
+            refresh_edit(&set, ip, &conf(500), 0),
+            Refresh::Done,
+            "older evidence: seen never moves back"
+        );
         set.set_meta(p, EntryMeta::manual(1, None, None));
         assert_eq!(refresh_edit(&set, ip, &conf(5000), 100), Refresh::Done, "manual entries are not touched");
         set.deny(p);
@@ -362,6 +463,15 @@ mod tests {
         assert_eq!((m.source, m.first, m.seen, m.ttl), (Source::Learned, Some(77), Some(77), Some(300)));
         let msg = crate::rpz::edit::batch_message("rpz.example.com", &[e.clone(), e]).expect("message");
         assert_eq!(msg.name_servers().len(), 4);
+        // A class added by older evidence (a capture): seen and ev stay, first goes back.
+        let mut set = AllowSet::new();
+        set.add(p, Classes::DNS);
+        let newer = EntryMeta::learned(1000, 60, None);
+        set.set_meta(p, newer.clone());
+        let e = new_entry_edit(&set, p, Classes::SMTP, Some(&conf(500)), 2000);
+        let Change::AddTxt(strings) = &e.changes[2] else { panic!("txt: {:?}", e.changes) };
+        let m = EntryMeta::decode(strings).expect("ours");
+        assert_eq!((m.first, m.seen, m.ttl, m.evidence), (Some(500), Some(1000), Some(60), None));
     }
 
     #[test]
