@@ -202,3 +202,62 @@ fn denied_addresses_are_not_learned() {
     assert!(live.next_batch(500).iter().all(|(p, _)| p.addr() != denied));
     assert_eq!(live.stats().learn_denied, 1);
 }
+
+/// Issue 11: the pipeline reports an address once, the first time it
+/// learns it. When the zone later loses the entry (aged out) an answer
+/// naming it again learns it again (enforced, queued); when a deny covers
+/// it by then, that answer is counted as denied and changes nothing.
+#[test]
+fn an_entry_the_zone_lost_is_learned_again_unless_denied() {
+    let zone: Arc<Mutex<std::collections::HashMap<IpAddr, Classes>>> = Arc::default();
+    let live = Arc::new(LiveAllow::new(1000).expect("eventfd"));
+    let enforced: Enforced = Arc::default();
+    let (z, e) = (zone.clone(), enforced.clone());
+    let mut l = LiveLearner::new(
+        &Hints::root(),
+        10_000_000_000,
+        true,
+        live.clone(),
+        Box::new(move |a| z.lock().expect("lock").get(&a).copied().unwrap_or(Classes::NONE)),
+        Box::new(move |a, c| {
+            e.lock().expect("lock").push((a, c));
+            Ok(())
+        }),
+    );
+    let mail = ip(MAIL);
+    let enforced_mail = || enforced.lock().expect("lock").iter().filter(|(a, _)| *a == mail).count();
+    let mut c = Conv::new();
+    delegation(&mut c);
+    c.exchange(RESOLVER, NS1, query(3, "example.com.", RecordType::MX), mx_answer(3, "example.com."));
+    feed(&mut l, &c.frames);
+    assert_eq!(enforced_mail(), 1);
+    // The zone takes it (the push went through), then ages it out.
+    zone.lock().expect("lock").insert(mail, Classes::SMTP);
+    live.prune_confirmed(|a| zone.lock().expect("lock").get(&a).copied().unwrap_or(Classes::NONE));
+    assert_eq!(live.lookup(mail), Classes::NONE);
+    let mut again = Conv::new();
+    again.exchange(RESOLVER, NS1, query(4, "example.com.", RecordType::MX), mx_answer(4, "example.com."));
+    feed(&mut l, &again.frames);
+    assert_eq!(enforced_mail(), 1, "the zone holds it: only confirmed");
+    assert_eq!(live.take_confirmed().get(&mail).map(|c| c.classes), Some(Classes::SMTP));
+    zone.lock().expect("lock").remove(&mail);
+    let mut third = Conv::new();
+    third.exchange(RESOLVER, NS1, query(5, "example.com.", RecordType::MX), mx_answer(5, "example.com."));
+    feed(&mut l, &third.frames);
+    assert_eq!(enforced_mail(), 2, "aged out, answered again: learned again");
+    assert_eq!(live.lookup(mail), Classes::SMTP);
+    assert!(live.next_batch(500).iter().any(|(p, _)| p.addr() == mail), "queued for the primary");
+    // Pushed and taken by the zone, then denied: an answer changes nothing.
+    zone.lock().expect("lock").insert(mail, Classes::DENY);
+    let mut diff = guard_user::policy::AllowDiff::default();
+    live.drop_denied(|a| a == mail, &mut diff);
+    let denied_before = live.stats().learn_denied;
+    live.take_confirmed();
+    let mut fourth = Conv::new();
+    fourth.exchange(RESOLVER, NS1, query(6, "example.com.", RecordType::MX), mx_answer(6, "example.com."));
+    feed(&mut l, &fourth.frames);
+    assert_eq!(enforced_mail(), 2, "denied: not enforced");
+    assert_eq!(live.lookup(mail), Classes::NONE);
+    assert_eq!(live.stats().learn_denied, denied_before + 1);
+    assert!(!live.take_confirmed().contains_key(&mail), "a denied address is not refreshed");
+}

@@ -2,7 +2,9 @@
 //! router. Two learned entries with a short max age: the one nobody uses
 //! disappears from the RPZ and from the maps and is blocked again; the one
 //! under continuous allowed traffic stays past its max age, and goes once
-//! the traffic stops.
+//! the traffic stops. An entry that DNS keeps confirming (live learning)
+//! stays past its max age while an unconfirmed one goes. A deny beats a
+//! later learn of the same address, live or by `learn --update`.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -12,12 +14,20 @@ use std::{
 use guard_tests::{Lab, LabAddrs, LabConfig, Role};
 use guard_user::{
     policy::Prefix,
-    rpz::{encode_owner, meta::EntryMeta},
+    rpz::{
+        encode_owner,
+        meta::{EntryMeta, unix_now},
+    },
 };
 
 mod daemon_support;
+mod learn_common;
 
-use daemon_support::{Conn, connect, eventually, start_xdp, state_dir};
+use daemon_support::{
+    BIN, Conn, Daemon, TEACHER, connect, eventually, learn_args, ops, ops_ok, replay_exchange, start_xdp,
+    state_dir,
+};
+use learn_common::Conv;
 
 fn add_learned(lab: &Lab, ip: IpAddr, seen: u64) {
     let owner = encode_owner(&Prefix::host(ip), lab.rpz_zone());
@@ -113,6 +123,160 @@ fn restart_keeps_the_times() {
     assert_eq!(d.status().ageing.expect("ageing").removed, 1, "removed by the restarted daemon");
     assert_eq!(connect(&lab, Role::Pc, SocketAddr::new(old, 25), Duration::from_millis(800)), Conn::TimedOut);
     assert_eq!(connect(&lab, Role::Pc, SocketAddr::new(fresh, 25), Duration::from_millis(800)), Conn::Open);
+    drop(d);
+    assert!(t.elapsed() < Duration::from_secs(60), "took {:?}", t.elapsed());
+}
+
+/// The RPZ's view of `ip` (`explain --json` without a daemon: the primary alone).
+fn rpz_view(lab: &Lab, ip: IpAddr) -> serde_json::Value {
+    let out = ops(lab, &["explain", &ip.to_string(), "--json", "--socket", "/nonexistent/rpz-guard.sock"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("explain --json");
+    assert!(v["rpz"].is_object(), "the primary answered: {v}");
+    v["rpz"].clone()
+}
+
+/// `rpz-guard run` (XDP) learning live from the lab's resolver, with
+/// `lifetime` as its `[lifetime]` section.
+fn start_learning(lab: &Lab, lifetime: &str) -> Daemon {
+    std::fs::create_dir_all(state_dir(lab)).expect("state dir");
+    let cfg = state_dir(lab).join("lifetime.toml");
+    std::fs::write(&cfg, format!("[lifetime]\n{lifetime}")).expect("config");
+    let learn = learn_args(lab);
+    // `--learn` last: start_xdp takes the extra arguments as flag/value pairs.
+    let mut extra = vec!["--config", cfg.to_str().expect("utf8")];
+    extra.extend([&learn[1], &learn[2], &learn[3], &learn[4], &learn[0]].map(String::as_str));
+    start_xdp(lab, &extra)
+}
+
+/// The lab's resolver asks [`TEACHER`] for the MX of `domain` and hears
+/// `addr`: replayed across the router, where live learning copies it.
+fn teach(lab: &Lab, conv: &mut Conv, domain: &str, addr: IpAddr) {
+    let id = u16::try_from(conv.frames.len() / 2 + 1).expect("few exchanges");
+    conv.mx(&lab.addrs().dns_v4.to_string(), &TEACHER.to_string(), id, domain, &addr.to_string());
+    let n = conv.frames.len();
+    replay_exchange(lab, &conv.frames[n - 2].1, &conv.frames[n - 1].1);
+}
+
+/// Two learned entries, max age 8 s, no traffic to either: the one the
+/// resolver's DNS keeps confirming (an MX answer every second, live
+/// learning refreshes its `seen`) is still there after 2.5 max ages; the
+/// other goes. (About 25 s: the max age must pass several times.)
+#[test]
+fn dns_confirmation_keeps_an_entry_an_unconfirmed_one_goes() {
+    let t = Instant::now();
+    let lab = Lab::up(LabConfig::for_test("agecnf")).unwrap_or_else(|e| panic!("lab up failed: {e}"));
+    let now = unix_now();
+    let kept = IpAddr::V4(LabAddrs::inet_v4_alt(13));
+    let dropped = IpAddr::V4(LabAddrs::inet_v4_alt(14));
+    add_learned(&lab, kept, now);
+    add_learned(&lab, dropped, now);
+    let d = start_learning(
+        &lab,
+        "ageing = true\nmax_age_dns_secs = 8\nmax_age_smtp_secs = 8\nidle_secs = 2\ninterval_secs = 1\nrefresh_secs = 1\n",
+    );
+    assert!(eventually(Duration::from_secs(5), || d.status().entries.0 == 2).is_some(), "both in force");
+    let mut conv = Conv::new();
+    let until = Instant::now() + Duration::from_secs(20);
+    let mut gone = None;
+    while Instant::now() < until {
+        teach(&lab, &mut conv, "keep.test.", kept);
+        if gone.is_none() && d.status().entries.0 == 1 {
+            gone = Some(t.elapsed());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let st = d.status();
+    let live = st.live.clone().expect("live learning in status");
+    let ageing = st.ageing.clone().expect("ageing in status");
+    eprintln!("unconfirmed entry gone after {gone:?}; live {live:?}; ageing {ageing:?}");
+    assert!(gone.is_some(), "the unconfirmed entry aged out: {ageing:?}");
+    assert_eq!(st.entries.0, 1, "the confirmed entry stays past 2.5 max ages: {ageing:?}");
+    assert!(live.refreshed >= 2, "confirmations were written to the zone: {live:?}");
+    assert_eq!(ageing.removed, 1, "{ageing:?}");
+    // The zone: the confirmed entry's `seen` moved on (first kept), the other is gone.
+    let v = rpz_view(&lab, kept);
+    let meta = &v["entries"][0]["meta"];
+    let seen = meta["seen"].as_u64().expect("seen");
+    assert!(seen >= now + 10, "seen refreshed well past the max age: {v}");
+    assert_eq!(meta["first"].as_u64(), Some(now), "{v}");
+    assert_eq!(meta["evidence"]["qname"], "keep.test.", "{v}");
+    assert_eq!(meta["evidence"]["server"], TEACHER.to_string(), "{v}");
+    assert_eq!(rpz_view(&lab, dropped)["entries"], serde_json::json!([]));
+    // Only now traffic (it would have kept both): one passes, one is blocked.
+    assert_eq!(connect(&lab, Role::Pc, SocketAddr::new(kept, 25), Duration::from_millis(800)), Conn::Open);
+    assert_eq!(
+        connect(&lab, Role::Pc, SocketAddr::new(dropped, 25), Duration::from_millis(800)),
+        Conn::TimedOut
+    );
+    drop(d);
+    assert!(t.elapsed() < Duration::from_secs(60), "took {:?}", t.elapsed());
+}
+
+/// `rpz-guard deny` beats a later learn: an address learned live (enforced,
+/// pushed) and then denied is blocked; the resolver hearing it again
+/// changes nothing (live learning counts it as denied), nor does
+/// `learn --update` over a capture of that answer: the zone keeps the
+/// deny alone and traffic to the address stays blocked.
+#[test]
+fn deny_beats_a_later_learn() {
+    let t = Instant::now();
+    let lab = Lab::up(LabConfig::for_test("agedny")).unwrap_or_else(|e| panic!("lab up failed: {e}"));
+    let mx = IpAddr::V4(LabAddrs::inet_v4_alt(15));
+    let smtp = SocketAddr::new(mx, 25);
+    let d = start_learning(&lab, "");
+    let mut conv = Conv::new();
+    teach(&lab, &mut conv, "deny.test.", mx);
+    let pushed = eventually(Duration::from_secs(10), || rpz_view(&lab, mx)["entries"][0]["classes"] == 2);
+    assert!(pushed.is_some(), "learned live and pushed: {:?}", d.status().live);
+    assert_eq!(connect(&lab, Role::Pc, smtp, Duration::from_millis(800)), Conn::Open, "learned: allowed");
+
+    ops_ok(&lab, &["deny", &mx.to_string()]);
+    let blocked = eventually(Duration::from_secs(5), || {
+        connect(&lab, Role::Pc, smtp, Duration::from_millis(300)) == Conn::TimedOut
+    });
+    assert!(blocked.is_some(), "denied: blocked");
+
+    // Live learning hears the answer again.
+    let before = d.status().live.expect("live").learn_denied;
+    teach(&lab, &mut conv, "deny.test.", mx);
+    let counted = eventually(Duration::from_secs(5), || d.status().live.expect("live").learn_denied > before);
+    assert!(counted.is_some(), "the learner saw it and left it out: {:?}", d.status().live);
+    // learn --update over a capture of the same answer.
+    let pcap = lab.state_dir().join("deny-learn.pcap");
+    conv.write_pcap(&pcap, 1, false);
+    let hints = lab.state_dir().join("teacher.hints");
+    let server = format!("{}:53", lab.addrs().dns_v4);
+    let key = lab.tsig_key_file();
+    let argv = [
+        BIN,
+        "learn",
+        "--quiet",
+        "--zone",
+        lab.rpz_zone(),
+        "--update",
+        &server,
+        "--tsig-key",
+        key.to_str().expect("utf8"),
+        "--root-hints",
+        hints.to_str().expect("utf8"),
+        pcap.to_str().expect("utf8"),
+    ];
+    let out = lab.exec(Role::Router, &argv).expect("rpz-guard learn");
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{err}");
+    assert!(out.status.success() && err.contains(", 1 denied"), "{err}");
+
+    // The zone holds the deny alone; traffic stays blocked.
+    let v = rpz_view(&lab, mx);
+    assert_eq!(v["entries"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(
+        (&v["entries"][0]["denied"], &v["entries"][0]["classes"]),
+        (&serde_json::json!(true), &serde_json::json!(0)),
+        "{v}"
+    );
+    assert_eq!(connect(&lab, Role::Pc, smtp, Duration::from_millis(800)), Conn::TimedOut, "still blocked");
+    let st = d.status();
+    eprintln!("live {:?}", st.live);
     drop(d);
     assert!(t.elapsed() < Duration::from_secs(60), "took {:?}", t.elapsed());
 }

@@ -15,7 +15,6 @@
 use std::{
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
-    process::Output,
     time::{Duration, Instant},
 };
 
@@ -23,36 +22,12 @@ use guard_tests::{Lab, LabAddrs, LabConfig, Role};
 
 mod daemon_support;
 
-use daemon_support::{BIN, Conn, Daemon, connect, eventually, lab_bind_args, start_xdp, state_dir};
+use daemon_support::{
+    Conn, Daemon, connect, eventually, lab_bind_args, ops, ops_ok as ok, start_xdp, state_dir,
+};
 
 fn up(name: &str) -> Lab {
     Lab::up(LabConfig::for_test(name)).unwrap_or_else(|e| panic!("lab up failed: {e}"))
-}
-
-/// `rpz-guard ARGS --server <lab BIND> --tsig-key <lab key>` in the router
-/// namespace, as an operator on the router would run it.
-fn ops(lab: &Lab, args: &[&str]) -> Output {
-    let server = format!("{}:53", lab.addrs().dns_v4);
-    let key = lab.tsig_key_file().display().to_string();
-    let mut argv = vec![BIN];
-    argv.extend_from_slice(args);
-    // Everything named, so a config file on the host is never read.
-    argv.extend(["--server", &server, "--tsig-key", &key, "--zone", lab.rpz_zone()]);
-    let out = lab.exec(Role::Router, &argv).unwrap_or_else(|e| panic!("rpz-guard {args:?}: {e}"));
-    eprintln!(
-        "$ rpz-guard {}\n{}{}(exit {:?})",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        out.status.code()
-    );
-    out
-}
-
-fn ok(lab: &Lab, args: &[&str]) -> String {
-    let out = ops(lab, args);
-    assert!(out.status.success(), "rpz-guard {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// What a daemon says about `ip` (`explain --json` over its status socket).

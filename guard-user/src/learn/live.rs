@@ -591,12 +591,28 @@ impl LiveLearner {
     /// function; empty for almost every packet, without allocating).
     pub fn packet(&mut self, ts_ns: u64, frame: &[u8]) -> Vec<(IpAddr, Classes)> {
         self.pipeline.packet(ts_ns, LINKTYPE_ETHERNET, frame);
-        self.confirm();
-        let new = self.pipeline.take_new_entries();
         let mut taught = Vec::new();
-        if new.is_empty() {
+        let confirmations = self.pipeline.take_confirmations();
+        if confirmations.is_empty() {
+            // Every new entry comes with a confirmation.
             return taught;
         }
+        let mut new = self.pipeline.take_new_entries();
+        // The pipeline reports an address only the first time it learns it.
+        // One it knew whose entry the zone no longer holds (aged out, or a
+        // deny revoked since) is learned again; one a deny now covers is
+        // counted below.
+        for c in &confirmations {
+            let p = Prefix::host(c.ip);
+            if new.iter().any(|(q, k)| *q == p && k.contains(c.classes)) {
+                continue;
+            }
+            let zone = (self.zone)(c.ip);
+            if zone.is_deny() || !(zone.contains(c.classes) || self.live.lookup(c.ip).contains(c.classes)) {
+                new.push((p, c.classes));
+            }
+        }
+        self.confirm(confirmations);
         for (p, c) in new {
             let ip = p.addr();
             let zone = (self.zone)(ip);
@@ -631,11 +647,7 @@ impl LiveLearner {
     /// Hands the answers that confirmed addresses to [`LiveAllow::confirm`]
     /// (denied addresses are left out): the pusher refreshes their
     /// lifetime state in the zone.
-    fn confirm(&mut self) {
-        let confirmations = self.pipeline.take_confirmations();
-        if confirmations.is_empty() {
-            return;
-        }
+    fn confirm(&mut self, confirmations: Vec<super::rules::Confirmation>) {
         let now = crate::rpz::meta::unix_now();
         for c in confirmations {
             if (self.zone)(c.ip).is_deny() {

@@ -5,9 +5,9 @@
 #![allow(dead_code)]
 
 use std::{
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Output},
     time::{Duration, Instant},
 };
 
@@ -76,6 +76,67 @@ pub fn start_xdp(lab: &Lab, extra: &[&str]) -> Daemon {
         }
     }
     Daemon::start(lab, "xdp", &args)
+}
+
+/// `rpz-guard ARGS --server <lab BIND> --tsig-key <lab key> --zone <lab
+/// zone>` in the router namespace, as an operator on the router would run
+/// it (everything named, so a config file on the host is never read); the
+/// output is echoed for the test log.
+pub fn ops(lab: &Lab, args: &[&str]) -> Output {
+    let server = format!("{}:53", lab.addrs().dns_v4);
+    let key = lab.tsig_key_file().display().to_string();
+    let mut argv = vec![BIN];
+    argv.extend_from_slice(args);
+    argv.extend(["--server", &server, "--tsig-key", &key, "--zone", lab.rpz_zone()]);
+    let out = lab.exec(Role::Router, &argv).unwrap_or_else(|e| panic!("rpz-guard {args:?}: {e}"));
+    eprintln!(
+        "$ rpz-guard {}\n{}{}(exit {:?})",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        out.status.code()
+    );
+    out
+}
+
+/// [`ops`] that must succeed; its standard output.
+pub fn ops_ok(lab: &Lab, args: &[&str]) -> String {
+    let out = ops(lab, args);
+    assert!(out.status.success(), "rpz-guard {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The authoritative server live learning trusts in the lab (a root hint,
+/// see [`learn_args`]). No host has this address: the answers "from" it are
+/// frames a test replays ([`replay_exchange`]).
+pub const TEACHER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+
+/// `--learn` flags for [`start_xdp`]: the copy program on the router's
+/// outside interface, trust starting at [`TEACHER`] (a hints file in the
+/// lab's state), the resolvers being the exempt sources (the lab's BIND).
+pub fn learn_args(lab: &Lab) -> [String; 5] {
+    let hints = lab.state_dir().join("teacher.hints");
+    std::fs::write(&hints, format!(". 3600000 NS teacher.test.\nteacher.test. 3600000 A {TEACHER}\n"))
+        .expect("write the teacher's hints");
+    [
+        "--learn".into(),
+        "--learn-outside".into(),
+        lab.router_outside_iface().into(),
+        "--learn-root-hints".into(),
+        path_str(&hints).to_owned(),
+    ]
+}
+
+/// Replays one DNS exchange across the router, where live learning copies
+/// it: the resolver's `query` frame from the dns host into the lan (the
+/// inside program copies it), the `response` from inet to the router's
+/// outside interface (the outside program copies it). Both frames carry
+/// MAC addresses of no host, so after the copy the router's kernel drops
+/// them: nothing reaches a server or the resolver.
+pub fn replay_exchange(lab: &Lab, query: &[u8], response: &[u8]) {
+    lab.send_frames(Role::Dns, "eth0", &[query.to_vec()]).unwrap_or_else(|e| panic!("send the query: {e}"));
+    lab.send_frames(Role::Inet, "eth0", &[response.to_vec()])
+        .unwrap_or_else(|e| panic!("send the response: {e}"));
 }
 
 /// The daemon's Prometheus text, read over its status socket.

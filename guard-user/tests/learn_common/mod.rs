@@ -249,6 +249,22 @@ impl Conv {
         self.exchange(RESOLVER, server, query(id, qname, qtype), r);
     }
 
+    /// `client` asks `server` for the MX of `domain` (ID `id`) and hears
+    /// `mx.<domain>` at `addr` (answer and additional section).
+    pub fn mx(&mut self, client: &str, server: &str, id: u16, domain: &str, addr: &str) {
+        let host = format!("mx.{domain}");
+        let r = response(
+            id,
+            domain,
+            RecordType::MX,
+            ResponseCode::NoError,
+            vec![mx(domain, 10, &host)],
+            vec![],
+            vec![a(&host, addr)],
+        );
+        self.exchange(client, server, query(id, domain, RecordType::MX), r);
+    }
+
     /// Only a response, no query.
     pub fn unsolicited(&mut self, client: &str, server: &str, r: Vec<u8>) {
         self.next_port += 1;
