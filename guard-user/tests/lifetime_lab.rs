@@ -12,32 +12,16 @@ use std::{
 };
 
 use guard_tests::{Lab, LabAddrs, LabConfig, Role};
-use guard_user::{
-    policy::Prefix,
-    rpz::{
-        encode_owner,
-        meta::{EntryMeta, unix_now},
-    },
-};
+use guard_user::rpz::meta::unix_now;
 
 mod daemon_support;
 mod learn_common;
 
 use daemon_support::{
-    BIN, Conn, Daemon, TEACHER, connect, eventually, learn_args, ops, ops_ok, replay_exchange, start_xdp,
-    state_dir,
+    BIN, Conn, Daemon, TEACHER, connect, eventually, learn_args, ops, ops_ok, replay_exchange,
+    rpz_add_learned, start_xdp, state_dir,
 };
 use learn_common::Conv;
-
-fn add_learned(lab: &Lab, ip: IpAddr, seen: u64) {
-    let owner = encode_owner(&Prefix::host(ip), lab.rpz_zone());
-    let txt = EntryMeta::learned(seen, 1, None).to_zone_text().expect("txt");
-    lab.nsupdate(&[
-        &format!("update add {owner} 60 IN A 127.0.0.25"),
-        &format!("update add {owner} 60 IN TXT {txt}"),
-    ])
-    .unwrap_or_else(|e| panic!("nsupdate: {e}"));
-}
 
 #[test]
 fn unconfirmed_entries_age_out_used_ones_stay_until_idle() {
@@ -46,8 +30,8 @@ fn unconfirmed_entries_age_out_used_ones_stay_until_idle() {
     let now = guard_user::rpz::meta::unix_now();
     let idle_one = IpAddr::V4(LabAddrs::inet_v4_alt(9));
     let busy = IpAddr::V4(LabAddrs::inet_v4_alt(10));
-    add_learned(&lab, idle_one, now);
-    add_learned(&lab, busy, now);
+    rpz_add_learned(&lab, idle_one, now);
+    rpz_add_learned(&lab, busy, now);
     let cfg = state_dir(&lab).join("lifetime.toml");
     std::fs::create_dir_all(state_dir(&lab)).expect("state dir");
     std::fs::write(
@@ -97,8 +81,8 @@ fn restart_keeps_the_times() {
     let now = guard_user::rpz::meta::unix_now();
     let old = IpAddr::V4(LabAddrs::inet_v4_alt(11));
     let fresh = IpAddr::V4(LabAddrs::inet_v4_alt(12));
-    add_learned(&lab, old, now - 25);
-    add_learned(&lab, fresh, now);
+    rpz_add_learned(&lab, old, now - 25);
+    rpz_add_learned(&lab, fresh, now);
     std::fs::create_dir_all(state_dir(&lab)).expect("state dir");
     let cfg = state_dir(&lab).join("lifetime.toml");
     std::fs::write(
@@ -168,8 +152,8 @@ fn dns_confirmation_keeps_an_entry_an_unconfirmed_one_goes() {
     let now = unix_now();
     let kept = IpAddr::V4(LabAddrs::inet_v4_alt(13));
     let dropped = IpAddr::V4(LabAddrs::inet_v4_alt(14));
-    add_learned(&lab, kept, now);
-    add_learned(&lab, dropped, now);
+    rpz_add_learned(&lab, kept, now);
+    rpz_add_learned(&lab, dropped, now);
     let d = start_learning(
         &lab,
         "ageing = true\nmax_age_dns_secs = 8\nmax_age_smtp_secs = 8\nidle_secs = 2\ninterval_secs = 1\nrefresh_secs = 1\n",

@@ -31,6 +31,7 @@ pub(super) async fn run(
         Some(l) => cshared.with_learning(l),
         None => cshared,
     };
+    *lock(&shared.flow_hits) = Some(cshared.hits.clone());
     let view = cshared.clone();
     *lock(&shared.extra) = Some(Box::new(move || serde_json::to_value(view.status()).unwrap_or_default()));
     *lock(&shared.point) = format!("openflow:{}", of.listen);

@@ -139,6 +139,8 @@ pub struct Shared {
     anti_spoofing: Mutex<String>,
     /// Ageing of learned entries (issue 11), when this daemon ages.
     pub ageing: super::ageing::SharedAgeing,
+    /// OpenFlow mode: the last hits the switches' flow statistics show.
+    pub(super) flow_hits: Mutex<Option<Arc<crate::openflow::hits::FlowHits>>>,
 }
 
 impl Shared {
@@ -169,14 +171,20 @@ impl Shared {
             reloads: Mutex::default(),
             anti_spoofing: Mutex::default(),
             ageing: Arc::default(),
+            flow_hits: Mutex::default(),
         }
     }
 
-    /// When allowed traffic last went to each destination (XDP: the
-    /// hit times in the program's host allow entries), seconds ago; `None`
-    /// without such times.
+    /// When allowed traffic last went to each destination, seconds ago
+    /// (XDP: the hit times in the host allow entries; OpenFlow: the allow flows' packet
+    /// counts, [`crate::openflow::hits`]); `None` without such times.
     pub fn last_hits(&self) -> Option<Vec<(IpAddr, u64)>> {
-        let e = self.enforcer.as_ref()?;
+        let Some(e) = self.enforcer.as_ref() else {
+            let hits = lock(&self.flow_hits).clone()?;
+            // Kept for a day at least: `explain` shows them too.
+            let keep = Duration::from_secs(self.config.lifetime.idle_secs.max(86_400));
+            return Some(hits.last_hits(Instant::now(), keep));
+        };
         match lock(e).last_hits() {
             Ok(v) => Some(v),
             Err(err) => {

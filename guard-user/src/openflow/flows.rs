@@ -23,6 +23,19 @@ pub const COOKIE_PROACTIVE: u64 = COOKIE_TAG | (2 << 32);
 /// Kind: reactive verdict flows installed after a packet-in.
 pub const COOKIE_VERDICT: u64 = COOKIE_TAG | (3 << 32);
 
+/// Cookie value and mask selecting the two kinds of flows that let
+/// traffic through to an allow-set entry, [`COOKIE_PROACTIVE`] (2) and
+/// [`COOKIE_VERDICT`] (3), which differ only in the kind's lowest bit; no
+/// other kind matches (issue 11: their statistics tell which entries are
+/// in use, [`super::hits`]).
+pub const COOKIE_ALLOW_KINDS: u64 = COOKIE_PROACTIVE;
+/// See [`COOKIE_ALLOW_KINDS`].
+pub const COOKIE_ALLOW_KINDS_MASK: u64 = COOKIE_KIND_MASK & !(1 << 32);
+const _: () = assert!(
+    COOKIE_VERDICT & COOKIE_ALLOW_KINDS_MASK == COOKIE_ALLOW_KINDS
+        && COOKIE_BASE & COOKIE_ALLOW_KINDS_MASK != COOKIE_ALLOW_KINDS
+);
+
 /// Kind: live learning, the resolvers' DNS sent to the controller (issue 9).
 pub const COOKIE_LEARN: u64 = COOKIE_TAG | (4 << 32);
 /// A resolver's query: forwarded as its exempt flow would, and copied.

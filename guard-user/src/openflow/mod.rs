@@ -83,6 +83,7 @@ pub mod admission;
 pub mod codec;
 pub mod controller;
 pub mod flows;
+pub mod hits;
 pub mod learn;
 pub mod oxm;
 pub mod tls;
@@ -183,6 +184,10 @@ pub struct ControllerConfig {
     /// Live learning: held answers per second the learning meter lets
     /// through (0 = no meter).
     pub learn_packet_in_rate: u32,
+    /// Seconds between two readings of the allow flows' statistics, the
+    /// last-hit times ageing keeps used entries by ([`hits`]); 0: none.
+    #[serde(default)]
+    pub hit_poll_secs: u64,
 }
 
 impl Default for ControllerConfig {
@@ -215,6 +220,7 @@ impl Default for ControllerConfig {
             learn_resolvers: Vec::new(),
             learn_hold_answers: true,
             learn_packet_in_rate: 10_000,
+            hit_poll_secs: 10,
         }
     }
 }
@@ -251,6 +257,10 @@ impl ControllerConfig {
             },
             learn_hold_answers: cfg.learn.openflow_answers == crate::config::AnswerHandling::Hold,
             learn_packet_in_rate: cfg.learn.openflow_packet_in_rate,
+            // Several readings per idle period, so a used entry is never
+            // taken for idle; at most a minute apart (one dump of every
+            // allow flow per reading).
+            hit_poll_secs: (cfg.lifetime.idle_secs / 4).clamp(1, 60),
             ..ControllerConfig::default()
         }
     }
@@ -331,6 +341,9 @@ pub struct ControllerShared {
     pub counters: Arc<Counters>,
     /// Live learning (with [`ControllerConfig::learn_resolvers`]).
     pub learning: Option<Arc<Learning>>,
+    /// When allowed traffic last went to each entry, from the switches'
+    /// flow statistics ([`ControllerConfig::hit_poll_secs`]).
+    pub hits: Arc<hits::FlowHits>,
     board: Arc<Board>,
     /// False while no allow set is loaded (deny-protected start-up mode,
     /// see [`ControllerShared::with_loaded`]).
@@ -349,7 +362,16 @@ impl ControllerShared {
         // Loaded unless the daemon says otherwise: a controller given a set
         // by its caller enforces that set.
         let loaded = watch::channel(true).1;
-        ControllerShared { allow, resolver, events, counters, learning: None, board: Arc::default(), loaded }
+        ControllerShared {
+            allow,
+            resolver,
+            events,
+            counters,
+            learning: None,
+            hits: Arc::default(),
+            board: Arc::default(),
+            loaded,
+        }
     }
 
     /// The same, feeding the learning flows' packet-ins to `learning`.

@@ -174,6 +174,18 @@ pub fn rpz_add(lab: &Lab, ip: IpAddr, answer: &str) {
         .unwrap_or_else(|e| panic!("nsupdate: {e}"));
 }
 
+/// Registers `ip` in the lab's RPZ as the learner writes a learned SMTP
+/// entry: `A 127.0.0.25` and its lifetime TXT, last seen at `seen`.
+pub fn rpz_add_learned(lab: &Lab, ip: IpAddr, seen: u64) {
+    let owner = encode_owner(&Prefix::host(ip), lab.rpz_zone());
+    let txt = guard_user::rpz::meta::EntryMeta::learned(seen, 1, None).to_zone_text().expect("txt");
+    lab.nsupdate(&[
+        &format!("update add {owner} 60 IN A 127.0.0.25"),
+        &format!("update add {owner} 60 IN TXT {txt}"),
+    ])
+    .unwrap_or_else(|e| panic!("nsupdate: {e}"));
+}
+
 /// Removes `ip` from the lab's RPZ.
 pub fn rpz_delete(lab: &Lab, ip: IpAddr) {
     let owner = encode_owner(&Prefix::host(ip), ZONE);

@@ -306,6 +306,7 @@ async fn run_connection(
         learned: shared.learning.as_ref().map(|l| l.subscribe()),
         barriers: std::collections::VecDeque::new(),
         learn_meter_seen: 0,
+        hit_poll: session::HitPoll::default(),
         not_loaded: false,
         not_loaded_events: decide::SourceBudget::new(guard_common::DEFAULT_EVENTS_PER_SOURCE),
     };
@@ -332,6 +333,7 @@ async fn run_connection(
         _ => info!(reason = %end, "switch disconnected"),
     }
     shared.board().remove_switch(id);
+    shared.hits.forget(id);
     // Stop decision tasks, let the writer flush (e.g. a final ERROR), close.
     tasks_stop.cancel();
     queue.close();

@@ -96,6 +96,8 @@ pub(super) struct Session {
     pub(super) barriers: VecDeque<(u32, u64)>,
     /// Live learning: drops of the learning meter counted so far.
     pub(super) learn_meter_seen: u64,
+    /// The reading of the allow flows' statistics in progress (last hits).
+    pub(super) hit_poll: HitPoll,
     /// The deny-protected flows are on the switch (no allow set loaded yet).
     pub(super) not_loaded: bool,
     /// Event budget per source for deny-protected drops.
@@ -292,6 +294,7 @@ impl Session {
                 _ = stats_tick.tick() => {
                     self.publish();
                     self.poll_learn_meter();
+                    self.poll_hits();
                 }
                 r = recv_learned(&mut learned) => {
                     if matches!(r, Err(broadcast::error::RecvError::Closed)) {
@@ -340,6 +343,9 @@ impl Session {
             Body::MultipartReply(MultipartReply { body: MultipartReplyBody::Meter(ms), .. }) => {
                 self.learn_meter_stats(&ms);
             }
+            Body::MultipartReply(MultipartReply { flags, body: MultipartReplyBody::Flow(fs) }) => {
+                self.hit_stats(m.xid, flags, fs);
+            }
             Body::PacketIn(pi) => {
                 return if self.packet_in(pi).await {
                     Ok(())
@@ -353,6 +359,64 @@ impl Session {
             _ => {}
         }
         Ok(())
+    }
+}
+
+/// A reading of the switch's allow-flow statistics (see
+/// [`crate::openflow::hits`]): the request in flight and the parts
+/// received so far.
+#[derive(Default)]
+pub(super) struct HitPoll {
+    /// The request's xid and when it went out.
+    pending: Option<(u32, Instant)>,
+    /// Parts of the reply so far (OVS splits a long one).
+    parts: Vec<crate::openflow::codec::FlowStats>,
+    /// The last request.
+    last: Option<Instant>,
+}
+
+/// A reading not answered within this long is asked again.
+const HIT_POLL_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Session {
+    /// Asks for the allow flows' statistics every `hit_poll_secs`, one
+    /// reading at a time.
+    fn poll_hits(&mut self) {
+        let every = self.conn.cfg.hit_poll_secs;
+        let p = &mut self.hit_poll;
+        if p.last.is_none() {
+            // The flows were just installed: the first reading one interval on.
+            p.last = Some(Instant::now());
+            return;
+        }
+        if every == 0
+            || p.last.is_some_and(|t| t.elapsed() < Duration::from_secs(every))
+            || p.pending.is_some_and(|(_, t)| t.elapsed() < HIT_POLL_TIMEOUT)
+        {
+            return;
+        }
+        let xid = self.conn.next_xid();
+        let req = Body::MultipartRequest(crate::openflow::hits::request());
+        if self.conn.try_send_reply(xid, req) {
+            let now = Instant::now();
+            p.pending = Some((xid, now));
+            p.last = Some(now);
+            p.parts.clear();
+        }
+    }
+
+    /// One part of the statistics reply; the last one completes the reading.
+    fn hit_stats(&mut self, xid: u32, flags: u16, mut stats: Vec<crate::openflow::codec::FlowStats>) {
+        let p = &mut self.hit_poll;
+        if p.pending.map(|(x, _)| x) != Some(xid) {
+            return;
+        }
+        p.parts.append(&mut stats);
+        if flags & crate::openflow::codec::MP_MORE == 0 {
+            p.pending = None;
+            let parts = std::mem::take(&mut p.parts);
+            self.conn.shared.hits.observe(self.conn.id, &parts, Instant::now());
+        }
     }
 }
 
