@@ -29,7 +29,7 @@
 
 mod daemon_support;
 
-use daemon_support::{Daemon, eventually, lab_bind_args, rpz_add, rpz_add_learned, rpz_delete};
+use daemon_support::{Daemon, eventually, lab_bind_args, ops, rpz_add, rpz_add_learned, rpz_delete};
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     process::Command,
@@ -852,6 +852,12 @@ fn openflow_used_entries_stay_past_max_age() {
         }
         std::thread::sleep(Duration::from_millis(300));
     }
+    // `explain` on the controller says the entry is in use.
+    let sock = d.socket.display().to_string();
+    let out = ops(&t.lab, &["explain", &busy.to_string(), "--json", "--socket", &sock]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("explain --json");
+    let ago = v["router"]["usage"]["last_hit_secs"].as_u64();
+    assert!(ago.is_some_and(|a| a <= 3), "last hit within idle: {v}");
     let ageing = d.status().ageing.expect("ageing in status");
     eprintln!("unused entry gone at {gone:?}; {ageing:?}");
     assert!(gone.is_some(), "the unused entry aged out of the RPZ: {ageing:?}");

@@ -270,6 +270,13 @@ fn explain_golden_for_learned_manual_denied_cached_negative_and_unknown() {
     std::fs::write(&conf, "[cache]\nnegative_ttl_secs = 120\n").expect("write config");
     let d = start_xdp(&lab, &["--config", conf.to_str().expect("utf-8")]);
     eventually(Duration::from_secs(10), || d.status().sync.serial.is_some()).expect("the first transfer");
+    // Mail to the learned entry: in use (explain says when it was last hit).
+    let mail = SocketAddr::new(IpAddr::V4(learned), 25);
+    assert_eq!(connect(&lab, Role::Pc, mail, Duration::from_millis(800)), Conn::Open);
+    let usage = &router_view(&lab, &d, IpAddr::V4(learned))["router"]["usage"];
+    assert!(usage["last_hit_secs"].as_u64().is_some_and(|s| s < 60), "{usage}");
+    let usage = &router_view(&lab, &d, IpAddr::V4(manual))["router"]["usage"];
+    assert!(usage.is_object() && usage["last_hit_secs"].is_null(), "no traffic to the manual entry: {usage}");
     // The bot tries the unregistered address: blocked, answer cached.
     let to = SocketAddr::new(IpAddr::V4(negative), 25);
     // Shorter than TCP's first retransmission (1 s): exactly one SYN, one event.

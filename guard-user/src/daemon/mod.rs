@@ -34,7 +34,7 @@ pub use self::{
     reload::{ReloadRequest, ReloadStats, changed_keys, fixed_changes},
     source::source_from,
     status::{
-        CachedAnswer, FlowView, KernelView, MissTransportReport, RouterView, Shared, StatusReport,
+        CachedAnswer, FlowView, KernelView, MissTransportReport, RouterView, Shared, StatusReport, Usage,
         query_explain, query_status, render_status, utc,
     },
 };

@@ -293,6 +293,11 @@ pub struct RouterView {
     pub meta: Vec<(Prefix, EntryMeta)>,
     /// Classes learned live and not yet in the zone (`None`: live learning off).
     pub live: Option<Classes>,
+    /// Whether allowed traffic uses the entries covering the destination
+    /// (issue 11: ageing keeps those in use); `None` when none covers it or
+    /// this router keeps no last-hit times.
+    #[serde(default)]
+    pub usage: Option<Usage>,
     /// XDP mode: the allow maps and the verdict cache of the kernel.
     pub kernel: Option<KernelView>,
     /// XDP mode: reading the maps failed (why).
@@ -306,6 +311,24 @@ pub struct RouterView {
     pub blocked: Option<HostStats>,
     /// The last blocked attempts toward it, newest first (bounded ring).
     pub recent: Vec<RecentAttempt>,
+}
+
+/// When allowed traffic last went to a destination's entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Seconds since the last allowed packet toward the entries covering
+    /// the destination (XDP: what the program noted; OpenFlow: the allow
+    /// flows' packet counts); `None`: none since the daemon started.
+    pub last_hit_secs: Option<u64>,
+    /// `lifetime.idle_secs`: an entry hit within this long is in use.
+    pub idle_secs: u64,
+}
+
+impl Usage {
+    /// True when the entry counts as in use.
+    pub fn in_use(&self) -> bool {
+        self.last_hit_secs.is_some_and(|a| a <= self.idle_secs)
+    }
 }
 
 /// The kernel's view of one destination (XDP mode).
@@ -347,7 +370,9 @@ pub struct CachedAnswer {
 
 impl Shared {
     /// Everything this daemon knows about destination `ip` (the status
-    /// socket's `explain ADDR`). Point lookups only: cheap on any set size.
+    /// socket's `explain ADDR`). Point lookups, but for the last hits,
+    /// which are read whole (the XDP side offers no point lookup of them;
+    /// the socket runs this on a blocking thread).
     pub fn explain(&self, ip: IpAddr) -> RouterView {
         let host = Prefix::host(ip);
         let ip = host.addr();
@@ -384,6 +409,17 @@ impl Shared {
                 })
             }
         };
+        let usage = if entries.is_empty() {
+            None
+        } else {
+            self.last_hits().map(|hits| {
+                let covered = |h: IpAddr| entries.iter().any(|(p, _)| p.contains(h));
+                Usage {
+                    last_hit_secs: hits.iter().filter(|(h, _)| covered(*h)).map(|(_, ago)| *ago).min(),
+                    idle_secs: self.config.lifetime.idle_secs,
+                }
+            })
+        };
         RouterView {
             ip,
             mode: match self.config.enforce.mode {
@@ -397,6 +433,7 @@ impl Shared {
             meta: entries.iter().filter_map(|(p, _)| set.meta(p).map(|m| (*p, m.clone()))).collect(),
             entries,
             live: self.live.as_ref().map(|l| l.lookup(ip)),
+            usage,
             kernel,
             kernel_error,
             flows,
@@ -463,7 +500,10 @@ pub(super) async fn serve_status(listener: UnixListener, shared: Arc<Shared>, ca
             let request = read_request::<128>(&mut conn).await;
             let body = match request.trim() {
                 "metrics" => shared.metrics(),
-                r if r.starts_with("explain ") => explain_reply(&shared, &r["explain ".len()..]),
+                r if r.starts_with("explain ") => {
+                    let (sh, addr) = (shared.clone(), r["explain ".len()..].to_owned());
+                    tokio::task::spawn_blocking(move || explain_reply(&sh, &addr)).await.unwrap_or_default()
+                }
                 _ => serde_json::to_string(&shared.report()).unwrap_or_default(),
             };
             let _ = conn.write_all(body.as_bytes()).await;

@@ -289,6 +289,23 @@ impl Explanation {
                 }
             );
         }
+        if let Some(u) = &v.usage {
+            let idle = when::span(u.idle_secs);
+            let line = match u.last_hit_secs {
+                Some(ago) => format!(
+                    "{}: last allowed packet {} ({})",
+                    if u.in_use() { "yes" } else { "no" },
+                    when::utc_relative(now.saturating_sub(ago), now),
+                    if u.in_use() {
+                        format!("ageing keeps it while packets come within {idle}")
+                    } else {
+                        format!("none within {idle}: ageing may remove it")
+                    }
+                ),
+                None => "no: no allowed packet since the daemon started".to_owned(),
+            };
+            let _ = writeln!(o, "  in use     {line}");
+        }
         if let Some(k) = &v.kernel {
             let _ = writeln!(o, "  kernel     host map {}, prefix map {}", k.host, k.prefix);
             if k.host.is_deny() || k.prefix.is_deny() {
