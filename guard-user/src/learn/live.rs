@@ -553,6 +553,8 @@ pub struct LiveLearner {
     live: std::sync::Arc<LiveAllow>,
     zone: std::sync::Arc<ZoneLookup>,
     enforce: Enforce,
+    /// The hints' addresses: the pipeline starts with them as entries.
+    hints: std::collections::HashSet<IpAddr>,
     /// Counters already reported to `live` (the pipeline's are cumulative).
     reported: (u64, u64, u64, u64, u64, u64),
 }
@@ -582,7 +584,8 @@ impl LiveLearner {
             let z = zone.clone();
             pipeline.learner_mut().also_trust(AlsoTrusted(Box::new(move |ip| z(ip).contains(Classes::DNS))));
         }
-        LiveLearner { pipeline, live, zone, enforce, reported: (0, 0, 0, 0, 0, 0) }
+        let hints = hints.addrs.iter().copied().collect();
+        LiveLearner { pipeline, live, zone, enforce, hints, reported: (0, 0, 0, 0, 0, 0) }
     }
 
     /// Feeds one Ethernet frame copied at kernel time `ts_ns`; entries it
@@ -605,6 +608,10 @@ impl LiveLearner {
         for c in &confirmations {
             let p = Prefix::host(c.ip);
             if new.iter().any(|(q, k)| *q == p && k.contains(c.classes)) {
+                continue;
+            }
+            if self.hints.contains(&c.ip) {
+                // Trusted by configuration, never learned (nor pushed).
                 continue;
             }
             let zone = (self.zone)(c.ip);
