@@ -755,6 +755,28 @@ impl Enforcer {
         Ok(hits.map(|(ip, v)| (ip, ticks_to_secs(now.wrapping_sub(v.hit)))).collect())
     }
 
+    /// When allowed traffic last went to host entry `ip`, seconds ago:
+    /// `None` without an entry or without an allowed packet since userspace
+    /// wrote it. One map lookup (`rpz-guard explain`).
+    pub fn last_hit(&self, ip: IpAddr) -> Result<Option<u64>, XdpError> {
+        let found = |r: Result<HostValue, MapError>, name| match r {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(name)(e)),
+        };
+        let value = match Prefix::host(ip).addr() {
+            IpAddr::V4(a) => {
+                let h: HashMap<&MapData, [u8; 4], HostValue> = self.typed_ref(MAP_ALLOW_V4)?;
+                found(h.get(&a.octets(), 0), MAP_ALLOW_V4)?
+            }
+            IpAddr::V6(a) => {
+                let h: HashMap<&MapData, [u8; 16], HostValue> = self.typed_ref(MAP_ALLOW_V6)?;
+                found(h.get(&a.octets(), 0), MAP_ALLOW_V6)?
+            }
+        };
+        Ok(value.filter(|v| v.hit != 0).map(|v| ticks_to_secs(coarse_tick().wrapping_sub(v.hit))))
+    }
+
     /// A handle on the verdict cache usable from another thread without
     /// this value (a second descriptor of the same map).
     pub fn verdict_cache(&self) -> Result<VerdictCache, XdpError> {

@@ -573,6 +573,10 @@ fn allowed_traffic_notes_last_hit() {
     want.sort();
     assert_eq!(ips, want);
     assert!(hits.iter().all(|(_, ago)| *ago <= 2), "{hits:?}");
+    // One entry's, by lookup (`explain`).
+    assert!(e.last_hit(MX.into()).expect("lookup").is_some_and(|ago| ago <= 2));
+    assert_eq!(e.last_hit(NS.into()).expect("lookup"), None, "refused: no hit");
+    assert_eq!(e.last_hit(UNKNOWN.into()).expect("lookup"), None, "no entry");
     // The allow set still reads back without the hit times in it.
     assert_eq!(e.allow_of(MX.into()).expect("lookup").0, Classes::SMTP);
     let mut w = e.allow_writer().expect("writer");

@@ -194,6 +194,24 @@ impl Shared {
         }
     }
 
+    /// When allowed traffic last went to `ip` under one of its `entries`,
+    /// seconds ago; `None` without such times. XDP notes hits in host
+    /// entries only: one map lookup, never a walk of a large set.
+    fn last_hit_of(&self, ip: IpAddr, entries: &[(Prefix, Classes)]) -> Option<Option<u64>> {
+        if let Some(e) = self.enforcer.as_ref() {
+            return match lock(e).last_hit(ip) {
+                Ok(v) => Some(v),
+                Err(err) => {
+                    tracing::warn!(error = %err, %ip, "reading the entry's last hit failed");
+                    None
+                }
+            };
+        }
+        let hits = self.last_hits()?;
+        let covered = |h: IpAddr| entries.iter().any(|(p, _)| p.contains(h));
+        Some(hits.iter().filter(|(h, _)| covered(*h)).map(|(_, ago)| *ago).min())
+    }
+
     /// Records (and logs) the anti-spoofing checks of exempt sources that
     /// `cfg` puts in force; a loud error when some exempt source is open to
     /// spoofing.
@@ -412,13 +430,8 @@ impl Shared {
         let usage = if entries.is_empty() {
             None
         } else {
-            self.last_hits().map(|hits| {
-                let covered = |h: IpAddr| entries.iter().any(|(p, _)| p.contains(h));
-                Usage {
-                    last_hit_secs: hits.iter().filter(|(h, _)| covered(*h)).map(|(_, ago)| *ago).min(),
-                    idle_secs: self.config.lifetime.idle_secs,
-                }
-            })
+            self.last_hit_of(ip, &entries)
+                .map(|last_hit_secs| Usage { last_hit_secs, idle_secs: self.config.lifetime.idle_secs })
         };
         RouterView {
             ip,
