@@ -445,7 +445,13 @@ fn scenario(tag: &str, qmin: &str, udp_size: u16) {
         .collect();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let snap = rt.block_on(transfer::axfr(rpz.addr, ZONE, Some(&rpz.key))).expect("AXFR of the RPZ");
-    assert_eq!(snap.set, expected, "the RPZ holds exactly the world's name servers and mail hosts");
+    // The lifetime state beside each entry (issue 11) is checked by learn_update.
+    let got: AllowSet = snap.set.iter().map(|(p, c)| (*p, *c)).collect();
+    assert_eq!(got, expected, "the RPZ holds exactly the world's name servers and mail hosts");
+    assert!(
+        snap.set.iter().all(|(p, _)| snap.set.meta(p).is_some_and(|m| m.seen.is_some())),
+        "every learned entry carries its lifetime TXT"
+    );
 
     // Again: nothing left to add.
     let out = learn(&args, &pcap);
