@@ -155,16 +155,27 @@ pub fn send_frames(ns: &str, iface: &str, frames: &[Vec<u8>]) -> Result<()> {
             addr.sll_halen = 6;
             for frame in frames {
                 addr.sll_addr[..6].copy_from_slice(frame.get(..6).unwrap_or(&[0; 6]));
-                let sent = libc::sendto(
-                    fd.as_raw_fd(),
-                    frame.as_ptr().cast(),
-                    frame.len(),
-                    0,
-                    (&raw const addr).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                );
-                if sent < 0 {
-                    return Err(std::io::Error::last_os_error());
+                // A full device queue (ENOBUFS, seen on a loaded machine) is
+                // waited out, frame by frame, for up to a second.
+                let mut tries = 0;
+                loop {
+                    let sent = libc::sendto(
+                        fd.as_raw_fd(),
+                        frame.as_ptr().cast(),
+                        frame.len(),
+                        0,
+                        (&raw const addr).cast(),
+                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                    );
+                    if sent >= 0 {
+                        break;
+                    }
+                    let e = std::io::Error::last_os_error();
+                    if e.raw_os_error() != Some(libc::ENOBUFS) || tries >= 1000 {
+                        return Err(e);
+                    }
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
                 }
             }
             Ok(())
