@@ -267,6 +267,99 @@ impl DetectionEvent {
     }
 }
 
+/// One entry learned live (issue 9): a matched answer of a trusted server
+/// taught an address a class the zone lacked, and it was enforced. Written
+/// to the same stream as the detection events, marked `"event": "learned"`
+/// (detection events carry no `event` field in the native layout).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LearnedEvent {
+    /// When the answer crossed the router, milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// The address learned.
+    pub addr: IpAddr,
+    /// The classes this answer taught it (services it may now be reached on).
+    pub classes: Vec<Service>,
+    /// The question the answer was for, dotted, with a trailing dot.
+    pub qname: String,
+    /// The question type (`MX`, `A`, `NS`, ...).
+    pub qtype: String,
+    /// The trusted server that answered.
+    pub server: IpAddr,
+    /// Answer → entry enforced locally (kernel maps, or flows queued to the
+    /// switches), microseconds.
+    pub lag_us: u64,
+}
+
+/// The native layout of a [`LearnedEvent`]: version first, then the tag.
+#[derive(Serialize)]
+struct NativeLearned<'a> {
+    version: u32,
+    event: &'static str,
+    #[serde(flatten)]
+    ev: &'a LearnedEvent,
+}
+
+impl LearnedEvent {
+    /// The value of the native layout's `event` field.
+    pub const TAG: &'static str = "learned";
+
+    /// The event as one JSON object in `format`.
+    pub fn to_json(&self, format: EventFormat) -> serde_json::Value {
+        match format {
+            EventFormat::Native => {
+                serde_json::to_value(NativeLearned { version: SCHEMA_VERSION, event: Self::TAG, ev: self })
+                    .unwrap_or_default()
+            }
+            EventFormat::Ecs => self.to_ecs(),
+        }
+    }
+
+    /// The event as one line of JSON (without the newline).
+    pub fn to_line(&self, format: EventFormat) -> String {
+        let text = match format {
+            EventFormat::Native => {
+                serde_json::to_string(&NativeLearned { version: SCHEMA_VERSION, event: Self::TAG, ev: self })
+            }
+            EventFormat::Ecs => serde_json::to_string(&self.to_ecs()),
+        };
+        text.unwrap_or_default()
+    }
+
+    /// The ECS layout: the answer as `dns.question.*` and `server.ip`, the
+    /// address as `destination.ip`; the rest under `rpz_guard`.
+    fn to_ecs(&self) -> serde_json::Value {
+        let classes: Vec<String> = self.classes.iter().map(ToString::to_string).collect();
+        // ECS writes names without the root's trailing dot.
+        let name = self.qname.strip_suffix('.').filter(|n| !n.is_empty()).unwrap_or(&self.qname);
+        serde_json::json!({
+            "@timestamp": rfc3339_ms(self.time_ms),
+            "ecs": { "version": ECS_VERSION },
+            "message": format!(
+                "learned {} ({}) from the {} answer for {} by {}",
+                self.addr,
+                classes.join("+"),
+                self.qtype,
+                self.qname,
+                self.server
+            ),
+            "event": {
+                "kind": "event",
+                "category": ["network", "configuration"],
+                "type": ["protocol", "creation"],
+                "action": Self::TAG,
+                "module": "rpz_guard",
+                "dataset": "rpz_guard.learned",
+            },
+            "destination": { "ip": self.addr },
+            "server": { "ip": self.server },
+            "dns": { "question": { "name": name, "type": self.qtype } },
+            "network": { "protocol": "dns", "type": if self.addr.is_ipv4() { "ipv4" } else { "ipv6" } },
+            "observer": { "type": "firewall", "product": "rpz-guard", "version": env!("CARGO_PKG_VERSION") },
+            "rpz_guard": { "version": SCHEMA_VERSION, "classes": classes, "lag_us": self.lag_us },
+        })
+    }
+}
+
 /// `time_ms` (ms since the Unix epoch) as RFC 3339 UTC with milliseconds,
 /// e.g. `2023-11-14T22:13:20.123Z`.
 pub fn rfc3339_ms(time_ms: u64) -> String {
@@ -388,6 +481,7 @@ pub struct EventSink {
     settings: Mutex<EventSettings>,
     write_errors: Arc<AtomicU64>,
     agg: Mutex<Aggregate>,
+    learned: AtomicU64,
 }
 
 /// Maximum number of distinct hosts tracked per aggregate; beyond it the
@@ -424,6 +518,7 @@ impl EventSink {
             settings: Mutex::new(EventSettings::default()),
             write_errors,
             agg: Mutex::new(Aggregate::default()),
+            learned: AtomicU64::new(0),
         })
     }
 
@@ -489,6 +584,24 @@ impl EventSink {
                 self.write_errors.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Writes one [`LearnedEvent`] (not a blocked attempt: the aggregates
+    /// and [`EventSink::total`] leave it out).
+    pub fn record_learned(&self, ev: &LearnedEvent) {
+        self.learned.fetch_add(1, Ordering::Relaxed);
+        if let Some(tx) = self.tx.as_ref().filter(|_| self.writing.load(Ordering::Relaxed)) {
+            let mut line = ev.to_line(self.settings().format).into_bytes();
+            line.push(b'\n');
+            if tx.try_send(Msg::Line(line)).is_err() {
+                self.write_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Learned events recorded ([`EventSink::record_learned`]).
+    pub fn learned_total(&self) -> u64 {
+        self.learned.load(Ordering::Relaxed)
     }
 
     /// Total events recorded.

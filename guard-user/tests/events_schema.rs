@@ -4,11 +4,12 @@
 //! reason the code knows is in the schema, and the schema refuses broken
 //! events (so the lab tests' validation of real events means something).
 //! The examples block of `docs/events.md` is generated from the same source.
+//! The same for the learned events of live learning (issue 9).
 
 mod daemon_support;
 
 use daemon_support::{check_event_line, event_schema_path, event_validator};
-use guard_user::events::{DetectionEvent, EventFormat, EventSettings, Reason, SCHEMA_VERSION};
+use guard_user::events::{DetectionEvent, EventFormat, EventSettings, LearnedEvent, Reason, SCHEMA_VERSION};
 use serde_json::{Value, json};
 
 fn schema() -> Value {
@@ -26,6 +27,18 @@ fn examples() -> Vec<(Value, EventSettings)> {
             (v.clone(), EventSettings { format: EventFormat::Native, count_only })
         })
         .collect()
+}
+
+/// The learned-event examples of the schema (native layout).
+fn learned_examples() -> Vec<Value> {
+    schema()["$defs"]["learned"]["examples"].as_array().expect("learned examples").clone()
+}
+
+/// The ECS form of a learned event, `observer.version` normalised.
+fn learned_ecs(ev: &LearnedEvent) -> Value {
+    let mut v = ev.to_json(EventFormat::Ecs);
+    v["observer"]["version"] = json!("0.1.0");
+    v
 }
 
 /// The ECS form of an event; `observer.version` is the build's, so it is
@@ -97,25 +110,94 @@ fn docs_block() -> String {
     out
 }
 
+/// The learned examples block of docs/events.md, as the writer produces it.
+fn docs_learned_block() -> String {
+    let mut out = String::from("<!-- learned-examples:begin -->\n");
+    for example in learned_examples() {
+        let ev: LearnedEvent = serde_json::from_value(example.clone()).expect("learned event");
+        let line = ev.to_line(EventFormat::Native);
+        assert_eq!(serde_json::from_str::<Value>(&line).expect("line"), example);
+        out.push_str(&format!("`{}` ({}), native:\n\n```json\n{line}\n```\n\n", ev.qtype, ev.addr));
+        let pretty = serde_json::to_string_pretty(&learned_ecs(&ev)).expect("json");
+        out.push_str(&format!("ECS:\n\n```json\n{pretty}\n```\n\n"));
+    }
+    out.push_str("<!-- learned-examples:end -->");
+    out
+}
+
 #[test]
 fn docs_show_the_examples_as_written() {
     let path = event_schema_path().with_file_name("events.md");
-    let text = std::fs::read_to_string(&path).expect("docs/events.md");
-    let (Some(begin), Some(end)) = (text.find("<!-- examples:begin -->"), text.find("<!-- examples:end -->"))
-    else {
-        panic!("docs/events.md lacks the examples markers");
-    };
-    let current = &text[begin..end + "<!-- examples:end -->".len()];
-    let want = docs_block();
-    if current != want {
-        if std::env::var_os("RPZ_GUARD_BLESS").is_some() {
-            std::fs::write(&path, text.replace(current, &want)).expect("write docs/events.md");
-            return;
+    for (name, want) in [("examples", docs_block()), ("learned-examples", docs_learned_block())] {
+        let text = std::fs::read_to_string(&path).expect("docs/events.md");
+        let (b, e) = (format!("<!-- {name}:begin -->"), format!("<!-- {name}:end -->"));
+        let (Some(begin), Some(end)) = (text.find(&b), text.find(&e)) else {
+            panic!("docs/events.md lacks the {name} markers");
+        };
+        let current = &text[begin..end + e.len()];
+        if current != want {
+            if std::env::var_os("RPZ_GUARD_BLESS").is_some() {
+                std::fs::write(&path, text.replace(current, &want)).expect("write docs/events.md");
+                continue;
+            }
+            panic!(
+                "docs/events.md {name} are stale; rerun with RPZ_GUARD_BLESS=1 to rewrite them. Want:\n{want}"
+            );
         }
-        panic!(
-            "docs/events.md examples are stale; rerun with RPZ_GUARD_BLESS=1 to rewrite them. Want:\n{want}"
-        );
     }
+}
+
+#[test]
+fn learned_examples_are_what_the_writer_produces_in_both_layouts() {
+    let examples = learned_examples();
+    assert!(examples.iter().any(|v| v["addr"].as_str().is_some_and(|a| a.contains(':'))), "an IPv6 example");
+    for example in examples {
+        check_event_line(&example.to_string());
+        let ev: LearnedEvent =
+            serde_json::from_value(example.clone()).expect("example reads as a learned event");
+        assert_eq!(
+            ev.to_json(EventFormat::Native),
+            example,
+            "native example differs from the writer's output"
+        );
+        assert_eq!(serde_json::from_str::<Value>(&ev.to_line(EventFormat::Native)).expect("line"), example);
+        // A learned line is never taken for a detection event.
+        assert!(serde_json::from_value::<DetectionEvent>(example.clone()).is_err());
+        let e = learned_ecs(&ev);
+        check_event_line(&e.to_string());
+        assert_eq!(e["destination"]["ip"], example["addr"]);
+        assert_eq!(e["server"]["ip"], example["server"]);
+        assert_eq!(e["dns"]["question"]["type"], example["qtype"]);
+        assert_eq!(format!("{}.", e["dns"]["question"]["name"].as_str().expect("name")), ev.qname);
+        assert_eq!(e["rpz_guard"]["classes"], example["classes"]);
+        assert_eq!(e["rpz_guard"]["lag_us"], example["lag_us"]);
+        assert_eq!(e["event"]["action"], "learned");
+    }
+}
+
+#[test]
+fn schema_refuses_broken_learned_events() {
+    let good = learned_examples().remove(0);
+    assert!(event_validator().is_valid(&good));
+    type Break = Box<dyn Fn(&mut Value)>;
+    let broken: Vec<(&str, Break)> = vec![
+        ("no addr", Box::new(|v| drop(v.as_object_mut().map(|o| o.remove("addr"))))),
+        ("no lag", Box::new(|v| drop(v.as_object_mut().map(|o| o.remove("lag_us"))))),
+        ("no classes", Box::new(|v| v["classes"] = json!([]))),
+        ("an unknown class", Box::new(|v| v["classes"] = json!(["http"]))),
+        ("server not an IP", Box::new(|v| v["server"] = json!("ns1.example."))),
+        ("a name without its dot", Box::new(|v| v["qname"] = json!("example.com"))),
+        ("another event tag", Box::new(|v| v["event"] = json!("blocked"))),
+        ("a detection field", Box::new(|v| v["reason"] = json!("not_registered"))),
+    ];
+    for (what, f) in broken {
+        let mut v = good.clone();
+        f(&mut v);
+        assert!(!event_validator().is_valid(&v), "the schema accepts a learned event with {what}: {v}");
+    }
+    let mut e = learned_ecs(&serde_json::from_value(good).expect("event"));
+    e["server"]["ip"] = json!("not-an-ip");
+    assert!(!event_validator().is_valid(&e), "the schema accepts an ECS learned event with a bad server.ip");
 }
 
 #[test]

@@ -47,8 +47,8 @@ use daemon_support::{eventually, loaded};
 use guard_tests::ovs::Ovs;
 use guard_user::{
     daemon::StatusReport,
-    events::DetectionEvent,
-    policy::{AllowSet, Classes, Prefix},
+    events::{DetectionEvent, LearnedEvent},
+    policy::{AllowSet, Classes, Prefix, Service},
     rpz::{encode_owner, transfer},
 };
 use learn_hierarchy::{Netns, Proc, World, Zone, dig, ip_cmd, ns_cmd, port53};
@@ -410,12 +410,26 @@ impl Guard {
         self.status().counters.iter().find(|(n, _)| n == name).map_or(0, |(_, v)| *v)
     }
 
+    /// The detection events (blocked attempts), every line checked
+    /// against the schema.
     fn events(&self) -> Vec<DetectionEvent> {
-        std::fs::read_to_string(&self.events)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event line {l:?}: {e}")))
+        self.lines()
+            .filter(|v| v.get("event").is_none())
+            .map(|v| serde_json::from_value(v).expect("event"))
             .collect()
+    }
+
+    /// The learned events (one per entry learned live).
+    fn learned(&self) -> Vec<LearnedEvent> {
+        self.lines()
+            .filter(|v| v["event"] == LearnedEvent::TAG)
+            .map(|v| serde_json::from_value(v).expect("learned event"))
+            .collect()
+    }
+
+    fn lines(&self) -> impl Iterator<Item = serde_json::Value> {
+        let text = std::fs::read_to_string(&self.events).unwrap_or_default();
+        text.lines().map(daemon_support::check_event_line).collect::<Vec<_>>().into_iter()
     }
 
     /// SIGINT; the exit must be clean. Returns the log.
@@ -731,6 +745,7 @@ fn scenario(tag: &str, udp_size: u16, qmin: &str, extent: Extent, mode: Mode) {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root (namespaces, XDP, named on port 53)");
     let started = Instant::now();
+    let test_start_ms = guard_user::events::now_ms();
     let world = World::standard();
     let rogue = World::rogue();
     let mut outside: BTreeSet<IpAddr> = world.all_addresses();
@@ -850,6 +865,7 @@ fn scenario(tag: &str, udp_size: u16, qmin: &str, extent: Extent, mode: Mode) {
     assert_eq!((live.queued, live.push_errors), (0, 0), "{live:?}");
     let lag = live.lag_enforced.expect("lag answer → enforced measured");
     assert!(lag.p99_us < 50_000.0, "answer → enforced {lag:?}");
+    learned_events(&guard, &world, &expected, &conns, test_start_ms);
     if mode != Mode::Xdp {
         // Held answers were released behind their flows, confirmed by barriers.
         let flows = live.lag_flows.expect("answer → flows confirmed measured");
@@ -926,6 +942,55 @@ fn scenario(tag: &str, udp_size: u16, qmin: &str, extent: Extent, mode: Mode) {
     bind_down_and_restart(&mut lab, &world, &guard, &args);
 
     eprintln!("live learning lab {tag}: {:?}; connects {conns:?}; lag {lag:?}", started.elapsed());
+}
+
+/// One learned event per entry the RPZ got, each naming a real answer of
+/// the hierarchy: a mail host's address from its MX/A/AAAA question, a
+/// name server's from a delegation or its address question, answered by
+/// a server of the hierarchy, during this test, with the measured lag.
+fn learned_events(
+    guard: &Guard,
+    world: &World,
+    expected: &AllowSet,
+    conns: &[(IpAddr, Duration)],
+    since_ms: u64,
+) {
+    let learned = guard.learned();
+    let servers = world.all_addresses();
+    let now = guard_user::events::now_ms();
+    for (p, c) in expected.iter() {
+        let taught: Vec<&LearnedEvent> = learned.iter().filter(|e| e.addr == p.addr()).collect();
+        for (class, service) in [(Classes::DNS, Service::Dns), (Classes::SMTP, Service::Smtp)] {
+            assert_eq!(
+                c.contains(class),
+                taught.iter().any(|e| e.classes.contains(&service)),
+                "{p} {c}: learned events {taught:?}"
+            );
+        }
+    }
+    for e in &learned {
+        let zone = expected.lookup(e.addr);
+        assert!(
+            !e.classes.is_empty()
+                && e.classes.iter().all(|s| zone.contains(if *s == Service::Dns {
+                    Classes::DNS
+                } else {
+                    Classes::SMTP
+                })),
+            "a learned event names an entry the RPZ got, with its classes: {e:?}"
+        );
+        assert!(servers.contains(&e.server), "answered by a server of the hierarchy: {e:?}");
+        assert!(e.qname.ends_with('.') && e.qname.len() > 1, "{e:?}");
+        assert!(!e.qtype.is_empty() && e.qtype.chars().all(|c| c.is_ascii_alphanumeric()), "{e:?}");
+        assert!((since_ms..=now).contains(&e.time_ms), "answer time within the test: {e:?}");
+        assert!(e.lag_us < 50_000, "answer → enforced {e:?}");
+    }
+    for (a, _) in conns {
+        assert!(
+            learned.iter().any(|e| e.addr == *a && e.classes.contains(&Service::Smtp) && e.qtype != "NS"),
+            "the mail host {a} the client connected to has its learned event: {learned:?}"
+        );
+    }
 }
 
 /// Resident memory of the daemon (kB), from /proc.

@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use super::DaemonError;
 use crate::{
     config::Config,
+    events::EventSink,
     learn::{
         self,
         live::{LiveAllow, LiveLearner, monotonic_ns},
@@ -49,12 +50,13 @@ use crate::{
 pub(super) fn start_xdp(
     cfg: &Config,
     enforcer: &mut Enforcer,
+    events: &Arc<EventSink>,
     zone: watch::Receiver<Arc<AllowSet>>,
     tasks: &mut tokio::task::JoinSet<()>,
     cancel: &CancellationToken,
 ) -> Result<Arc<LiveAllow>, DaemonError> {
     let l = &cfg.learn;
-    let (hints, live) = prepare(cfg)?;
+    let (hints, live) = prepare(cfg, events)?;
     let resolvers = l.resolvers_or(&cfg.policy.exempt_sources);
     enforcer.set_resolvers(&resolvers)?;
     let ring = enforcer.take_dns_copy()?;
@@ -108,11 +110,12 @@ pub(super) fn start_xdp(
 /// resync) and the pusher.
 pub(super) fn start_openflow(
     cfg: &Config,
+    events: &Arc<EventSink>,
     zone: watch::Receiver<Arc<AllowSet>>,
     tasks: &mut tokio::task::JoinSet<()>,
     cancel: &CancellationToken,
 ) -> Result<Arc<Learning>, DaemonError> {
-    let (hints, live) = prepare(cfg)?;
+    let (hints, live) = prepare(cfg, events)?;
     replay_journal(cfg, &live, &zone, |_, _| Ok(()));
     let learning =
         Learning::new(&hints, window_ns(cfg), cfg.learn.trust_zone, live.clone(), zone_lookup(&zone));
@@ -135,8 +138,9 @@ pub(super) fn start_openflow(
     Ok(learning)
 }
 
-/// The hints the learner trusts first and the shared live state.
-fn prepare(cfg: &Config) -> Result<(learn::Hints, Arc<LiveAllow>), DaemonError> {
+/// The hints the learner trusts first and the shared live state (which
+/// writes a learned event per entry to `events`).
+fn prepare(cfg: &Config, events: &Arc<EventSink>) -> Result<(learn::Hints, Arc<LiveAllow>), DaemonError> {
     let l = &cfg.learn;
     let hints = learn::load_hints(l.root_hints.as_deref(), &l.trust_initial)
         .map_err(|e| DaemonError::Learn(e.to_string()))?;
@@ -145,6 +149,7 @@ fn prepare(cfg: &Config) -> Result<(learn::Hints, Arc<LiveAllow>), DaemonError> 
         path: "-".into(),
         source,
     })?);
+    live.report_to(events.clone());
     Ok((hints, live))
 }
 

@@ -226,9 +226,11 @@ async fn run_bound(
     // Live learning: after the initial mirror (its diff would take back
     // journalled entries), before the enforcer is shared.
     let (live, learning) = match (cfg.learn.enabled, enforcer.as_mut()) {
-        (true, Some(e)) => (Some(learn::start_xdp(&cfg, e, allow_rx.clone(), &mut tasks, &cancel)?), None),
+        (true, Some(e)) => {
+            (Some(learn::start_xdp(&cfg, e, &events, allow_rx.clone(), &mut tasks, &cancel)?), None)
+        }
         (true, None) => {
-            let l = learn::start_openflow(&cfg, allow_rx.clone(), &mut tasks, &cancel)?;
+            let l = learn::start_openflow(&cfg, &events, allow_rx.clone(), &mut tasks, &cancel)?;
             (Some(l.live().clone()), Some(l))
         }
         _ => (None, None),

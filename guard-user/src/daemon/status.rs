@@ -265,7 +265,11 @@ impl Shared {
             top_sources: self.events.top_sources(10),
             top_destinations: self.events.top_destinations(10),
             extra: lock(&self.extra).as_ref().map(|f| f()).unwrap_or_default(),
-            live: self.live.as_ref().map(|l| l.stats()),
+            live: self.live.as_ref().map(|l| LiveStats {
+                copied: stats[Stat::DnsCopied as usize],
+                copy_lost: stats[Stat::DnsCopyLost as usize],
+                ..l.stats()
+            }),
             miss_transport: {
                 let t = lock(&self.transport);
                 let mut r = t.report.clone();
@@ -730,8 +734,8 @@ fn render_live(o: &mut String, l: &LiveStats) {
     };
     let _ = writeln!(
         o,
-        "\nlive learning  responses {}  matched {}  unmatched {}  untrusted {}  malformed {}",
-        l.responses, l.matched, l.unmatched, l.untrusted, l.malformed
+        "\nlive learning  copied {}  copy-ring drops {}  responses {}  matched {}  unmatched {}  untrusted {}  malformed {}",
+        l.copied, l.copy_lost, l.responses, l.matched, l.unmatched, l.untrusted, l.malformed
     );
     let _ = writeln!(
         o,

@@ -96,6 +96,15 @@ pub struct Lag {
 pub struct LiveStats {
     /// Copied packets handed to the pipeline.
     pub packets: u64,
+    /// Resolver DNS packets the enforcement point copied to the learner
+    /// (the `dns_copied` counter; filled in by the status report).
+    #[serde(default)]
+    pub copied: u64,
+    /// Resolver DNS packets not copied: the copy ring (XDP) was full, or
+    /// the learning meter or packet-in queue (OpenFlow) shed them (the
+    /// `dns_copy_lost` counter; filled in by the status report).
+    #[serde(default)]
+    pub copy_lost: u64,
     /// DNS responses seen (parsed).
     pub responses: u64,
     /// Responses that matched a query of a resolver.
@@ -195,6 +204,8 @@ pub struct LiveAllow {
     lag_enforced: Mutex<Samples>,
     lag_pushed: Mutex<Samples>,
     lag_flows: Mutex<Samples>,
+    /// Where a [`crate::events::LearnedEvent`] goes for each entry learned.
+    events: std::sync::OnceLock<std::sync::Arc<crate::events::EventSink>>,
 }
 
 impl std::fmt::Debug for LiveAllow {
@@ -233,7 +244,14 @@ impl LiveAllow {
             lag_enforced: Mutex::new(Samples::default()),
             lag_pushed: Mutex::new(Samples::default()),
             lag_flows: Mutex::new(Samples::default()),
+            events: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Writes a [`crate::events::LearnedEvent`] to `sink` for every entry
+    /// learned from now on (the first sink given stays).
+    pub fn report_to(&self, sink: std::sync::Arc<crate::events::EventSink>) {
+        let _ = self.events.set(sink);
     }
 
     /// Classes learned live for `ip` and not yet confirmed by the zone
@@ -619,7 +637,6 @@ impl LiveLearner {
                 new.push((p, c.classes));
             }
         }
-        self.confirm(confirmations);
         for (p, c) in new {
             let ip = p.addr();
             let zone = (self.zone)(ip);
@@ -636,10 +653,11 @@ impl LiveLearner {
             taught.push((ip, live.union(zone)));
             let res = (self.enforce)(ip, live.union(zone));
             let done = monotonic_ns();
+            let lag_ns = done.saturating_sub(ts_ns);
             match res {
                 Ok(()) => {
-                    self.live.enforced_after(done.saturating_sub(ts_ns));
-                    tracing::debug!(%ip, classes = %live, lag_us = done.saturating_sub(ts_ns) / 1000, "learned live");
+                    self.live.enforced_after(lag_ns);
+                    tracing::debug!(%ip, classes = %live, lag_us = lag_ns / 1000, "learned live");
                 }
                 Err(e) => {
                     tracing::warn!(%ip, error = %e, "enforcing a live-learned entry failed");
@@ -647,7 +665,14 @@ impl LiveLearner {
                 }
             }
             self.live.update_stats(|s| s.learned += 1);
+            // The answer that taught it: the newest confirmation of `ip`.
+            if let Some(sink) = self.live.events.get()
+                && let Some(by) = confirmations.iter().rev().find(|k| k.ip == ip)
+            {
+                sink.record_learned(&learned_event(ip, c, by, ts_ns, done));
+            }
         }
+        self.confirm(confirmations);
         taught
     }
 
@@ -684,6 +709,34 @@ impl LiveLearner {
     /// The shared state.
     pub fn live(&self) -> &std::sync::Arc<LiveAllow> {
         &self.live
+    }
+}
+
+/// The event of one entry learned from the answer `by` (kernel time
+/// `ts_ns`), enforced at `done_ns` (both `CLOCK_MONOTONIC`).
+fn learned_event(
+    ip: IpAddr,
+    classes: Classes,
+    by: &super::rules::Confirmation,
+    ts_ns: u64,
+    done_ns: u64,
+) -> crate::events::LearnedEvent {
+    use crate::policy::Service;
+    let lag_ns = done_ns.saturating_sub(ts_ns);
+    let classes = [(Classes::DNS, Service::Dns), (Classes::SMTP, Service::Smtp)]
+        .into_iter()
+        .filter(|(c, _)| classes.contains(*c))
+        .map(|(_, s)| s)
+        .collect();
+    crate::events::LearnedEvent {
+        // The wall clock of the answer: now, less the time since it was copied.
+        time_ms: crate::events::now_ms().saturating_sub(monotonic_ns().saturating_sub(ts_ns) / 1_000_000),
+        addr: ip,
+        classes,
+        qname: by.qname.clone(),
+        qtype: super::dns::type_name(by.qtype),
+        server: by.server,
+        lag_us: lag_ns / 1000,
     }
 }
 

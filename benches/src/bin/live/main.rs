@@ -62,6 +62,14 @@ fn main() -> Result<()> {
     let mut notes = Vec::new();
     let mut tables = Vec::new();
     let mut charts = Vec::new();
+    // `--drain-only`: one capacity drain, printed (for profiling the
+    // learner, e.g. under `valgrind --tool=callgrind
+    // --toggle-collect='*serve_ring*'`); writes no section.
+    if opts.rest.iter().any(|a| a == "--drain-only") {
+        let (rate, lost) = drain_capacity(20_000)?;
+        println!("drained 20000 answers: {rate:.0} answers/s, {lost} copies lost");
+        return Ok(());
+    }
     // `--openflow-only`: just the OpenFlow rows (a partial section).
     if !opts.rest.iter().any(|a| a == "--openflow-only") {
         throughput(&opts, &mut notes, &mut tables, &mut charts)?;
