@@ -17,7 +17,7 @@
 //! the zone (read back by IXFR) holds its classes: from then on the RPZ
 //! mirror carries it like any other entry.
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     net::IpAddr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::{
@@ -29,7 +29,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{Hints, Pipeline, rules::AlsoTrusted};
+use super::{FastMap, Hints, Pipeline, rules::AlsoTrusted};
 use crate::frame::LINKTYPE_ETHERNET;
 use crate::policy::{Classes, Prefix};
 
@@ -187,9 +187,9 @@ impl Confirmed {
 /// counters, shared by the learner thread, the pusher, the miss path and
 /// the status report.
 pub struct LiveAllow {
-    entries: RwLock<HashMap<IpAddr, Entry>>,
+    entries: RwLock<FastMap<IpAddr, Entry>>,
     /// The newest confirmation of each address since the pusher last took them.
-    confirmed: Mutex<HashMap<IpAddr, Confirmed>>,
+    confirmed: Mutex<FastMap<IpAddr, Confirmed>>,
     limit: usize,
     queue: Mutex<VecDeque<IpAddr>>,
     /// Set when the queue grew past a batch or the entries changed.
@@ -230,8 +230,8 @@ impl LiveAllow {
         // SAFETY: a descriptor we just created and nobody else owns.
         let wake = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(LiveAllow {
-            entries: RwLock::new(HashMap::new()),
-            confirmed: Mutex::new(HashMap::new()),
+            entries: RwLock::new(FastMap::default()),
+            confirmed: Mutex::new(FastMap::default()),
             limit,
             queue: Mutex::new(VecDeque::new()),
             queue_signal: tokio::sync::Notify::new(),
@@ -491,7 +491,7 @@ impl LiveAllow {
     }
 
     /// The confirmations recorded since the last call.
-    pub fn take_confirmed(&self) -> HashMap<IpAddr, Confirmed> {
+    pub fn take_confirmed(&self) -> FastMap<IpAddr, Confirmed> {
         std::mem::take(&mut *lock(&self.confirmed))
     }
 
@@ -575,6 +575,9 @@ pub struct LiveLearner {
     hints: std::collections::HashSet<IpAddr>,
     /// Counters already reported to `live` (the pipeline's are cumulative).
     reported: (u64, u64, u64, u64, u64, u64),
+    /// Reused buffers for what each packet taught (no allocation per packet).
+    new_buf: Vec<(Prefix, Classes)>,
+    confirmed_buf: Vec<super::rules::Confirmation>,
 }
 
 impl std::fmt::Debug for LiveLearner {
@@ -603,7 +606,16 @@ impl LiveLearner {
             pipeline.learner_mut().also_trust(AlsoTrusted(Box::new(move |ip| z(ip).contains(Classes::DNS))));
         }
         let hints = hints.addrs.iter().copied().collect();
-        LiveLearner { pipeline, live, zone, enforce, hints, reported: (0, 0, 0, 0, 0, 0) }
+        LiveLearner {
+            pipeline,
+            live,
+            zone,
+            enforce,
+            hints,
+            reported: (0, 0, 0, 0, 0, 0),
+            new_buf: Vec::new(),
+            confirmed_buf: Vec::new(),
+        }
     }
 
     /// Feeds one Ethernet frame copied at kernel time `ts_ns`; entries it
@@ -612,13 +624,15 @@ impl LiveLearner {
     /// function; empty for almost every packet, without allocating).
     pub fn packet(&mut self, ts_ns: u64, frame: &[u8]) -> Vec<(IpAddr, Classes)> {
         self.pipeline.packet(ts_ns, LINKTYPE_ETHERNET, frame);
+        let (mut new, mut confirmations) =
+            (std::mem::take(&mut self.new_buf), std::mem::take(&mut self.confirmed_buf));
+        self.pipeline.swap_recorded(&mut new, &mut confirmations);
         let mut taught = Vec::new();
-        let confirmations = self.pipeline.take_confirmations();
         if confirmations.is_empty() {
             // Every new entry comes with a confirmation.
+            (self.new_buf, self.confirmed_buf) = (new, confirmations);
             return taught;
         }
-        let mut new = self.pipeline.take_new_entries();
         // The pipeline reports an address only the first time it learns it.
         // One it knew whose entry the zone no longer holds (aged out, or a
         // deny revoked since) is learned again; one a deny now covers is
@@ -637,7 +651,7 @@ impl LiveLearner {
                 new.push((p, c.classes));
             }
         }
-        for (p, c) in new {
+        for &(p, c) in &new {
             let ip = p.addr();
             let zone = (self.zone)(ip);
             if zone.is_deny() {
@@ -672,16 +686,17 @@ impl LiveLearner {
                 sink.record_learned(&learned_event(ip, c, by, ts_ns, done));
             }
         }
-        self.confirm(confirmations);
+        self.confirm(&mut confirmations);
+        (self.new_buf, self.confirmed_buf) = (new, confirmations);
         taught
     }
 
     /// Hands the answers that confirmed addresses to [`LiveAllow::confirm`]
     /// (denied addresses are left out): the pusher refreshes their
     /// lifetime state in the zone.
-    fn confirm(&mut self, confirmations: Vec<super::rules::Confirmation>) {
+    fn confirm(&mut self, confirmations: &mut Vec<super::rules::Confirmation>) {
         let now = crate::rpz::meta::unix_now();
-        for c in confirmations {
+        for c in confirmations.drain(..) {
             if (self.zone)(c.ip).is_deny() {
                 continue;
             }

@@ -6,7 +6,9 @@
 //! type and class equal), and arrives within the window. A match consumes the
 //! query, so a duplicate response is unmatched. Pending queries older than the
 //! window expire; the table never holds more than [`MAX_PENDING`] queries.
-use std::{collections::HashMap, net::IpAddr};
+use std::net::IpAddr;
+
+use super::FastMap;
 
 /// Most queries waiting for a response.
 pub const MAX_PENDING: usize = 1 << 20;
@@ -26,12 +28,43 @@ pub struct QueryKey {
     pub id: u16,
 }
 
+/// Question names up to this long are kept inside the pending entry
+/// (almost all are), so a query costs no allocation.
+const INLINE_NAME: usize = 52;
+
+/// A pending query's question name.
+#[derive(Debug)]
+enum QName {
+    Inline(u8, [u8; INLINE_NAME]),
+    Heap(Box<[u8]>),
+}
+
+impl QName {
+    fn new(name: &[u8]) -> QName {
+        match u8::try_from(name.len()) {
+            Ok(n) if name.len() <= INLINE_NAME => {
+                let mut b = [0; INLINE_NAME];
+                b[..name.len()].copy_from_slice(name);
+                QName::Inline(n, b)
+            }
+            _ => QName::Heap(name.into()),
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            QName::Inline(n, b) => &b[..usize::from(*n)],
+            QName::Heap(b) => b,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Pending {
     ts_ns: u64,
     qtype: u16,
     qclass: u16,
-    qname: Box<[u8]>,
+    qname: QName,
 }
 
 /// What became of a response.
@@ -48,7 +81,7 @@ pub enum MatchResult {
 /// The table of pending queries.
 #[derive(Debug)]
 pub struct Matcher {
-    pending: HashMap<QueryKey, Pending>,
+    pending: FastMap<QueryKey, Pending>,
     window_ns: u64,
     last_sweep_ns: u64,
     expired: u64,
@@ -57,7 +90,7 @@ pub struct Matcher {
 impl Matcher {
     /// A matcher with the given window.
     pub fn new(window_ns: u64) -> Self {
-        Matcher { pending: HashMap::new(), window_ns, last_sweep_ns: 0, expired: 0 }
+        Matcher { pending: FastMap::default(), window_ns, last_sweep_ns: 0, expired: 0 }
     }
 
     /// Queries waiting.
@@ -77,7 +110,7 @@ impl Matcher {
             return false;
         }
         // A retransmission refreshes the entry.
-        self.pending.insert(key, Pending { ts_ns, qtype, qclass, qname: qname.into() });
+        self.pending.insert(key, Pending { ts_ns, qtype, qclass, qname: QName::new(qname) });
         true
     }
 
@@ -97,7 +130,7 @@ impl Matcher {
             self.expired += 1;
             return MatchResult::NoQuery;
         }
-        if p.qtype != qtype || p.qclass != qclass || *p.qname != *qname {
+        if p.qtype != qtype || p.qclass != qclass || p.qname.as_bytes() != qname {
             return MatchResult::OtherQuestion;
         }
         self.pending.remove(&key);

@@ -40,6 +40,14 @@ pub use stats::Summary;
 
 use crate::policy::AllowSet;
 
+/// A hash map of the per-packet path: foldhash, seeded per process. SipHash
+/// (std's default) took a third of the live learner's instructions; the
+/// random seed still keeps hash flooding by chosen names or addresses out of
+/// reach.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// The set form of [`FastMap`].
+pub type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
 /// Errors of a learning run.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -73,13 +73,22 @@ impl Pipeline {
         self.learner.take_confirmations()
     }
 
+    /// See [`Learner::swap_recorded`].
+    pub fn swap_recorded(
+        &mut self,
+        entries: &mut Vec<(Prefix, Classes)>,
+        confirmations: &mut Vec<super::rules::Confirmation>,
+    ) {
+        self.learner.swap_recorded(entries, confirmations);
+    }
+
     /// Entries added since the last call (only when recording is on).
     pub fn take_new_entries(&mut self) -> Vec<(Prefix, Classes)> {
         self.learner.take_new_entries()
     }
 
-    /// The allow set learned so far.
-    pub fn allow_set(&self) -> &AllowSet {
+    /// The allow set learned so far (built: a copy).
+    pub fn allow_set(&self) -> AllowSet {
         self.learner.allow_set()
     }
 
