@@ -71,11 +71,17 @@ fn main() -> Result<()> {
         return Ok(());
     }
     // `--openflow-only`: just the OpenFlow rows (a partial section).
+    // `--throughput-only`: just the learner's throughput (no lab).
+    let throughput_only = opts.rest.iter().any(|a| a == "--throughput-only");
     if !opts.rest.iter().any(|a| a == "--openflow-only") {
         throughput(&opts, &mut notes, &mut tables, &mut charts)?;
-        first_syn(&opts, &mut notes, &mut tables, &mut charts)?;
+        if !throughput_only {
+            first_syn(&opts, &mut notes, &mut tables, &mut charts)?;
+        }
     }
-    openflow::rows(&opts, &mut notes, &mut tables, &mut charts)?;
+    if !throughput_only {
+        openflow::rows(&opts, &mut notes, &mut tables, &mut charts)?;
+    }
     write_section(
         &opts.out,
         &Section {
