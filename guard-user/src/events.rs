@@ -481,7 +481,6 @@ pub struct EventSink {
     settings: Mutex<EventSettings>,
     write_errors: Arc<AtomicU64>,
     agg: Mutex<Aggregate>,
-    learned: AtomicU64,
 }
 
 /// Maximum number of distinct hosts tracked per aggregate; beyond it the
@@ -518,7 +517,6 @@ impl EventSink {
             settings: Mutex::new(EventSettings::default()),
             write_errors,
             agg: Mutex::new(Aggregate::default()),
-            learned: AtomicU64::new(0),
         })
     }
 
@@ -589,7 +587,6 @@ impl EventSink {
     /// Writes one [`LearnedEvent`] (not a blocked attempt: the aggregates
     /// and [`EventSink::total`] leave it out).
     pub fn record_learned(&self, ev: &LearnedEvent) {
-        self.learned.fetch_add(1, Ordering::Relaxed);
         if let Some(tx) = self.tx.as_ref().filter(|_| self.writing.load(Ordering::Relaxed)) {
             let mut line = ev.to_line(self.settings().format).into_bytes();
             line.push(b'\n');
@@ -597,11 +594,6 @@ impl EventSink {
                 self.write_errors.fetch_add(1, Ordering::Relaxed);
             }
         }
-    }
-
-    /// Learned events recorded ([`EventSink::record_learned`]).
-    pub fn learned_total(&self) -> u64 {
-        self.learned.load(Ordering::Relaxed)
     }
 
     /// Total events recorded.
