@@ -215,7 +215,7 @@ pub async fn apply_batch(
     let mut conn = Conn::connect(server).await.map_err(|e| ctx.connect(e))?;
     conn.send(&req.bytes).await.map_err(|e| ctx.io(e))?;
     let bytes = conn.recv().await.map_err(|e| ctx.io(e))?;
-    ctx.check_answer(bytes, req.id, &mut verifier)?;
+    ctx.check_answer(bytes, req.id, req.op_code, &mut verifier)?;
     tracing::debug!(%server, zone, owners = edits.len(), "UPDATE batch applied");
     Ok(())
 }
@@ -305,7 +305,7 @@ async fn read_owners(
             out.push((*p, OwnerRecords::default()));
             continue;
         }
-        let answer = ctx.check_answer(bytes, req.id, &mut verifier)?;
+        let answer = ctx.check_answer(bytes, req.id, req.op_code, &mut verifier)?;
         if !answer.authoritative() {
             return Err(ctx.bad(format!(
                 "the answer for {owner} is not authoritative: is {server} the primary of zone {zone}?"

@@ -182,16 +182,28 @@ impl Ctx<'_> {
         }
     }
 
-    /// Decodes and checks one answer: id, QR, rcode, TSIG.
+    /// Decodes and checks one answer to the request with `id` and
+    /// `op_code`: id, QR, opcode, rcode, TSIG.
     pub(crate) fn check_answer(
         &self,
         bytes: &[u8],
         id: u16,
+        op_code: OpCode,
         verifier: &mut Option<wire::ResponseVerifier>,
     ) -> Result<Message, SyncError> {
         let msg = Message::from_vec(bytes).map_err(|e| self.bad(format!("undecodable message: {e}")))?;
-        if msg.id() != id || msg.message_type() != MessageType::Response {
+        if msg.id() != id {
             return Err(self.bad(format!("answer id {} does not match query id {id}", msg.id())));
+        }
+        if msg.message_type() != MessageType::Response {
+            return Err(self.bad("the answer is not a response (QR bit clear)"));
+        }
+        // Even signed and chained to the request, a QUERY answer to an
+        // UPDATE does not say the UPDATE was applied.
+        if msg.op_code() != op_code {
+            return Err(
+                self.bad(format!("answer opcode {:?} is not the request's {op_code:?}", msg.op_code()))
+            );
         }
         if msg.response_code() != ResponseCode::NoError {
             return Err(SyncError::Rejected {
@@ -480,7 +492,7 @@ async fn run_xfr_unbounded(ctx: &Ctx<'_>, msg: Message, xfr: &mut Xfr<'_>) -> Re
     let mut messages = 0usize;
     loop {
         let bytes = conn.recv().await.map_err(|e| ctx.io(e))?;
-        let mut msg = ctx.check_answer(bytes, req.id, &mut verifier)?;
+        let mut msg = ctx.check_answer(bytes, req.id, req.op_code, &mut verifier)?;
         messages += 1;
         let answers = msg.take_answers();
         for r in &answers {
@@ -623,7 +635,7 @@ pub async fn soa_within(
             format!("no answer within {} ms (rpz.soa_timeout_ms)", timeout.as_millis()),
         ))
     })??;
-    let msg = ctx.check_answer(&bytes, req.id, &mut verifier)?;
+    let msg = ctx.check_answer(&bytes, req.id, req.op_code, &mut verifier)?;
     msg.answers()
         .iter()
         .find(|r| r.record_type() == RecordType::SOA && r.name() == &name)
@@ -658,6 +670,54 @@ mod tests {
 
     fn p(s: &str) -> Prefix {
         s.parse().expect("prefix")
+    }
+
+    /// Only a response of the request's own opcode answers it, and a
+    /// bad answer says what is wrong with it. Found by the `rpz_update`
+    /// fuzz target: a NOERROR answer with QR clear was "answer id N does
+    /// not match query id N", and a signed NOERROR QUERY answer to an
+    /// UPDATE counted as the UPDATE applied.
+    #[test]
+    fn answer_must_be_a_response_of_the_requests_opcode() {
+        use hickory_proto::dnssec::rdata::DNSSECRData;
+
+        use crate::rpz::tsig::{TsigAlgo, TsigKey};
+
+        let key = TsigKey { name: "k".into(), algorithm: TsigAlgo::HmacSha256, secret: vec![7; 32] };
+        let ctx =
+            Ctx { server: "127.0.0.1:53".parse().expect("addr"), zone: Z, op: "UPDATE", key: Some(&key) };
+        let check = |op: OpCode, qr: MessageType, rcode: ResponseCode| {
+            let mut m = query(&wire::zone_name(Z).expect("zone"), RecordType::SOA);
+            m.set_op_code(OpCode::Update);
+            let req = wire::encode_request(m, Some(&key)).expect("sign");
+            let signed = Message::from_vec(&req.bytes).expect("decode");
+            let mac = signed
+                .signature()
+                .iter()
+                .find_map(|r| match r.data() {
+                    RData::DNSSEC(DNSSECRData::TSIG(t)) => Some(t.mac().to_vec()),
+                    _ => None,
+                })
+                .expect("request MAC");
+            let mut a = Message::new();
+            a.set_id(req.id).set_message_type(qr).set_op_code(op).set_response_code(rcode);
+            let bytes = wire::sign_response(a, &key, &mac).expect("signed answer");
+            let mut v = req.verifier;
+            ctx.check_answer(&bytes, req.id, req.op_code, &mut v)
+        };
+        check(OpCode::Update, MessageType::Response, ResponseCode::NoError).expect("the UPDATE's own answer");
+        for (op, qr, rcode, cause) in [
+            (OpCode::Query, MessageType::Response, ResponseCode::NoError, "opcode"),
+            (OpCode::Notify, MessageType::Response, ResponseCode::Refused, "opcode"),
+            (OpCode::Update, MessageType::Query, ResponseCode::NoError, "not a response"),
+        ] {
+            match check(op, qr, rcode) {
+                Err(SyncError::BadResponse { why, .. }) => {
+                    assert!(why.contains(cause), "{op:?} {qr:?}: {why}")
+                }
+                other => panic!("{op:?} {qr:?} {rcode:?}: accepted, or the wrong cause: {other:?}"),
+            }
+        }
     }
 
     #[test]

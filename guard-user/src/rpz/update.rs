@@ -113,7 +113,7 @@ async fn push(
         let mut verifier = req.verifier;
         conn.send(&req.bytes).await.map_err(|e| fail(ctx.io(e), report))?;
         let bytes = conn.recv().await.map_err(|e| fail(ctx.io(e), report))?;
-        ctx.check_answer(bytes, req.id, &mut verifier).map_err(|e| fail(e, report))?;
+        ctx.check_answer(bytes, req.id, req.op_code, &mut verifier).map_err(|e| fail(e, report))?;
         report.batches += 1;
         let adds = batch.iter().filter(|(_, _, add)| *add).count();
         report.added += adds;

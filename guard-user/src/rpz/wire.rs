@@ -18,7 +18,7 @@ use hickory_proto::{
         },
         tsig::TSigner,
     },
-    op::Message,
+    op::{Message, OpCode},
     rr::{Name, RData, Record},
     serialize::binary::{BinEncodable, BinEncoder},
 };
@@ -59,13 +59,15 @@ pub(crate) struct Request {
     pub bytes: Vec<u8>,
     /// The message id.
     pub id: u16,
+    /// The opcode: an answer must carry the same.
+    pub op_code: OpCode,
     /// Checks TSIG on the answers when the request was signed.
     pub verifier: Option<ResponseVerifier>,
 }
 
 /// Encodes `msg`, signing it with `key` when given.
 pub(crate) fn encode_request(mut msg: Message, key: Option<&TsigKey>) -> Result<Request, RequestError> {
-    let id = msg.id();
+    let (id, op_code) = (msg.id(), msg.op_code());
     let verifier = match key {
         None => None,
         Some(key) => {
@@ -85,7 +87,7 @@ pub(crate) fn encode_request(mut msg: Message, key: Option<&TsigKey>) -> Result<
         }
     };
     let bytes = msg.to_vec().map_err(|e| RequestError::Encode(e.to_string()))?;
-    Ok(Request { bytes, id, verifier })
+    Ok(Request { bytes, id, op_code, verifier })
 }
 
 /// Why a request could not be built.
