@@ -538,8 +538,9 @@ fn v4(a: &[u8; 16]) -> [u8; 4] {
 /// The verdict for a protected packet.
 ///
 /// Ordered so that each path pays only for the lookups that can change its
-/// outcome: an allowed host, one hash lookup; a destination the miss path
-/// already judged, that lookup plus the verdict cache and the exempt trie.
+/// outcome: an allowed host, one hash lookup; an exempt source, that and
+/// the exempt trie; a destination the miss path already judged, those and
+/// the verdict cache.
 /// A cached verdict stands for the internal and prefix tries too: it only
 /// exists for an address that neither covered when it missed, and
 /// userspace forgets it when either changes (`Enforcer::configure`,
@@ -559,25 +560,8 @@ fn check(ctx: &XdpContext, pkt: &Pkt, service: u32) -> u32 {
             return XDP_PASS;
         }
     }
-    let now = now_ns();
-    let s = settings();
-    // A host entry is the RPZ's own word on the address: no cached verdict
-    // is looked at beside it. Nor before the first load (see below).
-    let cached = if host == 0 && s.state != STATE_NOT_LOADED {
-        // SAFETY: the value is copied out at once; a concurrent update at
-        // worst gives an older verdict, which the TTL bounds anyway.
-        unsafe { VERDICT_CACHE.get(pkt.dst) }.copied().filter(|e| now < e.expires_ns)
-    } else {
-        None
-    };
-    if let Some(e) = cached
-        && e.flags & CACHE_PENDING == 0
-        && e.classes & required != 0
-    {
-        bump(Stat::PassCached, 1);
-        return XDP_PASS;
-    }
-    // Everything below drops, holds or asks, unless the source is exempt.
+    // Everything below drops, holds or asks, unless the source is exempt
+    // (checked first: the resolvers' own traffic pays no more for it).
     let exempt = if pkt.v4 {
         EXEMPT_V4.get(Key::new(32, v4(&pkt.src))).copied()
     } else {
@@ -591,15 +575,28 @@ fn check(ctx: &XdpContext, pkt: &Pkt, service: u32) -> u32 {
             }
             Origin::Spoofed => {
                 bump(Stat::DropSpoofedExempt, 1);
-                drop_event(ctx, reason::SPOOFED_EXEMPT, pkt, service, now);
+                drop_event(ctx, reason::SPOOFED_EXEMPT, pkt, service, now_ns());
                 return refuse();
             }
             // Judged like any other host's packet below.
             Origin::Unverified => bump(Stat::ExemptUnverified, 1),
         }
     }
-    if let Some(e) = cached {
-        return cached_refusal(ctx, pkt, service, &e, now);
+    // A host entry is the RPZ's own word on the address: no cached verdict
+    // is looked at beside it. Nor before the first load (see below).
+    if host == 0 && settings().state != STATE_NOT_LOADED {
+        let now = now_ns();
+        // SAFETY: the value is copied out at once; a concurrent update at
+        // worst gives an older verdict, which the TTL bounds anyway.
+        if let Some(e) = unsafe { VERDICT_CACHE.get(pkt.dst) }.copied()
+            && now < e.expires_ns
+        {
+            if e.flags & CACHE_PENDING == 0 && e.classes & required != 0 {
+                bump(Stat::PassCached, 1);
+                return XDP_PASS;
+            }
+            return cached_refusal(ctx, pkt, service, &e, now);
+        }
     }
     let internal = if pkt.v4 {
         INTERNAL_V4.get(Key::new(32, v4(&pkt.dst))).is_some()
@@ -611,6 +608,7 @@ fn check(ctx: &XdpContext, pkt: &Pkt, service: u32) -> u32 {
         return XDP_PASS;
     }
     let classes = host | prefix_classes(pkt);
+    let now = now_ns();
     // A deny (RPZ `CNAME .`) beats every allow that matches too.
     if classes & VALUE_DENY != 0 {
         bump(Stat::DropNotRegistered, 1);
@@ -629,6 +627,7 @@ fn check(ctx: &XdpContext, pkt: &Pkt, service: u32) -> u32 {
     }
     // Before the first allow set is loaded nothing can be decided: deny
     // (the zero state of SETTINGS, so a program never configured fails closed).
+    let s = settings();
     if s.state == STATE_NOT_LOADED {
         bump(Stat::DropNotLoaded, 1);
         drop_event(ctx, reason::NOT_LOADED, pkt, service, now);
