@@ -1686,7 +1686,12 @@ fn pinned_link_ifindex(path: &Path) -> std::io::Result<u32> {
 /// Removes the pins of maps that earlier layouts had and this build has not
 /// ([`guard_common::RETIRED_MAPS`]), so a migration leaves no stale state.
 fn remove_retired_pins(dir: &Path) -> Result<(), XdpError> {
-    for name in guard_common::RETIRED_MAPS {
+    remove_pin_files(dir, guard_common::RETIRED_MAPS.iter().copied())
+}
+
+/// Removes the pins `names` in `dir` that exist.
+fn remove_pin_files<'a>(dir: &Path, names: impl IntoIterator<Item = &'a str>) -> Result<(), XdpError> {
+    for name in names {
         let p = dir.join(name);
         if p.exists() {
             std::fs::remove_file(&p).map_err(|e| XdpError::Pin {
@@ -1702,15 +1707,7 @@ fn remove_retired_pins(dir: &Path) -> Result<(), XdpError> {
 /// the directory if empty.
 pub fn remove_pins(dir: &Path) -> Result<(), XdpError> {
     remove_retired_pins(dir)?;
-    for name in MAP_NAMES.iter().copied().chain([LINK_PIN_NAME]) {
-        let p = dir.join(name);
-        if p.exists() {
-            std::fs::remove_file(&p).map_err(|e| XdpError::Pin {
-                dir: dir.into(),
-                why: format!("remove {}: {e}", p.display()),
-            })?;
-        }
-    }
+    remove_pin_files(dir, MAP_NAMES.iter().copied().chain([LINK_PIN_NAME]))?;
     let _ = std::fs::remove_dir(dir);
     Ok(())
 }
