@@ -592,6 +592,19 @@ fn maps_hold_exactly(lab: &Lab, first: u32, bulk: u32) -> Result<(), String> {
     }
 }
 
+/// Stops the lab's BIND and rewrites its zone (serial 10) as the MX plus
+/// `bulk` filler hosts, with `ixfr-from-differences` so a later rewrite is
+/// served as one IXFR delta. Returns the zone file and the MX entry.
+fn static_zone_for_ixfr(lab: &Lab, bulk: u32) -> (PathBuf, [(IpAddr, &'static str); 1]) {
+    let (db, jnl) = zone_files(lab);
+    let mxe = [(mx().ip(), "127.0.0.25")];
+    kill_named(lab, libc::SIGTERM);
+    let _ = std::fs::remove_file(&jnl);
+    ixfr_from_differences(lab);
+    write_zone_from(&db, 10, &mxe, 0, bulk);
+    (db, mxe)
+}
+
 /// BIND is SIGKILLed in the middle of an IXFR of one large journal delta
 /// (25k entries out, 25k others in: 50k records, made by
 /// `ixfr-from-differences` from a rewritten zone file). The daemon keeps
@@ -602,12 +615,7 @@ fn maps_hold_exactly(lab: &Lab, first: u32, bulk: u32) -> Result<(), String> {
 fn bind_killed_mid_ixfr_of_a_large_change() {
     const BULK: u32 = 25_000;
     let lab = up("fixf");
-    let (db, jnl) = zone_files(&lab);
-    let mxe = [(mx().ip(), "127.0.0.25")];
-    kill_named(&lab, libc::SIGTERM);
-    let _ = std::fs::remove_file(&jnl);
-    ixfr_from_differences(&lab);
-    write_zone_from(&db, 10, &mxe, 0, BULK);
+    let (db, mxe) = static_zone_for_ixfr(&lab, BULK);
     small_tcp_buffers(&lab, Role::Dns);
     small_tcp_buffers(&lab, Role::Router);
     let mut named = Some(start_named(&lab));
@@ -708,12 +716,7 @@ fn one_million_entry_rpz_and_a_10k_change_ixfr_under_load() {
     const OUT: u32 = 4_000;
     const IN: u32 = 6_000;
     let lab = up("f1m");
-    let (db, jnl) = zone_files(&lab);
-    let mxe = [(mx().ip(), "127.0.0.25")];
-    kill_named(&lab, libc::SIGTERM);
-    let _ = std::fs::remove_file(&jnl);
-    ixfr_from_differences(&lab);
-    write_zone_from(&db, 10, &mxe, 0, BULK);
+    let (db, mxe) = static_zone_for_ixfr(&lab, BULK);
     let t = Instant::now();
     let _named = start_named_within(&lab, Duration::from_secs(60));
     let served = eventually(Duration::from_secs(60), || served_serial(&lab) == Some(10));
