@@ -651,6 +651,10 @@ impl LiveLearner {
                 new.push((p, c.classes));
             }
         }
+        // Confirmations go to the pusher before the entries: an entry it
+        // takes from the queue always finds the answer that taught it (its
+        // TXT carries the evidence; issue 11).
+        self.confirm(&confirmations);
         for &(p, c) in &new {
             let ip = p.addr();
             let zone = (self.zone)(ip);
@@ -686,7 +690,6 @@ impl LiveLearner {
                 sink.record_learned(&learned_event(ip, c, by, ts_ns, done));
             }
         }
-        self.confirm(&mut confirmations);
         (self.new_buf, self.confirmed_buf) = (new, confirmations);
         taught
     }
@@ -694,13 +697,13 @@ impl LiveLearner {
     /// Hands the answers that confirmed addresses to [`LiveAllow::confirm`]
     /// (denied addresses are left out): the pusher refreshes their
     /// lifetime state in the zone.
-    fn confirm(&mut self, confirmations: &mut Vec<super::rules::Confirmation>) {
+    fn confirm(&self, confirmations: &[super::rules::Confirmation]) {
         let now = crate::rpz::meta::unix_now();
-        for c in confirmations.drain(..) {
+        for c in confirmations {
             if (self.zone)(c.ip).is_deny() {
                 continue;
             }
-            self.live.confirm(c.ip, Confirmed::from_answer(c, now));
+            self.live.confirm(c.ip, Confirmed::from_answer(c.clone(), now));
         }
     }
 

@@ -313,13 +313,7 @@ pub async fn push_loop(
         }
         let set = zone.borrow_and_update().clone();
         live.prune_confirmed(|ip| set.lookup(ip));
-        for (ip, c) in live.take_confirmed() {
-            // Bounded like the live set; a dropped one is confirmed again
-            // by the next answer.
-            if pending.len() < live.limit() || pending.contains_key(&ip) {
-                pending.insert(ip, c);
-            }
-        }
+        take_confirmed(&live, &mut pending);
         if let Some(target) = &cfg.target
             && tokio::time::Instant::now() >= retry_at
         {
@@ -334,6 +328,9 @@ pub async fn push_loop(
                 if batch.is_empty() {
                     break;
                 }
+                // The learner records an answer before the entry it taught:
+                // taken after the batch, every entry finds its evidence.
+                take_confirmed(&live, &mut pending);
                 let edits: Vec<OwnerEdit> = batch
                     .iter()
                     .map(|(p, c)| new_entry_edit(&set, *p, *c, pending.get(&p.addr()), now))
@@ -388,6 +385,16 @@ pub async fn push_loop(
         save_if_dirty(&live, cfg.journal.as_deref());
     }
     save_if_dirty(&live, cfg.journal.as_deref());
+}
+
+/// Moves the learner's new confirmations into `pending`, bounded like the
+/// live set (a dropped one is confirmed again by the next answer).
+fn take_confirmed(live: &LiveAllow, pending: &mut std::collections::HashMap<IpAddr, Confirmed>) {
+    for (ip, c) in live.take_confirmed() {
+        if pending.len() < live.limit() || pending.contains_key(&ip) {
+            pending.insert(ip, c);
+        }
+    }
 }
 
 fn fail(live: &LiveAllow, backoff: &mut Duration, retry_at: &mut tokio::time::Instant, why: String) {
