@@ -427,7 +427,36 @@ impl AllowDiff {
 pub struct AllowSet {
     entries: BTreeMap<Prefix, Classes>,
     denies: BTreeSet<Prefix>,
-    meta: BTreeMap<Prefix, EntryMeta>,
+    meta: BTreeMap<Prefix, OwnerTxt>,
+}
+
+/// One TXT record of an owner as the mirror keeps it: its
+/// character-strings (lossy UTF-8, as [`crate::rpz::edit::OwnerRecords`]
+/// reads them) and, when it is our lifetime data, its decoded form.
+pub type TxtRecord = (Vec<String>, Option<EntryMeta>);
+
+/// The whole TXT RRset of one owner, ours and foreign (issue 11): an edit
+/// guarded by "the TXT RRset is what I read" must name every record, and
+/// two of our records at one owner (two learners racing) must be seen to
+/// be healed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct OwnerTxt {
+    /// Every record, in the order read; no record twice (an RRset).
+    records: Vec<TxtRecord>,
+    /// Index of the record whose lifetime state counts ([`best_meta`]).
+    best: Option<usize>,
+}
+
+/// Which of an owner's lifetime records counts: a manual one before any
+/// learned one (an operator's entry never ages because of a stray learned
+/// record), then the newest `seen`.
+fn best_meta(records: &[TxtRecord]) -> Option<usize> {
+    records
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (_, m))| m.as_ref().map(|m| (i, m)))
+        .max_by_key(|(_, m)| (m.source == crate::rpz::meta::Source::Manual, m.seen))
+        .map(|(i, _)| i)
 }
 
 /// Above this many denies, [`AllowSet::denied_by`] probes each prefix
@@ -654,24 +683,79 @@ impl AllowSet {
 
     // --- lifetime state (TXT beside each trigger) ---
 
-    /// The lifetime state of exactly `prefix`, when the zone holds one.
+    /// The lifetime state of exactly `prefix`, when the zone holds one of
+    /// ours: with several, the manual one, else the newest `seen`.
     pub fn meta(&self, prefix: &Prefix) -> Option<&EntryMeta> {
-        self.meta.get(prefix)
+        let o = self.meta.get(prefix)?;
+        o.records.get(o.best?)?.1.as_ref()
     }
 
-    /// Sets the lifetime state of `prefix`.
+    /// Every TXT record at `prefix`'s owner (ours and foreign), in the
+    /// order read: the RRset an edit's prerequisite names.
+    pub fn txt(&self, prefix: &Prefix) -> Vec<Vec<String>> {
+        self.meta.get(prefix).map(|o| o.records.iter().map(|(s, _)| s.clone()).collect()).unwrap_or_default()
+    }
+
+    /// Our TXT records at `prefix`'s owner (every one that decodes), as
+    /// written: what an edit replacing the lifetime state deletes.
+    pub fn our_txt(&self, prefix: &Prefix) -> Vec<Vec<String>> {
+        self.meta
+            .get(prefix)
+            .map(|o| o.records.iter().filter(|(_, m)| m.is_some()).map(|(s, _)| s.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Sets the lifetime state of `prefix`: our records are replaced by
+    /// `meta`'s one; foreign ones stay. A state that cannot be encoded
+    /// (a note too long) is kept under empty strings, so that
+    /// [`AllowSet::meta`] still answers it.
     pub fn set_meta(&mut self, prefix: Prefix, meta: EntryMeta) {
-        self.meta.insert(prefix, meta);
+        let o = self.meta.entry(prefix).or_default();
+        o.records.retain(|(_, m)| m.is_none());
+        o.records.push((meta.encode().unwrap_or_default(), Some(meta)));
+        o.best = best_meta(&o.records);
     }
 
-    /// Drops the lifetime state of `prefix`, returning it.
+    /// Adds one TXT record read from the zone at `prefix`'s owner, with
+    /// its lifetime state when it is ours. The same record twice is kept
+    /// once (an RRset holds no duplicates).
+    pub fn add_txt(&mut self, prefix: Prefix, strings: Vec<String>, meta: Option<EntryMeta>) {
+        let o = self.meta.entry(prefix).or_default();
+        if o.records.iter().any(|(s, _)| *s == strings) {
+            return;
+        }
+        o.records.push((strings, meta));
+        o.best = best_meta(&o.records);
+    }
+
+    /// Removes exactly the TXT record `strings` at `prefix`'s owner
+    /// (an IXFR deletion): other records, and a newer one, stay.
+    pub fn remove_txt(&mut self, prefix: &Prefix, strings: &[String]) {
+        let Some(o) = self.meta.get_mut(prefix) else { return };
+        o.records.retain(|(s, _)| s.as_slice() != strings);
+        if o.records.is_empty() {
+            self.meta.remove(prefix);
+        } else {
+            o.best = best_meta(&o.records);
+        }
+    }
+
+    /// Drops every TXT record of `prefix`, returning its lifetime state.
     pub fn remove_meta(&mut self, prefix: &Prefix) -> Option<EntryMeta> {
-        self.meta.remove(prefix)
+        let o = self.meta.remove(prefix)?;
+        let best = o.best?;
+        o.records.into_iter().nth(best).and_then(|(_, m)| m)
     }
 
-    /// Every lifetime state, in prefix order.
+    /// Every lifetime state (one per owner, as [`AllowSet::meta`]), in
+    /// prefix order.
     pub fn metas(&self) -> impl Iterator<Item = (&Prefix, &EntryMeta)> {
-        self.meta.iter()
+        self.meta.iter().filter_map(|(p, o)| Some((p, o.records.get(o.best?)?.1.as_ref()?)))
+    }
+
+    /// Every owner's whole TXT RRset, in prefix order (snapshots keep them).
+    pub fn txt_rrsets(&self) -> impl Iterator<Item = (&Prefix, impl Iterator<Item = &TxtRecord>)> {
+        self.meta.iter().map(|(p, o)| (p, o.records.iter()))
     }
 
     /// True when the denies or the lifetime state differ from `other`'s

@@ -264,3 +264,88 @@ fn deny_beats_a_later_learn() {
     drop(d);
     assert!(t.elapsed() < Duration::from_secs(60), "took {:?}", t.elapsed());
 }
+
+/// Adds `ip` to the lab's RPZ as two racing learners could leave it: `A
+/// 127.0.0.25`, one lifetime TXT of ours per `seen` in `seens`, and a
+/// foreign TXT (one nsupdate UPDATE, as any other writer would).
+fn rpz_add_racing(lab: &Lab, ip: IpAddr, seens: &[u64]) {
+    let owner = guard_user::rpz::encode_owner(&guard_user::policy::Prefix::host(ip), lab.rpz_zone());
+    let mut lines = vec![
+        format!("update add {owner} 60 IN A 127.0.0.25"),
+        format!("update add {owner} 60 IN TXT \"v=spf1 -all\""),
+    ];
+    for seen in seens {
+        let txt = guard_user::rpz::meta::EntryMeta::learned(*seen, 1, None).to_zone_text().expect("txt");
+        lines.push(format!("update add {owner} 60 IN TXT {txt}"));
+    }
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    lab.nsupdate(&lines).unwrap_or_else(|e| panic!("nsupdate: {e}"));
+}
+
+/// The `qtype` records at `ip`'s owner, as the primary holds them (dig
+/// +short from the DNS namespace, no recursion: the zone's own data).
+fn zone_records(lab: &Lab, ip: IpAddr, qtype: &str) -> Vec<String> {
+    let owner = guard_user::rpz::encode_owner(&guard_user::policy::Prefix::host(ip), lab.rpz_zone());
+    let server = format!("@{}", lab.addrs().dns_v4);
+    let out = lab.dig(Role::Dns, &[&server, "+norec", "+short", &owner, qtype]).expect("dig");
+    assert!(out.status.success(), "dig: {}", String::from_utf8_lossy(&out.stderr));
+    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
+    v.sort();
+    v
+}
+
+/// Our lifetime TXTs among `txts` (dig's presentation form).
+fn ours(txts: &[String]) -> Vec<&String> {
+    txts.iter().filter(|t| t.starts_with("\"rpz-guard=1\"")).collect()
+}
+
+/// Two learners raced and left two TXTs of ours at an owner, next to a
+/// foreign TXT (issue 11): the entry still ages out (the removal names the
+/// whole TXT RRset, deletes both of ours and leaves the foreign one), and a
+/// confirmation of another such entry replaces its two TXTs by one.
+#[test]
+fn two_of_our_txts_and_a_foreign_one_age_and_heal() {
+    let t = Instant::now();
+    let lab = Lab::up(LabConfig::for_test("agetxt")).unwrap_or_else(|e| panic!("lab up failed: {e}"));
+    let now = unix_now();
+    let stale = IpAddr::V4(LabAddrs::inet_v4_alt(16));
+    let hot = IpAddr::V4(LabAddrs::inet_v4_alt(17));
+    rpz_add_racing(&lab, stale, &[now - 40, now - 30]);
+    rpz_add_racing(&lab, hot, &[now - 2, now - 1]);
+    assert_eq!(ours(&zone_records(&lab, stale, "TXT")).len(), 2, "the race as set up");
+    assert_eq!(zone_records(&lab, hot, "TXT").len(), 3, "the race as set up");
+    let d = start_learning(
+        &lab,
+        "ageing = true\nmax_age_dns_secs = 20\nmax_age_smtp_secs = 20\nidle_secs = 2\ninterval_secs = 1\nrefresh_secs = 1\n",
+    );
+    assert!(eventually(Duration::from_secs(5), || d.status().entries.0 >= 1).is_some(), "in force");
+    // The stale entry (newest seen 30 s ago, max age 20 s) ages out.
+    let aged = eventually(Duration::from_secs(15), || zone_records(&lab, stale, "A").is_empty());
+    let ageing = d.status().ageing.expect("ageing in status");
+    assert!(aged.is_some(), "an owner with two of our TXTs and a foreign one ages out: {ageing:?}");
+    assert_eq!(zone_records(&lab, stale, "TXT"), vec!["\"v=spf1 -all\"".to_owned()], "the foreign TXT stays");
+    assert!(ageing.removed >= 1 && ageing.update_errors == 0, "{ageing:?}");
+    assert!(
+        eventually(Duration::from_secs(5), || d.status().entries.0 == 1).is_some(),
+        "the mirror follows: {:?}",
+        d.status().ageing
+    );
+    // The hot entry is confirmed by DNS: its two TXTs of ours become one.
+    let mut conv = Conv::new();
+    teach(&lab, &mut conv, "hot.test.", hot);
+    let healed = eventually(Duration::from_secs(10), || ours(&zone_records(&lab, hot, "TXT")).len() == 1);
+    let txts = zone_records(&lab, hot, "TXT");
+    assert!(healed.is_some(), "a refresh leaves one TXT of ours: {txts:?}; live {:?}", d.status().live);
+    assert!(txts.contains(&"\"v=spf1 -all\"".to_owned()) && txts.len() == 2, "{txts:?}");
+    let seen = ours(&txts)[0]
+        .split(' ')
+        .find_map(|s| s.trim_matches('"').strip_prefix("seen=").map(str::to_owned))
+        .and_then(|s| s.parse::<u64>().ok())
+        .expect("seen");
+    assert!(seen >= now, "the refreshed seen: {txts:?}");
+    assert_eq!(zone_records(&lab, hot, "A"), vec!["127.0.0.25".to_owned()], "the entry stays");
+    let live = d.status().live.expect("live");
+    eprintln!("ageing {:?}; live {live:?}", d.status().ageing);
+    drop(d);
+    assert!(t.elapsed() < Duration::from_secs(60), "took {:?}", t.elapsed());
+}

@@ -6,10 +6,14 @@
 //! with each entry's lifetime state (`rpz::meta`), and the last-hit times
 //! of the enforcement point (XDP: the hit times in the host allow map values). Due entries are
 //! removed by TSIG UPDATE in batches of `batch` owners, at most `rate`
-//! entries per second. Each removal carries a prerequisite: the entry's TXT
-//! is still the one this pass read, so an entry another learner just
-//! confirmed is never removed (BIND answers `NXRRSET`; the batch is then
-//! retried owner by owner and the stale ones counted as conflicts).
+//! entries per second. Each removal carries a prerequisite: the owner's
+//! whole TXT RRset (ours and foreign) is still the one this pass read, so an
+//! entry another learner just confirmed is never removed (BIND answers
+//! `NXRRSET`; [`apply_owners`] then retries owner by owner, reading each
+//! failed owner again: one still due is removed on what it holds now, one
+//! confirmed meanwhile is kept and counted as a conflict). A removal deletes
+//! the `A` RRset and every TXT of ours (two, when two learners raced);
+//! foreign TXT records stay.
 //!
 //! Nothing is removed locally: the maps change when the zone, read back by
 //! IXFR, no longer holds the entry. A rejected UPDATE removes nothing and
@@ -25,6 +29,7 @@ use std::{
     time::Duration,
 };
 
+use hickory_proto::rr::RecordType;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -35,9 +40,8 @@ use crate::{
     events::now_ms,
     policy::{AllowSet, Prefix},
     rpz::{
-        edit::{Change, OwnerEdit, Prereq, apply_batch},
+        edit::{Applied, Change, OwnerEdit, OwnerRecords, Prereq, apply_owners},
         meta::{EntryMeta, Source, unix_now},
-        transfer::SyncError,
         tsig::TsigKey,
     },
 };
@@ -140,26 +144,38 @@ pub fn plan(cfg: &Lifetime, set: &AllowSet, now: u64, uptime: u64, hits: Option<
     p
 }
 
-/// The UPDATE edit removing an expired entry: its `A` and TXT RRsets,
-/// only while its TXT is still the one read.
-fn removal(prefix: Prefix, m: &EntryMeta) -> Option<OwnerEdit> {
-    let txt = m.encode().ok()?;
-    Some(OwnerEdit {
-        prefix,
-        prereqs: vec![Prereq::TxtIs(vec![txt])],
-        changes: vec![
-            Change::DeleteRrset(hickory_proto::rr::RecordType::A),
-            Change::DeleteRrset(hickory_proto::rr::RecordType::TXT),
-        ],
-    })
+/// The UPDATE edit removing an expired entry as `set` holds it: its `A`
+/// RRset and every TXT of ours, only while the owner's whole TXT RRset is
+/// still the one read. Foreign TXT records stay (and do not block it).
+fn removal(set: &AllowSet, prefix: Prefix) -> Option<OwnerEdit> {
+    let ours = set.our_txt(&prefix);
+    if ours.is_empty() {
+        return None;
+    }
+    let mut changes = vec![Change::DeleteRrset(RecordType::A)];
+    changes.extend(ours.into_iter().map(Change::DeleteTxt));
+    Some(OwnerEdit { prefix, prereqs: vec![Prereq::txt_is(set.txt(&prefix))], changes })
 }
 
-/// The UPDATE edit giving an entry without lifetime state `seen` = `now`.
-fn stamp(prefix: Prefix, now: u64) -> Option<OwnerEdit> {
+/// True when the entry at `prefix` in `set` has aged out at `now` (the
+/// decision of [`plan`] without the traffic test, for an owner read again).
+fn still_due(cfg: &Lifetime, set: &AllowSet, prefix: Prefix, now: u64) -> bool {
+    let classes = set.get(&prefix);
+    !classes.is_empty()
+        && !set.is_denied(prefix.addr())
+        && set
+            .meta(&prefix)
+            .and_then(|m| m.ages_out_at(cfg.max_age(classes)))
+            .is_some_and(|deadline| now >= deadline)
+}
+
+/// The UPDATE edit giving an entry without lifetime state `seen` = `now`,
+/// guarded by the TXT RRset read (foreign records only, or none).
+fn stamp(set: &AllowSet, prefix: Prefix, now: u64) -> Option<OwnerEdit> {
     let m = EntryMeta { source: Source::Learned, seen: Some(now), ..EntryMeta::default() };
     Some(OwnerEdit {
         prefix,
-        prereqs: vec![Prereq::NoRrset(hickory_proto::rr::RecordType::TXT)],
+        prereqs: vec![Prereq::txt_is(set.txt(&prefix))],
         changes: vec![Change::AddTxt(m.encode().ok()?)],
     })
 }
@@ -172,12 +188,6 @@ pub struct Target {
     pub zone: String,
     /// The TSIG key.
     pub key: TsigKey,
-}
-
-/// True when BIND refused the message because a prerequisite failed.
-fn prerequisite_failed(e: &SyncError) -> bool {
-    matches!(e, SyncError::Rejected { answer, .. }
-        if answer.starts_with("NXRRSET") || answer.starts_with("YXRRSET") || answer.starts_with("NXDOMAIN"))
 }
 
 /// Runs ageing passes until `cancel`.
@@ -217,12 +227,12 @@ pub async fn run(
         let plan = plan(&cfg, &set, unix_now(), uptime, last_hits.as_deref());
         tokio::select! {
             () = cancel.cancelled() => return,
-            () = pass(&cfg, &target, plan, &stats) => {}
+            () = pass(&cfg, &target, &set, plan, &stats) => {}
         }
     }
 }
 
-async fn pass(cfg: &Lifetime, target: &Target, plan: Plan, stats: &SharedAgeing) {
+async fn pass(cfg: &Lifetime, target: &Target, set: &AllowSet, plan: Plan, stats: &SharedAgeing) {
     {
         let mut st = lock(stats);
         st.passes += 1;
@@ -253,75 +263,71 @@ async fn pass(cfg: &Lifetime, target: &Target, plan: Plan, stats: &SharedAgeing)
     }
     let now = unix_now();
     // Stamps first (one batch a pass: an older zone is stamped gradually).
-    let stamps: Vec<OwnerEdit> = plan.stamp.iter().take(cfg.batch).filter_map(|p| stamp(*p, now)).collect();
+    let stamps: Vec<OwnerEdit> =
+        plan.stamp.iter().take(cfg.batch).filter_map(|p| stamp(set, *p, now)).collect();
     if !stamps.is_empty() {
-        let n = send(target, &stamps, stats).await;
-        lock(stats).stamped += n as u64;
+        let rebuild = |p: &Prefix, fresh: &OwnerRecords| {
+            let view = fresh.view(*p);
+            let bare = view.meta(p).is_none() && !view.get(p).is_empty() && !view.is_denied(p.addr());
+            if bare { stamp(&view, *p, now) } else { None }
+        };
+        let (a, _) = send(target, stamps, rebuild, stats).await;
+        lock(stats).stamped += a.done.len() as u64;
     }
-    let edits: Vec<OwnerEdit> = plan.expire.iter().filter_map(|(p, m)| removal(*p, m)).collect();
-    for chunk in edits.chunks(cfg.batch) {
-        let n = send(target, chunk, stats).await;
-        if n > 0 {
-            lock(stats).removed += n as u64;
-            for e in chunk {
-                tracing::info!(entry = %e.prefix, "expired: not confirmed by DNS within max age, not used within idle; removed from the RPZ");
-            }
+    let edits: Vec<OwnerEdit> = plan.expire.iter().filter_map(|(p, _)| removal(set, *p)).collect();
+    let mut edits = edits.into_iter().peekable();
+    while edits.peek().is_some() {
+        let chunk: Vec<OwnerEdit> = edits.by_ref().take(cfg.batch).collect();
+        let owners = chunk.len();
+        // Read again, an owner is removed only while still due.
+        let rebuild = |p: &Prefix, fresh: &OwnerRecords| {
+            let view = fresh.view(*p);
+            if still_due(cfg, &view, *p, now) { removal(&view, *p) } else { None }
+        };
+        let (a, ok) = send(target, chunk, rebuild, stats).await;
+        {
+            let mut st = lock(stats);
+            st.removed += a.done.len() as u64;
+            st.conflicts += (a.dropped.len() + a.conflicts.len()) as u64;
         }
-        if lock(stats).last_error.is_some() {
+        for e in &a.done {
+            tracing::info!(entry = %e.prefix, "expired: not confirmed by DNS within max age, not used within idle; removed from the RPZ");
+        }
+        for p in a.dropped.iter().chain(&a.conflicts) {
+            tracing::debug!(entry = %p, "entry changed since it was read (confirmed again?): kept");
+        }
+        if !ok {
             return;
         }
         // Rate limit: `rate` entries per second.
-        let pause = Duration::from_secs_f64(chunk.len() as f64 / f64::from(cfg.rate));
+        let pause = Duration::from_secs_f64(owners as f64 / f64::from(cfg.rate));
         tokio::time::sleep(pause).await;
     }
 }
 
-/// Sends `edits` as one UPDATE; when a prerequisite fails, owner by owner.
-/// Returns how many owners BIND changed.
-async fn send(target: &Target, edits: &[OwnerEdit], stats: &SharedAgeing) -> usize {
-    let res = apply_batch(target.server, &target.zone, &target.key, edits).await;
-    lock(stats).updates += 1;
+/// Sends `edits` through [`apply_owners`] (owner by owner, each failed
+/// owner read again and decided anew by `rebuild`, when a prerequisite
+/// fails): what was applied, and false when an UPDATE failed otherwise
+/// (nothing more is sent this pass; the failure shows in status).
+async fn send<F>(target: &Target, edits: Vec<OwnerEdit>, rebuild: F, stats: &SharedAgeing) -> (Applied, bool)
+where
+    F: FnMut(&Prefix, &OwnerRecords) -> Option<OwnerEdit>,
+{
+    let owners = edits.len();
+    let res = apply_owners(target.server, &target.zone, &target.key, edits, rebuild).await;
+    let mut st = lock(stats);
     match res {
-        Ok(()) => {
-            lock(stats).last_error = None;
-            edits.len()
+        Ok(a) => {
+            st.updates += a.updates as u64;
+            st.last_error = None;
+            (a, true)
         }
-        Err(e) if prerequisite_failed(&e) && edits.len() > 1 => {
-            let mut done = 0;
-            for one in edits {
-                done += send_one(target, one, stats).await;
-            }
-            done
-        }
-        Err(e) if prerequisite_failed(&e) => {
-            lock(stats).conflicts += 1;
-            0
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, owners = edits.len(), "ageing UPDATE failed; nothing removed");
-            let mut st = lock(stats);
+        Err((e, a)) => {
+            tracing::warn!(error = %e, owners, "ageing UPDATE failed; nothing removed by it");
+            st.updates += a.updates as u64;
             st.update_errors += 1;
             st.last_error = Some(e.to_string());
-            0
-        }
-    }
-}
-
-async fn send_one(target: &Target, edit: &OwnerEdit, stats: &SharedAgeing) -> usize {
-    let res = apply_batch(target.server, &target.zone, &target.key, std::slice::from_ref(edit)).await;
-    lock(stats).updates += 1;
-    match res {
-        Ok(()) => 1,
-        Err(e) if prerequisite_failed(&e) => {
-            tracing::debug!(entry = %edit.prefix, "entry changed since it was read (confirmed again?): kept");
-            lock(stats).conflicts += 1;
-            0
-        }
-        Err(e) => {
-            let mut st = lock(stats);
-            st.update_errors += 1;
-            st.last_error = Some(e.to_string());
-            0
+            (a, false)
         }
     }
 }
@@ -377,10 +383,67 @@ mod tests {
     #[test]
     fn removal_guards_the_txt_it_read() {
         let m = EntryMeta::learned(10, 60, None);
-        let e = removal(p("198.51.100.25"), &m).expect("edit");
+        let mut set = AllowSet::new();
+        set.add(p("198.51.100.25"), Classes::SMTP);
+        set.set_meta(p("198.51.100.25"), m.clone());
+        let e = removal(&set, p("198.51.100.25")).expect("edit");
         assert_eq!(e.prereqs, vec![Prereq::TxtIs(vec![m.encode().expect("txt")])]);
         let msg = e.message("rpz.example.com").expect("message");
         assert_eq!(msg.answers().len(), 1, "the prerequisite");
-        assert_eq!(msg.name_servers().len(), 2, "A and TXT RRsets deleted");
+        assert_eq!(msg.name_servers().len(), 2, "the A RRset and our TXT deleted");
+    }
+
+    /// Two of our TXTs (two learners raced) and a foreign one at an owner:
+    /// the newest `seen` decides, the prerequisite names all three records,
+    /// and the removal deletes both of ours and leaves the foreign one.
+    #[test]
+    fn two_of_ours_and_a_foreign_txt_still_age() {
+        let q = p("198.51.100.26");
+        let old = EntryMeta::learned(10, 60, None);
+        let newer = EntryMeta::learned(500, 60, None);
+        let foreign = vec!["v=spf1 -all".to_owned()];
+        let mut set = AllowSet::new();
+        set.add(q, Classes::DNS);
+        set.add_txt(q, old.encode().expect("txt"), Some(old.clone()));
+        set.add_txt(q, foreign.clone(), None);
+        set.add_txt(q, newer.encode().expect("txt"), Some(newer.clone()));
+        assert_eq!(set.meta(&q), Some(&newer), "the newest seen wins");
+        // Due at 600 (seen 500 + max age 100), not at 110.
+        assert!(plan(&cfg(), &set, 550, 1000, None).expire.is_empty());
+        let due = plan(&cfg(), &set, 600, 1000, None);
+        assert_eq!(due.expire, vec![(q, newer.clone())]);
+        let e = removal(&set, q).expect("edit");
+        assert_eq!(
+            e.prereqs,
+            vec![Prereq::TxtIs(vec![
+                old.encode().expect("txt"),
+                foreign.clone(),
+                newer.encode().expect("txt")
+            ])]
+        );
+        assert_eq!(
+            e.changes,
+            vec![
+                Change::DeleteRrset(RecordType::A),
+                Change::DeleteTxt(old.encode().expect("txt")),
+                Change::DeleteTxt(newer.encode().expect("txt")),
+            ],
+            "the foreign TXT stays"
+        );
+        assert!(still_due(&cfg(), &set, q, 600) && !still_due(&cfg(), &set, q, 599));
+    }
+
+    /// A stamp beside a foreign TXT names it (a bare "no TXT" prerequisite
+    /// would fail for ever), and an owner read again is stamped only while
+    /// it still lacks our TXT.
+    #[test]
+    fn stamps_beside_a_foreign_txt() {
+        let q = p("198.51.100.27");
+        let mut set = AllowSet::new();
+        set.add(q, Classes::DNS);
+        assert_eq!(stamp(&set, q, 5).expect("edit").prereqs, vec![Prereq::NoRrset(RecordType::TXT)]);
+        set.add_txt(q, vec!["hello".into()], None);
+        assert_eq!(plan(&cfg(), &set, 5, 1000, None).stamp, vec![q]);
+        assert_eq!(stamp(&set, q, 5).expect("edit").prereqs, vec![Prereq::TxtIs(vec![vec!["hello".into()]])]);
     }
 }

@@ -30,7 +30,7 @@ use super::live::{Confirmed, LiveAllow, monotonic_ns};
 use crate::{
     policy::{AllowSet, Classes, Prefix},
     rpz::{
-        edit::{Change, OwnerEdit, apply_batch},
+        edit::{Applied, Change, OwnerEdit, OwnerRecords, Prereq, apply_owners},
         meta::{EntryMeta, Source, unix_now},
         tsig::TsigKey,
     },
@@ -63,8 +63,12 @@ pub const MAX_OWNERS_PER_UPDATE: usize = 80;
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
 
 /// The UPDATE edit of a new live entry: its `A` records and its lifetime
-/// TXT (replacing ours when the zone has one: a class added to a known
-/// entry keeps its `first`). A manual entry's TXT is left alone.
+/// TXT (replacing every one of ours the zone has: a class added to a known
+/// entry keeps its `first`, two racing learners' records become one). A
+/// manual entry's TXT is left alone. Guarded by the owner's whole TXT
+/// RRset as `set` holds it, so that a writer that raced another one fails
+/// rather than leave a second TXT of ours ([`apply_owners`] then reads the
+/// owner again and decides anew).
 fn new_entry_edit(
     set: &AllowSet,
     p: Prefix,
@@ -86,20 +90,36 @@ fn new_entry_edit(
                 m.evidence = Some(c.evidence.clone());
             }
         }
-        txt_swap(&mut changes, old, &m);
+        txt_swap(&mut changes, set, &p, &m);
     }
-    OwnerEdit { prefix: p, prereqs: Vec::new(), changes }
+    OwnerEdit { prefix: p, prereqs: vec![Prereq::txt_is(set.txt(&p))], changes }
 }
 
-/// Deletes our old TXT (exactly that record: others at the owner stay)
-/// and adds the new one.
-fn txt_swap(changes: &mut Vec<Change>, old: Option<&EntryMeta>, new: &EntryMeta) {
-    if let Some(strings) = old.and_then(|o| o.encode().ok()) {
+/// Deletes every TXT of ours at the owner (exactly those records: foreign
+/// ones stay) and adds the new one.
+fn txt_swap(changes: &mut Vec<Change>, set: &AllowSet, p: &Prefix, new: &EntryMeta) {
+    for strings in set.our_txt(p) {
         changes.push(Change::DeleteTxt(strings));
     }
     if let Ok(strings) = new.encode() {
         changes.push(Change::AddTxt(strings));
     }
+}
+
+/// The edit adding the classes `classes` of a learned entry lacks in
+/// `set` (`None`: it lacks none, or a deny covers it).
+fn add_edit(
+    set: &AllowSet,
+    p: Prefix,
+    classes: Classes,
+    conf: Option<&Confirmed>,
+    now: u64,
+) -> Option<OwnerEdit> {
+    let missing = classes.without(set.get(&p));
+    if missing.is_empty() || set.is_denied(p.addr()) || set.deny_covering(&p).is_some() {
+        return None;
+    }
+    Some(new_entry_edit(set, p, missing, conf, now))
 }
 
 /// What to do with a confirmation of `ip`.
@@ -116,7 +136,8 @@ pub enum Refresh {
 /// Decides the refresh of an entry the answer `conf` confirmed at `conf.at`:
 /// only a learned entry (or one of an older zone, without TXT) whose `seen`
 /// is older than `conf.at` by `granularity` seconds or more is rewritten
-/// (`seen` never moves back).
+/// (`seen` never moves back). Every TXT of ours goes and one comes, guarded
+/// by the whole TXT RRset `set` holds (see [`new_entry_edit`]).
 pub fn refresh_edit(set: &AllowSet, ip: IpAddr, conf: &Confirmed, granularity: u64) -> Refresh {
     let p = Prefix::host(ip);
     if set.is_denied(ip) {
@@ -137,21 +158,47 @@ pub fn refresh_edit(set: &AllowSet, ip: IpAddr, conf: &Confirmed, granularity: u
     m.ttl = Some(conf.ttl);
     m.evidence = Some(conf.evidence.clone());
     let mut changes = Vec::new();
-    txt_swap(&mut changes, old, &m);
-    Refresh::Write(OwnerEdit { prefix: p, prereqs: Vec::new(), changes })
+    txt_swap(&mut changes, set, &p, &m);
+    Refresh::Write(OwnerEdit { prefix: p, prereqs: vec![Prereq::txt_is(set.txt(&p))], changes })
 }
 
-/// Sends `edits` as one UPDATE within `timeout`; the error in words.
-async fn send_edits(
-    (server, zone, key): &(SocketAddr, String, TsigKey),
-    edits: &[OwnerEdit],
-    timeout: Duration,
-) -> Result<(), String> {
-    match tokio::time::timeout(timeout, apply_batch(*server, zone, key, edits)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("UPDATE to {server} timed out")),
+/// The refresh edit of `ip`, when one is due (see [`refresh_edit`]).
+fn refresh_of(set: &AllowSet, ip: IpAddr, conf: &Confirmed, granularity: u64) -> Option<OwnerEdit> {
+    match refresh_edit(set, ip, conf, granularity) {
+        Refresh::Write(e) => Some(e),
+        Refresh::Done | Refresh::NotInZone => None,
     }
+}
+
+/// Sends `edits` within `timeout` through [`apply_owners`] (owner by
+/// owner, re-read and decided again by `rebuild`, when the zone changed
+/// under a prerequisite); the error in words, with what was applied.
+async fn send_edits<F>(
+    (server, zone, key): &(SocketAddr, String, TsigKey),
+    edits: Vec<OwnerEdit>,
+    timeout: Duration,
+    rebuild: F,
+) -> Result<Applied, (String, Applied)>
+where
+    F: FnMut(&Prefix, &OwnerRecords) -> Option<OwnerEdit>,
+{
+    match tokio::time::timeout(timeout, apply_owners(*server, zone, key, edits, rebuild)).await {
+        Ok(Ok(a)) => Ok(a),
+        Ok(Err((e, a))) => Err((e.to_string(), a)),
+        Err(_) => Err((format!("UPDATE to {server} timed out"), Applied::default())),
+    }
+}
+
+/// `A` records and refreshed entries in `done` edits: `(added, refreshed)`.
+fn count_done(done: &[OwnerEdit]) -> (usize, usize) {
+    done.iter().fold((0, 0), |(a, r), e| {
+        let added: usize = e
+            .changes
+            .iter()
+            .map(|c| if let Change::AddClasses(c) = c { c.rpz_answers().len() } else { 0 })
+            .sum();
+        (a + added, r + usize::from(added == 0))
+    })
 }
 
 /// What [`push_learned`] did.
@@ -168,8 +215,12 @@ pub struct LearnedReport {
     pub refreshed: usize,
     /// Learned entries left out because a deny covers them.
     pub denied: usize,
-    /// UPDATE messages BIND accepted.
+    /// UPDATE messages sent (a batch whose prerequisite failed is sent
+    /// again owner by owner).
     pub updates: usize,
+    /// Owners left unchanged because another writer kept changing them
+    /// (their prerequisite failed on every try).
+    pub conflicts: usize,
 }
 
 /// A [`push_learned`] that failed.
@@ -181,7 +232,7 @@ pub enum PushLearnedError {
     Read(#[from] crate::rpz::transfer::SyncError),
     /// An UPDATE failed; the ones before it stay applied (each is whole
     /// or nothing, RFC 2136 §3.7).
-    #[error("{why} (before the failure: {} UPDATEs applied, {} records added, {} entries refreshed)", committed.updates, committed.added, committed.refreshed)]
+    #[error("{why} (before the failure: {} UPDATEs sent, {} records added, {} entries refreshed)", committed.updates, committed.added, committed.refreshed)]
     Update {
         /// What the server (or the connection) said.
         why: String,
@@ -210,34 +261,40 @@ pub async fn push_learned(
     let now = unix_now();
     let mut report = LearnedReport { serial_before: snap.serial, ..LearnedReport::default() };
     let records = |c: Classes| c.rpz_answers().len();
-    let mut edits = Vec::new();
-    let mut sizes = Vec::new();
-    for (p, c) in learned.iter() {
+    // One decision for the zone as read and for an owner read again.
+    let decide = |set: &AllowSet, p: Prefix, c: Classes| {
         let conf = confirmed.get(&p.addr()).filter(|_| p.is_host());
+        // A capture run writes each entry once: any newer evidence counts.
+        add_edit(set, p, c, conf, now).or_else(|| conf.and_then(|conf| refresh_of(set, p.addr(), conf, 1)))
+    };
+    let mut edits = Vec::new();
+    for (p, c) in learned.iter() {
         if set.is_denied(p.addr()) || set.deny_covering(p).is_some() {
             report.denied += 1;
             continue;
         }
-        let missing = c.without(set.get(p));
-        report.existing += records(c.without(missing));
-        if !missing.is_empty() {
-            edits.push(new_entry_edit(set, *p, missing, conf, now));
-            sizes.push((records(missing), 0));
-        } else if let Some(conf) = conf
-            // A capture run writes each entry once: any newer evidence counts.
-            && let Refresh::Write(e) = refresh_edit(set, p.addr(), conf, 1)
-        {
-            edits.push(e);
-            sizes.push((0, 1));
-        }
+        report.existing += records(c.without(c.without(set.get(p))));
+        edits.extend(decide(set, *p, *c));
     }
-    for (chunk, sizes) in edits.chunks(MAX_OWNERS_PER_UPDATE).zip(sizes.chunks(MAX_OWNERS_PER_UPDATE)) {
-        if let Err(why) = send_edits(target, chunk, timeout).await {
+    let mut chunks: Vec<Vec<OwnerEdit>> = Vec::new();
+    while !edits.is_empty() {
+        let rest = edits.split_off(edits.len().min(MAX_OWNERS_PER_UPDATE));
+        chunks.push(std::mem::replace(&mut edits, rest));
+    }
+    for chunk in chunks {
+        let rebuild = |p: &Prefix, fresh: &OwnerRecords| decide(&fresh.view(*p), *p, learned.get(p));
+        let (applied, failed) = match send_edits(target, chunk, timeout, rebuild).await {
+            Ok(a) => (a, None),
+            Err((why, a)) => (a, Some(why)),
+        };
+        let (added, refreshed) = count_done(&applied.done);
+        report.updates += applied.updates;
+        report.added += added;
+        report.refreshed += refreshed;
+        report.conflicts += applied.conflicts.len();
+        if let Some(why) = failed {
             return Err(PushLearnedError::Update { why, committed: report });
         }
-        report.updates += 1;
-        report.added += sizes.iter().map(|s| s.0).sum::<usize>();
-        report.refreshed += sizes.iter().map(|s| s.1).sum::<usize>();
     }
     tracing::info!(%server, zone, added = report.added, refreshed = report.refreshed, denied = report.denied, updates = report.updates, "learned entries pushed");
     Ok(report)
@@ -331,16 +388,34 @@ pub async fn push_loop(
                 // The learner records an answer before the entry it taught:
                 // taken after the batch, every entry finds its evidence.
                 take_confirmed(&live, &mut pending);
+                let wanted: std::collections::HashMap<Prefix, Classes> = batch.iter().copied().collect();
                 let edits: Vec<OwnerEdit> = batch
                     .iter()
                     .map(|(p, c)| new_entry_edit(&set, *p, *c, pending.get(&p.addr()), now))
                     .collect();
-                match send_edits(target, &edits, cfg.timeout).await {
-                    Ok(()) => {
-                        live.mark_pushed(&batch, monotonic_ns());
+                let rebuild = |p: &Prefix, fresh: &OwnerRecords| {
+                    let c = wanted.get(p).copied().unwrap_or_default();
+                    add_edit(&fresh.view(*p), *p, c, pending.get(&p.addr()), now)
+                };
+                match send_edits(target, edits, cfg.timeout, rebuild).await {
+                    Ok(applied) => {
+                        // Done, or nothing left to do: the zone has it (or
+                        // a deny). An owner that kept changing stays queued.
+                        let settled: Vec<(Prefix, Classes)> =
+                            batch.iter().filter(|(p, _)| !applied.conflicts.contains(p)).copied().collect();
+                        live.mark_pushed(&settled, monotonic_ns());
                         backoff = Duration::from_millis(500);
+                        if !applied.conflicts.is_empty() {
+                            break;
+                        }
                     }
-                    Err(why) => {
+                    Err((why, applied)) => {
+                        let done: Vec<(Prefix, Classes)> = batch
+                            .iter()
+                            .filter(|(p, _)| applied.done.iter().any(|e| e.prefix == *p))
+                            .copied()
+                            .collect();
+                        live.mark_pushed(&done, monotonic_ns());
                         fail(&live, &mut backoff, &mut retry_at, why);
                         break;
                     }
@@ -369,12 +444,21 @@ pub async fn push_loop(
                     Refresh::NotInZone => now.saturating_sub(c.at) < granularity.max(60),
                 });
                 if !edits.is_empty() {
-                    match send_edits(target, &edits, cfg.timeout).await {
-                        Ok(()) => live.refreshed(edits.len()),
-                        Err(why) => {
+                    let confs: std::collections::HashMap<IpAddr, Confirmed> = taken.iter().cloned().collect();
+                    let rebuild = |p: &Prefix, fresh: &OwnerRecords| {
+                        confs
+                            .get(&p.addr())
+                            .and_then(|c| refresh_of(&fresh.view(*p), p.addr(), c, granularity))
+                    };
+                    match send_edits(target, edits, cfg.timeout, rebuild).await {
+                        Ok(applied) => live.refreshed(applied.done.len()),
+                        Err((why, applied)) => {
+                            live.refreshed(applied.done.len());
                             // Retried with the next confirmations or tick.
                             for (ip, c) in taken {
-                                pending.entry(ip).or_insert(c);
+                                if !applied.done.iter().any(|e| e.prefix.addr() == ip) {
+                                    pending.entry(ip).or_insert(c);
+                                }
                             }
                             fail(&live, &mut backoff, &mut retry_at, why);
                         }
@@ -479,6 +563,70 @@ mod tests {
         let Change::AddTxt(strings) = &e.changes[2] else { panic!("txt: {:?}", e.changes) };
         let m = EntryMeta::decode(strings).expect("ours");
         assert_eq!((m.first, m.seen, m.ttl, m.evidence), (Some(500), Some(1000), Some(60), None));
+    }
+
+    /// Every writer's edit is guarded by the TXT RRset it read: no TXT
+    /// (a bare "no TXT RRset"), or the whole RRset, foreign records too.
+    #[test]
+    fn writers_guard_the_txt_rrset_they_read() {
+        let ip: IpAddr = "198.51.100.25".parse().expect("ip");
+        let p = Prefix::host(ip);
+        let e = new_entry_edit(&AllowSet::new(), p, Classes::SMTP, Some(&conf(77)), 80);
+        assert_eq!(e.prereqs, vec![Prereq::NoRrset(hickory_proto::rr::RecordType::TXT)]);
+        let mut set = AllowSet::new();
+        set.add(p, Classes::SMTP);
+        set.add_txt(p, vec!["v=spf1 -all".into()], None);
+        let Refresh::Write(e) = refresh_edit(&set, ip, &conf(1000), 100) else { panic!("stamp") };
+        assert_eq!(e.prereqs, vec![Prereq::TxtIs(vec![vec!["v=spf1 -all".into()]])]);
+        assert_eq!(e.changes.len(), 1, "the foreign TXT is not deleted: {:?}", e.changes);
+    }
+
+    /// Two of our TXTs at one owner (two learners raced): the newest
+    /// `seen` counts, and a refresh or a new class replaces both by one.
+    #[test]
+    fn two_of_our_txts_become_one() {
+        let ip: IpAddr = "198.51.100.25".parse().expect("ip");
+        let p = Prefix::host(ip);
+        let a = EntryMeta::learned(400, 60, None);
+        let b = EntryMeta::learned(900, 60, None);
+        let (ta, tb) = (a.encode().expect("a"), b.encode().expect("b"));
+        let mut set = AllowSet::new();
+        set.add(p, Classes::SMTP);
+        set.add_txt(p, tb.clone(), Some(b.clone()));
+        set.add_txt(p, ta.clone(), Some(a));
+        set.add_txt(p, vec!["foreign".into()], None);
+        assert_eq!(set.meta(&p), Some(&b), "the newest seen wins, whatever the order");
+        let Refresh::Write(e) = refresh_edit(&set, ip, &conf(1000), 100) else { panic!("refresh") };
+        assert_eq!(e.prereqs, vec![Prereq::TxtIs(vec![tb.clone(), ta.clone(), vec!["foreign".into()]])]);
+        assert_eq!(&e.changes[..2], [Change::DeleteTxt(tb.clone()), Change::DeleteTxt(ta.clone())]);
+        let Change::AddTxt(strings) = &e.changes[2] else { panic!("add: {:?}", e.changes) };
+        let m = EntryMeta::decode(strings).expect("ours");
+        assert_eq!((m.first, m.seen), (Some(900), Some(1000)), "first of the record that counts");
+        assert_eq!(e.changes.len(), 3);
+        let e = new_entry_edit(&set, p, Classes::DNS, Some(&conf(1000)), 1000);
+        let deleted = e.changes.iter().filter(|c| matches!(c, Change::DeleteTxt(_))).count();
+        let added = e.changes.iter().filter(|c| matches!(c, Change::AddTxt(_))).count();
+        assert_eq!((deleted, added), (2, 1), "{:?}", e.changes);
+    }
+
+    /// A writer that lost a race decides again on the owner as read anew.
+    #[test]
+    fn rebuild_from_a_fresh_read() {
+        let ip: IpAddr = "198.51.100.25".parse().expect("ip");
+        let p = Prefix::host(ip);
+        let theirs = EntryMeta::learned(950, 60, None);
+        let fresh = crate::rpz::edit::OwnerRecords {
+            classes: Classes::SMTP,
+            txt: vec![theirs.encode().expect("txt")],
+            ..Default::default()
+        };
+        // The other learner added the entry: nothing to add any more.
+        assert_eq!(add_edit(&fresh.view(p), p, Classes::SMTP, Some(&conf(1000)), 1000), None);
+        // It wrote a fresh seen: no refresh either; an older one is replaced.
+        assert_eq!(refresh_of(&fresh.view(p), ip, &conf(1000), 100), None);
+        let e = refresh_of(&fresh.view(p), ip, &conf(1100), 100).expect("refresh");
+        assert_eq!(e.prereqs, vec![Prereq::TxtIs(fresh.txt.clone())]);
+        assert_eq!(e.changes[0], Change::DeleteTxt(fresh.txt[0].clone()));
     }
 
     #[test]

@@ -181,7 +181,11 @@ pub async fn apply(target: &Target, req: &Request, now: u64) -> Result<Outcome, 
                 );
                 return Ok(outcome);
             }
-            Err(SyncError::Rejected { answer, .. }) if is_prereq_failure(&answer) => {
+            Err(e) if edit::prerequisite_failed(&e) => {
+                let answer = match e {
+                    SyncError::Rejected { answer, .. } => answer,
+                    other => other.to_string(),
+                };
                 if let Request::Revoke { .. } = req
                     && answer == "NXDOMAIN"
                 {
@@ -200,11 +204,6 @@ pub async fn apply(target: &Target, req: &Request, now: u64) -> Result<Outcome, 
             Err(e) => return Err(e.into()),
         }
     }
-}
-
-/// Rcodes of a failed prerequisite (RFC 2136 §3.2.5).
-fn is_prereq_failure(answer: &str) -> bool {
-    matches!(answer, "YXDOMAIN" | "YXRRSET" | "NXDOMAIN" | "NXRRSET")
 }
 
 /// The UPDATE for `req`, given what the owner holds now.

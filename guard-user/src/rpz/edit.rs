@@ -17,13 +17,14 @@ use hickory_proto::{
     },
 };
 
+use super::meta::EntryMeta;
 use super::{
     RECORD_TTL, encode_owner,
     transfer::{Ctx, SyncError},
     tsig::TsigKey,
     wire::{self, Conn},
 };
-use crate::policy::{Classes, Prefix};
+use crate::policy::{AllowSet, Classes, Prefix};
 
 /// What one owner of the policy zone holds, as far as rpz-guard cares.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -56,6 +57,21 @@ impl OwnerRecords {
         self.cname.as_deref() == Some(".")
     }
 
+    /// The owner as a one-owner [`AllowSet`] (classes, every TXT record
+    /// with its lifetime state, a deny), so that the edit builders that
+    /// decide on the mirror decide the same way on a fresh read.
+    pub fn view(&self, prefix: Prefix) -> AllowSet {
+        let mut set = AllowSet::new();
+        set.add(prefix, self.classes);
+        for t in &self.txt {
+            set.add_txt(prefix, t.clone(), EntryMeta::decode(t).ok());
+        }
+        if self.is_deny() {
+            set.deny(prefix);
+        }
+        set
+    }
+
     fn take(&mut self, r: &Record) {
         match r.data() {
             RData::A(a) => match Classes::from_rpz_answer(a.0) {
@@ -83,6 +99,14 @@ pub enum Prereq {
     /// The TXT RRset is exactly these records (§2.4.2, value dependent);
     /// the server answers `NXRRSET` otherwise.
     TxtIs(Vec<Vec<String>>),
+}
+
+impl Prereq {
+    /// "The TXT RRset is exactly `records`" (the whole RRset an edit read):
+    /// [`Prereq::NoRrset`] when it is empty.
+    pub fn txt_is(records: Vec<Vec<String>>) -> Prereq {
+        if records.is_empty() { Prereq::NoRrset(RecordType::TXT) } else { Prereq::TxtIs(records) }
+    }
 }
 
 /// One change at the owner (RFC 2136 §2.5), applied in order.
@@ -230,6 +254,107 @@ pub fn check_zone(zone: &str) -> Result<(), String> {
 /// [`SyncError::Rejected`] with the server's rcode (`NXDOMAIN`, `YXRRSET`).
 pub async fn apply(server: SocketAddr, zone: &str, key: &TsigKey, edit: &OwnerEdit) -> Result<(), SyncError> {
     apply_batch(server, zone, key, std::slice::from_ref(edit)).await
+}
+
+/// True when the server refused an UPDATE because a prerequisite failed
+/// (RFC 2136 §3.2.5: `YXDOMAIN`, `YXRRSET`, `NXDOMAIN`, `NXRRSET`):
+/// the zone changed since it was read.
+pub fn prerequisite_failed(e: &SyncError) -> bool {
+    matches!(e, SyncError::Rejected { answer, .. }
+        if ["YXDOMAIN", "YXRRSET", "NXDOMAIN", "NXRRSET"].iter().any(|r| answer.starts_with(r)))
+}
+
+/// Most UPDATEs [`apply_owners`] sends for one owner whose prerequisite
+/// keeps failing (another writer at the same owner each time).
+pub const OWNER_TRIES: usize = 3;
+
+/// What [`apply_owners`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// The owners changed, each by the edit BIND accepted.
+    pub done: Vec<OwnerEdit>,
+    /// Owners whose fresh read left nothing to do (the rebuilder said so).
+    pub dropped: Vec<Prefix>,
+    /// Owners given up: their prerequisite failed [`OWNER_TRIES`] times.
+    pub conflicts: Vec<Prefix>,
+    /// UPDATE messages sent.
+    pub updates: usize,
+    /// Owners re-read after a failed prerequisite.
+    pub rereads: usize,
+}
+
+/// Sends `edits` as one UPDATE; when a prerequisite fails (the zone
+/// changed since the edits were decided), owner by owner: each owner whose
+/// own edit fails is read again ([`read_owner`]) and `rebuild` decides its
+/// edit anew from what it holds now (`None`: nothing to do any more), up to
+/// [`OWNER_TRIES`] UPDATEs per owner. The one fallback every writer of
+/// the zone shares (the learners, ageing): an edit guarded by "the TXT
+/// RRset is what I read" never creates a second lifetime TXT, and a writer
+/// that lost a race writes on what the winner left.
+///
+/// Any other failure (unreachable, TSIG, `REFUSED`) stops at once: the
+/// error, with what was applied before it.
+pub async fn apply_owners<F>(
+    server: SocketAddr,
+    zone: &str,
+    key: &TsigKey,
+    edits: Vec<OwnerEdit>,
+    mut rebuild: F,
+) -> Result<Applied, (SyncError, Applied)>
+where
+    F: FnMut(&Prefix, &OwnerRecords) -> Option<OwnerEdit>,
+{
+    let mut out = Applied::default();
+    if edits.is_empty() {
+        return Ok(out);
+    }
+    if edits.len() > 1 {
+        out.updates += 1;
+        match apply_batch(server, zone, key, &edits).await {
+            Ok(()) => {
+                out.done = edits;
+                return Ok(out);
+            }
+            Err(e) if prerequisite_failed(&e) => {
+                tracing::debug!(%server, owners = edits.len(), "a prerequisite failed: owner by owner");
+            }
+            Err(e) => return Err((e, out)),
+        }
+    }
+    for mut edit in edits {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            out.updates += 1;
+            match apply(server, zone, key, &edit).await {
+                Ok(()) => {
+                    out.done.push(edit);
+                    break;
+                }
+                Err(e) if prerequisite_failed(&e) => {
+                    if tries >= OWNER_TRIES {
+                        tracing::info!(entry = %edit.prefix, tries, "the owner kept changing: given up for now");
+                        out.conflicts.push(edit.prefix);
+                        break;
+                    }
+                    out.rereads += 1;
+                    let fresh = match read_owner(server, zone, Some(key), &edit.prefix).await {
+                        Ok(r) => r,
+                        Err(e) => return Err((e, out)),
+                    };
+                    match rebuild(&edit.prefix, &fresh) {
+                        Some(next) => edit = next,
+                        None => {
+                            out.dropped.push(edit.prefix);
+                            break;
+                        }
+                    }
+                }
+                Err(e) => return Err((e, out)),
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The records at the owner of `prefix` (one signed `ANY` query over TCP;
@@ -386,6 +511,29 @@ mod tests {
         assert_eq!(msg.name_servers()[0].name().to_ascii(), "24.0.113.0.203.rpz-ip.rpz.example.com.");
         let zero = OwnerEdit { prefix: p("0.0.0.0/0"), ..edit };
         assert!(zero.message(Z).is_err());
+    }
+
+    /// A fresh read seen as a one-owner set: every TXT kept, ours decoded,
+    /// the newest `seen` counting; the prerequisite names the whole RRset.
+    #[test]
+    fn fresh_reads_keep_every_txt() {
+        let q = p("203.0.113.9");
+        let old = vec!["rpz-guard=1".to_owned(), "src=learned".into(), "seen=5".into()];
+        let new = vec!["rpz-guard=1".to_owned(), "src=learned".into(), "seen=9".into()];
+        let r = OwnerRecords {
+            classes: Classes::DNS,
+            txt: vec![new.clone(), vec!["v=spf1 -all".into()], old.clone()],
+            ..OwnerRecords::default()
+        };
+        let v = r.view(q);
+        assert_eq!(v.get(&q), Classes::DNS);
+        assert_eq!(v.meta(&q).and_then(|m| m.seen), Some(9));
+        assert_eq!(v.txt(&q), r.txt);
+        assert_eq!(v.our_txt(&q), vec![new, old]);
+        assert_eq!(Prereq::txt_is(v.txt(&q)), Prereq::TxtIs(r.txt.clone()));
+        assert_eq!(Prereq::txt_is(Vec::new()), Prereq::NoRrset(RecordType::TXT));
+        let deny = OwnerRecords { cname: Some(".".into()), ..OwnerRecords::default() };
+        assert!(deny.view(q).is_denied(q.addr()));
     }
 
     #[test]

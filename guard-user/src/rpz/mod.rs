@@ -163,8 +163,10 @@ pub(crate) enum RecordData<'a> {
 pub(crate) enum Classified {
     /// An allow entry: this prefix holds this class.
     Entry(Prefix, Classes),
-    /// The lifetime state of the entry at this prefix.
-    Meta(Prefix, meta::EntryMeta),
+    /// A TXT record at this prefix's owner (lossy UTF-8 strings): its
+    /// lifetime state when it is ours, else why not (foreign, unreadable).
+    /// The mirror keeps every one, so that edits name the whole RRset.
+    Txt(Prefix, Vec<String>, Result<meta::EntryMeta, IgnoreReason>),
     /// A deny of this prefix (`CNAME .`).
     Deny(Prefix),
     /// A record at the zone apex (SOA, NS, ...): structure, not policy.
@@ -187,11 +189,15 @@ pub(crate) fn classify(owner: &str, zone: &str, data: RecordData<'_>) -> Classif
         RecordData::Other(t) => Classified::Ignored(IgnoreReason::OtherType(t.to_owned())),
         RecordData::Cname { root: false } => Classified::Ignored(IgnoreReason::OtherType("CNAME".into())),
         RecordData::Cname { root: true } => on_owner(&Classified::Deny),
-        RecordData::Txt(strings) => match meta::EntryMeta::decode(&strings) {
-            Ok(m) => on_owner(&|p| Classified::Meta(p, m.clone())),
-            Err(meta::MetaError::NotOurs) => Classified::Ignored(IgnoreReason::ForeignTxt),
-            Err(e) => Classified::Ignored(IgnoreReason::BadMeta(e)),
-        },
+        RecordData::Txt(strings) => {
+            let decoded = match meta::EntryMeta::decode(&strings) {
+                Ok(m) => Ok(m),
+                Err(meta::MetaError::NotOurs) => Err(IgnoreReason::ForeignTxt),
+                Err(e) => Err(IgnoreReason::BadMeta(e)),
+            };
+            let text: Vec<String> = strings.iter().map(|s| String::from_utf8_lossy(s).into_owned()).collect();
+            on_owner(&|p| Classified::Txt(p, text.clone(), decoded.clone()))
+        }
         RecordData::A(a) => match Classes::from_rpz_answer(a) {
             Some(c) => on_owner(&|p| Classified::Entry(p, c)),
             None => Classified::Ignored(IgnoreReason::OtherAddress(a)),

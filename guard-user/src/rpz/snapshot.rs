@@ -4,11 +4,11 @@
 //! knew at once, and catches up by IXFR from that serial when the primary
 //! answers (what a BIND secondary does with its zone file).
 //!
-//! # File format (version 3, little endian)
+//! # File format (version 4, little endian)
 //!
 //! ```text
 //! magic     8  "RPZGSNAP"
-//! version   4  3
+//! version   4  4
 //! zone_len  2  then the zone origin (lower case, no final dot)
 //! serial    4  SOA serial of the zone copy
 //! expire    4  SOA expire in seconds (0: unknown); not in version 2
@@ -16,13 +16,15 @@
 //! count     8  number of entries
 //! entries      count × (prefix, classes 4)
 //! denies    8  then that many prefixes
-//! metas     8  then that many × (prefix, strings 1, strings × (length 1, bytes))
+//! txts      8  then that many × (prefix, strings 1, strings × (length 1, bytes)):
+//!              every TXT record of every owner, foreign ones too (version 4;
+//!              versions 2 and 3 hold our lifetime records only)
 //! crc32     4  CRC-32 (IEEE) of every byte before it
 //!
 //! prefix    =  family 1 (4|6), prefix length 1, address 4|16
 //! ```
 //!
-//! Version 2 (no expire) is still read, its expire unknown. Version 1
+//! Versions 3 and 2 (no expire) are still read, version 2's expire unknown. Version 1
 //! (allow entries only) is refused: it was written by a build that ignored
 //! denies and TXT, so an IXFR from its serial would never bring them back.
 //! The daemon then starts with a full transfer.
@@ -40,14 +42,14 @@ use std::{
 
 use crate::{
     policy::{AllowSet, Classes, Prefix},
-    rpz::meta::EntryMeta,
+    rpz::meta::{EntryMeta, MetaError},
 };
 
 /// First bytes of a snapshot file.
 pub const MAGIC: &[u8; 8] = b"RPZGSNAP";
-/// The format version this build writes (it also reads version 2, which
-/// has no expire field).
-pub const VERSION: u32 = 3;
+/// The format version this build writes (it also reads versions 3, whose
+/// TXT section holds our records only, and 2, which has no expire field).
+pub const VERSION: u32 = 4;
 
 /// A snapshot as read back.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,7 +83,7 @@ pub enum SnapshotError {
     #[error("not an rpz-guard snapshot (bad magic)")]
     NotASnapshot,
     /// Written by another format version.
-    #[error("format version {found}, this build reads versions 2 and {VERSION}")]
+    #[error("format version {found}, this build reads versions 2 to {VERSION}")]
     Version {
         /// The version in the file.
         found: u32,
@@ -160,9 +162,10 @@ pub fn encode(zone: &str, serial: u32, expire: Option<u32>, written_ms: u64, set
     for p in set.denies() {
         put_prefix(&mut out, p);
     }
-    // A state that cannot be encoded (never from a zone) is left out.
-    let metas: Vec<(&Prefix, Vec<String>)> =
-        set.metas().filter_map(|(p, m)| m.encode().ok().map(|s| (p, s))).collect();
+    // Every TXT record of every owner, ours and foreign (the RRset an
+    // edit's prerequisite names after a restart).
+    let metas: Vec<(&Prefix, &Vec<String>)> =
+        set.txt_rrsets().flat_map(|(p, recs)| recs.map(move |(s, _)| (p, s))).collect();
     out.extend_from_slice(&(metas.len() as u64).to_le_bytes());
     for (p, strings) in metas {
         put_prefix(&mut out, p);
@@ -291,9 +294,13 @@ pub fn decode(buf: &[u8], zone: &str) -> Result<Snapshot, SnapshotError> {
             let [len] = r.array("a lifetime string")?;
             strings.push(r.take(usize::from(len), "a lifetime string")?);
         }
-        let m = EntryMeta::decode(&strings)
-            .map_err(|e| SnapshotError::Entry { index: at, why: e.to_string() })?;
-        set.set_meta(p, m);
+        // Version 4 keeps foreign TXT records too; ours must read.
+        let m = match EntryMeta::decode(&strings) {
+            Ok(m) => Some(m),
+            Err(MetaError::NotOurs) if version >= 4 => None,
+            Err(e) => return Err(SnapshotError::Entry { index: at, why: e.to_string() }),
+        };
+        set.add_txt(p, strings.iter().map(|s| String::from_utf8_lossy(s).into_owned()).collect(), m);
     }
     let end = r.pos;
     let stored = u32::from_le_bytes(r.array("the checksum")?);
@@ -410,9 +417,16 @@ mod tests {
             "203.0.113.0/24".parse().expect("prefix"),
             EntryMeta::manual(5, Some(9), Some("ops \"x\"".into())),
         );
+        // Two of our records and a foreign one at one owner: all kept.
+        let q = Prefix::host("198.51.100.26".parse().expect("ip"));
+        let (a, b) = (EntryMeta::learned(1, 60, None), EntryMeta::learned(2, 60, None));
+        set.add_txt(q, a.encode().expect("a"), Some(a));
+        set.add_txt(q, vec!["v=spf1 -all".into()], None);
+        set.add_txt(q, b.encode().expect("b"), Some(b.clone()));
         let s = decode(&encode(Z, 9, None, 1, &set), Z).expect("decode");
         assert_eq!(s.set, set);
         assert!(!s.set.state_differs(&set));
+        assert_eq!((s.set.txt(&q).len(), s.set.meta(&q)), (3, Some(&b)));
     }
 
     #[test]
@@ -429,7 +443,7 @@ mod tests {
     fn foreign_files_are_refused_by_name() {
         let bytes = encode(Z, 7, None, 0, &sample());
         assert!(matches!(decode(&bytes, "other.zone"), Err(SnapshotError::Zone { .. })));
-        for other in [1u32, 4] {
+        for other in [1u32, 5] {
             // Version 1 lacks the denies and lifetime state: refused, so the
             // daemon transfers the whole zone instead of IXFR from it.
             let mut b = bytes.clone();

@@ -388,7 +388,11 @@ impl<'a> Xfr<'a> {
                     (_, Classified::Entry(p, c)) => {
                         self.full.add(p, c);
                     }
-                    (_, Classified::Meta(p, m)) => self.full.set_meta(p, m),
+                    (_, Classified::Txt(p, strings, Ok(m))) => self.full.add_txt(p, strings, Some(m)),
+                    (owner, Classified::Txt(p, strings, Err(why))) => {
+                        self.full.add_txt(p, strings, None);
+                        self.ignored.push(&owner, why);
+                    }
                     (_, Classified::Deny(p)) => {
                         self.full.deny(p);
                     }
@@ -420,14 +424,19 @@ impl<'a> Xfr<'a> {
                         }
                         self.touched.insert(p);
                     }
-                    Classified::Meta(p, m) if adding => set.set_meta(p, m),
-                    // Only the record we hold goes: a deleted older TXT
-                    // of the same owner must not take the newer one along.
-                    Classified::Meta(p, m) => {
-                        if set.meta(&p) == Some(&m) {
-                            set.remove_meta(&p);
-                        }
+                    Classified::Txt(p, strings, meta) if adding => {
+                        let meta = match meta {
+                            Ok(m) => Some(m),
+                            Err(why) => {
+                                self.ignored.push(&owner, why);
+                                None
+                            }
+                        };
+                        set.add_txt(p, strings, meta);
                     }
+                    // Exactly that record goes: a deleted older TXT of the
+                    // same owner must not take the newer one along.
+                    Classified::Txt(p, strings, _) => set.remove_txt(&p, &strings),
                     Classified::Deny(p) => {
                         if adding {
                             set.deny(p);
@@ -827,6 +836,8 @@ mod tests {
         assert_eq!(set.meta(&p("192.0.2.1")).and_then(|m| m.seen), Some(99));
         assert!(set.is_denied("203.0.113.9".parse().expect("ip")));
         assert_eq!(x.ignored.count, 1, "the foreign TXT");
+        let strs = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<String>>();
+        assert_eq!(set.txt(&p("192.0.2.1")), vec![strs(&new), strs(&["v=spf1 -all"])], "the whole RRset");
         // Deleting an older TXT of the owner keeps the newer one.
         let mut y = Xfr::new(Z, Some(&set), Some(6));
         for r in [soa(7), soa(6), txt("192.0.2.1", &old), cname_root("203.0.113.9"), soa(7), soa(7)] {
@@ -835,6 +846,23 @@ mod tests {
         let set = y.delta.expect("delta");
         assert_eq!(set.meta(&p("192.0.2.1")).and_then(|m| m.seen), Some(99));
         assert!(!set.is_denied("203.0.113.9".parse().expect("ip")));
+        // A second TXT of ours (two learners raced): both mirrored, the
+        // newest seen counts; deleting one leaves the other.
+        let mid = ["rpz-guard=1", "src=learned", "first=10", "seen=50"];
+        let mut z = Xfr::new(Z, Some(&set), Some(7));
+        for r in [soa(8), soa(7), soa(8), txt("192.0.2.1", &mid), soa(8)] {
+            z.record(&r).expect("record");
+        }
+        let set = z.delta.expect("delta");
+        assert_eq!(set.txt(&p("192.0.2.1")).len(), 3);
+        assert_eq!(set.meta(&p("192.0.2.1")).and_then(|m| m.seen), Some(99));
+        let mut w = Xfr::new(Z, Some(&set), Some(8));
+        for r in [soa(9), soa(8), txt("192.0.2.1", &new), soa(9), soa(9)] {
+            w.record(&r).expect("record");
+        }
+        let set = w.delta.expect("delta");
+        assert_eq!(set.meta(&p("192.0.2.1")).and_then(|m| m.seen), Some(50));
+        assert_eq!(set.txt(&p("192.0.2.1")), vec![strs(&["v=spf1 -all"]), strs(&mid)]);
     }
 
     #[test]

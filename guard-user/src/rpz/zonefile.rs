@@ -506,7 +506,11 @@ impl Parser {
             Classified::Entry(p, c) => {
                 self.out.set.add(p, c);
             }
-            Classified::Meta(p, m) => self.out.set.set_meta(p, m),
+            Classified::Txt(p, strings, Ok(m)) => self.out.set.add_txt(p, strings, Some(m)),
+            Classified::Txt(p, strings, Err(reason)) => {
+                self.out.set.add_txt(p, strings, None);
+                self.out.ignored.push(&owner_fqdn, reason);
+            }
             Classified::Deny(p) => {
                 self.out.set.deny(p);
             }
