@@ -665,6 +665,8 @@ async fn learn(args: LearnArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let hints = learn::load_hints(args.root_hints.as_deref(), &args.trust_initial)?;
+    // Kept for --update: hint servers are never pushed.
+    let hint_servers = hints.clone();
     let opts = learn::LearnOptions {
         inputs: args.inputs,
         hints,
@@ -701,14 +703,15 @@ async fn learn(args: LearnArgs) -> anyhow::Result<()> {
         let r = learn::push::push_learned(
             &target,
             &outcome.allow,
+            &hint_servers,
             &outcome.confirmed,
             std::time::Duration::from_secs(30),
         )
         .await
         .with_context(|| format!("updating zone {} at {server}", args.zone))?;
         eprintln!(
-            "update {}: added {} records in {} UPDATEs, {} already present, {} entries refreshed, {} denied (left out) (serial before {})",
-            args.zone, r.added, r.updates, r.existing, r.refreshed, r.denied, r.serial_before
+            "update {}: added {} records in {} UPDATEs, {} already present, {} entries refreshed, {} denied (left out), {} hint servers (trusted, never pushed) (serial before {})",
+            args.zone, r.added, r.updates, r.existing, r.refreshed, r.denied, r.hints, r.serial_before
         );
     }
     Ok(())

@@ -26,7 +26,10 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::live::{Confirmed, LiveAllow, monotonic_ns};
+use super::{
+    hints::Hints,
+    live::{Confirmed, LiveAllow, monotonic_ns},
+};
 use crate::{
     policy::{AllowSet, Classes, Prefix},
     rpz::{
@@ -215,6 +218,9 @@ pub struct LearnedReport {
     pub refreshed: usize,
     /// Learned entries left out because a deny covers them.
     pub denied: usize,
+    /// Hint servers left out: trusted by configuration, never learned (nor
+    /// pushed), as in live learning.
+    pub hints: usize,
     /// UPDATE messages sent (a batch whose prerequisite failed is sent
     /// again owner by owner).
     pub updates: usize,
@@ -246,15 +252,20 @@ pub enum PushLearnedError {
 /// [`refresh_edit`]): the zone is read first (AXFR); an entry it lacks goes
 /// in with its `A` records and its lifetime TXT; one it holds gets its
 /// `seen` refreshed when `confirmed` has newer evidence for it; a denied
-/// one is left out. UPDATEs of at most [`MAX_OWNERS_PER_UPDATE`] owners.
+/// one is left out, and so are the servers of `hints` (the learner starts
+/// from them as entries, but they are trusted by configuration, not learned:
+/// the live learner never pushes them either). UPDATEs of at most
+/// [`MAX_OWNERS_PER_UPDATE`] owners.
 /// A deny added after the read still wins: BIND ignores an `A` or TXT added
 /// beside a CNAME (RFC 2136 §3.4.2.2).
 pub async fn push_learned(
     target: &(SocketAddr, String, TsigKey),
     learned: &AllowSet,
+    hints: &Hints,
     confirmed: &std::collections::HashMap<IpAddr, Confirmed>,
     timeout: Duration,
 ) -> Result<LearnedReport, PushLearnedError> {
+    let hints: std::collections::HashSet<IpAddr> = hints.addrs.iter().copied().collect();
     let (server, zone, key) = target;
     let snap = crate::rpz::transfer::axfr(*server, zone, Some(key)).await?;
     let set = &snap.set;
@@ -269,6 +280,10 @@ pub async fn push_learned(
     };
     let mut edits = Vec::new();
     for (p, c) in learned.iter() {
+        if p.is_host() && hints.contains(&p.addr()) {
+            report.hints += 1;
+            continue;
+        }
         if set.is_denied(p.addr()) || set.deny_covering(p).is_some() {
             report.denied += 1;
             continue;
@@ -296,7 +311,7 @@ pub async fn push_learned(
             return Err(PushLearnedError::Update { why, committed: report });
         }
     }
-    tracing::info!(%server, zone, added = report.added, refreshed = report.refreshed, denied = report.denied, updates = report.updates, "learned entries pushed");
+    tracing::info!(%server, zone, added = report.added, refreshed = report.refreshed, denied = report.denied, hints = report.hints, updates = report.updates, "learned entries pushed");
     Ok(report)
 }
 
