@@ -29,7 +29,7 @@
 
 mod daemon_support;
 
-use daemon_support::{Daemon, eventually, lab_bind_args, ops, rpz_add, rpz_add_learned, rpz_delete};
+use daemon_support::{Daemon, eventually, lab_bind_args, metrics, ops, rpz_add, rpz_add_learned, rpz_delete};
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     process::Command,
@@ -863,6 +863,21 @@ fn openflow_used_entries_stay_past_max_age() {
     assert!(gone.is_some(), "the unused entry aged out of the RPZ: {ageing:?}");
     assert!(ageing.removed >= 1 && ageing.kept_used >= 1, "{ageing:?}");
     assert!(!smtp(&t.pc, idle_one, 25, BLOCKED), "the removed entry is blocked again");
+    // The flow-stats readings behind it, in status and in the metrics:
+    // every idle/4 s (here each second) for about 16 s, none failed.
+    let polls = of(&d, "hit_polls");
+    assert!(polls >= 8, "flow-stats readings in status: {polls}");
+    assert_eq!(of(&d, "hit_poll_errors"), 0);
+    let text = metrics(&d);
+    let value = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+            .unwrap_or_else(|| panic!("no {name} in the metrics:\n{text}"))
+    };
+    assert!(value("rpz_guard_openflow_hit_polls_total") >= polls, "{text}");
+    assert_eq!(value("rpz_guard_openflow_hit_poll_errors_total"), 0, "{text}");
     // Traffic stops: the used entry goes once `idle` has passed.
     let left = eventually(Duration::from_secs(15), || d.status().entries.0 == 0);
     assert!(left.is_some(), "the entry goes once its traffic stopped: {:?}", d.status().ageing);

@@ -88,6 +88,8 @@ struct Inner {
     counts: HashMap<u64, HashMap<Prefix, u64>>,
     /// Readings taken.
     polls: u64,
+    /// Readings that failed (not sent, unanswered, answered with an error).
+    poll_errors: u64,
 }
 
 impl FlowHits {
@@ -131,9 +133,21 @@ impl FlowHits {
         g.hit.iter().map(|(p, at)| (p.addr(), now.saturating_duration_since(*at).as_secs())).collect()
     }
 
-    /// Readings taken so far (status, tests).
+    /// Readings taken so far (status, metrics, tests).
     pub fn polls(&self) -> u64 {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).polls
+    }
+
+    /// Counts a reading that failed: the request could not be queued, the
+    /// switch did not answer in time, or it answered with an ERROR. The
+    /// last-hit times then grow older until a reading succeeds again.
+    pub fn poll_failed(&self) {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).poll_errors += 1;
+    }
+
+    /// Readings that failed so far (status, metrics).
+    pub fn poll_errors(&self) -> u64 {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).poll_errors
     }
 }
 
@@ -228,5 +242,8 @@ mod tests {
         hits.forget(2);
         assert_eq!(hits.last_hits(at(100), Duration::from_secs(60)), vec![], "old hits are dropped");
         assert_eq!(hits.polls(), 5);
+        assert_eq!(hits.poll_errors(), 0);
+        hits.poll_failed();
+        assert_eq!((hits.polls(), hits.poll_errors()), (5, 1), "a failed reading is no reading");
     }
 }

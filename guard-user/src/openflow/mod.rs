@@ -402,7 +402,10 @@ impl ControllerShared {
 
     /// A snapshot for `rpz-guard status`.
     pub fn status(&self) -> ControllerStatus {
-        self.board.snapshot()
+        let mut s = self.board.snapshot();
+        s.hit_polls = self.hits.polls();
+        s.hit_poll_errors = self.hits.poll_errors();
+        s
     }
 
     pub(crate) fn board(&self) -> &Board {
@@ -495,6 +498,14 @@ pub struct ControllerStatus {
     /// The most recently refused peer addresses, newest first.
     #[serde(default)]
     pub refused_peers: Vec<RefusedPeer>,
+    /// Flow-stats readings of the allow flows taken (last-hit times for
+    /// ageing, every `hit_poll_secs`; all switches).
+    #[serde(default)]
+    pub hit_polls: u64,
+    /// Flow-stats readings that failed: not queued, unanswered within 30 s,
+    /// or answered with an ERROR.
+    #[serde(default)]
+    pub hit_poll_errors: u64,
 }
 
 impl ControllerStatus {
@@ -545,6 +556,16 @@ impl ControllerStatus {
                 "openflow_stalled_disconnects_total",
                 "Switches disconnected for not draining their send queue.",
                 self.stalled_disconnects as f64,
+            ),
+            one(
+                "openflow_hit_polls_total",
+                "Flow-stats readings of the allow flows taken (last-hit times for ageing).",
+                self.hit_polls as f64,
+            ),
+            one(
+                "openflow_hit_poll_errors_total",
+                "Flow-stats readings that failed (not sent, unanswered within 30 s, or an ERROR).",
+                self.hit_poll_errors as f64,
             ),
         ];
         for (r, n) in &self.refused {
@@ -607,6 +628,13 @@ impl ControllerStatus {
             self.protocol_errors,
             self.switch_errors
         );
+        if self.hit_polls > 0 || self.hit_poll_errors > 0 {
+            let _ = writeln!(
+                o,
+                "hit polls  {} flow-stats readings  {} failed",
+                self.hit_polls, self.hit_poll_errors
+            );
+        }
         if self.learn_packet_ins > 0 || self.learn_shed > 0 || self.learn_meter_drops > 0 {
             let _ = writeln!(
                 o,
@@ -776,6 +804,9 @@ impl Board {
             protocol_errors: g(&self.protocol_errors),
             connections: g(&self.connections),
             resyncs: g(&self.resyncs),
+            // Filled in by ControllerShared::status (the hits are not the board's).
+            hit_polls: 0,
+            hit_poll_errors: 0,
         }
     }
 }
@@ -784,6 +815,19 @@ impl Board {
 mod tests {
     use super::*;
     use crate::policy::Service;
+
+    /// The flow-stats readings reach the metrics and the status text.
+    #[test]
+    fn hit_polls_in_gauges_and_status() {
+        let st = ControllerStatus { hit_polls: 7, hit_poll_errors: 2, ..ControllerStatus::default() };
+        let g = st.gauges();
+        let v = |n: &str| g.iter().find(|x| x.name == n).map(|x| x.value);
+        assert_eq!(v("openflow_hit_polls_total"), Some(7.0));
+        assert_eq!(v("openflow_hit_poll_errors_total"), Some(2.0));
+        assert!(st.render().contains("hit polls  7 flow-stats readings  2 failed"), "{}", st.render());
+        let back: ControllerStatus = serde_json::from_str("{\"switches\":[],\"flows_installed\":0,\"flows_deleted\":0,\"packet_ins\":0,\"packet_ins_dropped\":0,\"packet_outs\":0,\"learn_packet_ins\":0,\"learn_released\":0,\"learn_shed\":0,\"learn_meter_drops\":0,\"flows_removed\":0,\"switch_errors\":0,\"protocol_errors\":0,\"connections\":0,\"resyncs\":0,\"listen\":null}").expect("an older daemon's status");
+        assert_eq!((back.hit_polls, back.hit_poll_errors), (0, 0));
+    }
 
     #[test]
     fn config_defaults_and_toml() {

@@ -331,6 +331,11 @@ impl Session {
             Body::Error(e) => {
                 bump(&board.switch_errors);
                 warn!(error = %e, xid = m.xid, "switch reported an error");
+                if self.hit_poll.pending.is_some_and(|(x, _)| x == m.xid) {
+                    // The flow-stats reading failed: asked again next interval.
+                    self.hit_poll.pending = None;
+                    self.conn.shared.hits.poll_failed();
+                }
             }
             Body::FlowRemoved(f) => {
                 bump(&board.flows_removed);
@@ -395,14 +400,21 @@ impl Session {
         {
             return;
         }
+        if p.pending.take().is_some() {
+            // Unanswered within HIT_POLL_TIMEOUT.
+            self.conn.shared.hits.poll_failed();
+        }
         let xid = self.conn.next_xid();
         let req = Body::MultipartRequest(crate::openflow::hits::request());
+        let now = Instant::now();
         if self.conn.try_send_reply(xid, req) {
-            let now = Instant::now();
             p.pending = Some((xid, now));
-            p.last = Some(now);
             p.parts.clear();
+        } else {
+            self.conn.shared.hits.poll_failed();
         }
+        // A failed send is tried again one interval on, not at once.
+        p.last = Some(now);
     }
 
     /// One part of the statistics reply; the last one completes the reading.
