@@ -148,3 +148,79 @@ async fn learned_entries_pushed_by_tsig_update_with_their_lifetime_state() {
     let again = transfer::axfr(named.addr, ZONE, Some(&named.key)).await.expect("AXFR");
     assert_eq!(again.serial, snap.serial, "no UPDATE at all");
 }
+
+/// Two learners race on one entry (issue 11): both read the zone, both
+/// decide a refresh. The first UPDATE applies; the second one's
+/// prerequisite (the TXT RRset it read) fails, and `apply_owners` reads the
+/// owner again and refreshes on what the first left: one TXT of ours, the
+/// newest `seen`, never two. A foreign TXT beside it is named by the
+/// prerequisites and left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_learners_leave_one_txt() {
+    use guard_user::{
+        learn::{
+            live::Confirmed,
+            push::{Refresh, refresh_edit},
+        },
+        rpz::{edit, meta::Evidence},
+    };
+    let ip: std::net::IpAddr = "198.51.100.25".parse().expect("ip");
+    let p = Prefix::host(ip);
+    let mut initial: AllowSet = [(p, Classes::SMTP)].into_iter().collect();
+    initial.set_meta(p, EntryMeta::learned(100, 60, None));
+    let named = Named::start(&NamedConfig { initial, serial: Some(5), ..Default::default() });
+    let mut both = [AllowSet::new(), AllowSet::new()];
+    let owner = guard_user::rpz::encode_owner(&p, ZONE);
+    // A foreign TXT (somebody else's), then both learners read the zone.
+    let foreign = vec!["v=spf1 -all".to_owned()];
+    let add_foreign =
+        edit::OwnerEdit { prefix: p, prereqs: vec![], changes: vec![edit::Change::AddTxt(foreign.clone())] };
+    edit::apply(named.addr, ZONE, &named.key, &add_foreign).await.expect("foreign TXT");
+    for set in &mut both {
+        *set = transfer::axfr(named.addr, ZONE, Some(&named.key)).await.expect("AXFR").set;
+    }
+    assert_eq!(both[0].txt(&p).len(), 2, "the mirror holds the foreign TXT too ({owner})");
+    let conf = |at| Confirmed {
+        classes: Classes::SMTP,
+        evidence: Evidence {
+            server: "192.0.2.53".parse().expect("ip"),
+            qname: "mx.test.".into(),
+            qtype: "MX".into(),
+        },
+        ttl: 300,
+        at,
+    };
+    let write = |set: &AllowSet, at| match refresh_edit(set, ip, &conf(at), 1) {
+        Refresh::Write(e) => e,
+        other => panic!("a refresh is due: {other:?}"),
+    };
+    let rebuild = |at: u64| {
+        move |q: &Prefix, fresh: &edit::OwnerRecords| match refresh_edit(
+            &fresh.view(*q),
+            q.addr(),
+            &conf(at),
+            1,
+        ) {
+            Refresh::Write(e) => Some(e),
+            _ => None,
+        }
+    };
+    let (first, second) = (write(&both[0], 200), write(&both[1], 300));
+    let a = edit::apply_owners(named.addr, ZONE, &named.key, vec![first], rebuild(200)).await.expect("first");
+    assert_eq!((a.done.len(), a.rereads, a.updates), (1, 0, 1), "{a:?}");
+    // The second learner decided on the zone before the first one's UPDATE.
+    let b =
+        edit::apply_owners(named.addr, ZONE, &named.key, vec![second], rebuild(300)).await.expect("second");
+    assert_eq!((b.done.len(), b.rereads, b.updates), (1, 1, 2), "failed once, read again, applied: {b:?}");
+    let held = edit::read_owner(named.addr, ZONE, Some(&named.key), &p).await.expect("read");
+    let ours: Vec<_> = held.txt.iter().filter_map(|t| EntryMeta::decode(t).ok()).collect();
+    assert_eq!(ours.len(), 1, "one TXT of ours, not two: {held:?}");
+    assert_eq!((ours[0].seen, ours[0].first), (Some(300), Some(100)), "the newest seen, first kept");
+    assert!(held.txt.contains(&foreign), "the foreign TXT stays: {held:?}");
+    // An older confirmation decided on a stale read: nothing left to do.
+    let stale = write(&both[1], 250);
+    let c = edit::apply_owners(named.addr, ZONE, &named.key, vec![stale], rebuild(250)).await.expect("third");
+    assert_eq!((c.done.len(), c.dropped.len()), (0, 1), "{c:?}");
+    let after = edit::read_owner(named.addr, ZONE, Some(&named.key), &p).await.expect("read");
+    assert_eq!(after.txt.len(), 2, "{after:?}");
+}
