@@ -14,6 +14,10 @@
 //! already holds refreshes its `seen` (and `ttl`, `ev`), but only once
 //! `seen` is older than the refresh granularity, so hot names cause no
 //! UPDATE storm; refreshes go out in batches, at most one UPDATE per second.
+//! Every edit is guarded by the owner's TXT RRset as read (all of it, or
+//! "no TXT"), so two learners racing never leave two TXTs of ours: the
+//! loser's owner is read again and decided anew
+//! ([`crate::rpz::edit::apply_owners`]).
 use std::{
     io::Write as _,
     net::{IpAddr, SocketAddr},
@@ -140,7 +144,7 @@ pub enum Refresh {
 /// only a learned entry (or one of an older zone, without TXT) whose `seen`
 /// is older than `conf.at` by `granularity` seconds or more is rewritten
 /// (`seen` never moves back). Every TXT of ours goes and one comes, guarded
-/// by the whole TXT RRset `set` holds (see [`new_entry_edit`]).
+/// by the whole TXT RRset `set` holds (as a new entry's edit is).
 pub fn refresh_edit(set: &AllowSet, ip: IpAddr, conf: &Confirmed, granularity: u64) -> Refresh {
     let p = Prefix::host(ip);
     if set.is_denied(ip) {

@@ -24,6 +24,13 @@
 //! A zone written by an older version has no TXT: such an entry is learned,
 //! with `first` and `seen` unknown ([`EntryMeta::default`]).
 //!
+//! One TXT of ours per owner is the rule, but a zone may hold more (two
+//! learners raced before writers were guarded, or an operator's nsupdate):
+//! the mirror keeps every TXT record of an owner, foreign ones too
+//! ([`crate::policy::AllowSet::txt`]); the manual one counts, else the
+//! newest `seen`, and the next refresh or removal replaces or deletes them
+//! all, under a prerequisite naming the whole RRset.
+//!
 //! A **deny** is `CNAME .` at the trigger (the RPZ NXDOMAIN action). A
 //! CNAME owner holds no other data, so a deny has no TXT.
 
