@@ -439,13 +439,23 @@ pub type TxtRecord = (Vec<String>, Option<EntryMeta>);
 /// guarded by "the TXT RRset is what I read" must name every record, and
 /// two of our records at one owner (two learners racing) must be seen to
 /// be healed.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 struct OwnerTxt {
     /// Every record, in the order read; no record twice (an RRset).
     records: Vec<TxtRecord>,
     /// Index of the record whose lifetime state counts ([`best_meta`]).
     best: Option<usize>,
 }
+
+/// An RRset is a set: the same records in another order (an AXFR and an
+/// IXFR of one zone) are the same state.
+impl PartialEq for OwnerTxt {
+    fn eq(&self, other: &Self) -> bool {
+        self.records.len() == other.records.len() && self.records.iter().all(|r| other.records.contains(r))
+    }
+}
+
+impl Eq for OwnerTxt {}
 
 /// Which of an owner's lifetime records counts: a manual one before any
 /// learned one (an operator's entry never ages because of a stray learned
@@ -957,5 +967,39 @@ mod tests {
         assert!(s.remove(&p("192.0.2.1"), Classes::DNS));
         assert!(s.is_empty());
         assert!(!s.remove(&p("192.0.2.1"), Classes::DNS));
+    }
+
+    /// Every TXT of an owner is kept, in any order the same state; the
+    /// manual record counts before learned ones, then the newest `seen`.
+    #[test]
+    fn txt_rrsets_are_sets() {
+        use crate::rpz::meta::EntryMeta;
+        let q = p("192.0.2.9");
+        let (old, new) = (EntryMeta::learned(1, 60, None), EntryMeta::learned(2, 60, None));
+        let foreign = vec!["x".to_owned()];
+        let rec = |m: &EntryMeta| (m.encode().expect("txt"), Some(m.clone()));
+        let mut a = AllowSet::new();
+        let mut b = AllowSet::new();
+        for r in [rec(&old), (foreign.clone(), None), rec(&new)] {
+            a.add_txt(q, r.0.clone(), r.1.clone());
+        }
+        for r in [rec(&new), rec(&old), (foreign.clone(), None), rec(&new)] {
+            b.add_txt(q, r.0.clone(), r.1.clone());
+        }
+        assert_eq!(a, b, "order and duplicates do not matter");
+        assert_eq!((a.meta(&q), a.txt(&q).len(), a.our_txt(&q).len()), (Some(&new), 3, 2));
+        let manual = EntryMeta::manual(0, None, None);
+        a.add_txt(q, manual.encode().expect("txt"), Some(manual.clone()));
+        assert_eq!(a.meta(&q), Some(&manual), "an operator's record counts first");
+        a.set_meta(q, old.clone());
+        assert_eq!(
+            a.txt(&q),
+            vec![foreign.clone(), old.encode().expect("txt")],
+            "ours replaced, foreign kept"
+        );
+        a.remove_txt(&q, &old.encode().expect("txt"));
+        assert_eq!((a.meta(&q), a.txt(&q)), (None, vec![foreign.clone()]));
+        a.remove_txt(&q, &foreign);
+        assert_eq!(a, AllowSet::new());
     }
 }
