@@ -430,43 +430,91 @@ pub struct AllowSet {
     meta: BTreeMap<Prefix, OwnerTxt>,
 }
 
-/// One TXT record of an owner as the mirror keeps it: its
-/// character-strings (lossy UTF-8, as [`crate::rpz::edit::OwnerRecords`]
-/// reads them) and, when it is our lifetime data, its decoded form.
-pub type TxtRecord = (Vec<String>, Option<EntryMeta>);
+/// One TXT record of an owner as the mirror keeps it. Our lifetime record
+/// in the spelling this version writes is kept decoded only (its strings
+/// are [`EntryMeta::encode`]'s, made again when an edit names them): a
+/// mirror of a million learned entries stores no second copy of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum TxtRecord {
+    /// Ours, exactly as `EntryMeta::encode` spells it.
+    Ours(EntryMeta),
+    /// Any other record as read (lossy UTF-8, as
+    /// [`crate::rpz::edit::OwnerRecords`] reads it): foreign (`None`), or
+    /// ours in another spelling (an older version's, a hand-written one).
+    Raw(Vec<String>, Option<EntryMeta>),
+}
+
+impl TxtRecord {
+    fn new(strings: Vec<String>, meta: Option<EntryMeta>) -> TxtRecord {
+        match meta {
+            Some(m) if m.encode().is_ok_and(|e| e == strings) => TxtRecord::Ours(m),
+            m => TxtRecord::Raw(strings, m),
+        }
+    }
+
+    /// The record's character-strings, as the zone holds them.
+    fn strings(&self) -> Vec<String> {
+        match self {
+            TxtRecord::Ours(m) => m.encode().unwrap_or_default(),
+            TxtRecord::Raw(s, _) => s.clone(),
+        }
+    }
+
+    fn is(&self, strings: &[String]) -> bool {
+        match self {
+            TxtRecord::Ours(m) => m.encode().is_ok_and(|e| e == strings),
+            TxtRecord::Raw(s, _) => s.as_slice() == strings,
+        }
+    }
+
+    fn meta(&self) -> Option<&EntryMeta> {
+        match self {
+            TxtRecord::Ours(m) => Some(m),
+            TxtRecord::Raw(_, m) => m.as_ref(),
+        }
+    }
+
+    fn into_meta(self) -> Option<EntryMeta> {
+        match self {
+            TxtRecord::Ours(m) => Some(m),
+            TxtRecord::Raw(_, m) => m,
+        }
+    }
+}
 
 /// The whole TXT RRset of one owner, ours and foreign (issue 11): an edit
 /// guarded by "the TXT RRset is what I read" must name every record, and
 /// two of our records at one owner (two learners racing) must be seen to
-/// be healed.
+/// be healed. Almost always one record.
 #[derive(Clone, Debug, Default)]
-struct OwnerTxt {
-    /// Every record, in the order read; no record twice (an RRset).
-    records: Vec<TxtRecord>,
-    /// Index of the record whose lifetime state counts ([`best_meta`]).
-    best: Option<usize>,
-}
+struct OwnerTxt(Vec<TxtRecord>);
 
 /// An RRset is a set: the same records in another order (an AXFR and an
 /// IXFR of one zone) are the same state.
 impl PartialEq for OwnerTxt {
     fn eq(&self, other: &Self) -> bool {
-        self.records.len() == other.records.len() && self.records.iter().all(|r| other.records.contains(r))
+        self.0.len() == other.0.len() && self.0.iter().all(|r| other.0.contains(r))
     }
 }
 
 impl Eq for OwnerTxt {}
 
-/// Which of an owner's lifetime records counts: a manual one before any
-/// learned one (an operator's entry never ages because of a stray learned
-/// record), then the newest `seen`.
-fn best_meta(records: &[TxtRecord]) -> Option<usize> {
-    records
-        .iter()
-        .enumerate()
-        .filter_map(|(i, (_, m))| m.as_ref().map(|m| (i, m)))
-        .max_by_key(|(_, m)| (m.source == crate::rpz::meta::Source::Manual, m.seen))
-        .map(|(i, _)| i)
+impl OwnerTxt {
+    /// Which of the owner's lifetime records counts: a manual one before
+    /// any learned one (an operator's entry never ages because of a stray
+    /// learned record), then the newest `seen`.
+    fn best(&self) -> Option<usize> {
+        self.0
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.meta().map(|m| (i, m)))
+            .max_by_key(|(_, m)| (m.source == crate::rpz::meta::Source::Manual, m.seen))
+            .map(|(i, _)| i)
+    }
+
+    fn meta(&self) -> Option<&EntryMeta> {
+        self.0.get(self.best()?)?.meta()
+    }
 }
 
 /// Above this many denies, [`AllowSet::denied_by`] probes each prefix
@@ -696,14 +744,13 @@ impl AllowSet {
     /// The lifetime state of exactly `prefix`, when the zone holds one of
     /// ours: with several, the manual one, else the newest `seen`.
     pub fn meta(&self, prefix: &Prefix) -> Option<&EntryMeta> {
-        let o = self.meta.get(prefix)?;
-        o.records.get(o.best?)?.1.as_ref()
+        self.meta.get(prefix)?.meta()
     }
 
     /// Every TXT record at `prefix`'s owner (ours and foreign), in the
     /// order read: the RRset an edit's prerequisite names.
     pub fn txt(&self, prefix: &Prefix) -> Vec<Vec<String>> {
-        self.meta.get(prefix).map(|o| o.records.iter().map(|(s, _)| s.clone()).collect()).unwrap_or_default()
+        self.meta.get(prefix).map(|o| o.0.iter().map(TxtRecord::strings).collect()).unwrap_or_default()
     }
 
     /// Our TXT records at `prefix`'s owner (every one that decodes), as
@@ -711,7 +758,7 @@ impl AllowSet {
     pub fn our_txt(&self, prefix: &Prefix) -> Vec<Vec<String>> {
         self.meta
             .get(prefix)
-            .map(|o| o.records.iter().filter(|(_, m)| m.is_some()).map(|(s, _)| s.clone()).collect())
+            .map(|o| o.0.iter().filter(|r| r.meta().is_some()).map(TxtRecord::strings).collect())
             .unwrap_or_default()
     }
 
@@ -721,9 +768,11 @@ impl AllowSet {
     /// [`AllowSet::meta`] still answers it.
     pub fn set_meta(&mut self, prefix: Prefix, meta: EntryMeta) {
         let o = self.meta.entry(prefix).or_default();
-        o.records.retain(|(_, m)| m.is_none());
-        o.records.push((meta.encode().unwrap_or_default(), Some(meta)));
-        o.best = best_meta(&o.records);
+        o.0.retain(|r| r.meta().is_none());
+        o.0.push(match meta.encode() {
+            Ok(_) => TxtRecord::Ours(meta),
+            Err(_) => TxtRecord::Raw(Vec::new(), Some(meta)),
+        });
     }
 
     /// Adds one TXT record read from the zone at `prefix`'s owner, with
@@ -731,41 +780,39 @@ impl AllowSet {
     /// once (an RRset holds no duplicates).
     pub fn add_txt(&mut self, prefix: Prefix, strings: Vec<String>, meta: Option<EntryMeta>) {
         let o = self.meta.entry(prefix).or_default();
-        if o.records.iter().any(|(s, _)| *s == strings) {
+        if o.0.iter().any(|r| r.is(&strings)) {
             return;
         }
-        o.records.push((strings, meta));
-        o.best = best_meta(&o.records);
+        o.0.push(TxtRecord::new(strings, meta));
     }
 
     /// Removes exactly the TXT record `strings` at `prefix`'s owner
     /// (an IXFR deletion): other records, and a newer one, stay.
     pub fn remove_txt(&mut self, prefix: &Prefix, strings: &[String]) {
         let Some(o) = self.meta.get_mut(prefix) else { return };
-        o.records.retain(|(s, _)| s.as_slice() != strings);
-        if o.records.is_empty() {
+        o.0.retain(|r| !r.is(strings));
+        if o.0.is_empty() {
             self.meta.remove(prefix);
-        } else {
-            o.best = best_meta(&o.records);
         }
     }
 
     /// Drops every TXT record of `prefix`, returning its lifetime state.
     pub fn remove_meta(&mut self, prefix: &Prefix) -> Option<EntryMeta> {
         let o = self.meta.remove(prefix)?;
-        let best = o.best?;
-        o.records.into_iter().nth(best).and_then(|(_, m)| m)
+        let best = o.best()?;
+        o.0.into_iter().nth(best).and_then(TxtRecord::into_meta)
     }
 
     /// Every lifetime state (one per owner, as [`AllowSet::meta`]), in
     /// prefix order.
     pub fn metas(&self) -> impl Iterator<Item = (&Prefix, &EntryMeta)> {
-        self.meta.iter().filter_map(|(p, o)| Some((p, o.records.get(o.best?)?.1.as_ref()?)))
+        self.meta.iter().filter_map(|(p, o)| Some((p, o.meta()?)))
     }
 
-    /// Every owner's whole TXT RRset, in prefix order (snapshots keep them).
-    pub fn txt_rrsets(&self) -> impl Iterator<Item = (&Prefix, impl Iterator<Item = &TxtRecord>)> {
-        self.meta.iter().map(|(p, o)| (p, o.records.iter()))
+    /// Every owner's whole TXT RRset, in prefix order, each record as its
+    /// character-strings (snapshots keep them).
+    pub fn txt_rrsets(&self) -> impl Iterator<Item = (&Prefix, impl Iterator<Item = Vec<String>>)> {
+        self.meta.iter().map(|(p, o)| (p, o.0.iter().map(TxtRecord::strings)))
     }
 
     /// True when the denies or the lifetime state differ from `other`'s
@@ -1001,5 +1048,28 @@ mod tests {
         assert_eq!((a.meta(&q), a.txt(&q)), (None, vec![foreign.clone()]));
         a.remove_txt(&q, &foreign);
         assert_eq!(a, AllowSet::new());
+    }
+
+    /// Ours in another spelling than this version's (strings in another
+    /// order: an older writer, a hand edit) is named exactly as read, so a
+    /// prerequisite on it matches the zone; it still counts as ours.
+    #[test]
+    fn our_record_in_another_spelling_is_named_as_read() {
+        use crate::rpz::meta::EntryMeta;
+        let q = p("192.0.2.10");
+        let m = EntryMeta::learned(5, 60, None);
+        let mut spelled = m.encode().expect("txt");
+        let canonical = spelled.clone();
+        spelled[1..].reverse();
+        assert_ne!(spelled, canonical);
+        let decoded = EntryMeta::decode(&spelled).expect("ours, whatever the order");
+        let mut a = AllowSet::new();
+        a.add_txt(q, spelled.clone(), Some(decoded.clone()));
+        assert_eq!((a.txt(&q), a.our_txt(&q)), (vec![spelled.clone()], vec![spelled.clone()]));
+        assert_eq!(a.meta(&q), Some(&decoded));
+        a.add_txt(q, canonical.clone(), Some(m.clone()));
+        assert_eq!(a.txt(&q), vec![spelled.clone(), canonical.clone()], "two records, each as read");
+        a.remove_txt(&q, &spelled);
+        assert_eq!(a.txt(&q), vec![canonical]);
     }
 }

@@ -164,8 +164,8 @@ pub fn encode(zone: &str, serial: u32, expire: Option<u32>, written_ms: u64, set
     }
     // Every TXT record of every owner, ours and foreign (the RRset an
     // edit's prerequisite names after a restart).
-    let metas: Vec<(&Prefix, &Vec<String>)> =
-        set.txt_rrsets().flat_map(|(p, recs)| recs.map(move |(s, _)| (p, s))).collect();
+    let metas: Vec<(&Prefix, Vec<String>)> =
+        set.txt_rrsets().flat_map(|(p, recs)| recs.map(move |s| (p, s))).collect();
     out.extend_from_slice(&(metas.len() as u64).to_le_bytes());
     for (p, strings) in metas {
         put_prefix(&mut out, p);
