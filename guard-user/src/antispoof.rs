@@ -20,7 +20,10 @@
 //! (`drop_spoofed_exempt`) and reported (reason `spoofed_exempt`, with the
 //! sender's MAC). When the route check cannot tell (the router has no
 //! neighbour entry for the source yet), the packet is judged like any other
-//! host's (`exempt_unverified`): never an exemption by accident.
+//! host's (`exempt_unverified`): never an exemption by accident. So that
+//! this lasts only until the kernel has resolved the host, the daemon asks
+//! it for managed entries of the exempt hosts on the enforcement
+//! interface's subnets ([`ExemptOrigin::keep_neighbours_resolved`]).
 
 use std::path::Path;
 
@@ -118,6 +121,33 @@ impl ExemptOrigin {
                 || !self.in_ports.is_empty()
                 || if p.addr().is_ipv6() { self.route_v6 } else { self.route_v4 }
         })
+    }
+
+    /// XDP mode, route check in force: asks the kernel to resolve, and keep
+    /// resolved, its neighbour entries of the exempt hosts on the
+    /// enforcement interface's subnets ([`crate::neighbour`]), so that an
+    /// exempt resolver the router has not heard from yet is verified from
+    /// its first packet instead of judged like any host's until it happens
+    /// to ARP. A failure is logged; the check itself stays as it is.
+    pub fn keep_neighbours_resolved(&self, cfg: &Config) {
+        if cfg.enforce.mode != Mode::Xdp || !(self.route_v4 || self.route_v6) {
+            return;
+        }
+        let iface = cfg.enforce.iface.as_deref().unwrap_or_default();
+        let hosts =
+            crate::neighbour::on_link_hosts(iface, &cfg.policy.exempt_sources, self.route_v4, self.route_v6);
+        for addr in hosts {
+            match crate::neighbour::keep_resolved(iface, addr) {
+                Ok(how) => tracing::debug!(%addr, iface, ?how, "exempt host's neighbour entry kept resolved"),
+                Err(err) => tracing::warn!(
+                    %addr,
+                    iface,
+                    %err,
+                    "cannot ask the kernel to resolve an exempt host's neighbour entry; until the router \
+                     has one, that host's packets are judged like any host's (exempt_unverified)"
+                ),
+            }
+        }
     }
 
     /// One line for the status report and the start-up log.

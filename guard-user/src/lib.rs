@@ -12,6 +12,7 @@ pub mod frame;
 pub mod learn;
 pub mod metrics;
 pub mod miss;
+pub mod neighbour;
 pub mod openflow;
 pub mod ops;
 pub mod policy;

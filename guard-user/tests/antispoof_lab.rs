@@ -149,3 +149,93 @@ fn spoofing_bot_cannot_borrow_the_resolvers_exemption() {
     assert!(r.legit_ok > 50 && r.bot_tries > 50, "load too small: {r}");
     assert!(rss1 < rss0 + 64 * 1024, "RSS grew from {rss0} to {rss1} KiB");
 }
+
+/// An exempt resolver the router has never heard from is verified from its
+/// first packet. The resolver lives on a second address of the `dns` host,
+/// which holds the router's MAC already (a static entry, as after a router
+/// restart), so no ARP of its own ever tells the router about that address.
+/// Without the daemon's managed neighbour entry the route check could not
+/// tell (`exempt_unverified`), its packets were judged like any host's, and
+/// its connection to an unregistered destination was dropped for as long as
+/// it did not ARP: here, forever.
+#[test]
+fn an_exempt_host_the_router_never_heard_from_is_verified_from_its_first_packet() {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    let lab = Lab::up(LabConfig::for_test("asneigh")).unwrap_or_else(|e| panic!("lab up failed: {e}"));
+    let a = lab.addrs().clone();
+    let (dns, router) = (lab.ns(Role::Dns), lab.ns(Role::Router));
+    let second = Ipv4Addr::new(10, a.subnet, 0, 54);
+    let ip = |ns: &str, args: &[&str]| {
+        let mut all = vec!["-n", ns];
+        all.extend_from_slice(args);
+        guard_tests::netns::exec_ok_root(&all).unwrap_or_else(|e| panic!("ip {all:?}: {e}"))
+    };
+    ip(&dns, &["addr", "add", &format!("{second}/24"), "dev", "eth0"]);
+    let router_mac = MacAddr(lab.mac(Role::Router, "in0").expect("router MAC")).to_string();
+    ip(
+        &dns,
+        &[
+            "neigh",
+            "replace",
+            &a.router_in_v4.to_string(),
+            "lladdr",
+            &router_mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ],
+    );
+    ip(&router, &["neigh", "flush", "to", &second.to_string(), "dev", "in0"]);
+    assert!(ip(&router, &["neigh", "show", "to", &second.to_string(), "dev", "in0"]).trim().is_empty());
+
+    let exempt = format!("{second}/32");
+    let d = start_xdp(&lab, &["--no-pin", "--exempt", &exempt]);
+    assert!(d.status().anti_spoofing.starts_with("route+neighbour check"), "{}", d.status().anti_spoofing);
+    // An unregistered destination: only an honoured exemption lets it through.
+    let target = SocketAddrV4::new(LabAddrs::inet_v4(150), 25);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = guard_tests::netns::run_in_netns(&dns, || {
+            guard_tests::netns::tcp_connect_from(second, target).map(|s| retransmissions(&s))
+        });
+        let _ = tx.send(r.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())));
+    });
+    let connected = rx.recv_timeout(Duration::from_secs(5));
+    let neigh = ip(&router, &["neigh", "show", "to", &second.to_string(), "dev", "in0"]);
+    let unverified = counter(&d, "exempt_unverified");
+    eprintln!(
+        "RELIABILITY | exempt host the router never heard from | connect {connected:?}; router's entry: {}; exempt_unverified {unverified}",
+        neigh.trim()
+    );
+    assert_eq!(
+        connected,
+        Ok(Ok(0)),
+        "the exempt host's first SYN must pass (0 retransmissions) within 5 s; router's neighbour entry {neigh:?}, \
+         exempt_unverified {unverified}, counters {:?}",
+        d.status().counters
+    );
+    assert!(neigh.contains("managed"), "the daemon's entry is a managed one: {neigh:?}");
+    assert_eq!(unverified, 0, "every packet of the exempt host was verified");
+}
+
+/// TCP_INFO's total retransmissions of a connected socket.
+fn retransmissions(s: &std::net::TcpStream) -> u32 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: zeroed tcp_info is a valid out-parameter of TCP_INFO.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: a valid socket, buffer and length.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &raw mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO");
+    info.tcpi_total_retrans
+}

@@ -177,6 +177,8 @@ fn apply(
                     .unwrap_or_default()
             ));
         }
+        // Exempt hosts added by the reload get their neighbour entries too.
+        crate::antispoof::ExemptOrigin::plan(&new).keep_neighbours_resolved(&new);
     }
     // Reopened even when unchanged: after log rotation, the file by its name is a new one.
     if let Err(err) = shared.events.reopen(&new.events.output()) {

@@ -30,6 +30,7 @@ pub(super) fn load(cfg: &Config) -> Result<Enforcer, DaemonError> {
     let mut pc = program_config(cfg);
     pc.settings.state = state;
     e.configure(&pc)?;
+    pc.exempt_origin.keep_neighbours_resolved(cfg);
     Ok(e)
 }
 
