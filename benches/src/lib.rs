@@ -183,6 +183,64 @@ pub fn proc_cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / hz)
 }
 
+/// CPU time of one process (all its threads, dead ones included) at
+/// nanosecond resolution: the process is moved into a cgroup-v1 `cpuacct`
+/// group of its own and `cpuacct.usage` is read. `/proc/<pid>/stat` counts
+/// in clock ticks (10 ms), too coarse for a window that costs a few ms.
+/// Falls back to [`proc_cpu_seconds`] where no `cpuacct` hierarchy exists.
+pub struct CpuMeter {
+    pid: u32,
+    group: Option<PathBuf>,
+}
+
+impl CpuMeter {
+    /// Where cgroup v1 mounts the `cpuacct` controller.
+    const CPUACCT: &'static str = "/sys/fs/cgroup/cpuacct";
+
+    /// A meter for `pid` (our own child), in a group named after `tag`.
+    pub fn new(pid: u32, tag: &str) -> CpuMeter {
+        let dir = PathBuf::from(Self::CPUACCT).join(format!("rpzg-bench-{tag}-{}-{pid}", std::process::id()));
+        let moved = std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(dir.join("cgroup.procs"), pid.to_string()))
+            .is_ok();
+        if !moved {
+            let _ = std::fs::remove_dir(&dir);
+        }
+        CpuMeter { pid, group: moved.then_some(dir) }
+    }
+
+    /// Whether readings are nanosecond precise (else clock ticks).
+    pub fn precise(&self) -> bool {
+        self.group.is_some()
+    }
+
+    /// CPU seconds used since the process was moved (or since it started,
+    /// for the fallback); 0 when unreadable.
+    pub fn seconds(&self) -> f64 {
+        match &self.group {
+            Some(g) => std::fs::read_to_string(g.join("cpuacct.usage"))
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+                .map_or(0.0, |ns| ns as f64 / 1e9),
+            None => proc_cpu_seconds(self.pid).unwrap_or(0.0),
+        }
+    }
+}
+
+impl Drop for CpuMeter {
+    fn drop(&mut self) {
+        // Empty once the process exited; whatever is still in it goes back
+        // to the root, so the group can be removed.
+        if let Some(g) = &self.group {
+            let left = std::fs::read_to_string(g.join("cgroup.procs")).unwrap_or_default();
+            for pid in left.split_whitespace() {
+                let _ = std::fs::write(Path::new(Self::CPUACCT).join("cgroup.procs"), pid);
+            }
+            let _ = std::fs::remove_dir(g);
+        }
+    }
+}
+
 /// Whole-machine CPU time spent in system + irq + softirq, in seconds, from `/proc/stat`.
 pub fn kernel_cpu_seconds() -> Option<f64> {
     let text = std::fs::read_to_string("/proc/stat").ok()?;

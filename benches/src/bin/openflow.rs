@@ -17,7 +17,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use guard_benches::{Chart, Opts, Section, Summary, Table, load, proc_cpu_seconds, ratio, write_section};
+use guard_benches::{Chart, CpuMeter, Opts, Section, Summary, Table, load, ratio, write_section};
 use guard_tests::{Lab, LabChild, LabConfig, Role, ovs::Ovs, run_in_netns};
 
 const BRIDGE: &str = "ofbr";
@@ -267,11 +267,30 @@ struct Trials {
     cpu_per_admit_ms: Vec<f64>,
     blocked_per_cpu_s: Vec<f64>,
     cpu_per_block_ms: Vec<f64>,
+    /// As `cpu_per_block_ms`, without subtracting the idle CPU.
+    cpu_per_block_raw_ms: Vec<f64>,
+    /// Controller CPU while nothing happens, ms per second.
+    idle_ms_per_s: Vec<f64>,
     blocked_leaked: Vec<f64>,
     pin_known: Vec<f64>,
     late_p50: Vec<f64>,
     late_p99: Vec<f64>,
     cpu_per_late_ms: Vec<f64>,
+    /// As `cpu_per_late_ms`, without subtracting the idle CPU.
+    cpu_per_late_raw_ms: Vec<f64>,
+}
+
+/// Idle CPU is measured over this many windows of [`IDLE_WINDOW`] before
+/// each trial, and the median taken: a rare periodic job (rpz-guard's
+/// flow-statistics dump every minute) is not taken for the idle rate.
+const IDLE_WINDOWS: usize = 3;
+const IDLE_WINDOW: Duration = Duration::from_secs(1);
+
+/// CPU over a window of `wall` seconds minus what the controller spends idle
+/// in that time (timers, statistics polls, echo): the work the window's
+/// packets caused. The same rule for every controller.
+fn net_cpu(dc: f64, wall: f64, idle_per_s: f64) -> f64 {
+    (dc - idle_per_s * wall).max(0.0)
 }
 
 struct Sizes {
@@ -305,20 +324,34 @@ fn measure(bench: &mut Bench, ctl: Option<&Controller>, sz: &Sizes, log: &mut Ve
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let pid = child.as_ref().map(LabChild::pid);
-    let cpu = || pid.and_then(proc_cpu_seconds).unwrap_or(0.0);
+    let meter = child.as_ref().map(|c| CpuMeter::new(c.pid(), "of"));
+    if meter.as_ref().is_some_and(|m| !m.precise()) {
+        log.push("no cgroup-v1 cpuacct: controller CPU read from /proc/<pid>/stat (10 ms ticks)".into());
+    }
+    let cpu = || meter.as_ref().map_or(0.0, CpuMeter::seconds);
     let mut tr = Trials::default();
     // Warm-up.
     let w = bench.fresh_registered(50)?;
     bench.connect(&w, sz.threads, Duration::from_secs(3))?;
     for _ in 0..sz.trials {
+        // Idle: what the controller spends with no traffic (subtracted below).
+        let mut idle = Vec::new();
+        for _ in 0..IDLE_WINDOWS {
+            let (c0, t0) = (cpu(), Instant::now());
+            std::thread::sleep(IDLE_WINDOW);
+            idle.push((cpu() - c0) / t0.elapsed().as_secs_f64());
+        }
+        let idle_per_s = Summary::of(&idle).median;
+        if ctl.is_some() {
+            tr.idle_ms_per_s.push(idle_per_s * 1e3);
+        }
         // Admission rate under parallel load.
         let dsts = bench.fresh_registered(sz.conns)?;
-        let (p0, c0) = (bench.packet_ins()?, cpu());
+        let (p0, c0, t0) = (bench.packet_ins()?, cpu(), Instant::now());
         let first = bench.connect(&dsts, sz.threads, Duration::from_secs(3))?;
         // OVS pushes datapath flow stats to the rules about once a second.
         std::thread::sleep(Duration::from_millis(1500));
-        let (p1, c1) = (bench.packet_ins()?, cpu());
+        let (p1, c1, wall) = (bench.packet_ins()?, cpu(), t0.elapsed().as_secs_f64());
         if first.failed > 0 {
             log.push(format!(
                 "{}: {} of {} admissions failed",
@@ -330,7 +363,7 @@ fn measure(bench: &mut Bench, ctl: Option<&Controller>, sz: &Sizes, log: &mut Ve
         tr.admit_rate.push(first.rate_p99());
         tr.pin_per_conn.push((p1 - p0) as f64 / first.ok.len().max(1) as f64);
         if p1 > p0 {
-            tr.cpu_per_admit_ms.push((c1 - c0) * 1e3 / (p1 - p0) as f64);
+            tr.cpu_per_admit_ms.push(net_cpu(c1 - c0, wall, idle_per_s) * 1e3 / (p1 - p0) as f64);
         }
         // Latency without queueing: one connect at a time to fresh
         // destinations, then again over the installed flow / allow entry.
@@ -350,11 +383,11 @@ fn measure(bench: &mut Bench, ctl: Option<&Controller>, sz: &Sizes, log: &mut Ve
             // Registered at BIND after the controller started: each first
             // connect needs a controller decision with an RPZ lookup.
             let late = bench.register_late(sz.latency)?;
-            let c0 = cpu();
+            let (c0, t0) = (cpu(), Instant::now());
             let p0 = bench.packet_ins()?;
             let r = bench.connect(&late, 1, Duration::from_secs(3))?;
             std::thread::sleep(Duration::from_millis(1500));
-            let (p1, c1) = (bench.packet_ins()?, cpu());
+            let (p1, c1, wall) = (bench.packet_ins()?, cpu(), t0.elapsed().as_secs_f64());
             tr.late_p50.push(r.latency_ms(50.0));
             tr.late_p99.push(r.latency_ms(99.0));
             if r.ok.len() as u32 != sz.latency {
@@ -366,20 +399,23 @@ fn measure(bench: &mut Bench, ctl: Option<&Controller>, sz: &Sizes, log: &mut Ve
                 ));
             }
             if p1 > p0 {
-                tr.cpu_per_late_ms.push((c1 - c0) * 1e3 / r.ok.len().max(1) as f64);
+                let n = r.ok.len().max(1) as f64;
+                tr.cpu_per_late_ms.push(net_cpu(c1 - c0, wall, idle_per_s) * 1e3 / n);
+                tr.cpu_per_late_raw_ms.push((c1 - c0) * 1e3 / n);
             }
         }
         if ctl.is_some() {
             let bad = bench.fresh_unregistered(sz.blocked);
-            let (p0, c0) = (bench.packet_ins()?, cpu());
+            let (p0, c0, t0) = (bench.packet_ins()?, cpu(), Instant::now());
             let r = bench.connect(&bad, sz.threads * 2, Duration::from_millis(300))?;
             std::thread::sleep(Duration::from_millis(1500));
-            let (p1, c1) = (bench.packet_ins()?, cpu());
+            let (p1, c1, wall) = (bench.packet_ins()?, cpu(), t0.elapsed().as_secs_f64());
             tr.blocked_leaked.push(r.ok.len() as f64);
-            let dc = c1 - c0;
+            let dc = net_cpu(c1 - c0, wall, idle_per_s);
             if p1 > p0 && dc > 0.0 {
                 tr.blocked_per_cpu_s.push((p1 - p0) as f64 / dc);
                 tr.cpu_per_block_ms.push(dc * 1e3 / (p1 - p0) as f64);
+                tr.cpu_per_block_raw_ms.push((c1 - c0) * 1e3 / (p1 - p0) as f64);
             }
         }
     }
@@ -452,9 +488,19 @@ fn main() -> Result<()> {
          (over the installed flow or allow entry); then, for the controllers, the same number of destinations registered at BIND only after the controller \
          started (rpz-guard runs without NOTIFY and with a 1 h SOA poll, so it learns of them only from packet-ins, \
          like Ryu): 'unknown-dst' columns, connected one at a time; then {} unregistered ones. {} trials per controller, median \
-         (min–max). Packet-ins are OVS's n_packets of flows whose action is CONTROLLER; controller CPU is \
-         utime+stime from /proc/<pid>/stat.",
-        sz.conns, sz.threads, sz.latency, sz.blocked, sz.trials
+         (min–max). Packet-ins are OVS's n_packets of flows whose action is CONTROLLER. Controller CPU is \
+         the cpuacct.usage (ns) of a cgroup holding only the controller process; before each trial the \
+         controller's idle CPU is measured as the median of {IDLE_WINDOWS} windows of {} s without traffic (so a \
+         periodic job that lands in one of them, such as rpz-guard's flow-statistics dump once a minute, is not \
+         subtracted), and each CPU column subtracts that idle \
+         rate times the window's wall time (window = connects + 1.5 s for OVS's flow statistics), for every \
+         controller alike; the raw figure, idle included, is in parentheses.",
+        sz.conns,
+        sz.threads,
+        sz.latency,
+        sz.blocked,
+        sz.trials,
+        IDLE_WINDOW.as_secs()
     )];
     let ryu_ctl = ryu(&bench);
     notes.push(format!("Functional check — {}", functional(&mut bench, &ryu_ctl)?));
@@ -495,12 +541,13 @@ fn main() -> Result<()> {
             "over installed flow p50 ms".into(),
             "added p50 ms".into(),
             "unknown-dst first connect p50 / p99 ms".into(),
-            "ctrl CPU ms / unknown-dst admission".into(),
+            "ctrl CPU ms / unknown-dst admission (raw)".into(),
             "packet-ins / admitted conn".into(),
             "packet-ins / conn to known dst".into(),
             "ctrl CPU ms / admission".into(),
             "blocked decisions / ctrl CPU-s".into(),
-            "ctrl CPU ms / blocked pkt-in".into(),
+            "ctrl CPU ms / blocked pkt-in (raw)".into(),
+            "idle ctrl CPU ms/s".into(),
         ],
         rows: Vec::new(),
     };
@@ -514,6 +561,13 @@ fn main() -> Result<()> {
     for (name, t) in &rows {
         let added: Vec<f64> = t.first_p50.iter().zip(&t.flow_p50).map(|(a, b)| a - b).collect();
         let opt = |v: &Vec<f64>, p| if v.is_empty() { "—".to_string() } else { s(v).fmt(p) };
+        let with_raw = |net: &Vec<f64>, raw: &Vec<f64>| {
+            if net.is_empty() {
+                "—".to_string()
+            } else {
+                format!("{} ({:.3})", s(net).fmt(3), s(raw).median)
+            }
+        };
         table.rows.push(vec![
             (*name).into(),
             s(&t.admit_rate).fmt(0),
@@ -527,12 +581,13 @@ fn main() -> Result<()> {
             } else {
                 format!("{:.2} / {:.2}", s(&t.late_p50).median, s(&t.late_p99).median)
             },
-            opt(&t.cpu_per_late_ms, 3),
+            with_raw(&t.cpu_per_late_ms, &t.cpu_per_late_raw_ms),
             s(&t.pin_per_conn).fmt(2),
             s(&t.pin_known).fmt(2),
             opt(&t.cpu_per_admit_ms, 3),
             opt(&t.blocked_per_cpu_s, 0),
-            opt(&t.cpu_per_block_ms, 3),
+            with_raw(&t.cpu_per_block_ms, &t.cpu_per_block_raw_ms),
+            opt(&t.idle_ms_per_s, 2),
         ]);
         chart_rate.bars.push(s(&t.admit_rate).bar(*name));
         chart_lat.bars.push(s(&added).bar(*name));
