@@ -262,12 +262,11 @@ impl Session {
             return conn.forward(in_port, &pi).await;
         }
         // A deny (its flow sends the packet here) beats every allow.
-        if self.applied.is_denied(info.dst) {
+        let Some(mut known) = self.applied.lookup_unless_denied(info.dst) else {
             counters.inc(Stat::DropNotRegistered);
             conn.record(&info, &pp, Reason::Denied);
             return true;
-        }
-        let mut known = self.applied.lookup(info.dst);
+        };
         if !pp.service.allows(known) {
             // Learned live, its flows not in yet (another switch, over budget).
             known = known.union(self.live_classes(info.dst));
