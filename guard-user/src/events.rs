@@ -641,8 +641,8 @@ impl Drop for EventSink {
     }
 }
 
-/// The writer thread: writes lines in batches at most [`COALESCE`] apart,
-/// flushing when the queue is empty and before switching outputs.
+/// The writer thread: writes lines as they come, flushing when the queue is
+/// empty and before switching outputs.
 fn write_lines(mut out: Option<Box<dyn Write + Send>>, rx: &mpsc::Receiver<Msg>, errors: &AtomicU64) {
     let mut next = rx.recv().ok();
     while let Some(msg) = next.take() {
@@ -678,18 +678,9 @@ fn write_lines(mut out: Option<Box<dyn Write + Send>>, rx: &mpsc::Receiver<Msg>,
         if lost > 0 {
             errors.fetch_add(lost, Ordering::Relaxed);
         }
-        // Let lines gather before the next batch: while this thread sleeps
-        // rather than waits on the queue, a sender wakes nobody, so a stream
-        // of blocks costs one wake-up and one write per pause instead of one
-        // per event (in OpenFlow mode that was ≈ 40 % of a blocked
-        // packet-in's CPU).
-        std::thread::sleep(COALESCE);
         next = rx.recv().ok();
     }
 }
-
-/// Longest a line waits for others to be written with it.
-const COALESCE: std::time::Duration = std::time::Duration::from_millis(20);
 
 fn open_append(p: &Path) -> io::Result<File> {
     use std::os::{fd::AsRawFd, unix::fs::OpenOptionsExt};
