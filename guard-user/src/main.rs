@@ -844,25 +844,10 @@ fn man_pages(out_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether `command` runs the daemon in OpenFlow mode (read before the
-/// runtime starts; a configuration error is reported by the run itself).
-fn runs_controller(command: &Command) -> bool {
-    matches!(command, Command::Run(a) if merge((**a).clone()).is_ok_and(|c| c.enforce.mode == Mode::Openflow))
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if runs_controller(&cli.command) {
-        // The controller's work is chains of short wake-ups (packet-in →
-        // RPZ question → answer → FLOW_MOD): a second worker only adds
-        // cross-thread wake-ups and work-stealing searches to each, which
-        // cost more CPU than the work itself. Blocking work still gets its
-        // own threads (spawn_blocking, block_in_place).
-        builder.worker_threads(1);
-    }
-    let rt = match builder.enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
