@@ -349,3 +349,82 @@ fn two_of_our_txts_and_a_foreign_one_age_and_heal() {
     drop(d);
     assert!(t.elapsed() < Duration::from_secs(60), "took {:?}", t.elapsed());
 }
+
+/// Switches the lab's BIND between accepting and refusing UPDATEs
+/// (`allow-update { none; }`; transfers stay allowed), reloaded by SIGHUP;
+/// returns once an UPDATE gets the new answer.
+fn bind_accepts_updates(lab: &Lab, accept: bool) {
+    let conf = lab.state_dir().join("bind").join("named.conf");
+    let text = std::fs::read_to_string(&conf).expect("named.conf");
+    let allowed = format!("allow-update {{ key \"{}\"; }};", lab.tsig_key_name());
+    let refused = "allow-update { none; };";
+    let (from, to) = if accept { (refused, allowed.as_str()) } else { (allowed.as_str(), refused) };
+    assert!(text.contains(from), "named.conf has {from}:\n{text}");
+    std::fs::write(&conf, text.replace(from, to)).expect("write named.conf");
+    // SAFETY: kill(2) on the named the lab started.
+    assert_eq!(unsafe { libc::kill(daemon_support::named_pid(lab), libc::SIGHUP) }, 0, "SIGHUP named");
+    // A no-op UPDATE (delete a name that does not exist) tells.
+    let probe = format!("update delete no-such-owner.{}. A", lab.rpz_zone());
+    let took = eventually(Duration::from_secs(10), || lab.nsupdate(&[&probe]).is_ok() == accept);
+    assert!(took.is_some(), "BIND did not switch to accept={accept}");
+}
+
+/// The dry run lists what would expire and removes nothing. A BIND that
+/// refuses the UPDATE removes nothing either: the entry stays in the RPZ,
+/// in the maps and allowed, the failure shows in status; once BIND accepts
+/// again the entry goes (issue 11: "nothing is removed locally without BIND
+/// agreeing").
+#[test]
+fn dry_run_and_a_refused_update_remove_nothing() {
+    let t = Instant::now();
+    let lab = Lab::up(LabConfig::for_test("agerej")).unwrap_or_else(|e| panic!("lab up failed: {e}"));
+    let old = IpAddr::V4(LabAddrs::inet_v4_alt(13));
+    rpz_add_learned(&lab, old, unix_now() - 100);
+    let mx = SocketAddr::new(old, 25);
+    std::fs::create_dir_all(state_dir(&lab)).expect("state dir");
+    let lifetime = "[lifetime]\nageing = true\nmax_age_dns_secs = 8\nmax_age_smtp_secs = 8\nidle_secs = 1\ninterval_secs = 1\n";
+    let config = |name: &str, extra: &str| {
+        let path = state_dir(&lab).join(name);
+        std::fs::write(&path, format!("{lifetime}{extra}")).expect("config");
+        path.to_str().expect("utf8").to_owned()
+    };
+
+    // Dry run: listed, never removed.
+    let d = start_xdp(&lab, &["--config", &config("dry.toml", "dry_run = true\n")]);
+    let listed = eventually(Duration::from_secs(10), || {
+        d.status().ageing.is_some_and(|a| a.would_expire.iter().any(|w| w.contains(&old.to_string())))
+    });
+    assert!(listed.is_some(), "the dry run lists the due entry: {:?}", d.status().ageing);
+    std::thread::sleep(Duration::from_secs(2));
+    let a = d.status().ageing.expect("ageing");
+    assert!(a.dry_run && a.removed == 0 && a.updates == 0, "{a:?}");
+    assert_eq!(d.status().entries.0, 1);
+    assert_eq!(zone_records(&lab, old, "A"), vec!["127.0.0.25".to_owned()], "still in the RPZ");
+    assert_eq!(connect(&lab, Role::Pc, mx, Duration::from_millis(800)), Conn::Open, "still allowed");
+    drop(d);
+
+    // BIND refuses: nothing removed anywhere, the failure in status.
+    bind_accepts_updates(&lab, false);
+    let d = start_xdp(&lab, &["--config", &config("ageing.toml", "")]);
+    let failed = eventually(Duration::from_secs(15), || {
+        d.status().ageing.is_some_and(|a| a.update_errors >= 2 && a.last_error.is_some())
+    });
+    assert!(failed.is_some(), "the refused UPDATE shows in status: {:?}", d.status().ageing);
+    let a = d.status().ageing.expect("ageing");
+    assert_eq!(a.removed, 0, "{a:?}");
+    assert!(a.last_error.as_deref().is_some_and(|e| e.contains("REFUSED")), "names BIND's answer: {a:?}");
+    assert_eq!(d.status().entries.0, 1, "kept locally while BIND refuses");
+    assert_eq!(zone_records(&lab, old, "A"), vec!["127.0.0.25".to_owned()]);
+    assert_eq!(connect(&lab, Role::Pc, mx, Duration::from_millis(800)), Conn::Open, "still allowed");
+
+    // BIND accepts again: the entry goes, and is blocked again.
+    bind_accepts_updates(&lab, true);
+    let gone = eventually(Duration::from_secs(15), || d.status().entries.0 == 0);
+    assert!(gone.is_some(), "removed once BIND accepts: {:?}", d.status().ageing);
+    let a = d.status().ageing.expect("ageing");
+    assert!(a.removed >= 1 && a.last_error.is_none(), "{a:?}");
+    assert!(zone_records(&lab, old, "A").is_empty(), "gone from the RPZ");
+    assert_eq!(connect(&lab, Role::Pc, mx, Duration::from_millis(800)), Conn::TimedOut, "blocked again");
+    drop(d);
+    assert!(t.elapsed() < Duration::from_secs(90), "took {:?}", t.elapsed());
+}
