@@ -641,7 +641,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 _ = hup.recv() => {
                     // The file again, with the same flags on top of it.
                     tracing::info!("SIGHUP: reloading the configuration");
-                    let fresh = merge(args.clone()).map_err(|e| format!("{e:#}"));
+                    let fresh = merge(args.clone()).map_err(|e| error_text(&e));
                     if reload_tx.send(fresh).is_err() {
                         break;
                     }
@@ -844,6 +844,21 @@ fn man_pages(out_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An error and its causes, each said once: many of our errors already
+/// name their cause in their own text (so a log line of the error alone
+/// is complete), and `{:#}` would repeat it.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !out.contains(&c) {
+            out.push_str(": ");
+            out.push_str(&c);
+        }
+    }
+    out
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
@@ -865,7 +880,7 @@ fn main() -> ExitCode {
     let other = |r: anyhow::Result<()>| match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             ExitCode::FAILURE
         }
     };
@@ -903,4 +918,29 @@ fn main() -> ExitCode {
             Command::Man { out_dir } => other(man_pages(out_dir.as_deref())),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_text;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("reading the zone first: {0}")]
+    struct Inline(#[source] std::io::Error);
+
+    /// A cause the error already names is said once; one it does not is added.
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = || std::io::Error::other("10.0.0.53:53 answered NOTAUTH (TSIG BADSIG)");
+        let e = anyhow::Error::new(Inline(io())).context("updating zone rpz.example.com");
+        assert_eq!(
+            error_text(&e),
+            "updating zone rpz.example.com: reading the zone first: 10.0.0.53:53 answered NOTAUTH (TSIG BADSIG)"
+        );
+        let plain = anyhow::Error::new(io()).context("reading /etc/rpz-guard.toml");
+        assert_eq!(
+            error_text(&plain),
+            "reading /etc/rpz-guard.toml: 10.0.0.53:53 answered NOTAUTH (TSIG BADSIG)"
+        );
+    }
 }
