@@ -808,7 +808,12 @@ fn scenario(tag: &str, udp_size: u16, qmin: &str, extent: Extent, mode: Mode) {
     // The mail client: MX, A, AAAA, connect at once; first SYN passes.
     let early = world.early_zones();
     let misses_before = guard.counter("miss");
-    let conns = mail_client(&lab, &world, &early);
+    let conns = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| mail_client(&lab, &world, &early)))
+        .unwrap_or_else(|e| {
+            // What the router and the resolver saw, for a failure in CI.
+            eprintln!("{}", diagnosis(&lab, &guard));
+            std::panic::resume_unwind(e)
+        });
     assert!(conns.iter().any(|(a, _)| a.is_ipv6()) && conns.iter().any(|(a, _)| a.is_ipv4()), "{conns:?}");
     let st = guard.status();
     let live = st.live.clone().expect("status shows live learning");
@@ -1147,6 +1152,24 @@ fn second_router(lab: &mut LiveLab, g2: &Guard, conns: &[(IpAddr, Duration)], sm
         ns_cmd(ns, &["ip", "route", "del", &format!("{dst}/32"), "via", &via]);
     }
     g2.stop(lab);
+}
+
+/// The router's live-learning state and counters, and the tails of every
+/// process log of the lab (router, resolver, servers).
+fn diagnosis(lab: &LiveLab, guard: &Guard) -> String {
+    let mut out = match guard.try_status() {
+        Some(s) => {
+            format!("router status: live {:?}\nextra {}\ncounters {:?}\n", s.live, s.extra, s.counters)
+        }
+        None => "router status: no answer\n".to_owned(),
+    };
+    for p in &lab.procs {
+        let text = p.log_text();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+        out.push_str(&format!("--- {} (last 40 lines)\n{tail}\n", p.name));
+    }
+    out
 }
 
 /// Cuts the router off BIND (a blackhole route), learns a new zone (it is
