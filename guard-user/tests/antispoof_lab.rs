@@ -198,7 +198,8 @@ fn an_exempt_host_the_router_never_heard_from_is_verified_from_its_first_packet(
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let r = guard_tests::netns::run_in_netns(&dns, || {
-            guard_tests::netns::tcp_connect_from(second, target).map(|s| retransmissions(&s))
+            guard_tests::netns::tcp_connect_from(second, target)
+                .and_then(|s| guard_tests::tcp_retransmissions(&s))
         });
         let _ = tx.send(r.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())));
     });
@@ -218,24 +219,4 @@ fn an_exempt_host_the_router_never_heard_from_is_verified_from_its_first_packet(
     );
     assert!(neigh.contains("managed"), "the daemon's entry is a managed one: {neigh:?}");
     assert_eq!(unverified, 0, "every packet of the exempt host was verified");
-}
-
-/// TCP_INFO's total retransmissions of a connected socket.
-fn retransmissions(s: &std::net::TcpStream) -> u32 {
-    use std::os::fd::AsRawFd;
-    // SAFETY: zeroed tcp_info is a valid out-parameter of TCP_INFO.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: a valid socket, buffer and length.
-    let rc = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&raw mut info).cast(),
-            &raw mut len,
-        )
-    };
-    assert_eq!(rc, 0, "TCP_INFO");
-    info.tcpi_total_retrans
 }

@@ -32,7 +32,6 @@ mod learn_hierarchy;
 use std::{
     collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener},
-    os::fd::AsRawFd,
     path::PathBuf,
     process::Command,
     sync::{
@@ -454,21 +453,8 @@ fn connect_first_syn(ns: &str, to: IpAddr) -> Result<(Duration, u32), String> {
     let s = guard_tests::tcp_connect_in(ns, SocketAddr::new(to, 25), Duration::from_secs(3))
         .map_err(|e| e.to_string())?;
     let took = t.elapsed();
-    // SAFETY: zeroed tcp_info is a valid out-parameter of TCP_INFO.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: a valid socket, buffer and length.
-    let rc = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&raw mut info).cast(),
-            &raw mut len,
-        )
-    };
-    assert_eq!(rc, 0, "getsockopt(TCP_INFO): {}", std::io::Error::last_os_error());
-    Ok((took, info.tcpi_total_retrans))
+    let retrans = guard_tests::tcp_retransmissions(&s).map_err(|e| format!("getsockopt(TCP_INFO): {e}"))?;
+    Ok((took, retrans))
 }
 
 /// The mail client: for each mail zone of `zones`, MX through the resolver,

@@ -57,7 +57,7 @@ use std::time::Duration;
 
 pub use capture::Capture;
 pub use lab::{Lab, LabAddrs, LabConfig, LabStatus, ResponderMode, Role};
-pub use netns::{run_in_netns, tcp_connect_in, wait_for_tcp, wait_for_udp_dns};
+pub use netns::{run_in_netns, tcp_connect_in, tcp_retransmissions, wait_for_tcp, wait_for_udp_dns};
 pub use primary::{Primary, PrimaryKind};
 pub use process::LabChild;
 

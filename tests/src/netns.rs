@@ -184,6 +184,28 @@ pub fn send_frames(ns: &str, iface: &str, frames: &[Vec<u8>]) -> Result<()> {
     .map_err(|e| LabError::io(format!("send raw frames on {iface} in {ns}"), e))
 }
 
+/// The retransmissions TCP_INFO counted on a connected socket (a first
+/// SYN that was lost and sent again is one).
+pub fn tcp_retransmissions(s: &TcpStream) -> std::io::Result<u32> {
+    // SAFETY: zeroed tcp_info is a valid out-parameter of TCP_INFO.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: a valid socket, buffer and length.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(info.tcpi_total_retrans)
+}
+
 /// Opens a TCP connection to `addr` from inside namespace `ns`.
 pub fn tcp_connect_in(ns: &str, addr: SocketAddr, timeout: Duration) -> Result<TcpStream> {
     run_in_netns(ns, || TcpStream::connect_timeout(&addr, timeout))?

@@ -26,7 +26,6 @@ mod openflow;
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    os::fd::AsRawFd,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -529,20 +528,7 @@ fn connect_in(ns: &str, ip: Ipv4Addr, timeout: Duration) -> Option<(f64, u32)> {
     let t = Instant::now();
     let s = guard_tests::tcp_connect_in(ns, SocketAddr::new(IpAddr::V4(ip), 25), timeout).ok()?;
     let ms = t.elapsed().as_secs_f64() * 1e3;
-    // SAFETY: zeroed tcp_info is a valid out-parameter of TCP_INFO.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: a valid socket, buffer and length.
-    unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&raw mut info).cast(),
-            &raw mut len,
-        )
-    };
-    Some((ms, info.tcpi_total_retrans))
+    Some((ms, guard_tests::tcp_retransmissions(&s).ok()?))
 }
 
 fn resolve(lab: &Lab, i: u32) -> Result<()> {
