@@ -93,6 +93,12 @@ pub const MAP_MISS_RATE: &str = "MISS_RATE";
 pub const MAP_EVENTS: &str = "EVENTS";
 /// Map: runtime settings, `Array<Settings>` with one element.
 pub const MAP_SETTINGS: &str = "SETTINGS";
+/// Map: the last-hit clock, `Array<u32>` with one element: the daemon's
+/// copy of the current [`HostValue::hit`] tick, rewritten every second, so
+/// the allowed path reads a map instead of calling the kernel's clock
+/// helper. Zero (a fresh map, or a daemon stopped cleanly) makes the
+/// program read the kernel's clock itself.
+pub const MAP_HIT_CLOCK: &str = "HIT_CLOCK";
 /// Map: AF_XDP sockets of the miss path, `XskMap` indexed by RX queue.
 /// Not pinned: its entries are sockets of the running daemon, which close
 /// with it (the program then falls back to the ring-buffer miss path).
@@ -169,7 +175,8 @@ pub struct CacheEntry {
 pub struct HostValue {
     /// Class bits, or [`VALUE_DENY`]; the first `u32` as in every layout.
     pub classes: u32,
-    /// `bpf_ktime_get_coarse_ns() >> HIT_SHIFT` of the last allowed packet;
+    /// `CLOCK_MONOTONIC_COARSE` ns `>> HIT_SHIFT` of the last allowed packet
+    /// (from [`MAP_HIT_CLOCK`], or the kernel's clock while that is zero);
     /// 0: none since userspace wrote the entry.
     pub hit: u32,
 }
@@ -212,7 +219,7 @@ pub const MAP_F_NO_PREALLOC: u32 = 1;
 /// map, so a daemon can refuse (or migrate, see guard-user's
 /// `xdp::check_pinned_layout`) pinned maps of another layout instead of
 /// misreading them.
-pub const MAP_LAYOUT: [(&str, u32, u32, u32, u32); 15] = [
+pub const MAP_LAYOUT: [(&str, u32, u32, u32, u32); 16] = [
     (MAP_STATS, 4, 8, STAT_COUNT, 0),
     (MAP_PORTS, 4, 4, PORTS_LEN, 0),
     (MAP_ALLOW_V4, 4, HOST_VALUE_SIZE, MAX_ALLOW_V4, 0),
@@ -228,6 +235,7 @@ pub const MAP_LAYOUT: [(&str, u32, u32, u32, u32); 15] = [
     (MAP_MISS_RATE, 16, core::mem::size_of::<RateState>() as u32, MAX_RATE, 0),
     (MAP_EVENTS, 0, 0, EVENTS_BYTES, 0),
     (MAP_SETTINGS, 4, core::mem::size_of::<Settings>() as u32, 1, 0),
+    (MAP_HIT_CLOCK, 4, 4, 1, 0),
 ];
 
 /// [`CacheEntry::flags`]: the kernel saw a miss and is waiting for userspace;

@@ -24,10 +24,10 @@ use aya::{
 };
 use guard_common::{
     CacheEntry, HOST_VALUE_SIZE, HostValue, MAP_ALLOW_PFX_V4, MAP_ALLOW_PFX_V6, MAP_ALLOW_V4, MAP_ALLOW_V6,
-    MAP_CACHE, MAP_DNS_COPY, MAP_EVENTS, MAP_EXEMPT_MACS, MAP_EXEMPT_V4, MAP_EXEMPT_V6, MAP_INTERNAL_V4,
-    MAP_INTERNAL_V6, MAP_MISS_RATE, MAP_PORTS, MAP_RATE, MAP_RESOLVERS_V4, MAP_RESOLVERS_V6, MAP_SETTINGS,
-    MAP_STATS, MAP_XSKS, PORT_TCP_SHIFT, PORT_UDP_SHIFT, STAT_COUNT, STATE_LOADED, STATE_NOT_LOADED,
-    Settings, Stat,
+    MAP_CACHE, MAP_DNS_COPY, MAP_EVENTS, MAP_EXEMPT_MACS, MAP_EXEMPT_V4, MAP_EXEMPT_V6, MAP_HIT_CLOCK,
+    MAP_INTERNAL_V4, MAP_INTERNAL_V6, MAP_MISS_RATE, MAP_PORTS, MAP_RATE, MAP_RESOLVERS_V4, MAP_RESOLVERS_V6,
+    MAP_SETTINGS, MAP_STATS, MAP_XSKS, PORT_TCP_SHIFT, PORT_UDP_SHIFT, STAT_COUNT, STATE_LOADED,
+    STATE_NOT_LOADED, Settings, Stat,
 };
 
 use crate::{
@@ -52,7 +52,7 @@ pub const REFERENCE_PROGRAM: &str = "pass_all";
 pub const RELEASE_PROGRAM: &str = "rpz_release";
 
 /// Every map the program defines; all are pinned with `--pin`.
-pub const MAP_NAMES: [&str; 15] = [
+pub const MAP_NAMES: [&str; 16] = [
     MAP_STATS,
     MAP_PORTS,
     MAP_ALLOW_V4,
@@ -68,6 +68,7 @@ pub const MAP_NAMES: [&str; 15] = [
     MAP_MISS_RATE,
     MAP_EVENTS,
     MAP_SETTINGS,
+    MAP_HIT_CLOCK,
 ];
 
 /// File name of the pinned XDP link inside the pin directory.
@@ -439,7 +440,28 @@ impl Enforcer {
         }
         let mut settings: Array<&mut MapData, Settings> = self.array(MAP_SETTINGS)?;
         settings.set(0, cfg.settings, 0).map_err(map_err(MAP_SETTINGS))?;
-        Ok(())
+        self.tick_clock()
+    }
+
+    /// Writes the current last-hit tick into the program's clock map
+    /// ([`guard_common::MAP_HIT_CLOCK`]). The daemon calls it every second:
+    /// the allowed path then notes hits with an array read instead of a
+    /// clock helper call (about 13 ns per packet on the bench machine).
+    pub fn tick_clock(&mut self) -> Result<(), XdpError> {
+        self.set_hit_clock(coarse_tick().max(1))
+    }
+
+    /// Hands the last-hit clock back to the kernel (zero in the clock
+    /// map): for a pinned program that keeps enforcing after the daemon
+    /// stopped, so no hit is noted with a stale tick.
+    pub fn stop_clock(&mut self) -> Result<(), XdpError> {
+        self.set_hit_clock(0)
+    }
+
+    /// Sets the tick the allowed path notes as a hit (0: the kernel's clock).
+    pub fn set_hit_clock(&mut self, tick: u32) -> Result<(), XdpError> {
+        let mut clock: Array<&mut MapData, u32> = self.array(MAP_HIT_CLOCK)?;
+        clock.set(0, tick, 0).map_err(map_err(MAP_HIT_CLOCK))
     }
 
     /// Makes the tries `v4`/`v6` hold exactly `list`: wanted keys are

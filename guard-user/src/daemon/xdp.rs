@@ -117,21 +117,56 @@ pub(super) async fn run(
     let iface = cfg.enforce.iface.clone().unwrap_or_default();
     let ring = lock(&enforcer).take_events()?;
     let mirror = tokio::spawn(mirror(enforcer.clone(), applied, shared.clone(), cancel.clone()));
+    let clock = tokio::spawn(keep_clock(enforcer.clone(), cancel.clone()));
     let decider = super::miss::decider(&shared);
     super::miss::start_transport(&cfg, &enforcer, &shared, &decider, &iface);
     let read =
         read_events(ring, enforcer.clone(), shared.clone(), decider, iface.clone(), cancel.clone()).await;
     cancel.cancel();
     let _ = mirror.await;
+    let _ = clock.await;
     let mut e = lock(&enforcer);
     super::miss::stop_transport(&mut e, &shared);
     if cfg.enforce.effective_pin_dir().is_some() {
+        if let Err(err) = e.stop_clock() {
+            tracing::warn!(error = %err, "cannot hand the last-hit clock back to the kernel");
+        }
         tracing::info!(iface, "stopping; the pinned program stays attached and enforcing the last set");
     } else {
         e.unpin()?;
         tracing::info!(iface, "stopping; XDP program detached");
     }
     read
+}
+
+/// Keeps the program's last-hit clock current, once a second, until
+/// `cancel` fires. When it cannot be written, it is handed back to the
+/// kernel's clock (zero), so hits are never noted with a stale tick (which
+/// would make entries in use look idle to ageing).
+async fn keep_clock(enforcer: Arc<Mutex<Enforcer>>, cancel: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let mut e = lock(&enforcer);
+        match e.tick_clock() {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!("the last-hit clock is written again");
+            }
+            Ok(()) => {}
+            Err(err) if !failing => {
+                failing = true;
+                let back = e.stop_clock().is_ok();
+                tracing::warn!(error = %err, handed_to_kernel = back, "cannot write the last-hit clock");
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 /// Applies each new allow set to the maps as a diff; a failed update is
