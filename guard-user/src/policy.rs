@@ -16,7 +16,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::rpz::meta::EntryMeta;
+use crate::rpz::meta::{EntryMeta, TxtData};
 
 /// A set of allow-set classes (bit set, same bits as `guard_common::CLASS_*`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -438,31 +438,30 @@ pub struct AllowSet {
 enum TxtRecord {
     /// Ours, exactly as `EntryMeta::encode` spells it.
     Ours(EntryMeta),
-    /// Any other record as read (lossy UTF-8, as
-    /// [`crate::rpz::edit::OwnerRecords`] reads it): foreign (`None`), or
-    /// ours in another spelling (an older version's, a hand-written one).
-    Raw(Vec<String>, Option<EntryMeta>),
+    /// Any other record, as its raw bytes: foreign (`None`), or ours in
+    /// another spelling (an older version's, a hand-written one).
+    Raw(TxtData, Option<EntryMeta>),
 }
 
 impl TxtRecord {
-    fn new(strings: Vec<String>, meta: Option<EntryMeta>) -> TxtRecord {
+    fn new(strings: TxtData, meta: Option<EntryMeta>) -> TxtRecord {
         match meta {
-            Some(m) if m.encode().is_ok_and(|e| e == strings) => TxtRecord::Ours(m),
+            Some(m) if m.encode_txt().is_ok_and(|e| e == strings) => TxtRecord::Ours(m),
             m => TxtRecord::Raw(strings, m),
         }
     }
 
     /// The record's character-strings, as the zone holds them.
-    fn strings(&self) -> Vec<String> {
+    fn strings(&self) -> TxtData {
         match self {
-            TxtRecord::Ours(m) => m.encode().unwrap_or_default(),
+            TxtRecord::Ours(m) => m.encode_txt().unwrap_or_default(),
             TxtRecord::Raw(s, _) => s.clone(),
         }
     }
 
-    fn is(&self, strings: &[String]) -> bool {
+    fn is(&self, strings: &[Vec<u8>]) -> bool {
         match self {
-            TxtRecord::Ours(m) => m.encode().is_ok_and(|e| e == strings),
+            TxtRecord::Ours(m) => m.encode_txt().is_ok_and(|e| e == strings),
             TxtRecord::Raw(s, _) => s.as_slice() == strings,
         }
     }
@@ -502,14 +501,27 @@ impl Eq for OwnerTxt {}
 impl OwnerTxt {
     /// Which of the owner's lifetime records counts: a manual one before
     /// any learned one (an operator's entry never ages because of a stray
-    /// learned record), then the newest `seen`.
+    /// learned record), then the newest `seen`, then the larger `first`,
+    /// then the larger record bytes. The last key makes the choice a
+    /// function of the RRset alone: an AXFR and an IXFR that list the same
+    /// records in another order pick the same one (records of an RRset
+    /// differ, so it always decides).
     fn best(&self) -> Option<usize> {
-        self.0
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| r.meta().map(|m| (i, m)))
-            .max_by_key(|(_, m)| (m.source == crate::rpz::meta::Source::Manual, m.seen))
-            .map(|(i, _)| i)
+        let key = |m: &EntryMeta| (m.source == crate::rpz::meta::Source::Manual, m.seen, m.first);
+        let mut best: Option<(usize, &EntryMeta)> = None;
+        for (i, m) in self.0.iter().enumerate().filter_map(|(i, r)| r.meta().map(|m| (i, m))) {
+            let better = match best {
+                None => true,
+                Some((j, b)) => match key(m).cmp(&key(b)) {
+                    std::cmp::Ordering::Equal => self.0[i].strings() > self.0[j].strings(),
+                    o => o.is_gt(),
+                },
+            };
+            if better {
+                best = Some((i, m));
+            }
+        }
+        best.map(|(i, _)| i)
     }
 
     fn meta(&self) -> Option<&EntryMeta> {
@@ -752,20 +764,21 @@ impl AllowSet {
     // --- lifetime state (TXT beside each trigger) ---
 
     /// The lifetime state of exactly `prefix`, when the zone holds one of
-    /// ours: with several, the manual one, else the newest `seen`.
+    /// ours: with several, the manual one, else the newest `seen`, then the
+    /// larger `first`, then the larger record bytes (whatever their order).
     pub fn meta(&self, prefix: &Prefix) -> Option<&EntryMeta> {
         self.meta.get(prefix)?.meta()
     }
 
     /// Every TXT record at `prefix`'s owner (ours and foreign), in the
     /// order read: the RRset an edit's prerequisite names.
-    pub fn txt(&self, prefix: &Prefix) -> Vec<Vec<String>> {
+    pub fn txt(&self, prefix: &Prefix) -> Vec<TxtData> {
         self.meta.get(prefix).map(|o| o.0.iter().map(TxtRecord::strings).collect()).unwrap_or_default()
     }
 
     /// Our TXT records at `prefix`'s owner (every one that decodes), as
     /// written: what an edit replacing the lifetime state deletes.
-    pub fn our_txt(&self, prefix: &Prefix) -> Vec<Vec<String>> {
+    pub fn our_txt(&self, prefix: &Prefix) -> Vec<TxtData> {
         self.meta
             .get(prefix)
             .map(|o| o.0.iter().filter(|r| r.meta().is_some()).map(TxtRecord::strings).collect())
@@ -779,7 +792,7 @@ impl AllowSet {
     pub fn set_meta(&mut self, prefix: Prefix, meta: EntryMeta) {
         let o = self.meta.entry(prefix).or_default();
         o.0.retain(|r| r.meta().is_none());
-        o.0.push(match meta.encode() {
+        o.0.push(match meta.encode_txt() {
             Ok(_) => TxtRecord::Ours(meta),
             Err(_) => TxtRecord::Raw(Vec::new(), Some(meta)),
         });
@@ -788,7 +801,7 @@ impl AllowSet {
     /// Adds one TXT record read from the zone at `prefix`'s owner, with
     /// its lifetime state when it is ours. The same record twice is kept
     /// once (an RRset holds no duplicates).
-    pub fn add_txt(&mut self, prefix: Prefix, strings: Vec<String>, meta: Option<EntryMeta>) {
+    pub fn add_txt(&mut self, prefix: Prefix, strings: TxtData, meta: Option<EntryMeta>) {
         let o = self.meta.entry(prefix).or_default();
         if o.0.iter().any(|r| r.is(&strings)) {
             return;
@@ -798,7 +811,7 @@ impl AllowSet {
 
     /// Removes exactly the TXT record `strings` at `prefix`'s owner
     /// (an IXFR deletion): other records, and a newer one, stay.
-    pub fn remove_txt(&mut self, prefix: &Prefix, strings: &[String]) {
+    pub fn remove_txt(&mut self, prefix: &Prefix, strings: &[Vec<u8>]) {
         let Some(o) = self.meta.get_mut(prefix) else { return };
         o.0.retain(|r| !r.is(strings));
         if o.0.is_empty() {
@@ -820,8 +833,8 @@ impl AllowSet {
     }
 
     /// Every owner's whole TXT RRset, in prefix order, each record as its
-    /// character-strings (snapshots keep them).
-    pub fn txt_rrsets(&self) -> impl Iterator<Item = (&Prefix, impl Iterator<Item = Vec<String>>)> {
+    /// character-strings (snapshots and zone files keep them).
+    pub fn txt_rrsets(&self) -> impl Iterator<Item = (&Prefix, impl Iterator<Item = TxtData>)> {
         self.meta.iter().map(|(p, o)| (p, o.0.iter().map(TxtRecord::strings)))
     }
 
@@ -1052,8 +1065,8 @@ mod tests {
         use crate::rpz::meta::EntryMeta;
         let q = p("192.0.2.9");
         let (old, new) = (EntryMeta::learned(1, 60, None), EntryMeta::learned(2, 60, None));
-        let foreign = vec!["x".to_owned()];
-        let rec = |m: &EntryMeta| (m.encode().expect("txt"), Some(m.clone()));
+        let foreign = vec![b"x".to_vec()];
+        let rec = |m: &EntryMeta| (m.encode_txt().expect("txt"), Some(m.clone()));
         let mut a = AllowSet::new();
         let mut b = AllowSet::new();
         for r in [rec(&old), (foreign.clone(), None), rec(&new)] {
@@ -1065,15 +1078,15 @@ mod tests {
         assert_eq!(a, b, "order and duplicates do not matter");
         assert_eq!((a.meta(&q), a.txt(&q).len(), a.our_txt(&q).len()), (Some(&new), 3, 2));
         let manual = EntryMeta::manual(0, None, None);
-        a.add_txt(q, manual.encode().expect("txt"), Some(manual.clone()));
+        a.add_txt(q, manual.encode_txt().expect("txt"), Some(manual.clone()));
         assert_eq!(a.meta(&q), Some(&manual), "an operator's record counts first");
         a.set_meta(q, old.clone());
         assert_eq!(
             a.txt(&q),
-            vec![foreign.clone(), old.encode().expect("txt")],
+            vec![foreign.clone(), old.encode_txt().expect("txt")],
             "ours replaced, foreign kept"
         );
-        a.remove_txt(&q, &old.encode().expect("txt"));
+        a.remove_txt(&q, &old.encode_txt().expect("txt"));
         assert_eq!((a.meta(&q), a.txt(&q)), (None, vec![foreign.clone()]));
         a.remove_txt(&q, &foreign);
         assert_eq!(a, AllowSet::new());
@@ -1087,7 +1100,7 @@ mod tests {
         use crate::rpz::meta::EntryMeta;
         let q = p("192.0.2.10");
         let m = EntryMeta::learned(5, 60, None);
-        let mut spelled = m.encode().expect("txt");
+        let mut spelled = m.encode_txt().expect("txt");
         let canonical = spelled.clone();
         spelled[1..].reverse();
         assert_ne!(spelled, canonical);
@@ -1100,5 +1113,45 @@ mod tests {
         assert_eq!(a.txt(&q), vec![spelled.clone(), canonical.clone()], "two records, each as read");
         a.remove_txt(&q, &spelled);
         assert_eq!(a.txt(&q), vec![canonical]);
+    }
+
+    /// Two of our records that tie on source and `seen`: the larger
+    /// `first` counts, and on a full tie the larger record bytes, in
+    /// whichever order the records were read (issue 11: it depended on it).
+    #[test]
+    fn ties_between_our_records_do_not_depend_on_order() {
+        use crate::rpz::meta::{EntryMeta, Evidence};
+        let q = p("192.0.2.11");
+        let pick = |recs: &[&EntryMeta]| {
+            let mut a = AllowSet::new();
+            for m in recs {
+                a.add_txt(q, m.encode_txt().expect("txt"), Some((*m).clone()));
+            }
+            a.meta(&q).cloned()
+        };
+        let mut early = EntryMeta::learned(100, 60, None);
+        early.seen = Some(500);
+        let mut late = EntryMeta::learned(200, 60, None);
+        late.seen = Some(500);
+        assert_eq!(pick(&[&early, &late]), Some(late.clone()), "same seen: the larger first");
+        assert_eq!(pick(&[&late, &early]), Some(late.clone()), "in either order");
+        // Same source, seen and first: only the evidence differs.
+        let ev = |qname: &str| Evidence {
+            server: "192.0.2.1".parse().expect("ip"),
+            qname: qname.into(),
+            qtype: "A".into(),
+        };
+        let (mut x, mut y) = (late.clone(), late.clone());
+        x.evidence = Some(ev("a.example."));
+        y.evidence = Some(ev("b.example."));
+        assert!(y.encode_txt().expect("y") > x.encode_txt().expect("x"));
+        assert_eq!(pick(&[&x, &y]), Some(y.clone()), "full tie: the larger record bytes");
+        assert_eq!(pick(&[&y, &x]), Some(y.clone()), "in either order");
+        // Manual still beats a newer learned one, and seen beats first.
+        let manual = EntryMeta::manual(1, None, None);
+        assert_eq!(pick(&[&manual, &y]), Some(manual.clone()));
+        let mut newer = early.clone();
+        newer.seen = Some(501);
+        assert_eq!(pick(&[&late, &newer]), Some(newer));
     }
 }

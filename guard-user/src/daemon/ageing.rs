@@ -176,7 +176,7 @@ fn stamp(set: &AllowSet, prefix: Prefix, now: u64) -> Option<OwnerEdit> {
     Some(OwnerEdit {
         prefix,
         prereqs: vec![Prereq::txt_is(set.txt(&prefix))],
-        changes: vec![Change::AddTxt(m.encode().ok()?)],
+        changes: vec![Change::AddTxt(m.encode_txt().ok()?)],
     })
 }
 
@@ -387,7 +387,7 @@ mod tests {
         set.add(p("198.51.100.25"), Classes::SMTP);
         set.set_meta(p("198.51.100.25"), m.clone());
         let e = removal(&set, p("198.51.100.25")).expect("edit");
-        assert_eq!(e.prereqs, vec![Prereq::TxtIs(vec![m.encode().expect("txt")])]);
+        assert_eq!(e.prereqs, vec![Prereq::TxtIs(vec![m.encode_txt().expect("txt")])]);
         let msg = e.message("rpz.example.com").expect("message");
         assert_eq!(msg.answers().len(), 1, "the prerequisite");
         assert_eq!(msg.name_servers().len(), 2, "the A RRset and our TXT deleted");
@@ -401,12 +401,12 @@ mod tests {
         let q = p("198.51.100.26");
         let old = EntryMeta::learned(10, 60, None);
         let newer = EntryMeta::learned(500, 60, None);
-        let foreign = vec!["v=spf1 -all".to_owned()];
+        let foreign = vec![b"v=spf1 -all".to_vec()];
         let mut set = AllowSet::new();
         set.add(q, Classes::DNS);
-        set.add_txt(q, old.encode().expect("txt"), Some(old.clone()));
+        set.add_txt(q, old.encode_txt().expect("txt"), Some(old.clone()));
         set.add_txt(q, foreign.clone(), None);
-        set.add_txt(q, newer.encode().expect("txt"), Some(newer.clone()));
+        set.add_txt(q, newer.encode_txt().expect("txt"), Some(newer.clone()));
         assert_eq!(set.meta(&q), Some(&newer), "the newest seen wins");
         // Due at 600 (seen 500 + max age 100), not at 110.
         assert!(plan(&cfg(), &set, 550, 1000, None).expire.is_empty());
@@ -416,17 +416,17 @@ mod tests {
         assert_eq!(
             e.prereqs,
             vec![Prereq::TxtIs(vec![
-                old.encode().expect("txt"),
+                old.encode_txt().expect("txt"),
                 foreign.clone(),
-                newer.encode().expect("txt")
+                newer.encode_txt().expect("txt")
             ])]
         );
         assert_eq!(
             e.changes,
             vec![
                 Change::DeleteRrset(RecordType::A),
-                Change::DeleteTxt(old.encode().expect("txt")),
-                Change::DeleteTxt(newer.encode().expect("txt")),
+                Change::DeleteTxt(old.encode_txt().expect("txt")),
+                Change::DeleteTxt(newer.encode_txt().expect("txt")),
             ],
             "the foreign TXT stays"
         );

@@ -108,7 +108,7 @@ fn txt_swap(changes: &mut Vec<Change>, set: &AllowSet, p: &Prefix, new: &EntryMe
     for strings in set.our_txt(p) {
         changes.push(Change::DeleteTxt(strings));
     }
-    if let Ok(strings) = new.encode() {
+    if let Ok(strings) = new.encode_txt() {
         changes.push(Change::AddTxt(strings));
     }
 }
@@ -608,7 +608,7 @@ mod tests {
         let p = Prefix::host(ip);
         let a = EntryMeta::learned(400, 60, None);
         let b = EntryMeta::learned(900, 60, None);
-        let (ta, tb) = (a.encode().expect("a"), b.encode().expect("b"));
+        let (ta, tb) = (a.encode_txt().expect("a"), b.encode_txt().expect("b"));
         let mut set = AllowSet::new();
         set.add(p, Classes::SMTP);
         set.add_txt(p, tb.clone(), Some(b.clone()));
@@ -636,7 +636,7 @@ mod tests {
         let theirs = EntryMeta::learned(950, 60, None);
         let fresh = crate::rpz::edit::OwnerRecords {
             classes: Classes::SMTP,
-            txt: vec![theirs.encode().expect("txt")],
+            txt: vec![theirs.encode_txt().expect("txt")],
             ..Default::default()
         };
         // The other learner added the entry: nothing to add any more.

@@ -22,7 +22,7 @@ use crate::{
     rpz::{
         edit::{self, Change, OwnerEdit, OwnerRecords, Prereq},
         encode_owner,
-        meta::{EntryMeta, MetaError, Source},
+        meta::{EntryMeta, MetaError, Source, TxtData},
         transfer::{self, SyncError},
     },
 };
@@ -225,7 +225,7 @@ async fn plan(req: &Request, have: &OwnerRecords, target: &Target, now: u64) -> 
             }
             // Our TXT (also one this version cannot read) is replaced;
             // somebody else's stays.
-            let ours: Vec<&Vec<String>> = have
+            let ours: Vec<&TxtData> = have
                 .txt
                 .iter()
                 .filter(|t| !matches!(EntryMeta::decode(t), Err(MetaError::NotOurs)))
@@ -238,8 +238,9 @@ async fn plan(req: &Request, have: &OwnerRecords, target: &Target, now: u64) -> 
                 .unwrap_or_else(|| EntryMeta::manual(now, None, None));
             meta.expires = *expires;
             meta.note = note.clone();
-            let txt =
-                meta.encode().map_err(|e| OpsError::Usage(format!("cannot write the entry's TXT: {e}")))?;
+            let txt = meta
+                .encode_txt()
+                .map_err(|e| OpsError::Usage(format!("cannot write the entry's TXT: {e}")))?;
             let mut changes: Vec<Change> = ours.iter().map(|t| Change::DeleteTxt((*t).clone())).collect();
             changes.push(Change::AddClasses(*classes));
             changes.push(Change::AddTxt(txt));

@@ -17,7 +17,7 @@ use hickory_proto::{
     },
 };
 
-use super::meta::EntryMeta;
+use super::meta::{EntryMeta, TxtData};
 use super::{
     RECORD_TTL, encode_owner,
     transfer::{Ctx, SyncError},
@@ -33,8 +33,9 @@ pub struct OwnerRecords {
     pub classes: Classes,
     /// `A` records that are neither (not ours; kept, reported).
     pub other_a: Vec<Ipv4Addr>,
-    /// Each TXT record, as its character-strings (lossy UTF-8).
-    pub txt: Vec<Vec<String>>,
+    /// Each TXT record, as its character-strings (raw bytes: a
+    /// prerequisite naming the RRset must hold exactly what the zone does).
+    pub txt: Vec<TxtData>,
     /// The CNAME target, when there is one (`.` is the RPZ NXDOMAIN action:
     /// a deny).
     pub cname: Option<String>,
@@ -79,7 +80,7 @@ impl OwnerRecords {
                 None => self.other_a.push(a.0),
             },
             RData::TXT(t) => {
-                self.txt.push(t.txt_data().iter().map(|s| String::from_utf8_lossy(s).into_owned()).collect());
+                self.txt.push(t.txt_data().iter().map(|s| s.to_vec()).collect());
             }
             RData::CNAME(c) => self.cname = Some(c.0.to_ascii()),
             _ => self.other_types.push(r.record_type().to_string()),
@@ -98,13 +99,13 @@ pub enum Prereq {
     NoRrset(RecordType),
     /// The TXT RRset is exactly these records (§2.4.2, value dependent);
     /// the server answers `NXRRSET` otherwise.
-    TxtIs(Vec<Vec<String>>),
+    TxtIs(Vec<TxtData>),
 }
 
 impl Prereq {
     /// "The TXT RRset is exactly `records`" (the whole RRset an edit read):
     /// [`Prereq::NoRrset`] when it is empty.
-    pub fn txt_is(records: Vec<Vec<String>>) -> Prereq {
+    pub fn txt_is(records: Vec<TxtData>) -> Prereq {
         if records.is_empty() { Prereq::NoRrset(RecordType::TXT) } else { Prereq::TxtIs(records) }
     }
 }
@@ -117,11 +118,11 @@ pub enum Change {
     /// Delete the RRset of this type (§2.5.2).
     DeleteRrset(RecordType),
     /// Delete this one TXT record (§2.5.4), leaving others at the owner.
-    DeleteTxt(Vec<String>),
+    DeleteTxt(TxtData),
     /// Add the `A` records that encode these classes.
     AddClasses(Classes),
     /// Add one TXT record with these character-strings.
-    AddTxt(Vec<String>),
+    AddTxt(TxtData),
     /// Add `CNAME .` (the RPZ NXDOMAIN action: a deny).
     AddDeny,
 }
@@ -155,11 +156,14 @@ impl OwnerEdit {
             r.set_dns_class(class);
             r
         };
-        let txt = |strings: &Vec<String>, ttl: u32, class: DNSClass| {
+        let txt = |strings: &TxtData, ttl: u32, class: DNSClass| {
             if strings.iter().any(|s| s.len() > 255) {
                 return Err("a TXT character-string is longer than 255 bytes".to_owned());
             }
-            let mut r = Record::from_rdata(owner.clone(), ttl, RData::TXT(TXT::new(strings.clone())));
+            // Bytes, not text: a foreign record's non-UTF-8 bytes must be
+            // named exactly, or the prerequisite never matches.
+            let rdata = TXT::from_bytes(strings.iter().map(Vec::as_slice).collect());
+            let mut r = Record::from_rdata(owner.clone(), ttl, RData::TXT(rdata));
             r.set_dns_class(class);
             Ok(r)
         };
@@ -518,8 +522,8 @@ mod tests {
     #[test]
     fn fresh_reads_keep_every_txt() {
         let q = p("203.0.113.9");
-        let old = vec!["rpz-guard=1".to_owned(), "src=learned".into(), "seen=5".into()];
-        let new = vec!["rpz-guard=1".to_owned(), "src=learned".into(), "seen=9".into()];
+        let old: TxtData = vec!["rpz-guard=1".into(), "src=learned".into(), "seen=5".into()];
+        let new: TxtData = vec!["rpz-guard=1".into(), "src=learned".into(), "seen=9".into()];
         let r = OwnerRecords {
             classes: Classes::DNS,
             txt: vec![new.clone(), vec!["v=spf1 -all".into()], old.clone()],
@@ -541,8 +545,35 @@ mod tests {
         let edit = OwnerEdit {
             prefix: p("203.0.113.9"),
             prereqs: vec![],
-            changes: vec![Change::AddTxt(vec!["x".repeat(256)])],
+            changes: vec![Change::AddTxt(vec![vec![b'x'; 256]])],
         };
         assert!(edit.message(Z).is_err());
+    }
+
+    /// A foreign TXT that is not UTF-8 is read, and named in an UPDATE,
+    /// byte for byte (issue 11: lossy UTF-8 made its prerequisite fail
+    /// for ever).
+    #[test]
+    fn txt_bytes_are_named_exactly() {
+        let raw: TxtData = vec![vec![0xff, 0xfe, b'a'], vec![0x80]];
+        let mut r = OwnerRecords::default();
+        let owner = Name::from_ascii("203.0.113.9.rpz.example.com.").expect("name");
+        r.take(&Record::from_rdata(
+            owner,
+            60,
+            RData::TXT(TXT::from_bytes(vec![&[0xff, 0xfe, b'a'], &[0x80]])),
+        ));
+        assert_eq!(r.txt, vec![raw.clone()]);
+        let edit = OwnerEdit {
+            prefix: p("203.0.113.9"),
+            prereqs: vec![Prereq::txt_is(r.view(p("203.0.113.9")).txt(&p("203.0.113.9")))],
+            changes: vec![Change::DeleteTxt(raw.clone())],
+        };
+        let msg = edit.message(Z).expect("message");
+        let back = Message::from_vec(&msg.to_vec().expect("encode")).expect("decode");
+        for rec in back.answers().iter().chain(back.name_servers()) {
+            let RData::TXT(t) = rec.data() else { panic!("TXT: {rec:?}") };
+            assert_eq!(t.txt_data().iter().map(|s| s.to_vec()).collect::<TxtData>(), raw);
+        }
     }
 }

@@ -27,9 +27,11 @@
 //! One TXT of ours per owner is the rule, but a zone may hold more (two
 //! learners raced before writers were guarded, or an operator's nsupdate):
 //! the mirror keeps every TXT record of an owner, foreign ones too
-//! ([`crate::policy::AllowSet::txt`]); the manual one counts, else the
-//! newest `seen`, and the next refresh or removal replaces or deletes them
-//! all, under a prerequisite naming the whole RRset.
+//! ([`crate::policy::AllowSet::txt`]), each as its raw bytes ([`TxtData`]);
+//! the manual one counts, else the newest `seen`, then the larger `first`,
+//! then the larger record bytes (so the choice never depends on the order
+//! the records arrived in); the next refresh or removal replaces or deletes
+//! them all, under a prerequisite naming the whole RRset.
 //!
 //! A **deny** is `CNAME .` at the trigger (the RPZ NXDOMAIN action). A
 //! CNAME owner holds no other data, so a deny has no TXT.
@@ -46,6 +48,11 @@ pub const VERSION_TAG: &str = "rpz-guard=1";
 pub const MAX_NOTE: usize = 200;
 /// Most bytes of one DNS character-string (RFC 1035 3.3).
 pub const MAX_STRING: usize = 255;
+
+/// One TXT record's character-strings as the zone holds them: raw bytes,
+/// no zone-file escapes, not necessarily UTF-8 (somebody else's record may
+/// hold any byte, and an UPDATE prerequisite naming it must hold the same).
+pub type TxtData = Vec<Vec<u8>>;
 
 /// Who made an entry.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -213,6 +220,11 @@ impl EntryMeta {
             out.push(x.clone());
         }
         Ok(out)
+    }
+
+    /// [`EntryMeta::encode`] as the record's bytes ([`TxtData`]).
+    pub fn encode_txt(&self) -> Result<TxtData, MetaError> {
+        Ok(self.encode()?.into_iter().map(String::into_bytes).collect())
     }
 
     /// Reads the character-strings of one TXT record (wire form: raw bytes,

@@ -163,10 +163,10 @@ pub(crate) enum RecordData<'a> {
 pub(crate) enum Classified {
     /// An allow entry: this prefix holds this class.
     Entry(Prefix, Classes),
-    /// A TXT record at this prefix's owner (lossy UTF-8 strings): its
+    /// A TXT record at this prefix's owner (its raw strings): its
     /// lifetime state when it is ours, else why not (foreign, unreadable).
     /// The mirror keeps every one, so that edits name the whole RRset.
-    Txt(Prefix, Vec<String>, Result<meta::EntryMeta, IgnoreReason>),
+    Txt(Prefix, meta::TxtData, Result<meta::EntryMeta, IgnoreReason>),
     /// A deny of this prefix (`CNAME .`).
     Deny(Prefix),
     /// A record at the zone apex (SOA, NS, ...): structure, not policy.
@@ -195,8 +195,8 @@ pub(crate) fn classify(owner: &str, zone: &str, data: RecordData<'_>) -> Classif
                 Err(meta::MetaError::NotOurs) => Err(IgnoreReason::ForeignTxt),
                 Err(e) => Err(IgnoreReason::BadMeta(e)),
             };
-            let text: Vec<String> = strings.iter().map(|s| String::from_utf8_lossy(s).into_owned()).collect();
-            on_owner(&|p| Classified::Txt(p, text.clone(), decoded.clone()))
+            let raw: meta::TxtData = strings.iter().map(|s| s.to_vec()).collect();
+            on_owner(&|p| Classified::Txt(p, raw.clone(), decoded.clone()))
         }
         RecordData::A(a) => match Classes::from_rpz_answer(a) {
             Some(c) => on_owner(&|p| Classified::Entry(p, c)),

@@ -4,11 +4,11 @@
 //! knew at once, and catches up by IXFR from that serial when the primary
 //! answers (what a BIND secondary does with its zone file).
 //!
-//! # File format (version 4, little endian)
+//! # File format (version 5, little endian)
 //!
 //! ```text
 //! magic     8  "RPZGSNAP"
-//! version   4  4
+//! version   4  5
 //! zone_len  2  then the zone origin (lower case, no final dot)
 //! serial    4  SOA serial of the zone copy
 //! expire    4  SOA expire in seconds (0: unknown); not in version 2
@@ -17,14 +17,19 @@
 //! entries      count × (prefix, classes 4)
 //! denies    8  then that many prefixes
 //! txts      8  then that many × (prefix, strings 1, strings × (length 1, bytes)):
-//!              every TXT record of every owner, foreign ones too (version 4;
-//!              versions 2 and 3 hold our lifetime records only)
+//!              every TXT record of every owner, foreign ones too, as the
+//!              zone holds its bytes (version 5; version 4 kept them as
+//!              lossy UTF-8; versions 2 and 3 hold our lifetime records only)
 //! crc32     4  CRC-32 (IEEE) of every byte before it
 //!
 //! prefix    =  family 1 (4|6), prefix length 1, address 4|16
 //! ```
 //!
-//! Versions 3 and 2 (no expire) are still read, version 2's expire unknown. Version 1
+//! Versions 4, 3 and 2 (no expire) are still read, version 2's expire
+//! unknown. A version-4 foreign TXT that holds U+FFFD may have lost bytes
+//! that were not UTF-8: the mirror would name it wrongly in every edit's
+//! prerequisite, and an IXFR never sends an unchanged record again, so such
+//! a file is refused (a full transfer instead). Version 1
 //! (allow entries only) is refused: it was written by a build that ignored
 //! denies and TXT, so an IXFR from its serial would never bring them back.
 //! The daemon then starts with a full transfer.
@@ -42,14 +47,18 @@ use std::{
 
 use crate::{
     policy::{AllowSet, Classes, Prefix},
-    rpz::meta::{EntryMeta, MetaError},
+    rpz::meta::{EntryMeta, MetaError, TxtData},
 };
 
 /// First bytes of a snapshot file.
 pub const MAGIC: &[u8; 8] = b"RPZGSNAP";
-/// The format version this build writes (it also reads versions 3, whose
-/// TXT section holds our records only, and 2, which has no expire field).
-pub const VERSION: u32 = 4;
+/// The format version this build writes (it also reads versions 4, whose
+/// foreign TXT strings were lossy UTF-8, 3, whose TXT section holds our
+/// records only, and 2, which has no expire field).
+pub const VERSION: u32 = 5;
+
+/// U+FFFD in UTF-8: what version 4 wrote for bytes that were not UTF-8.
+const LOSSY: &[u8] = "\u{FFFD}".as_bytes();
 
 /// A snapshot as read back.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,14 +173,14 @@ pub fn encode(zone: &str, serial: u32, expire: Option<u32>, written_ms: u64, set
     }
     // Every TXT record of every owner, ours and foreign (the RRset an
     // edit's prerequisite names after a restart).
-    let metas: Vec<(&Prefix, Vec<String>)> =
+    let metas: Vec<(&Prefix, TxtData)> =
         set.txt_rrsets().flat_map(|(p, recs)| recs.map(move |s| (p, s))).collect();
     out.extend_from_slice(&(metas.len() as u64).to_le_bytes());
     for (p, strings) in metas {
         put_prefix(&mut out, p);
         out.push(u8::try_from(strings.len()).unwrap_or(u8::MAX));
         for st in strings.iter().take(usize::from(u8::MAX)) {
-            let b = &st.as_bytes()[..st.len().min(255)];
+            let b = &st[..st.len().min(255)];
             out.push(b.len() as u8);
             out.extend_from_slice(b);
         }
@@ -294,13 +303,19 @@ pub fn decode(buf: &[u8], zone: &str) -> Result<Snapshot, SnapshotError> {
             let [len] = r.array("a lifetime string")?;
             strings.push(r.take(usize::from(len), "a lifetime string")?);
         }
-        // Version 4 keeps foreign TXT records too; ours must read.
+        // Versions 4 and 5 keep foreign TXT records too; ours must read.
         let m = match EntryMeta::decode(&strings) {
             Ok(m) => Some(m),
             Err(MetaError::NotOurs) if version >= 4 => None,
             Err(e) => return Err(SnapshotError::Entry { index: at, why: e.to_string() }),
         };
-        set.add_txt(p, strings.iter().map(|s| String::from_utf8_lossy(s).into_owned()).collect(), m);
+        if version == 4 && m.is_none() && strings.iter().any(|s| s.windows(3).any(|w| w == LOSSY)) {
+            return Err(SnapshotError::Entry {
+                index: at,
+                why: "a version-4 foreign TXT holds U+FFFD: bytes that were not UTF-8 may be lost".into(),
+            });
+        }
+        set.add_txt(p, strings.iter().map(|s| s.to_vec()).collect(), m);
     }
     let end = r.pos;
     let stored = u32::from_le_bytes(r.array("the checksum")?);
@@ -420,13 +435,42 @@ mod tests {
         // Two of our records and a foreign one at one owner: all kept.
         let q = Prefix::host("198.51.100.26".parse().expect("ip"));
         let (a, b) = (EntryMeta::learned(1, 60, None), EntryMeta::learned(2, 60, None));
-        set.add_txt(q, a.encode().expect("a"), Some(a));
+        set.add_txt(q, a.encode_txt().expect("a"), Some(a));
         set.add_txt(q, vec!["v=spf1 -all".into()], None);
-        set.add_txt(q, b.encode().expect("b"), Some(b.clone()));
+        set.add_txt(q, b.encode_txt().expect("b"), Some(b.clone()));
+        // A foreign record that is not UTF-8 keeps its bytes (issue 11).
+        set.add_txt(q, vec![vec![0xff, 0xfe], b"x".to_vec()], None);
         let s = decode(&encode(Z, 9, None, 1, &set), Z).expect("decode");
         assert_eq!(s.set, set);
         assert!(!s.set.state_differs(&set));
-        assert_eq!((s.set.txt(&q).len(), s.set.meta(&q)), (3, Some(&b)));
+        assert_eq!((s.set.txt(&q).len(), s.set.meta(&q)), (4, Some(&b)));
+        assert!(s.set.txt(&q).contains(&vec![vec![0xff, 0xfe], b"x".to_vec()]));
+    }
+
+    /// A version-4 file (same layout, foreign TXT strings lossy UTF-8) is
+    /// read, unless a foreign record holds U+FFFD: its lost bytes would
+    /// make every edit's prerequisite fail, so it is refused (full transfer).
+    #[test]
+    fn version_4_is_read_unless_a_foreign_txt_lost_bytes() {
+        let as_v4 = |set: &AllowSet| {
+            let mut b = encode(Z, 7, None, 0, set);
+            b.truncate(b.len() - 4);
+            b[8..12].copy_from_slice(&4u32.to_le_bytes());
+            let crc = crc32fast::hash(&b);
+            b.extend_from_slice(&crc.to_le_bytes());
+            b
+        };
+        let q = Prefix::host("198.51.100.26".parse().expect("ip"));
+        let mut set = sample();
+        let m = EntryMeta::learned(1, 60, None);
+        set.add_txt(q, m.encode_txt().expect("txt"), Some(m));
+        set.add_txt(q, vec!["v=spf1 -all".into()], None);
+        assert_eq!(decode(&as_v4(&set), Z).expect("version 4").set, set);
+        let lossy = String::from_utf8_lossy(&[0xff, b'x']).into_owned().into_bytes();
+        set.add_txt(q, vec![lossy], None);
+        let e = decode(&as_v4(&set), Z).expect_err("lossy foreign TXT");
+        assert!(matches!(&e, SnapshotError::Entry { why, .. } if why.contains("U+FFFD")), "{e}");
+        assert_eq!(decode(&encode(Z, 7, None, 0, &set), Z).expect("version 5").set, set);
     }
 
     #[test]
@@ -443,7 +487,7 @@ mod tests {
     fn foreign_files_are_refused_by_name() {
         let bytes = encode(Z, 7, None, 0, &sample());
         assert!(matches!(decode(&bytes, "other.zone"), Err(SnapshotError::Zone { .. })));
-        for other in [1u32, 5] {
+        for other in [1u32, 6] {
             // Version 1 lacks the denies and lifetime state: refused, so the
             // daemon transfers the whole zone instead of IXFR from it.
             let mut b = bytes.clone();

@@ -836,7 +836,7 @@ mod tests {
         assert_eq!(set.meta(&p("192.0.2.1")).and_then(|m| m.seen), Some(99));
         assert!(set.is_denied("203.0.113.9".parse().expect("ip")));
         assert_eq!(x.ignored.count, 1, "the foreign TXT");
-        let strs = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<String>>();
+        let strs = |v: &[&str]| v.iter().map(|s| s.as_bytes().to_vec()).collect::<Vec<Vec<u8>>>();
         assert_eq!(set.txt(&p("192.0.2.1")), vec![strs(&new), strs(&["v=spf1 -all"])], "the whole RRset");
         // Deleting an older TXT of the owner keeps the newer one.
         let mut y = Xfr::new(Z, Some(&set), Some(6));
@@ -863,6 +863,30 @@ mod tests {
         let set = w.delta.expect("delta");
         assert_eq!(set.meta(&p("192.0.2.1")).and_then(|m| m.seen), Some(50));
         assert_eq!(set.txt(&p("192.0.2.1")), vec![strs(&["v=spf1 -all"]), strs(&mid)]);
+    }
+
+    /// Foreign TXT records that are not UTF-8 are mirrored byte for byte:
+    /// two that lossy UTF-8 would make one stay two, and an IXFR deletion
+    /// removes exactly the one it names (issue 11).
+    #[test]
+    fn non_utf8_txt_is_mirrored_as_bytes() {
+        let raw = |b: &'static [u8]| {
+            let n = Name::from_ascii(format!("192.0.2.1.{Z}")).expect("name");
+            Record::from_rdata(n, 60, RData::TXT(TXT::from_bytes(vec![b])))
+        };
+        let current: AllowSet = [(p("192.0.2.1"), Classes::DNS)].into_iter().collect();
+        let mut x = Xfr::new(Z, Some(&current), Some(5));
+        for r in [soa(6), soa(5), soa(6), raw(&[0xff]), raw(&[0xfe]), soa(6)] {
+            x.record(&r).expect("record");
+        }
+        let set = x.delta.expect("delta");
+        assert_eq!(set.txt(&p("192.0.2.1")), vec![vec![vec![0xff]], vec![vec![0xfe]]]);
+        let mut y = Xfr::new(Z, Some(&set), Some(6));
+        for r in [soa(7), soa(6), raw(&[0xff]), soa(7), soa(7)] {
+            y.record(&r).expect("record");
+        }
+        let set = y.delta.expect("delta");
+        assert_eq!(set.txt(&p("192.0.2.1")), vec![vec![vec![0xfe]]]);
     }
 
     #[test]

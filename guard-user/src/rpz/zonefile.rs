@@ -2,8 +2,9 @@
 //!
 //! The writer produces what `named-checkzone` accepts: an SOA, an NS, then one
 //! `A 127.0.0.1` (DNS) or `A 127.0.0.25` (SMTP) record per class per entry,
-//! the entry's lifetime TXT when the set holds one, and `CNAME .` per deny,
-//! every name absolute.
+//! the owner's whole TXT RRset as the set mirrors it (our lifetime records
+//! and foreign ones, byte for byte), and `CNAME .` per deny, every name
+//! absolute: what it writes reads back as the same set.
 //!
 //! The reader understands the master-file syntax of RFC 1035 section 5.1 as
 //! BIND writes it (`named-compilezone -D`, `dig axfr`) and as people write it:
@@ -18,8 +19,11 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr},
 };
 
-use super::{Classified, Ignored, RECORD_TTL, RecordData, canonical, classify, encode_owner, meta::unescape};
-use crate::policy::AllowSet;
+use super::{
+    Classified, Ignored, RECORD_TTL, RecordData, canonical, classify, encode_owner,
+    meta::{quote, unescape},
+};
+use crate::policy::{AllowSet, Prefix};
 
 /// Writes `set` as a zone file for `origin` with SOA serial `serial`.
 /// A prefix the policy zone cannot hold ([`super::unencodable`]) is an
@@ -42,11 +46,13 @@ pub fn write_zone(set: &AllowSet, origin: &str, serial: u32, out: &mut impl Writ
         for a in classes.rpz_answers() {
             writeln!(w, "{owner} {RECORD_TTL} IN A {a}")?;
         }
-        if let Some(m) = set.meta(prefix) {
-            let txt = m
-                .to_zone_text()
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{prefix}: {e}")))?;
-            writeln!(w, "{owner} {RECORD_TTL} IN TXT {txt}")?;
+        write_txt(&mut w, set, prefix, &owner)?;
+    }
+    // TXT at owners without an allow entry (a foreign record beside
+    // nothing of ours, our record of an entry whose A went): kept too.
+    for (prefix, _) in set.txt_rrsets() {
+        if set.get(prefix).is_empty() {
+            write_txt(&mut w, set, prefix, &encode_owner(prefix, &zone))?;
         }
     }
     for prefix in set.denies() {
@@ -56,6 +62,25 @@ pub fn write_zone(set: &AllowSet, origin: &str, serial: u32, out: &mut impl Writ
         writeln!(w, "{} {RECORD_TTL} IN CNAME .", encode_owner(prefix, &zone))?;
     }
     w.flush()
+}
+
+/// Writes every TXT record the set mirrors at `prefix`'s owner, each
+/// character-string quoted from its bytes ([`quote`]).
+fn write_txt(w: &mut impl Write, set: &AllowSet, prefix: &Prefix, owner: &str) -> io::Result<()> {
+    let bad = |why: String| io::Error::new(io::ErrorKind::InvalidInput, format!("{prefix}: {why}"));
+    if let Some(m) = set.meta(prefix) {
+        // A state that cannot be written (a note too long) is an error
+        // naming why, not a TXT without strings.
+        m.to_zone_text().map_err(|e| bad(e.to_string()))?;
+    }
+    for record in set.txt(prefix) {
+        if record.is_empty() {
+            return Err(bad("a TXT record without strings".into()));
+        }
+        let text: Vec<String> = record.iter().map(|s| quote(s)).collect();
+        writeln!(w, "{owner} {RECORD_TTL} IN TXT {}", text.join(" "))?;
+    }
+    Ok(())
 }
 
 /// A zone file read back: serial, allow entries and what was ignored.
@@ -690,6 +715,38 @@ $ORIGIN rpz-ip
         let z = parse_zone(bad, Z).expect("parse");
         assert_eq!((z.set.len(), z.ignored.count), (1, 1));
         assert!(matches!(z.ignored.samples[0].reason, IgnoreReason::BadMeta(_)));
+    }
+
+    /// The writer writes each owner's whole TXT RRset as the mirror holds
+    /// it (issue 11: only the record that counted was written), so a zone
+    /// file reads back as the same mirror: two of ours, foreign records
+    /// (one not UTF-8, one with quotes), a TXT-only owner.
+    #[test]
+    fn whole_txt_rrsets_round_trip() {
+        use crate::rpz::meta::EntryMeta;
+        let q = p("198.51.100.25");
+        let mut set: AllowSet = [(q, Classes::SMTP), (p("2001:db8::53"), Classes::DNS)].into_iter().collect();
+        let (old, new) = (EntryMeta::learned(10, 60, None), EntryMeta::learned(20, 60, None));
+        set.add_txt(q, old.encode_txt().expect("old"), Some(old));
+        set.add_txt(q, new.encode_txt().expect("new"), Some(new.clone()));
+        set.add_txt(q, vec![vec![0xff, 0xfe, b'"'], b"v=spf1 -all".to_vec()], None);
+        set.add_txt(q, vec![b"say \"hi\" ; (x) \\".to_vec()], None);
+        set.set_meta(p("2001:db8::53"), EntryMeta::manual(7, None, None));
+        set.add_txt(p("192.0.2.99"), vec![b"lonely".to_vec()], None);
+        let mut out = Vec::new();
+        write_zone(&set, Z, 3, &mut out).expect("write");
+        let text = String::from_utf8(out).expect("quoted: ASCII");
+        assert!(text.contains(r#"IN TXT "\255\254\"" "v=spf1 -all""#), "{text}");
+        let back = parse_zone(&text, Z).expect("parse");
+        assert_eq!(back.set, set, "{text}");
+        assert!(!back.set.state_differs(&set));
+        assert_eq!((back.set.txt(&q).len(), back.set.meta(&q)), (4, Some(&new)));
+        assert_eq!(back.records, 2 + 1 + 4 + 1 + 1 + 1, "{text}");
+        // A state that cannot be written is still an error naming the entry.
+        let mut bad = set.clone();
+        bad.set_meta(q, EntryMeta::manual(7, None, Some("x".repeat(300))));
+        let e = write_zone(&bad, Z, 3, &mut Vec::new()).expect_err("note too long");
+        assert!(e.to_string().contains("198.51.100.25"), "{e}");
     }
 
     #[test]
