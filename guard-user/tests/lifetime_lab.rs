@@ -266,13 +266,14 @@ fn deny_beats_a_later_learn() {
 }
 
 /// Adds `ip` to the lab's RPZ as two racing learners could leave it: `A
-/// 127.0.0.25`, one lifetime TXT of ours per `seen` in `seens`, and a
-/// foreign TXT (one nsupdate UPDATE, as any other writer would).
-fn rpz_add_racing(lab: &Lab, ip: IpAddr, seens: &[u64]) {
+/// 127.0.0.25`, one lifetime TXT of ours per `seen` in `seens`, and the
+/// foreign TXT `foreign` (zone-file form; one nsupdate UPDATE, as any
+/// other writer would).
+fn rpz_add_racing(lab: &Lab, ip: IpAddr, seens: &[u64], foreign: &str) {
     let owner = guard_user::rpz::encode_owner(&guard_user::policy::Prefix::host(ip), lab.rpz_zone());
     let mut lines = vec![
         format!("update add {owner} 60 IN A 127.0.0.25"),
-        format!("update add {owner} 60 IN TXT \"v=spf1 -all\""),
+        format!("update add {owner} 60 IN TXT {foreign}"),
     ];
     for seen in seens {
         let txt = guard_user::rpz::meta::EntryMeta::learned(*seen, 1, None).to_zone_text().expect("txt");
@@ -310,8 +311,8 @@ fn two_of_our_txts_and_a_foreign_one_age_and_heal() {
     let now = unix_now();
     let stale = IpAddr::V4(LabAddrs::inet_v4_alt(16));
     let hot = IpAddr::V4(LabAddrs::inet_v4_alt(17));
-    rpz_add_racing(&lab, stale, &[now - 40, now - 30]);
-    rpz_add_racing(&lab, hot, &[now - 2, now - 1]);
+    rpz_add_racing(&lab, stale, &[now - 40, now - 30], SPF);
+    rpz_add_racing(&lab, hot, &[now - 2, now - 1], SPF);
     assert_eq!(ours(&zone_records(&lab, stale, "TXT")).len(), 2, "the race as set up");
     assert_eq!(zone_records(&lab, hot, "TXT").len(), 3, "the race as set up");
     let d = start_learning(
@@ -349,6 +350,74 @@ fn two_of_our_txts_and_a_foreign_one_age_and_heal() {
     drop(d);
     assert!(t.elapsed() < Duration::from_secs(60), "took {:?}", t.elapsed());
 }
+
+/// A foreign TXT whose strings are not UTF-8 (`\255\254`, as nsupdate and
+/// dig spell the bytes), beside a lifetime TXT of ours (issue 11): the
+/// mirror, and the fresh read after a failed UPDATE, named it as lossy
+/// UTF-8, so every prerequisite naming the owner's TXT RRset failed and the
+/// entry never aged (a conflict in every pass). Now the stale entry ages
+/// out with the foreign TXT left byte for byte, and a DNS confirmation of
+/// another such entry refreshes its TXT.
+#[test]
+fn a_foreign_txt_that_is_not_utf8_does_not_block_ageing() {
+    let t = Instant::now();
+    let lab = Lab::up(LabConfig::for_test("agebin")).unwrap_or_else(|e| panic!("lab up failed: {e}"));
+    let now = unix_now();
+    let stale = IpAddr::V4(LabAddrs::inet_v4_alt(18));
+    let hot = IpAddr::V4(LabAddrs::inet_v4_alt(19));
+    let foreign = r#""\255\254" "v=spf1 -all""#;
+    rpz_add_racing(&lab, stale, &[now - 30], foreign);
+    rpz_add_racing(&lab, hot, &[now - 2], foreign);
+    assert_eq!(
+        zone_records(&lab, stale, "TXT").iter().filter(|t| t.as_str() == foreign).count(),
+        1,
+        "the foreign TXT as set up: {:?}",
+        zone_records(&lab, stale, "TXT")
+    );
+    let d = start_learning(
+        &lab,
+        "ageing = true\nmax_age_dns_secs = 20\nmax_age_smtp_secs = 20\nidle_secs = 2\ninterval_secs = 1\nrefresh_secs = 1\n",
+    );
+    assert!(eventually(Duration::from_secs(5), || d.status().entries.0 >= 1).is_some(), "in force");
+    let aged = eventually(Duration::from_secs(15), || zone_records(&lab, stale, "A").is_empty());
+    let ageing = d.status().ageing.expect("ageing in status");
+    assert!(aged.is_some(), "an owner with a non-UTF-8 foreign TXT ages out: {ageing:?}");
+    assert_eq!(
+        zone_records(&lab, stale, "TXT"),
+        vec![foreign.to_owned()],
+        "the foreign TXT stays, byte for byte"
+    );
+    assert!(ageing.removed >= 1 && ageing.update_errors == 0, "{ageing:?}");
+    assert!(
+        eventually(Duration::from_secs(5), || d.status().entries.0 == 1).is_some(),
+        "the mirror follows: {:?}",
+        d.status().ageing
+    );
+    // The hot entry is confirmed by DNS: its TXT of ours is refreshed under
+    // a prerequisite naming the foreign record's bytes.
+    let mut conv = Conv::new();
+    teach(&lab, &mut conv, "hot.test.", hot);
+    let seen_of = |txts: &[String]| {
+        ours(txts).first().and_then(|t| {
+            t.split(' ')
+                .find_map(|s| s.trim_matches('"').strip_prefix("seen=").and_then(|v| v.parse::<u64>().ok()))
+        })
+    };
+    let refreshed = eventually(Duration::from_secs(10), || {
+        seen_of(&zone_records(&lab, hot, "TXT")).is_some_and(|s| s >= now)
+    });
+    let txts = zone_records(&lab, hot, "TXT");
+    assert!(refreshed.is_some(), "the refresh applied: {txts:?}; live {:?}", d.status().live);
+    assert!(txts.contains(&foreign.to_owned()) && txts.len() == 2, "{txts:?}");
+    assert_eq!(zone_records(&lab, hot, "A"), vec!["127.0.0.25".to_owned()], "the entry stays");
+    let ageing = d.status().ageing.expect("ageing");
+    eprintln!("ageing {ageing:?}; live {:?}", d.status().live);
+    drop(d);
+    assert!(t.elapsed() < Duration::from_secs(60), "took {:?}", t.elapsed());
+}
+
+/// The foreign TXT of [`rpz_add_racing`]'s races.
+const SPF: &str = "\"v=spf1 -all\"";
 
 /// Switches the lab's BIND between accepting and refusing UPDATEs
 /// (`allow-update { none; }`; transfers stay allowed), reloaded by SIGHUP;
