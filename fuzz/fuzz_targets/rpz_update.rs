@@ -289,7 +289,7 @@ fn take_last() -> Exchange {
 
 fn edits(removal: bool) -> Vec<OwnerEdit> {
     let prefix: Prefix = "198.51.100.7".parse().expect("prefix");
-    let txt = vec!["rpz-guard=1".to_owned(), "src=learned".to_owned()];
+    let txt: Vec<Vec<u8>> = vec![b"rpz-guard=1".to_vec(), b"src=learned".to_vec()];
     let e = if removal {
         // What ageing sends: guarded by the TXT it read.
         OwnerEdit {

@@ -172,7 +172,8 @@ async fn racing_learners_leave_one_txt() {
     let mut both = [AllowSet::new(), AllowSet::new()];
     let owner = guard_user::rpz::encode_owner(&p, ZONE);
     // A foreign TXT (somebody else's), then both learners read the zone.
-    let foreign = vec!["v=spf1 -all".to_owned()];
+    // Not UTF-8 in part: the prerequisites name it byte for byte.
+    let foreign = vec![b"v=spf1 -all".to_vec(), vec![0xff, 0xfe]];
     let add_foreign =
         edit::OwnerEdit { prefix: p, prereqs: vec![], changes: vec![edit::Change::AddTxt(foreign.clone())] };
     edit::apply(named.addr, ZONE, &named.key, &add_foreign).await.expect("foreign TXT");
