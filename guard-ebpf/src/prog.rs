@@ -744,7 +744,7 @@ fn route_origin(ctx: &XdpContext, pkt: &Pkt, smac: &[u8; 6]) -> Origin {
     let rc = unsafe { bpf_fib_lookup(ctx.ctx.cast(), &mut p, core::mem::size_of::<FibLookup>() as i32, 0) };
     let same_iface = pkt.vlan != 0 || p.ifindex == ingress;
     if rc == i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
-        if same_iface && p.dmac == *smac { Origin::Honoured } else { Origin::Spoofed }
+        if same_iface && bytewise_eq(&p.dmac, smac) { Origin::Honoured } else { Origin::Spoofed }
     } else if rc == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
         if same_iface { Origin::Unverified } else { Origin::Spoofed }
     } else if rc == i64::from(BPF_FIB_LKUP_RET_BLACKHOLE)
@@ -757,6 +757,19 @@ fn route_origin(ctx: &XdpContext, pkt: &Pkt, smac: &[u8; 6]) -> Origin {
     } else {
         Origin::Unverified
     }
+}
+
+/// `a == b` one byte at a time: `dmac` sits at a 2-aligned offset of the
+/// lookup struct on the stack, and a wider load of it would be a misaligned
+/// stack access, which the verifier refuses.
+#[inline(always)]
+fn bytewise_eq(a: &[u8; 6], b: &[u8; 6]) -> bool {
+    let mut diff = 0u8;
+    for i in 0..6 {
+        // SAFETY: reads of initialised bytes of two arrays, in bounds.
+        diff |= unsafe { core::ptr::read_volatile(&a[i]) ^ core::ptr::read_volatile(&b[i]) };
+    }
+    diff == 0
 }
 
 /// An IPv6 address as the four 32-bit words of `bpf_fib_lookup`.
