@@ -315,22 +315,8 @@ fn two_of_our_txts_and_a_foreign_one_age_and_heal() {
     rpz_add_racing(&lab, hot, &[now - 2, now - 1], SPF);
     assert_eq!(ours(&zone_records(&lab, stale, "TXT")).len(), 2, "the race as set up");
     assert_eq!(zone_records(&lab, hot, "TXT").len(), 3, "the race as set up");
-    let d = start_learning(
-        &lab,
-        "ageing = true\nmax_age_dns_secs = 20\nmax_age_smtp_secs = 20\nidle_secs = 2\ninterval_secs = 1\nrefresh_secs = 1\n",
-    );
-    assert!(eventually(Duration::from_secs(5), || d.status().entries.0 >= 1).is_some(), "in force");
     // The stale entry (newest seen 30 s ago, max age 20 s) ages out.
-    let aged = eventually(Duration::from_secs(15), || zone_records(&lab, stale, "A").is_empty());
-    let ageing = d.status().ageing.expect("ageing in status");
-    assert!(aged.is_some(), "an owner with two of our TXTs and a foreign one ages out: {ageing:?}");
-    assert_eq!(zone_records(&lab, stale, "TXT"), vec!["\"v=spf1 -all\"".to_owned()], "the foreign TXT stays");
-    assert!(ageing.removed >= 1 && ageing.update_errors == 0, "{ageing:?}");
-    assert!(
-        eventually(Duration::from_secs(5), || d.status().entries.0 == 1).is_some(),
-        "the mirror follows: {:?}",
-        d.status().ageing
-    );
+    let d = ages_out_leaving(&lab, stale, SPF);
     // The hot entry is confirmed by DNS: its two TXTs of ours become one.
     let mut conv = Conv::new();
     teach(&lab, &mut conv, "hot.test.", hot);
@@ -338,11 +324,7 @@ fn two_of_our_txts_and_a_foreign_one_age_and_heal() {
     let txts = zone_records(&lab, hot, "TXT");
     assert!(healed.is_some(), "a refresh leaves one TXT of ours: {txts:?}; live {:?}", d.status().live);
     assert!(txts.contains(&"\"v=spf1 -all\"".to_owned()) && txts.len() == 2, "{txts:?}");
-    let seen = ours(&txts)[0]
-        .split(' ')
-        .find_map(|s| s.trim_matches('"').strip_prefix("seen=").map(str::to_owned))
-        .and_then(|s| s.parse::<u64>().ok())
-        .expect("seen");
+    let seen = seen_of(&txts).expect("seen");
     assert!(seen >= now, "the refreshed seen: {txts:?}");
     assert_eq!(zone_records(&lab, hot, "A"), vec!["127.0.0.25".to_owned()], "the entry stays");
     let live = d.status().live.expect("live");
@@ -374,35 +356,11 @@ fn a_foreign_txt_that_is_not_utf8_does_not_block_ageing() {
         "the foreign TXT as set up: {:?}",
         zone_records(&lab, stale, "TXT")
     );
-    let d = start_learning(
-        &lab,
-        "ageing = true\nmax_age_dns_secs = 20\nmax_age_smtp_secs = 20\nidle_secs = 2\ninterval_secs = 1\nrefresh_secs = 1\n",
-    );
-    assert!(eventually(Duration::from_secs(5), || d.status().entries.0 >= 1).is_some(), "in force");
-    let aged = eventually(Duration::from_secs(15), || zone_records(&lab, stale, "A").is_empty());
-    let ageing = d.status().ageing.expect("ageing in status");
-    assert!(aged.is_some(), "an owner with a non-UTF-8 foreign TXT ages out: {ageing:?}");
-    assert_eq!(
-        zone_records(&lab, stale, "TXT"),
-        vec![foreign.to_owned()],
-        "the foreign TXT stays, byte for byte"
-    );
-    assert!(ageing.removed >= 1 && ageing.update_errors == 0, "{ageing:?}");
-    assert!(
-        eventually(Duration::from_secs(5), || d.status().entries.0 == 1).is_some(),
-        "the mirror follows: {:?}",
-        d.status().ageing
-    );
+    let d = ages_out_leaving(&lab, stale, foreign);
     // The hot entry is confirmed by DNS: its TXT of ours is refreshed under
     // a prerequisite naming the foreign record's bytes.
     let mut conv = Conv::new();
     teach(&lab, &mut conv, "hot.test.", hot);
-    let seen_of = |txts: &[String]| {
-        ours(txts).first().and_then(|t| {
-            t.split(' ')
-                .find_map(|s| s.trim_matches('"').strip_prefix("seen=").and_then(|v| v.parse::<u64>().ok()))
-        })
-    };
     let refreshed = eventually(Duration::from_secs(10), || {
         seen_of(&zone_records(&lab, hot, "TXT")).is_some_and(|s| s >= now)
     });
@@ -414,6 +372,40 @@ fn a_foreign_txt_that_is_not_utf8_does_not_block_ageing() {
     eprintln!("ageing {ageing:?}; live {:?}", d.status().live);
     drop(d);
     assert!(t.elapsed() < Duration::from_secs(60), "took {:?}", t.elapsed());
+}
+
+/// Starts a learner with a 20 s max age and checks that `stale` ages out of
+/// the zone leaving exactly the foreign TXT `foreign` (byte for byte), with
+/// no UPDATE error, and that the mirror follows (one entry left).
+fn ages_out_leaving(lab: &Lab, stale: IpAddr, foreign: &str) -> Daemon {
+    let d = start_learning(
+        lab,
+        "ageing = true\nmax_age_dns_secs = 20\nmax_age_smtp_secs = 20\nidle_secs = 2\ninterval_secs = 1\nrefresh_secs = 1\n",
+    );
+    assert!(eventually(Duration::from_secs(5), || d.status().entries.0 >= 1).is_some(), "in force");
+    let aged = eventually(Duration::from_secs(15), || zone_records(lab, stale, "A").is_empty());
+    let ageing = d.status().ageing.expect("ageing in status");
+    assert!(aged.is_some(), "{stale} ages out beside the foreign TXT {foreign}: {ageing:?}");
+    assert_eq!(
+        zone_records(lab, stale, "TXT"),
+        vec![foreign.to_owned()],
+        "the foreign TXT stays, byte for byte"
+    );
+    assert!(ageing.removed >= 1 && ageing.update_errors == 0, "{ageing:?}");
+    assert!(
+        eventually(Duration::from_secs(5), || d.status().entries.0 == 1).is_some(),
+        "the mirror follows: {:?}",
+        d.status().ageing
+    );
+    d
+}
+
+/// The `seen=` of the first lifetime TXT of ours among `txts`.
+fn seen_of(txts: &[String]) -> Option<u64> {
+    ours(txts).first().and_then(|t| {
+        t.split(' ')
+            .find_map(|s| s.trim_matches('"').strip_prefix("seen=").and_then(|v| v.parse::<u64>().ok()))
+    })
 }
 
 /// The foreign TXT of [`rpz_add_racing`]'s races.

@@ -5,7 +5,7 @@ use std::{net::IpAddr, process::Command};
 
 use guard_user::{
     policy::{AllowSet, Classes, Prefix},
-    rpz::zonefile::{parse_zone, write_zone},
+    rpz::zonefile::{ParsedZone, parse_zone, write_zone},
 };
 
 const ZONE: &str = "rpz.example.com";
@@ -38,25 +38,7 @@ fn named_checkzone_accepts_and_compilezone_round_trips() {
     write_zone(&set, ZONE, 2024, &mut f).expect("write");
     drop(f);
 
-    let out = Command::new("named-checkzone").arg(ZONE).arg(&path).output().expect("run named-checkzone");
-    assert!(
-        out.status.success(),
-        "named-checkzone rejected our zone:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-
-    let dumped = dir.path().join("dump.db");
-    let out = Command::new("named-compilezone")
-        .args(["-D", "-q", "-o"])
-        .arg(&dumped)
-        .arg(ZONE)
-        .arg(&path)
-        .output()
-        .expect("run named-compilezone");
-    assert!(out.status.success(), "named-compilezone failed: {}", String::from_utf8_lossy(&out.stderr));
-    let text = std::fs::read_to_string(&dumped).expect("read dump");
-    let parsed = parse_zone(&text, ZONE).expect("BIND's dump parses");
+    let (parsed, _) = bind_reads_back(dir.path(), &path);
     assert_eq!(parsed.serial, 2024);
     assert_eq!(parsed.ignored.count, 0, "{:?}", parsed.ignored.samples);
     assert_eq!(parsed.set, set);
@@ -87,24 +69,7 @@ fn whole_txt_rrsets_pass_named_checkzone_and_round_trip() {
     let mut f = std::fs::File::create(&path).expect("create");
     write_zone(&set, ZONE, 7, &mut f).expect("write");
     drop(f);
-    let out = Command::new("named-checkzone").arg(ZONE).arg(&path).output().expect("run named-checkzone");
-    assert!(
-        out.status.success(),
-        "named-checkzone rejected our zone:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dumped = dir.path().join("dump.db");
-    let out = Command::new("named-compilezone")
-        .args(["-D", "-q", "-o"])
-        .arg(&dumped)
-        .arg(ZONE)
-        .arg(&path)
-        .output()
-        .expect("run named-compilezone");
-    assert!(out.status.success(), "named-compilezone failed: {}", String::from_utf8_lossy(&out.stderr));
-    let text = std::fs::read_to_string(&dumped).expect("read dump");
-    let parsed = parse_zone(&text, ZONE).expect("BIND's dump parses");
+    let (parsed, text) = bind_reads_back(dir.path(), &path);
     assert_eq!(parsed.ignored.count, hosts.len() + 1, "the foreign TXTs: {:?}", parsed.ignored.samples);
     assert_eq!(parsed.set, set, "{text}");
     assert_eq!(parsed.set.txt(&hosts[0]).len(), 3);
@@ -122,4 +87,29 @@ fn named_checkzone_rejects_what_parse_zone_rejects() {
     assert!(!out.status.success(), "BIND accepted a bad address");
     let e = parse_zone(text, ZONE).expect_err("bad address");
     assert!(e.to_string().contains("line 4"), "{e}");
+}
+
+/// Checks the zone file at `path` with `named-checkzone`, then has BIND dump
+/// it (`named-compilezone`) into `dir` and parses the dump: what BIND made of
+/// the file, and the dump's text.
+fn bind_reads_back(dir: &std::path::Path, path: &std::path::Path) -> (ParsedZone, String) {
+    let out = Command::new("named-checkzone").arg(ZONE).arg(path).output().expect("run named-checkzone");
+    assert!(
+        out.status.success(),
+        "named-checkzone rejected our zone:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dumped = dir.join("dump.db");
+    let out = Command::new("named-compilezone")
+        .args(["-D", "-q", "-o"])
+        .arg(&dumped)
+        .arg(ZONE)
+        .arg(path)
+        .output()
+        .expect("run named-compilezone");
+    assert!(out.status.success(), "named-compilezone failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&dumped).expect("read dump");
+    let parsed = parse_zone(&text, ZONE).expect("BIND's dump parses");
+    (parsed, text)
 }
