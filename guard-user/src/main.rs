@@ -131,7 +131,8 @@ struct RunArgs {
     /// Interface to attach XDP to: the router's inside interface.
     #[arg(long)]
     iface: Option<String>,
-    /// XDP attach mode: native, generic or auto (native, else generic).
+    /// XDP attach mode: native, generic or auto (native, else generic; on a
+    /// veth generic first, which costs less there).
     #[arg(long)]
     xdp_mode: Option<AttachMode>,
     /// Only count what would be dropped; drop nothing.

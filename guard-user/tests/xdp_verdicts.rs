@@ -712,8 +712,8 @@ fn awkward_packet_table() {
 
 /// A namespace of its own with a veth pair `awa` ⇄ `awb` (no addresses,
 /// IPv6 off, so the only frames are the test's); deleted on drop.
-fn veth_ns() -> OwnedNetns {
-    let ns = OwnedNetns::create(&format!("rgawk{}", std::process::id())).expect("namespace");
+fn veth_ns(tag: &str) -> OwnedNetns {
+    let ns = OwnedNetns::create(&format!("rgaw{tag}{}", std::process::id())).expect("namespace");
     let ip = |args: &[&str]| {
         let mut a = vec!["-n", ns.name()];
         a.extend_from_slice(args);
@@ -728,33 +728,61 @@ fn veth_ns() -> OwnedNetns {
     ns
 }
 
-/// The same table through a real veth: the program attached natively to
-/// `awb`, every frame sent from `awa` through an `AF_PACKET` socket, the
-/// outcome read from the program's counters (tagged frames included: they
-/// arrive with their tags in the data).
+/// The same table through a real veth: the program attached to `awb` in
+/// native and in generic mode (`auto` picks generic on a veth), every frame
+/// sent from `awa` through an `AF_PACKET` socket, the outcome read from the
+/// program's counters (tagged frames included: they arrive with their tags
+/// in the data).
 #[test]
 fn awkward_packet_table_on_a_veth() {
-    let net = veth_ns();
-    let mut e = enforcer(Settings::default());
-    let ns = net.name().to_owned();
-    guard_tests::netns::run_in_netns(&ns, || e.attach("awb", AttachMode::Native))
-        .expect("enter namespace")
-        .expect("attach natively to the veth");
     let mut wrong = Vec::new();
-    for c in awkward::cases(&Endpoints::example()) {
-        let before = e.stats().expect("stats");
-        guard_tests::netns::send_frames(&ns, "awa", std::slice::from_ref(&c.frame)).expect("send");
-        let t0 = std::time::Instant::now();
-        while delta(&e, &before, Stat::Packets) == 0 && t0.elapsed() < Duration::from_secs(2) {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        let stat = table_stat(c.outcome);
-        let (packets, hit) = (delta(&e, &before, Stat::Packets), delta(&e, &before, stat));
-        if packets != 1 || hit != 1 {
-            wrong.push(format!("{}: {packets} packets seen, counter {} +{hit}", c.name, stat.name()));
+    for mode in [AttachMode::Native, AttachMode::Generic] {
+        let net = veth_ns("t");
+        let mut e = enforcer(Settings::default());
+        let ns = net.name().to_owned();
+        let used = guard_tests::netns::run_in_netns(&ns, || e.attach("awb", mode))
+            .expect("enter namespace")
+            .unwrap_or_else(|err| panic!("attach in {mode} mode to the veth: {err}"));
+        assert_eq!(used, mode);
+        for c in awkward::cases(&Endpoints::example()) {
+            let before = e.stats().expect("stats");
+            guard_tests::netns::send_frames(&ns, "awa", std::slice::from_ref(&c.frame)).expect("send");
+            let t0 = std::time::Instant::now();
+            while delta(&e, &before, Stat::Packets) == 0 && t0.elapsed() < Duration::from_secs(2) {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let stat = table_stat(c.outcome);
+            let (packets, hit) = (delta(&e, &before, Stat::Packets), delta(&e, &before, stat));
+            if packets != 1 || hit != 1 {
+                wrong.push(format!(
+                    "{mode} {}: {packets} packets seen, counter {} +{hit}",
+                    c.name,
+                    stat.name()
+                ));
+            }
         }
     }
     assert!(wrong.is_empty(), "XDP on the veth disagrees with the table:\n{}", wrong.join("\n"));
+}
+
+/// `auto` attaches in generic mode on a veth (cheaper there, measured in
+/// the xdp-e2e bench) and keeps native first elsewhere.
+#[test]
+fn auto_mode_is_generic_on_a_veth() {
+    let net = veth_ns("a");
+    let ns = net.name().to_owned();
+    let (veth, lo) = guard_tests::netns::run_in_netns(&ns, || {
+        (guard_user::xdp::prefers_generic("awb"), guard_user::xdp::prefers_generic("lo"))
+    })
+    .expect("enter namespace");
+    assert!(veth, "awb is a veth");
+    assert!(!lo, "lo is not");
+    assert!(!guard_user::xdp::prefers_generic("no-such-if0"), "an unknown interface keeps native first");
+    let mut e = enforcer(Settings::default());
+    let used = guard_tests::netns::run_in_netns(&ns, || e.attach("awb", AttachMode::Auto))
+        .expect("enter namespace")
+        .expect("attach");
+    assert_eq!(used, AttachMode::Generic);
 }
 
 /// Before the first allow set is in force (the zero state of the settings,
@@ -933,7 +961,7 @@ fn exempt_source_from_another_mac_is_dropped_and_reported() {
 /// route back to is spoofed by definition.
 #[test]
 fn exempt_route_check_follows_the_kernel_fib_and_neighbours() {
-    let net = veth_ns();
+    let net = veth_ns("x");
     let ns = net.name().to_owned();
     let ip = |args: &[&str]| {
         let mut a = vec!["-n", ns.as_str()];
