@@ -271,6 +271,14 @@ fn explain_golden_for_learned_manual_denied_cached_negative_and_unknown() {
     let d = start_xdp(&lab, &["--config", conf.to_str().expect("utf-8")]);
     eventually(Duration::from_secs(10), || d.status().sync.serial.is_some()).expect("the first transfer");
     // Mail to the learned entry: in use (explain says when it was last hit).
+    // The serial is in status once the transfer is read; the maps follow
+    // a moment later, and a SYN sent before would take the miss path.
+    eventually(Duration::from_secs(5), || {
+        router_view(&lab, &d, IpAddr::V4(learned))["router"]["kernel"]["host"]
+            .as_u64()
+            .is_some_and(|c| c != 0)
+    })
+    .expect("the learned entry in the kernel's host map");
     let mail = SocketAddr::new(IpAddr::V4(learned), 25);
     assert_eq!(connect(&lab, Role::Pc, mail, Duration::from_millis(800)), Conn::Open);
     let usage = &router_view(&lab, &d, IpAddr::V4(learned))["router"]["usage"];
