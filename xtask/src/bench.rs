@@ -61,9 +61,10 @@ const BENCHES: &[Bench] = &[
     },
     Bench {
         name: "xdp-e2e",
-        what: "trafgen floods through the lab router: no filter vs rpz-guard XDP vs nftables set",
+        what: "trafgen floods through the lab router: no filter vs rpz-guard XDP (native, generic) vs nftables set",
         bin: Some("xdp-e2e"),
-        limit: Duration::from_secs(420),
+        // Four filters (rpz-guard in both attach modes): about 425 s in full.
+        limit: Duration::from_secs(600),
     },
     Bench {
         name: "latency",
