@@ -39,9 +39,13 @@ impl LabDaemon {
         let internal = format!("10.{}.0.0/16", a.subnet);
         let b = bin().to_string_lossy().into_owned();
         let sock = socket.to_string_lossy().into_owned();
+        // The lab's own state directory, never the host's /var/lib/rpz-guard.
+        let state = lab.state_dir().join(format!("{tag}-state")).to_string_lossy().into_owned();
         let mut args = vec![
             b.as_str(),
             "run",
+            "--state-dir",
+            &state,
             "--iface",
             lab.router_inside_iface(),
             "--server",

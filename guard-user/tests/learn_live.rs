@@ -373,10 +373,13 @@ impl Guard {
         let socket = lab.path(&format!("{tag}.sock"));
         let events = lab.path(&format!("{tag}-events.jsonl"));
         let log = lab.path(&format!("{tag}.log"));
+        // The lab's own state directory: the host's /var/lib/rpz-guard may
+        // hold another run's snapshot, which this daemon would start from.
+        let state = lab.path(&format!("{tag}-state"));
         let mut argv: Vec<&str> = vec![BIN, "run"];
         argv.extend_from_slice(args);
         let (s, e) = (socket.to_str().expect("utf-8"), events.to_str().expect("utf-8"));
-        argv.extend(["--events", e, "--status-socket", s]);
+        argv.extend(["--events", e, "--status-socket", s, "--state-dir", state.to_str().expect("utf-8")]);
         let mut p = Proc::spawn(&format!("rpz-guard {tag}"), ns, &argv, &log);
         let g = Guard { proc_index: lab.procs.len(), socket: socket.clone(), events };
         let t = Instant::now();

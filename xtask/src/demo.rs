@@ -350,6 +350,10 @@ fn start(
     let args: Vec<String> = vec![
         bin.display().to_string(),
         "run".into(),
+        // The lab's own state directory: the demo leaves nothing in the
+        // host's /var/lib/rpz-guard.
+        "--state-dir".into(),
+        lab.state_dir().join("rpz-guard-state").display().to_string(),
         "--iface".into(),
         lab.router_inside_iface().into(),
         "--server".into(),

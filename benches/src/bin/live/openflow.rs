@@ -178,9 +178,13 @@ impl OfLab {
             (format!("127.0.0.1:{}", self.port), format!("{}:{}", a.router_in_v4, self.lab.notify_port()));
         let (sock_s, journal_s) =
             (sock.to_string_lossy().into_owned(), journal.to_string_lossy().into_owned());
+        // The lab's own state directory, never the host's /var/lib/rpz-guard.
+        let state = self.lab.state_dir().join("of-state").to_string_lossy().into_owned();
         let mut args = vec![
             bin.as_str(),
             "run",
+            "--state-dir",
+            &state,
             "--mode",
             "openflow",
             "--openflow-listen",
