@@ -194,6 +194,9 @@ impl Bench {
 struct Controller {
     name: &'static str,
     argv: Vec<String>,
+    /// rpz-guard's status socket (its own packet-in counters); Ryu has
+    /// none, its decisions are counted from its log lines.
+    status: Option<PathBuf>,
 }
 
 fn ryu(bench: &Bench) -> Controller {
@@ -212,6 +215,7 @@ fn ryu(bench: &Bench) -> Controller {
             OF_PORT.to_string(),
             app.to_string_lossy().into_owned(),
         ],
+        status: None,
     }
 }
 
@@ -253,7 +257,74 @@ fn rpz_guard(bench: &Bench) -> Option<Controller> {
             "--status-socket".into(),
             dir.join("of-guard.sock").to_string_lossy().into_owned(),
         ],
+        status: Some(dir.join("of-guard.sock")),
     })
+}
+
+/// The controller's own count of what reached it, read outside the CPU
+/// windows (reading it costs the controller a little).
+#[derive(Clone, Copy, Default)]
+struct CtlCount {
+    /// Packet-ins the controller received (Ryu: decisions it logged).
+    packet_ins: u64,
+    /// Packet-ins it shed (rate limit, queue bounds); Ryu: 0.
+    dropped: u64,
+    /// Questions to the RPZ (rpz-guard's miss path); Ryu asks once per decision.
+    lookups: u64,
+}
+
+impl CtlCount {
+    fn since(self, before: CtlCount) -> CtlCount {
+        CtlCount {
+            packet_ins: self.packet_ins.saturating_sub(before.packet_ins),
+            dropped: self.dropped.saturating_sub(before.dropped),
+            lookups: self.lookups.saturating_sub(before.lookups),
+        }
+    }
+}
+
+/// Reads the controller's counters: rpz-guard's status report, Ryu's log.
+fn ctl_count(ctl: &Controller, child: &LabChild) -> Result<CtlCount> {
+    let Some(sock) = &ctl.status else {
+        let text = child.log();
+        let n = text
+            .lines()
+            .filter(|l| l.contains(" is blocked") || l.contains(" is registered and pass"))
+            .count() as u64;
+        return Ok(CtlCount { packet_ins: n, dropped: 0, lookups: n });
+    };
+    let text =
+        sh(&[&rpz_guard_bin().to_string_lossy(), "status", "--socket", &sock.to_string_lossy(), "--json"])?;
+    let v: serde_json::Value = serde_json::from_str(&text).context("status report")?;
+    let n = |p: &str| v.pointer(p).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    Ok(CtlCount {
+        packet_ins: n("/extra/packet_ins"),
+        dropped: n("/extra/packet_ins_dropped"),
+        lookups: n("/miss/lookups"),
+    })
+}
+
+/// `perf record` of the controller over one window, when `OF_BENCH_PERF`
+/// names a directory (profiling only; perf's sampling costs the controller).
+fn perf_start(pid: u32, tag: &str) -> Option<std::process::Child> {
+    let dir = std::env::var_os("OF_BENCH_PERF")?;
+    let out = PathBuf::from(dir).join(format!("{tag}.data"));
+    Command::new("perf")
+        .args(["record", "-g", "-F", "4999", "-p", &pid.to_string(), "-o"])
+        .arg(out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()
+}
+
+fn perf_stop(p: Option<std::process::Child>) {
+    if let Some(mut c) = p {
+        // Our own child, by pid: SIGINT makes perf write its file.
+        // SAFETY: kill on a pid we spawned and have not reaped.
+        unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+        let _ = c.wait();
+    }
 }
 
 #[derive(Default)]
@@ -278,6 +349,8 @@ struct Trials {
     cpu_per_late_ms: Vec<f64>,
     /// As `cpu_per_late_ms`, without subtracting the idle CPU.
     cpu_per_late_raw_ms: Vec<f64>,
+    /// Blocked window: packet-ins the controller counted / OVS's count.
+    blocked_seen_ratio: Vec<f64>,
 }
 
 /// Idle CPU is measured over this many windows of [`IDLE_WINDOW`] before
@@ -333,7 +406,7 @@ fn measure(bench: &mut Bench, ctl: Option<&Controller>, sz: &Sizes, log: &mut Ve
     // Warm-up.
     let w = bench.fresh_registered(50)?;
     bench.connect(&w, sz.threads, Duration::from_secs(3))?;
-    for _ in 0..sz.trials {
+    for trial in 1..=sz.trials {
         // Idle: what the controller spends with no traffic (subtracted below).
         let mut idle = Vec::new();
         for _ in 0..IDLE_WINDOWS {
@@ -404,18 +477,43 @@ fn measure(bench: &mut Bench, ctl: Option<&Controller>, sz: &Sizes, log: &mut Ve
                 tr.cpu_per_late_raw_ms.push((c1 - c0) * 1e3 / n);
             }
         }
-        if ctl.is_some() {
+        if let (Some(c), Some(ch)) = (ctl, child.as_ref()) {
             let bad = bench.fresh_unregistered(sz.blocked);
+            let n0 = ctl_count(c, ch)?;
+            // Trial 1 only: the others stay unperturbed.
+            let perf = if trial == 1 { perf_start(ch.pid(), &format!("blocked-{trial}")) } else { None };
             let (p0, c0, t0) = (bench.packet_ins()?, cpu(), Instant::now());
             let r = bench.connect(&bad, sz.threads * 2, Duration::from_millis(300))?;
             std::thread::sleep(Duration::from_millis(1500));
             let (p1, c1, wall) = (bench.packet_ins()?, cpu(), t0.elapsed().as_secs_f64());
+            perf_stop(perf);
+            let n = ctl_count(c, ch)?.since(n0);
             tr.blocked_leaked.push(r.ok.len() as f64);
             let dc = net_cpu(c1 - c0, wall, idle_per_s);
-            if p1 > p0 && dc > 0.0 {
-                tr.blocked_per_cpu_s.push((p1 - p0) as f64 / dc);
-                tr.cpu_per_block_ms.push(dc * 1e3 / (p1 - p0) as f64);
-                tr.cpu_per_block_raw_ms.push((c1 - c0) * 1e3 / (p1 - p0) as f64);
+            log.push(format!(
+                "{} trial {trial}, blocked window: {wall:.1} s, OVS packet-ins {}, controller counted {} (shed {}, \
+                 RPZ questions {}), CPU {:.1} ms net ({:.1} raw, idle {:.2} ms/s)",
+                c.name,
+                p1 - p0,
+                n.packet_ins,
+                n.dropped,
+                n.lookups,
+                dc * 1e3,
+                (c1 - c0) * 1e3,
+                idle_per_s * 1e3
+            ));
+            if p1 > p0 {
+                tr.blocked_seen_ratio.push(n.packet_ins as f64 / (p1 - p0) as f64);
+            }
+            // The controller's own count where it has one: OVS credits a
+            // packet-in to the verdict flow installed meanwhile when the
+            // revalidator pushes the datapath flow's statistics, so its
+            // count falls short for a controller that answers fast.
+            let pins = if n.packet_ins > 0 { n.packet_ins } else { p1 - p0 };
+            if pins > 0 && dc > 0.0 {
+                tr.blocked_per_cpu_s.push(pins as f64 / dc);
+                tr.cpu_per_block_ms.push(dc * 1e3 / pins as f64);
+                tr.cpu_per_block_raw_ms.push((c1 - c0) * 1e3 / pins as f64);
             }
         }
     }
@@ -473,9 +571,9 @@ fn functional(bench: &mut Bench, ctl: &Controller) -> Result<String> {
 fn main() -> Result<()> {
     let opts = Opts::from_env();
     let sz = if opts.quick {
-        Sizes { conns: 300, latency: 60, blocked: 150, threads: 16, trials: 2 }
+        Sizes { conns: 300, latency: 60, blocked: 600, threads: 16, trials: 5 }
     } else {
-        Sizes { conns: 1000, latency: 200, blocked: 800, threads: 32, trials: 3 }
+        Sizes { conns: 1000, latency: 200, blocked: 1600, threads: 32, trials: 3 }
     };
     let mut bench = Bench::up()?;
     let mut notes = vec![format!(
@@ -494,7 +592,13 @@ fn main() -> Result<()> {
          periodic job that lands in one of them, such as rpz-guard's flow-statistics dump once a minute, is not \
          subtracted), and each CPU column subtracts that idle \
          rate times the window's wall time (window = connects + 1.5 s for OVS's flow statistics), for every \
-         controller alike; the raw figure, idle included, is in parentheses.",
+         controller alike; the raw figure, idle included, is in parentheses. Per blocked window the notes give \
+         OVS's packet-in count next to the controller's own (rpz-guard: its status report's packet-ins, shed \
+         ones and RPZ questions; Ryu: its 'is blocked' / 'is registered and pass' log lines), so a window where \
+         the two disagree is visible; the blocked-packet-in CPU columns divide by the controller's own count \
+         (OVS's n_packets falls short for a controller that installs its verdict flow fast: when the revalidator \
+         pushes a datapath flow's statistics it credits them to the rule the flow translates to now, the \
+         verdict flow).",
         sz.conns,
         sz.threads,
         sz.latency,
@@ -548,6 +652,7 @@ fn main() -> Result<()> {
             "blocked decisions / ctrl CPU-s".into(),
             "ctrl CPU ms / blocked pkt-in (raw)".into(),
             "idle ctrl CPU ms/s".into(),
+            "blocked pkt-ins the ctrl counted / OVS's".into(),
         ],
         rows: Vec::new(),
     };
@@ -588,6 +693,7 @@ fn main() -> Result<()> {
             opt(&t.blocked_per_cpu_s, 0),
             with_raw(&t.cpu_per_block_ms, &t.cpu_per_block_raw_ms),
             opt(&t.idle_ms_per_s, 2),
+            opt(&t.blocked_seen_ratio, 2),
         ]);
         chart_rate.bars.push(s(&t.admit_rate).bar(*name));
         chart_lat.bars.push(s(&added).bar(*name));
