@@ -1,5 +1,5 @@
 //! The send side of one switch connection, shared by its session and its
-//! decision tasks: message ids, the bounded [`SendQueue`], counters.
+//! pending decisions: message ids, the bounded [`SendQueue`], counters.
 
 use std::sync::{
     Arc,
@@ -7,7 +7,6 @@ use std::sync::{
 };
 
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 
 use super::{
     SessionEnd,
@@ -18,7 +17,7 @@ use crate::openflow::{
     codec::{Body, Message, flow_cmd},
 };
 
-/// State shared by a session and its decision tasks.
+/// State shared by a session and its pending decisions.
 pub(super) struct Conn {
     pub(super) id: u64,
     pub(super) cfg: Arc<ControllerConfig>,
@@ -27,7 +26,6 @@ pub(super) struct Conn {
     pub(super) xid: AtomicU32,
     pub(super) dpid: AtomicU64,
     pub(super) decisions: Arc<Semaphore>,
-    pub(super) stop: CancellationToken,
     /// Counters the status reads live.
     pub(super) live: Arc<SwitchLive>,
     /// The connection is TLS.

@@ -9,9 +9,12 @@ use std::{
 };
 
 use guard_common::Stat;
-use tracing::{Instrument, debug};
+use tracing::debug;
 
-use super::{conn::Conn, session::Session};
+use super::{
+    conn::Conn,
+    session::{Pending, Session},
+};
 use crate::{
     events::{DetectionEvent, Reason, now_ms, proto_name},
     frame::{self, FrameError, PacketInfo},
@@ -202,7 +205,7 @@ impl SourceBudget {
 
 impl Session {
     /// Decides one packet-in; false when the switch stopped reading.
-    pub(super) async fn packet_in(&mut self, pi: PacketIn) -> bool {
+    pub(super) async fn packet_in(&mut self, pi: PacketIn, pending: &mut Pending) -> bool {
         let conn = &self.conn;
         let counters = &conn.shared.counters;
         let board = conn.shared.board();
@@ -293,17 +296,12 @@ impl Session {
             bump(&board.packet_ins_dropped);
             return true;
         };
-        let (task_conn, stop) = (conn.clone(), conn.stop.clone());
-        tokio::spawn(
-            async move {
-                tokio::select! {
-                    () = stop.cancelled() => {}
-                    () = task_conn.decide_miss(info, pp, known, seen, in_port, pi) => {}
-                }
-                drop(permit);
-            }
-            .in_current_span(),
-        );
+        let conn = conn.clone();
+        // Dropped with the session when it ends.
+        pending.push(Box::pin(async move {
+            conn.decide_miss(info, pp, known, seen, in_port, pi).await;
+            drop(permit);
+        }));
         true
     }
 }

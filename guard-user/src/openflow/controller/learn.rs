@@ -10,7 +10,10 @@ use guard_common::Stat;
 use tokio::sync::broadcast::error::RecvError;
 use tracing::{debug, warn};
 
-use super::{SessionEnd, session::Session};
+use super::{
+    SessionEnd,
+    session::{Pending, Session},
+};
 use crate::{
     frame,
     learn::live::monotonic_ns,
@@ -33,7 +36,11 @@ impl Session {
     /// (PACKET_OUT) only after the FLOW_MODs of the entries it taught and a
     /// BARRIER_REQUEST; one shed by the limit is never released (the
     /// resolver asks again).
-    pub(super) async fn learn_packet_in(&mut self, pi: PacketIn) -> Result<(), SessionEnd> {
+    pub(super) async fn learn_packet_in(
+        &mut self,
+        pi: PacketIn,
+        pending: &mut Pending,
+    ) -> Result<(), SessionEnd> {
         let conn = self.conn.clone();
         let board = conn.shared.board();
         let counters = &conn.shared.counters;
@@ -43,7 +50,7 @@ impl Session {
         let Some(learning) = conn.shared.learning.clone() else {
             // A learning flow left by an earlier run (the resync removes
             // them): pass a held answer on as the base flows would.
-            return if held { self.release(pi).await } else { Ok(()) };
+            return if held { self.release(pi, pending).await } else { Ok(()) };
         };
         if !self.learn_bucket.take() {
             bump(&board.learn_shed);
@@ -67,7 +74,7 @@ impl Session {
                 }
                 self.barriers.push_back((xid, ts));
             }
-            self.release(pi).await?;
+            self.release(pi, pending).await?;
         }
         Ok(())
     }
@@ -76,7 +83,7 @@ impl Session {
     /// learning flow: `NORMAL`, unless it is protected traffic that the
     /// base flows check (then the packet-in decision path decides it, so
     /// nothing passes that the policy drops).
-    async fn release(&mut self, pi: PacketIn) -> Result<(), SessionEnd> {
+    async fn release(&mut self, pi: PacketIn, pending: &mut Pending) -> Result<(), SessionEnd> {
         let conn = self.conn.clone();
         let cfg = &conn.cfg;
         let checked = frame::parse(&pi.data).ok().and_then(|info| {
@@ -87,7 +94,7 @@ impl Session {
             (!exempt && !internal).then_some(())
         });
         if checked.is_some() {
-            return if self.packet_in(pi).await {
+            return if self.packet_in(pi, pending).await {
                 Ok(())
             } else {
                 Err(SessionEnd::Stalled(cfg.drain_timeout()))

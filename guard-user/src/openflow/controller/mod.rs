@@ -1,6 +1,6 @@
 //! The OpenFlow 1.3 controller: one tokio task per switch connection (with
-//! a tracing span carrying peer and datapath id), a writer task per
-//! connection, and one short task per packet-in that needs the RPZ.
+//! a tracing span carrying peer and datapath id) that also drives its
+//! packet-ins waiting for the RPZ, and a writer task per connection.
 //!
 //! Connection life: HELLO (version bitmap, 1.3 only) → FEATURES → resync
 //! (SET_CONFIG, delete every flow with our cookie tag, meter, base flows,
@@ -21,7 +21,7 @@
 //! [`decide`] answers packet-ins (local set, then the RPZ); [`learn`] feeds
 //! the learning flows' packet-ins to live learning and installs what they
 //! teach before a held answer is released; [`conn`] is the
-//! send side shared by the session and its decision tasks; [`queue`] the
+//! send side shared by the session and its pending decisions; [`queue`] the
 //! bounded byte queue and the writer task.
 
 mod conn;
@@ -277,7 +277,6 @@ async fn run_connection(
         let q = queue.clone();
         tokio::spawn(async move { q.write_loop(wr).await }.in_current_span())
     };
-    let tasks_stop = CancellationToken::new();
     let conn = Arc::new(Conn {
         id,
         cfg: cfg.clone(),
@@ -286,7 +285,6 @@ async fn run_connection(
         xid: AtomicU32::new(1),
         dpid: AtomicU64::new(0),
         decisions: Arc::new(Semaphore::new(cfg.max_pending_decisions.max(1))),
-        stop: tasks_stop.clone(),
         live: live.clone(),
         tls,
         set_gate: tokio::sync::RwLock::new(0),
@@ -334,8 +332,8 @@ async fn run_connection(
     }
     shared.board().remove_switch(id);
     shared.hits.forget(id);
-    // Stop decision tasks, let the writer flush (e.g. a final ERROR), close.
-    tasks_stop.cancel();
+    // Let the writer flush (e.g. a final ERROR), close; the session's
+    // pending decisions ended with its loop.
     queue.close();
     drop(session);
     drop(conn);

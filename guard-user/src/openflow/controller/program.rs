@@ -3,9 +3,14 @@
 
 use std::sync::{Arc, atomic::Ordering};
 
+use futures_util::StreamExt;
 use tracing::info;
 
-use super::{SessionEnd, conn::Conn, session::Session};
+use super::{
+    SessionEnd,
+    conn::Conn,
+    session::{Pending, Session},
+};
 use crate::{
     openflow::{
         bump,
@@ -101,7 +106,11 @@ impl Session {
     }
 
     /// Applies an allow-set change as a diff against what this switch has.
-    pub(super) async fn apply(&mut self, new: Arc<AllowSet>) -> Result<(), SessionEnd> {
+    pub(super) async fn apply(
+        &mut self,
+        new: Arc<AllowSet>,
+        pending: &mut Pending,
+    ) -> Result<(), SessionEnd> {
         let new = AllowSet::enforced_arc(&new);
         let mut diff = self.applied.diff(&new);
         if diff.is_empty() {
@@ -115,9 +124,19 @@ impl Session {
             l.live().merge_into_diff(&mut diff);
         }
         // Decisions in flight wait until this change is on the switch, and
-        // re-decide if they were taken on the older set.
+        // re-decide if they were taken on the older set. Those holding the
+        // gate finish first: they are polled here while we wait for it.
         let conn = self.conn.clone();
-        let mut generation = conn.set_gate.write().await;
+        let mut generation = {
+            let write = conn.set_gate.write();
+            tokio::pin!(write);
+            loop {
+                tokio::select! {
+                    g = &mut write => break g,
+                    Some(()) = pending.next(), if !pending.is_empty() => {}
+                }
+            }
+        };
         *generation += 1;
         let resolver = &self.conn.shared.resolver;
         let touched = diff.remove.iter().chain(diff.upsert.iter().map(|(p, _)| p));
@@ -176,13 +195,13 @@ impl Session {
 
     /// The first allow set is loaded: with its proactive flows in place
     /// (`apply` ran first), the deny-protected flows go.
-    pub(super) async fn leave_not_loaded(&mut self) -> Result<(), SessionEnd> {
+    pub(super) async fn leave_not_loaded(&mut self, pending: &mut Pending) -> Result<(), SessionEnd> {
         if !self.not_loaded {
             return Ok(());
         }
         let set = self.conn.shared.allow.borrow().clone();
         if !Arc::ptr_eq(&set, &self.applied) {
-            self.apply(set).await?;
+            self.apply(set, pending).await?;
         }
         self.conn.send(Body::FlowMod(flows::delete_not_loaded())).await?;
         self.conn.send(Body::BarrierRequest).await?;

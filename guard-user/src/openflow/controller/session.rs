@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures_util::{StreamExt, stream::FuturesUnordered};
 use tokio::{io::AsyncReadExt, sync::broadcast};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -25,6 +26,10 @@ use crate::{
     },
     policy::{AllowSet, Classes, Prefix},
 };
+
+/// Decisions waiting for the RPZ, driven by the session's own loop (a
+/// decision is a few short steps; a task each cost more than the steps).
+pub(super) type Pending = FuturesUnordered<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>;
 
 /// Cuts messages out of the byte stream.
 #[derive(Default)]
@@ -258,14 +263,16 @@ impl Session {
         let mut watching = true;
         // The resync used the current set; only later changes matter.
         allow.mark_unchanged();
+        // Packet-ins waiting for the RPZ: polled here, no task each.
+        let mut pending = Pending::new();
         if !Arc::ptr_eq(&allow.borrow(), &self.applied) {
             let now = allow.borrow().clone();
-            self.apply(now).await?;
+            self.apply(now, &mut pending).await?;
         }
         let mut loaded = self.conn.shared.loaded_rx();
         let mut watching_loaded = true;
         if *loaded.borrow_and_update() {
-            self.leave_not_loaded().await?;
+            self.leave_not_loaded(&mut pending).await?;
         }
         let mut stats_tick = tokio::time::interval(Duration::from_secs(1));
         let queue = self.conn.queue.clone();
@@ -282,8 +289,9 @@ impl Session {
                 }
                 r = self.next_message() => {
                     let m = r?;
-                    self.handle(m).await?;
+                    self.handle(m, &mut pending).await?;
                 }
+                Some(()) = pending.next(), if !pending.is_empty() => {}
                 _ = echo.tick() => {
                     let dead = self.conn.cfg.dead_peer();
                     if self.last_rx.elapsed() > dead {
@@ -309,20 +317,20 @@ impl Session {
                         continue;
                     }
                     let new = allow.borrow_and_update().clone();
-                    self.apply(new).await?;
+                    self.apply(new, &mut pending).await?;
                 }
                 r = loaded.changed(), if watching_loaded => {
                     // The daemon drops the sender once loaded: read it either way.
                     watching_loaded = r.is_ok();
                     if *loaded.borrow_and_update() {
-                        self.leave_not_loaded().await?;
+                        self.leave_not_loaded(&mut pending).await?;
                     }
                 }
             }
         }
     }
 
-    pub(super) async fn handle(&mut self, m: Message) -> Result<(), SessionEnd> {
+    pub(super) async fn handle(&mut self, m: Message, pending: &mut Pending) -> Result<(), SessionEnd> {
         let board = self.conn.shared.board();
         match m.body {
             Body::EchoRequest(d) => {
@@ -342,7 +350,7 @@ impl Session {
                 debug!(cookie = f.cookie, reason = f.reason, packets = f.packet_count, "flow removed");
             }
             Body::PacketIn(pi) if crate::openflow::flows::is_learn_cookie(pi.cookie) => {
-                return self.learn_packet_in(pi).await;
+                return self.learn_packet_in(pi, pending).await;
             }
             Body::BarrierReply => self.barrier_reply(m.xid),
             Body::MultipartReply(MultipartReply { body: MultipartReplyBody::Meter(ms), .. }) => {
@@ -352,7 +360,7 @@ impl Session {
                 self.hit_stats(m.xid, flags, fs);
             }
             Body::PacketIn(pi) => {
-                return if self.packet_in(pi).await {
+                return if self.packet_in(pi, pending).await {
                     Ok(())
                 } else {
                     Err(SessionEnd::Stalled(self.conn.cfg.drain_timeout()))
