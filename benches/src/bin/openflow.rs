@@ -310,7 +310,7 @@ fn perf_start(pid: u32, tag: &str) -> Option<std::process::Child> {
     let dir = std::env::var_os("OF_BENCH_PERF")?;
     let out = PathBuf::from(dir).join(format!("{tag}.data"));
     Command::new("perf")
-        .args(["record", "-g", "-F", "4999", "-p", &pid.to_string(), "-o"])
+        .args(["record", "--call-graph", "dwarf,16384", "-F", "2999", "-p", &pid.to_string(), "-o"])
         .arg(out)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
