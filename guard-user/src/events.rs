@@ -201,15 +201,25 @@ impl DetectionEvent {
     /// writes it: the native layout keeps the field order of
     /// [`DetectionEvent`], version first.
     pub fn to_line(&self, settings: EventSettings) -> String {
-        let text = match settings.format {
-            EventFormat::Native => serde_json::to_string(&NativeLine {
-                version: SCHEMA_VERSION,
-                ev: self,
-                count_only: settings.count_only,
-            }),
-            EventFormat::Ecs => serde_json::to_string(&self.to_ecs(settings.count_only)),
+        let mut out = Vec::new();
+        self.write_line(settings, &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Appends [`DetectionEvent::to_line`]'s text to `out` (nothing when it
+    /// cannot be serialised), without a string of its own.
+    pub fn write_line(&self, settings: EventSettings, out: &mut Vec<u8>) {
+        let start = out.len();
+        let r = match settings.format {
+            EventFormat::Native => serde_json::to_writer(
+                &mut *out,
+                &NativeLine { version: SCHEMA_VERSION, ev: self, count_only: settings.count_only },
+            ),
+            EventFormat::Ecs => serde_json::to_writer(&mut *out, &self.to_ecs(settings.count_only)),
         };
-        text.unwrap_or_default()
+        if r.is_err() {
+            out.truncate(start);
+        }
     }
 
     /// The ECS layout. Fields beyond ECS live under `rpz_guard`.
@@ -487,6 +497,9 @@ pub struct EventSink {
 /// least active half is dropped so a scan cannot grow memory without bound.
 const MAX_TRACKED: usize = 100_000;
 
+/// Room for a typical native event line (about 250 bytes) and its newline.
+const LINE_CAPACITY: usize = 320;
+
 /// Lines queued for the writer before further events are counted as lost.
 const QUEUE: usize = 65_536;
 
@@ -576,7 +589,9 @@ impl EventSink {
         });
         drop(agg);
         if let Some(tx) = self.tx.as_ref().filter(|_| self.writing.load(Ordering::Relaxed)) {
-            let mut line = ev.to_line(self.settings()).into_bytes();
+            // One buffer of the usual line's size, newline included.
+            let mut line = Vec::with_capacity(LINE_CAPACITY);
+            ev.write_line(self.settings(), &mut line);
             line.push(b'\n');
             if tx.try_send(Msg::Line(line)).is_err() {
                 self.write_errors.fetch_add(1, Ordering::Relaxed);

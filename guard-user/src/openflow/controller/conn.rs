@@ -30,6 +30,9 @@ pub(super) struct Conn {
     pub(super) live: Arc<SwitchLive>,
     /// The connection is TLS.
     pub(super) tls: bool,
+    /// The events' `point` (`openflow:<dpid>`), set once the datapath id
+    /// is known, so an event does not format it again.
+    pub(super) point: std::sync::OnceLock<String>,
     /// Generation of the allow set this switch has. A set change holds it
     /// for writing while it sends its flow deletions; a decision holds it
     /// for reading while it installs its verdict, so that no verdict taken

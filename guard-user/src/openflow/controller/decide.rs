@@ -28,7 +28,10 @@ use crate::{
 
 impl Conn {
     pub(super) fn point(&self) -> String {
-        format!("openflow:{:016x}", self.dpid.load(Ordering::Relaxed))
+        match self.point.get() {
+            Some(p) => p.clone(),
+            None => format!("openflow:{:016x}", self.dpid.load(Ordering::Relaxed)),
+        }
     }
 
     /// Sends the triggering packet on through the switch's normal path.

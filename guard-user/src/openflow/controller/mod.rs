@@ -288,6 +288,7 @@ async fn run_connection(
         live: live.clone(),
         tls,
         set_gate: tokio::sync::RwLock::new(0),
+        point: std::sync::OnceLock::new(),
     });
     let mut session = Session {
         conn: conn.clone(),

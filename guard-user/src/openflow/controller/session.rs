@@ -132,6 +132,7 @@ impl Session {
             return SessionEnd::DpidNotAllowed(dpid);
         }
         self.conn.dpid.store(dpid, Ordering::Relaxed);
+        let _ = self.conn.point.set(format!("openflow:{dpid:016x}"));
         self.conn.shared.board().add_switch(
             self.conn.id,
             self.conn.live.clone(),
