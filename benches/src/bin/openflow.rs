@@ -227,9 +227,9 @@ fn rpz_guard_bin() -> PathBuf {
     guard_benches_dir().join("../target/release/rpz-guard")
 }
 
-/// `rpz-guard run --mode openflow` if this build has it.
-fn rpz_guard(bench: &Bench) -> Option<Controller> {
-    let help = Command::new(rpz_guard_bin()).args(["run", "--help"]).output().ok()?;
+/// `bin run --mode openflow` if that build has it.
+fn rpz_guard(bench: &Bench, bin: &std::path::Path, name: &'static str) -> Option<Controller> {
+    let help = Command::new(bin).args(["run", "--help"]).output().ok()?;
     let text = String::from_utf8_lossy(&help.stdout);
     if !text.contains("openflow-listen") {
         return None;
@@ -237,9 +237,9 @@ fn rpz_guard(bench: &Bench) -> Option<Controller> {
     let a = bench.lab.addrs();
     let dir = bench.lab.state_dir();
     Some(Controller {
-        name: "rpz-guard openflow",
+        name,
         argv: vec![
-            rpz_guard_bin().to_string_lossy().into_owned(),
+            bin.to_string_lossy().into_owned(),
             "run".into(),
             "--mode".into(),
             "openflow".into(),
@@ -608,7 +608,11 @@ fn main() -> Result<()> {
     )];
     let ryu_ctl = ryu(&bench);
     notes.push(format!("Functional check — {}", functional(&mut bench, &ryu_ctl)?));
-    let guard = rpz_guard(&bench);
+    let guard = rpz_guard(&bench, &rpz_guard_bin(), "rpz-guard openflow");
+    // A second rpz-guard build measured in the same run (an A/B of a
+    // change: ratios between runs on this shared machine are not comparable).
+    let other = std::env::var_os("OF_BENCH_OTHER_BIN")
+        .and_then(|b| rpz_guard(&bench, std::path::Path::new(&b), "rpz-guard openflow (OF_BENCH_OTHER_BIN)"));
     let mut log = Vec::new();
     let ceiling = measure(&mut bench, None, &sz, &mut log)?;
     let ryu_t = measure(&mut bench, Some(&ryu_ctl), &sz, &mut log)?;
@@ -629,6 +633,15 @@ fn main() -> Result<()> {
              it exists."
                 .into(),
         ),
+    }
+    if let Some(o) = &other {
+        match functional(&mut bench, o).and_then(|v| {
+            notes.push(format!("Functional check — {v}"));
+            measure(&mut bench, Some(o), &sz, &mut log)
+        }) {
+            Ok(t) => rows.push((o.name, t)),
+            Err(e) => notes.push(format!("{} failed in this run: {e:#}", o.name)),
+        }
     }
     notes.extend(log);
 
