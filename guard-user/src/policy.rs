@@ -425,9 +425,70 @@ impl AllowDiff {
 /// [`AllowSet::enforced`], where denies have become entries.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AllowSet {
-    entries: BTreeMap<Prefix, Classes>,
+    entries: Entries,
     denies: BTreeSet<Prefix>,
     meta: BTreeMap<Prefix, OwnerTxt>,
+}
+
+/// The allow entries, with how many there are of each prefix length, so a
+/// lookup probes only the lengths present (a set of host entries: one
+/// probe, not 33 or 129). Reads go through `Deref`; every change goes
+/// through [`Entries::insert`] / [`Entries::remove`], which keep the counts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Entries {
+    map: BTreeMap<Prefix, Classes>,
+    /// Entries per prefix length: IPv4 (0..=32) and IPv6 (0..=128).
+    v4: [u32; 33],
+    v6: [u32; 129],
+}
+
+impl Default for Entries {
+    fn default() -> Self {
+        Entries { map: BTreeMap::new(), v4: [0; 33], v6: [0; 129] }
+    }
+}
+
+impl std::ops::Deref for Entries {
+    type Target = BTreeMap<Prefix, Classes>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl Entries {
+    fn count(&mut self, p: &Prefix) -> Option<&mut u32> {
+        let len = usize::from(p.len());
+        if p.addr().is_ipv4() { self.v4.get_mut(len) } else { self.v6.get_mut(len) }
+    }
+
+    fn insert(&mut self, p: Prefix, c: Classes) -> Option<Classes> {
+        let old = self.map.insert(p, c);
+        if old.is_none()
+            && let Some(n) = self.count(&p)
+        {
+            *n += 1;
+        }
+        old
+    }
+
+    fn remove(&mut self, p: &Prefix) -> Option<Classes> {
+        let old = self.map.remove(p);
+        if old.is_some()
+            && let Some(n) = self.count(p)
+        {
+            *n = n.saturating_sub(1);
+        }
+        old
+    }
+
+    /// The prefix lengths with entries for `ip`'s family, longest first,
+    /// below the host length.
+    fn shorter_lengths(&self, ip: IpAddr) -> impl Iterator<Item = u8> + '_ {
+        let counts: &[u32] = if ip.is_ipv4() { &self.v4 } else { &self.v6 };
+        let host = counts.len() - 1;
+        (0..host).rev().filter(move |l| counts[*l] > 0).filter_map(|l| u8::try_from(l).ok())
+    }
 }
 
 /// One TXT record of an owner as the mirror keeps it. Our lifetime record
@@ -554,23 +615,25 @@ impl AllowSet {
         if classes.is_empty() {
             return false;
         }
-        let e = self.entries.entry(prefix).or_default();
-        let before = *e;
-        *e = e.union(classes);
-        before != *e
+        let before = self.get(&prefix);
+        let after = before.union(classes);
+        if after != before {
+            self.entries.insert(prefix, after);
+        }
+        before != after
     }
 
     /// Removes `classes` from the entry for `prefix` (the entry goes when empty);
     /// returns true if the set changed.
     pub fn remove(&mut self, prefix: &Prefix, classes: Classes) -> bool {
-        let Some(e) = self.entries.get_mut(prefix) else { return false };
-        let before = *e;
-        *e = e.without(classes);
-        let changed = before != *e;
-        if e.is_empty() {
+        let Some(before) = self.entries.get(prefix).copied() else { return false };
+        let after = before.without(classes);
+        if after.is_empty() {
             self.entries.remove(prefix);
+        } else if after != before {
+            self.entries.insert(*prefix, after);
         }
-        changed
+        before != after
     }
 
     /// The classes stored for exactly `prefix`.
@@ -614,8 +677,10 @@ impl AllowSet {
     fn union_at(&self, ip: IpAddr) -> Classes {
         let host = Prefix::host(ip);
         let max = if host.addr().is_ipv4() { 32u8 } else { 128 };
-        let longest = (0..max)
-            .rev()
+        let longest = self
+            .entries
+            .shorter_lengths(host.addr())
+            .filter(|len| *len < max)
             .filter_map(|len| Prefix::new(host.addr(), len).ok())
             .find_map(|p| self.entries.get(&p).copied())
             .unwrap_or_default();
@@ -638,7 +703,7 @@ impl AllowSet {
     /// What must change to turn `self` into `target` (allow entries only).
     pub fn diff(&self, target: &AllowSet) -> AllowDiff {
         let mut d = AllowDiff::default();
-        for (p, c) in &target.entries {
+        for (p, c) in target.entries.iter() {
             if self.entries.get(p) != Some(c) {
                 d.upsert.push((*p, *c));
             }
@@ -1045,6 +1110,73 @@ mod tests {
         assert_eq!(e.clone().into_owned().from_enforced().denies().count(), 3);
         let none = AllowSet::new();
         assert!(matches!(none.enforced(), Cow::Borrowed(_)));
+    }
+
+    /// The old walk over every prefix length, as the reference.
+    fn union_by_every_length(s: &AllowSet, ip: IpAddr) -> Classes {
+        let host = Prefix::host(ip);
+        let max = if host.addr().is_ipv4() { 32u8 } else { 128 };
+        let longest = (0..max)
+            .rev()
+            .filter_map(|len| Prefix::new(host.addr(), len).ok())
+            .find_map(|p| s.entries.get(&p).copied())
+            .unwrap_or_default();
+        let c = s.get(&host).union(longest);
+        if c.is_deny() { Classes::DENY } else { c }
+    }
+
+    #[test]
+    fn probing_only_present_lengths_is_the_full_walk() {
+        let mut s: AllowSet = [
+            (p("10.0.0.0/8"), Classes::DNS),
+            (p("10.1.0.0/16"), Classes::SMTP),
+            (p("10.1.2.3"), Classes::DNS),
+            (p("0.0.0.0/0"), Classes::DNS),
+            (p("2001:db8::/32"), Classes::SMTP),
+            (p("2001:db8::25"), Classes::DNS),
+            (p("192.0.2.0/24"), Classes::DENY),
+        ]
+        .into_iter()
+        .collect();
+        let probes: Vec<IpAddr> = [
+            "10.1.2.3",
+            "10.1.9.9",
+            "10.9.9.9",
+            "11.0.0.1",
+            "192.0.2.7",
+            "2001:db8::25",
+            "2001:db8::1",
+            "2001:db9::1",
+        ]
+        .iter()
+        .map(|a| a.parse().expect("ip"))
+        .collect();
+        let check = |s: &AllowSet, when: &str| {
+            for ip in &probes {
+                assert_eq!(s.union_at(*ip), union_by_every_length(s, *ip), "{ip} {when}");
+            }
+            let (mut v4, mut v6) = ([0u32; 33], [0u32; 129]);
+            for q in s.entries.keys() {
+                let counts: &mut [u32] = if q.addr().is_ipv4() { &mut v4 } else { &mut v6 };
+                counts[usize::from(q.len())] += 1;
+            }
+            assert_eq!((s.entries.v4, s.entries.v6), (v4, v6), "counts {when}");
+        };
+        check(&s, "built");
+        assert!(s.remove(&p("10.1.0.0/16"), Classes::SMTP));
+        assert!(!s.remove(&p("10.1.0.0/16"), Classes::SMTP));
+        assert!(s.remove(&p("0.0.0.0/0"), Classes::SMTP.union(Classes::DNS)));
+        assert!(s.add(p("10.1.2.3"), Classes::SMTP));
+        check(&s, "after add/remove");
+        let target: AllowSet =
+            [(p("10.0.0.0/8"), Classes::SMTP), (p("2001:db8::/48"), Classes::DNS)].into_iter().collect();
+        s.apply(&s.diff(&target));
+        check(&s, "after apply");
+        assert_eq!(s, target, "equal sets compare equal, counts included");
+        s.deny(p("10.1.0.0/16"));
+        let e = s.enforced().into_owned();
+        check(&e, "enforced");
+        check(&e.clone().from_enforced(), "from_enforced");
     }
 
     #[test]
