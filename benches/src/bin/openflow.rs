@@ -236,6 +236,10 @@ fn rpz_guard(bench: &Bench, bin: &std::path::Path, name: &'static str) -> Option
     }
     let a = bench.lab.addrs();
     let dir = bench.lab.state_dir();
+    // No fast SOA polling after a change either: a poll seeing the late
+    // registrations would install them before their first packet-in.
+    let conf = dir.join("of-guard.toml");
+    std::fs::write(&conf, "[rpz]\npoll_fast_for_secs = 0\n").ok()?;
     Some(Controller {
         name,
         argv: vec![
@@ -254,6 +258,8 @@ fn rpz_guard(bench: &Bench, bin: &std::path::Path, name: &'static str) -> Option
             // which is what the "unknown destination" probe measures.
             "--poll-interval".into(),
             "3600".into(),
+            "--config".into(),
+            conf.to_string_lossy().into_owned(),
             "--status-socket".into(),
             dir.join("of-guard.sock").to_string_lossy().into_owned(),
         ],
