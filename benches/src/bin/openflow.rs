@@ -260,6 +260,9 @@ fn rpz_guard(bench: &Bench, bin: &std::path::Path, name: &'static str) -> Option
             "3600".into(),
             "--config".into(),
             conf.to_string_lossy().into_owned(),
+            // The lab's own state directory, never the host's /var/lib/rpz-guard.
+            "--state-dir".into(),
+            dir.join("of-guard-state").to_string_lossy().into_owned(),
             "--status-socket".into(),
             dir.join("of-guard.sock").to_string_lossy().into_owned(),
         ],
