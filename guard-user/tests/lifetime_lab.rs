@@ -128,7 +128,9 @@ fn start_learning(lab: &Lab, lifetime: &str) -> Daemon {
     let learn = learn_args(lab);
     // `--learn` last: start_xdp takes the extra arguments as flag/value pairs.
     let mut extra = vec!["--config", cfg.to_str().expect("utf8")];
-    extra.extend([&learn[1], &learn[2], &learn[3], &learn[4], &learn[0]].map(String::as_str));
+    extra.extend(
+        [&learn[1], &learn[2], &learn[3], &learn[4], &learn[5], &learn[6], &learn[0]].map(String::as_str),
+    );
     start_xdp(lab, &extra)
 }
 
