@@ -418,6 +418,49 @@ async fn echo_keepalive_and_dead_peer() {
     r.cancel.cancel();
 }
 
+/// A switch that works through a large resync slowly, in order, as OVS
+/// does on a loaded machine (nothing from it until it reaches our next
+/// message), is busy, not dead: the bulk change carries barriers, and their
+/// answers keep it heard from long past the 2 s dead-peer time.
+#[tokio::test]
+async fn a_switch_busy_with_a_large_resync_is_not_called_dead() {
+    const ENTRIES: u32 = 3000;
+    let set: AllowSet = (0..ENTRIES)
+        .map(|i| (Prefix::host(std::net::Ipv4Addr::from(0xc612_0000 + i).into()), Classes::DNS))
+        .collect();
+    let r = rig(set, |_| {}).await;
+    let mut sw = FakeSwitch::connect(r.addr, 0x51).await;
+    let t = std::time::Instant::now();
+    let (mut flows, mut barriers) = (0u32, 0u32);
+    loop {
+        let m = timeout(Duration::from_secs(10), sw.recv()).await.expect("the controller keeps sending");
+        match m.body {
+            Body::FlowMod(_) => {
+                flows += 1;
+                if flows % 10 == 0 {
+                    tokio::time::sleep(Duration::from_millis(12)).await;
+                }
+            }
+            Body::BarrierRequest => {
+                barriers += 1;
+                sw.send(Message::new(m.xid, Body::BarrierReply)).await;
+                if flows >= 2 * ENTRIES {
+                    break;
+                }
+            }
+            Body::EchoRequest(d) => sw.send(Message::new(m.xid, Body::EchoReply(d))).await,
+            _ => {}
+        }
+    }
+    assert!(t.elapsed() > Duration::from_secs(4), "the switch was busy for twice the dead-peer time");
+    assert!(barriers >= 5, "progress barriers in the bulk change: {barriers}");
+    let _ = sw.drain(Duration::from_millis(1500)).await;
+    let st = r.shared.status();
+    assert_eq!(st.switches.len(), 1, "the busy switch stays connected");
+    assert_eq!(st.resyncs, 1, "and was never cut off and resynchronised");
+    r.cancel.cancel();
+}
+
 #[tokio::test]
 async fn unknown_and_error_messages_are_counted_not_fatal() {
     let r = rig(AllowSet::new(), |_| {}).await;

@@ -127,6 +127,12 @@ impl Fixture {
         f.ovs.vsctl(&["set-controller", BRIDGE, &format!("tcp:127.0.0.1:{PORT}")]).expect("set-controller");
         f.ovs.vsctl(&["set", "controller", BRIDGE, "max_backoff=1000"]).expect("controller options");
         f.wait("good switch synchronised", Duration::from_secs(30), |f| f.synced(ENTRIES as usize * 2));
+        // Sent is not installed: OVS works through the 20 000 flows in order,
+        // slowly on a loaded machine. The attacks start once the last is in.
+        let last = format!("nw_dst={},tp_dst=53 actions=NORMAL", entry(ENTRIES - 1).addr());
+        f.wait("the last entry's flow on the good switch", Duration::from_secs(60), |f| {
+            f.ovs.dump_flows(BRIDGE).is_ok_and(|d| d.contains(&last))
+        });
         f
     }
 
@@ -409,7 +415,12 @@ fn hostile_peers_are_refused_and_the_good_switch_stays_synchronised() {
     assert_eq!(
         (now.since_ms, now.resyncs),
         (first.since_ms, first.resyncs),
-        "the good switch never reconnected"
+        "the good switch never reconnected; the daemon said:\n{}",
+        f.log()
+            .lines()
+            .filter(|l| l.contains("disconnected") || l.contains("synchronised"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert_eq!(now.peer, first.peer);
     peak = peak.max(f.rss_kib());

@@ -17,6 +17,9 @@ use crate::openflow::{
     codec::{Body, Message, flow_cmd},
 };
 
+/// Flow changes between two progress barriers in a bulk change.
+pub(super) const PROGRESS_BARRIER_EVERY: u32 = 1024;
+
 /// State shared by a session and its pending decisions.
 pub(super) struct Conn {
     pub(super) id: u64,
@@ -24,6 +27,8 @@ pub(super) struct Conn {
     pub(super) shared: ControllerShared,
     pub(super) queue: Arc<SendQueue>,
     pub(super) xid: AtomicU32,
+    /// Flow changes queued by [`Conn::send`] since its last barrier.
+    pub(super) since_barrier: AtomicU32,
     pub(super) dpid: AtomicU64,
     pub(super) decisions: Arc<Semaphore>,
     /// Counters the status reads live.
@@ -47,22 +52,43 @@ impl Conn {
 
     /// Queues a message, waiting while the queue is full (control
     /// traffic); a switch that does not drain it in time ends the session.
+    /// A bulk change (a resync, a large diff) carries a barrier every
+    /// [`PROGRESS_BARRIER_EVERY`] flow changes: a switch working through it
+    /// answers each one, and so is heard from while it is busy.
     pub(super) async fn send(&self, body: Body) -> Result<(), SessionEnd> {
         self.count(&body);
+        let progress = match body {
+            Body::FlowMod(_) => {
+                self.since_barrier.fetch_add(1, Ordering::Relaxed) + 1 >= PROGRESS_BARRIER_EVERY
+            }
+            Body::BarrierRequest => {
+                self.since_barrier.store(0, Ordering::Relaxed);
+                false
+            }
+            _ => false,
+        };
         let m = Message::new(self.next_xid(), body);
-        self.queue.send(&m).await.map_err(|e| match e {
+        self.queue.send(&m).await.map_err(|e| self.send_error(e))?;
+        if progress {
+            self.since_barrier.store(0, Ordering::Relaxed);
+            let b = Message::new(self.next_xid(), Body::BarrierRequest);
+            self.queue.send(&b).await.map_err(|e| self.send_error(e))?;
+        }
+        Ok(())
+    }
+
+    fn send_error(&self, e: QueueError) -> SessionEnd {
+        match e {
             QueueError::Closed if !self.queue.stalled() => SessionEnd::Writer,
             _ => SessionEnd::Stalled(self.cfg.drain_timeout()),
-        })
+        }
     }
 
     /// Queues a BARRIER_REQUEST (as [`Conn::send`]); returns its xid.
     pub(super) async fn send_barrier(&self) -> Result<u32, SessionEnd> {
         let xid = self.next_xid();
-        self.queue.send(&Message::new(xid, Body::BarrierRequest)).await.map_err(|e| match e {
-            QueueError::Closed if !self.queue.stalled() => SessionEnd::Writer,
-            _ => SessionEnd::Stalled(self.cfg.drain_timeout()),
-        })?;
+        self.since_barrier.store(0, Ordering::Relaxed);
+        self.queue.send(&Message::new(xid, Body::BarrierRequest)).await.map_err(|e| self.send_error(e))?;
         Ok(xid)
     }
 

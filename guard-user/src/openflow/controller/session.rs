@@ -79,7 +79,10 @@ pub(super) struct Session {
     pub(super) conn: Arc<Conn>,
     pub(super) rd: super::Reader,
     pub(super) framer: Framer,
-    pub(super) last_rx: Instant,
+    /// The silence clock: when the switch was last heard from, moved on by
+    /// the time this session spent not reading (a long diff, a full send
+    /// queue). A switch is not called dead for silence we did not listen to.
+    pub(super) heard: Instant,
     pub(super) applied: Arc<AllowSet>,
     /// Entries of `applied` left out for lack of flow budget; every other
     /// entry with ports to protect has its proactive flows installed. (Not
@@ -179,7 +182,7 @@ impl Session {
         loop {
             match self.framer.next()? {
                 Some(Frame::Msg(m)) => {
-                    self.last_rx = Instant::now();
+                    self.heard = Instant::now();
                     return Ok(m);
                 }
                 Some(Frame::Bad { err, head }) => self.bad_message(err, head).await?,
@@ -276,6 +279,8 @@ impl Session {
             self.leave_not_loaded(&mut pending).await?;
         }
         let mut stats_tick = tokio::time::interval(Duration::from_secs(1));
+        // Listening starts now: the resync and the first diff were not.
+        self.heard = Instant::now();
         let queue = self.conn.queue.clone();
         let mut learned = self.learned.take();
         loop {
@@ -290,12 +295,14 @@ impl Session {
                 }
                 r = self.next_message() => {
                     let m = r?;
+                    let deaf = Instant::now();
                     self.handle(m, &mut pending).await?;
+                    self.not_listening_since(deaf);
                 }
                 Some(()) = pending.next(), if !pending.is_empty() => {}
                 _ = echo.tick() => {
                     let dead = self.conn.cfg.dead_peer();
-                    if self.last_rx.elapsed() > dead {
+                    if self.heard.elapsed() > dead {
                         return Err(SessionEnd::Dead(dead));
                     }
                     self.conn.send(Body::EchoRequest(Vec::new())).await?;
@@ -309,7 +316,9 @@ impl Session {
                     if matches!(r, Err(broadcast::error::RecvError::Closed)) {
                         learned = None;
                     } else {
+                        let deaf = Instant::now();
                         self.learned_elsewhere(r).await?;
+                        self.not_listening_since(deaf);
                     }
                 }
                 r = allow.changed(), if watching => {
@@ -318,17 +327,28 @@ impl Session {
                         continue;
                     }
                     let new = allow.borrow_and_update().clone();
+                    let deaf = Instant::now();
                     self.apply(new, &mut pending).await?;
+                    self.not_listening_since(deaf);
                 }
                 r = loaded.changed(), if watching_loaded => {
                     // The daemon drops the sender once loaded: read it either way.
                     watching_loaded = r.is_ok();
                     if *loaded.borrow_and_update() {
+                        let deaf = Instant::now();
                         self.leave_not_loaded(&mut pending).await?;
+                        self.not_listening_since(deaf);
                     }
                 }
             }
         }
+    }
+
+    /// The session did not read from `since` until now: that time does not
+    /// count as the switch's silence.
+    fn not_listening_since(&mut self, since: Instant) {
+        let now = Instant::now();
+        self.heard = (self.heard + now.duration_since(since)).min(now);
     }
 
     pub(super) async fn handle(&mut self, m: Message, pending: &mut Pending) -> Result<(), SessionEnd> {
