@@ -562,7 +562,8 @@ pub struct Learn {
     /// counted and not learned).
     pub queue_limit: usize,
     /// Journal of the entries not yet confirmed, re-read at start so none
-    /// is lost across a restart. Empty: no journal.
+    /// is lost across a restart. Unset: `<rpz.state_dir>/live-learned.journal`
+    /// (see [`Config::learn_journal`]); empty: no journal.
     pub journal: Option<PathBuf>,
     /// OpenFlow mode: what the switch does with an answer toward a
     /// resolver. `hold`: only the controller gets it, learns from it,
@@ -727,9 +728,22 @@ impl Default for Learn {
             push_interval_ms: 100,
             push_batch: 500,
             queue_limit: 200_000,
-            journal: Some(PathBuf::from("/var/lib/rpz-guard/live-learned.journal")),
+            journal: None,
             openflow_answers: AnswerHandling::Hold,
             openflow_packet_in_rate: 10_000,
+        }
+    }
+}
+
+impl Config {
+    /// The live-learning journal in force: `learn.journal`, by default in
+    /// the state directory (so `--state-dir` moves it too); `None` when set
+    /// empty.
+    pub fn learn_journal(&self) -> Option<PathBuf> {
+        match &self.learn.journal {
+            None => Some(self.rpz.state_dir.join("live-learned.journal")),
+            Some(p) if p.as_os_str().is_empty() => None,
+            Some(p) => Some(p.clone()),
         }
     }
 }
@@ -754,6 +768,9 @@ impl Learn {
         }
         if let Some(p) = resolvers.iter().find(|p| p.is_empty()) {
             return Err(invalid("learn.resolvers", p, "a zero-length prefix would learn from everyone"));
+        }
+        if let Some(j) = cfg.learn_journal().filter(|j| !j.is_absolute()) {
+            return Err(invalid("learn.journal", j.display(), "must be an absolute path (or \"\" for none)"));
         }
         if resolvers.len() > guard_common::MAX_LPM_SMALL as usize {
             return Err(invalid(
@@ -1268,6 +1285,15 @@ mod tests {
             let e = parse(&format!("{of}{extra}")).expect_err(extra).to_string();
             assert!(e.contains(needle), "error for {extra:?} should name {needle:?}: {e}");
         }
+        // The journal follows the state directory unless named; "" keeps none.
+        let c = parse(&format!("{of}resolvers = [\"10.0.0.53\"]\n")).expect("default journal");
+        assert_eq!(c.learn_journal(), Some(PathBuf::from("/var/lib/rpz-guard/live-learned.journal")));
+        let moved = of.replace("[rpz]\n", "[rpz]\nstate_dir = \"/srv/rg\"\n");
+        let c = parse(&moved).expect("moved state dir");
+        assert_eq!(c.learn_journal(), Some(PathBuf::from("/srv/rg/live-learned.journal")));
+        assert_eq!(parse(&format!("{of}journal = \"\"\n")).expect("no journal").learn_journal(), None);
+        let e = parse(&format!("{of}journal = \"live.journal\"\n")).expect_err("relative").to_string();
+        assert!(e.contains("learn.journal") && e.contains("live.journal"), "{e}");
         let e = parse("[enforce]\niface = \"in0\"\n[rpz]\nzone_file = \"z\"\n[learn]\nenabled = true\noutside_iface = \"out0\"\n")
             .expect_err("no resolvers")
             .to_string();

@@ -128,9 +128,7 @@ fn start_learning(lab: &Lab, lifetime: &str) -> Daemon {
     let learn = learn_args(lab);
     // `--learn` last: start_xdp takes the extra arguments as flag/value pairs.
     let mut extra = vec!["--config", cfg.to_str().expect("utf8")];
-    extra.extend(
-        [&learn[1], &learn[2], &learn[3], &learn[4], &learn[5], &learn[6], &learn[0]].map(String::as_str),
-    );
+    extra.extend([&learn[1], &learn[2], &learn[3], &learn[4], &learn[0]].map(String::as_str));
     start_xdp(lab, &extra)
 }
 
@@ -214,6 +212,13 @@ fn deny_beats_a_later_learn() {
     teach(&lab, &mut conv, "deny.test.", mx);
     let pushed = eventually(Duration::from_secs(10), || rpz_view(&lab, mx)["entries"][0]["classes"] == 2);
     assert!(pushed.is_some(), "learned live and pushed: {:?}", d.status().live);
+    // The journal follows --state-dir when learn.journal is not set.
+    let journal = state_dir(&lab).join("live-learned.journal");
+    assert!(
+        eventually(Duration::from_secs(5), || journal.exists()).is_some(),
+        "{} written",
+        journal.display()
+    );
     assert_eq!(connect(&lab, Role::Pc, smtp, Duration::from_millis(800)), Conn::Open, "learned: allowed");
 
     ops_ok(&lab, &["deny", &mx.to_string()]);

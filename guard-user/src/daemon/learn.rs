@@ -180,7 +180,8 @@ fn start_pusher(
             "live-learned entries are enforced locally only (no push: learn.push off, or no rpz.server with a key)"
         );
     }
-    if let Some(dir) = l.journal.as_deref().and_then(std::path::Path::parent) {
+    let journal = cfg.learn_journal();
+    if let Some(dir) = journal.as_deref().and_then(std::path::Path::parent) {
         std::fs::create_dir_all(dir).map_err(|source| DaemonError::Io {
             what: "cannot create the directory of the live-learning journal",
             path: dir.display().to_string(),
@@ -192,7 +193,7 @@ fn start_pusher(
         interval: Duration::from_millis(l.push_interval_ms),
         batch: l.push_batch,
         timeout: Duration::from_secs(5),
-        journal: l.journal.clone(),
+        journal,
         refresh_secs: Some(cfg.lifetime.refresh()),
     };
     let (p_live, p_cancel) = (live.clone(), cancel.clone());
@@ -211,7 +212,8 @@ fn replay_journal(
     zone: &watch::Receiver<Arc<AllowSet>>,
     mut enforce: impl FnMut(std::net::IpAddr, crate::policy::Classes) -> Result<(), String>,
 ) {
-    let Some(path) = cfg.learn.journal.as_deref() else { return };
+    let Some(path) = cfg.learn_journal() else { return };
+    let path = path.as_path();
     match load_journal(path) {
         Ok((entries, bad)) => {
             let set = zone.borrow().clone();

@@ -114,8 +114,9 @@ pub const TEACHER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 /// `--learn` flags for [`start_xdp`]: the copy program on the router's
 /// outside interface, trust starting at [`TEACHER`] (a hints file in the
 /// lab's state), the resolvers being the exempt sources (the lab's BIND),
-/// the journal in the lab's state too (never the host's /var/lib/rpz-guard).
-pub fn learn_args(lab: &Lab) -> [String; 7] {
+/// the journal in the lab's state too: by default it follows `--state-dir`
+/// (never the host's /var/lib/rpz-guard).
+pub fn learn_args(lab: &Lab) -> [String; 5] {
     let hints = lab.state_dir().join("teacher.hints");
     std::fs::write(&hints, format!(". 3600000 NS teacher.test.\nteacher.test. 3600000 A {TEACHER}\n"))
         .expect("write the teacher's hints");
@@ -125,8 +126,6 @@ pub fn learn_args(lab: &Lab) -> [String; 7] {
         lab.router_outside_iface().into(),
         "--learn-root-hints".into(),
         path_str(&hints).to_owned(),
-        "--learn-journal".into(),
-        path_str(&state_dir(lab).join("live-learned.journal")).to_owned(),
     ]
 }
 
