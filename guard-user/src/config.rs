@@ -770,7 +770,15 @@ impl Learn {
             return Err(invalid("learn.resolvers", p, "a zero-length prefix would learn from everyone"));
         }
         if let Some(j) = cfg.learn_journal().filter(|j| !j.is_absolute()) {
-            return Err(invalid("learn.journal", j.display(), "must be an absolute path (or \"\" for none)"));
+            return Err(if self.journal.is_some() {
+                invalid("learn.journal", j.display(), "must be an absolute path (or \"\" for none)")
+            } else {
+                invalid(
+                    "rpz.state_dir",
+                    cfg.rpz.state_dir.display(),
+                    "must be an absolute path (live learning keeps its journal there)",
+                )
+            });
         }
         if resolvers.len() > guard_common::MAX_LPM_SMALL as usize {
             return Err(invalid(
@@ -1294,6 +1302,9 @@ mod tests {
         assert_eq!(parse(&format!("{of}journal = \"\"\n")).expect("no journal").learn_journal(), None);
         let e = parse(&format!("{of}journal = \"live.journal\"\n")).expect_err("relative").to_string();
         assert!(e.contains("learn.journal") && e.contains("live.journal"), "{e}");
+        let rel = of.replace("[rpz]\n", "[rpz]\nstate_dir = \"var\"\nsnapshot = false\n");
+        let e = parse(&rel).expect_err("relative state dir").to_string();
+        assert!(e.contains("rpz.state_dir") && !e.contains("learn.journal"), "{e}");
         let e = parse("[enforce]\niface = \"in0\"\n[rpz]\nzone_file = \"z\"\n[learn]\nenabled = true\noutside_iface = \"out0\"\n")
             .expect_err("no resolvers")
             .to_string();

@@ -235,7 +235,8 @@ struct RunArgs {
     learn_root_hints: Option<PathBuf>,
     /// Live learning: journal of entries not yet confirmed by the zone,
     /// re-read at start so none is lost across a restart (default
-    /// <state dir>/live-learned.journal; "" for none).
+    /// <state dir>/live-learned.journal; `journal = ""` in the config file
+    /// keeps none).
     #[arg(long, value_name = "PATH")]
     learn_journal: Option<PathBuf>,
     /// Live learning: enforce new entries locally only, never UPDATE the primary.
