@@ -133,6 +133,7 @@ impl Fixture {
         f.wait("the last entry's flow on the good switch", Duration::from_secs(60), |f| {
             f.ovs.dump_flows(BRIDGE).is_ok_and(|d| d.contains(&last))
         });
+        assert_eq!(f.good().resyncs, 1, "the good switch was cut off while it installed the set");
         f
     }
 

@@ -296,6 +296,7 @@ async fn run_connection(
         rd,
         framer: Framer::default(),
         heard: Instant::now(),
+        last_rx: Instant::now(),
         applied: Arc::new(AllowSet::new()),
         skipped: HashSet::new(),
         proactive_flows: 0,

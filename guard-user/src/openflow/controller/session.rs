@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures_util::{StreamExt, stream::FuturesUnordered};
+use futures_util::{FutureExt, StreamExt, stream::FuturesUnordered};
 use tokio::{io::AsyncReadExt, sync::broadcast};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -83,6 +83,8 @@ pub(super) struct Session {
     /// the time this session spent not reading (a long diff, a full send
     /// queue). A switch is not called dead for silence we did not listen to.
     pub(super) heard: Instant,
+    /// When the switch's last message was read.
+    pub(super) last_rx: Instant,
     pub(super) applied: Arc<AllowSet>,
     /// Entries of `applied` left out for lack of flow budget; every other
     /// entry with ports to protect has its proactive flows installed. (Not
@@ -183,6 +185,7 @@ impl Session {
             match self.framer.next()? {
                 Some(Frame::Msg(m)) => {
                     self.heard = Instant::now();
+                    self.last_rx = self.heard;
                     return Ok(m);
                 }
                 Some(Frame::Bad { err, head }) => self.bad_message(err, head).await?,
@@ -301,11 +304,14 @@ impl Session {
                 }
                 Some(()) = pending.next(), if !pending.is_empty() => {}
                 _ = echo.tick() => {
-                    let dead = self.conn.cfg.dead_peer();
-                    if self.heard.elapsed() > dead {
-                        return Err(SessionEnd::Dead(dead));
+                    if let Some(m) = self.unless_dead()? {
+                        let deaf = Instant::now();
+                        self.handle(m, &mut pending).await?;
+                        self.not_listening_since(deaf);
+                        continue;
                     }
-                    self.conn.send(Body::EchoRequest(Vec::new())).await?;
+                    // Never waits: a full queue already keeps the switch busy.
+                    self.conn.try_send_reply(self.conn.next_xid(), Body::EchoRequest(Vec::new()));
                 }
                 _ = stats_tick.tick() => {
                     self.publish();
@@ -341,6 +347,23 @@ impl Session {
                     }
                 }
             }
+        }
+    }
+
+    /// The dead-peer check. The switch is dead when it was silent for
+    /// `dead_peer` while we listened, or sent nothing at all for `dead_peer`
+    /// plus the drain timeout (a busy switch answers the progress barriers
+    /// well within that; a peer that only reads does not), and no message
+    /// waits unread: one that does is returned, to be handled.
+    fn unless_dead(&mut self) -> Result<Option<Message>, SessionEnd> {
+        let dead = self.conn.cfg.dead_peer();
+        if self.heard.elapsed() <= dead && self.last_rx.elapsed() <= dead + self.conn.cfg.drain_timeout() {
+            return Ok(None);
+        }
+        // Unconstrained: a spent task budget must not hide a ready socket.
+        match tokio::task::unconstrained(self.next_message()).now_or_never() {
+            Some(m) => m.map(Some),
+            None => Err(SessionEnd::Dead(dead)),
         }
     }
 
