@@ -133,7 +133,6 @@ impl Fixture {
         f.wait("the last entry's flow on the good switch", Duration::from_secs(60), |f| {
             f.ovs.dump_flows(BRIDGE).is_ok_and(|d| d.contains(&last))
         });
-        assert_eq!(f.good().resyncs, 1, "the good switch was cut off while it installed the set");
         f
     }
 
@@ -329,6 +328,9 @@ fn hostile_peers_are_refused_and_the_good_switch_stays_synchronised() {
         ),
     );
     let first = f.good();
+    // (The stalled-readers test's 4 s drain timeout may cut a slow OVS off
+    // here, by its configuration; this one's 15 s must not.)
+    assert_eq!(first.resyncs, 1, "the good switch was cut off while it installed the set");
     let baseline = f.rss_kib();
     eprintln!("synchronised: {} flows, daemon RSS {} KiB", first.proactive_flows, baseline);
     // Generous: the daemon holds 10k entries; hostile peers must not add much.
