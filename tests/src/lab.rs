@@ -417,7 +417,11 @@ impl Lab {
             let dir = self.state_dir.join(sub);
             fs::create_dir_all(&dir).map_err(|e| LabError::io(format!("create {}", dir.display()), e))?;
         }
-        let info = format!("subnet={}\nbind={}\n", self.addrs.subnet, config.bind);
+        // The owner (this process, by pid and start time) lets a parent that
+        // had to kill it find and remove what it left: `Lab::owned_by`.
+        let me = std::process::id();
+        let start = process::start_time(me).unwrap_or(0);
+        let info = format!("subnet={}\nbind={}\nowner={me} {start}\n", self.addrs.subnet, config.bind);
         let info_path = self.state_dir.join("lab.conf");
         fs::write(&info_path, info).map_err(|e| LabError::io(format!("write {}", info_path.display()), e))?;
         for role in Role::ALL {
@@ -964,6 +968,24 @@ impl Lab {
         Ok(report)
     }
 
+    /// The labs whose state directory records process `pid` started at
+    /// `start` (clock ticks, [`process::start_time`]) as their owner. A
+    /// parent that ended a child the hard way (a benchmark killed at its
+    /// time limit: no destructor ran) removes what it left with these and
+    /// [`Lab::down_prefix`]. Pid and start time together never name a later
+    /// process that reused the pid.
+    pub fn owned_by(pid: u32, start: u64) -> Vec<String> {
+        let Ok(dir) = fs::read_dir(STATE_ROOT) else { return Vec::new() };
+        let wanted = format!("{pid} {start}");
+        let mut found: Vec<String> = dir
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|p| validate_prefix(p).is_ok())
+            .filter(|p| read_owner(&state_dir(p)).is_some_and(|o| o == wanted))
+            .collect();
+        found.sort();
+        found
+    }
+
     /// What exists for `prefix`, or for every lab found when `None` (state
     /// directories and namespaces named `<prefix>-<role>`).
     pub fn status(prefix: Option<&str>) -> Vec<LabStatus> {
@@ -1058,6 +1080,12 @@ fn namespaces_of(prefix: &str) -> Vec<String> {
 fn read_subnet(dir: &Path) -> Option<u8> {
     let text = fs::read_to_string(dir.join("lab.conf")).ok()?;
     text.lines().find_map(|l| l.strip_prefix("subnet="))?.trim().parse().ok()
+}
+
+/// The `owner=<pid> <start>` line of a lab's `lab.conf`.
+fn read_owner(dir: &Path) -> Option<String> {
+    let text = fs::read_to_string(dir.join("lab.conf")).ok()?;
+    Some(text.lines().find_map(|l| l.strip_prefix("owner="))?.trim().to_owned())
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.

@@ -190,6 +190,27 @@ fn down_prefix_cleans_a_lab_whose_owner_vanished() {
     assert!(is_zombie_or_gone(pid), "sleep {pid} survived down");
 }
 
+/// What `cargo xtask bench` relies on after killing a benchmark at its time
+/// limit (no destructor runs): the lab names its owner by pid and start
+/// time, so the parent finds exactly the labs its child left.
+#[test]
+fn a_lab_left_by_a_killed_owner_is_found_by_pid_and_start_time() {
+    let lab = up("owner");
+    let prefix = lab.prefix().to_owned();
+    let me = std::process::id();
+    let start = guard_tests::process::start_time(me).expect("own start time");
+    lab.persist();
+    // Other tests of this binary run labs too: only this one is removed here.
+    assert!(Lab::owned_by(me, start).contains(&prefix), "{:?}", Lab::owned_by(me, start));
+    // The same pid with another start time is another process (pid reuse).
+    assert!(!Lab::owned_by(me, start + 1).contains(&prefix));
+    assert!(!Lab::owned_by(me + 1, start).contains(&prefix));
+    let report = Lab::down_prefix(&prefix).expect("down");
+    assert_eq!(report.namespaces.len(), 6, "{report:?}");
+    assert!(!Lab::owned_by(me, start).contains(&prefix));
+    assert!(Lab::status(Some(&prefix))[0].namespaces.is_empty());
+}
+
 #[test]
 fn bind_notifies_the_router_and_allows_it_to_transfer() {
     let lab = up("notify");

@@ -15,6 +15,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use guard_tests::Lab;
 use serde::Deserialize;
 
 use crate::command::{self, repo_root};
@@ -214,24 +215,43 @@ fn run_bin(bin: &str, out: &Path, quick: bool, limit: Duration) -> Result<()> {
         cmd.arg("--quick");
     }
     let mut child = cmd.spawn().with_context(|| format!("start {}", exe.display()))?;
+    let (pid, start) = (child.id(), guard_tests::process::start_time(child.id()).unwrap_or(0));
     let t = Instant::now();
-    loop {
+    let result = loop {
         if let Some(status) = child.try_wait()? {
-            if !status.success() {
-                bail!("{bin} exited with {status}");
-            }
-            return Ok(());
+            break if status.success() { Ok(()) } else { Err(anyhow::anyhow!("{bin} exited with {status}")) };
         }
         if t.elapsed() > limit {
-            // Our own child, by pid; its guards clean up on SIGTERM.
+            // Our own child, by pid. A signal runs no destructor, so its labs
+            // stay behind: removed below.
             // SAFETY: kill on a pid we spawned.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
             std::thread::sleep(Duration::from_secs(5));
             let _ = child.kill();
             let _ = child.wait();
-            bail!("{bin} exceeded its {} s limit", limit.as_secs());
+            break Err(anyhow::anyhow!("{bin} exceeded its {} s limit", limit.as_secs()));
         }
         std::thread::sleep(Duration::from_millis(200));
+    };
+    remove_labs_left_by(bin, pid, start);
+    result
+}
+
+/// Removes the labs a finished benchmark process left behind (killed at its
+/// limit, or crashed): namespaces, the processes in them, state. A clean
+/// run leaves none.
+fn remove_labs_left_by(bin: &str, pid: u32, start: u64) {
+    for prefix in Lab::owned_by(pid, start) {
+        match Lab::down_prefix(&prefix) {
+            Ok(r) => eprintln!(
+                "bench {bin}: removed lab {prefix} it left behind ({} namespaces, {} processes ended)",
+                r.namespaces.len(),
+                r.ended.len()
+            ),
+            Err(e) => eprintln!(
+                "bench {bin}: lab {prefix} left behind, removing it failed: {e}; run `cargo xtask lab down --prefix {prefix}`"
+            ),
+        }
     }
 }
 
