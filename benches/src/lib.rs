@@ -121,38 +121,117 @@ pub fn percentile(xs: &[f64], p: f64) -> f64 {
 }
 
 /// Common command-line options of the measurement programs:
-/// `--out FILE` and `--quick`.
-#[derive(Debug, Clone)]
+/// `--out FILE` and `--quick`, plus each program's own [`Flag`]s.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Opts {
     /// Where the JSON section goes.
     pub out: PathBuf,
     /// Shorter run.
     pub quick: bool,
-    /// Remaining arguments.
+    /// The program's own flags that were given, each followed by its
+    /// value when it takes one.
     pub rest: Vec<String>,
 }
 
+/// A flag one measurement program takes besides `--out` and `--quick`.
+#[derive(Debug, Clone, Copy)]
+pub struct Flag {
+    /// E.g. `--sizes`.
+    pub name: &'static str,
+    /// The name of its value (`None`: a switch).
+    pub value: Option<&'static str>,
+    /// One line of help.
+    pub help: &'static str,
+}
+
+/// What [`Opts::parse`] made of a command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    /// Run with these options.
+    Run(Opts),
+    /// `--help` or `-h`: print the usage, run nothing.
+    Help,
+}
+
 impl Opts {
-    /// Parses `std::env::args`.
+    /// Parses `std::env::args` for a program without flags of its own.
     pub fn from_env() -> Opts {
-        let mut out = PathBuf::from("bench.json");
-        let mut quick = false;
-        let mut rest = Vec::new();
-        let mut it = std::env::args().skip(1);
-        while let Some(a) = it.next() {
-            match a.as_str() {
-                "--out" => out = it.next().map(PathBuf::from).unwrap_or(out),
-                "--quick" => quick = true,
-                _ => rest.push(a),
+        Self::from_env_with(&[])
+    }
+
+    /// Parses `std::env::args` with the program's own `flags`. `--help`
+    /// prints the usage and exits 0; an unknown argument or a missing value
+    /// is named, with the usage, and exits 2, before anything is measured.
+    pub fn from_env_with(flags: &[Flag]) -> Opts {
+        let mut args = std::env::args();
+        let program = args.next().unwrap_or_default();
+        let program =
+            Path::new(&program).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        match Self::parse(args, flags) {
+            Ok(Parsed::Run(opts)) => opts,
+            Ok(Parsed::Help) => {
+                print!("{}", usage(&program, flags));
+                std::process::exit(0);
+            }
+            Err(e) => {
+                eprint!("{program}: {e}\n{}", usage(&program, flags));
+                std::process::exit(2);
             }
         }
-        Opts { out, quick, rest }
+    }
+
+    /// Parses `args` (without the program name).
+    pub fn parse(args: impl IntoIterator<Item = String>, flags: &[Flag]) -> Result<Parsed, String> {
+        let mut opts = Opts { out: PathBuf::from("bench.json"), quick: false, rest: Vec::new() };
+        let mut it = args.into_iter();
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "--help" | "-h" => return Ok(Parsed::Help),
+                "--out" => opts.out = it.next().map(PathBuf::from).ok_or("--out needs a FILE")?,
+                "--quick" => opts.quick = true,
+                _ => {
+                    let Some(flag) = flags.iter().find(|f| f.name == a) else {
+                        return Err(format!("unknown argument {a:?}"));
+                    };
+                    opts.rest.push(a);
+                    if let Some(v) = flag.value {
+                        opts.rest.push(it.next().ok_or_else(|| format!("{} needs a {v}", flag.name))?);
+                    }
+                }
+            }
+        }
+        Ok(Parsed::Run(opts))
     }
 
     /// The value after `--flag` in the remaining arguments.
     pub fn value(&self, flag: &str) -> Option<&str> {
         self.rest.iter().position(|a| a == flag).and_then(|i| self.rest.get(i + 1)).map(String::as_str)
     }
+
+    /// Whether switch `flag` was given.
+    pub fn has(&self, flag: &str) -> bool {
+        self.rest.iter().any(|a| a == flag)
+    }
+}
+
+/// The usage text of a measurement program.
+fn usage(program: &str, flags: &[Flag]) -> String {
+    let mut u = format!(
+        "usage: {program} [--out FILE] [--quick]{}\n\
+         A measurement program of `cargo xtask bench` (as root), which runs it in its own lab\n\
+         namespaces and renders the report; run alone, it writes one JSON section.\n  \
+         --out FILE         where the JSON section goes (default: bench.json)\n  \
+         --quick            fewer sizes, trials and repeats\n",
+        flags
+            .iter()
+            .map(|f| format!(" [{}{}]", f.name, f.value.map(|v| format!(" {v}")).unwrap_or_default()))
+            .collect::<String>()
+    );
+    for f in flags {
+        let head = format!("{}{}", f.name, f.value.map(|v| format!(" {v}")).unwrap_or_default());
+        u.push_str(&format!("  {head:<18} {}\n", f.help));
+    }
+    u
 }
 
 /// Writes `section` as JSON to `path`.
@@ -274,5 +353,35 @@ mod tests {
         assert_eq!(Summary::of(&[1.0, 2.0]).median, 1.5);
         assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 100.0), 4.0);
         assert_eq!(ratio(2.0, 4.0), "0.50×");
+    }
+
+    /// `--help` runs nothing (it once ran a whole benchmark and wrote
+    /// bench.json into the working directory), and a mistyped flag is
+    /// named instead of being ignored.
+    #[test]
+    fn options_are_validated_before_anything_runs() {
+        let flags = [
+            Flag { name: "--sizes", value: Some("N,N"), help: "allow-set sizes" },
+            Flag { name: "--drain-only", value: None, help: "one drain" },
+        ];
+        let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(Opts::parse(args(&["--help"]), &flags), Ok(Parsed::Help));
+        assert_eq!(Opts::parse(args(&["--quick", "-h"]), &flags), Ok(Parsed::Help));
+        let Ok(Parsed::Run(o)) =
+            Opts::parse(args(&["--out", "x.json", "--sizes", "1000", "--drain-only"]), &flags)
+        else {
+            panic!("valid arguments refused");
+        };
+        assert_eq!(o.out, PathBuf::from("x.json"));
+        assert!(!o.quick);
+        assert_eq!(o.value("--sizes"), Some("1000"));
+        assert!(o.has("--drain-only"));
+        assert_eq!(Opts::parse(args(&["--size", "1000"]), &flags), Err("unknown argument \"--size\"".into()));
+        assert_eq!(Opts::parse(args(&["--sizes"]), &flags), Err("--sizes needs a N,N".into()));
+        assert_eq!(Opts::parse(args(&["--out"]), &flags), Err("--out needs a FILE".into()));
+        assert!(Opts::parse(args(&["--drain-only"]), &[]).is_err(), "another program's flag");
+        let u = usage("xdp-e2e", &flags);
+        assert!(u.contains("[--sizes N,N] [--drain-only]"), "{u}");
+        assert!(u.lines().any(|l| l.starts_with("  --sizes N,N ") && l.ends_with(" allow-set sizes")), "{u}");
     }
 }

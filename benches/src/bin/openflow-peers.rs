@@ -25,7 +25,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use guard_benches::{Chart, Opts, Section, Summary, Table, proc_cpu_seconds, write_section};
+use guard_benches::{Chart, Flag, Opts, Section, Summary, Table, proc_cpu_seconds, write_section};
 use guard_tests::{netns::tcp_connect_from, run_in_netns};
 use guard_user::{
     openflow::codec::{Body, FeaturesReply, Message, message_len, msg_type},
@@ -251,7 +251,11 @@ fn measure(v: &Variant, ns: &str, dir: &Path, zone: &Path, counts: &[usize]) -> 
 }
 
 fn main() -> Result<()> {
-    let opts = Opts::from_env();
+    let opts = Opts::from_env_with(&[Flag {
+        name: "--bin",
+        value: Some("PATH"),
+        help: "the rpz-guard binary under test (default target/release/rpz-guard)",
+    }]);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let bin = opts.value("--bin").map_or_else(|| root.join("target/release/rpz-guard"), PathBuf::from);
     let (entries, counts): (u32, Vec<usize>) =

@@ -12,7 +12,9 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use guard_benches::{Chart, Opts, Section, Summary, Table, frame, kernel_cpu_seconds, ratio, write_section};
+use guard_benches::{
+    Chart, Flag, Opts, Section, Summary, Table, frame, kernel_cpu_seconds, ratio, write_section,
+};
 use guard_tests::{Lab, LabAddrs, LabChild, LabConfig, Role};
 use guard_user::{
     policy::{AllowSet, Classes, Prefix},
@@ -222,9 +224,16 @@ fn start_xdp(lab: &Lab, zone: &Path, mode: &str) -> Result<(LabChild, Duration)>
 }
 
 fn main() -> Result<()> {
-    let opts = Opts::from_env();
+    let opts = Opts::from_env_with(&[Flag {
+        name: "--sizes",
+        value: Some("N,N,..."),
+        help: "allow-set sizes to flood with (default 1000,100000,1000000; --quick 1000,100000)",
+    }]);
     let sizes: Vec<usize> = match opts.value("--sizes") {
-        Some(v) => v.split(',').filter_map(|x| x.parse().ok()).collect(),
+        Some(v) => v
+            .split(',')
+            .map(|x| x.parse().with_context(|| format!("--sizes {v:?}: {x:?} is not a number of entries")))
+            .collect::<Result<_>>()?,
         None if opts.quick => vec![1_000, 100_000],
         None => vec![1_000, 100_000, 1_000_000],
     };

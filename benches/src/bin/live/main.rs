@@ -34,7 +34,9 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use guard_benches::{Chart, Opts, Section, Summary, Table, daemon::LabDaemon, percentile, write_section};
+use guard_benches::{
+    Chart, Flag, Opts, Section, Summary, Table, daemon::LabDaemon, percentile, write_section,
+};
 use guard_common::Settings;
 use guard_tests::{Lab, LabChild, LabConfig, ResponderMode, Role};
 use guard_user::{
@@ -54,7 +56,15 @@ const ROOT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 53);
 const CILIUM_DNS_PROXY_P50_MS: f64 = 2.9;
 
 fn main() -> Result<()> {
-    let opts = Opts::from_env();
+    let opts = Opts::from_env_with(&[
+        Flag {
+            name: "--drain-only",
+            value: None,
+            help: "one capacity drain of the learner, printed; no section",
+        },
+        Flag { name: "--openflow-only", value: None, help: "only the OpenFlow rows (a partial section)" },
+        Flag { name: "--throughput-only", value: None, help: "only the learner's throughput (no lab)" },
+    ]);
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the live bench needs root (XDP, namespaces)");
@@ -65,15 +75,15 @@ fn main() -> Result<()> {
     // `--drain-only`: one capacity drain, printed (for profiling the
     // learner, e.g. under `valgrind --tool=callgrind
     // --toggle-collect='*serve_ring*'`); writes no section.
-    if opts.rest.iter().any(|a| a == "--drain-only") {
+    if opts.has("--drain-only") {
         let (rate, lost) = drain_capacity(20_000)?;
         println!("drained 20000 answers: {rate:.0} answers/s, {lost} copies lost");
         return Ok(());
     }
     // `--openflow-only`: just the OpenFlow rows (a partial section).
     // `--throughput-only`: just the learner's throughput (no lab).
-    let throughput_only = opts.rest.iter().any(|a| a == "--throughput-only");
-    if !opts.rest.iter().any(|a| a == "--openflow-only") {
+    let throughput_only = opts.has("--throughput-only");
+    if !opts.has("--openflow-only") {
         throughput(&opts, &mut notes, &mut tables, &mut charts)?;
         if !throughput_only {
             first_syn(&opts, &mut notes, &mut tables, &mut charts)?;
