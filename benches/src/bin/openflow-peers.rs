@@ -26,7 +26,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use guard_benches::{Chart, Flag, Opts, Section, Summary, Table, proc_cpu_seconds, write_section};
-use guard_tests::{netns::tcp_connect_from, run_in_netns};
+use guard_tests::{Lab, LabConfig, ResponderMode, Role, netns::tcp_connect_from, run_in_netns};
 use guard_user::{
     openflow::codec::{Body, FeaturesReply, Message, message_len, msg_type},
     policy::{AllowSet, Classes, Prefix},
@@ -35,22 +35,6 @@ use guard_user::{
 
 const PORT: u16 = 6653;
 const GOOD_DPID: u64 = 0x0000_0000_00ab_c0de;
-
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).stderr(Stdio::null()).status();
-    }
-}
-
-fn sh(args: &[&str]) -> Result<()> {
-    let out = Command::new(args[0]).args(&args[1..]).output().with_context(|| format!("run {args:?}"))?;
-    if !out.status.success() {
-        bail!("{args:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
-}
 
 /// One controller under test.
 struct Variant {
@@ -175,8 +159,11 @@ fn handshake(s: &mut TcpStream, dpid: u64) -> Result<()> {
 }
 
 /// A fake switch that reads everything: seconds from connect until the
-/// BARRIER_REQUEST that closes the initial resync, and the FLOW_MODs before it.
-fn good_switch_sync(ns: &str) -> Result<(f64, usize)> {
+/// BARRIER_REQUEST that closes the initial resync, and the FLOW_MODs before
+/// it. A bulk change also carries a progress barrier after every 1 024
+/// FLOW_MODs, so the closing one is the first after at least `flows`
+/// (the proactive flows of the allow set).
+fn good_switch_sync(ns: &str, flows: usize) -> Result<(f64, usize)> {
     let t = Instant::now();
     let mut s = connect_from(ns, Ipv4Addr::LOCALHOST)?;
     handshake(&mut s, GOOD_DPID)?;
@@ -194,7 +181,9 @@ fn good_switch_sync(ns: &str) -> Result<(f64, usize)> {
         while let Some(len) = message_len(&buf[at..]).filter(|l| *l >= 8 && at + l <= buf.len()) {
             match buf[at + 1] {
                 msg_type::FLOW_MOD => flow_mods += 1,
-                msg_type::BARRIER_REQUEST => return Ok((t.elapsed().as_secs_f64(), flow_mods)),
+                msg_type::BARRIER_REQUEST if flow_mods >= flows => {
+                    return Ok((t.elapsed().as_secs_f64(), flow_mods));
+                }
                 _ => {}
             }
             at += len;
@@ -216,7 +205,14 @@ struct Point {
     rss_after: f64,
 }
 
-fn measure(v: &Variant, ns: &str, dir: &Path, zone: &Path, counts: &[usize]) -> Result<Vec<Point>> {
+fn measure(
+    v: &Variant,
+    ns: &str,
+    dir: &Path,
+    zone: &Path,
+    counts: &[usize],
+    flows: usize,
+) -> Result<Vec<Point>> {
     let d = Daemon::start(v, ns, dir, zone)?;
     // The zone is loaded before the listener opens; let the allocator settle.
     thread::sleep(Duration::from_secs(2));
@@ -235,7 +231,7 @@ fn measure(v: &Variant, ns: &str, dir: &Path, zone: &Path, counts: &[usize]) -> 
         let settle = d.settle(Duration::from_secs(60));
         let rss_loaded = d.rss_mib();
         let tcp_loaded = tcp_buffers_mib();
-        let (sync_s, flow_mods) = good_switch_sync(ns)?;
+        let (sync_s, flow_mods) = good_switch_sync(ns, flows)?;
         drop(peers);
         thread::sleep(Duration::from_secs(6));
         let rss_after = d.rss_mib();
@@ -251,11 +247,18 @@ fn measure(v: &Variant, ns: &str, dir: &Path, zone: &Path, counts: &[usize]) -> 
 }
 
 fn main() -> Result<()> {
-    let opts = Opts::from_env_with(&[Flag {
-        name: "--bin",
-        value: Some("PATH"),
-        help: "the rpz-guard binary under test (default target/release/rpz-guard)",
-    }]);
+    let opts = Opts::from_env_with(&[
+        Flag {
+            name: "--bin",
+            value: Some("PATH"),
+            help: "the rpz-guard binary under test (default target/release/rpz-guard)",
+        },
+        Flag {
+            name: "--baseline-bin",
+            value: Some("PATH"),
+            help: "an older rpz-guard to compare with (default: $RPZ_GUARD_BASELINE_BIN, else none)",
+        },
+    ]);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let bin = opts.value("--bin").map_or_else(|| root.join("target/release/rpz-guard"), PathBuf::from);
     let (entries, counts): (u32, Vec<usize>) =
@@ -284,11 +287,13 @@ fn main() -> Result<()> {
         });
     }
 
-    let ns = Netns(format!("rgbp{}", std::process::id()));
-    let _ = Command::new("ip").args(["netns", "del", &ns.0]).stderr(Stdio::null()).status();
-    sh(&["ip", "netns", "add", &ns.0])?;
-    sh(&["ip", "-n", &ns.0, "link", "set", "lo", "up"])?;
-    let dir = std::env::temp_dir().join(format!("rg-bench-peers-{}", std::process::id()));
+    // A lab (one namespace of it is used) rather than a bare namespace: if
+    // this run is killed at its time limit, `cargo xtask bench` finds the
+    // lab by its owner and removes it, the controllers in it included.
+    let lab = Lab::up(LabConfig::for_test("ofpeers").bind(false).responder(ResponderMode::Off))
+        .context("lab up")?;
+    let ns = lab.ns(Role::Inet);
+    let dir = lab.state_dir().join("peers");
     fs::create_dir_all(&dir)?;
     let set: AllowSet = (0..entries)
         .map(|i| {
@@ -301,12 +306,12 @@ fn main() -> Result<()> {
     let mut results = Vec::new();
     let mut notes = Vec::new();
     for v in &variants {
-        match measure(v, &ns.0, &dir, &zone, &counts) {
+        match measure(v, &ns, &dir, &zone, &counts, 2 * entries as usize) {
             Ok(p) => results.push((v.label.clone(), p)),
             Err(e) => notes.push(format!("{} failed in this run: {e:#}", v.label)),
         }
     }
-    let _ = fs::remove_dir_all(&dir);
+    drop(lab);
 
     let mut rows = Vec::new();
     let mut rss_chart =
