@@ -220,18 +220,24 @@ fn usage(program: &str, flags: &[Flag]) -> String {
         "usage: {program} [--out FILE] [--quick]{}\n\
          A measurement program of `cargo xtask bench` (as root), which runs it in its own lab\n\
          namespaces and renders the report; run alone, it writes one JSON section.\n  \
-         --out FILE         where the JSON section goes (default: bench.json)\n  \
-         --quick            fewer sizes, trials and repeats\n",
-        flags
-            .iter()
-            .map(|f| format!(" [{}{}]", f.name, f.value.map(|v| format!(" {v}")).unwrap_or_default()))
-            .collect::<String>()
+         --out FILE           where the JSON section goes (default: bench.json)\n  \
+         --quick              fewer sizes, trials and repeats\n",
+        flags.iter().map(|f| format!(" [{}]", f.synopsis())).collect::<String>()
     );
     for f in flags {
-        let head = format!("{}{}", f.name, f.value.map(|v| format!(" {v}")).unwrap_or_default());
-        u.push_str(&format!("  {head:<18} {}\n", f.help));
+        u.push_str(&format!("  {:<20} {}\n", f.synopsis(), f.help));
     }
     u
+}
+
+impl Flag {
+    /// `--name VALUE` (or `--name` for a switch).
+    fn synopsis(&self) -> String {
+        match self.value {
+            Some(v) => format!("{} {v}", self.name),
+            None => self.name.to_owned(),
+        }
+    }
 }
 
 /// Writes `section` as JSON to `path`.
