@@ -89,6 +89,12 @@ pub const MAP_CACHE: &str = "VERDICT_CACHE";
 pub const MAP_RATE: &str = "EVENT_RATE";
 /// Map: per-source miss-event budget, `LruHashMap<[u8; 16], RateState>`.
 pub const MAP_MISS_RATE: &str = "MISS_RATE";
+/// Map: per-CPU slot of the drop-event budget, the last source this CPU
+/// found over budget (see the program's `OverBudget`): its further drops in
+/// that window skip the [`MAP_RATE`] lookup. Not pinned: a restart loses at
+/// most the few suppressed counts a slot held, which [`Stat::EventsRateLimited`]
+/// has counted anyway.
+pub const MAP_OVER_BUDGET: &str = "OVER_BUDGET";
 /// Map: drop and miss events, `RingBuf` of [`Event`].
 pub const MAP_EVENTS: &str = "EVENTS";
 /// Map: runtime settings, `Array<Settings>` with one element.

@@ -72,6 +72,8 @@ static VERDICT_CACHE: LruHashMap<[u8; 16], CacheEntry> = LruHashMap::with_max_en
 static EVENT_RATE: LruHashMap<[u8; 16], RateState> = LruHashMap::with_max_entries(MAX_RATE, 0);
 #[map(name = "MISS_RATE")]
 static MISS_RATE: LruHashMap<[u8; 16], RateState> = LruHashMap::with_max_entries(MAX_RATE, 0);
+#[map(name = "OVER_BUDGET")]
+static OVER_BUDGET: PerCpuArray<OverBudget> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 #[map(name = "SETTINGS")]
@@ -90,6 +92,22 @@ static DNS_SCRATCH: PerCpuArray<DnsCopyBuf> = PerCpuArray::with_max_entries(1, 0
 // --- afxdp (issue 10) ---
 #[map(name = "XSKS")]
 static XSKS: XskMap = XskMap::with_max_entries(MAX_XSK_QUEUES, 0);
+
+/// This CPU's last source found over its drop-event budget. Until that
+/// source's window ends, its further drops on this CPU are counted here
+/// without the `EVENT_RATE` lookup (a flood's drop path pays an array
+/// lookup, not a hash lookup and write). The count is folded into the
+/// source's `EVENT_RATE` state before it matters: when the source is
+/// judged there again, or when another source takes the slot.
+#[derive(Clone, Copy)]
+struct OverBudget {
+    src: [u8; 16],
+    /// Window start of the source's `EVENT_RATE` state; 0: slot empty.
+    window_start_ns: u64,
+    /// Drops counted here and not yet folded into `EVENT_RATE`.
+    suppressed: u32,
+    _pad: u32,
+}
 
 /// What the parser found out about a packet that may need a verdict.
 struct Pkt {
@@ -127,6 +145,27 @@ fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*const T> {
 #[inline(always)]
 fn within(ctx: &XdpContext, len: usize) -> bool {
     ctx.data() + len <= ctx.data_end()
+}
+
+/// An LPM trie key laid out so that its address bytes start 8-aligned on
+/// the stack. `Key` is packed, its data at offset 4; LLVM may still store
+/// an address 8 bytes at a time, and the verifier refuses a misaligned
+/// stack access. Here the `Key` begins at offset 4, so its data at 8.
+#[repr(C, align(8))]
+struct AlignedKey<K> {
+    _pad: u32,
+    prefix_len: u32,
+    data: K,
+}
+
+/// Looks up the longest prefix of `map` covering `data` (its first `len` bits).
+#[inline(always)]
+fn lpm_get<K, V>(map: &LpmTrie<K, V>, len: u32, data: K) -> Option<&V> {
+    let k = AlignedKey { _pad: 0, prefix_len: len, data };
+    // SAFETY: `Key<K>` is packed (alignment 1): `prefix_len` then `data`,
+    // exactly the bytes of `k` from `prefix_len` on.
+    let key = unsafe { &*(&k.prefix_len as *const u32).cast::<Key<K>>() };
+    map.get(key)
 }
 
 /// `v`, through a volatile stack slot: LLVM forgets what it knew about it.
@@ -223,9 +262,9 @@ pub fn rpz_guard_outside(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn is_resolver(ip: &[u8; 16], v4_addr: bool) -> bool {
     if v4_addr {
-        RESOLVERS_V4.get(Key::new(32, v4(ip))).is_some()
+        lpm_get(&RESOLVERS_V4, 32, v4(ip)).is_some()
     } else {
-        RESOLVERS_V6.get(Key::new(128, *ip)).is_some()
+        lpm_get(&RESOLVERS_V6, 128, *ip).is_some()
     }
 }
 
@@ -565,9 +604,9 @@ fn check(ctx: &XdpContext, pkt: &Pkt, service: u32) -> u32 {
     // Everything below drops, holds or asks, unless the source is exempt
     // (checked first: the resolvers' own traffic pays no more for it).
     let exempt = if pkt.v4 {
-        EXEMPT_V4.get(Key::new(32, v4(&pkt.src))).copied()
+        lpm_get(&EXEMPT_V4, 32, v4(&pkt.src)).copied()
     } else {
-        EXEMPT_V6.get(Key::new(128, pkt.src)).copied()
+        lpm_get(&EXEMPT_V6, 128, pkt.src).copied()
     };
     if let Some(flags) = exempt {
         match exempt_origin(ctx, pkt, flags) {
@@ -601,9 +640,9 @@ fn check(ctx: &XdpContext, pkt: &Pkt, service: u32) -> u32 {
         }
     }
     let internal = if pkt.v4 {
-        INTERNAL_V4.get(Key::new(32, v4(&pkt.dst))).is_some()
+        lpm_get(&INTERNAL_V4, 32, v4(&pkt.dst)).is_some()
     } else {
-        INTERNAL_V6.get(Key::new(128, pkt.dst)).is_some()
+        lpm_get(&INTERNAL_V6, 128, pkt.dst).is_some()
     };
     if internal {
         bump(Stat::InternalDest, 1);
@@ -644,7 +683,7 @@ fn check(ctx: &XdpContext, pkt: &Pkt, service: u32) -> u32 {
     let _ = VERDICT_CACHE.insert(pkt.dst, pending, 0);
     // The per-source question budget holds for both transports.
     let budget = or_default(s.misses_per_source_per_sec, DEFAULT_MISSES_PER_SOURCE);
-    let Some(carried) = within_budget(pkt, now, &MISS_RATE, budget) else {
+    let Some(carried) = within_budget(pkt, now, &MISS_RATE, budget, None) else {
         let _ = VERDICT_CACHE.remove(pkt.dst);
         return refuse();
     };
@@ -759,13 +798,14 @@ fn route_origin(ctx: &XdpContext, pkt: &Pkt, smac: &[u8; 6]) -> Origin {
     }
 }
 
-/// `a == b` one byte at a time: `dmac` sits at a 2-aligned offset of the
-/// lookup struct on the stack, and a wider load of it would be a misaligned
-/// stack access, which the verifier refuses.
+/// `a == b` one byte at a time. Byte arrays on the stack sit at offsets
+/// LLVM may not align (`dmac` in the lookup struct, the LPM keys); a wider
+/// load or store of them would be a misaligned stack access, which the
+/// verifier refuses, and equality would otherwise invite LLVM to widen.
 #[inline(always)]
-fn bytewise_eq(a: &[u8; 6], b: &[u8; 6]) -> bool {
+fn bytewise_eq<const N: usize>(a: &[u8; N], b: &[u8; N]) -> bool {
     let mut diff = 0u8;
-    for i in 0..6 {
+    for i in 0..N {
         // SAFETY: reads of initialised bytes of two arrays, in bounds.
         diff |= unsafe { core::ptr::read_volatile(&a[i]) ^ core::ptr::read_volatile(&b[i]) };
     }
@@ -829,26 +869,31 @@ fn host_entry(pkt: &Pkt) -> Option<*mut HostValue> {
 #[inline(always)]
 fn prefix_classes(pkt: &Pkt) -> u32 {
     if pkt.v4 {
-        ALLOW_PFX_V4.get(Key::new(32, v4(&pkt.dst))).copied().unwrap_or(0)
+        lpm_get(&ALLOW_PFX_V4, 32, v4(&pkt.dst)).copied().unwrap_or(0)
     } else {
-        ALLOW_PFX_V6.get(Key::new(128, pkt.dst)).copied().unwrap_or(0)
+        lpm_get(&ALLOW_PFX_V6, 128, pkt.dst).copied().unwrap_or(0)
     }
 }
 
 /// Sends a drop event within the source's drop-event budget.
 #[inline(always)]
 fn drop_event(ctx: &XdpContext, why: u32, pkt: &Pkt, service: u32, now: u64) {
-    let s = settings();
-    let _ = emit(
-        ctx,
-        EVENT_DROP,
-        why,
-        pkt,
-        service,
-        now,
-        &EVENT_RATE,
-        or_default(s.events_per_source_per_sec, DEFAULT_EVENTS_PER_SOURCE),
-    );
+    let Some(slot) = OVER_BUDGET.get_ptr_mut(0) else { return };
+    // SAFETY: this CPU's slot, valid for the program run; XDP does not
+    // preempt itself on one CPU.
+    let slot = unsafe { &mut *slot };
+    if slot.window_start_ns != 0
+        && now.wrapping_sub(slot.window_start_ns) < NS_PER_SEC
+        && bytewise_eq(&slot.src, &pkt.src)
+    {
+        slot.suppressed += 1;
+        bump(Stat::EventsRateLimited, 1);
+        return;
+    }
+    let budget = or_default(settings().events_per_source_per_sec, DEFAULT_EVENTS_PER_SOURCE);
+    if let Some(carried) = within_budget(pkt, now, &EVENT_RATE, budget, Some(slot)) {
+        let _ = write_event(ctx, EVENT_DROP, why, pkt, service, now, carried);
+    }
 }
 
 /// A settings value, or its default when unset (zero).
@@ -857,40 +902,36 @@ fn or_default(v: u32, default: u32) -> u32 {
     if v == 0 { default } else { v }
 }
 
-/// Sends an event unless the source is over its per-second `budget` in
-/// `rate`. Returns true when the event was written.
+/// Takes one unit of the source's per-second `budget` in `rate`: `None`
+/// when it is spent (counted), else the number suppressed in the window
+/// that just ended (to report with the next event). With `slot` (drop
+/// events), a source found over budget takes this CPU's [`OverBudget`]
+/// slot, and what the slot counted is folded back first.
 #[inline(always)]
-#[expect(
-    clippy::too_many_arguments,
-    reason = "inlined into one verifier-checked body; a struct would only move the fields"
-)]
-fn emit(
-    ctx: &XdpContext,
-    kind: u32,
-    why: u32,
+fn within_budget(
     pkt: &Pkt,
-    service: u32,
     now: u64,
     rate: &LruHashMap<[u8; 16], RateState>,
     budget: u32,
-) -> bool {
-    match within_budget(pkt, now, rate, budget) {
-        Some(carried) => write_event(ctx, kind, why, pkt, service, now, carried),
-        None => false,
-    }
-}
-
-/// Takes one unit of the source's per-second `budget` in `rate`: `None`
-/// when it is spent (counted), else the number suppressed in the window
-/// that just ended (to report with the next event).
-#[inline(always)]
-fn within_budget(pkt: &Pkt, now: u64, rate: &LruHashMap<[u8; 16], RateState>, budget: u32) -> Option<u32> {
+    slot: Option<&mut OverBudget>,
+) -> Option<u32> {
     let mut carried = 0u32;
+    let mut slot = slot;
+    // What this CPU's slot counted for this source, taken back.
+    let mut folded = 0u32;
+    if let Some(sl) = slot.as_deref_mut()
+        && bytewise_eq(&sl.src, &pkt.src)
+    {
+        folded = sl.suppressed;
+        sl.suppressed = 0;
+        sl.window_start_ns = 0;
+    }
     match rate.get_ptr_mut(pkt.src) {
         Some(st) => {
             // SAFETY: the pointer is valid for this program run; races between
             // CPUs only blur the count, which is a budget, not an invariant.
             let st = unsafe { &mut *st };
+            st.suppressed += folded;
             if now.wrapping_sub(st.window_start_ns) >= NS_PER_SEC {
                 carried = st.suppressed;
                 st.window_start_ns = now;
@@ -900,16 +941,36 @@ fn within_budget(pkt: &Pkt, now: u64, rate: &LruHashMap<[u8; 16], RateState>, bu
             if st.sent >= budget {
                 st.suppressed += 1;
                 bump(Stat::EventsRateLimited, 1);
+                if let Some(sl) = slot {
+                    take_slot(sl, rate, pkt, st.window_start_ns);
+                }
                 return None;
             }
             st.sent += 1;
         }
         None => {
+            // The slot's count is of a window that has ended: report it now.
+            carried = folded;
             let st = RateState { window_start_ns: now, sent: 1, suppressed: 0 };
             let _ = rate.insert(pkt.src, st, 0);
         }
     }
     Some(carried)
+}
+
+/// Gives this CPU's [`OverBudget`] slot to `pkt`'s source, first folding
+/// what it counted for its previous source into that source's state (an
+/// entry the LRU has since evicted takes its count with it, as it would
+/// have without the slot).
+#[inline(always)]
+fn take_slot(sl: &mut OverBudget, rate: &LruHashMap<[u8; 16], RateState>, pkt: &Pkt, window_start_ns: u64) {
+    if sl.suppressed != 0
+        && let Some(old) = rate.get_ptr_mut(sl.src)
+    {
+        // SAFETY: as in `within_budget`.
+        unsafe { (*old).suppressed += sl.suppressed };
+    }
+    *sl = OverBudget { src: pkt.src, window_start_ns, suppressed: 0, _pad: 0 };
 }
 
 /// Writes an event to the ring buffer; false when it is full (counted).

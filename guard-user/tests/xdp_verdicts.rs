@@ -465,6 +465,60 @@ fn events_are_rate_limited_per_source() {
     assert_eq!(delta(&e, &before, Stat::EventsSent), 1);
 }
 
+/// What the drop-event budget suppressed is reported with the source's next
+/// event: also the drops a CPU counted in its over-budget slot (without the
+/// `EVENT_RATE` lookup), and when another source took that slot in between.
+#[test]
+fn suppressed_drops_are_reported_with_the_next_event() {
+    // The slot is per CPU: keep every test run on one.
+    on_one_cpu();
+    let mut e = enforcer(Settings { events_per_source_per_sec: 3, ..Settings::default() });
+    let mut ring = e.take_events().expect("events");
+    let other = Ipv4Addr::new(10, 1, 0, 11);
+    let (pc, oth) = (frame::v4(PC, NS, frame::TCP, 25), frame::v4(other, NS, frame::TCP, 25));
+    let before = e.stats().expect("stats");
+    let mut send = |f: &[u8], n: usize| (0..n).for_each(|_| assert_eq!(run(&mut e, f), XDP_DROP));
+    // PC: 3 events, 7 suppressed (from the 5th drop on, counted in the slot);
+    // the other source: 3 and 2 (it takes the slot); PC again: 4 more.
+    send(&pc, 10);
+    send(&oth, 5);
+    send(&pc, 4);
+    let sup = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>| {
+        let mut out = Vec::new();
+        while let Some(item) = ring.next() {
+            // SAFETY: the program writes whole Events; read unaligned.
+            let ev: guard_common::Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            out.push((Prefix::host(IpAddr::from(ev.src)).addr(), ev.suppressed));
+        }
+        out
+    };
+    let (p, o) = (IpAddr::V4(PC), IpAddr::V4(other));
+    assert_eq!(sup(&mut ring), [(p, 0), (p, 0), (p, 0), (o, 0), (o, 0), (o, 0)]);
+    // The next window: each source's first event carries its count.
+    std::thread::sleep(Duration::from_millis(1100));
+    send(&pc, 1);
+    send(&oth, 1);
+    assert_eq!(sup(&mut ring), [(p, 11), (o, 2)]);
+    assert_eq!(delta(&e, &before, Stat::EventsRateLimited), 13);
+    assert_eq!(delta(&e, &before, Stat::EventsSent), 8);
+}
+
+/// Pins the calling thread to the CPU it is on.
+fn on_one_cpu() {
+    // SAFETY: plain syscalls on this thread with a zeroed, then filled, cpu set.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        assert!(cpu >= 0, "sched_getcpu failed");
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pin to cpu {cpu}"
+        );
+    }
+}
+
 /// `miss_transport = afxdp` with no socket on the queue (daemon gone, queue
 /// not served): the miss takes the ring-buffer path, dropped and asked,
 /// counted as a fallback; the per-source miss budget holds as before.
