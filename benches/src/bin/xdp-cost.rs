@@ -44,48 +44,109 @@ struct Path {
     expect: u32,
     /// The path's goal (added ns).
     goal: f64,
+    /// The primitives the path is made of, as `prog.rs` makes them
+    /// (empty: not costed).
+    needs: &'static [(Prim, u32)],
 }
 
+/// A primitive of the program, measured alone by a reference program of
+/// the same object on the same frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Prim {
+    /// An array lookup and a counter bump (counters, `PORTS`, `SETTINGS`,
+    /// `HIT_CLOCK` and the over-budget slot are all inlined array lookups).
+    Array,
+    /// A lookup in the 1M-capable host hash map.
+    Host,
+    /// A verdict-cache (LRU hash) lookup.
+    Cache,
+    /// A prefix-trie (LPM) lookup.
+    Trie,
+    /// A read of the coarse clock (a helper call).
+    Clock,
+}
+
+/// Bumps `ref_bump` makes per run (guard-ebpf's `REF_BUMPS`).
+const REF_BUMPS: u32 = 8;
+
+/// Each primitive: its reference program and what it does.
+const PRIMS: [(Prim, &str, &str); 5] = [
+    (Prim::Array, "ref_bump", "array lookup + counter bump (8 made, per bump)"),
+    (Prim::Host, "ref_host", "host map lookup (hash)"),
+    (Prim::Cache, "ref_cache", "verdict-cache lookup (LRU hash)"),
+    (Prim::Trie, "ref_trie", "prefix-trie lookup (LPM)"),
+    (Prim::Clock, "ref_clock", "coarse clock (helper call)"),
+];
+
 fn paths() -> Vec<Path> {
-    let v4 = |dst, proto, port| frame::v4(TEST_MACS, None, PC, dst, proto, port);
+    let v4 = v4_frame;
     vec![
+        // Counters bumped by every path: packets, bytes, the family and the
+        // outcome; then the PORTS lookup.
         Path {
             name: "unprotected (tcp/80)",
             frame: v4(UNKNOWN, TCP, 80),
             expect: XDP_PASS,
             goal: GOAL_UNPROTECTED_NS,
+            needs: &[(Prim::Array, 5)],
         },
+        // + the host entry and HIT_CLOCK.
         Path {
             name: "allowed (smtp→MX)",
             frame: v4(MX, TCP, 25),
             expect: XDP_PASS,
             goal: GOAL_ALLOWED_V4_NS,
+            needs: &[(Prim::Array, 6), (Prim::Host, 1)],
         },
+        // + the resolver check of live learning (a DNS query).
         Path {
             name: "allowed dns (udp/53→NS)",
             frame: v4(NS, UDP, 53),
             expect: XDP_PASS,
             goal: GOAL_ALLOWED_V4_NS,
+            needs: &[(Prim::Array, 6), (Prim::Host, 1), (Prim::Trie, 1)],
         },
+        // The host entry; exempt, internal and prefix tries; the clock; the
+        // over-budget slot, its counter and SETTINGS (mode).
         Path {
             name: "denied wrong class (smtp→NS)",
             frame: v4(NS, TCP, 25),
             expect: XDP_DROP,
             goal: GOAL_REFUSED_NS,
+            needs: &[(Prim::Array, 8), (Prim::Host, 1), (Prim::Trie, 3), (Prim::Clock, 1)],
         },
-        Path { name: "negative-cached", frame: v4(DENIED, TCP, 25), expect: XDP_DROP, goal: GOAL_REFUSED_NS },
-        Path { name: "miss / pending", frame: v4(UNKNOWN, TCP, 25), expect: XDP_DROP, goal: GOAL_REFUSED_NS },
+        // The host lookup (a miss); the exempt trie; SETTINGS (state), the
+        // clock and the cache; the slot, its counter and SETTINGS (mode).
+        Path {
+            name: "negative-cached",
+            frame: v4(DENIED, TCP, 25),
+            expect: XDP_DROP,
+            goal: GOAL_REFUSED_NS,
+            needs: &[(Prim::Array, 9), (Prim::Host, 1), (Prim::Trie, 1), (Prim::Clock, 1), (Prim::Cache, 1)],
+        },
+        // As negative-cached, with SETTINGS read for the transport instead
+        // of the slot and its counter.
+        Path {
+            name: "miss / pending",
+            frame: v4(UNKNOWN, TCP, 25),
+            expect: XDP_DROP,
+            goal: GOAL_REFUSED_NS,
+            needs: &[(Prim::Array, 8), (Prim::Host, 1), (Prim::Trie, 1), (Prim::Clock, 1), (Prim::Cache, 1)],
+        },
         Path {
             name: "IPv6 allowed (smtp→MX6)",
             frame: frame::v6(TEST_MACS, PC6, MX6, TCP, 587),
             expect: XDP_PASS,
             goal: GOAL_ALLOWED_V6_NS,
+            needs: &[],
         },
+        // + the VLAN counter.
         Path {
             name: "VLAN allowed (smtp→MX)",
             frame: frame::v4(TEST_MACS, Some(100), PC, MX, TCP, 25),
             expect: XDP_PASS,
             goal: GOAL_ALLOWED_V4_NS,
+            needs: &[(Prim::Array, 7), (Prim::Host, 1)],
         },
     ]
 }
@@ -135,8 +196,16 @@ fn main() -> Result<()> {
             "rpz_guard ns".into(),
             "added ns".into(),
             "ratio".into(),
+            "sum of primitives ns".into(),
             "goal (margin)".into(),
         ],
+        rows: Vec::new(),
+    };
+    let mut prim_table = Table {
+        caption: format!(
+            "Primitives: each reference program's added ns over pass_all, median (min–max) over {trials}              trials of {repeat} runs"
+        ),
+        header: vec!["entries".into(), "primitive".into(), "reference program".into(), "added ns".into()],
         rows: Vec::new(),
     };
     let mut load_table = Table {
@@ -165,25 +234,40 @@ fn main() -> Result<()> {
             unit: "ns".into(),
             bars: vec![],
         };
+        // The primitives, on the frames of the paths that make them: the
+        // host lookup hits (allowed), the cache lookup hits (negative-cached),
+        // the source is not exempt (every refused path).
+        let mut prim_ns = Vec::new();
+        for (prim, program, what) in PRIMS {
+            let f = if prim == Prim::Cache { v4_frame(DENIED, TCP, 25) } else { v4_frame(MX, TCP, 25) };
+            let (base, prog) = measure(&mut e, program, &f, trials, repeat)?;
+            // `ref_bump` makes several bumps (one is below the resolution).
+            let per = if prim == Prim::Array { f64::from(REF_BUMPS) } else { 1.0 };
+            let added = Summary::of(&base.iter().zip(&prog).map(|(b, g)| (g - b) / per).collect::<Vec<_>>());
+            prim_table.rows.push(vec![n.to_string(), what.into(), program.into(), added.fmt(1)]);
+            prim_ns.push((prim, added.median));
+        }
         for p in &paths {
             let (action, _) = e.test_run(&p.frame, 1)?;
             if action != p.expect {
                 bail!("path {}: action {action}, expected {}", p.name, p.expect);
             }
-            // Warm-up.
-            e.test_run(&p.frame, repeat / 10)?;
-            e.test_run_program(xdp::REFERENCE_PROGRAM, &p.frame, repeat / 10)?;
-            let mut base = Vec::new();
-            let mut prog = Vec::new();
-            let mut added = Vec::new();
-            for _ in 0..trials {
-                let b = e.test_run_program(xdp::REFERENCE_PROGRAM, &p.frame, repeat)?.1.as_nanos() as f64;
-                let g = e.test_run(&p.frame, repeat)?.1.as_nanos() as f64;
-                base.push(b);
-                prog.push(g);
-                added.push(g - b);
-            }
+            let (base, prog) = measure(&mut e, xdp::PROGRAM_NAME, &p.frame, trials, repeat)?;
+            let added: Vec<f64> = base.iter().zip(&prog).map(|(b, g)| g - b).collect();
             let (sb, sg, sa) = (Summary::of(&base), Summary::of(&prog), Summary::of(&added));
+            let sum = if p.needs.is_empty() {
+                "—".to_string()
+            } else {
+                let ns: f64 = p
+                    .needs
+                    .iter()
+                    .map(|&(prim, k)| {
+                        f64::from(k) * prim_ns.iter().find(|(q, _)| *q == prim).map_or(0.0, |&(_, ns)| ns)
+                    })
+                    .sum();
+                let list: Vec<String> = p.needs.iter().map(|(prim, k)| format!("{k} {prim:?}")).collect();
+                format!("{ns:.0} ({})", list.join(" + "))
+            };
             let aim = p.goal;
             goals.0 += 1;
             let verdict = if sa.median <= aim {
@@ -199,6 +283,7 @@ fn main() -> Result<()> {
                 sg.fmt(0),
                 sa.fmt(0),
                 guard_benches::ratio(sg.median, sb.median),
+                sum,
                 verdict,
             ]);
             chart.bars.push(sa.bar(p.name));
@@ -219,13 +304,7 @@ fn main() -> Result<()> {
             if action != expect {
                 bail!("path {name}: action {action}, expected {expect}");
             }
-            e.test_run(&f, repeat / 10)?;
-            let (mut base, mut prog) = (Vec::new(), Vec::new());
-            for _ in 0..trials {
-                base.push(e.test_run_program(xdp::REFERENCE_PROGRAM, &f, repeat)?.1.as_nanos() as f64);
-                prog.push(e.test_run(&f, repeat)?.1.as_nanos() as f64);
-            }
-            Ok((base, prog))
+            measure(&mut e, xdp::PROGRAM_NAME, &f, trials, repeat)
         })??;
         let added: Vec<f64> = base.iter().zip(&prog).map(|(b, g)| g - b).collect();
         let (sb, sg, sa) = (Summary::of(&base), Summary::of(&prog), Summary::of(&added));
@@ -236,6 +315,7 @@ fn main() -> Result<()> {
             sg.fmt(0),
             sa.fmt(0),
             guard_benches::ratio(sg.median, sb.median),
+            "—".into(),
             "exempt path only".into(),
         ]);
     }
@@ -253,6 +333,14 @@ fn main() -> Result<()> {
              frames use; 'negative-cached' is a verdict-cache entry with no class; 'miss / pending' is an \
              unknown destination (the first run inserts the pending hold, later runs hit it)."
                 .into(),
+            "'sum of primitives': the primitives the path makes (counted in prog.rs; Array = an inlined \
+             array lookup with a counter bump: the counters, PORTS, SETTINGS, HIT_CLOCK, the over-budget \
+             slot), each measured alone by a reference program of the same object on the same frame in \
+             the same run (second table), added up. The CPU overlaps some of them in the real path, so a \
+             path can come out below its sum; what it adds above it is parsing, branches and copies. A goal \
+             well below a path's sum is not within reach of reordering the same lookups, only of making \
+             fewer or cheaper ones."
+                .into(),
             "The three 'exempt' rows are the exempt resolver's DNS query toward an unknown destination with \
              each anti-spoofing setting (issue 13): none; an allowed-MAC list (one hash lookup); the route + \
              neighbour check (bpf_fib_lookup). Test runs inject on the loopback device, so the route check \
@@ -267,10 +355,34 @@ fn main() -> Result<()> {
                 goals.1, goals.0
             ),
         ],
-        tables: vec![table, load_table],
+        tables: vec![table, prim_table, load_table],
         charts,
     };
     write_section(&opts.out, &section)
+}
+
+/// `trials` interleaved pairs of `repeat` test runs of pass_all and of
+/// `program` on `frame`, after a warm-up: (pass_all ns, program ns).
+fn measure(
+    e: &mut Enforcer,
+    program: &str,
+    frame: &[u8],
+    trials: usize,
+    repeat: u32,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    e.test_run_program(program, frame, repeat / 10)?;
+    e.test_run_program(xdp::REFERENCE_PROGRAM, frame, repeat / 10)?;
+    let (mut base, mut prog) = (Vec::new(), Vec::new());
+    for _ in 0..trials {
+        base.push(e.test_run_program(xdp::REFERENCE_PROGRAM, frame, repeat)?.1.as_nanos() as f64);
+        prog.push(e.test_run_program(program, frame, repeat)?.1.as_nanos() as f64);
+    }
+    Ok((base, prog))
+}
+
+/// An untagged IPv4 frame from the pc, as the paths use.
+fn v4_frame(dst: Ipv4Addr, proto: u8, port: u16) -> Vec<u8> {
+    frame::v4(TEST_MACS, None, PC, dst, proto, port)
 }
 
 /// The exempt resolver's query with each anti-spoofing setting: (row name,
