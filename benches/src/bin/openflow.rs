@@ -577,6 +577,79 @@ fn functional(bench: &mut Bench, ctl: &Controller) -> Result<String> {
     Ok(verdict)
 }
 
+/// A goal on a ratio to Ryu.
+#[derive(Clone, Copy)]
+enum Goal {
+    AtLeast(f64),
+    AtMost(f64),
+}
+
+/// Each goal of issues 6 and 12 as a ratio of each rpz-guard row to Ryu
+/// (`rows[1]`) measured in the same run, with the margin to the goal.
+fn goal_table(rows: &[(&str, Trials)]) -> Table {
+    let med = |v: &[f64]| Summary::of(v).median;
+    // Added first-connect latency to a late-registered destination, per
+    // trial: over the same controller's installed flow.
+    let late_added =
+        |t: &Trials| -> Vec<f64> { t.late_p50.iter().zip(&t.flow_p50).map(|(a, b)| a - b).collect() };
+    type Measure = fn(&Trials) -> Vec<f64>;
+    let metrics: [(&str, Measure, &str, Goal); 4] = [
+        ("admitted new connections per second", |t| t.admit_rate.clone(), "conn/s", Goal::AtLeast(10.0)),
+        ("controller CPU per blocked packet-in", |t| t.cpu_per_block_ms.clone(), "ms", Goal::AtMost(0.05)),
+        (
+            "controller CPU per admission of a late-registered destination",
+            |t| t.cpu_per_late_ms.clone(),
+            "ms",
+            Goal::AtMost(0.05),
+        ),
+        (
+            "added first-connect latency, late-registered destination (p50)",
+            late_added,
+            "ms",
+            Goal::AtMost(0.1),
+        ),
+    ];
+    let mut table = Table {
+        caption: "Goals as ratios to Ryu in this run (medians over trials), with the margin".into(),
+        header: vec![
+            "controller".into(),
+            "what".into(),
+            "value".into(),
+            "Ryu".into(),
+            "ratio".into(),
+            "goal (margin)".into(),
+        ],
+        rows: Vec::new(),
+    };
+    let Some((_, ryu)) = rows.get(1) else { return table };
+    for (name, t) in rows.iter().skip(2) {
+        for (what, f, unit, goal) in metrics {
+            let (ours, base) = (f(t), f(ryu));
+            if ours.is_empty() || base.is_empty() {
+                continue;
+            }
+            let (x, b) = (med(&ours), med(&base));
+            let r = if b > 0.0 { x / b } else { f64::NAN };
+            let verdict = match goal {
+                _ if !r.is_finite() => "n/a".to_string(),
+                Goal::AtLeast(g) if r >= g => format!("≥ {g}× ✓ ({:.0} % above)", (r / g - 1.0) * 100.0),
+                Goal::AtLeast(g) => format!("≥ {g}× ✗ (missed by {:.0} %)", (1.0 - r / g) * 100.0),
+                Goal::AtMost(g) if r <= g => format!("≤ {g}× ✓ ({:.0} % to spare)", (1.0 - r / g) * 100.0),
+                Goal::AtMost(g) => format!("≤ {g}× ✗ (missed by {:.0} %)", (r / g - 1.0) * 100.0),
+            };
+            table.rows.push(vec![
+                (*name).into(),
+                what.into(),
+                format!("{x:.3} {unit}"),
+                format!("{b:.3} {unit}"),
+                format!("{r:.3}×"),
+                verdict,
+            ]);
+        }
+    }
+    table
+}
+
 fn main() -> Result<()> {
     let opts = Opts::from_env();
     let sz = if opts.quick {
@@ -720,6 +793,7 @@ fn main() -> Result<()> {
         chart_rate.bars.push(s(&t.admit_rate).bar(*name));
         chart_lat.bars.push(s(&added).bar(*name));
     }
+    let goals = goal_table(&rows);
     notes.push(
         "Aims (OpenFlow issue): ≥10× Ryu's admission rate (the ceiling caps this near ceiling/Ryu), ≤1/20 of its \
          controller CPU per decision, ≤1/10 of its added first-packet latency, 0 packet-ins for destinations \
@@ -734,7 +808,7 @@ fn main() -> Result<()> {
             name: "openflow".into(),
             title: "OpenFlow mode vs the paper's Ryu controller (same OVS bridge, same BIND)".into(),
             notes,
-            tables: vec![table],
+            tables: vec![table, goals],
             charts: vec![chart_rate, chart_lat],
         },
     )
