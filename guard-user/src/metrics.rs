@@ -248,6 +248,11 @@ impl Histogram {
         self.sum_ns.fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
+    /// Sum of the observations, ns.
+    pub fn sum_ns(&self) -> u64 {
+        self.sum_ns.load(Ordering::Relaxed)
+    }
+
     /// Current values.
     pub fn snapshot(&self) -> HistogramSnapshot {
         let mut acc = 0;
@@ -257,7 +262,7 @@ impl Histogram {
             buckets.push((*le, acc));
         }
         let count = acc + self.counts[LATENCY_BUCKETS.len()].load(Ordering::Relaxed);
-        HistogramSnapshot { buckets, count, sum: self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9 }
+        HistogramSnapshot { buckets, count, sum: self.sum_ns() as f64 / 1e9 }
     }
 }
 

@@ -102,6 +102,10 @@ pub struct MissStats {
     pub errors: u64,
     /// Entries in the userspace cache.
     pub cached: usize,
+    /// Time all questions took together, µs (divided by `lookups`: the
+    /// mean time to ask the RPZ and hear back).
+    #[serde(default)]
+    pub lookup_us_total: u64,
 }
 
 /// Largest userspace cache before expired entries are swept.
@@ -235,7 +239,13 @@ impl MissResolver {
     /// Counters for status and metrics.
     pub fn stats(&self) -> MissStats {
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        MissStats { lookups: st.lookups, coalesced: st.coalesced, errors: st.errors, cached: st.cache.len() }
+        MissStats {
+            lookups: st.lookups,
+            coalesced: st.coalesced,
+            errors: st.errors,
+            cached: st.cache.len(),
+            lookup_us_total: self.latency.sum_ns() / 1_000,
+        }
     }
 }
 
@@ -428,6 +438,10 @@ mod tests {
             assert_eq!(t.await.expect("task"), Classes::SMTP);
         }
         assert_eq!(src.calls.load(Ordering::SeqCst), 1);
+        // The one question took the source's 50 ms (status: its mean answer time).
+        let st = r.stats();
+        assert_eq!(st.lookups, 1);
+        assert!((50_000..1_000_000).contains(&st.lookup_us_total), "{st:?}");
         // Cached now: no new question.
         assert_eq!(r.classes(ip).await.0, Classes::SMTP);
         assert!(

@@ -636,9 +636,14 @@ pub fn render_status(r: &StatusReport) -> String {
             let _ = writeln!(o, "  {name:<22} {v:>12}");
         }
     }
+    let mean = if r.miss.lookups == 0 {
+        String::new()
+    } else {
+        format!("  mean answer {:.2} ms", r.miss.lookup_us_total as f64 / r.miss.lookups as f64 / 1e3)
+    };
     let _ = writeln!(
         o,
-        "\nmiss path  lookups {}  coalesced {}  errors {}  cached {}",
+        "\nmiss path  lookups {}  coalesced {}  errors {}  cached {}{mean}",
         r.miss.lookups, r.miss.coalesced, r.miss.errors, r.miss.cached
     );
     let t = &r.miss_transport;

@@ -127,8 +127,10 @@ impl Conn {
         match Reason::from_verdict(verdict) {
             None => {
                 counters.inc(Stat::PassCached);
-                if self.install_verdict(&info, &pp, true, ttl).await {
-                    self.forward(in_port, &pi).await;
+                // The packet first: the switch forwards it before it
+                // installs the flow (and revalidates its datapath flows).
+                if self.forward(in_port, &pi).await {
+                    self.install_verdict(&info, &pp, true, ttl).await;
                 }
             }
             Some(reason) => {
