@@ -41,6 +41,9 @@ const NS_PER_SEC: u64 = 1_000_000_000;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
+/// Map update flag: only if the key is not there yet.
+const BPF_NOEXIST: u64 = 1;
+
 /// `bpf_redirect` flag: deliver to the device's receive path, not its transmit path.
 const BPF_F_INGRESS: u64 = 1;
 
@@ -163,10 +166,16 @@ struct AlignedKey<K> {
 fn lpm_get<K, V>(map: &LpmTrie<K, V>, len: u32, data: K) -> Option<&V> {
     let k = AlignedKey { _pad: 0, prefix_len: len, data };
     // SAFETY: `Key<K>` is packed (alignment 1): `prefix_len` then `data`,
-    // exactly the bytes of `k` from `prefix_len` on.
-    let key = unsafe { &*(&k.prefix_len as *const u32).cast::<Key<K>>() };
+    // exactly the bytes of `k` from offset 4 on (checked below), within `k`.
+    let key = unsafe { &*(&raw const k).cast::<u8>().add(4).cast::<Key<K>>() };
     map.get(key)
 }
+const _: () = assert!(
+    core::mem::offset_of!(AlignedKey<[u8; 4]>, prefix_len) == 4
+        && core::mem::offset_of!(AlignedKey<[u8; 4]>, data) == 8
+        && core::mem::offset_of!(AlignedKey<[u8; 16]>, prefix_len) == 4
+        && core::mem::offset_of!(AlignedKey<[u8; 16]>, data) == 8
+);
 
 /// `v`, through a volatile stack slot: LLVM forgets what it knew about it.
 /// Once `ip_end` is known to lie within the packet, LLVM would otherwise
@@ -939,8 +948,10 @@ fn drop_event(ctx: &XdpContext, why: u32, pkt: &Pkt, service: u32, now: u64) {
     // SAFETY: this CPU's slot, valid for the program run; XDP does not
     // preempt itself on one CPU.
     let slot = unsafe { &mut *slot };
+    // Saturating: another CPU may have started the window a tick after this
+    // one read the clock.
     if slot.window_start_ns != 0
-        && now.wrapping_sub(slot.window_start_ns) < NS_PER_SEC
+        && now.saturating_sub(slot.window_start_ns) < NS_PER_SEC
         && bytewise_eq(&slot.src, &pkt.src)
     {
         slot.suppressed += 1;
@@ -989,7 +1000,7 @@ fn within_budget(
             // CPUs only blur the count, which is a budget, not an invariant.
             let st = unsafe { &mut *st };
             st.suppressed += folded;
-            if now.wrapping_sub(st.window_start_ns) >= NS_PER_SEC {
+            if now.saturating_sub(st.window_start_ns) >= NS_PER_SEC {
                 carried = st.suppressed;
                 st.window_start_ns = now;
                 st.sent = 0;
@@ -1015,19 +1026,36 @@ fn within_budget(
     Some(carried)
 }
 
-/// Gives this CPU's [`OverBudget`] slot to `pkt`'s source, first folding
-/// what it counted for its previous source into that source's state (an
-/// entry the LRU has since evicted takes its count with it, as it would
-/// have without the slot).
+/// Gives this CPU's [`OverBudget`] slot to `pkt`'s source, first giving
+/// what it counted back to its previous source.
 #[inline(always)]
 fn take_slot(sl: &mut OverBudget, rate: &LruHashMap<[u8; 16], RateState>, pkt: &Pkt, window_start_ns: u64) {
-    if sl.suppressed != 0
-        && let Some(old) = rate.get_ptr_mut(sl.src)
-    {
-        // SAFETY: as in `within_budget`.
-        unsafe { (*old).suppressed += sl.suppressed };
-    }
+    release_slot(sl, rate);
     *sl = OverBudget { src: pkt.src, window_start_ns, suppressed: 0, _pad: 0 };
+}
+
+/// Folds what the slot counted into its source's `rate` state and empties
+/// the slot. An entry the LRU evicted meanwhile (the slot's hits do not
+/// refresh it) is put back over budget for its window, holding the count,
+/// so the source's next event still reports it.
+#[inline(always)]
+fn release_slot(sl: &mut OverBudget, rate: &LruHashMap<[u8; 16], RateState>) {
+    if sl.suppressed != 0 {
+        match rate.get_ptr_mut(sl.src) {
+            // SAFETY: as in `within_budget`.
+            Some(st) => unsafe { (*st).suppressed += sl.suppressed },
+            None => {
+                let st = RateState {
+                    window_start_ns: sl.window_start_ns,
+                    sent: u32::MAX,
+                    suppressed: sl.suppressed,
+                };
+                let _ = rate.insert(sl.src, st, BPF_NOEXIST);
+            }
+        }
+    }
+    sl.suppressed = 0;
+    sl.window_start_ns = 0;
 }
 
 /// Writes an event to the ring buffer; false when it is full (counted).

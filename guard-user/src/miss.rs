@@ -102,8 +102,12 @@ pub struct MissStats {
     pub errors: u64,
     /// Entries in the userspace cache.
     pub cached: usize,
-    /// Time all questions took together, µs (divided by `lookups`: the
-    /// mean time to ask the RPZ and hear back).
+    /// Questions finished (answered or failed); `lookups` also counts those
+    /// still out.
+    #[serde(default)]
+    pub finished: u64,
+    /// Time the finished questions took together, µs (divided by
+    /// `finished`: the mean time to ask the RPZ and hear back).
     #[serde(default)]
     pub lookup_us_total: u64,
 }
@@ -244,6 +248,7 @@ impl MissResolver {
             coalesced: st.coalesced,
             errors: st.errors,
             cached: st.cache.len(),
+            finished: self.latency.count(),
             lookup_us_total: self.latency.sum_ns() / 1_000,
         }
     }
@@ -440,7 +445,7 @@ mod tests {
         assert_eq!(src.calls.load(Ordering::SeqCst), 1);
         // The one question took the source's 50 ms (status: its mean answer time).
         let st = r.stats();
-        assert_eq!(st.lookups, 1);
+        assert_eq!((st.lookups, st.finished), (1, 1));
         assert!((50_000..1_000_000).contains(&st.lookup_us_total), "{st:?}");
         // Cached now: no new question.
         assert_eq!(r.classes(ip).await.0, Classes::SMTP);

@@ -691,6 +691,25 @@ fn every_map_lookup_is_inlined() {
     assert!(generic.is_empty(), "map lookups the verifier could not inline: {generic:?}");
 }
 
+/// The verifier walks every path of the program and refuses it past 1M
+/// instructions processed; a branch in an inlined drop path can multiply
+/// the states (a draft of the over-budget slot went from about 33k past
+/// the limit). The bound says early when a change grows them.
+#[test]
+fn the_verifier_has_room_to_spare() {
+    let _e = enforcer(Settings::default());
+    let counts: Vec<u32> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str() == Some("rpz_guard"))
+        .filter_map(|p| p.verified_instruction_count())
+        .collect();
+    assert!(!counts.is_empty(), "no rpz_guard program with a verified-instruction count loaded");
+    for n in counts {
+        assert!(n < 250_000, "the verifier processed {n} instructions of rpz_guard (limit 1 000 000)");
+        eprintln!("rpz_guard: {n} instructions verified");
+    }
+}
+
 #[test]
 fn allow_maps_read_back_what_was_mirrored() {
     let e = enforcer(Settings::default());

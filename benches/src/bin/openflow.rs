@@ -280,7 +280,9 @@ struct CtlCount {
     dropped: u64,
     /// Questions to the RPZ (rpz-guard's miss path); Ryu asks once per decision.
     lookups: u64,
-    /// Time those questions took together, µs (rpz-guard's own timing; Ryu: 0).
+    /// Questions finished, and the time they took together, µs
+    /// (rpz-guard's own timing; Ryu: 0).
+    finished: u64,
     lookup_us: u64,
 }
 
@@ -290,6 +292,7 @@ impl CtlCount {
             packet_ins: self.packet_ins.saturating_sub(before.packet_ins),
             dropped: self.dropped.saturating_sub(before.dropped),
             lookups: self.lookups.saturating_sub(before.lookups),
+            finished: self.finished.saturating_sub(before.finished),
             lookup_us: self.lookup_us.saturating_sub(before.lookup_us),
         }
     }
@@ -303,7 +306,7 @@ fn ctl_count(ctl: &Controller, child: &LabChild) -> Result<CtlCount> {
             .lines()
             .filter(|l| l.contains(" is blocked") || l.contains(" is registered and pass"))
             .count() as u64;
-        return Ok(CtlCount { packet_ins: n, dropped: 0, lookups: n, lookup_us: 0 });
+        return Ok(CtlCount { packet_ins: n, dropped: 0, lookups: n, finished: 0, lookup_us: 0 });
     };
     let text =
         sh(&[&rpz_guard_bin().to_string_lossy(), "status", "--socket", &sock.to_string_lossy(), "--json"])?;
@@ -313,6 +316,7 @@ fn ctl_count(ctl: &Controller, child: &LabChild) -> Result<CtlCount> {
         packet_ins: n("/extra/packet_ins"),
         dropped: n("/extra/packet_ins_dropped"),
         lookups: n("/miss/lookups"),
+        finished: n("/miss/finished"),
         lookup_us: n("/miss/lookup_us_total"),
     })
 }
@@ -483,7 +487,7 @@ fn measure(bench: &mut Bench, ctl: Option<&Controller>, sz: &Sizes, log: &mut Ve
             if let (Some(q0), Some(c), Some(ch)) = (q0, ctl, child.as_ref()) {
                 // What of the added latency is the RPZ question itself.
                 let q = ctl_count(c, ch)?.since(q0);
-                let mean_ms = q.lookup_us as f64 / q.lookups.max(1) as f64 / 1e3;
+                let mean_ms = q.lookup_us as f64 / q.finished.max(1) as f64 / 1e3;
                 log.push(format!(
                     "{} trial {trial}, late-registered window: {} RPZ questions, mean answer time {mean_ms:.3} ms \
                      (the controller's own timing, query sent to answer read); first connect p50 {:.3} ms, over \

@@ -636,10 +636,10 @@ pub fn render_status(r: &StatusReport) -> String {
             let _ = writeln!(o, "  {name:<22} {v:>12}");
         }
     }
-    let mean = if r.miss.lookups == 0 {
+    let mean = if r.miss.finished == 0 {
         String::new()
     } else {
-        format!("  mean answer {:.2} ms", r.miss.lookup_us_total as f64 / r.miss.lookups as f64 / 1e3)
+        format!("  mean answer {:.2} ms", r.miss.lookup_us_total as f64 / r.miss.finished as f64 / 1e3)
     };
     let _ = writeln!(
         o,

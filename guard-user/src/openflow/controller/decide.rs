@@ -281,9 +281,12 @@ impl Session {
         }
         if pp.service.allows(known) {
             counters.inc(Stat::PassAllowed);
-            conn.install_verdict(&info, &pp, true, Duration::from_secs(u64::from(cfg.verdict_hard_secs)))
-                .await;
-            return conn.forward(in_port, &pi).await;
+            // The packet first, as in `decide_miss`.
+            if !conn.forward(in_port, &pi).await {
+                return false;
+            }
+            let hard = Duration::from_secs(u64::from(cfg.verdict_hard_secs));
+            return conn.install_verdict(&info, &pp, true, hard).await;
         }
         if !conn.shared.is_loaded() {
             // Deny-protected (no allow set yet): dropped and reported
