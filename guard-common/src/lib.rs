@@ -210,6 +210,9 @@ pub const MAX_LPM_SMALL: u32 = 4096;
 pub const MAX_CACHE: u32 = 1 << 16;
 /// Capacity of [`MAP_RATE`].
 pub const MAX_RATE: u32 = 1 << 14;
+/// Counter bumps the `ref_bump` benchmark program makes per run (one alone
+/// is below the test run's whole-nanosecond resolution).
+pub const REF_BUMPS: u32 = 8;
 /// Size of [`MAP_EVENTS`] in bytes (4096 events).
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 

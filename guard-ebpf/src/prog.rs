@@ -21,8 +21,8 @@ use guard_common::{
     EVENT_MISS, EVENTS_BYTES, EXEMPT_VERIFY_MAC, EXEMPT_VERIFY_ROUTE, Event, HIT_SHIFT, HostValue,
     MAP_F_NO_PREALLOC, MAX_ALLOW_V4, MAX_ALLOW_V6, MAX_CACHE, MAX_EXEMPT_MACS, MAX_LPM_SMALL, MAX_PREFIXES,
     MAX_RATE, MAX_XSK_QUEUES, MISS_TRANSPORT_AFXDP, MODE_COUNT, PORT_TCP_SHIFT, PORT_UDP_SHIFT, PORTS_LEN,
-    RateState, SERVICE_DNS, STAT_COUNT, STATE_NOT_LOADED, Settings, Stat, VALUE_DENY, classes_required,
-    reason,
+    REF_BUMPS, RateState, SERVICE_DNS, STAT_COUNT, STATE_NOT_LOADED, Settings, Stat, VALUE_DENY,
+    classes_required, reason,
 };
 
 /// Bound on IPv6 extension headers walked before giving up (and dropping).
@@ -345,10 +345,6 @@ pub fn pass_all(_ctx: XdpContext) -> u32 {
 
 #[map(name = "REF_COUNT")]
 static REF_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(REF_BUMPS, 0);
-
-/// Bumps made by [`ref_bump`]: one alone is below the test run's
-/// whole-nanosecond resolution.
-const REF_BUMPS: u32 = 8;
 
 /// Reference: [`REF_BUMPS`] per-CPU counter bumps, as [`bump`] does each.
 #[xdp]

@@ -13,7 +13,7 @@ use guard_benches::{
     frame::{self, TCP, TEST_MACS, UDP},
     write_section,
 };
-use guard_common::{STATE_LOADED, Settings};
+use guard_common::{REF_BUMPS, STATE_LOADED, Settings};
 use guard_user::{
     antispoof::ExemptOrigin,
     policy::{AllowDiff, Classes, MacAddr, Prefix},
@@ -65,9 +65,6 @@ enum Prim {
     /// A read of the coarse clock (a helper call).
     Clock,
 }
-
-/// Bumps `ref_bump` makes per run (guard-ebpf's `REF_BUMPS`).
-const REF_BUMPS: u32 = 8;
 
 /// Each primitive: its reference program and what it does.
 const PRIMS: [(Prim, &str, &str); 5] = [

@@ -46,6 +46,20 @@ impl Conn {
         .await
     }
 
+    /// Admits the triggering packet: sends it on first (it need not wait
+    /// for the flow install), then installs the allow flow for `ttl`.
+    /// False when the switch stopped reading.
+    pub(super) async fn admit(
+        &self,
+        info: &PacketInfo,
+        pp: &ProtectedPort,
+        in_port: u32,
+        pi: &PacketIn,
+        ttl: Duration,
+    ) -> bool {
+        self.forward(in_port, pi).await && self.install_verdict(info, pp, true, ttl).await
+    }
+
     pub(super) async fn install_verdict(
         &self,
         info: &PacketInfo,
@@ -127,11 +141,7 @@ impl Conn {
         match Reason::from_verdict(verdict) {
             None => {
                 counters.inc(Stat::PassCached);
-                // The packet first: the switch forwards it before it
-                // installs the flow (and revalidates its datapath flows).
-                if self.forward(in_port, &pi).await {
-                    self.install_verdict(&info, &pp, true, ttl).await;
-                }
+                self.admit(&info, &pp, in_port, &pi, ttl).await;
             }
             Some(reason) => {
                 counters.inc(if reason == Reason::WrongClass {
@@ -281,12 +291,8 @@ impl Session {
         }
         if pp.service.allows(known) {
             counters.inc(Stat::PassAllowed);
-            // The packet first, as in `decide_miss`.
-            if !conn.forward(in_port, &pi).await {
-                return false;
-            }
             let hard = Duration::from_secs(u64::from(cfg.verdict_hard_secs));
-            return conn.install_verdict(&info, &pp, true, hard).await;
+            return conn.admit(&info, &pp, in_port, &pi, hard).await;
         }
         if !conn.shared.is_loaded() {
             // Deny-protected (no allow set yet): dropped and reported
